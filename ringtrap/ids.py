@@ -1,0 +1,43 @@
+"""Message ids: unique, sortable by arrival, safe in file names and logs.
+
+An id is 13 hex digits of wall-clock microseconds followed by ``-`` and the
+issuing process's pid in 6 hex digits, e.g. ``0640c3f1a2b3c-0004d2``.  Within a
+process the microsecond part is strictly increasing (a step of the wall clock
+backwards never produces a repeat), so (time, pid) is unique across processes
+and restarts.  Ids fit the 32-byte field the stores reserve for them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+
+ID_RE = re.compile(r"^[0-9a-f]{13}-[0-9a-f]{6}$")
+MAX_ID_BYTES = 32
+
+_last_us = 0
+_last_pid = 0
+
+
+def new_id() -> str:
+    """Return a fresh message id from this process."""
+    global _last_us, _last_pid
+    pid = os.getpid()
+    if pid != _last_pid:  # a forked child starts its own sequence
+        _last_pid, _last_us = pid, 0
+    us = time.time_ns() // 1000
+    if us <= _last_us:
+        us = _last_us + 1
+    _last_us = us
+    return f"{us:013x}-{pid & 0xFFFFFF:06x}"
+
+
+def id_time(msgid: str) -> float:
+    """Wall-clock arrival time (seconds since the epoch) encoded in ``msgid``."""
+    return int(msgid[:13], 16) / 1e6
+
+
+def is_valid(msgid: str) -> bool:
+    """True if ``msgid`` has the form :func:`new_id` produces."""
+    return ID_RE.match(msgid) is not None

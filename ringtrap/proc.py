@@ -1,0 +1,67 @@
+"""Process identity: a pid plus its kernel start time.
+
+Pids are reused, so every owner recorded in shared memory or in a spill file
+name is the pair ``(pid, start)`` where ``start`` is the process start time in
+clock ticks since boot (field 22 of ``/proc/<pid>/stat``, the value psutil's
+``create_time()`` is computed from).  An integer compares exactly across
+processes, which a float from psutil would not guarantee.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import NamedTuple
+
+
+class Identity(NamedTuple):
+    """A process as the stores record it."""
+
+    pid: int
+    start: int
+
+
+def start_ticks(pid: int) -> int | None:
+    """Return the start time of ``pid`` in clock ticks, or None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    except PermissionError:
+        return None
+    # comm (field 2) may contain spaces and parentheses: split after the last ')'.
+    rest = raw[raw.rfind(b")") + 2 :].split()
+    # rest[0] is field 3 (state); field 22 (starttime) is rest[19].
+    try:
+        if rest[0] == b"Z":
+            return None  # a zombie has exited; it holds nothing any more
+        return int(rest[19])
+    except (IndexError, ValueError):
+        return None
+
+
+_self_cache: tuple[int, int] | None = None
+
+
+def self_identity() -> Identity:
+    """Identity of the calling process (cached per pid, so safe across fork)."""
+    global _self_cache
+    pid = os.getpid()
+    if _self_cache is None or _self_cache[0] != pid:
+        start = start_ticks(pid)
+        if start is None:  # pragma: no cover - /proc always shows ourselves
+            raise RuntimeError("cannot read /proc/self/stat")
+        _self_cache = (pid, start)
+    return Identity(*_self_cache)
+
+
+def is_alive(ident: Identity | tuple[int, int]) -> bool:
+    """True if the process recorded as ``ident`` is still running.
+
+    False when the pid is gone, is a zombie, or now belongs to another process
+    (a different start time).
+    """
+    pid, start = ident
+    if pid <= 0:
+        return False
+    return start_ticks(pid) == start
