@@ -1,0 +1,813 @@
+"""The overflow store: a maildir-like spill directory on tmpfs.
+
+The ingest spills here when the ring is full or a message is larger than a
+slot; workers take from here when the ring is empty; the supervisor requeues
+what a dead process held, and drops the backlog daily.
+
+Tree under ``path`` (every file reaches its directory by one ``os.rename``, so
+a reader never sees a partial message)::
+
+    tmp/     <msgid>,P=<pid>.<start>                     being written
+    new/     <msgid>,S=<size>,A=<attempts>                ready
+    cur/     <msgid>,S=<size>,A=<attempts>,P=<pid>.<start> claimed by that process
+    failed/  <msgid>,S=<size>,A=<attempts>                quarantined
+             <msgid>,S=<size>,A=<attempts>.reason         why (written first)
+
+Message ids sort by arrival, so names sort oldest first. Sizes live in the
+names so counting bytes needs no ``stat()`` per file. Owners are
+``(pid, start)`` identities: a pid alone is reused.
+
+Crash model: any process may die at any instant. A dead writer leaves a tmp
+file (garbage: its client never got OK); a dead claimer leaves a cur file
+(requeued with attempts+1 by :meth:`Overflow.recover_dead`). Nothing else can
+be left half-done because every state change is a single rename or unlink.
+
+Each process makes its own :class:`Overflow`; an instance is safe to share
+between threads of one process.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import re
+import threading
+import time
+import weakref
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import BinaryIO, NamedTuple
+
+from ringtrap import ids, proc
+from ringtrap.proc import Identity
+
+log = logging.getLogger(__name__)
+
+SUBDIRS = ("tmp", "new", "cur", "failed")
+REASON_SUFFIX = ".reason"
+
+# How many of the oldest ready names one listing keeps for claim(). A window
+# bounds each worker's memory at any depth; the listing it costs is amortised
+# over this many claims.
+CLAIM_WINDOW = 1024
+
+# A directory summary is trusted from cache only if the directory's mtime was
+# at least this far before the listing began: tmpfs stamps mtime from a coarse
+# clock, so a change in the same tick as the listing could otherwise leave the
+# mtime unchanged and the cache stale.
+RACY_NS = 100_000_000
+
+# tmpfs reports a directory's st_size as 2 entries plus one per entry, 20
+# bytes each. Used only after a listing has confirmed it on this filesystem.
+BOGO_DIRENT = 20
+BOGO_BASE = 2 * BOGO_DIRENT
+
+_SIZE_RE = re.compile(r",S=(\d+)")
+_OCTAL_RE = re.compile(r"\\([0-7]{3})")
+
+
+class OverflowError(Exception):
+    """Base class of the overflow store's errors."""
+
+
+class OverflowFull(OverflowError):
+    """A spill was refused: the byte cap (or the filesystem) is full."""
+
+    def __init__(self, path: Path, cap: int, used: int, requested: int, why: str = "") -> None:
+        self.path = path
+        self.cap = cap
+        self.used = used
+        self.requested = requested
+        self.why = why or "byte cap reached"
+        super().__init__(
+            f"overflow {path}: {self.why}: {used} bytes used of cap {cap}, {requested} more refused"
+        )
+
+
+class OverflowClaimLost(OverflowError):
+    """A claimed file is no longer in cur/ (it was recovered by someone else)."""
+
+
+@dataclass(frozen=True, slots=True)
+class OverflowClaim:
+    """A ready message moved into cur/ under ``owner``; ack, release or quarantine it."""
+
+    msgid: str
+    size: int
+    attempts: int
+    path: Path
+    received: float
+    owner: Identity
+
+    def read(self) -> bytes:
+        """Return the whole message."""
+        return self.path.read_bytes()
+
+    def open(self) -> BinaryIO:
+        """Open the message for reading (the caller closes it)."""
+        return open(self.path, "rb")
+
+
+class OverflowStats(NamedTuple):
+    """Counts and bytes per state; ``total_bytes`` is what the cap counts."""
+
+    ready: int
+    ready_bytes: int
+    claimed: int
+    claimed_bytes: int
+    failed: int
+    failed_bytes: int
+    writing: int
+    oldest_age: float | None
+    writing_bytes: int = 0
+
+    @property
+    def total_bytes(self) -> int:
+        """Bytes counted toward the cap (reason sidecars are not counted)."""
+        return self.ready_bytes + self.claimed_bytes + self.failed_bytes + self.writing_bytes
+
+
+class PurgeResult(NamedTuple):
+    """What a purge removed: messages and their bytes."""
+
+    count: int
+    bytes: int
+
+
+class _Summary(NamedTuple):
+    count: int
+    nbytes: int
+    oldest: str | None
+
+
+class _Cached(NamedTuple):
+    key: tuple[int, int, int, int]
+    trusted: bool
+    summary: _Summary
+
+
+def ready_name(msgid: str, size: int, attempts: int) -> str:
+    """File name of a message in new/ (and failed/)."""
+    return f"{msgid},S={size},A={attempts}"
+
+
+def _owner_tag(owner: Identity) -> str:
+    return f"P={owner.pid}.{owner.start}"
+
+
+def parse_ready(name: str) -> tuple[str, int, int] | None:
+    """Split a new/ or failed/ name into (msgid, size, attempts); None if foreign."""
+    parts = name.split(",")
+    if len(parts) != 3 or not parts[1].startswith("S=") or not parts[2].startswith("A="):
+        return None
+    try:
+        size, attempts = int(parts[1][2:]), int(parts[2][2:])
+    except ValueError:
+        return None
+    if not ids.is_valid(parts[0]) or size < 0 or attempts < 0:
+        return None
+    return parts[0], size, attempts
+
+
+def parse_owner(name: str) -> tuple[str, Identity] | None:
+    """Split a cur/ or tmp/ name into (stem, owner); None if foreign."""
+    stem, sep, tag = name.rpartition(",P=")
+    pid, dot, start = tag.partition(".")
+    if not sep or not dot:
+        return None
+    try:
+        return stem, Identity(int(pid), int(start))
+    except ValueError:
+        return None
+
+
+def fs_type(path: str | os.PathLike[str]) -> str:
+    """Filesystem type of ``path`` from /proc/self/mounts ("unknown" if unreadable)."""
+    real = os.path.realpath(path)
+    best_mnt, best_type = "", "unknown"
+    try:
+        with open("/proc/self/mounts", encoding="utf-8", errors="replace") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return best_type
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        mnt = _OCTAL_RE.sub(lambda m: chr(int(m.group(1), 8)), fields[1])
+        inside = real == mnt or real.startswith(mnt.rstrip("/") + "/")
+        # The longest mount point wins; among equals the later one is on top.
+        if inside and len(mnt) >= len(best_mnt):
+            best_mnt, best_type = mnt, fields[2]
+    return best_type
+
+
+_instances: weakref.WeakSet[Overflow] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for store in list(_instances):
+        store._forked()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class Overflow:
+    """The spill directory at ``path``, capped at ``max_bytes`` of messages.
+
+    ``is_alive`` and ``clock`` are seams for tests: owner liveness (default
+    :func:`ringtrap.proc.is_alive`) and the monotonic clock that paces refreshes
+    of the byte-cap estimate.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        max_bytes: int,
+        *,
+        mode: int = 0o700,
+        create: bool = True,
+        refresh_interval: float = 1.0,
+        is_alive: Callable[[Identity], bool] = proc.is_alive,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """Open (and by default create) the tree; dying midway leaves only empty dirs."""
+        if max_bytes <= 0:
+            raise ValueError(f"overflow max_bytes must be positive, got {max_bytes}")
+        self.path = Path(path)
+        self.max_bytes = max_bytes
+        self.refresh_interval = refresh_interval
+        self._is_alive = is_alive
+        self._clock = clock
+        self._file_mode = mode & 0o666
+        self._dirs = {sub: self.path / sub for sub in SUBDIRS}
+        for sub, d in self._dirs.items():
+            if create:
+                try:
+                    os.makedirs(d, mode=mode)
+                    os.chmod(d, mode)  # makedirs is filtered by the umask
+                except FileExistsError:
+                    pass
+            if not d.is_dir():
+                raise FileNotFoundError(f"overflow {self.path}: missing {sub}/ (create=False)")
+        self._fstype = fs_type(self.path)
+        if self._fstype != "tmpfs":
+            log.warning(
+                "overflow %s is on %s, not tmpfs: spills will cost disk I/O",
+                self.path,
+                self._fstype,
+            )
+        # None: not yet confirmed that st_size counts entries; False: it does not.
+        self._bogo_ok: bool | None = None if self._fstype == "tmpfs" else False
+        self._summaries: dict[str, _Cached] = {}
+        self._lock = threading.Lock()
+        self._claim_cache: list[str] = []  # sorted newest first; pop() gives the oldest
+        self._own_tmp: set[str] = set()  # tmp names of this instance's open writers
+        self._inflight = 0  # bytes reserved by open writers
+        self._used = 0
+        self._refreshed_at = float("-inf")
+        self._refresh_usage()
+        _instances.add(self)
+
+    def _forked(self) -> None:
+        # The child owns none of the parent's writers, and a lock held by
+        # another thread at fork time would never be released here.
+        self._lock = threading.Lock()
+        self._own_tmp = set()
+        self._inflight = 0
+
+    @property
+    def is_tmpfs(self) -> bool:
+        """True if the tree lives on tmpfs (as it should: spills stay in RAM)."""
+        return self._fstype == "tmpfs"
+
+    def __repr__(self) -> str:
+        return f"Overflow({str(self.path)!r}, max_bytes={self.max_bytes})"
+
+    # -- byte cap ------------------------------------------------------------
+
+    def _refresh_usage(self) -> None:
+        total = (
+            self._summary("new").nbytes
+            + self._summary("cur").nbytes
+            + self._summary("failed").nbytes
+            + self._tmp_bytes(exclude=self._own_tmp)
+        )
+        self._used = total
+        self._refreshed_at = self._clock()
+
+    def _reserve(self, n: int) -> None:
+        """Count ``n`` more bytes toward the cap or raise OverflowFull.
+
+        The estimate only grows between refreshes (removals by other processes
+        are not seen), so it errs toward refusing early; a refused spill
+        refreshes it from a listing at most once per ``refresh_interval``.
+        """
+        with self._lock:
+            if self._used + self._inflight + n > self.max_bytes:
+                if self._clock() - self._refreshed_at >= self.refresh_interval:
+                    self._refresh_usage()
+                if self._used + self._inflight + n > self.max_bytes:
+                    raise OverflowFull(self.path, self.max_bytes, self._used + self._inflight, n)
+            self._inflight += n
+
+    def _unreserve(self, n: int, *, stored: bool) -> None:
+        with self._lock:
+            self._inflight -= n
+            if stored:
+                self._used += n
+
+    # -- writing -------------------------------------------------------------
+
+    def spill(self, msgid: str, data: bytes, attempts: int = 0) -> str:
+        """Store ``data`` as a ready message and return its new/ name.
+
+        Raises OverflowFull before anything is written if the cap would be
+        exceeded. Dying midway leaves at most a tmp file of this process,
+        removed by :meth:`recover_dead`; the message is never half-visible.
+        """
+        _check_id(msgid, attempts)
+        size = len(data)
+        self._reserve(size)  # refuse before touching the filesystem
+        stored = False
+        try:
+            tmp = self._write_tmp(msgid, data)
+            name = ready_name(msgid, size, attempts)
+            try:
+                os.rename(tmp, self._dirs["new"] / name)
+            except BaseException:
+                _unlink_quietly(tmp)
+                raise
+            stored = True
+        except OSError as e:
+            if e.errno == errno.ENOSPC:
+                raise OverflowFull(
+                    self.path, self.max_bytes, self._used, size, "filesystem full"
+                ) from e
+            raise
+        finally:
+            self._unreserve(size, stored=stored)
+        return name
+
+    def spill_stream(self, msgid: str, attempts: int = 0) -> SpillWriter:
+        """Open a writer for one message, to be fed in chunks and committed.
+
+        Use it as a context manager: leaving the block without ``commit()``
+        aborts. Dying midway leaves a tmp file that :meth:`recover_dead` removes.
+        """
+        return SpillWriter(self, msgid, attempts)
+
+    def _write_tmp(self, stem: str, data: bytes) -> Path:
+        tmp = self._dirs["tmp"] / f"{stem},{_owner_tag(proc.self_identity())}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, self._file_mode)
+        try:
+            _write_all(fd, data)
+        except BaseException:
+            os.close(fd)
+            _unlink_quietly(tmp)
+            raise
+        os.close(fd)
+        return tmp
+
+    # -- claiming ------------------------------------------------------------
+
+    def refresh(self) -> None:
+        """Forget the cached listing so the next claim lists new/ again."""
+        with self._lock:
+            self._claim_cache = []
+
+    def _fill_claim_cache(self) -> bool:
+        """List new/ into the window; True if the window holds the whole listing."""
+        names = os.listdir(self._dirs["new"])
+        # Listings come back nearly ordered, which timsort handles in linear time.
+        names.sort(reverse=True)
+        self._claim_cache = names[-CLAIM_WINDOW:]
+        return len(names) <= CLAIM_WINDOW
+
+    def _requeue_into_cache(self, name: str) -> None:
+        # A name given back joins this claimer's window in order, unless it is
+        # newer than the whole window: then the next listing will find it, and
+        # names left out of a truncated window are not overtaken.
+        with self._lock:
+            cache = self._claim_cache
+            if cache and name < cache[0]:
+                _insort_desc(cache, name)
+
+    def claim(self, owner: Identity) -> OverflowClaim | None:
+        """Move the oldest ready message into cur/ under ``owner``; None if none.
+
+        Exactly one of several racing claimers wins each file (one rename).
+        If the owner dies after the rename, the file waits in cur/ for
+        :meth:`recover_dead`. Names come from a cached window of one listing;
+        new/ is listed again only when the window is used up.
+        """
+        tag = _owner_tag(owner)
+        with self._lock:
+            complete = False  # has this call listed all of new/ and used it up?
+            while True:
+                if not self._claim_cache:
+                    if complete:
+                        return None
+                    complete = self._fill_claim_cache()
+                    continue
+                name = self._claim_cache.pop()
+                parsed = parse_ready(name)
+                if parsed is None:
+                    continue  # not ours to touch
+                msgid, size, attempts = parsed
+                dst = self._dirs["cur"] / f"{name},{tag}"
+                try:
+                    os.rename(self._dirs["new"] / name, dst)
+                except FileNotFoundError:
+                    continue  # another claimer (or a purge) got there first
+                return OverflowClaim(msgid, size, attempts, dst, ids.id_time(msgid), owner)
+
+    def ack(self, claim: OverflowClaim) -> None:
+        """Drop a processed message. Dying before the unlink means it is processed again."""
+        try:
+            os.unlink(claim.path)
+        except FileNotFoundError:
+            log.warning("%s: ack of a claim no longer in cur/ (requeued meanwhile?)", claim.msgid)
+
+    def release(self, claim: OverflowClaim) -> None:
+        """Give back an unprocessed message with its attempts unchanged (one rename)."""
+        name = ready_name(claim.msgid, claim.size, claim.attempts)
+        try:
+            os.rename(claim.path, self._dirs["new"] / name)
+        except FileNotFoundError:
+            log.warning("%s: release of a claim no longer in cur/", claim.msgid)
+            return
+        self._requeue_into_cache(name)
+
+    # -- recovery ------------------------------------------------------------
+
+    def recover(self, owner: Identity) -> int:
+        """Requeue what ``owner`` held (attempts+1) and drop its tmp files.
+
+        Only for an owner known to be dead or stopped. Each file moves by one
+        rename, so a recovery cut short is simply finished by the next one.
+        Returns how many messages were requeued.
+        """
+        tag = "," + _owner_tag(owner)
+        count = 0
+        for name in os.listdir(self._dirs["cur"]):
+            if not name.endswith(tag):
+                continue
+            parsed = parse_ready(name[: -len(tag)])
+            if parsed is None:
+                continue
+            msgid, size, attempts = parsed
+            dst = ready_name(msgid, size, attempts + 1)
+            try:
+                os.rename(self._dirs["cur"] / name, self._dirs["new"] / dst)
+            except FileNotFoundError:
+                continue  # a concurrent recovery moved it
+            log.info("%s: requeued from dead owner %s (attempt %d)", msgid, owner, attempts + 1)
+            self._requeue_into_cache(dst)
+            count += 1
+        dropped = 0
+        for name in os.listdir(self._dirs["tmp"]):
+            if name.endswith(tag):
+                dropped += _unlink_quietly(self._dirs["tmp"] / name)
+        if dropped:
+            log.info("dropped %d unfinished tmp file(s) of dead writer %s", dropped, owner)
+        return count
+
+    def recover_dead(self) -> int:
+        """Run :meth:`recover` for every owner in cur/ and tmp/ that is not alive.
+
+        Safe to run at any time from any process and to repeat after a crash.
+        Returns how many messages were requeued.
+        """
+        owners: set[Identity] = set()
+        for sub in ("cur", "tmp"):
+            for name in os.listdir(self._dirs[sub]):
+                parsed = parse_owner(name)
+                if parsed is not None:
+                    owners.add(parsed[1])
+        return sum(self.recover(o) for o in sorted(owners) if not self._is_alive(o))
+
+    # -- quarantine ----------------------------------------------------------
+
+    def _write_reason(self, name: str, reason: str) -> Path:
+        text = f"{reason}\n".encode("utf-8", errors="replace")
+        tmp = self._write_tmp(name + REASON_SUFFIX, text)
+        dst = self._dirs["failed"] / (name + REASON_SUFFIX)
+        os.rename(tmp, dst)
+        return dst
+
+    def quarantine(self, claim: OverflowClaim, reason: str) -> Path:
+        """Move a claimed message into failed/ beside a ``.reason`` file; return its path.
+
+        The reason is renamed in first, then the message; dying between the
+        two leaves a reason without a message (removed by purge_failed) and the
+        claim in cur/ for recovery. Raises OverflowClaimLost if the claim is gone.
+        """
+        name = ready_name(claim.msgid, claim.size, claim.attempts)
+        reason_path = self._write_reason(name, reason)
+        dst = self._dirs["failed"] / name
+        try:
+            os.rename(claim.path, dst)
+        except FileNotFoundError:
+            _unlink_quietly(reason_path)
+            raise OverflowClaimLost(f"{claim.msgid}: claim no longer in cur/") from None
+        log.warning("%s: quarantined after %d attempt(s): %s", claim.msgid, claim.attempts, reason)
+        return dst
+
+    def quarantine_bytes(self, msgid: str, data: bytes, attempts: int, reason: str) -> Path:
+        """Store ``data`` straight into failed/ (a ring message at its attempt limit).
+
+        Not refused by the cap: the bytes leave the ring for tmpfs, so RAM use
+        does not grow, and refusing would lose an accepted message. Dying
+        midway leaves a tmp file or a lone reason, never a partial message.
+        """
+        _check_id(msgid, attempts)
+        name = ready_name(msgid, len(data), attempts)
+        tmp = self._write_tmp(msgid, data)
+        try:
+            self._write_reason(name, reason)
+        except BaseException:
+            _unlink_quietly(tmp)
+            raise
+        dst = self._dirs["failed"] / name
+        os.rename(tmp, dst)
+        with self._lock:
+            self._used += len(data)
+        log.warning("%s: quarantined after %d attempt(s): %s", msgid, attempts, reason)
+        return dst
+
+    # -- purging -------------------------------------------------------------
+
+    def purge(self, older_than: float | None = None) -> PurgeResult:
+        """Drop ready messages: all, or those whose id time is before ``older_than``.
+
+        ``older_than`` is wall-clock seconds since the epoch. Only new/ is
+        touched, never a claim. Dying midway leaves the rest for the next purge.
+        """
+        result = self._purge_dir("new", older_than, reasons=False)
+        with self._lock:
+            self._claim_cache = []
+            self._refreshed_at = float("-inf")  # let the next spill see the space
+        if result.count:
+            log.info("purged %d ready message(s), %d bytes", result.count, result.bytes)
+        return result
+
+    def purge_failed(self, older_than: float | None = None) -> PurgeResult:
+        """Drop quarantined messages and their reasons: all, or older than ``older_than``."""
+        result = self._purge_dir("failed", older_than, reasons=True)
+        if result.count:
+            log.info("purged %d quarantined message(s), %d bytes", result.count, result.bytes)
+        return result
+
+    def _purge_dir(self, sub: str, older_than: float | None, *, reasons: bool) -> PurgeResult:
+        d = self._dirs[sub]
+        # Names start with the id's fixed-width hex time, so a string compare
+        # with the cutoff's hex form selects by arrival time.
+        cutoff = None if older_than is None else f"{max(0, int(older_than * 1e6)):013x}"
+        count = nbytes = 0
+        for name in os.listdir(d):
+            if cutoff is not None and name[:13] >= cutoff:
+                continue
+            if reasons and name.endswith(REASON_SUFFIX):
+                _unlink_quietly(d / name)
+                continue
+            parsed = parse_ready(name)
+            if parsed is None:
+                continue
+            if _unlink_quietly(d / name):
+                count += 1
+                nbytes += parsed[1]
+        return PurgeResult(count, nbytes)
+
+    # -- counting ------------------------------------------------------------
+
+    def _summary(self, sub: str) -> _Summary:
+        """Count and bytes of one directory, from the names, cached by its stat."""
+        d = self._dirs[sub]
+        st = os.stat(d)
+        key = (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino)
+        cached = self._summaries.get(sub)
+        if cached is not None and cached.trusted and cached.key == key:
+            return cached.summary
+        began = time.time_ns()
+        names = os.listdir(d)
+        msgs = names
+        if sub == "failed":
+            msgs = [n for n in names if not n.endswith(REASON_SUFFIX)]
+        nbytes = sum(map(int, _SIZE_RE.findall("\n".join(msgs))))
+        summary = _Summary(len(msgs), nbytes, min(msgs) if sub == "new" and msgs else None)
+        trusted = max(st.st_mtime_ns, st.st_ctime_ns) <= began - RACY_NS
+        self._summaries[sub] = _Cached(key, trusted, summary)
+        if self._bogo_ok is None and sub == "new":
+            after = os.stat(d)
+            if (after.st_mtime_ns, after.st_size) == (st.st_mtime_ns, st.st_size):
+                # Unchanged during the listing: a fair test of the entry count.
+                self._bogo_ok = st.st_size == BOGO_BASE + BOGO_DIRENT * len(names)
+                if not self._bogo_ok:
+                    log.info("overflow %s: directory sizes do not count entries", self.path)
+        return summary
+
+    def _tmp_bytes(self, exclude: Collection[str] = ()) -> int:
+        return sum(size for name, size in self._tmp_files() if name not in exclude)
+
+    def _tmp_files(self) -> list[tuple[str, int]]:
+        # tmp/ sizes grow without touching the directory, so it is never cached;
+        # it holds only the writes in progress.
+        out = []
+        for name in os.listdir(self._dirs["tmp"]):
+            try:
+                out.append((name, os.stat(self._dirs["tmp"] / name).st_size))
+            except FileNotFoundError:
+                continue
+        return out
+
+    def stats(self) -> OverflowStats:
+        """Counts and bytes per state, from names (cached while directories are unchanged)."""
+        new = self._summary("new")
+        cur = self._summary("cur")
+        failed = self._summary("failed")
+        tmp = self._tmp_files()
+        oldest_age = None
+        if new.oldest is not None:
+            oldest_age = max(0.0, time.time() - ids.id_time(new.oldest))
+        return OverflowStats(
+            ready=new.count,
+            ready_bytes=new.nbytes,
+            claimed=cur.count,
+            claimed_bytes=cur.nbytes,
+            failed=failed.count,
+            failed_bytes=failed.nbytes,
+            writing=len(tmp),
+            oldest_age=oldest_age,
+            writing_bytes=sum(size for _, size in tmp),
+        )
+
+    def ready_count(self) -> int:
+        """Number of ready messages: one stat() on tmpfs once confirmed, else cached names."""
+        if self._bogo_ok:
+            st = os.stat(self._dirs["new"])
+            return max(0, (st.st_size - BOGO_BASE) // BOGO_DIRENT)
+        return self._summary("new").count
+
+
+class SpillWriter:
+    """One message being written into tmp/; ``commit()`` makes it ready.
+
+    Chunks go straight to the file; the message is never held in memory.
+    Each chunk is counted toward the cap before it is written.
+    """
+
+    def __init__(self, store: Overflow, msgid: str, attempts: int) -> None:
+        _check_id(msgid, attempts)
+        self.msgid = msgid
+        self.attempts = attempts
+        self.size = 0
+        self._store = store
+        self._reserved = 0
+        self._tmp = store._dirs["tmp"] / f"{msgid},{_owner_tag(proc.self_identity())}"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+        self._fd: int | None = os.open(self._tmp, flags, store._file_mode)
+        with store._lock:
+            store._own_tmp.add(self._tmp.name)
+
+    def __enter__(self) -> SpillWriter:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._fd is not None:
+            self.abort()
+
+    @property
+    def closed(self) -> bool:
+        """True once committed or aborted."""
+        return self._fd is None
+
+    def reserve(self, n: int) -> None:
+        """Count ``n`` more bytes toward the cap ahead of writing them.
+
+        Lets a caller that knows the announced size refuse early. Raises
+        OverflowFull (and aborts) if the cap would be passed.
+        """
+        self._open_fd()
+        need = self.size + n - self._reserved
+        if need <= 0:
+            return
+        try:
+            self._store._reserve(need)
+        except OverflowFull:
+            self.abort()
+            raise
+        self._reserved += need
+
+    def write(self, chunk: bytes) -> int:
+        """Append ``chunk``; raises OverflowFull (and aborts) once the cap would be passed."""
+        fd = self._open_fd()
+        self.reserve(len(chunk))
+        try:
+            _write_all(fd, chunk)
+        except OSError as e:
+            self.abort()
+            if e.errno == errno.ENOSPC:
+                s = self._store
+                raise OverflowFull(
+                    s.path, s.max_bytes, s._used, len(chunk), "filesystem full"
+                ) from e
+            raise
+        self.size += len(chunk)
+        return len(chunk)
+
+    def commit(self) -> str:
+        """Make the message ready with one rename and return its new/ name."""
+        fd = self._open_fd()
+        name = ready_name(self.msgid, self.size, self.attempts)
+        os.close(fd)
+        self._fd = None
+        try:
+            os.rename(self._tmp, self._store._dirs["new"] / name)
+        except BaseException:
+            self._finish(stored=False)
+            raise
+        self._finish(stored=True)
+        return name
+
+    def abort(self) -> None:
+        """Throw the partial message away (no-op once committed or aborted)."""
+        if self._fd is None:
+            return
+        os.close(self._fd)
+        self._fd = None
+        self._finish(stored=False)
+
+    def _finish(self, *, stored: bool) -> None:
+        if not stored:
+            _unlink_quietly(self._tmp)
+        store = self._store
+        with store._lock:
+            store._own_tmp.discard(self._tmp.name)
+            store._inflight -= self._reserved
+            if stored:
+                store._used += self.size
+        self._reserved = 0
+
+    def _open_fd(self) -> int:
+        if self._fd is None:
+            raise ValueError(f"{self.msgid}: spill writer is closed")
+        return self._fd
+
+
+def _check_id(msgid: str, attempts: int) -> None:
+    if not ids.is_valid(msgid):
+        raise ValueError(f"not a message id: {msgid!r}")
+    if attempts < 0:
+        raise ValueError(f"{msgid}: attempts must be >= 0, got {attempts}")
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _unlink_quietly(path: Path) -> bool:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _insort_desc(names: list[str], name: str) -> None:
+    # The cache is sorted newest first; bisect on the negated order.
+    lo, hi = 0, len(names)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if names[mid] > name:
+            lo = mid + 1
+        else:
+            hi = mid
+    names.insert(lo, name)
+
+
+__all__ = [
+    "Overflow",
+    "OverflowClaim",
+    "OverflowClaimLost",
+    "OverflowError",
+    "OverflowFull",
+    "OverflowStats",
+    "PurgeResult",
+    "SpillWriter",
+    "fs_type",
+    "parse_owner",
+    "parse_ready",
+    "ready_name",
+]
