@@ -1,0 +1,451 @@
+"""A small synchronous SPAMC/1.5 client for spamd.
+
+One socket per call: connect, send ``VERB SPAMC/1.5``, the headers, a blank
+line and the message, shut down the write side, read the reply to EOF (spamd
+closes after replying) and parse it.  Every call runs against one absolute
+deadline on the monotonic clock; each socket operation gets the time that is
+left.  The message is never decoded, logged or copied more than once.
+
+Errors say whether retrying can help (``exc.retryable``): a refused or
+missing socket, a reset, a 0-byte or truncated reply (a spamd child killed or
+spamd restarting) and timeouts are retryable; an unparseable reply and
+protocol errors reported by spamd are not.
+
+If the process dies in the middle of a call, nothing is left behind but a
+closed connection; spamd discards the half-sent request.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import socket
+import time
+from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
+
+PROTOCOL = b"SPAMC/1.5"
+
+# sysexits codes spamd answers with that say "try again later" rather than
+# "this request is wrong": EX_OSERR, EX_IOERR, EX_TEMPFAIL and spamd's own
+# EX_TIMEOUT (--timeout-child / --timeout-tcp).  EX_UNAVAILABLE (69) is not
+# among them: spamd uses it for TELL without --allow-tell and for a bad
+# compressed body, which repeat on every retry.
+RETRYABLE_CODES = frozenset({71, 74, 75, 79})
+
+# Below this size the header block and the message go out in one write; the
+# copy costs less than a second system call.
+_COALESCE_LIMIT = 64 * 1024
+_RECV_SIZE = 64 * 1024
+
+_STATUS_RE = re.compile(rb"SPAMD/(\d+\.\d+) +(\d+)(?: +(.*))?", re.DOTALL)
+_SPAM_RE = re.compile(r"(True|False|Yes|No) ; (-?\d+(?:\.\d+)?) / (-?\d+(?:\.\d+)?)")
+_SPAM_FLAGS = {"True": True, "Yes": True, "False": False, "No": False}
+_MESSAGE_CLASSES = frozenset({"spam", "ham"})
+
+
+class SpamdError(Exception):
+    """Base of every error the client raises; ``retryable`` says if a retry may help."""
+
+    retryable: bool = False
+
+
+class SpamdConnectionError(SpamdError):
+    """No usable connection or no complete reply: refused, missing socket, reset, 0 bytes."""
+
+    retryable = True
+
+
+class SpamdTimeout(SpamdError):
+    """The connect or reply deadline passed."""
+
+    retryable = True
+
+
+class SpamdProtocolError(SpamdError):
+    """The reply is not something spamd sends."""
+
+    retryable = False
+
+
+class SpamdResponseError(SpamdError):
+    """spamd answered with a non-zero status line (``.code``, ``.text``)."""
+
+    def __init__(self, code: int, text: str) -> None:
+        super().__init__(code, text)
+        self.code = code
+        self.text = text
+        self.retryable = code in RETRYABLE_CODES
+
+    def __str__(self) -> str:
+        return f"spamd replied {self.code} {self.text}"
+
+
+@dataclass(frozen=True, slots=True)
+class SpamdResult:
+    """The verdict of a CHECK, SYMBOLS or REPORT call, exactly as spamd gave it."""
+
+    spam: bool
+    score: float
+    required: float
+    rules: tuple[str, ...]
+    report: bytes | None
+    headers: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class TellResult:
+    """What a TELL call changed: ``("local",)``, ``("remote",)`` or both; empty if nothing."""
+
+    did_set: tuple[str, ...]
+    did_remove: tuple[str, ...]
+
+
+def parse_address(address: str) -> tuple[int, str | tuple[str, int]]:
+    """Parse ``unix:/path`` or ``tcp:host:port`` into a family and a socket address.
+
+    IPv6 literals go in brackets (``tcp:[::1]:783``).  A host name yields
+    ``AF_UNSPEC``: the client resolves it on every call, so a changed record is
+    followed.  Anything else raises ValueError naming the problem.
+    """
+    scheme, sep, rest = address.partition(":")
+    if not sep or scheme not in ("unix", "tcp"):
+        raise ValueError(
+            f"spamd address {address!r}: expected 'unix:/path/to/socket' or 'tcp:host:port'"
+        )
+    if scheme == "unix":
+        if not rest.startswith("/"):
+            raise ValueError(f"spamd address {address!r}: the socket path must be absolute")
+        # sun_path holds 108 bytes including the terminating NUL.
+        if len(rest.encode()) > 107:
+            raise ValueError(f"spamd address {address!r}: socket path longer than 107 bytes")
+        return socket.AF_UNIX, rest
+    if rest.startswith("["):
+        host, bracket, tail = rest[1:].partition("]")
+        if not bracket or not tail.startswith(":"):
+            raise ValueError(f"spamd address {address!r}: expected 'tcp:[ipv6]:port'")
+        port_text = tail[1:]
+        family = socket.AF_INET6
+        if not _is_ip(socket.AF_INET6, host):
+            raise ValueError(f"spamd address {address!r}: {host!r} is not an IPv6 address")
+    else:
+        host, colon, port_text = rest.rpartition(":")
+        if not colon:
+            raise ValueError(f"spamd address {address!r}: missing ':port'")
+        if ":" in host:
+            raise ValueError(
+                f"spamd address {address!r}: put an IPv6 address in brackets, 'tcp:[::1]:783'"
+            )
+        family = socket.AF_INET if _is_ip(socket.AF_INET, host) else socket.AF_UNSPEC
+    if not host:
+        raise ValueError(f"spamd address {address!r}: missing host")
+    if not port_text.isascii() or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"spamd address {address!r}: port must be a number from 1 to 65535")
+    return family, (host, int(port_text))
+
+
+def _is_ip(family: int, host: str) -> bool:
+    try:
+        socket.inet_pton(family, host)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def _split_reply(data: bytes, *, complete: bool) -> tuple[dict[str, str], bytes]:
+    """Check the status line of ``data`` and split it into headers and body.
+
+    ``complete`` asks for the blank line that ends a full reply; only PING is
+    answered with a status line alone.
+    """
+    if not data:
+        raise SpamdConnectionError("spamd closed the connection without a reply")
+    end = data.find(b"\r\n")
+    if end < 0:
+        raise SpamdProtocolError(f"reply without a status line: {data[:80]!r}")
+    m = _STATUS_RE.fullmatch(data, 0, end)
+    if m is None:
+        raise SpamdProtocolError(f"bad status line: {data[: min(end, 80)]!r}")
+    code = int(m[2])
+    if code != 0:
+        raise SpamdResponseError(code, (m[3] or b"").decode("latin-1").strip())
+    split = data.find(b"\r\n\r\n", end)
+    if split < 0:
+        if complete:
+            # spamd writes the status line and the headers separately; a
+            # child killed in between leaves just the status line.
+            raise SpamdConnectionError("reply truncated before the end of its headers")
+        return {}, b""
+    headers: dict[str, str] = {}
+    if split > end:
+        for line in data[end + 2 : split].split(b"\r\n"):
+            name, colon, value = line.partition(b":")
+            if not colon or not name:
+                raise SpamdProtocolError(f"bad reply header: {line[:80]!r}")
+            headers[name.decode("latin-1").strip()] = value.decode("latin-1").strip()
+    body = data[split + 4 :]
+    length = _header(headers, "content-length")
+    if length is not None:
+        if not length.isascii() or not length.isdigit():
+            raise SpamdProtocolError(f"bad Content-length in reply: {length[:40]!r}")
+        if len(body) < int(length):
+            raise SpamdConnectionError(f"reply truncated: {len(body)} of {length} body bytes")
+        if len(body) > int(length):
+            raise SpamdProtocolError(f"reply body longer than its Content-length {length}")
+    return headers, body
+
+
+def _header(headers: dict[str, str], lower_name: str) -> str | None:
+    # spamd's spelling is fixed ("Content-length", "DidSet"), but a lookup
+    # that ignores case costs nothing with two or three headers.
+    for name, value in headers.items():
+        if name.lower() == lower_name:
+            return value
+    return None
+
+
+def parse_scan_reply(data: bytes, *, rules: bool = False, report: bool = False) -> SpamdResult:
+    """Parse a complete CHECK (neither flag), SYMBOLS (``rules``) or REPORT reply."""
+    headers, body = _split_reply(data, complete=True)
+    spam_header = _header(headers, "spam")
+    if spam_header is None:
+        raise SpamdProtocolError("reply without a Spam header")
+    m = _SPAM_RE.fullmatch(spam_header)
+    if m is None:
+        raise SpamdProtocolError(f"bad Spam header: {spam_header[:80]!r}")
+    names: tuple[str, ...] = ()
+    if rules:
+        text = body.decode("latin-1").strip()
+        if text:
+            names = tuple(name for name in map(str.strip, text.split(",")) if name)
+    return SpamdResult(
+        spam=_SPAM_FLAGS[m[1]],
+        score=float(m[2]),
+        required=float(m[3]),
+        rules=names,
+        report=body if report else None,
+        headers=headers,
+    )
+
+
+def parse_tell_reply(data: bytes) -> TellResult:
+    """Parse a complete TELL reply; a missing DidSet/DidRemove means nothing changed."""
+    headers, _ = _split_reply(data, complete=True)
+    return TellResult(
+        did_set=_split_list(_header(headers, "didset")),
+        did_remove=_split_list(_header(headers, "didremove")),
+    )
+
+
+def _split_list(value: str | None) -> tuple[str, ...]:
+    if not value:
+        return ()
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+def parse_ping_reply(data: bytes) -> None:
+    """Accept a PING reply (``SPAMD/1.5 0 PONG``) or raise."""
+    _split_reply(data, complete=False)
+
+
+class SpamdClient:
+    """A synchronous spamd client: one connection per call, no state between calls."""
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        connect_timeout: float = 10.0,
+        timeout: float = 330.0,
+        user: str | None = None,
+    ) -> None:
+        """Prepare a client for ``address`` (see :func:`parse_address`); nothing connects yet.
+
+        ``timeout`` bounds a whole call and defaults above spamd's 300 s
+        ``--timeout-child`` so spamd's own timeout reply (79) arrives first.
+        """
+        if not connect_timeout > 0 or not timeout > 0:
+            raise ValueError("spamd timeouts must be positive")
+        self.address = address
+        self._family, self._sockaddr = parse_address(address)
+        self._connect_timeout = float(connect_timeout)
+        self._timeout = float(timeout)
+        user_line = b""
+        if user is not None:
+            # spamd rejects control characters in User; catching them here
+            # keeps a bad config from becoming a header injection.
+            if not user or any(ord(c) < 0x20 or ord(c) == 0x7F for c in user):
+                raise ValueError(f"spamd user {user!r}: empty or contains control characters")
+            user_line = b"User: " + user.encode() + b"\r\n"
+        self.user = user
+        self._prefix = {
+            verb: verb.encode() + b" " + PROTOCOL + b"\r\n" + user_line
+            for verb in ("CHECK", "SYMBOLS", "REPORT", "TELL")
+        }
+
+    def __repr__(self) -> str:
+        return f"SpamdClient({self.address!r})"
+
+    def ping(self) -> None:
+        """Check that spamd answers; raises a SpamdError if it does not."""
+        parse_ping_reply(self._call("PING", b"PING " + PROTOCOL + b"\r\n\r\n", None))
+
+    def check(self, message: bytes | bytearray | memoryview) -> SpamdResult:
+        """Score ``message`` (CHECK); ``rules`` is empty and ``report`` None."""
+        return parse_scan_reply(self._scan("CHECK", message))
+
+    def symbols(self, message: bytes | bytearray | memoryview) -> SpamdResult:
+        """Score ``message`` and list the rules that hit (SYMBOLS)."""
+        return parse_scan_reply(self._scan("SYMBOLS", message), rules=True)
+
+    def report(self, message: bytes | bytearray | memoryview) -> SpamdResult:
+        """Score ``message`` and return spamd's text report as bytes (REPORT)."""
+        return parse_scan_reply(self._scan("REPORT", message), report=True)
+
+    def tell(
+        self,
+        message: bytes | bytearray | memoryview,
+        message_class: str,
+        *,
+        set_local: bool = True,
+        remove_local: bool = False,
+        set_remote: bool = False,
+    ) -> TellResult:
+        """Teach spamd's Bayes (TELL) that ``message`` is ``"spam"`` or ``"ham"``.
+
+        Needs spamd ``--allow-tell``.  ``did_set``/``did_remove`` are empty when
+        spamd had already learned (or never learned) the message that way.
+        """
+        if message_class not in _MESSAGE_CLASSES:
+            raise ValueError(f"message_class must be 'spam' or 'ham', not {message_class!r}")
+        if set_local and remove_local:
+            raise ValueError("set_local and remove_local exclude each other")
+        targets = [name for name, on in (("local", set_local), ("remote", set_remote)) if on]
+        extra = b"Message-class: " + message_class.encode() + b"\r\n"
+        if targets:
+            extra += b"Set: " + ", ".join(targets).encode() + b"\r\n"
+        if remove_local:
+            extra += b"Remove: local\r\n"
+        if not targets and not remove_local:
+            raise ValueError("tell() needs set_local, remove_local or set_remote")
+        return parse_tell_reply(self._scan("TELL", message, extra))
+
+    def _scan(
+        self, verb: str, message: bytes | bytearray | memoryview, extra: bytes = b""
+    ) -> bytes:
+        size = message.nbytes if isinstance(message, memoryview) else len(message)
+        head = self._prefix[verb] + extra + b"Content-length: %d\r\n\r\n" % size
+        return self._call(verb, head, message)
+
+    def _call(self, verb: str, head: bytes, body: bytes | bytearray | memoryview | None) -> bytes:
+        """Send one request and return the raw reply, read to EOF."""
+        now = time.monotonic()
+        deadline = now + self._timeout
+        try:
+            sock = self._connect(min(deadline, now + self._connect_timeout))
+            try:
+                return self._exchange(sock, head, body, deadline)
+            finally:
+                sock.close()
+        except SpamdError as exc:
+            log.debug("spamd %s at %s failed: %s", verb, self.address, exc)
+            raise
+
+    def _connect(self, deadline: float) -> socket.socket:
+        if self._family == socket.AF_UNSPEC:
+            assert isinstance(self._sockaddr, tuple)
+            host, port = self._sockaddr
+            try:
+                infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            except OSError as exc:
+                raise SpamdConnectionError(f"{self.address}: cannot resolve: {exc}") from exc
+            targets = [(info[0], info[4]) for info in infos]
+        else:
+            targets = [(self._family, self._sockaddr)]
+        error: OSError | None = None
+        for family, sockaddr in targets:
+            try:
+                return self._connect_one(family, sockaddr, deadline)
+            except OSError as exc:  # refused, missing socket: try the next address
+                error = exc
+        raise SpamdConnectionError(f"{self.address}: cannot connect: {error}") from error
+
+    def _connect_one(
+        self, family: int, sockaddr: str | tuple[str, int], deadline: float
+    ) -> socket.socket:
+        pause = 0.001
+        while True:
+            left = self._left(deadline, "connecting")
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            try:
+                sock.settimeout(left)
+                sock.connect(sockaddr)
+            except BlockingIOError:
+                # A Unix socket whose listen queue is full fails at once with
+                # EAGAIN where TCP would wait; wait the same way, up to the deadline.
+                sock.close()
+                time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+                pause = min(pause * 2, 0.05)
+                continue
+            except TimeoutError as exc:
+                sock.close()
+                raise SpamdTimeout(f"{self.address}: connect timed out") from exc
+            except BaseException:
+                sock.close()
+                raise
+            if family != socket.AF_UNIX:
+                # Two writes (header block, large body) must not wait on Nagle.
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            return sock
+
+    def _exchange(
+        self,
+        sock: socket.socket,
+        head: bytes,
+        body: bytes | bytearray | memoryview | None,
+        deadline: float,
+    ) -> bytes:
+        send_error: OSError | None = None
+        try:
+            sock.settimeout(self._left(deadline, "sending"))
+            if body is None:
+                sock.sendall(head)
+            elif len(body) <= _COALESCE_LIMIT:
+                sock.sendall(head + body)
+            else:
+                sock.sendall(head)
+                sock.settimeout(self._left(deadline, "sending"))
+                sock.sendall(body)
+            # EOF tells spamd at once that nothing more is coming.
+            sock.shutdown(socket.SHUT_WR)
+        except TimeoutError as exc:
+            raise SpamdTimeout(f"{self.address}: timed out sending the request") from exc
+        except OSError as exc:
+            # spamd may have answered early (a refused TELL) and closed; its
+            # reply is still readable and says more than EPIPE would.
+            send_error = exc
+        chunks: list[bytes] = []
+        while True:
+            try:
+                sock.settimeout(self._left(deadline, "reading the reply"))
+                chunk = sock.recv(_RECV_SIZE)
+            except TimeoutError as exc:
+                raise SpamdTimeout(f"{self.address}: timed out waiting for the reply") from exc
+            except OSError as exc:
+                if not chunks:
+                    raise SpamdConnectionError(f"{self.address}: {exc}") from exc
+                break  # a reset after the reply: let the parser judge what arrived
+            if not chunk:
+                break
+            chunks.append(chunk)
+        if not chunks:
+            detail = f" (sending failed: {send_error})" if send_error else ""
+            raise SpamdConnectionError(f"{self.address}: closed without a reply{detail}")
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    def _left(self, deadline: float, phase: str) -> float:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise SpamdTimeout(f"{self.address}: deadline passed before {phase}")
+        return left
