@@ -65,7 +65,14 @@ RACY_NS = 100_000_000
 BOGO_DIRENT = 20
 BOGO_BASE = 2 * BOGO_DIRENT
 
-_SIZE_RE = re.compile(r",S=(\d+)")
+# One pass over a directory's names joined by newlines yields every message's
+# size; foreign names (and failed/'s .reason files) do not match.
+_ID = r"[0-9a-f]{13}-[0-9a-f]{6}"
+_SIZES_RE = {
+    "new": re.compile(rf"^{_ID},S=(\d+),A=\d+$", re.M),
+    "cur": re.compile(rf"^{_ID},S=(\d+),A=\d+,P=\d+\.\d+$", re.M),
+    "failed": re.compile(rf"^{_ID},S=(\d+),A=\d+$", re.M),
+}
 _OCTAL_RE = re.compile(r"\\([0-7]{3})")
 
 
@@ -567,7 +574,9 @@ class Overflow:
         d = self._dirs[sub]
         # Names start with the id's fixed-width hex time, so a string compare
         # with the cutoff's hex form selects by arrival time.
-        cutoff = None if older_than is None else f"{max(0, int(older_than * 1e6)):013x}"
+        # round(), not int(): a cutoff taken from id_time() must map back to
+        # the same microsecond despite float noise.
+        cutoff = None if older_than is None else f"{max(0, round(older_than * 1e6)):013x}"
         count = nbytes = 0
         for name in os.listdir(d):
             if cutoff is not None and name[:13] >= cutoff:
@@ -595,11 +604,13 @@ class Overflow:
             return cached.summary
         began = time.time_ns()
         names = os.listdir(d)
-        msgs = names
-        if sub == "failed":
-            msgs = [n for n in names if not n.endswith(REASON_SUFFIX)]
-        nbytes = sum(map(int, _SIZE_RE.findall("\n".join(msgs))))
-        summary = _Summary(len(msgs), nbytes, min(msgs) if sub == "new" and msgs else None)
+        sizes = _SIZES_RE[sub].findall("\n".join(names))
+        oldest = None
+        if sub == "new" and sizes:
+            oldest = min(names)
+            if parse_ready(oldest) is None:  # a foreign name sorts first
+                oldest = min(n for n in names if parse_ready(n) is not None)
+        summary = _Summary(len(sizes), sum(map(int, sizes)), oldest)
         trusted = max(st.st_mtime_ns, st.st_ctime_ns) <= began - RACY_NS
         self._summaries[sub] = _Cached(key, trusted, summary)
         if self._bogo_ok is None and sub == "new":
