@@ -53,15 +53,16 @@ class ConfigError(Exception):
     """The configuration is unusable; ``problems`` holds every reason found."""
 
     def __init__(self, problems: list[str]) -> None:
-        super().__init__("\n".join(problems))
+        # The list itself is the only argument, so the error survives pickling.
+        super().__init__(problems)
         self.problems = problems
+
+    def __str__(self) -> str:
+        return "\n".join(self.problems)
 
 
 class _Invalid(Exception):
     """A raw value failed its kind's check; the text says what is wrong."""
-
-
-# -- host-dependent defaults, computed at call time ---------------------------
 
 
 def runtime_dir() -> Path:
@@ -127,9 +128,6 @@ def find_spamd(command: str) -> str | None:
     return shutil.which(command, path=os.pathsep.join(dirs))
 
 
-# -- value formatting shared by messages, the sample file and the docs --------
-
-
 def _toml_str(text: str) -> str:
     """``text`` as a TOML basic string (also how error messages quote values)."""
     out = ['"']
@@ -188,8 +186,6 @@ def _num(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else str(x)
 
 
-# -- byte sizes ---------------------------------------------------------------
-
 _UNITS = {"": 1, "k": KiB, "m": MiB, "g": GiB, "t": 1024 * GiB}
 
 
@@ -228,9 +224,6 @@ def format_size(n: int) -> str:
         if n and n % factor == 0:
             return f"{n // factor}{unit}"
     return str(n)
-
-
-# -- kinds: how one key is typed, checked and written -------------------------
 
 
 class _Kind:
@@ -529,8 +522,10 @@ class _SpamdAddressKind(_Kind):
         if not isinstance(raw, str):
             raise _Invalid(f"must be {expected}, got {_show(raw)}")
         scheme, colon, rest = raw.partition(":")
-        if raw == "managed" or raw == "off":
-            return SpamdAddress(raw)
+        if raw == "managed":
+            return SpamdAddress("managed")
+        if raw == "off":
+            return SpamdAddress("off")
         if colon and scheme == "unix" and rest:
             return SpamdAddress("unix", path=_resolve_path(rest, base_dir, unix_socket=True))
         if colon and scheme == "tcp":
@@ -550,9 +545,6 @@ class _SpamdAddressKind(_Kind):
 
     def dump(self, value: Any) -> object:
         return str(value)
-
-
-# -- declarations -------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -849,9 +841,6 @@ def _keys(section_cls: type) -> Iterator[tuple[str, _Setting]]:
         yield f.name, f.metadata[_META]
 
 
-# -- cross-field rules ----------------------------------------------------------
-
-
 def _spamd_child_timeout(spamd: SpamdConfig) -> float:
     """The --timeout-child a managed spamd runs with (its default unless overridden)."""
     args = spamd.extra_args if spamd.address.kind == "managed" else ()
@@ -953,9 +942,6 @@ _RULES: tuple[_Rule, ...] = (
     _Rule(("overflow.max_bytes", "ingest.max_message_bytes"), _check_overflow_cap),
     _Rule(("results.dir", "overflow.dir"), _check_results_outside_overflow),
 )
-
-
-# -- loading ------------------------------------------------------------------
 
 
 def _close(word: str, candidates: list[str]) -> str | None:
@@ -1112,8 +1098,6 @@ def to_dict(config: Config) -> dict[str, dict[str, object]]:
         out[section] = {key: s.kind.dump(getattr(values, key)) for key, s in _keys(cls)}
     return out
 
-
-# -- generated text -----------------------------------------------------------
 
 _SAMPLE_HEADER = """\
 # ringtrap configuration (TOML).
