@@ -515,6 +515,13 @@ def test_cross_field_rules_accept_the_boundaries(text: str) -> None:
     load_text(text)
 
 
+def test_cross_field_rules_name_declared_keys() -> None:
+    # A misspelt key here would stop the rule from being skipped after a bad value.
+    keys = set(declared_keys())
+    for rule in config._RULES:
+        assert set(rule.keys) <= keys, rule
+
+
 def test_cross_field_rule_skipped_when_a_key_is_invalid() -> None:
     # slot_bytes is invalid by itself; the ring-size rule must not pile on.
     problems = problems_of('[ring]\nslots = 1000000\nslot_bytes = "65M"\n')
