@@ -227,7 +227,13 @@ def format_size(n: int) -> str:
 
 
 class _Kind:
-    """Parser, validator and renderer for one kind of setting."""
+    """Parser, validator and renderer for one kind of setting.
+
+    Kinds are plain slotted classes, set once in __init__ and never changed:
+    the dataclass decorator would cost the client's import a millisecond each.
+    """
+
+    __slots__ = ()
 
     def describe(self) -> str:
         """The type column of the docs table."""
@@ -246,10 +252,12 @@ class _Kind:
         return _toml_literal(self.dump(value))
 
 
-@dataclass(frozen=True)
 class _Integer(_Kind):
-    lo: int
-    hi: int | None = None
+    __slots__ = ("hi", "lo")
+
+    def __init__(self, lo: int, hi: int | None = None) -> None:
+        self.lo = lo
+        self.hi = hi
 
     def describe(self) -> str:
         return "integer"
@@ -261,8 +269,9 @@ class _Integer(_Kind):
         raise _Invalid(f"must be an integer {limits}, got {_show(raw)}")
 
 
-@dataclass(frozen=True)
 class _Seconds(_Kind):
+    __slots__ = ()
+
     def describe(self) -> str:
         return "seconds"
 
@@ -273,11 +282,13 @@ class _Seconds(_Kind):
         raise _Invalid(f"must be a number of seconds > 0, got {_show(raw)}")
 
 
-@dataclass(frozen=True)
 class _Size(_Kind):
-    lo: int
-    hi: int | None = None
-    zero_unlimited: bool = False
+    __slots__ = ("hi", "lo", "zero_unlimited")
+
+    def __init__(self, lo: int, hi: int | None = None, zero_unlimited: bool = False) -> None:
+        self.lo = lo
+        self.hi = hi
+        self.zero_unlimited = zero_unlimited
 
     def describe(self) -> str:
         return "byte size"
@@ -305,9 +316,11 @@ class _Size(_Kind):
         return text if text.isdecimal() else _toml_str(text)
 
 
-@dataclass(frozen=True)
 class _Mode(_Kind):
-    owner_rw: bool = False
+    __slots__ = ("owner_rw",)
+
+    def __init__(self, owner_rw: bool = False) -> None:
+        self.owner_rw = owner_rw
 
     def describe(self) -> str:
         return "octal mode"
@@ -342,10 +355,12 @@ class _Mode(_Kind):
         return f"0o{value:03o}"
 
 
-@dataclass(frozen=True)
 class _Path(_Kind):
-    optional: bool = False  # "" stands for "none" and is stored as None
-    unix_socket: bool = False
+    __slots__ = ("optional", "unix_socket")
+
+    def __init__(self, optional: bool = False, unix_socket: bool = False) -> None:
+        self.optional = optional  # "" stands for "none" and is stored as None
+        self.unix_socket = unix_socket
 
     def describe(self) -> str:
         return 'path or ""' if self.optional else "path"
@@ -378,8 +393,9 @@ def _resolve_path(raw: str, base_dir: Path, unix_socket: bool) -> Path:
     return path
 
 
-@dataclass(frozen=True)
 class _Text(_Kind):
+    __slots__ = ()
+
     def describe(self) -> str:
         return "string"
 
@@ -389,9 +405,9 @@ class _Text(_Kind):
         raise _Invalid(f"must be a non-empty string, got {_show(raw)}")
 
 
-@dataclass(frozen=True)
 class _ShmName(_Kind):
-    max_len: int = 200  # semaphore names add a prefix within NAME_MAX (255)
+    __slots__ = ()
+    max_len = 200  # semaphore names add a prefix within NAME_MAX (255)
 
     def describe(self) -> str:
         return "name"
@@ -411,8 +427,9 @@ class _ShmName(_Kind):
         )
 
 
-@dataclass(frozen=True)
 class _Group(_Kind):
+    __slots__ = ()
+
     def describe(self) -> str:
         return 'group name or ""'
 
@@ -429,9 +446,11 @@ class _Group(_Kind):
         return raw
 
 
-@dataclass(frozen=True)
 class _Choice(_Kind):
-    options: tuple[str, ...]
+    __slots__ = ("options",)
+
+    def __init__(self, options: tuple[str, ...]) -> None:
+        self.options = options
 
     def describe(self) -> str:
         return ", ".join(_toml_str(o) for o in self.options)
@@ -442,8 +461,9 @@ class _Choice(_Kind):
         raise _Invalid(f"must be one of {self.describe()}, got {_show(raw)}")
 
 
-@dataclass(frozen=True)
 class _TextList(_Kind):
+    __slots__ = ()
+
     def describe(self) -> str:
         return "list of strings"
 
@@ -456,8 +476,9 @@ class _TextList(_Kind):
         return list(value)
 
 
-@dataclass(frozen=True)
 class _TimeOfDay(_Kind):
+    __slots__ = ()
+
     def describe(self) -> str:
         return 'local time "HH:MM"'
 
@@ -512,8 +533,9 @@ def _default_spamd_address() -> SpamdAddress:
     return SpamdAddress(kind)
 
 
-@dataclass(frozen=True)
 class _SpamdAddressKind(_Kind):
+    __slots__ = ()
+
     def describe(self) -> str:
         return "spamd address"
 
