@@ -52,7 +52,7 @@ REASON_SUFFIX = ".reason"
 # How many of the oldest ready names one listing keeps for claim(). A window
 # bounds each worker's memory at any depth; the listing it costs is amortised
 # over this many claims.
-CLAIM_WINDOW = 1024
+CLAIM_WINDOW = 8192
 
 # A directory summary is trusted from cache only if the directory's mtime was
 # at least this far before the listing began: tmpfs stamps mtime from a coarse
