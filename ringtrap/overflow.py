@@ -252,13 +252,15 @@ class Overflow:
         self._clock = clock
         self._file_mode = mode & 0o666
         self._dirs = {sub: self.path / sub for sub in SUBDIRS}
-        for sub, d in self._dirs.items():
-            if create:
+        if create:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            for d in (self.path, *self._dirs.values()):
                 try:
-                    os.makedirs(d, mode=mode)
-                    os.chmod(d, mode)  # makedirs is filtered by the umask
+                    os.mkdir(d, mode)
                 except FileExistsError:
-                    pass
+                    continue  # an existing tree keeps the mode it was given
+                os.chmod(d, mode)  # mkdir's mode is filtered by the umask
+        for sub, d in self._dirs.items():
             if not d.is_dir():
                 raise FileNotFoundError(f"overflow {self.path}: missing {sub}/ (create=False)")
         self._fstype = fs_type(self.path)
@@ -370,7 +372,7 @@ class Overflow:
 
     def _write_tmp(self, stem: str, data: bytes) -> Path:
         tmp = self._dirs["tmp"] / f"{stem},{_owner_tag(proc.self_identity())}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, self._file_mode)
+        fd = self._create(tmp)
         try:
             _write_all(fd, data)
         except BaseException:
@@ -379,6 +381,18 @@ class Overflow:
             raise
         os.close(fd)
         return tmp
+
+    def _create(self, tmp: Path) -> int:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, self._file_mode)
+        if self._file_mode & 0o077:
+            # Group access was asked for; the umask may have stripped it.
+            try:
+                os.fchmod(fd, self._file_mode)
+            except BaseException:
+                os.close(fd)
+                _unlink_quietly(tmp)
+                raise
+        return fd
 
     # -- claiming ------------------------------------------------------------
 
@@ -680,8 +694,7 @@ class SpillWriter:
         self._store = store
         self._reserved = 0
         self._tmp = store._dirs["tmp"] / f"{msgid},{_owner_tag(proc.self_identity())}"
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
-        self._fd: int | None = os.open(self._tmp, flags, store._file_mode)
+        self._fd: int | None = store._create(self._tmp)
         with store._lock:
             store._own_tmp.add(self._tmp.name)
 

@@ -154,12 +154,21 @@ def me() -> Identity:
 
 def test_init_creates_tree_with_mode(shm_dir: Path) -> None:
     s = Overflow(shm_dir / "a", 1000)
-    for sub in ("tmp", "new", "cur", "failed"):
+    for sub in ("", "tmp", "new", "cur", "failed"):
         assert stat.S_IMODE(os.stat(shm_dir / "a" / sub).st_mode) == 0o700
-    s2 = Overflow(shm_dir / "b", 1000, mode=0o750)
-    assert stat.S_IMODE(os.stat(shm_dir / "b" / "new").st_mode) == 0o750
-    name = s2.spill(ids.new_id(), b"x")
-    assert stat.S_IMODE(os.stat(shm_dir / "b" / "new" / name).st_mode) == 0o640
+    old_umask = os.umask(0o077)  # a daemon's umask must not undo the mode asked for
+    try:
+        s2 = Overflow(shm_dir / "b", 1000, mode=0o750)
+        name = s2.spill(ids.new_id(), b"x")
+        with s2.spill_stream(ids.new_id()) as w:
+            w.write(b"y")
+            name2 = w.commit()
+    finally:
+        os.umask(old_umask)
+    for sub in ("", "tmp", "new", "cur", "failed"):
+        assert stat.S_IMODE(os.stat(shm_dir / "b" / sub).st_mode) == 0o750
+    for n in (name, name2):
+        assert stat.S_IMODE(os.stat(shm_dir / "b" / "new" / n).st_mode) == 0o640
     name = s.spill(ids.new_id(), b"x")
     assert stat.S_IMODE(os.stat(shm_dir / "a" / "new" / name).st_mode) == 0o600
 
