@@ -397,7 +397,10 @@ class Overflow:
     # -- claiming ------------------------------------------------------------
 
     def refresh(self) -> None:
-        """Forget the cached listing so the next claim lists new/ again."""
+        """Forget this instance's cached listing so the next claim lists new/ again.
+
+        Only local state; nothing on disk changes.
+        """
         with self._lock:
             self._claim_cache = []
 
@@ -455,7 +458,11 @@ class Overflow:
             log.warning("%s: ack of a claim no longer in cur/ (requeued meanwhile?)", claim.msgid)
 
     def release(self, claim: OverflowClaim) -> None:
-        """Give back an unprocessed message with its attempts unchanged (one rename)."""
+        """Give back an unprocessed message with its attempts unchanged.
+
+        One rename: dying before it leaves the claim in cur/ for recovery
+        (which then counts an attempt).
+        """
         name = ready_name(claim.msgid, claim.size, claim.attempts)
         try:
             os.rename(claim.path, self._dirs["new"] / name)
@@ -578,7 +585,11 @@ class Overflow:
         return result
 
     def purge_failed(self, older_than: float | None = None) -> PurgeResult:
-        """Drop quarantined messages and their reasons: all, or older than ``older_than``."""
+        """Drop quarantined messages and their reasons: all, or older than ``older_than``.
+
+        Also removes reasons left without a message by an interrupted
+        quarantine. Dying midway leaves the rest for the next purge.
+        """
         result = self._purge_dir("failed", older_than, reasons=True)
         if result.count:
             log.info("purged %d quarantined message(s), %d bytes", result.count, result.bytes)
@@ -651,7 +662,10 @@ class Overflow:
         return out
 
     def stats(self) -> OverflowStats:
-        """Counts and bytes per state, from names (cached while directories are unchanged)."""
+        """Counts and bytes per state, from names (cached while directories are unchanged).
+
+        Read-only; tmp/ files are stat()ed since their size is not in the name.
+        """
         new = self._summary("new")
         cur = self._summary("cur")
         failed = self._summary("failed")
@@ -672,7 +686,10 @@ class Overflow:
         )
 
     def ready_count(self) -> int:
-        """Number of ready messages: one stat() on tmpfs once confirmed, else cached names."""
+        """Number of ready messages: one stat() on tmpfs once confirmed, else cached names.
+
+        On the stat() path a foreign file in new/ would be counted too.
+        """
         if self._bogo_ok:
             st = os.stat(self._dirs["new"])
             return max(0, (st.st_size - BOGO_BASE) // BOGO_DIRENT)
