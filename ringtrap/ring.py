@@ -1,0 +1,918 @@
+"""The shared-memory ring: fixed slots in one POSIX segment, two semaphores.
+
+Segment layout (native byte order, every field a 64-bit word unless noted)::
+
+    offset 0        header, HEADER_WORDS words (1 KiB)
+                      0 magic "RINGTRAP"   1 layout version   2 slot count
+                      3 slot bytes         4 process rows      5 counters per row
+                      6 created (wall us)  7 owner pid         8 owner start
+                      9 lock owner        10 (unused)         11 lock acquisitions
+                     12 head (next seq to put; the producer's)
+                     13 tail (next seq to claim; consumers', under the lock)
+                     14 stray (READY slots behind tail: requeued or released)
+                     15 generation (+1 on every adopt)
+                     16 lock breaks       17 slots requeued   18 slots freed
+                     32..95 retired counters (rows of exited processes, folded)
+    ROWS            process table, ROW_WORDS words per row
+                      0 pid  1 role  2 start  3 state  4 index
+                      5 heartbeat (monotonic ns)  6 state since (monotonic ns)
+                      8..11 current message id (32 bytes)
+                     16..79 counters (see ringtrap.counters)
+    STATES          one 32-bit state per slot (contiguous, so counting is cheap)
+    DESCS           DESC_WORDS words per slot
+                      0 owner  1 seq  2 length  3 attempts  4 enqueued (wall us)
+                      5..8 message id (32 bytes)
+    PAYLOAD         slot count x slot bytes, page aligned
+
+Ordering: the single producer (the ingest) writes slot ``head % slots`` only
+when it is FREE, marks it FILLING with its identity, copies, marks it READY,
+advances ``head`` and posts "ready".  It never takes the lock: only the
+producer moves a slot out of FREE, so checking for space is a plain read.  A
+slot still CLAIMED from an earlier lap (a slow scan) is stepped over rather
+than blocking every later put; ``head`` then skips a sequence number.
+
+Consumers wait on "ready" with a timeout (a post lost or doubled by a crash
+costs at most one poll), then under the lock take the slot at ``tail`` if it
+is READY with ``seq == tail`` and otherwise step over it.  Slots made READY
+again behind ``tail`` (a dead consumer's claim, a released one) are counted
+in ``stray`` and found by a scan, oldest first.
+
+Every FILLING or CLAIMED slot and the lock carry an owner identity
+(:mod:`ringtrap.proc`) packed into one word, ``start << 22 | pid`` (Linux pids
+stay below 2**22), so an owner is written and read whole.  The supervisor
+recovers exactly what a dead process held and breaks a lock whose holder is
+gone, and no live process is ever robbed because its pid once belonged to
+another.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import mmap
+import os
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import NamedTuple
+
+import posix_ipc
+
+from ringtrap import proc
+from ringtrap.counters import NCOUNTERS
+from ringtrap.proc import Identity
+from ringtrap.states import ProcState, Role, SlotState
+
+log = logging.getLogger(__name__)
+
+MAGIC = int.from_bytes(b"RINGTRAP", "little")
+VERSION = 1
+HEADER_WORDS = 128
+ROW_WORDS = 16 + NCOUNTERS
+DESC_WORDS = 10
+ID_BYTES = 32
+PAGE = mmap.PAGESIZE
+_POPULATE = getattr(mmap, "MAP_POPULATE", 0)
+
+# header words
+H_MAGIC, H_VERSION, H_SLOTS, H_SLOT_BYTES, H_ROWS, H_NCOUNTERS = range(6)
+H_CREATED, H_OWNER_PID, H_OWNER_START = 6, 7, 8
+H_LOCK, H_LOCK_COUNT = 9, 11
+H_HEAD, H_TAIL, H_STRAY = 12, 13, 14
+H_GENERATION, H_LOCK_BREAKS, H_REQUEUED, H_FREED = 15, 16, 17, 18
+H_RETIRED = 32
+# row words
+R_PID, R_ROLE, R_START, R_STATE, R_INDEX, R_BEAT, R_SINCE = range(7)
+R_ID = 8
+R_COUNTERS = 16
+# descriptor words
+D_OWNER, D_SEQ, D_LEN, D_ATTEMPTS, D_ENQ = range(5)
+D_ID = 5
+_DESC = struct.Struct("5Q32s")  # owner, seq, length, attempts, enqueued, id
+_DESC_AFTER_OWNER = struct.Struct("4Q32s")
+_PID_BITS = 22
+
+FREE, FILLING, READY, CLAIMED = (int(s) for s in SlotState)
+
+DEFAULT_ROWS = 64
+# a producer steps over at most this many slots still claimed from an earlier
+# lap before calling the ring full
+_MAX_SKIP = 8
+# a lock held with no recorded owner and no progress for this long was taken
+# by a process killed between sem_wait and recording itself
+_ORPHAN_LOCK_SECONDS = 2.0
+
+
+class RingError(Exception):
+    """Base class for ring failures."""
+
+
+class RingExists(RingError):
+    """create() found a segment of that name already present."""
+
+
+class RingMissing(RingError):
+    """attach() or adopt() found no segment of that name."""
+
+
+class RingLayoutError(RingError):
+    """The segment is not a ringtrap ring of this layout or geometry."""
+
+
+class RingOwnershipError(RingError):
+    """A process tried to ack or release a slot it does not hold."""
+
+
+class PutResult(IntEnum):
+    """Outcome of :meth:`Ring.put`; anything but OK means "spill it"."""
+
+    OK = 0
+    FULL = 1
+    TOO_LARGE = 2
+
+
+@dataclass(slots=True)
+class Claim:
+    """A message taken from the ring; the claimer must ack or release it."""
+
+    slot: int
+    seq: int
+    msgid: str
+    data: bytes
+    attempts: int
+    received: float  # wall-clock seconds when it was put
+
+    @property
+    def size(self) -> int:
+        return len(self.data)
+
+
+class RecoverResult(NamedTuple):
+    requeued: int  # CLAIMED slots made READY again (attempts + 1)
+    freed: int  # FILLING slots (half-copied, never acknowledged) made FREE
+
+
+class RowSnapshot(NamedTuple):
+    row: int
+    pid: int
+    start: int
+    role: Role
+    index: int
+    state: ProcState
+    heartbeat_ns: int
+    since_ns: int
+    msgid: str
+    counters: tuple[int, ...]
+
+
+class RingSnapshot(NamedTuple):
+    name: str
+    slots: int
+    slot_bytes: int
+    free: int
+    filling: int
+    ready: int
+    claimed: int
+    head: int
+    tail: int
+    stray: int
+    generation: int
+    lock_holder: Identity | None
+    lock_breaks: int
+    requeued: int
+    freed: int
+    owner: Identity
+    rows: tuple[RowSnapshot, ...]
+    retired: tuple[int, ...]
+
+    @property
+    def used(self) -> int:
+        return self.slots - self.free
+
+    def totals(self) -> list[int]:
+        """Counters summed over the live rows and the retired block."""
+        out = list(self.retired)
+        for r in self.rows:
+            for i, v in enumerate(r.counters):
+                out[i] += v
+        return out
+
+
+def _names(name: str) -> tuple[str, str, str]:
+    base = "/" + name.lstrip("/")
+    return base, base + ".lock", base + ".ready"
+
+
+def _geometry(slots: int, slot_bytes: int, rows: int) -> tuple[int, int, int, int, int]:
+    rows_off = HEADER_WORDS * 8
+    states_off = rows_off + rows * ROW_WORDS * 8
+    descs_off = states_off + ((slots * 4 + 7) // 8) * 8
+    payload_off = descs_off + slots * DESC_WORDS * 8
+    payload_off = (payload_off + PAGE - 1) // PAGE * PAGE
+    total = payload_off + slots * slot_bytes
+    return rows_off, states_off, descs_off, payload_off, total
+
+
+def owner_token(ident: Identity | tuple[int, int]) -> int:
+    """Pack an identity into the one word the ring records as an owner."""
+    pid, start = ident
+    return (start << _PID_BITS) | pid
+
+
+def token_identity(token: int) -> Identity:
+    """Unpack an owner word; Identity(0, 0) for none."""
+    return Identity(token & ((1 << _PID_BITS) - 1), token >> _PID_BITS)
+
+
+def _id_bytes(msgid: str) -> bytes:
+    raw = msgid.encode("ascii")
+    if len(raw) > ID_BYTES:
+        raise ValueError(f"message id longer than {ID_BYTES} bytes: {msgid!r}")
+    return raw.ljust(ID_BYTES, b"\0")
+
+
+class ProcRow:
+    """One process's row in the process table; written only by that process.
+
+    Heartbeats and counters are plain stores into shared memory: nothing is
+    lost but the last update if the process dies mid-write.
+    """
+
+    __slots__ = ("_base", "_mv", "_q", "row")
+
+    def __init__(self, ring: Ring, row: int) -> None:
+        self.row = row
+        self._q = ring._q
+        self._mv = ring._mv
+        self._base = ring._rows_w + row * ROW_WORDS
+
+    def beat(self) -> None:
+        """Record that this process's loop is turning (monotonic clock)."""
+        self._q[self._base + R_BEAT] = time.monotonic_ns()
+
+    def set_state(self, state: ProcState, msgid: str = "") -> None:
+        """Publish what this process is doing, and on which message."""
+        b = self._base
+        self._mv[(b + R_ID) * 8 : (b + R_ID) * 8 + ID_BYTES] = _id_bytes(msgid)
+        self._q[b + R_STATE] = state
+        now = time.monotonic_ns()
+        self._q[b + R_SINCE] = now
+        self._q[b + R_BEAT] = now
+
+    def add(self, counter: int, n: int = 1) -> None:
+        """Add ``n`` to one of this process's counters."""
+        i = self._base + R_COUNTERS + counter
+        self._q[i] += n
+
+    def get(self, counter: int) -> int:
+        return int(self._q[self._base + R_COUNTERS + counter])
+
+
+class Ring:
+    """A handle on the ring segment, valid in one process.
+
+    Lifecycle verbs: :meth:`create` (exclusive, by the owner),
+    :meth:`attach` (any process), :meth:`adopt` (a new owner takes over a
+    segment left by a dead one), :meth:`close` (this process lets go) and
+    :meth:`unlink` (remove the segment and semaphores: owner only).
+    """
+
+    def __init__(self, name: str, shm: posix_ipc.SharedMemory, lock: posix_ipc.Semaphore,
+                 ready: posix_ipc.Semaphore) -> None:
+        self.name = name
+        self._lock_sem = lock
+        self._ready_sem = ready
+        # populate now: a first-lap page fault per slot would cost more than the copy
+        self._map = mmap.mmap(shm.fd, shm.size, flags=mmap.MAP_SHARED | _POPULATE)
+        shm.close_fd()
+        self._mv = memoryview(self._map)
+        self._q = self._mv.cast("Q")
+        q = self._q
+        if q[H_MAGIC] != MAGIC:
+            self._release_views()
+            raise RingLayoutError(f"shared memory {name!r} is not a ringtrap ring (bad magic)")
+        if q[H_VERSION] != VERSION:
+            version = q[H_VERSION]
+            self._release_views()
+            raise RingLayoutError(
+                f"ring {name!r} has layout version {version}, this ringtrap uses {VERSION}"
+            )
+        if q[H_NCOUNTERS] != NCOUNTERS:
+            self._release_views()
+            raise RingLayoutError(f"ring {name!r} has a different counter layout")
+        self.slots = int(q[H_SLOTS])
+        self.slot_bytes = int(q[H_SLOT_BYTES])
+        self.rows = int(q[H_ROWS])
+        rows_off, states_off, descs_off, payload_off, total = _geometry(
+            self.slots, self.slot_bytes, self.rows
+        )
+        if total > len(self._map):
+            self._release_views()
+            raise RingLayoutError(f"ring {name!r} is smaller than its header says")
+        self._rows_w = rows_off // 8
+        self._states = self._mv[states_off : states_off + self.slots * 4].cast("I")
+        self._descs_w = descs_off // 8
+        self._payload_off = payload_off
+        self._me = proc.self_identity()
+        self._tok = owner_token(self._me)
+        self._descs_off = descs_off
+        self._orphan_seen: tuple[int, float] | None = None
+
+    # lifecycle -------------------------------------------------------------
+
+    @classmethod
+    def create(cls, name: str, slots: int, slot_bytes: int, *, mode: int = 0o600,
+               rows: int = DEFAULT_ROWS) -> Ring:
+        """Create a new, empty ring exclusively; :class:`RingExists` if present.
+
+        If this process dies half-way, a segment without a valid magic may be
+        left behind; :meth:`attach` rejects it and :func:`unlink_name` removes it.
+        """
+        if slots < 1 or slot_bytes < 1 or rows < 2:
+            raise ValueError("a ring needs at least one slot of one byte and two rows")
+        shm_name, lock_name, ready_name = _names(name)
+        size = _geometry(slots, slot_bytes, rows)[4]
+        try:
+            shm = posix_ipc.SharedMemory(shm_name, posix_ipc.O_CREX, mode=mode, size=size)
+        except posix_ipc.ExistentialError:
+            raise RingExists(f"ring {name!r} already exists in /dev/shm") from None
+        os.fchmod(shm.fd, mode)  # the umask must not widen or narrow what was asked
+        # the segment name is ours now, so semaphores of that name are leftovers
+        for sem_name in (lock_name, ready_name):
+            with contextlib.suppress(posix_ipc.ExistentialError):
+                posix_ipc.unlink_semaphore(sem_name)
+        lock = posix_ipc.Semaphore(lock_name, posix_ipc.O_CREX, mode=mode, initial_value=1)
+        ready = posix_ipc.Semaphore(ready_name, posix_ipc.O_CREX, mode=mode, initial_value=0)
+        for sem_name in (lock_name, ready_name):
+            with contextlib.suppress(OSError):
+                os.chmod(f"/dev/shm/sem.{sem_name[1:]}", mode)
+        with mmap.mmap(shm.fd, size) as m:
+            hdr = memoryview(m).cast("Q")
+            me = proc.self_identity()
+            hdr[H_VERSION] = VERSION
+            hdr[H_SLOTS] = slots
+            hdr[H_SLOT_BYTES] = slot_bytes
+            hdr[H_ROWS] = rows
+            hdr[H_NCOUNTERS] = NCOUNTERS
+            hdr[H_CREATED] = time.time_ns() // 1000
+            hdr[H_OWNER_PID], hdr[H_OWNER_START] = me
+            hdr[H_MAGIC] = MAGIC  # last: a half-initialised segment has no magic
+            hdr.release()
+        return cls(name, shm, lock, ready)
+
+    @classmethod
+    def attach(cls, name: str) -> Ring:
+        """Open an existing ring (any process); :class:`RingMissing` if absent."""
+        shm_name, lock_name, ready_name = _names(name)
+        try:
+            shm = posix_ipc.SharedMemory(shm_name)
+            lock = posix_ipc.Semaphore(lock_name)
+            ready = posix_ipc.Semaphore(ready_name)
+        except posix_ipc.ExistentialError:
+            raise RingMissing(f"no ring {name!r} in /dev/shm") from None
+        return cls(name, shm, lock, ready)
+
+    @classmethod
+    def adopt(cls, name: str, *, slots: int | None = None,
+              slot_bytes: int | None = None) -> Ring:
+        """Take over a ring left by a dead owner, contents included.
+
+        Validates magic, version and (if given) geometry, records this process
+        as owner, breaks a lock whose holder is dead, requeues or frees every
+        slot whose owner is dead, resets "ready" to the number of READY slots
+        and bumps the generation.  Processes of the old generation that are
+        still alive keep their claims; the caller deals with them and then
+        calls :meth:`recover_dead` again.  Idempotent if interrupted.
+        """
+        ring = cls.attach(name)
+        if (slots is not None and slots != ring.slots) or (
+            slot_bytes is not None and slot_bytes != ring.slot_bytes
+        ):
+            found = f"{ring.slots} x {ring.slot_bytes}"
+            ring.close()
+            raise RingLayoutError(
+                f"ring {name!r} has geometry {found}, configuration asks for "
+                f"{slots} x {slot_bytes}"
+            )
+        q = ring._q
+        q[H_OWNER_PID], q[H_OWNER_START] = ring._me
+        q[H_GENERATION] += 1
+        ring.break_lock_if_dead()
+        ring.recover_dead()
+        ring.retire_dead_rows()
+        ring._reset_ready()
+        return ring
+
+    def close(self) -> None:
+        """Let go of the segment in this process (the ring lives on)."""
+        if self._map.closed:
+            return
+        self._release_views()
+        self._lock_sem.close()
+        self._ready_sem.close()
+
+    def _release_views(self) -> None:
+        for view in ("_states", "_q", "_mv"):
+            v = getattr(self, view, None)
+            if v is not None:
+                v.release()
+        self._map.close()
+
+    def unlink(self) -> None:
+        """Remove the segment and its semaphores (owner only); handles stay valid."""
+        unlink_name(self.name)
+
+    def __enter__(self) -> Ring:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def owner(self) -> Identity:
+        return Identity(int(self._q[H_OWNER_PID]), int(self._q[H_OWNER_START]))
+
+    @property
+    def generation(self) -> int:
+        return int(self._q[H_GENERATION])
+
+    # the lock ----------------------------------------------------------------
+
+    def _acquire(self, timeout: float | None) -> bool:
+        try:
+            if timeout is None:
+                self._lock_sem.acquire()
+            else:
+                self._lock_sem.acquire(timeout)
+        except (posix_ipc.BusyError, posix_ipc.SignalError):
+            return False
+        q = self._q
+        # A process killed between sem_wait and this store leaves the lock held
+        # with no owner; break_lock_if_dead() recognises that by lack of progress.
+        q[H_LOCK] = self._tok
+        q[H_LOCK_COUNT] += 1
+        return True
+
+    def _release(self) -> None:
+        self._q[H_LOCK] = 0
+        self._lock_sem.release()
+
+    def _acquire_patiently(self) -> None:
+        """For control operations: wait for the lock, breaking it if orphaned."""
+        while not self._acquire(1.0):
+            self.break_lock_if_dead()
+
+    def lock_holder(self) -> Identity | None:
+        """Who holds the lock, as recorded; None when free or unrecorded."""
+        tok = int(self._q[H_LOCK])
+        return token_identity(tok) if tok else None
+
+    def break_lock_if_dead(self) -> bool:
+        """Release the lock if its recorded holder is dead; True if broken.
+
+        A lock held with no recorded owner and no progress for a few seconds
+        (its holder died between taking it and recording itself) is broken
+        too; call this about once a second so that clock runs.  Owner only.
+        """
+        q = self._q
+        if self._lock_sem.value > 0:
+            self._orphan_seen = None
+            return False
+        holder = self.lock_holder()
+        if holder is not None:
+            self._orphan_seen = None
+            if proc.is_alive(holder):
+                return False
+            # clear the owner before posting, or we could erase the next holder's
+            q[H_LOCK] = 0
+            self._lock_sem.release()
+            q[H_LOCK_BREAKS] += 1
+            log.warning("broke ring lock held by dead pid %d", holder.pid)
+            return True
+        count = int(q[H_LOCK_COUNT])
+        now = time.monotonic()
+        if self._orphan_seen is None or self._orphan_seen[0] != count:
+            self._orphan_seen = (count, now)
+            return False
+        if now - self._orphan_seen[1] < _ORPHAN_LOCK_SECONDS:
+            return False
+        self._orphan_seen = None
+        self._lock_sem.release()
+        q[H_LOCK_BREAKS] += 1
+        log.warning("broke ring lock held by an unrecorded owner")
+        return True
+
+    # producer ------------------------------------------------------------------
+
+    def put(self, msgid: str, data: bytes | bytearray | memoryview) -> PutResult:
+        """Store one message; never blocks.  Single producer only.
+
+        Returns TOO_LARGE if it exceeds a slot and FULL if no slot is free:
+        the caller spills it.  If the producer dies mid-copy the slot is left
+        FILLING(owner) and recovery frees it; the message was never acknowledged.
+        """
+        n = len(data)
+        if n > self.slot_bytes:
+            return PutResult.TOO_LARGE
+        q = self._q
+        states = self._states
+        head = q[H_HEAD]
+        idx = head % self.slots
+        if states[idx] != FREE:
+            for _ in range(_MAX_SKIP):
+                if states[idx] != CLAIMED:
+                    return PutResult.FULL
+                head += 1  # a slow claim from an earlier lap: step over it
+                idx = head % self.slots
+                if states[idx] == FREE:
+                    break
+            else:
+                return PutResult.FULL
+        # the descriptor first: a slot still FREE may hold anything
+        _DESC.pack_into(self._map, self._descs_off + idx * (DESC_WORDS * 8), self._tok, head, n,
+                        0, time.time_ns() // 1000, msgid.encode())
+        states[idx] = FILLING
+        o = self._payload_off + idx * self.slot_bytes
+        self._map[o : o + n] = data
+        states[idx] = READY
+        q[H_HEAD] = head + 1
+        self._ready_sem.release()
+        return PutResult.OK
+
+    def has_free_slot(self) -> bool:
+        """Cheap check (producer side) that a put of a small message would fit."""
+        idx = self._q[H_HEAD] % self.slots
+        return self._states[idx] == FREE
+
+    # consumers ---------------------------------------------------------------
+
+    def claim(self, timeout: float | None = 1.0, owner: Identity | None = None) -> Claim | None:
+        """Take the oldest READY message for ``owner`` (default: this process).
+
+        Waits up to ``timeout`` seconds (None: forever) for a post of "ready",
+        then looks anyway, so a post lost by a crash costs one timeout.  An
+        interrupting signal returns None so the caller can check its flags.
+        If the claimer dies holding the claim, :meth:`recover` requeues it.
+        """
+        try:
+            if timeout is None:
+                self._ready_sem.acquire()
+            else:
+                self._ready_sem.acquire(timeout)
+        except posix_ipc.BusyError:
+            pass
+        except posix_ipc.SignalError:
+            return None
+        tok = self._tok if owner is None else owner_token(owner)
+        q = self._q
+        states = self._states
+        lock = self._lock_sem
+        # Blocking is safe: a dead holder's lock is broken by the supervisor.
+        try:
+            lock.acquire()
+        except posix_ipc.SignalError:
+            return None
+        # A process killed between sem_wait and this store leaves the lock held
+        # with no owner; break_lock_if_dead() recognises that by lack of progress.
+        q[H_LOCK] = tok
+        q[H_LOCK_COUNT] += 1
+        try:
+            # the common case inline: the slot at tail holds the next message
+            tail = q[H_TAIL]
+            idx = tail % self.slots
+            d = self._descs_w + idx * DESC_WORDS
+            if (not q[H_STRAY] and tail < q[H_HEAD] and states[idx] == READY
+                    and q[d + D_SEQ] == tail):
+                q[d + D_OWNER] = tok
+                states[idx] = CLAIMED
+                q[H_TAIL] = tail + 1
+            else:
+                idx = self._take_locked(tok)
+        finally:
+            q[H_LOCK] = 0
+            lock.release()
+        if idx < 0:
+            return None
+        seq, n, attempts, enq, raw = _DESC_AFTER_OWNER.unpack_from(
+            self._map, self._descs_off + idx * (DESC_WORDS * 8) + 8
+        )
+        o = self._payload_off + idx * self.slot_bytes
+        return Claim(idx, seq, raw.rstrip(b"\0").decode("ascii"), self._map[o : o + n],
+                     attempts, enq / 1e6)
+
+    def _take_locked(self, tok: int) -> int:
+        q = self._q
+        states = self._states
+        if q[H_STRAY]:
+            idx = self._take_stray(tok)
+            if idx >= 0:
+                return idx
+        tail = q[H_TAIL]
+        head = q[H_HEAD]
+        nslots = self.slots
+        descs_w = self._descs_w
+        while tail < head:
+            idx = tail % nslots
+            d = descs_w + idx * DESC_WORDS
+            if states[idx] == READY and q[d + D_SEQ] == tail:
+                q[d + D_OWNER] = tok
+                states[idx] = CLAIMED
+                q[H_TAIL] = tail + 1
+                return idx
+            # a sequence number the producer stepped over, or a slot whose
+            # message is behind tail (a stray): nothing to take here
+            tail += 1
+            q[H_TAIL] = tail
+        return -1
+
+    def _take_stray(self, tok: int) -> int:
+        q = self._q
+        states = self._states
+        tail = q[H_TAIL]
+        best, best_seq = -1, 0
+        for idx, st in enumerate(states):
+            if st == READY:
+                seq = q[self._descs_w + idx * DESC_WORDS + D_SEQ]
+                if seq < tail and (best < 0 or seq < best_seq):
+                    best, best_seq = idx, seq
+        if best < 0:
+            q[H_STRAY] = 0  # the count was stale (e.g. a crash mid-update)
+            return -1
+        q[self._descs_w + best * DESC_WORDS + D_OWNER] = tok
+        states[best] = CLAIMED
+        q[H_STRAY] -= 1
+        return best
+
+    def _check_owner(self, claim: Claim, owner: Identity | None) -> None:
+        tok = self._tok if owner is None else owner_token(owner)
+        d = self._descs_w + claim.slot * DESC_WORDS
+        q = self._q
+        held = self._states[claim.slot] == CLAIMED and q[d + D_OWNER] == tok
+        if not held or q[d + D_SEQ] != claim.seq:
+            raise RingOwnershipError(
+                f"slot {claim.slot} ({claim.msgid}) is not held by pid {token_identity(tok).pid}"
+            )
+
+    def ack(self, claim: Claim, owner: Identity | None = None) -> None:
+        """Free the slot of a processed message.  Call only after recording it.
+
+        A single store, so a death around it either keeps the claim (then it
+        is requeued and processed again: at least once) or frees it.
+        """
+        self._check_owner(claim, owner)
+        self._states[claim.slot] = FREE
+
+    def release(self, claim: Claim, owner: Identity | None = None) -> None:
+        """Give a claimed message back unprocessed, attempts unchanged."""
+        self._acquire_patiently()
+        try:
+            self._check_owner(claim, owner)
+            self._states[claim.slot] = READY
+            self._q[H_STRAY] += 1
+        finally:
+            self._release()
+        self._ready_sem.release()
+
+    # recovery (supervisor) -----------------------------------------------------
+
+    def recover(self, owner: Identity) -> RecoverResult:
+        """Requeue what ``owner`` (a dead process) held; free its half-filled slots.
+
+        A CLAIMED slot becomes READY with attempts + 1; a FILLING slot becomes
+        FREE (its client never got OK).  Call only for processes known dead.
+        Safe to repeat if the caller dies midway.
+        """
+        return self._recover(lambda ident: ident == tuple(owner))
+
+    def recover_dead(self) -> RecoverResult:
+        """:meth:`recover` for every slot whose recorded owner is not alive."""
+        alive: dict[Identity, bool] = {}
+
+        def dead(ident: Identity) -> bool:
+            if ident not in alive:
+                alive[ident] = proc.is_alive(ident)
+            return not alive[ident]
+
+        return self._recover(dead)
+
+    def _recover(self, is_target: Callable[[Identity], bool]) -> RecoverResult:
+        q = self._q
+        states = self._states
+        requeued = freed = 0
+        posts = 0
+        self._acquire_patiently()
+        try:
+            tail = q[H_TAIL]
+            for idx in range(self.slots):
+                st = states[idx]
+                if st not in (FILLING, CLAIMED):
+                    continue
+                d = self._descs_w + idx * DESC_WORDS
+                if not is_target(token_identity(int(q[d + D_OWNER]))):
+                    continue
+                if st == FILLING:
+                    states[idx] = FREE
+                    freed += 1
+                    continue
+                q[d + D_ATTEMPTS] += 1
+                states[idx] = READY
+                requeued += 1
+                posts += 1
+                if q[d + D_SEQ] < tail:
+                    q[H_STRAY] += 1
+            # a producer that died after marking READY but before advancing head
+            head = q[H_HEAD]
+            while True:
+                idx = head % self.slots
+                d = self._descs_w + idx * DESC_WORDS
+                if states[idx] in (READY, CLAIMED) and q[d + D_SEQ] == head:
+                    head += 1
+                    posts += 1
+                    continue
+                break
+            q[H_HEAD] = head
+            q[H_REQUEUED] += requeued
+            q[H_FREED] += freed
+        finally:
+            self._release()
+        for _ in range(posts):
+            self._ready_sem.release()
+        return RecoverResult(requeued, freed)
+
+    def _reset_ready(self) -> None:
+        """Make the "ready" count equal the READY slots (adopt only)."""
+        while True:
+            try:
+                self._ready_sem.acquire(0)
+            except posix_ipc.BusyError:
+                break
+        for _ in range(self._states.tolist().count(READY)):
+            self._ready_sem.release()
+
+    def wake(self, n: int = 1) -> None:
+        """Post "ready" ``n`` times so blocked consumers look again (e.g. to stop)."""
+        for _ in range(n):
+            self._ready_sem.release()
+
+    # process table ---------------------------------------------------------------
+
+    def register(self, role: Role, index: int = 0, row: int | None = None) -> ProcRow:
+        """Claim a process-table row for this process (a given row, or any free one).
+
+        A row whose recorded process is dead is free; its counters must have
+        been folded by :meth:`retire_row` first, or they are lost from totals.
+        """
+        me = self._me
+        self._acquire_patiently()
+        try:
+            if row is None:
+                row = self._free_row()
+            if not 0 <= row < self.rows:
+                raise RingError(f"process row {row} out of range 0..{self.rows - 1}")
+            b = self._rows_w + row * ROW_WORDS
+            q = self._q
+            for i in range(ROW_WORDS):
+                q[b + i] = 0
+            q[b + R_ROLE] = role
+            q[b + R_INDEX] = index
+            q[b + R_START] = me.start
+            q[b + R_PID] = me.pid
+        finally:
+            self._release()
+        handle = ProcRow(self, row)
+        handle.set_state(ProcState.STARTING)
+        return handle
+
+    def _free_row(self) -> int:
+        q = self._q
+        for row in range(self.rows):
+            b = self._rows_w + row * ROW_WORDS
+            pid = int(q[b + R_PID])
+            if pid == 0:
+                return row
+        raise RingError("process table full")
+
+    def retire_row(self, row: int) -> None:
+        """Fold a row's counters into the retired block and clear it (owner only).
+
+        Call after the row's process has exited, before its row is reused.
+        """
+        self._acquire_patiently()
+        try:
+            q = self._q
+            b = self._rows_w + row * ROW_WORDS
+            if q[b + R_PID] == 0:
+                return
+            for i in range(NCOUNTERS):
+                q[H_RETIRED + i] += q[b + R_COUNTERS + i]
+                q[b + R_COUNTERS + i] = 0
+            for i in range(R_COUNTERS):
+                q[b + i] = 0
+        finally:
+            self._release()
+
+    def retire_dead_rows(self) -> int:
+        """Retire every row whose process is gone; returns how many."""
+        n = 0
+        for r in self.read_rows():
+            if not proc.is_alive((r.pid, r.start)):
+                self.retire_row(r.row)
+                n += 1
+        return n
+
+    def read_rows(self) -> list[RowSnapshot]:
+        """Every occupied row, without locking (values may be a moment old)."""
+        q = self._q
+        out = []
+        for row in range(self.rows):
+            b = self._rows_w + row * ROW_WORDS
+            pid = int(q[b + R_PID])
+            if pid == 0:
+                continue
+            o = (b + R_ID) * 8
+            msgid = self._mv[o : o + ID_BYTES].tobytes().rstrip(b"\0").decode("ascii", "replace")
+            out.append(
+                RowSnapshot(
+                    row, pid, int(q[b + R_START]), Role(q[b + R_ROLE]), int(q[b + R_INDEX]),
+                    ProcState(q[b + R_STATE]), int(q[b + R_BEAT]), int(q[b + R_SINCE]), msgid,
+                    tuple(q[b + R_COUNTERS : b + R_COUNTERS + NCOUNTERS]),
+                )
+            )
+        return out
+
+    def row(self, row: int) -> ProcRow:
+        """A handle on an existing row (e.g. the supervisor reading a child's)."""
+        return ProcRow(self, row)
+
+    # status ---------------------------------------------------------------------
+
+    def snapshot(self) -> RingSnapshot:
+        """All counts for status displays; lock-free, cheap enough to call often."""
+        q = self._q
+        states = self._states.tolist()
+        return RingSnapshot(
+            name=self.name,
+            slots=self.slots,
+            slot_bytes=self.slot_bytes,
+            free=states.count(FREE),
+            filling=states.count(FILLING),
+            ready=states.count(READY),
+            claimed=states.count(CLAIMED),
+            head=int(q[H_HEAD]),
+            tail=int(q[H_TAIL]),
+            stray=int(q[H_STRAY]),
+            generation=int(q[H_GENERATION]),
+            lock_holder=self.lock_holder(),
+            lock_breaks=int(q[H_LOCK_BREAKS]),
+            requeued=int(q[H_REQUEUED]),
+            freed=int(q[H_FREED]),
+            owner=self.owner,
+            rows=tuple(self.read_rows()),
+            retired=tuple(q[H_RETIRED : H_RETIRED + NCOUNTERS]),
+        )
+
+    def slot_states(self) -> list[SlotState]:
+        """State of every slot (tests and diagnostics)."""
+        return [SlotState(s) for s in self._states.tolist()]
+
+    def iter_held(self) -> list[tuple[int, SlotState, Identity]]:
+        """(slot, state, owner) for every FILLING or CLAIMED slot."""
+        q = self._q
+        out = []
+        for idx, st in enumerate(self._states.tolist()):
+            if st in (FILLING, CLAIMED):
+                d = self._descs_w + idx * DESC_WORDS
+                out.append(
+                    (idx, SlotState(st), token_identity(int(q[d + D_OWNER])))
+                )
+        return out
+
+
+def unlink_name(name: str) -> bool:
+    """Remove a ring's segment and semaphores by name; True if anything existed."""
+    found = False
+    shm_name, lock_name, ready_name = _names(name)
+    try:
+        posix_ipc.unlink_shared_memory(shm_name)
+        found = True
+    except posix_ipc.ExistentialError:
+        pass
+    for sem_name in (lock_name, ready_name):
+        try:
+            posix_ipc.unlink_semaphore(sem_name)
+            found = True
+        except posix_ipc.ExistentialError:
+            pass
+    return found
+
+
+def exists(name: str) -> bool:
+    """True if a segment of that name is present in /dev/shm."""
+    try:
+        shm = posix_ipc.SharedMemory(_names(name)[0])
+    except posix_ipc.ExistentialError:
+        return False
+    shm.close_fd()
+    return True

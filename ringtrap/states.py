@@ -1,0 +1,41 @@
+"""Enumerations shared by the stores and the processes (a leaf module).
+
+The numeric values are stored in shared memory: never renumber a member,
+only append.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class SlotState(IntEnum):
+    """Life of one ring slot: FREE -> FILLING -> READY -> CLAIMED -> FREE."""
+
+    FREE = 0
+    FILLING = 1  # the producer (owner recorded) is copying the payload in
+    READY = 2  # complete and waiting for a consumer
+    CLAIMED = 3  # a consumer (owner recorded) is processing it
+
+
+class Role(IntEnum):
+    """What a process-table row belongs to."""
+
+    NONE = 0
+    SUPERVISOR = 1
+    INGEST = 2
+    WORKER = 3
+    SPAMD = 4
+    OTHER = 5
+
+
+class ProcState(IntEnum):
+    """What a process says it is doing, in its process-table row."""
+
+    STARTING = 0
+    IDLE = 1  # waiting for work
+    BUSY = 2  # processing a message (its id is in the row)
+    SCANNING = 3  # waiting on spamd
+    BACKOFF = 4  # a dependency is down; retrying later
+    DRAINING = 5  # finishing in-flight work before exit
+    STOPPED = 6
