@@ -53,17 +53,6 @@ GTUBE = b"XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
 # -- fixtures ------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def spamd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SpamdProcess]:
-    """One real spamd for the module (a session-wide one can replace it in conftest)."""
-    reason = spamd_missing_reason()
-    if reason:
-        pytest.skip(reason)
-    log_path = tmp_path_factory.mktemp("spamd") / "spamd.log"
-    with SpamdProcess(log_path=log_path) as proc:
-        yield proc
-
-
 @pytest.fixture(params=["unix", "tcp"])
 def client(request: pytest.FixtureRequest, spamd_server: SpamdProcess) -> SpamdClient:
     """A client of the module's spamd over each transport."""

@@ -1,0 +1,263 @@
+"""The ``ringtrap`` command: run the trap, show its status, purge, check config.
+
+Exit codes follow sysexits where they apply: 0 success, 64 usage, 69 not
+running (status/purge find no trap), 78 configuration error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from ringtrap import __version__
+from ringtrap import config as configmod
+
+EX_USAGE = 64
+EX_UNAVAILABLE = 69
+EX_CONFIG = 78
+
+
+def _load(path: str | None) -> configmod.Config:
+    if path is None:
+        return configmod.defaults()
+    return configmod.load(path)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from ringtrap import supervisor
+
+    cfg = _load(args.config)
+    return supervisor.run(cfg, Path(args.config).resolve() if args.config else None)
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"  # pragma: no cover
+
+
+def gather_status(cfg: configmod.Config) -> dict[str, Any] | None:
+    """Everything ``status`` shows, as a JSON-ready dict; None if no ring exists."""
+    import psutil
+
+    from ringtrap import ring as ringmod
+    from ringtrap.counters import C
+    from ringtrap.overflow import Overflow
+
+    try:
+        ring = ringmod.Ring.attach(cfg.ring.name)
+    except (ringmod.RingMissing, ringmod.RingLayoutError):
+        return None
+    try:
+        snap = ring.snapshot()
+    finally:
+        ring.close()
+    totals = snap.totals()
+    procs = []
+    now_ns = time.monotonic_ns()
+    for r in snap.rows:
+        rss = cpu = None
+        alive = False
+        try:
+            p = psutil.Process(r.pid)
+            with p.oneshot():
+                rss = p.memory_info().rss
+                t = p.cpu_times()
+                cpu = round(t.user + t.system, 2)
+                alive = p.status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            pass
+        c = r.counters
+        beat_age = round((now_ns - r.heartbeat_ns) / 1e9, 1) if r.heartbeat_ns else None
+        procs.append({
+            "pid": r.pid,
+            "role": r.role.name.lower(),
+            "index": r.index,
+            "state": r.state.name.lower(),
+            "message": r.msgid or None,
+            "done": c[C.PROCESSED] if r.role.name == "WORKER"
+            else c[C.ACCEPTED_RING] + c[C.ACCEPTED_OVERFLOW],
+            "heartbeat_age_s": beat_age,
+            "rss_bytes": rss,
+            "cpu_s": cpu,
+            "alive": alive,
+        })
+    overflow: dict[str, Any] = {"dir": str(cfg.overflow.dir)}
+    try:
+        o = Overflow(cfg.overflow.dir, cfg.overflow.max_bytes, create=False)
+        st = o.stats()
+        overflow.update({
+            "ready": st.ready, "ready_bytes": st.ready_bytes, "claimed": st.claimed,
+            "failed": st.failed, "bytes": st.total_bytes, "max_bytes": cfg.overflow.max_bytes,
+            "oldest_age_s": None if st.oldest_age is None else round(st.oldest_age, 1),
+        })
+    except (OSError, ValueError):
+        overflow.update({"ready": 0, "ready_bytes": 0, "claimed": 0, "failed": 0, "bytes": 0,
+                         "max_bytes": cfg.overflow.max_bytes, "oldest_age_s": None})
+    return {
+        "version": __version__,
+        "supervisor_pid": snap.owner.pid,
+        "ring": {
+            "name": snap.name, "slots": snap.slots, "slot_bytes": snap.slot_bytes,
+            "used": snap.used, "ready": snap.ready, "claimed": snap.claimed,
+            "filling": snap.filling, "generation": snap.generation,
+            "lock_breaks": snap.lock_breaks,
+        },
+        "overflow": overflow,
+        "totals": {c.name.lower(): totals[c] for c in C},
+        "processes": procs,
+    }
+
+
+def print_status(st: dict[str, Any]) -> None:
+    r, o, t = st["ring"], st["overflow"], st["totals"]
+    print(f"ringtrap {st['version']}, supervisor pid {st['supervisor_pid']}")
+    print(f"ring     {r['name']}: {r['used']}/{r['slots']} slots used "
+          f"({r['ready']} ready, {r['claimed']} being processed), "
+          f"slots of {_fmt_bytes(r['slot_bytes'])}")
+    oldest = "-" if o["oldest_age_s"] is None else f"{o['oldest_age_s']:.0f} s"
+    print(f"overflow {o['dir']}: {o['ready']} ready ({_fmt_bytes(o['ready_bytes'])}), "
+          f"{o['claimed']} being processed, {o['failed']} quarantined, oldest {oldest}, "
+          f"{_fmt_bytes(o['bytes'])} of {_fmt_bytes(o['max_bytes'])}")
+    accepted = t["accepted_ring"] + t["accepted_overflow"]
+    refused = t["refused_too_large"] + t["refused_empty"] + t["refused_temp"]
+    print(f"messages accepted {accepted} (ring {t['accepted_ring']}, overflow "
+          f"{t['accepted_overflow']}), refused {refused}, processed {t['processed']} "
+          f"(spam {t['verdict_spam']}, ham {t['verdict_ham']}, not scanned "
+          f"{t['verdict_not_scanned']}), quarantined {t['quarantined']}, purged "
+          f"{t['purged_files']}")
+    print()
+    print(f"{'PID':>7}  {'ROLE':<10} {'STATE':<9} {'MESSAGE':<21} {'DONE':>8} {'RSS':>10} "
+          f"{'CPU s':>8}")
+    for p in st["processes"]:
+        role = p["role"] + (f" {p['index']}" if p["role"] == "worker" else "")
+        rss = "-" if p["rss_bytes"] is None else _fmt_bytes(p["rss_bytes"])
+        cpu = "-" if p["cpu_s"] is None else f"{p['cpu_s']:.1f}"
+        print(f"{p['pid']:>7}  {role:<10} {p['state']:<9} {p['message'] or '-':<21} "
+              f"{p['done']:>8} {rss:>10} {cpu:>8}")
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    cfg = _load(args.config)
+    st = gather_status(cfg)
+    if st is None:
+        print(f"ringtrap: not running (no ring {cfg.ring.name!r} in /dev/shm)", file=sys.stderr)
+        return EX_UNAVAILABLE
+    if args.json:
+        json.dump(st, sys.stdout, indent=2)
+        print()
+    else:
+        print_status(st)
+    return 0
+
+
+def cmd_purge(args: argparse.Namespace) -> int:
+    from ringtrap import ring as ringmod
+    from ringtrap.counters import C
+    from ringtrap.overflow import Overflow
+    from ringtrap.states import Role
+
+    cfg = _load(args.config)
+    try:
+        o = Overflow(cfg.overflow.dir, cfg.overflow.max_bytes, create=False)
+    except FileNotFoundError:
+        print(f"ringtrap: no overflow directory {cfg.overflow.dir}; nothing to purge")
+        return 0
+    o.recover_dead()
+    res = o.purge()
+    print(f"dropped {res.count} messages ({res.bytes} bytes) from {cfg.overflow.dir}")
+    # count the drop where status and metrics read it, if the trap is running
+    try:
+        ring = ringmod.Ring.attach(cfg.ring.name)
+    except (ringmod.RingMissing, ringmod.RingLayoutError):
+        return 0
+    try:
+        row = ring.register(Role.OTHER)
+        row.add(C.PURGED_FILES, res.count)
+        row.add(C.PURGED_BYTES, res.bytes)
+        ring.retire_row(row.row)
+    finally:
+        ring.close()
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    if args.check:
+        try:
+            configmod.load(args.check)
+        except configmod.ConfigError as e:
+            print(str(e), file=sys.stderr)
+            return EX_CONFIG
+        except OSError as e:
+            print(f"ringtrap: {args.check}: {e.strerror}", file=sys.stderr)
+            return EX_CONFIG
+        print(f"{args.check}: OK")
+        return 0
+    if args.docs:
+        print(configmod.docs_table())
+        return 0
+    print(configmod.sample_config(), end="")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="ringtrap",
+        description="Spam-trap backend: queue mail from the MTA in a shared-memory ring, "
+        "scan it with spamd, record the results.",
+    )
+    ap.add_argument("--version", action="version", version=f"ringtrap {__version__}")
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND")
+
+    def with_config(p: argparse.ArgumentParser) -> None:
+        p.add_argument("-c", "--config", metavar="FILE",
+                       help="TOML configuration (default: built-in defaults)")
+
+    p = sub.add_parser("run", help="run the trap in the foreground (the systemd main process)")
+    with_config(p)
+    p.set_defaults(func=cmd_run)
+    p = sub.add_parser("status", help="show the ring, the overflow and every process")
+    with_config(p)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_status)
+    p = sub.add_parser("purge", help="drop the overflow backlog now")
+    with_config(p)
+    p.set_defaults(func=cmd_purge)
+    p = sub.add_parser("config", help="print a sample configuration or check one")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--sample", action="store_true",
+                   help="print a complete commented configuration (the default)")
+    g.add_argument("--check", metavar="FILE", help="validate FILE; exit 78 naming every problem")
+    g.add_argument("--docs", action="store_true", help="print the settings as a Markdown table")
+    p.set_defaults(func=cmd_config)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    if not getattr(args, "func", None):
+        ap.print_help(sys.stderr)
+        return EX_USAGE
+    try:
+        return int(args.func(args))
+    except configmod.ConfigError as e:
+        print(str(e), file=sys.stderr)
+        return EX_CONFIG
+    except FileNotFoundError as e:
+        print(f"ringtrap: {e.filename}: no such file", file=sys.stderr)
+        return EX_CONFIG
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

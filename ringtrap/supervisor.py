@@ -1,0 +1,883 @@
+"""The supervisor: the one main process of the unit, parent of everything else.
+
+It owns the children (one ingest, ``workers.count`` workers, optionally a
+managed spamd), the ring's lifecycle (create or adopt, unlink after a clean
+drain), recovery of what a dead child held, signals, the daily purge and
+systemd notification.  It never looks at message content.
+
+The main loop follows one pattern: signal handlers only put the signal on a
+queue; the loop waits on that queue for at most a second, dispatches to a
+``handle_<name>`` method, then always runs housekeeping — reap, recover,
+heartbeats, reconcile the children with the desired state, purge, title.
+Restarts, reloads and shutdown are all "change the desired state, let the
+next tick close the gap".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import errno
+import logging
+import os
+import queue
+import random
+import signal
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+
+from ringtrap import config as configmod
+from ringtrap import logs, proc, systemd
+from ringtrap import ring as ringmod
+from ringtrap.config import Config
+from ringtrap.counters import C
+from ringtrap.overflow import Overflow, OverflowFull
+from ringtrap.proc import Identity
+from ringtrap.ring import ProcRow, Ring
+from ringtrap.states import ChildState, ExitCause, ProcState, Role
+from ringtrap.titles import set_title
+
+log = logging.getLogger(__name__)
+
+SUPERVISOR_ROW = 0
+INGEST_ROW = 1
+FIRST_WORKER_ROW = 2
+
+# a child that dies within this long of starting "died too fast": back off
+MIN_UPTIME = 2.0
+BACKOFF_MAX = 30.0
+# consecutive too-fast deaths of one child after which the unit gives up
+MAX_BOOT_FAILURES = 5
+# a child is given this long to register and beat before its heartbeat counts
+BOOT_GRACE = 30.0
+# the ingest beats every loop turn (<= 1 s); it may not stall longer than this
+INGEST_HEARTBEAT_TIMEOUT = 30.0
+# after SIGABRT for a stalled heartbeat, SIGKILL if still alive this much later
+ABORT_GRACE = 5.0
+SPAMD_PING_INTERVAL = 30.0
+SPAMD_PING_FAILURES = 3
+
+EX_OK = 0
+EX_SOFTWARE = 70
+EX_CONFIG = 78
+
+
+class Kind(Enum):
+    INGEST = "ingest"
+    WORKER = "worker"
+    SPAMD = "spamd"
+
+
+class Phase(Enum):
+    """The supervisor's desired state; shutdown is a phase, never an exception."""
+
+    RUNNING = "running"
+    DRAINING = "draining"  # TERM: stop intake, finish in-flight, persist the ring
+    STOPPING = "stopping"  # INT/QUIT: stop now, leave the ring for adoption
+    DONE = "done"
+
+
+@dataclass
+class Child:
+    """One supervised child and its state machine (only _set_state moves it)."""
+
+    kind: Kind
+    index: int
+    row: int  # process-table row, -1 for spamd (it does not attach to the ring)
+    state: ChildState = ChildState.WAITING
+    pid: int = 0
+    ident: Identity | None = None
+    started: float = 0.0  # monotonic
+    restart_at: float = 0.0  # monotonic; when WAITING
+    failures: int = 0  # consecutive too-fast deaths
+    stop_sent: float = 0.0  # monotonic; when STOPPING
+    abort_sent: float = 0.0  # monotonic; SIGABRT for a stalled heartbeat
+    retire: bool = False  # do not restart after it exits (pool shrank, replaced)
+    generation: int = 0  # config generation it was started with
+
+    @property
+    def name(self) -> str:
+        return f"{self.kind.value} {self.index}" if self.kind is Kind.WORKER else self.kind.value
+
+
+_ALLOWED: dict[ChildState, set[ChildState]] = {
+    ChildState.WAITING: {ChildState.RUNNING, ChildState.EXITED},
+    ChildState.RUNNING: {ChildState.STOPPING, ChildState.WAITING, ChildState.EXITED},
+    ChildState.STOPPING: {ChildState.WAITING, ChildState.EXITED},
+    ChildState.EXITED: set(),
+}
+
+
+@dataclass
+class OS:
+    """The operating-system calls the supervisor makes, injectable for tests."""
+
+    fork: Callable[[], int] = os.fork
+    kill: Callable[[int, int], None] = os.kill
+    waitpid: Callable[[int, int], tuple[int, int]] = os.waitpid
+    monotonic: Callable[[], float] = time.monotonic
+    time: Callable[[], float] = time.time
+    identity: Callable[[int], Identity | None] = field(
+        default=lambda pid: (lambda s: Identity(pid, s) if s is not None else None)(
+            proc.start_ticks(pid)
+        )
+    )
+
+
+def next_purge(now: float, at: dt.time) -> float:
+    """Epoch seconds of the next local ``at`` strictly after ``now``."""
+    local = dt.datetime.fromtimestamp(now).astimezone()
+    candidate = local.replace(hour=at.hour, minute=at.minute, second=0, microsecond=0)
+    if candidate.timestamp() <= now:
+        candidate = (local + dt.timedelta(days=1)).replace(
+            hour=at.hour, minute=at.minute, second=0, microsecond=0
+        )
+    return candidate.timestamp()
+
+
+def backoff_delay(failures: int) -> float:
+    """Seconds to wait before restarting a child that died too fast ``failures`` times."""
+    return float(min(BACKOFF_MAX, 2 ** max(0, failures - 1)))
+
+
+def managed_spamd_socket(cfg: Config) -> Path:
+    """Where a managed spamd listens: beside the ingest socket."""
+    return cfg.ingest.socket.parent / "spamd.sock"
+
+
+def spamd_address(cfg: Config) -> str | None:
+    """The address workers use, or None when scanning is off."""
+    a = cfg.spamd.address
+    if a.kind == "off":
+        return None
+    if a.kind == "managed":
+        return f"unix:{managed_spamd_socket(cfg)}"
+    return str(a)
+
+
+class Supervisor:
+    """Runs the trap; see the module docstring.  Use :meth:`run`."""
+
+    def __init__(self, cfg: Config, config_path: Path | None = None, os_: OS | None = None) -> None:
+        self.cfg = cfg
+        self.config_path = config_path
+        self.os = os_ or OS()
+        self.phase = Phase.RUNNING
+        self.generation = 0
+        self.children: list[Child] = []
+        self.signals: queue.SimpleQueue[int] = queue.SimpleQueue()
+        self.ring: Ring | None = None
+        self.overflow: Overflow | None = None
+        self.row: ProcRow | None = None
+        self.listener: socket.socket | None = None
+        self.exit_code = EX_OK
+        self.drained = False  # TERM: persist the ring on the way out
+        self.drain_deadline = 0.0
+        self.next_purge_at = 0.0
+        self.spamd_next_ping = 0.0
+        self.spamd_ping_failures = 0
+        self.last_title = 0.0
+        self._old_handlers: dict[int, object] = {}
+
+    # -- signals -------------------------------------------------------------
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        # only record: no logging, no reaping, no I/O (see STYLE rule 1)
+        self.signals.put(signum)
+
+    def install_signals(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP,
+                    signal.SIGUSR1, signal.SIGCHLD):
+            self._old_handlers[sig] = signal.signal(sig, self._on_signal)
+
+    def handle_term(self) -> None:
+        if self.phase is Phase.RUNNING:
+            log.info("TERM: draining (stop intake, finish in-flight work, persist the ring)")
+            self.begin_drain()
+        elif self.phase is Phase.DRAINING:
+            log.warning("second TERM: stopping now")
+            self.begin_stop()
+
+    def handle_int(self) -> None:
+        if self.phase in (Phase.RUNNING, Phase.DRAINING):
+            log.info("stopping fast; the ring is kept for the next start")
+            self.begin_stop()
+
+    handle_quit = handle_int
+
+    def handle_hup(self) -> None:
+        if self.phase is Phase.RUNNING:
+            self.reload()
+
+    def handle_usr1(self) -> None:
+        logs.reopen()
+        for c in self.children:
+            if c.state is ChildState.RUNNING and c.kind is not Kind.SPAMD:
+                self._signal(c, signal.SIGUSR1)
+        log.info("log files reopened")
+
+    def handle_chld(self) -> None:
+        pass  # housekeeping reaps
+
+    # -- lifecycle --------------------------------------------------------------
+
+    def run(self) -> int:
+        """Set up, supervise until stopped, tear down; returns the exit code."""
+        try:
+            self.setup()
+        except SetupError as e:
+            log.error("%s", e)
+            self.teardown_after_failed_setup()
+            return EX_CONFIG
+        systemd.notify(ready=1, status=self.status_line(), mainpid=os.getpid())
+        log.info("ringtrap running: %s", self.status_line())
+        while self.phase is not Phase.DONE:
+            try:
+                signum = self.signals.get(timeout=1.0)
+            except queue.Empty:
+                signum = 0
+            while signum:
+                self.dispatch(signum)
+                try:
+                    signum = self.signals.get_nowait()
+                except queue.Empty:
+                    signum = 0
+            self.housekeeping()
+        self.teardown()
+        return self.exit_code
+
+    def dispatch(self, signum: int) -> None:
+        name = signal.Signals(signum).name.lower().removeprefix("sig")
+        handler = getattr(self, f"handle_{name}", None)
+        if handler is not None:
+            handler()
+
+    def setup(self) -> None:
+        """Create or adopt the stores, bind the socket, start the children."""
+        cfg = self.cfg
+        set_title("supervisor", "starting")
+        self.install_signals()
+        self._write_pidfile()
+        for d in (cfg.ingest.socket.parent, cfg.results.dir):
+            d.mkdir(parents=True, exist_ok=True)
+        try:
+            self.overflow = Overflow(cfg.overflow.dir, cfg.overflow.max_bytes)
+        except OSError as e:
+            raise SetupError(f"overflow.dir {cfg.overflow.dir}: {e}") from None
+        self.ring = self._open_ring()
+        self.row = self.ring.register(Role.SUPERVISOR, 0, row=SUPERVISOR_ROW)
+        self.row.set_state(ProcState.BUSY)
+        n = self.overflow.recover_dead()
+        if n:
+            log.info("requeued %d overflow messages held by processes that died", n)
+            self.row.add(C.RECOVERED_OVERFLOW, n)
+        from ringtrap.ingest_socket import bind_socket
+
+        try:
+            self.listener = bind_socket(cfg.ingest.socket, cfg.ingest.socket_mode,
+                                        cfg.ingest.socket_group)
+        except (OSError, RuntimeError) as e:
+            raise SetupError(f"ingest.socket {cfg.ingest.socket}: {e}") from None
+        self.listener.set_inheritable(False)
+        if cfg.spamd.address.kind == "managed":
+            self.children.append(Child(Kind.SPAMD, 0, -1))
+        self.children.append(Child(Kind.INGEST, 0, INGEST_ROW))
+        for i in range(cfg.workers.count):
+            self.children.append(Child(Kind.WORKER, i, FIRST_WORKER_ROW + i))
+        self.next_purge_at = next_purge(self.os.time(), cfg.overflow.purge_at)
+        self.reconcile()
+
+    def _open_ring(self) -> Ring:
+        cfg = self.cfg.ring
+        rows = max(ringmod.DEFAULT_ROWS, FIRST_WORKER_ROW + self.cfg.workers.count + 1)
+        try:
+            return Ring.create(cfg.name, cfg.slots, cfg.slot_bytes, mode=cfg.mode, rows=rows)
+        except ringmod.RingExists:
+            pass
+        try:
+            old = Ring.attach(cfg.name)
+        except ringmod.RingLayoutError as e:
+            raise SetupError(
+                f"{e}; remove it with 'ringtrap cleanup' if no ringtrap is running"
+            ) from None
+        owner = old.owner
+        if owner.pid != os.getpid() and proc.is_alive(owner):
+            old.close()
+            raise SetupError(
+                f"ring {cfg.name!r} belongs to a running ringtrap supervisor (pid {owner.pid})"
+            )
+        self._stop_old_generation(old)
+        if (old.slots, old.slot_bytes) != (cfg.slots, cfg.slot_bytes):
+            log.warning("ring geometry changed (%d x %d -> %d x %d): moving its messages to "
+                        "the overflow and recreating it", old.slots, old.slot_bytes,
+                        cfg.slots, cfg.slot_bytes)
+            old.recover_dead()
+            moved = self._evacuate(old)
+            old.close()
+            ringmod.unlink_name(cfg.name)
+            log.info("moved %d messages from the old ring", moved)
+            return Ring.create(cfg.name, cfg.slots, cfg.slot_bytes, mode=cfg.mode, rows=rows)
+        old.close()
+        ring = Ring.adopt(cfg.name)
+        snap = ring.snapshot()
+        log.info("adopted ring %r (generation %d): %d ready, %d requeued from dead processes",
+                 cfg.name, snap.generation, snap.ready, snap.requeued)
+        return ring
+
+    def _stop_old_generation(self, ring: Ring) -> None:
+        """Stop processes of a crashed supervisor's generation still using the ring."""
+        me = os.getpid()
+        alive = [r for r in ring.read_rows()
+                 if r.pid != me and proc.is_alive((r.pid, r.start))]
+        if not alive:
+            return
+        log.warning("stopping %d processes left by the previous supervisor", len(alive))
+        for r in alive:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(r.pid, signal.SIGTERM)
+        deadline = time.monotonic() + self.cfg.supervisor.graceful_timeout
+        while time.monotonic() < deadline and any(
+            proc.is_alive((r.pid, r.start)) for r in alive
+        ):
+            time.sleep(0.1)
+        for r in alive:
+            if proc.is_alive((r.pid, r.start)):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(r.pid, signal.SIGKILL)
+        while any(proc.is_alive((r.pid, r.start)) for r in alive):
+            time.sleep(0.05)
+
+    def _evacuate(self, ring: Ring) -> int:
+        """Move every READY message of ``ring`` to the overflow; returns the count."""
+        assert self.overflow is not None
+        moved = 0
+        while True:
+            c = ring.claim(timeout=0.0)
+            if c is None:
+                if ring.snapshot().ready == 0:
+                    return moved
+                continue
+            try:
+                self.overflow.spill(c.msgid, c.data, c.attempts)
+            except OverflowFull:
+                # the cap must not lose an accepted message: store it anyway
+                self.overflow.quarantine_bytes(c.msgid, c.data, c.attempts,
+                                               "overflow full while persisting the ring")
+            ring.ack(c)
+            moved += 1
+
+    def teardown_after_failed_setup(self) -> None:
+        self._kill_all(signal.SIGKILL)
+        self._reap_blocking(5.0)
+        if self.ring is not None:
+            self.ring.close()
+        self._remove_pidfile()
+
+    def teardown(self) -> None:
+        """After the last child is gone: persist or keep the ring, close up."""
+        systemd.notify(stopping=1, status="stopped")
+        ring = self.ring
+        if ring is not None and self.overflow is not None:
+            res = ring.recover_dead()
+            if res.requeued and self.row:
+                self.row.add(C.RECOVERED_RING, res.requeued)
+            if self.drained:
+                moved = self._evacuate(ring)
+                if self.row:
+                    self.row.add(C.DRAINED_TO_OVERFLOW, moved)
+                if moved:
+                    log.info("persisted %d ring messages to the overflow", moved)
+                if ring.snapshot().used == 0:
+                    ring.close()
+                    ringmod.unlink_name(self.cfg.ring.name)
+                else:  # pragma: no cover - a live foreign claimer
+                    log.warning("ring still holds claimed messages; keeping it for adoption")
+                    ring.close()
+            else:
+                ring.close()
+        if self.listener is not None:
+            self._close_listener()
+        self._remove_pidfile()
+        log.info("ringtrap stopped")
+
+    def begin_drain(self) -> None:
+        self.phase = Phase.DRAINING
+        self.drained = True
+        systemd.notify(stopping=1, status="draining")
+        self.drain_deadline = self.os.monotonic() + self.cfg.supervisor.graceful_timeout
+        self._close_listener()
+        # the ingest first, so everything it accepted is stored before workers stop
+        for c in self.children:
+            c.retire = True
+        for c in self.children:
+            if c.kind is Kind.INGEST:
+                self._stop_child(c, signal.SIGTERM)
+
+    def begin_stop(self) -> None:
+        self.phase = Phase.STOPPING
+        self.drained = False
+        systemd.notify(stopping=1, status="stopping")
+        self._close_listener()
+        for c in self.children:
+            c.retire = True
+            if c.kind is not Kind.SPAMD:
+                self._stop_child(c, signal.SIGQUIT)
+        self.drain_deadline = self.os.monotonic() + 5.0
+
+    def _close_listener(self) -> None:
+        if self.listener is None:
+            return
+        with contextlib.suppress(OSError):
+            self.listener.close()
+        self.listener = None
+        # clients now fail fast (and defer) instead of waiting in a dead backlog
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.cfg.ingest.socket)
+
+    # -- reload ----------------------------------------------------------------
+
+    def reload(self) -> None:
+        """HUP: load the configuration again; replace workers one at a time."""
+        if self.config_path is None:
+            log.info("HUP: no configuration file; nothing to reload")
+            return
+        systemd.notify(reloading=1, status="reloading")
+        try:
+            new = configmod.load(self.config_path)
+        except (configmod.ConfigError, OSError) as e:
+            log.error("HUP: configuration refused, keeping the running one:\n%s", e)
+            systemd.notify(ready=1, status=self.status_line())
+            return
+        old = self.cfg
+        fixed = []
+        if (new.ring.name, new.ring.slots, new.ring.slot_bytes) != (
+            old.ring.name, old.ring.slots, old.ring.slot_bytes
+        ):
+            fixed.append("ring")
+        if new.overflow.dir != old.overflow.dir:
+            fixed.append("overflow.dir")
+        if new.ingest.socket != old.ingest.socket:
+            fixed.append("ingest.socket")
+        if new.spamd.address != old.spamd.address:
+            fixed.append("spamd.address")
+        if fixed:
+            log.warning("HUP: %s changes take effect at the next start", ", ".join(fixed))
+            new = _keep_fixed(new, old)
+        self.cfg = new
+        self.generation += 1
+        if self.overflow is not None:
+            self.overflow.max_bytes = new.overflow.max_bytes
+        self.next_purge_at = next_purge(self.os.time(), new.overflow.purge_at)
+        workers = [c for c in self.children if c.kind is Kind.WORKER and not c.retire]
+        for c in workers[new.workers.count :]:
+            c.retire = True
+            if c.state is ChildState.RUNNING:
+                self._stop_child(c, signal.SIGTERM)
+            elif c.state is ChildState.WAITING:
+                self._set_state(c, ChildState.EXITED, "pool shrank")
+        used = {c.index for c in self.children if c.kind is Kind.WORKER and not c.retire}
+        for i in range(new.workers.count):
+            if i not in used:
+                self.children.append(Child(Kind.WORKER, i, FIRST_WORKER_ROW + i,
+                                           generation=self.generation))
+        log.info("HUP: configuration %s loaded (generation %d, %d workers)",
+                 self.config_path, self.generation, new.workers.count)
+        systemd.notify(ready=1, status=self.status_line())
+
+    def _roll_workers(self) -> None:
+        """Replace one worker of an older config generation at a time."""
+        workers = [c for c in self.children if c.kind is Kind.WORKER]
+        if any(c.state is ChildState.STOPPING and not c.retire for c in workers):
+            return  # one replacement in flight
+        for c in workers:
+            if c.state is ChildState.RUNNING and not c.retire and c.generation < self.generation:
+                log.info("replacing %s with the new configuration", c.name)
+                self._stop_child(c, signal.SIGTERM)
+                return
+
+    # -- housekeeping ----------------------------------------------------------
+
+    def housekeeping(self) -> None:
+        self.reap()
+        if self.ring is not None:
+            if self.ring.break_lock_if_dead() and self.row:
+                self.row.add(C.LOCK_BREAKS)
+            if self.row:
+                self.row.beat()
+        now = self.os.monotonic()
+        if self.phase is Phase.RUNNING:
+            self.check_heartbeats(now)
+            self._roll_workers()
+            self.reconcile()
+            self.check_spamd(now)
+            if self.os.time() >= self.next_purge_at:
+                self.purge(scheduled=True)
+                self.next_purge_at = next_purge(self.os.time(), self.cfg.overflow.purge_at)
+        else:
+            self.progress_shutdown(now)
+        if now - self.last_title >= 1.0:
+            self.last_title = now
+            set_title("supervisor", self.status_line())
+            systemd.notify(status=self.status_line())
+
+    def progress_shutdown(self, now: float) -> None:
+        ingest_running = any(c.kind is Kind.INGEST and c.state in
+                             (ChildState.RUNNING, ChildState.STOPPING) for c in self.children)
+        if self.phase is Phase.DRAINING and not ingest_running:
+            for c in self.children:
+                if c.kind is Kind.WORKER and c.state is ChildState.RUNNING:
+                    self._stop_child(c, signal.SIGTERM)
+        workers_running = any(c.kind is not Kind.SPAMD and c.state in
+                              (ChildState.RUNNING, ChildState.STOPPING)
+                              for c in self.children)
+        if not workers_running:
+            for c in self.children:
+                if c.kind is Kind.SPAMD and c.state is ChildState.RUNNING:
+                    self._stop_child(c, signal.SIGTERM)
+        if now > self.drain_deadline:
+            late = [c for c in self.children if c.state in
+                    (ChildState.RUNNING, ChildState.STOPPING)]
+            if late:
+                log.warning("shutdown deadline passed: killing %s",
+                            ", ".join(c.name for c in late))
+                for c in late:
+                    self._signal(c, signal.SIGKILL)
+                self._reap_blocking(5.0)
+        if all(c.state in (ChildState.EXITED, ChildState.WAITING) for c in self.children):
+            self.phase = Phase.DONE
+
+    def reconcile(self) -> None:
+        """Start every child that should run and whose restart time has come."""
+        now = self.os.monotonic()
+        for c in self.children:
+            if c.state is ChildState.WAITING and not c.retire and now >= c.restart_at:
+                self.spawn(c)
+        self.children = [c for c in self.children if c.state is not ChildState.EXITED]
+
+    def check_heartbeats(self, now: float) -> None:
+        if self.ring is None:
+            return
+        rows = {r.row: r for r in self.ring.read_rows()}
+        now_ns = time.monotonic_ns()
+        for c in self.children:
+            if c.state is not ChildState.RUNNING or c.kind is Kind.SPAMD:
+                continue
+            if c.abort_sent:
+                if now - c.abort_sent > ABORT_GRACE:
+                    self._signal(c, signal.SIGKILL)
+                continue
+            r = rows.get(c.row)
+            if r is None or c.ident is None or r.pid != c.pid:
+                continue  # not registered yet
+            limit = (INGEST_HEARTBEAT_TIMEOUT if c.kind is Kind.INGEST
+                     else self.cfg.workers.heartbeat_timeout)
+            if now - c.started < BOOT_GRACE and r.heartbeat_ns == 0:
+                continue
+            stalled = (now_ns - r.heartbeat_ns) / 1e9
+            if stalled > limit:
+                log.error("%s (pid %d) heartbeat stalled %.0f s (state %s, message %s): "
+                          "aborting it", c.name, c.pid, stalled, r.state.name, r.msgid or "-")
+                c.abort_sent = now
+                self._signal(c, signal.SIGABRT)
+                if self.row:
+                    self.row.add(C.HEARTBEAT_KILLS)
+
+    def check_spamd(self, now: float) -> None:
+        managed = [c for c in self.children if c.kind is Kind.SPAMD
+                   and c.state is ChildState.RUNNING]
+        if not managed or now < self.spamd_next_ping:
+            return
+        c = managed[0]
+        if now - c.started < 60.0:
+            return  # still loading its rules
+        self.spamd_next_ping = now + SPAMD_PING_INTERVAL
+        from ringtrap.spamd import SpamdClient, SpamdError
+
+        try:
+            SpamdClient(f"unix:{managed_spamd_socket(self.cfg)}", connect_timeout=2.0,
+                        timeout=5.0).ping()
+            self.spamd_ping_failures = 0
+        except SpamdError as e:
+            self.spamd_ping_failures += 1
+            log.warning("managed spamd did not answer PING (%s), %d in a row", e,
+                        self.spamd_ping_failures)
+            if self.spamd_ping_failures >= SPAMD_PING_FAILURES:
+                self.spamd_ping_failures = 0
+                log.error("restarting the managed spamd")
+                self._stop_child(c, signal.SIGTERM, retire=False)
+
+    def purge(self, scheduled: bool = False) -> tuple[int, int]:
+        """Drop the overflow backlog now; returns (files, bytes) dropped."""
+        assert self.overflow is not None
+        self.overflow.recover_dead()
+        res = self.overflow.purge()
+        if self.row:
+            self.row.add(C.PURGED_FILES, res.count)
+            self.row.add(C.PURGED_BYTES, res.bytes)
+        log.info("%s purge: dropped %d overflow messages (%d bytes)",
+                 "daily" if scheduled else "requested", res.count, res.bytes)
+        return res.count, res.bytes
+
+    # -- children ----------------------------------------------------------------
+
+    def _set_state(self, c: Child, new: ChildState, why: str = "") -> None:
+        if new not in _ALLOWED[c.state]:
+            raise RuntimeError(f"illegal child transition {c.name}: {c.state.name} -> {new.name}")
+        log.debug("%s: %s -> %s %s", c.name, c.state.name, new.name, why)
+        c.state = new
+
+    def spawn(self, c: Child) -> None:
+        """Fork one child; its boot runs in a fixed order (see _child_boot)."""
+        if c.kind is Kind.SPAMD:
+            argv = self._spamd_argv()
+        listener = self.listener
+        pid = self.os.fork()
+        if pid == 0:  # pragma: no cover - runs in the child
+            code = EX_SOFTWARE
+            try:
+                code = self._child_boot(c, listener,
+                                        argv if c.kind is Kind.SPAMD else None)
+            except BaseException:
+                logging.getLogger(__name__).exception("%s failed", c.name)
+            finally:
+                os._exit(code)
+        c.pid = pid
+        c.ident = self.os.identity(pid)
+        c.started = self.os.monotonic()
+        c.abort_sent = 0.0
+        c.stop_sent = 0.0
+        c.generation = self.generation
+        self._set_state(c, ChildState.RUNNING, f"pid {pid}")
+        log.info("started %s (pid %d)", c.name, pid)
+
+    def _child_boot(self, c: Child, listener: socket.socket | None,
+                    spamd_argv: list[str] | None) -> int:  # pragma: no cover - child
+        # 1. signals back to defaults: the supervisor's queue means nothing here
+        for sig in self._old_handlers:
+            signal.signal(sig, signal.SIG_DFL)
+        signal.set_wakeup_fd(-1)
+        # 2. a child that is no ring user must not keep the parent's ring mapping;
+        #    the spamd is exec'd, so every fd but stdio and the log goes
+        keep = logs.log_fds()
+        if c.kind is Kind.INGEST and listener is not None:
+            keep.add(listener.fileno())
+        _close_fds_except(keep)
+        if spamd_argv is not None:
+            os.setsid()  # its own group: our TERM to the group never races its children
+            os.execvp(spamd_argv[0], spamd_argv)
+        # 3. a fresh random state per child
+        random.seed()
+        logs.set_role(c.name.replace(" ", "-"))
+        # 4./5. title, ring attach and loop are the role's own (its child_main)
+        if c.kind is Kind.INGEST:
+            from ringtrap import ingest_socket
+
+            assert listener is not None
+            return ingest_socket.child_main(self.cfg, listener, c.row)
+        from ringtrap import worker
+
+        return worker.child_main(self.cfg, c.index, c.row, spamd_address=spamd_address(self.cfg))
+
+    def _spamd_argv(self) -> list[str]:
+        cfg = self.cfg
+        exe = configmod.find_spamd(cfg.spamd.command) or cfg.spamd.command
+        children = cfg.spamd.children or cfg.workers.count
+        sock = managed_spamd_socket(cfg)
+        argv = [exe, f"--socketpath={sock}", "--socketmode=0600",
+                f"--max-children={children}", f"--min-children={children}",
+                "--round-robin", "--syslog=stderr", "--nouser-config"]
+        if os.geteuid() == 0:
+            argv.append("--username=nobody")
+        argv.extend(cfg.spamd.extra_args)
+        return argv
+
+    def _signal(self, c: Child, sig: int) -> None:
+        if c.pid <= 0:
+            return
+        # a pid is not an identity: never signal a process that merely reuses it
+        if c.ident is not None and self.os.identity(c.pid) != c.ident:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            self.os.kill(c.pid, sig)
+
+    def _stop_child(self, c: Child, sig: int, retire: bool | None = None) -> None:
+        if retire is not None:
+            c.retire = retire
+        if c.state is ChildState.RUNNING:
+            self._set_state(c, ChildState.STOPPING, signal.Signals(sig).name)
+            c.stop_sent = self.os.monotonic()
+            self._signal(c, sig)
+        elif c.state is ChildState.WAITING and c.retire:
+            self._set_state(c, ChildState.EXITED, "not restarted")
+
+    def _kill_all(self, sig: int) -> None:
+        for c in self.children:
+            if c.state in (ChildState.RUNNING, ChildState.STOPPING):
+                self._signal(c, sig)
+
+    def reap(self) -> None:
+        """Collect every exited child and act on how it exited."""
+        while True:
+            try:
+                pid, status = self.os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            c = next((c for c in self.children if c.pid == pid), None)
+            if c is None:
+                continue
+            self.on_exit(c, status)
+
+    def _reap_blocking(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.reap()
+            if not any(c.state in (ChildState.RUNNING, ChildState.STOPPING)
+                       for c in self.children):
+                return
+            time.sleep(0.05)
+
+    def classify(self, c: Child, status: int, now: float) -> ExitCause:
+        """The one place an exit is classified."""
+        if c.abort_sent:
+            return ExitCause.HUNG
+        if c.state is ChildState.STOPPING:
+            return ExitCause.REQUESTED
+        if now - c.started < MIN_UPTIME:
+            return ExitCause.TOO_FAST
+        if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
+            return ExitCause.REQUESTED  # e.g. a worker recycled over its memory limit
+        return ExitCause.CRASHED
+
+    def on_exit(self, c: Child, status: int) -> None:
+        now = self.os.monotonic()
+        cause = self.classify(c, status, now)
+        how = _describe_status(status)
+        ident = c.ident
+        c.pid = 0
+        c.ident = None
+        if c.kind is not Kind.SPAMD:
+            self._recover(c, ident)
+        c.failures = c.failures + 1 if cause is ExitCause.TOO_FAST else 0
+        level = logging.INFO if cause is ExitCause.REQUESTED else logging.ERROR
+        log.log(level, "%s exited (%s): %s", c.name, how, cause.name.lower().replace("_", " "))
+        if c.retire or self.phase is not Phase.RUNNING:
+            self._set_state(c, ChildState.EXITED, how)
+            return
+        if c.failures >= MAX_BOOT_FAILURES:
+            log.critical("%s failed to start %d times in a row; giving up", c.name, c.failures)
+            self.exit_code = EX_SOFTWARE
+            self._set_state(c, ChildState.EXITED, "gave up")
+            self.begin_drain()
+            return
+        delay = backoff_delay(c.failures) if cause is ExitCause.TOO_FAST else 0.0
+        c.restart_at = now + delay
+        self._set_state(c, ChildState.WAITING, how)
+        if self.row and cause is not ExitCause.REQUESTED:
+            self.row.add(C.RESTARTS)
+        if delay:
+            log.warning("restarting %s in %.0f s", c.name, delay)
+
+    def _recover(self, c: Child, ident: Identity | None) -> None:
+        """Requeue what a dead child held in the ring and the overflow; fold its row."""
+        if self.ring is None or self.overflow is None or ident is None:
+            return
+        res = self.ring.recover(ident)
+        n = self.overflow.recover(ident)
+        if res.requeued or res.freed or n:
+            log.warning("%s died holding %d ring and %d overflow messages: requeued "
+                        "(%d half-written slots freed)", c.name, res.requeued, n, res.freed)
+        if self.row:
+            self.row.add(C.RECOVERED_RING, res.requeued)
+            self.row.add(C.RECOVERED_OVERFLOW, n)
+        rows = {r.row: r for r in self.ring.read_rows()}
+        r = rows.get(c.row)
+        if r is not None and (r.pid, r.start) == tuple(ident):
+            self.ring.retire_row(c.row)
+
+    # -- status -----------------------------------------------------------------
+
+    def status_line(self) -> str:
+        workers = sum(1 for c in self.children
+                      if c.kind is Kind.WORKER and c.state is ChildState.RUNNING)
+        parts = [f"{workers} workers"]
+        if self.ring is not None:
+            snap_used = self.ring.slots - self.ring.slot_states().count(ringmod.SlotState.FREE)
+            parts.append(f"ring {100 * snap_used // self.ring.slots}%")
+        if self.overflow is not None:
+            parts.append(f"overflow {self.overflow.ready_count()}")
+        if self.phase is not Phase.RUNNING:
+            parts.append(self.phase.value)
+        return " ".join(parts)
+
+    # -- pidfile ----------------------------------------------------------------
+
+    def _write_pidfile(self) -> None:
+        path = self.cfg.supervisor.pidfile
+        if path is None:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(f"{os.getpid()}\n")
+        os.replace(tmp, path)
+
+    def _remove_pidfile(self) -> None:
+        path = self.cfg.supervisor.pidfile
+        if path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                if path.read_text().strip() == str(os.getpid()):
+                    path.unlink()
+
+
+class SetupError(Exception):
+    """The trap cannot start; the message says why and what to do."""
+
+
+def _keep_fixed(new: Config, old: Config) -> Config:
+    import dataclasses
+
+    return dataclasses.replace(
+        new,
+        ring=old.ring,
+        overflow=dataclasses.replace(new.overflow, dir=old.overflow.dir),
+        ingest=dataclasses.replace(new.ingest, socket=old.ingest.socket),
+        spamd=dataclasses.replace(new.spamd, address=old.spamd.address),
+    )
+
+
+def _describe_status(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        try:
+            return f"killed by {signal.Signals(sig).name}"
+        except ValueError:
+            return f"killed by signal {sig}"
+    return f"exit {os.WEXITSTATUS(status)}"
+
+
+def _close_fds_except(keep: set[int]) -> None:  # pragma: no cover - child
+    try:
+        fds = [int(n) for n in os.listdir("/proc/self/fd")]
+    except OSError:
+        fds = list(range(3, 1024))
+    for fd in fds:
+        if fd not in keep:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+def run(cfg: Config, config_path: Path | None = None) -> int:
+    """Run the trap in the foreground until stopped; the exit code for the shell."""
+    logs.setup(cfg.supervisor.log_level, cfg.supervisor.log_file)
+    try:
+        return Supervisor(cfg, config_path).run()
+    except OSError as e:
+        if e.errno in (errno.EACCES, errno.EPERM):
+            log.error("%s (run as root or set paths you can write in the configuration)", e)
+            return EX_CONFIG
+        raise
