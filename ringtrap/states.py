@@ -39,3 +39,21 @@ class ProcState(IntEnum):
     BACKOFF = 4  # a dependency is down; retrying later
     DRAINING = 5  # finishing in-flight work before exit
     STOPPED = 6
+
+
+class ChildState(IntEnum):
+    """The supervisor's view of one child (only Supervisor._set_state moves it)."""
+
+    WAITING = 0  # not running; started when its restart time comes
+    RUNNING = 1
+    STOPPING = 2  # asked to stop; its exit is expected
+    EXITED = 3  # reaped and not to be restarted
+
+
+class ExitCause(IntEnum):
+    """How a child's exit was classified (one place: Supervisor.classify)."""
+
+    REQUESTED = 0  # we asked it to stop, or it recycled itself (exit 0)
+    TOO_FAST = 1  # died soon after start: back off before the next try
+    CRASHED = 2  # died unasked: recover its claims, restart at once
+    HUNG = 3  # killed by us for a stalled heartbeat
