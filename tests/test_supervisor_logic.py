@@ -1,0 +1,209 @@
+"""Supervisor logic with a recording fake of the OS: no process is forked here."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import signal
+from dataclasses import dataclass, field
+
+import pytest
+
+from ringtrap import config as configmod
+from ringtrap.proc import Identity
+from ringtrap.states import ChildState, ExitCause
+from ringtrap.supervisor import (
+    MAX_BOOT_FAILURES,
+    OS,
+    Child,
+    Kind,
+    Phase,
+    Supervisor,
+    backoff_delay,
+    next_purge,
+)
+
+
+@dataclass
+class FakeOS:
+    """Forks nothing: hands out pids, records signals, reports exits on demand."""
+
+    now: float = 1000.0
+    wall: float = 1_800_000_000.0
+    next_pid: int = 100
+    killed: list[tuple[int, int]] = field(default_factory=list)
+    exits: list[tuple[int, int]] = field(default_factory=list)
+    alive: dict[int, Identity] = field(default_factory=dict)
+
+    def fork(self) -> int:
+        self.next_pid += 1
+        self.alive[self.next_pid] = Identity(self.next_pid, 7)
+        return self.next_pid
+
+    def kill(self, pid: int, sig: int) -> None:
+        self.killed.append((pid, sig))
+
+    def waitpid(self, pid: int, flags: int) -> tuple[int, int]:
+        if not self.exits:
+            return 0, 0
+        pid, status = self.exits.pop(0)
+        self.alive.pop(pid, None)
+        return pid, status
+
+    def identity(self, pid: int) -> Identity | None:
+        return self.alive.get(pid)
+
+    def as_os(self) -> OS:
+        return OS(fork=self.fork, kill=self.kill, waitpid=self.waitpid,
+                  monotonic=lambda: self.now, time=lambda: self.wall, identity=self.identity)
+
+
+def exit_status(code: int) -> int:
+    return code << 8
+
+
+def signal_status(sig: int) -> int:
+    return sig
+
+
+@pytest.fixture
+def sup() -> tuple[Supervisor, FakeOS]:
+    cfg = configmod.override(configmod.defaults(), {"workers.count": 2, "spamd.address": "off"})
+    fake = FakeOS()
+    s = Supervisor(cfg, None, fake.as_os())
+    s.children = [Child(Kind.INGEST, 0, 1), Child(Kind.WORKER, 0, 2), Child(Kind.WORKER, 1, 3)]
+    return s, fake
+
+
+def test_reconcile_starts_every_waiting_child(sup: tuple[Supervisor, FakeOS]) -> None:
+    s, _ = sup
+    s.reconcile()
+    assert all(c.state is ChildState.RUNNING for c in s.children)
+    assert sorted(c.pid for c in s.children) == [101, 102, 103]
+
+
+def test_crash_restarts_at_once_and_counts(sup: tuple[Supervisor, FakeOS]) -> None:
+    s, fake = sup
+    s.reconcile()
+    w = s.children[1]
+    fake.now += 60
+    fake.exits.append((w.pid, signal_status(signal.SIGKILL)))
+    s.reap()
+    assert w.state is ChildState.WAITING
+    assert w.restart_at == fake.now
+    s.reconcile()
+    assert w.state is ChildState.RUNNING and w.pid == 104
+
+
+def test_too_fast_deaths_back_off_then_give_up(sup: tuple[Supervisor, FakeOS]) -> None:
+    s, fake = sup
+    s.reconcile()
+    w = s.children[1]
+    delays = []
+    for _ in range(MAX_BOOT_FAILURES):
+        fake.exits.append((w.pid, exit_status(1)))
+        s.reap()
+        if w.state is not ChildState.WAITING:
+            break
+        delays.append(w.restart_at - fake.now)
+        fake.now = w.restart_at
+        s.reconcile()
+    assert delays == sorted(delays) and delays[0] > 0
+    assert s.exit_code != 0
+    assert s.phase is Phase.DRAINING
+
+
+def test_requested_stop_is_not_restarted(sup: tuple[Supervisor, FakeOS]) -> None:
+    s, fake = sup
+    s.reconcile()
+    fake.now += 10
+    w = s.children[2]
+    s._stop_child(w, signal.SIGTERM, retire=True)
+    assert (w.pid, signal.SIGTERM) in fake.killed
+    assert s.classify(w, exit_status(0), fake.now) is ExitCause.REQUESTED
+    fake.exits.append((w.pid, exit_status(0)))
+    s.reap()
+    s.reconcile()
+    assert w not in s.children
+
+
+def test_classify_exit_zero_unasked_soon_after_start_is_too_fast(
+    sup: tuple[Supervisor, FakeOS],
+) -> None:
+    s, fake = sup
+    s.reconcile()
+    w = s.children[1]
+    assert s.classify(w, exit_status(0), fake.now + 0.5) is ExitCause.TOO_FAST
+    assert s.classify(w, exit_status(0), fake.now + 100) is ExitCause.REQUESTED
+    assert s.classify(w, signal_status(signal.SIGSEGV), fake.now + 100) is ExitCause.CRASHED
+
+
+def test_signal_never_reaches_a_reused_pid(sup: tuple[Supervisor, FakeOS]) -> None:
+    s, fake = sup
+    s.reconcile()
+    w = s.children[1]
+    fake.alive[w.pid] = Identity(w.pid, 999)  # the pid now belongs to someone else
+    s._signal(w, signal.SIGKILL)
+    assert (w.pid, signal.SIGKILL) not in fake.killed
+
+
+def test_illegal_transition_is_refused(sup: tuple[Supervisor, FakeOS]) -> None:
+    s, _ = sup
+    c = s.children[0]
+    c.state = ChildState.EXITED
+    with pytest.raises(RuntimeError, match="illegal"):
+        s._set_state(c, ChildState.RUNNING)
+
+
+def test_backoff_grows_and_is_capped() -> None:
+    values = [backoff_delay(n) for n in range(1, 12)]
+    assert values == sorted(values)
+    assert values[0] == 1.0 and values[-1] == 30.0
+
+
+def test_next_purge_is_today_or_tomorrow_local() -> None:
+    at = dt.time(4, 0)
+    base = dt.datetime(2026, 3, 10, 3, 59, 0).astimezone()
+    assert next_purge(base.timestamp(), at) == base.replace(hour=4, minute=0).timestamp()
+    after = base.replace(hour=4, minute=0, second=1)
+    tomorrow = (after + dt.timedelta(days=1)).replace(hour=4, minute=0, second=0)
+    assert next_purge(after.timestamp(), at) == tomorrow.timestamp()
+
+
+def test_second_term_escalates_to_fast_stop(sup: tuple[Supervisor, FakeOS],
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    s, fake = sup
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    s.reconcile()
+    s.handle_term()
+    assert s.phase is Phase.DRAINING
+    ingest = s.children[0]
+    assert (ingest.pid, signal.SIGTERM) in fake.killed
+    # workers keep running until the ingest has finished
+    assert all((c.pid, signal.SIGTERM) not in fake.killed for c in s.children[1:])
+    s.handle_term()
+    assert s.phase is Phase.STOPPING
+    assert all((c.pid, signal.SIGQUIT) in fake.killed for c in s.children[1:])
+
+
+def test_drain_stops_workers_after_ingest_exits(sup: tuple[Supervisor, FakeOS],
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    s, fake = sup
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    s.reconcile()
+    s.handle_term()
+    ingest = s.children[0]
+    fake.exits.append((ingest.pid, exit_status(0)))
+    s.reap()
+    s.progress_shutdown(fake.now)
+    assert all((c.pid, signal.SIGTERM) in fake.killed for c in s.children[1:])
+    for c in s.children[1:]:
+        fake.exits.append((c.pid, exit_status(0)))
+    s.reap()
+    s.progress_shutdown(fake.now)
+    assert s.phase is Phase.DONE
+
+
+def test_os_default_identity_is_real() -> None:
+    ident = OS().identity(os.getpid())
+    assert ident is not None and ident.pid == os.getpid()
