@@ -1,0 +1,772 @@
+"""The ingest: a Unix socket server that queues each message into the ring or the overflow.
+
+Wire protocol, one message per connection::
+
+    client  connect, send the message, then shutdown(SHUT_WR) or close
+    server  exactly one line, then close:
+              OK <id>             stored (ring or overflow); never sent before
+              ERR <reason>        permanent refusal: too large, empty
+              TEMPFAIL <reason>   cannot store now: overflow full, idle,
+                                  too many connections, shutting down
+
+A refused message is still read to its end, so the stream stays in sync and
+the reply reaches a client that writes everything before reading.  The reply
+prefixes and reasons are the module constants below.
+
+Two parts, in the manner of a protocol class and a narrow store hook: the
+connection (:class:`_Conn`, driven by :class:`IngestServer`) owns framing,
+limits, the idle timeout and the reply; :class:`Store` decides ring or
+overflow.  Every stored payload is ``envelope.header(None)`` followed by the
+bytes received.  A payload is buffered while it fits a ring slot and streamed
+to the overflow once it does not, so a large message is never held whole.
+
+The server is one process with one ``selectors`` loop.  It is the ring's only
+producer and never waits on the workers: a full ring means a spill.
+
+Crash model: if the process dies mid-message, its client has not had ``OK``
+(the reply follows the store), a ring slot it was filling is left
+FILLING(owner) for the supervisor to free and a spill in progress is a tmp file
+the overflow's recovery drops; the MTA retries the message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import grp
+import logging
+import os
+import selectors
+import signal
+import socket
+import stat
+import time
+from enum import IntEnum
+from pathlib import Path
+from types import FrameType
+
+from ringtrap import envelope, titles
+from ringtrap.config import Config
+from ringtrap.counters import C
+from ringtrap.ids import new_id
+from ringtrap.overflow import Overflow, OverflowFull, SpillWriter
+from ringtrap.ring import ProcRow, PutResult, Ring
+from ringtrap.states import ProcState, Role
+
+log = logging.getLogger(__name__)
+
+# reply prefixes
+OK = b"OK"
+ERR = b"ERR"
+TEMPFAIL = b"TEMPFAIL"
+# reasons
+REASON_TOO_LARGE = b"message too large"
+REASON_EMPTY = b"empty message"
+REASON_OVERFLOW_FULL = b"overflow full"
+REASON_STORE_FAILED = b"cannot store message"
+REASON_IDLE = b"idle timeout"
+REASON_BUSY = b"too many connections"
+REASON_SHUTTING_DOWN = b"shutting down"
+
+LISTEN_BACKLOG = 1024
+# bytes asked of one recv; the one receive buffer is reused by every connection
+CHUNK = 64 * 1024
+# accepts per readiness event: enough to empty any backlog the loop can serve,
+# few enough that heartbeats and idle checks still run under a connection flood
+_ACCEPT_BATCH = 1024
+# after EMFILE/ENFILE the listener is left alone this long instead of spinning
+_ACCEPT_PAUSE = 0.1
+_TITLE_EVERY = 1.0
+
+# The sockets stay in blocking mode; per-call flags make each call non-blocking,
+# which saves two fcntl calls per connection.  MSG_NOSIGNAL: a client that left
+# without reading its reply must cost an EPIPE, not a SIGPIPE.
+_DONTWAIT = socket.MSG_DONTWAIT
+_SEND_FLAGS = socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL
+
+
+def reply_line(kind: bytes, text: bytes) -> bytes:
+    """The reply line ``<kind> <text>\\n`` as sent to the client."""
+    return kind + b" " + text + b"\n"
+
+
+_LINE_TOO_LARGE = reply_line(ERR, REASON_TOO_LARGE)
+_LINE_EMPTY = reply_line(ERR, REASON_EMPTY)
+_LINE_OVERFLOW_FULL = reply_line(TEMPFAIL, REASON_OVERFLOW_FULL)
+_LINE_STORE_FAILED = reply_line(TEMPFAIL, REASON_STORE_FAILED)
+_LINE_IDLE = reply_line(TEMPFAIL, REASON_IDLE)
+_LINE_BUSY = reply_line(TEMPFAIL, REASON_BUSY)
+_LINE_SHUTTING_DOWN = reply_line(TEMPFAIL, REASON_SHUTTING_DOWN)
+
+
+class Stored(IntEnum):
+    """Where :class:`Store` put a message."""
+
+    RING = 0
+    OVERFLOW = 1
+
+
+class Store:
+    """The narrow hook: ring first, the overflow when the ring is full or too small.
+
+    Holds no per-message state; the connection keeps the buffer or the writer.
+    """
+
+    __slots__ = ("_put", "overflow", "ring", "slot_bytes")
+
+    def __init__(self, ring: Ring, overflow: Overflow) -> None:
+        self.ring = ring
+        self.overflow = overflow
+        self.slot_bytes = ring.slot_bytes
+        self._put = ring.put
+
+    def put(self, msgid: str, payload: bytes | bytearray) -> Stored:
+        """Store a whole payload; raises OverflowFull (or OSError) if it cannot.
+
+        Never waits: a full ring spills.  Dying midway leaves a FILLING slot or
+        a tmp file, both recovered, and the client without a reply.
+        """
+        if self._put(msgid, payload) is PutResult.OK:
+            return Stored.RING
+        self.overflow.spill(msgid, payload)  # type: ignore[arg-type]  # any buffer will do
+        return Stored.OVERFLOW
+
+    def open_stream(self, msgid: str, head: bytes | bytearray) -> SpillWriter:
+        """Start a message too big for a slot in the overflow, ``head`` written first.
+
+        Raises OverflowFull (the writer is then already aborted) or OSError.
+        Dying before commit leaves a tmp file that the overflow's recovery drops.
+        """
+        writer = self.overflow.spill_stream(msgid)
+        try:
+            writer.write(head)  # type: ignore[arg-type]
+        except BaseException:
+            writer.abort()
+            raise
+        return writer
+
+
+class _Conn:
+    """One client connection: what has arrived and what will be answered."""
+
+    __slots__ = ("buf", "fd", "last", "msgid", "refusal", "registered", "size", "sock", "writer")
+
+    def __init__(self, sock: socket.socket, msgid: str, now: float) -> None:
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.msgid = msgid
+        self.last = now  # monotonic time of the last bytes received
+        self.size = 0  # message bytes received (the envelope line not counted)
+        self.buf: bytearray | None = bytearray(envelope.EMPTY_HEADER)
+        self.writer: SpillWriter | None = None
+        # the reply already decided for a message being read to its end unstored
+        self.refusal: bytes | None = None
+        self.registered = False
+
+
+_WAKE = object()  # selector data of the signal wake-up pipe
+
+
+class IngestServer:
+    """Serves the ingest protocol on ``listener`` until stopped.
+
+    Drive it with :meth:`run`, or call :meth:`serve_once` in a loop.
+    ``row`` is this process's process-table row (heartbeat, counters);
+    None in tests.
+    """
+
+    def __init__(
+        self,
+        listener: socket.socket,
+        ring: Ring,
+        overflow: Overflow,
+        *,
+        max_message_bytes: int,
+        idle_timeout: float,
+        max_connections: int,
+        row: ProcRow | None = None,
+    ) -> None:
+        self.store = Store(ring, overflow)
+        self.row = row
+        self.max_message_bytes = max_message_bytes
+        self.idle_timeout = idle_timeout
+        self.max_connections = max_connections
+        self._slot_bytes = ring.slot_bytes
+        self._listener: socket.socket | None = listener
+        listener.setblocking(False)
+        self._buf = bytearray(CHUNK)
+        self._view = memoryview(self._buf)
+        self._sel = selectors.DefaultSelector()
+        self._sel.register(listener.fileno(), selectors.EVENT_READ, None)
+        self._listening = True
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._sel.register(self._wake_r, selectors.EVENT_READ, _WAKE)
+        self._conns: dict[int, _Conn] = {}
+        self._now = time.monotonic()
+        self._idle_due = float("inf")  # no connection can be idle before this
+        self._accept_resume = 0.0
+        self._title_due = 0.0
+        self._busy_refused = 0  # refused for max_connections since the last warning
+        self._busy_warned = 0.0
+        self._overflow_full = False
+        self._debug = log.isEnabledFor(logging.DEBUG)
+        self.accepted = 0  # messages answered OK by this server
+        # stop requests (set from signal handlers: plain stores only)
+        self._stop_asked = False
+        self._stop_now = False
+        self._drain_timeout = 10.0
+        # shutdown phase
+        self._stopping = False
+        self._deadline = float("inf")
+        self.finished = False
+        if row is not None:
+            row.set_state(ProcState.IDLE)
+
+    # -- control ---------------------------------------------------------------
+
+    @property
+    def wakeup_fd(self) -> int:
+        """Write end of a pipe the loop watches; give it to ``signal.set_wakeup_fd``."""
+        return self._wake_w
+
+    @property
+    def connections(self) -> int:
+        """Connections in progress (accepted, not yet answered)."""
+        return len(self._conns)
+
+    def stop(self, graceful: bool = True, drain_timeout: float = 10.0) -> None:
+        """Ask the loop to stop accepting and finish; only sets flags (signal-safe).
+
+        Graceful: connections in progress may finish until ``drain_timeout``
+        has passed, then the rest get ``TEMPFAIL shutting down``.  Not
+        graceful: they get it at once.  A second, harsher request wins.
+        """
+        if not graceful:
+            self._stop_now = True
+        elif not self._stop_asked:
+            self._drain_timeout = drain_timeout
+        self._stop_asked = True
+
+    def close(self) -> None:
+        """Release everything: stop at once if still serving, then close the wake-up pipe.
+
+        Call after ``signal.set_wakeup_fd`` no longer points at :attr:`wakeup_fd`.
+        """
+        if not self.finished:
+            self.stop(graceful=False)
+            self._check_stop()
+        if self._wake_w >= 0:
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+            self._wake_r = self._wake_w = -1
+
+    def run(self) -> None:
+        """Serve until :meth:`stop` has been called and every connection is answered."""
+        while not self.finished:
+            self.serve_once(1.0)
+
+    def serve_once(self, timeout: float) -> None:
+        """One turn of the loop: wait up to ``timeout`` seconds, serve what is ready.
+
+        Dying in the middle of a turn loses only replies not yet sent; see the
+        module's crash model for the messages involved.
+        """
+        if self.finished:
+            return
+        if self._stop_asked and self._check_stop():
+            return
+        wait = timeout
+        if self._idle_due - self._now < wait:
+            wait = max(0.0, self._idle_due - self._now)
+        if not self._listening and self._accept_resume and not self._stopping:
+            wait = min(wait, max(0.0, self._accept_resume - self._now))
+        if self._stopping and self._deadline - self._now < wait:
+            wait = max(0.0, self._deadline - self._now)
+        events = self._sel.select(wait)
+        self._now = now = time.monotonic()
+        if self._stop_asked and self._check_stop():
+            return
+        for key, _ in events:
+            conn = key.data
+            if conn is None:
+                if self._listening:
+                    self._accept()
+            elif conn is _WAKE:
+                self._drain_wake()
+            elif self._read(conn):
+                self._close(conn)
+        if self.row is not None:
+            self.row.beat()
+        if now >= self._idle_due:
+            self._expire_idle(now)
+        if self._accept_resume and now >= self._accept_resume and not self._stopping:
+            self._resume_accepting()
+        if now >= self._title_due:
+            self._housekeeping(now)
+        if self._stop_asked:
+            self._check_stop()
+
+    # -- accepting -------------------------------------------------------------
+
+    def _accept(self) -> None:
+        listener = self._listener
+        assert listener is not None
+        accept = listener.accept
+        for _ in range(_ACCEPT_BATCH):
+            try:
+                sock, _ = accept()
+            except BlockingIOError:
+                return
+            except OSError as e:
+                if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    self._pause_accepting(e)
+                    return
+                # ECONNABORTED and the like concern one client only
+                continue
+            self._on_accept(sock)
+
+    def _on_accept(self, sock: socket.socket) -> None:
+        row = self.row
+        if row is not None:
+            row.add(C.CONNECTIONS)
+        conns = self._conns
+        if len(conns) >= self.max_connections:
+            self._refuse_busy(sock)
+            return
+        conn = _Conn(sock, new_id(), self._now)
+        # Most clients have sent everything by the time they are accepted:
+        # reading now usually answers them without touching the selector.
+        if self._read(conn):
+            self._close(conn)
+            return
+        self._sel.register(conn.fd, selectors.EVENT_READ, conn)
+        conn.registered = True
+        conns[conn.fd] = conn
+        due = self._now + self.idle_timeout
+        if due < self._idle_due:
+            self._idle_due = due
+
+    def _refuse_busy(self, sock: socket.socket) -> None:
+        if self.row is not None:
+            self.row.add(C.CONNECTIONS_REFUSED)
+        self._busy_refused += 1
+        if self._now - self._busy_warned >= 1.0:
+            log.warning(
+                "too many connections: refused %d (limit %d)",
+                self._busy_refused,
+                self.max_connections,
+            )
+            self._busy_refused = 0
+            self._busy_warned = self._now
+        # Take what has already arrived: closing with unread data would make the
+        # client's next read fail with ECONNRESET instead of ending cleanly.
+        with contextlib.suppress(OSError):
+            sock.recv_into(self._view, CHUNK, _DONTWAIT)
+        with contextlib.suppress(OSError):
+            sock.send(_LINE_BUSY, _SEND_FLAGS)
+        sock.close()
+
+    def _pause_accepting(self, e: OSError) -> None:
+        log.error("cannot accept: %s; pausing accepts for %.1f s", e.strerror, _ACCEPT_PAUSE)
+        if self._listening and self._listener is not None:
+            self._sel.unregister(self._listener.fileno())
+            self._listening = False
+        self._accept_resume = self._now + _ACCEPT_PAUSE
+
+    def _resume_accepting(self) -> None:
+        self._accept_resume = 0.0
+        if self._listener is not None and not self._listening:
+            self._sel.register(self._listener.fileno(), selectors.EVENT_READ, None)
+            self._listening = True
+
+    # -- reading ---------------------------------------------------------------
+
+    def _read(self, conn: _Conn) -> bool:
+        """Take what the client has sent; True once it has been answered."""
+        view = self._view
+        recv_into = conn.sock.recv_into
+        limit = self.max_message_bytes
+        while True:
+            try:
+                n = recv_into(view, CHUNK, _DONTWAIT)
+            except BlockingIOError:
+                return False
+            except OSError as e:
+                self._lost(conn, e)
+                return True
+            if not n:
+                self._end(conn)
+                return True
+            conn.last = self._now
+            size = conn.size + n
+            conn.size = size
+            if conn.refusal is not None:
+                if size > limit and conn.refusal is not _LINE_TOO_LARGE:
+                    conn.refusal = _LINE_TOO_LARGE  # permanent beats temporary
+            elif size > limit:
+                self._refuse_too_large(conn)
+            elif conn.writer is not None:
+                self._stream(conn, view[:n])
+            else:
+                buf = conn.buf
+                assert buf is not None
+                buf += view[:n]
+                if len(buf) > self._slot_bytes:
+                    self._start_stream(conn, buf)
+
+    def _refuse_too_large(self, conn: _Conn) -> None:
+        # From here on the bytes are counted and dropped: memory stays flat.
+        self._discard(conn)
+        conn.refusal = _LINE_TOO_LARGE
+
+    def _start_stream(self, conn: _Conn, buf: bytearray) -> None:
+        conn.buf = None
+        try:
+            conn.writer = self.store.open_stream(conn.msgid, buf)
+        except OSError as e:
+            self._store_failed(conn, e)
+
+    def _stream(self, conn: _Conn, chunk: memoryview) -> None:
+        writer = conn.writer
+        assert writer is not None
+        try:
+            writer.write(chunk)  # type: ignore[arg-type]
+        except OSError as e:
+            self._store_failed(conn, e)
+
+    def _store_failed(self, conn: _Conn, e: OSError) -> None:
+        """Storing became impossible: read the rest unstored, answer TEMPFAIL."""
+        self._discard(conn)
+        if isinstance(e, OverflowFull):
+            self._note_overflow_full(e)
+            conn.refusal = _LINE_OVERFLOW_FULL
+        else:
+            log.error("%s: cannot store: %s", conn.msgid, e)
+            conn.refusal = _LINE_STORE_FAILED
+
+    def _note_overflow_full(self, e: OverflowFull) -> None:
+        if not self._overflow_full:
+            self._overflow_full = True
+            log.warning("refusing messages with TEMPFAIL: %s", e)
+
+    def _discard(self, conn: _Conn) -> None:
+        conn.buf = None
+        if conn.writer is not None:
+            conn.writer.abort()
+            conn.writer = None
+
+    # -- answering -------------------------------------------------------------
+
+    def _end(self, conn: _Conn) -> None:
+        """The client has sent everything: store it, then answer."""
+        row = self.row
+        msgid = conn.msgid
+        if row is not None:
+            row.add(C.BYTES_IN, conn.size)
+        line = conn.refusal
+        if line is None:
+            if not conn.size:
+                line = _LINE_EMPTY
+            else:
+                where = None
+                try:
+                    if conn.writer is not None:
+                        conn.writer.commit()
+                        conn.writer = None
+                        where = Stored.OVERFLOW
+                    else:
+                        assert conn.buf is not None
+                        where = self.store.put(msgid, conn.buf)
+                        conn.buf = None
+                except OSError as e:
+                    self._store_failed(conn, e)
+                    line = conn.refusal
+                if where is not None:
+                    line = b"OK " + msgid.encode() + b"\n"
+                    self.accepted += 1
+                    if where is Stored.RING:
+                        if row is not None:
+                            row.add(C.ACCEPTED_RING)
+                        if self._debug:
+                            log.debug("%s: accepted into the ring, %d bytes", msgid, conn.size)
+                    else:
+                        if row is not None:
+                            row.add(C.ACCEPTED_OVERFLOW)
+                        if self._overflow_full:
+                            self._overflow_full = False
+                            log.warning("overflow accepts messages again")
+                        if self._debug:
+                            log.debug("%s: accepted into the overflow, %d bytes", msgid, conn.size)
+        if line is _LINE_TOO_LARGE:
+            log.info(
+                "%s: refused: %d bytes over the limit of %d",
+                msgid,
+                conn.size,
+                self.max_message_bytes,
+            )
+            if row is not None:
+                row.add(C.REFUSED_TOO_LARGE)
+        elif line is _LINE_EMPTY:
+            log.info("%s: refused: empty message", msgid)
+            if row is not None:
+                row.add(C.REFUSED_EMPTY)
+        elif line is _LINE_OVERFLOW_FULL or line is _LINE_STORE_FAILED:
+            log.info("%s: TEMPFAIL: %s (%d bytes read)", msgid, line[9:-1].decode(), conn.size)
+            if row is not None:
+                row.add(C.REFUSED_TEMP)
+        assert line is not None
+        self._send(conn, line)
+
+    def _send(self, conn: _Conn, line: bytes) -> None:
+        try:
+            conn.sock.send(line, _SEND_FLAGS)
+        except OSError as e:
+            # A client that does not wait for the reply (socat -u) is normal;
+            # what was stored stays stored.
+            if self._debug:
+                log.debug("%s: reply not delivered: %s", conn.msgid, e.strerror)
+
+    def _lost(self, conn: _Conn, e: OSError) -> None:
+        """The client vanished mid-message: nothing stored, nobody to answer."""
+        self._discard(conn)
+        if self.row is not None:
+            self.row.add(C.BYTES_IN, conn.size)
+        log.info("%s: client gone after %d bytes: %s", conn.msgid, conn.size, e.strerror)
+
+    def _abandon(self, conn: _Conn, line: bytes) -> None:
+        """Answer a connection still in progress with ``line`` and drop its message."""
+        self._discard(conn)
+        if self.row is not None:
+            self.row.add(C.BYTES_IN, conn.size)
+        self._send(conn, line)
+        self._close(conn)
+
+    def _close(self, conn: _Conn) -> None:
+        if conn.registered:
+            self._sel.unregister(conn.fd)
+            del self._conns[conn.fd]
+            conn.registered = False
+        conn.sock.close()
+
+    # -- timers and shutdown ---------------------------------------------------
+
+    def _expire_idle(self, now: float) -> None:
+        limit = self.idle_timeout
+        due = float("inf")
+        for conn in list(self._conns.values()):
+            expires = conn.last + limit
+            if expires <= now:
+                log.info("%s: idle for %.1f s after %d bytes", conn.msgid, limit, conn.size)
+                if self.row is not None:
+                    self.row.add(C.IDLE_TIMEOUTS)
+                self._abandon(conn, _LINE_IDLE)
+            elif expires < due:
+                due = expires
+        self._idle_due = due
+
+    def _housekeeping(self, now: float) -> None:
+        self._title_due = now + _TITLE_EVERY
+        self._debug = log.isEnabledFor(logging.DEBUG)
+        if self._stopping:
+            titles.set_title("ingest", f"draining {len(self._conns)} conns {self.accepted} in")
+        else:
+            titles.set_title("ingest", f"{len(self._conns)} conns {self.accepted} in")
+
+    def _drain_wake(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            while os.read(self._wake_r, 512):
+                pass
+
+    def _check_stop(self) -> bool:
+        """Advance the shutdown phase; True once the server has finished."""
+        now = self._now = time.monotonic()
+        if not self._stopping:
+            self._stopping = True
+            self._close_listener()
+            self._deadline = now if self._stop_now else now + self._drain_timeout
+            if self.row is not None:
+                self.row.set_state(ProcState.DRAINING)
+            log.info(
+                "ingest stopping (%s), %d connection(s) in progress",
+                "immediate" if self._stop_now else "graceful",
+                len(self._conns),
+            )
+            self._housekeeping(now)
+        if self._conns and (self._stop_now or now >= self._deadline):
+            log.info("answering %d connection(s) in progress: shutting down", len(self._conns))
+            for conn in list(self._conns.values()):
+                if self.row is not None:
+                    self.row.add(C.REFUSED_TEMP)
+                self._abandon(conn, _LINE_SHUTTING_DOWN)
+        if self._conns:
+            return False
+        self._finish()
+        return True
+
+    def _close_listener(self) -> None:
+        listener = self._listener
+        if listener is None:
+            return
+        if self._listening:
+            self._sel.unregister(listener.fileno())
+            self._listening = False
+        listener.close()
+        self._listener = None
+
+    def _finish(self) -> None:
+        # The wake-up pipe stays open until close(): a signal handler may still
+        # write to it, and a closed number could by then belong to another file.
+        self._sel.close()
+        self.finished = True
+        if self.row is not None:
+            self.row.set_state(ProcState.STOPPED)
+        titles.set_title("ingest", f"stopped {self.accepted} in")
+        log.info("ingest stopped after accepting %d message(s)", self.accepted)
+
+
+def bind_socket(path: Path, mode: int = 0o660, group: str = "") -> socket.socket:
+    """Create the listening ingest socket at ``path`` (a stale socket file is replaced).
+
+    Raises RuntimeError if a process answers on ``path``, or if ``path`` is
+    something other than a socket.  The socket gets its mode and group before
+    ``listen``, so no client can connect through wider permissions.  Dying
+    midway leaves at most a socket file nobody answers on, which the next
+    call replaces.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        pass
+    else:
+        if not stat.S_ISSOCK(st.st_mode):
+            raise RuntimeError(f"ingest socket {path} exists and is not a socket")
+        if _answers(path):
+            raise RuntimeError(f"ingest socket {path} is in use by another process")
+        log.info("removing stale ingest socket %s", path)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(str(path))
+        try:
+            os.chmod(path, mode)
+            if group:
+                os.chown(path, -1, grp.getgrnam(group).gr_gid)
+            sock.listen(LISTEN_BACKLOG)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            raise
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _answers(path: Path) -> bool:
+    """True if something accepts connections on the socket file ``path``."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    # a listener with a full backlog keeps connect waiting: that is an answer too
+    probe.settimeout(1.0)
+    try:
+        probe.connect(str(path))
+    except (ConnectionRefusedError, FileNotFoundError):
+        return False
+    except TimeoutError:
+        return True
+    finally:
+        probe.close()
+    return True
+
+
+def child_main(cfg: Config, listener: socket.socket, row_index: int) -> int:
+    """Run the ingest in a forked child; return its exit code (0: clean stop).
+
+    Expects the parent's fork hygiene to have run (signals reset, foreign fds
+    closed, title set).  TERM stops gracefully, INT and QUIT at once; the loop
+    also stops gracefully when the parent is gone.  If this process dies at
+    any point, nothing it answered OK is lost and the rest is recovered as the
+    module docstring says; a failure to start is logged and returns 1.
+    """
+    try:
+        ring = Ring.attach(cfg.ring.name)
+    except Exception:
+        log.exception("ingest cannot attach the ring %r", cfg.ring.name)
+        return 1
+    try:
+        return _serve_child(cfg, listener, ring, row_index)
+    except Exception:
+        log.exception("ingest failed")
+        return 1
+    finally:
+        ring.close()
+
+
+def _serve_child(cfg: Config, listener: socket.socket, ring: Ring, row_index: int) -> int:
+    ing = cfg.ingest
+    overflow = Overflow(cfg.overflow.dir, cfg.overflow.max_bytes)
+    row = ring.register(Role.INGEST, 0, row=row_index)
+    server = IngestServer(
+        listener,
+        ring,
+        overflow,
+        max_message_bytes=ing.max_message_bytes,
+        idle_timeout=ing.idle_timeout,
+        max_connections=ing.max_connections,
+        row=row,
+    )
+    # well inside the supervisor's own deadline, so clients still get an answer
+    drain = min(10.0, cfg.supervisor.graceful_timeout / 2)
+
+    def on_term(signum: int, frame: FrameType | None) -> None:
+        server.stop(graceful=True, drain_timeout=drain)
+
+    def on_quit(signum: int, frame: FrameType | None) -> None:
+        server.stop(graceful=False)
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_quit)
+    signal.signal(signal.SIGQUIT, on_quit)
+    # reload and log reopening belong to the supervisor; their default action
+    # would kill the ingest
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    # the handlers only set flags; the wake-up byte cuts the select short
+    signal.set_wakeup_fd(server.wakeup_fd, warn_on_full_buffer=False)
+    ppid = os.getppid()
+    log.info("ingest serving (ring %s, overflow %s)", ring.name, overflow.path)
+    try:
+        orphaned = False
+        while not server.finished:
+            server.serve_once(1.0)
+            if not orphaned and os.getppid() != ppid:
+                orphaned = True
+                log.warning("supervisor (pid %d) is gone: finishing and exiting", ppid)
+                server.stop(graceful=True, drain_timeout=drain)
+    finally:
+        signal.set_wakeup_fd(-1)
+        server.close()
+    return 0
+
+
+__all__ = [
+    "ERR",
+    "OK",
+    "REASON_BUSY",
+    "REASON_EMPTY",
+    "REASON_IDLE",
+    "REASON_OVERFLOW_FULL",
+    "REASON_SHUTTING_DOWN",
+    "REASON_STORE_FAILED",
+    "REASON_TOO_LARGE",
+    "TEMPFAIL",
+    "IngestServer",
+    "Store",
+    "Stored",
+    "bind_socket",
+    "child_main",
+    "reply_line",
+]
