@@ -1,0 +1,241 @@
+"""End to end: ``ringtrap run`` with real spamd, real clients, real signals.
+
+Every test starts its own trap (its own ring, overflow and socket) and counts
+every message it delivered in the result records at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from spamd_fixture import SpamdProcess
+from trap_fixture import Trap, message, reply_id, running_trap, shm_leftovers, wait_until
+
+pytestmark = pytest.mark.slow
+
+SPAM_SAMPLE = Path("/usr/share/doc/spamassassin/examples/sample-spam.txt")
+
+
+def spamd_settings(spamd: SpamdProcess) -> dict[str, dict[str, object]]:
+    return {"spamd": {"address": spamd.unix_address}}
+
+
+def test_socat_and_nc_deliver_600_with_managed_spamd(tmp_path: Path) -> None:
+    if not SPAM_SAMPLE.exists():
+        pytest.skip("Debian's spamassassin samples are not installed")
+    settings = {
+        "spamd": {"address": "managed", "extra_args": ["--local"]},
+        "ring": {"slots": 1024},
+    }
+    with running_trap(tmp_path, settings) as trap:
+        ids = set()
+        for i in range(300):
+            r = trap.send_with("socat", message(i))
+            assert r.returncode == 0, r.stderr
+            ids.add(reply_id(r.stdout))
+            r = trap.send_with("nc", message(1000 + i))
+            assert r.returncode == 0, r.stderr
+            ids.add(reply_id(r.stdout))
+        assert len(ids) == 600
+        records = trap.wait_records(ids, timeout=240)
+        assert sorted(r["id"] for r in records) == sorted(ids)
+        assert all(isinstance(r["score"], float) for r in records), "every message scanned"
+        assert {r["verdict"] for r in records} <= {"spam", "ham"}
+        st = json.loads(subprocess.run(
+            [sys.executable, "-m", "ringtrap.cli", "status", "--json", "-c",
+             str(trap.config_path)], capture_output=True, check=True).stdout)
+        t = st["totals"]
+        assert t["accepted_ring"] + t["accepted_overflow"] == 600
+        assert t["processed"] == 600
+        assert t["verdict_spam"] + t["verdict_ham"] == 600
+
+
+def test_sigkill_worker_mid_scan_and_ingest_mid_stream(
+    tmp_path: Path, spamd_server: SpamdProcess
+) -> None:
+    with running_trap(tmp_path, spamd_settings(spamd_server)) as trap:
+        spam = SPAM_SAMPLE.read_bytes() if SPAM_SAMPLE.exists() else message(0)
+        ids = {reply_id(trap.send(spam)) for _ in range(40)}
+
+        def scanning_worker() -> int | None:
+            st = trap.status()
+            for p in (st or {}).get("processes", []):
+                if p["role"] == "worker" and p["state"] == "scanning" and p["alive"]:
+                    return int(p["pid"])
+            return None
+
+        victim = wait_until(scanning_worker, 30, "a worker mid-scan", step=0.005)
+        os.kill(victim, signal.SIGKILL)
+
+        ingest = trap.child_pids("ingest")[0]
+
+        def connections() -> int:
+            return int((trap.status() or {"totals": {"connections": 0}})["totals"]["connections"])
+
+        before = connections()
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(10)
+            s.connect(str(trap.socket_path))
+            s.sendall(message(99)[:50])  # half a message, never finished
+            wait_until(lambda: connections() > before, 10, "the ingest to take the connection")
+            os.kill(ingest, signal.SIGKILL)
+            try:
+                s.shutdown(socket.SHUT_WR)
+                reply = s.recv(100)
+            except OSError:
+                reply = b""
+            assert not reply.startswith(b"OK"), "a half-sent message must never be accepted"
+
+        wait_until(lambda: trap.child_pids("ingest") and trap.child_pids("ingest")[0] != ingest,
+                   30, "the ingest to come back")
+        wait_until(lambda: len(trap.child_pids("worker")) == 2
+                   and victim not in trap.child_pids("worker"), 30, "the worker to come back")
+        ids |= {reply_id(trap.send(message(i))) for i in range(10)}
+        records = trap.wait_records(ids, timeout=120)
+        got = {r["id"] for r in records}
+        assert ids <= got
+        assert any(r["attempts"] >= 1 for r in records), "the killed worker's message was redone"
+
+
+def test_full_ring_spills_and_everything_is_processed(
+    tmp_path: Path, spamd_server: SpamdProcess
+) -> None:
+    with running_trap(tmp_path, {**spamd_settings(spamd_server),
+                                 "ring": {"slots": 16}}) as trap:
+        workers = trap.child_pids("worker")
+        for pid in workers:
+            os.kill(pid, signal.SIGSTOP)  # hold the workers back
+        try:
+            ids = set()
+            worst = 0.0
+            for i in range(100):
+                t0 = time.monotonic()
+                ids.add(reply_id(trap.send(message(i))))
+                worst = max(worst, time.monotonic() - t0)
+            st = trap.status()
+            assert st is not None
+            assert st["ring"]["used"] == 16
+            assert st["overflow"]["ready"] == 100 - 16
+            assert st["totals"]["accepted_overflow"] == 100 - 16
+        finally:
+            for pid in workers:
+                os.kill(pid, signal.SIGCONT)
+        records = trap.wait_records(ids, timeout=120)
+        assert len([r for r in records if r["id"] in ids]) == 100
+        st = trap.status()
+        assert st is not None and st["ring"]["used"] == 0 and st["overflow"]["ready"] == 0
+
+
+def test_term_persists_a_full_ring_and_restart_loses_nothing(
+    tmp_path: Path, spamd_server: SpamdProcess
+) -> None:
+    # spamd "down": workers hand every message back and back off, so the ring stays full
+    down = {"spamd": {"address": f"unix:{tmp_path}/no-spamd.sock"}, "ring": {"slots": 16}}
+    trap = Trap(tmp_path, down)
+    try:
+        trap.start()
+        ids = {reply_id(trap.send(message(i))) for i in range(40)}
+        wait_until(lambda: (trap.status() or {}).get("totals", {}).get("released", 0) > 0,
+                   30, "workers to find spamd down")
+        trap.signal(signal.SIGTERM)
+        assert trap.wait_exit(60) == 0
+        assert shm_leftovers(trap.ring_name) == [], "ring segment and semaphores removed"
+        assert not trap.socket_path.exists()
+        assert trap.records() == []
+        # start again with spamd up: everything accepted before is processed
+        trap.settings["spamd"] = {"address": spamd_server.unix_address}
+        trap.write_config()
+        trap.start()
+        records = trap.wait_records(ids, timeout=120)
+        assert {r["id"] for r in records} == ids
+        assert all(r["score"] is not None for r in records)
+        trap.signal(signal.SIGTERM)
+        assert trap.wait_exit(60) == 0
+    finally:
+        trap.close()
+
+
+def test_hup_resizes_pool_and_refuses_a_broken_config(tmp_path: Path) -> None:
+    with running_trap(tmp_path) as trap:
+        before = set(trap.child_pids("worker"))
+        trap.settings["workers"]["count"] = 3
+        trap.write_config()
+        trap.signal(signal.SIGHUP)
+        wait_until(lambda: len(trap.child_pids("worker")) == 3
+                   and not (set(trap.child_pids("worker")) & before), 60,
+                   "three workers of the new generation")
+        running = set(trap.child_pids("worker"))
+        trap.config_path.write_text("[workers]\ncount = 'many'\n")
+        trap.signal(signal.SIGHUP)
+        time.sleep(2)
+        assert trap.proc is not None and trap.proc.poll() is None
+        assert set(trap.child_pids("worker")) == running
+        assert reply_id(trap.send(message(1)))
+
+
+def test_bad_input_gets_its_answer_and_others_are_served(tmp_path: Path) -> None:
+    settings = {"ingest": {"max_message_bytes": "100K", "idle_timeout": 1,
+                           "max_connections": 4}}
+    with running_trap(tmp_path, settings) as trap:
+        assert trap.send(message(1, size=200_000)).startswith(b"ERR ")
+        assert trap.send(b"").startswith(b"ERR ")
+        garbage = bytes(range(256)) * 64
+        gid = reply_id(trap.send(garbage))
+        broken = (b"Content-Type: multipart/mixed; boundary=\"x\"\r\n\r\n--x\r\n"
+                  b"Content-Type: text/plain; charset=bogus\r\nContent-Transfer-Encoding: "
+                  b"base64\r\n\r\n!!!notbase64\r\n--x")  # never closed
+        bid = reply_id(trap.send(broken))
+        # an idle connection is answered TEMPFAIL after the idle timeout
+        with socket.socket(socket.AF_UNIX) as idle:
+            idle.settimeout(10)
+            idle.connect(str(trap.socket_path))
+            idle.sendall(b"Subject: slow\r\n")
+            assert idle.recv(100).startswith(b"TEMPFAIL")
+        # more connections than the limit: the extra one is refused, the rest served
+        held = []
+        try:
+            for _ in range(4):
+                s = socket.socket(socket.AF_UNIX)
+                s.connect(str(trap.socket_path))
+                held.append(s)
+            time.sleep(0.3)
+            extra = trap.send(message(2), timeout=10)
+            assert extra.startswith(b"TEMPFAIL"), extra
+        finally:
+            for s in held:
+                s.close()
+        time.sleep(0.3)
+        oid = reply_id(trap.send(message(3)))
+        records = trap.wait_records({gid, bid, oid})
+        by_id = {r["id"]: r for r in records}
+        assert by_id[gid]["size"] == len(garbage)
+        assert by_id[bid]["size"] == len(broken)
+
+
+def test_ps_shows_titles(tmp_path: Path) -> None:
+    with running_trap(tmp_path) as trap:
+        def titles() -> list[str]:
+            out = []
+            for p in [psutil.Process(trap.pid), *trap.children()]:
+                with contextlib.suppress(psutil.Error):
+                    out.append(" ".join(p.cmdline()))
+            return out
+
+        def all_titled() -> list[str] | None:
+            t = titles()
+            ok = (any(x.startswith("ringtrap: supervisor") for x in t)
+                  and any(x.startswith("ringtrap: ingest") for x in t)
+                  and sum(x.startswith("ringtrap: worker") for x in t) == 2)
+            return t if ok else None
+
+        wait_until(all_titled, 10, "titles on every process")
