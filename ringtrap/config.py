@@ -102,7 +102,8 @@ def _default_ring_name() -> str:
 
 
 def _default_overflow_dir() -> Path:
-    return Path("/dev/shm/ringtrap" + _user_suffix())
+    # not "/dev/shm/<ring.name>": that path is the ring's own segment
+    return Path("/dev/shm/ringtrap" + _user_suffix() + ".overflow")
 
 
 def _default_results_dir() -> Path:
@@ -678,7 +679,7 @@ class OverflowConfig:
             _Path(),
             "Spill directory for messages that find the ring full or do not fit a slot;"
             " keep it on tmpfs.",
-            varies="`/dev/shm/ringtrap` as root, else `/dev/shm/ringtrap-<uid>`",
+            varies="`/dev/shm/ringtrap.overflow` as root, else `/dev/shm/ringtrap-<uid>.overflow`",
         ),
     )
     max_bytes: int = field(
@@ -947,6 +948,17 @@ def _check_results_outside_overflow(c: Config) -> str | None:
     return None
 
 
+def _check_overflow_not_ring(c: Config) -> str | None:
+    shm = Path("/dev/shm")
+    taken = {shm / c.ring.name, shm / f"sem.{c.ring.name}.lock", shm / f"sem.{c.ring.name}.ready"}
+    if Path(os.path.normpath(c.overflow.dir)) in taken:
+        return (
+            f"{_toml_str(str(c.overflow.dir))} is where the ring {c.ring.name!r} keeps its"
+            " shared memory; choose another directory or ring.name"
+        )
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class _Rule:
     """A check across keys; skipped when one of ``keys`` is itself invalid."""
@@ -963,6 +975,7 @@ _RULES: tuple[_Rule, ...] = (
     _Rule(("ring.slots", "ring.slot_bytes"), _check_ring_size),
     _Rule(("overflow.max_bytes", "ingest.max_message_bytes"), _check_overflow_cap),
     _Rule(("results.dir", "overflow.dir"), _check_results_outside_overflow),
+    _Rule(("overflow.dir", "ring.name"), _check_overflow_not_ring),
 )
 
 

@@ -372,6 +372,8 @@ class Ring:
             ready = posix_ipc.Semaphore(ready_name)
         except posix_ipc.ExistentialError:
             raise RingMissing(f"no ring {name!r} in /dev/shm") from None
+        except (ValueError, OSError) as e:  # e.g. /dev/shm/<name> is a directory
+            raise RingLayoutError(f"/dev/shm/{name} is not a ringtrap ring: {e}") from None
         return cls(name, shm, lock, ready)
 
     @classmethod

@@ -95,7 +95,7 @@ def test_defaults_as_root(monkeypatch: pytest.MonkeyPatch) -> None:
     assert config.runtime_dir() == Path("/run/ringtrap")
     assert c.ingest.socket == Path("/run/ringtrap/ingest.sock")
     assert c.ring.name == "ringtrap"
-    assert c.overflow.dir == Path("/dev/shm/ringtrap")
+    assert c.overflow.dir == Path("/dev/shm/ringtrap.overflow")
     assert c.results.dir == Path("/var/lib/ringtrap/results")
 
 
@@ -103,7 +103,7 @@ def test_defaults_as_user_without_xdg(host: Path) -> None:
     c = defaults()
     assert c.ingest.socket == Path(f"/tmp/ringtrap-{USER_UID}/ingest.sock")
     assert c.ring.name == f"ringtrap-{USER_UID}"
-    assert c.overflow.dir == Path(f"/dev/shm/ringtrap-{USER_UID}")
+    assert c.overflow.dir == Path(f"/dev/shm/ringtrap-{USER_UID}.overflow")
     home = Path(os.environ["HOME"])
     assert c.results.dir == home / ".local/state/ringtrap/results"
 
@@ -783,3 +783,10 @@ def test_import_stays_light() -> None:
     assert "ringtrap.config" in out
     for heavy in ("tomllib", "difflib", "shutil", "grp", "textwrap", "json"):
         assert heavy not in out
+
+
+def test_overflow_dir_may_not_be_the_rings_segment(tmp_path: Path) -> None:
+    text = '[ring]\nname = "trap1"\n[overflow]\ndir = "/dev/shm/trap1"\n'
+    with pytest.raises(config.ConfigError) as e:
+        config.load_text(text, "t.toml")
+    assert any("overflow.dir" in p and "trap1" in p for p in e.value.problems)

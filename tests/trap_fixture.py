@@ -72,7 +72,7 @@ class Trap:
         # socket paths are limited to 107 bytes: keep the runtime dir short
         self.rundir = Path(tempfile.mkdtemp(prefix=f"rt-{tag}-", dir="/tmp"))
         self.ring_name = f"rt-e2e-{tag}"
-        self.overflow_dir = Path(f"/dev/shm/rt-e2e-{tag}")
+        self.overflow_dir = Path(f"/dev/shm/rt-e2e-{tag}.overflow")
         self.results_dir = workdir / "results"
         self.log_path = workdir / "ringtrap.log"
         base: dict[str, dict[str, Any]] = {
