@@ -211,7 +211,8 @@ def _geometry(slots: int, slot_bytes: int, rows: int) -> tuple[int, int, int, in
     descs_off = states_off + ((slots * 4 + 7) // 8) * 8
     payload_off = descs_off + slots * DESC_WORDS * 8
     payload_off = (payload_off + PAGE - 1) // PAGE * PAGE
-    total = payload_off + slots * slot_bytes
+    # whole words: the segment is viewed as 64-bit words, whatever the slot size
+    total = (payload_off + slots * slot_bytes + 7) // 8 * 8
     return rows_off, states_off, descs_off, payload_off, total
 
 
