@@ -285,6 +285,10 @@ class Ring:
         self.name = name
         self._lock_sem = lock
         self._ready_sem = ready
+        if shm.size < HEADER_WORDS * 8 or shm.size % 8:
+            # e.g. a create() killed between making the segment and sizing it
+            shm.close_fd()
+            raise RingLayoutError(f"shared memory {name!r} is not a ringtrap ring (bad size)")
         # populate now: a first-lap page fault per slot would cost more than the copy
         self._map = mmap.mmap(shm.fd, shm.size, flags=mmap.MAP_SHARED | _POPULATE)
         shm.close_fd()
