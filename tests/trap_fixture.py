@@ -102,10 +102,9 @@ class Trap:
                 lines.append(f"{k} = {json.dumps(v)}")
             lines.append("")
         self.config_path.write_text("\n".join(lines))
-
-    @property
-    def cfg(self) -> configmod.Config:
-        return configmod.load(self.config_path)
+        # status reads the ring with the last valid configuration, even after a
+        # test writes a broken file to see the trap refuse it
+        self.cfg = configmod.load(self.config_path)
 
     @property
     def socket_path(self) -> Path:
@@ -261,7 +260,8 @@ def reply_id(reply: bytes) -> str:
 
 
 def shm_leftovers(ring_name: str) -> list[str]:
-    return sorted(n for n in os.listdir("/dev/shm") if ring_name in n)
+    names = {ring_name, f"sem.{ring_name}.lock", f"sem.{ring_name}.ready"}
+    return sorted(n for n in os.listdir("/dev/shm") if n in names)
 
 
 def kill_quietly(pid: int) -> None:
