@@ -729,17 +729,22 @@ class Ring:
                 posts += 1
                 if q[d + D_SEQ] < tail:
                     q[H_STRAY] += 1
-            # a producer that died after marking READY but before advancing head
-            head = q[H_HEAD]
-            while True:
-                idx = head % self.slots
+            # a producer that died after marking READY but before advancing head,
+            # maybe at a slot it stepped to as put() does.  head is the producer's
+            # alone while it lives (it does not take the lock): move it only past
+            # a dead producer's message, and never write it back unchanged.
+            head = start = int(q[H_HEAD])
+            seq = head
+            while seq <= head + _MAX_SKIP:
+                idx = seq % self.slots
                 d = self._descs_w + idx * DESC_WORDS
-                if states[idx] in (READY, CLAIMED) and q[d + D_SEQ] == head:
-                    head += 1
+                if (states[idx] in (READY, CLAIMED) and q[d + D_SEQ] == seq
+                        and is_target(token_identity(int(q[d + D_OWNER])))):
+                    head = seq + 1
                     posts += 1
-                    continue
-                break
-            q[H_HEAD] = head
+                seq += 1
+            if head != start:
+                q[H_HEAD] = head
             q[H_REQUEUED] += requeued
             q[H_FREED] += freed
         finally:
