@@ -1,0 +1,902 @@
+"""Unit tests of the shared-memory ring (ringtrap.ring), all in one process.
+
+States a process killed inside the ring would leave behind (a half-copied
+slot, a message READY before ``head`` moved, a held lock) are crafted through
+the ring's internals by the helpers below, each mirroring the order of stores
+that the module docstring of :mod:`ringtrap.ring` documents.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import stat
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from uuid import uuid4
+
+import posix_ipc
+import pytest
+
+from ringtrap import proc
+from ringtrap import ring as ringmod
+from ringtrap.counters import NCOUNTERS, C
+from ringtrap.proc import Identity
+from ringtrap.ring import (
+    Claim,
+    PutResult,
+    RecoverResult,
+    Ring,
+    RingError,
+    RingExists,
+    RingLayoutError,
+    RingMissing,
+    RingOwnershipError,
+    owner_token,
+    token_identity,
+)
+from ringtrap.states import ProcState, Role, SlotState
+
+SHM = Path("/dev/shm")
+PREFIX = f"rt-test-{os.getpid()}-"
+SLOTS = 8
+SLOT_BYTES = 256
+
+
+# -- helpers -----------------------------------------------------------------
+
+
+def ring_name() -> str:
+    """A ring name no other test (or test run) uses."""
+    return f"{PREFIX}{uuid4().hex[:8]}"
+
+
+def shm_paths(name: str) -> list[Path]:
+    """The three names a ring occupies in /dev/shm."""
+    return [SHM / name, SHM / f"sem.{name}.lock", SHM / f"sem.{name}.ready"]
+
+
+def leftovers() -> list[str]:
+    return sorted(n for n in os.listdir(SHM) if n.removeprefix("sem.").startswith(PREFIX))
+
+
+def body(msgid: str, size: int) -> bytes:
+    """Deterministic content for ``msgid`` so a reader can check every byte."""
+    seed = msgid.encode()
+    return (seed * (size // len(seed) + 1))[:size]
+
+
+def mid(i: int) -> str:
+    """Message id number ``i`` (sorts like ``i``)."""
+    return f"m{i:08d}"
+
+
+def reused_pid(ident: Identity) -> Identity:
+    """The same pid with another start time: a process that no longer exists."""
+    return Identity(ident.pid, ident.start + 1)
+
+
+def counts(r: Ring) -> tuple[int, int, int, int]:
+    """(free, filling, ready, claimed) as the snapshot reports them."""
+    s = r.snapshot()
+    return s.free, s.filling, s.ready, s.claimed
+
+
+def head(r: Ring) -> int:
+    return r.snapshot().head
+
+
+def interrupted_put(
+    r: Ring, who: Identity, msgid: str, data: bytes, until: SlotState, seq: int | None = None
+) -> int:
+    """Leave a slot as a producer ``who`` killed inside :meth:`Ring.put` would.
+
+    Test-only: writes the ring's internals in the order ``put`` does.  FILLING:
+    the descriptor is written and half the payload copied.  READY: the payload
+    is complete but ``head`` was not advanced and "ready" not posted.  ``seq``
+    defaults to ``head``; a larger one is a slot the producer stepped to.
+    Returns the slot index.
+    """
+    q = r._q
+    seq = int(q[ringmod.H_HEAD]) if seq is None else seq
+    idx = seq % r.slots
+    assert r._states[idx] == SlotState.FREE
+    ringmod._DESC.pack_into(
+        r._map, r._descs_off + idx * ringmod.DESC_WORDS * 8, owner_token(who), seq, len(data), 0,
+        time.time_ns() // 1000, msgid.encode(),
+    )
+    r._states[idx] = SlotState.FILLING
+    o = r._payload_off + idx * r.slot_bytes
+    cut = len(data) if until is SlotState.READY else len(data) // 2
+    r._map[o : o + cut] = data[:cut]
+    if until is SlotState.READY:
+        r._states[idx] = SlotState.READY
+    return idx
+
+
+def finish_put(r: Ring, idx: int) -> None:
+    """Complete an :func:`interrupted_put` stopped at READY, as a live producer would."""
+    seq = int(r._q[r._descs_w + idx * ringmod.DESC_WORDS + ringmod.D_SEQ])
+    r._q[ringmod.H_HEAD] = seq + 1
+    r._ready_sem.release()
+
+
+def hold_lock_as(r: Ring, who: Identity | None) -> None:
+    """Take the ring lock and record ``who`` as holder (None: killed before recording)."""
+    r._lock_sem.acquire()
+    if who is not None:
+        r._q[ringmod.H_LOCK] = owner_token(who)
+        r._q[ringmod.H_LOCK_COUNT] += 1
+
+
+def lock_is_free(r: Ring) -> bool:
+    return r._lock_sem.value == 1 and r.lock_holder() is None
+
+
+def drain(r: Ring) -> list[Claim]:
+    """Claim and ack everything claimable now, in the order the ring hands it out."""
+    out = []
+    while (c := r.claim(timeout=0)) is not None:
+        r.ack(c)
+        out.append(c)
+    return out
+
+
+# -- fixtures ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_leftovers() -> Iterator[None]:
+    yield
+    assert leftovers() == []
+
+
+@pytest.fixture
+def name() -> Iterator[str]:
+    n = ring_name()
+    yield n
+    ringmod.unlink_name(n)
+
+
+@pytest.fixture
+def r(name: str) -> Iterator[Ring]:
+    ring = Ring.create(name, SLOTS, SLOT_BYTES)
+    yield ring
+    ring.close()
+
+
+@pytest.fixture
+def me() -> Identity:
+    return proc.self_identity()
+
+
+@pytest.fixture
+def umask_077() -> Iterator[None]:
+    old = os.umask(0o077)  # a daemon's umask must not change the mode asked for
+    yield
+    os.umask(old)
+
+
+# -- lifecycle ---------------------------------------------------------------
+
+
+def test_create_is_exclusive_with_private_mode(name: str, umask_077: None) -> None:
+    with Ring.create(name, SLOTS, SLOT_BYTES) as r:
+        for path in shm_paths(name):
+            assert stat.S_IMODE(os.stat(path).st_mode) == 0o600, path
+        r.put("kept", b"x")
+        with pytest.raises(RingExists):
+            Ring.create(name, SLOTS, SLOT_BYTES)
+        with pytest.raises(RingExists):
+            Ring.create(name, 2, 16)
+        # the failed create left the existing ring as it was
+        assert r.claim(timeout=0) is not None
+
+
+def test_create_with_custom_mode(name: str, umask_077: None) -> None:
+    with Ring.create(name, SLOTS, SLOT_BYTES, mode=0o640):
+        for path in shm_paths(name):
+            assert stat.S_IMODE(os.stat(path).st_mode) == 0o640, path
+
+
+def test_create_rejects_empty_geometry(name: str) -> None:
+    for slots, slot_bytes, rows in ((0, 16, 4), (4, 0, 4), (4, 16, 1)):
+        with pytest.raises(ValueError):
+            Ring.create(name, slots, slot_bytes, rows=rows)
+    assert not ringmod.exists(name)
+
+
+@pytest.mark.parametrize(("slots", "slot_bytes"), [(1, 1), (3, 1001), (5, 100), (7, 1500)])
+def test_create_any_slot_size(name: str, slots: int, slot_bytes: int) -> None:
+    # sizes that leave the segment off a whole number of 64-bit words
+    with Ring.create(name, slots, slot_bytes) as r, Ring.attach(name) as a:
+        assert (a.slots, a.slot_bytes) == (slots, slot_bytes)
+        for i in range(slots):
+            assert r.put(mid(i), body(mid(i), slot_bytes)) is PutResult.OK
+        got = drain(a)
+        assert [(c.msgid, c.data) for c in got] == [
+            (mid(i), body(mid(i), slot_bytes)) for i in range(slots)
+        ]
+
+
+def test_create_replaces_leftover_semaphores(name: str) -> None:
+    base = "/" + name
+    stale = posix_ipc.Semaphore(base + ".ready", posix_ipc.O_CREX, initial_value=5)
+    stale.close()
+    with Ring.create(name, SLOTS, SLOT_BYTES) as r:
+        assert r._ready_sem.value == 0  # not the leftover's 5 posts
+        assert r.claim(timeout=0) is None
+
+
+def test_attach_reads_geometry(name: str, me: Identity) -> None:
+    with Ring.create(name, 5, 100, rows=7) as r, Ring.attach(name) as a:
+        assert (a.slots, a.slot_bytes, a.rows) == (5, 100, 7)
+        assert a.owner == r.owner == me
+        assert a.generation == 0
+        s = a.snapshot()
+        assert (s.name, s.slots, s.slot_bytes) == (name, 5, 100)
+        assert (s.free, s.filling, s.ready, s.claimed, s.head, s.tail, s.stray) == (
+            5, 0, 0, 0, 0, 0, 0
+        )
+        assert s.retired == (0,) * NCOUNTERS
+        r.put(mid(1), b"via the creator")
+        c = a.claim(timeout=0)
+        assert c is not None and c.data == b"via the creator"
+
+
+def test_attach_or_adopt_of_a_missing_ring(name: str) -> None:
+    with pytest.raises(RingMissing):
+        Ring.attach(name)
+    with pytest.raises(RingMissing):
+        Ring.adopt(name)
+    assert not any(p.exists() for p in shm_paths(name))
+
+
+def make_segment(name: str, size: int) -> None:
+    """A segment and semaphores of ``name`` that no ringtrap create finished."""
+    base = "/" + name
+    shm = posix_ipc.SharedMemory(base, posix_ipc.O_CREX, size=size)
+    shm.close_fd()
+    for suffix in (".lock", ".ready"):
+        posix_ipc.Semaphore(base + suffix, posix_ipc.O_CREX, initial_value=1).close()
+
+
+def test_attach_rejects_a_foreign_segment(name: str) -> None:
+    make_segment(name, 1 << 16)  # zeroed: no magic
+    with pytest.raises(RingLayoutError, match="magic"):
+        Ring.attach(name)
+    with pytest.raises(RingLayoutError):
+        Ring.adopt(name)
+
+
+@pytest.mark.parametrize("size", [0, 12, 64, ringmod.HEADER_WORDS * 8 - 8, 4100])
+def test_attach_rejects_a_segment_of_no_ring_size(name: str, size: int) -> None:
+    # a create killed between creating the segment and sizing it leaves 0 bytes
+    make_segment(name, size)
+    with pytest.raises(RingLayoutError):
+        Ring.attach(name)
+    with pytest.raises(RingLayoutError):
+        Ring.adopt(name)
+
+
+def test_attach_rejects_bad_magic_version_counters_and_size(name: str) -> None:
+    Ring.create(name, SLOTS, SLOT_BYTES).close()
+    shm = posix_ipc.SharedMemory("/" + name)
+    with mmap.mmap(shm.fd, shm.size) as m:
+        shm.close_fd()
+        hdr = memoryview(m).cast("Q")
+        try:
+            for word, bad, what in (
+                (ringmod.H_MAGIC, int.from_bytes(b"NOTARING", "little"), "magic"),
+                (ringmod.H_VERSION, ringmod.VERSION + 1, "version"),
+                (ringmod.H_NCOUNTERS, NCOUNTERS + 1, "counter"),
+                (ringmod.H_SLOTS, 1 << 20, "smaller"),
+            ):
+                good = hdr[word]
+                hdr[word] = bad
+                with pytest.raises(RingLayoutError, match=what):
+                    Ring.attach(name)
+                with pytest.raises(RingLayoutError):
+                    Ring.adopt(name)
+                hdr[word] = good
+            with Ring.attach(name) as r:  # intact again
+                assert r.slots == SLOTS
+        finally:
+            hdr.release()
+
+
+def test_adopt_validates_geometry(name: str, me: Identity) -> None:
+    Ring.create(name, SLOTS, SLOT_BYTES).close()
+    with pytest.raises(RingLayoutError) as e:
+        Ring.adopt(name, slots=SLOTS * 2, slot_bytes=SLOT_BYTES)
+    assert f"{SLOTS} x {SLOT_BYTES}" in str(e.value)
+    assert f"{SLOTS * 2} x {SLOT_BYTES}" in str(e.value)
+    with pytest.raises(RingLayoutError) as e:
+        Ring.adopt(name, slots=SLOTS, slot_bytes=SLOT_BYTES + 1)
+    assert f"{SLOTS} x {SLOT_BYTES + 1}" in str(e.value)
+    with Ring.attach(name) as a:
+        assert a.generation == 0  # a refused adopt changed nothing
+    with Ring.adopt(name, slots=SLOTS, slot_bytes=SLOT_BYTES) as r:
+        assert r.generation == 1
+        assert r.owner == me
+    with Ring.adopt(name) as r:
+        assert r.generation == 2
+
+
+def test_adopt_keeps_contents_and_requeues_what_the_dead_held(name: str, me: Identity) -> None:
+    dead = reused_pid(me)
+    with Ring.create(name, SLOTS, SLOT_BYTES) as old:
+        for i in range(4):
+            assert old.put(mid(i), body(mid(i), 40)) is PutResult.OK
+        mine = old.claim(timeout=0)
+        theirs = old.claim(timeout=0, owner=dead)
+        assert mine is not None and theirs is not None
+        old._q[ringmod.H_OWNER_PID], old._q[ringmod.H_OWNER_START] = dead  # the old owner
+    with Ring.adopt(name) as r:
+        assert r.owner == me
+        s = r.snapshot()
+        assert (s.ready, s.claimed, s.requeued, s.generation) == (3, 1, 1, 1)
+        assert r._ready_sem.value == 3  # reset to the READY slots
+        got = drain(r)
+        assert [(c.msgid, c.attempts) for c in got] == [
+            (mid(1), 1), (mid(2), 0), (mid(3), 0)
+        ]
+        r.ack(mine)  # a live claimer of the old generation keeps its claim
+        assert counts(r) == (SLOTS, 0, 0, 0)
+
+
+def test_close_keeps_the_ring_and_unlink_removes_all_three_names(name: str) -> None:
+    r = Ring.create(name, SLOTS, SLOT_BYTES)
+    assert r.put(mid(1), b"survives close") is PutResult.OK
+    r.close()
+    r.close()  # twice is harmless
+    with pytest.raises(ValueError):
+        r.put(mid(2), b"closed")
+    assert ringmod.exists(name)
+    assert all(p.exists() for p in shm_paths(name))
+    with Ring.attach(name) as other:
+        c = other.claim(timeout=0)
+        assert c is not None and c.data == b"survives close"
+        other.ack(c)
+        other.unlink()
+        assert not ringmod.exists(name)
+        for p in shm_paths(name):
+            assert not p.exists(), p
+        # handles stay valid after unlink
+        assert other.put(mid(3), b"still mapped") is PutResult.OK
+        assert other.claim(timeout=0) is not None
+    with pytest.raises(RingMissing):
+        Ring.attach(name)
+    assert ringmod.unlink_name(name) is False
+
+
+def test_unlink_name_removes_partial_leftovers(name: str) -> None:
+    posix_ipc.Semaphore("/" + name + ".lock", posix_ipc.O_CREX).close()
+    assert ringmod.unlink_name(name) is True
+    assert not any(p.exists() for p in shm_paths(name))
+
+
+# -- put and claim -------------------------------------------------------------
+
+
+def test_put_ok_too_large_and_full(r: Ring) -> None:
+    assert r.put("big", b"x" * (SLOT_BYTES + 1)) is PutResult.TOO_LARGE
+    assert counts(r) == (SLOTS, 0, 0, 0) and head(r) == 0
+    assert r.put(mid(0), b"x" * SLOT_BYTES) is PutResult.OK
+    assert r.put(mid(1), b"") is PutResult.OK
+    for i in range(2, SLOTS):
+        assert r.has_free_slot()
+        assert r.put(mid(i), body(mid(i), i)) is PutResult.OK
+    assert not r.has_free_slot()
+    assert r.put("late", b"y") is PutResult.FULL
+    assert r.put("big", b"x" * (SLOT_BYTES + 1)) is PutResult.TOO_LARGE
+    assert counts(r) == (0, 0, SLOTS, 0) and head(r) == SLOTS
+    got = drain(r)
+    assert [c.msgid for c in got] == [mid(i) for i in range(SLOTS)]
+    assert got[0].data == b"x" * SLOT_BYTES and got[1].data == b""
+    assert r.put(mid(99), b"room again") is PutResult.OK
+
+
+def test_claim_returns_what_was_put(r: Ring, me: Identity) -> None:
+    before = time.time()
+    r.put(mid(7), body(mid(7), 200))
+    after = time.time()
+    c = r.claim(timeout=0)
+    assert c is not None
+    assert (c.msgid, c.data, c.size, c.attempts, c.seq) == (
+        mid(7), body(mid(7), 200), 200, 0, 0
+    )
+    assert before - 0.001 <= c.received <= after + 0.001
+    assert r.iter_held() == [(c.slot, SlotState.CLAIMED, me)]
+
+
+def test_fifo_over_several_laps(r: Ring) -> None:
+    order = []
+    n = 0
+    for burst in (3, SLOTS, 1, SLOTS - 1, 5, SLOTS):
+        for _ in range(burst):
+            assert r.put(mid(n), body(mid(n), n % SLOT_BYTES)) is PutResult.OK
+            n += 1
+        got = drain(r)
+        for c in got:
+            assert c.data == body(c.msgid, len(c.data))
+        order += [c.msgid for c in got]
+    assert order == [mid(i) for i in range(n)]
+    s = r.snapshot()
+    assert (s.head, s.tail, s.free) == (n, n, SLOTS)
+
+
+def test_claim_on_an_empty_ring_waits_for_the_timeout(r: Ring) -> None:
+    t0 = time.monotonic()
+    assert r.claim(timeout=0.3) is None
+    assert time.monotonic() - t0 >= 0.28
+    t0 = time.monotonic()
+    assert r.claim(timeout=0) is None
+
+
+def test_claim_without_a_post_still_looks(r: Ring) -> None:
+    r.put(mid(1), b"posted")
+    r._ready_sem.acquire(0)  # the post was lost (e.g. a crash)
+    c = r.claim(timeout=0.05)
+    assert c is not None and c.msgid == mid(1)
+
+
+def test_wake_makes_a_blocked_claim_return(r: Ring) -> None:
+    result: list[Claim | None] = []
+    t = threading.Thread(target=lambda: result.append(r.claim(timeout=None)))
+    t.start()
+    try:
+        t.join(0.3)
+        assert t.is_alive(), "claim(timeout=None) returned on an empty ring"
+    finally:
+        r.wake()
+        t.join(10)
+    assert not t.is_alive()
+    assert result == [None]
+    r.wake(3)
+    assert r._ready_sem.value == 3
+
+
+# -- ack and release -------------------------------------------------------------
+
+
+def test_ack_by_a_non_owner_is_refused(r: Ring, me: Identity) -> None:
+    other = reused_pid(me)
+    r.put(mid(1), b"one")
+    c = r.claim(timeout=0)
+    assert c is not None
+    with pytest.raises(RingOwnershipError):
+        r.ack(c, owner=other)
+    with pytest.raises(RingOwnershipError):
+        r.release(c, owner=other)
+    assert r.lock_holder() is None and lock_is_free(r)
+    assert counts(r) == (SLOTS - 1, 0, 0, 1)
+    r.ack(c)
+    assert counts(r) == (SLOTS, 0, 0, 0)
+    with pytest.raises(RingOwnershipError):
+        r.ack(c)  # twice
+
+
+def test_ack_of_a_stale_claim_is_refused(r: Ring, me: Identity) -> None:
+    # the slot now holds a newer message the same owner claimed: seq differs
+    r.put(mid(0), b"old")
+    old = r.claim(timeout=0)
+    assert old is not None
+    r.ack(old)
+    reused = False
+    for i in range(1, SLOTS + 1):
+        r.put(mid(i), b"new")
+        c = r.claim(timeout=0)
+        assert c is not None
+        if c.slot == old.slot:
+            reused = True
+            with pytest.raises(RingOwnershipError):
+                r.ack(old)
+        r.ack(c)
+    assert reused
+
+
+def test_release_keeps_attempts_and_is_taken_again_oldest_first(r: Ring, me: Identity) -> None:
+    for i in range(5):
+        r.put(mid(i), body(mid(i), 30))
+    held = [r.claim(timeout=0, owner=me) for _ in range(3)]
+    assert [c.msgid for c in held if c] == [mid(0), mid(1), mid(2)]
+    c0, c1, c2 = (c for c in held if c)
+    r.release(c2)
+    r.release(c0)
+    assert r.snapshot().stray == 2
+    assert counts(r) == (SLOTS - 5, 0, 4, 1)
+    got = drain(r)
+    assert [(c.msgid, c.attempts) for c in got] == [
+        (mid(0), 0), (mid(2), 0), (mid(3), 0), (mid(4), 0)
+    ]
+    assert got[0].data == body(mid(0), 30)
+    with pytest.raises(RingOwnershipError):
+        r.release(c0)  # given back already
+    r.ack(c1)
+    s = r.snapshot()
+    assert (s.free, s.stray) == (SLOTS, 0)
+
+
+# -- recovery --------------------------------------------------------------------
+
+
+def test_recover_requeues_claims_and_frees_half_filled_slots(r: Ring, me: Identity) -> None:
+    dead = reused_pid(me)
+    for i in range(3):
+        r.put(mid(i), body(mid(i), 50))
+    c = r.claim(timeout=0, owner=dead)
+    assert c is not None and c.msgid == mid(0)
+    interrupted_put(r, dead, mid(3), body(mid(3), 80), SlotState.FILLING)
+    assert counts(r) == (SLOTS - 4, 1, 2, 1)
+    assert sorted(r.iter_held()) == sorted(
+        [(c.slot, SlotState.CLAIMED, dead), (3, SlotState.FILLING, dead)]
+    )
+    assert r.recover(dead) == RecoverResult(requeued=1, freed=1)
+    assert counts(r) == (SLOTS - 3, 0, 3, 0)
+    s = r.snapshot()
+    assert (s.requeued, s.freed) == (1, 1)
+    assert r.recover(dead) == RecoverResult(0, 0)  # safe to repeat
+    with pytest.raises(RingOwnershipError):
+        r.ack(c, owner=dead)  # the dead claim is void
+    got = drain(r)
+    assert [(g.msgid, g.attempts, g.data) for g in got] == [
+        (mid(0), 1, body(mid(0), 50)), (mid(1), 0, body(mid(1), 50)), (mid(2), 0, body(mid(2), 50))
+    ]
+    # the freed slot is the next one written
+    for i in range(10, 10 + SLOTS):
+        assert r.put(mid(i), b"after") is PutResult.OK
+    assert [g.msgid for g in drain(r)] == [mid(i) for i in range(10, 10 + SLOTS)]
+
+
+def test_recovered_attempts_accumulate(r: Ring, me: Identity) -> None:
+    r.put(mid(1), b"poison")
+    for n in range(1, 4):
+        dead = Identity(me.pid, me.start + n)
+        c = r.claim(timeout=0, owner=dead)
+        assert c is not None and c.attempts == n - 1
+        assert r.recover(dead) == RecoverResult(1, 0)
+    c = r.claim(timeout=0)
+    assert c is not None and c.attempts == 3
+    assert r.snapshot().requeued == 3
+
+
+def test_recover_dead_spares_live_owners(r: Ring, me: Identity) -> None:
+    reused = reused_pid(me)  # our pid, another start: a reused pid, so dead
+    for i in range(4):
+        r.put(mid(i), b"x")
+    mine = r.claim(timeout=0)
+    theirs = r.claim(timeout=0, owner=reused)
+    interrupted_put(r, me, mid(4), b"half", SlotState.FILLING)  # we are alive: keep it
+    assert mine is not None and theirs is not None
+    assert r.recover_dead() == RecoverResult(requeued=1, freed=0)
+    assert (mine.slot, SlotState.CLAIMED, me) in r.iter_held()
+    assert (4, SlotState.FILLING, me) in r.iter_held()
+    assert counts(r) == (SLOTS - 5, 1, 3, 1)
+    assert r.recover_dead() == RecoverResult(0, 0)
+    r.ack(mine)
+
+
+def test_recover_touches_only_the_given_owner(r: Ring, me: Identity) -> None:
+    a, b = Identity(me.pid, me.start + 1), Identity(me.pid, me.start + 2)
+    for i in range(3):
+        r.put(mid(i), b"x")
+    ca = r.claim(timeout=0, owner=a)
+    cb = r.claim(timeout=0, owner=b)
+    cm = r.claim(timeout=0)
+    assert ca and cb and cm
+    assert r.recover(a) == RecoverResult(1, 0)
+    assert sorted((o, s) for _, s, o in r.iter_held()) == sorted(
+        [(b, SlotState.CLAIMED), (me, SlotState.CLAIMED)]
+    )
+    r.ack(cb, owner=b)
+    r.ack(cm)
+    got = drain(r)
+    assert [(c.msgid, c.attempts) for c in got] == [(mid(0), 1)]
+
+
+def test_producer_steps_over_a_slot_still_claimed_from_an_earlier_lap(name: str) -> None:
+    with Ring.create(name, 4, 64) as r:
+        for i in range(4):
+            r.put(mid(i), b"first lap")
+        slow = r.claim(timeout=0)
+        assert slow is not None and slow.msgid == mid(0)
+        assert [c.msgid for c in drain(r)] == [mid(1), mid(2), mid(3)]
+        # the ring fills up around the held slot
+        n = 10
+        while r.put(mid(n), body(mid(n), n)) is PutResult.OK:
+            n += 1
+        assert n == 10 + 3
+        assert counts(r) == (0, 0, 3, 1)
+        assert [c.msgid for c in drain(r)] == [mid(i) for i in range(10, n)]
+        # and keeps turning for several laps
+        for i in range(100, 120):
+            assert r.put(mid(i), body(mid(i), 20)) is PutResult.OK
+            c = r.claim(timeout=0)
+            assert c is not None and (c.msgid, c.data) == (mid(i), body(mid(i), 20))
+            r.ack(c)
+        r.ack(slow)
+        assert counts(r) == (4, 0, 0, 0)
+        s = r.snapshot()
+        assert s.head == s.tail
+        assert s.head > 4 + 3 + 20  # sequence numbers of the held slot were skipped
+
+
+def test_put_reports_full_when_too_many_claims_block_it(name: str) -> None:
+    slots = ringmod._MAX_SKIP + 2
+    with Ring.create(name, slots, 16) as r:
+        for i in range(slots):
+            r.put(mid(i), b"x")
+        held = [r.claim(timeout=0) for _ in range(slots - 1)]
+        last = r.claim(timeout=0)
+        assert last is not None and all(held)
+        r.ack(last)  # one free slot, _MAX_SKIP + 1 claims ahead of it
+        assert r.put("far", b"y") is PutResult.FULL
+        for c in held:
+            assert c is not None
+            r.ack(c)
+        assert r.put("near", b"y") is PutResult.OK
+
+
+def test_half_filled_slot_of_a_dead_producer_blocks_until_recovered(
+    r: Ring, me: Identity
+) -> None:
+    dead = reused_pid(me)
+    r.put(mid(0), b"before")
+    interrupted_put(r, dead, mid(1), body(mid(1), 100), SlotState.FILLING)
+    assert r.put(mid(2), b"new producer") is PutResult.FULL
+    assert [c.msgid for c in drain(r)] == [mid(0)]  # the half-copied one is never handed out
+    assert r.recover_dead() == RecoverResult(requeued=0, freed=1)
+    assert counts(r) == (SLOTS, 0, 0, 0)
+    for i in range(2, 2 + 2 * SLOTS):
+        assert r.put(mid(i), body(mid(i), i)) is PutResult.OK
+        c = r.claim(timeout=0)
+        assert c is not None and (c.msgid, c.data) == (mid(i), body(mid(i), i))
+        r.ack(c)
+
+
+@pytest.mark.parametrize("how", ["recover", "recover_dead"])
+def test_message_ready_before_a_dead_producer_moved_head(r: Ring, me: Identity, how: str) -> None:
+    dead = reused_pid(me)
+    r.put(mid(0), b"zero")
+    interrupted_put(r, dead, mid(1), b"one", SlotState.READY)
+    assert [c.msgid for c in drain(r)] == [mid(0)]
+    assert r.claim(timeout=0) is None  # invisible until head moves
+    assert r.put(mid(2), b"two") is PutResult.FULL
+    res = r.recover(dead) if how == "recover" else r.recover_dead()
+    assert res == RecoverResult(0, 0)
+    assert head(r) == 2
+    assert r.put(mid(2), b"two") is PutResult.OK
+    got = drain(r)
+    assert [(c.msgid, c.data, c.attempts) for c in got] == [
+        (mid(1), b"one", 0), (mid(2), b"two", 0)
+    ]
+
+
+def test_message_ready_after_a_step_over_before_a_dead_producer_moved_head(
+    name: str, me: Identity
+) -> None:
+    # the producer stepped over a slot still claimed, wrote the next one, died
+    dead = reused_pid(me)
+    with Ring.create(name, 4, 64) as r:
+        for i in range(4):
+            r.put(mid(i), b"lap")
+        slow = r.claim(timeout=0)
+        assert slow is not None
+        drain(r)
+        assert head(r) == 4
+        interrupted_put(r, dead, mid(4), b"stepped", SlotState.READY, seq=5)
+        assert r.recover(dead) == RecoverResult(0, 0)
+        assert head(r) == 6
+        c = r.claim(timeout=0)
+        assert c is not None and (c.msgid, c.data) == (mid(4), b"stepped")
+        r.ack(c)
+        r.ack(slow)
+        for lap in range(3):
+            ids = [mid(10 + 4 * lap + i) for i in range(4)]
+            for m in ids:
+                assert r.put(m, b"on") is PutResult.OK
+            assert [c.msgid for c in drain(r)] == ids
+
+
+@pytest.mark.parametrize("how", ["recover", "recover_dead"])
+def test_recovery_leaves_head_to_a_live_producer(r: Ring, me: Identity, how: str) -> None:
+    # head belongs to the producer while it lives: a recovery that wrote it
+    # could move it back under a put completing at the same moment
+    dead = reused_pid(me)
+    r.put(mid(0), b"zero")
+    held = r.claim(timeout=0, owner=dead)
+    assert held is not None
+    idx = interrupted_put(r, me, mid(1), b"one", SlotState.READY)  # our put, mid-flight
+    res = r.recover(dead) if how == "recover" else r.recover_dead()
+    assert res == RecoverResult(1, 0)
+    assert head(r) == 1
+    finish_put(r, idx)
+    got = drain(r)
+    assert [(c.msgid, c.attempts) for c in got] == [(mid(0), 1), (mid(1), 0)]
+    assert r.claim(timeout=0) is None
+
+
+# -- the lock ----------------------------------------------------------------------
+
+
+def test_break_lock_leaves_a_live_holder(r: Ring, me: Identity) -> None:
+    assert r.break_lock_if_dead() is False  # free
+    assert r._acquire(None)
+    try:
+        assert r.lock_holder() == me
+        assert r.snapshot().lock_holder == me
+        assert r.break_lock_if_dead() is False
+        assert r._lock_sem.value == 0
+    finally:
+        r._release()
+    assert lock_is_free(r)
+    assert r.snapshot().lock_breaks == 0
+
+
+def test_break_lock_of_a_dead_holder(r: Ring, me: Identity) -> None:
+    dead = reused_pid(me)
+    r.put(mid(1), b"behind the lock")
+    hold_lock_as(r, dead)
+    assert r.lock_holder() == dead
+    assert r._acquire(0.05) is False
+    assert r.break_lock_if_dead() is True
+    assert lock_is_free(r)
+    assert r.snapshot().lock_breaks == 1
+    assert r.break_lock_if_dead() is False  # once
+    assert r._lock_sem.value == 1
+    c = r.claim(timeout=0)
+    assert c is not None and c.msgid == mid(1)
+
+
+def test_break_orphaned_lock_only_after_no_progress(r: Ring) -> None:
+    hold_lock_as(r, None)  # taken by a process killed before it recorded itself
+    t0 = time.monotonic()
+    assert r.break_lock_if_dead() is False
+    assert r.break_lock_if_dead() is False
+    assert r._lock_sem.value == 0
+    deadline = t0 + ringmod._ORPHAN_LOCK_SECONDS + 5
+    broken = False
+    while not broken:
+        assert time.monotonic() < deadline, "orphaned lock never broken"
+        time.sleep(0.25)
+        broken = r.break_lock_if_dead()
+        if not broken:
+            assert r._lock_sem.value == 0
+    assert time.monotonic() - t0 >= ringmod._ORPHAN_LOCK_SECONDS
+    assert lock_is_free(r)
+    assert r.snapshot().lock_breaks == 1
+
+
+def test_release_waits_out_and_breaks_a_dead_holders_lock(r: Ring, me: Identity) -> None:
+    r.put(mid(1), b"x")
+    c = r.claim(timeout=0)
+    assert c is not None
+    hold_lock_as(r, reused_pid(me))
+    r.release(c)  # the patient path breaks the dead holder's lock itself
+    assert lock_is_free(r)
+    again = r.claim(timeout=0)
+    assert again is not None and (again.msgid, again.attempts) == (mid(1), 0)
+
+
+# -- the process table ---------------------------------------------------------
+
+
+def test_process_rows_register_beat_state_counters_and_retire(r: Ring, me: Identity) -> None:
+    w = r.register(Role.WORKER, index=3)
+    i = r.register(Role.INGEST)
+    assert w.row != i.row
+    rows = {x.row: x for x in r.read_rows()}
+    assert set(rows) == {w.row, i.row}
+    row = rows[w.row]
+    assert (row.pid, row.start, row.role, row.index, row.state, row.msgid) == (
+        me.pid, me.start, Role.WORKER, 3, ProcState.STARTING, ""
+    )
+    assert row.counters == (0,) * NCOUNTERS
+    beat0 = row.heartbeat_ns
+    w.beat()
+    beat1 = {x.row: x for x in r.read_rows()}[w.row].heartbeat_ns
+    assert beat1 >= beat0 > 0
+    w.set_state(ProcState.SCANNING, "0640c3f1a2b3c-0004d2")
+    row = {x.row: x for x in r.read_rows()}[w.row]
+    assert (row.state, row.msgid) == (ProcState.SCANNING, "0640c3f1a2b3c-0004d2")
+    assert row.since_ns >= beat1 and row.heartbeat_ns == row.since_ns
+    w.add(C.PROCESSED, 5)
+    w.add(C.PROCESSED)
+    w.add(C.SCAN_US, 1234)
+    i.add(C.ACCEPTED_RING, 9)
+    assert w.get(C.PROCESSED) == 6
+    assert r.row(w.row).get(C.SCAN_US) == 1234
+    totals = r.snapshot().totals()
+    assert (totals[C.PROCESSED], totals[C.SCAN_US], totals[C.ACCEPTED_RING]) == (6, 1234, 9)
+
+    r.retire_row(w.row)
+    s = r.snapshot()
+    assert [x.row for x in s.rows] == [i.row]
+    assert (s.retired[C.PROCESSED], s.retired[C.SCAN_US], s.retired[C.ACCEPTED_RING]) == (
+        6, 1234, 0
+    )
+    assert s.totals() == totals  # conserved
+    r.retire_row(w.row)  # twice: nothing folded again
+    assert r.snapshot().totals() == totals
+
+    again = r.register(Role.WORKER, index=4)
+    assert again.row == w.row and again.get(C.PROCESSED) == 0
+    again.add(C.PROCESSED, 2)
+    assert r.snapshot().totals()[C.PROCESSED] == 8
+
+
+def test_register_a_given_row_and_refuse_out_of_range(r: Ring) -> None:
+    h = r.register(Role.SUPERVISOR, row=5)
+    assert h.row == 5
+    assert [x.row for x in r.read_rows()] == [5]
+    with pytest.raises(RingError):
+        r.register(Role.WORKER, row=r.rows)
+    assert lock_is_free(r)
+
+
+def test_process_table_full(name: str) -> None:
+    with Ring.create(name, 2, 16, rows=2) as r:
+        r.register(Role.SUPERVISOR)
+        r.register(Role.INGEST)
+        with pytest.raises(RingError, match="full"):
+            r.register(Role.WORKER)
+        assert lock_is_free(r)
+
+
+def test_retire_dead_rows_folds_only_the_dead(r: Ring, me: Identity) -> None:
+    live = r.register(Role.SUPERVISOR)
+    gone = r.register(Role.WORKER, index=1)
+    gone.add(C.PROCESSED, 7)
+    live.add(C.RESTARTS, 1)
+    r._q[r._rows_w + gone.row * ringmod.ROW_WORDS + ringmod.R_START] = me.start + 1  # pid reused
+    totals = r.snapshot().totals()
+    assert r.retire_dead_rows() == 1
+    s = r.snapshot()
+    assert [x.row for x in s.rows] == [live.row]
+    assert s.retired[C.PROCESSED] == 7
+    assert s.totals() == totals
+
+
+# -- status ------------------------------------------------------------------------
+
+
+def test_snapshot_counts_equal_slot_states(r: Ring, me: Identity) -> None:
+    def check() -> None:
+        s = r.snapshot()
+        states = Counter(r.slot_states())
+        assert (s.free, s.filling, s.ready, s.claimed) == (
+            states[SlotState.FREE], states[SlotState.FILLING],
+            states[SlotState.READY], states[SlotState.CLAIMED],
+        )
+        assert s.used == SLOTS - s.free
+        held = r.iter_held()
+        assert len(held) == s.filling + s.claimed
+
+    check()
+    for i in range(6):
+        r.put(mid(i), b"x")
+        check()
+    a = r.claim(timeout=0)
+    b = r.claim(timeout=0, owner=reused_pid(me))
+    check()
+    interrupted_put(r, me, mid(6), b"half", SlotState.FILLING)
+    check()
+    assert counts(r) == (1, 1, 4, 2)
+    assert a is not None
+    r.release(a)
+    check()
+    r.recover_dead()
+    check()
+    assert counts(r) == (1, 1, 6, 0)
+    assert b is not None
+
+
+def test_owner_token_round_trip(me: Identity) -> None:
+    assert token_identity(owner_token(me)) == me
+    assert token_identity(0) == Identity(0, 0)
+    big = Identity((1 << 22) - 1, 123456789)
+    assert token_identity(owner_token(big)) == big
