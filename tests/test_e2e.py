@@ -239,3 +239,55 @@ def test_ps_shows_titles(tmp_path: Path) -> None:
             return t if ok else None
 
         wait_until(all_titled, 10, "titles on every process")
+
+
+def test_sigkill_supervisor_then_restart_adopts_everything(
+    tmp_path: Path, spamd_server: SpamdProcess
+) -> None:
+    trap = Trap(tmp_path, {**spamd_settings(spamd_server), "ring": {"slots": 16}})
+    try:
+        trap.start()
+        workers = trap.child_pids("worker")
+        for pid in workers:
+            os.kill(pid, signal.SIGSTOP)  # a backlog in the ring and the overflow
+        ids = {reply_id(trap.send(message(i))) for i in range(40)}
+        old_children = [p.pid for p in trap.children()]
+        trap.signal(signal.SIGKILL)
+        trap.wait_exit(10)
+        for pid in workers:
+            os.kill(pid, signal.SIGCONT)
+        # the orphans notice their parent is gone and leave; a new supervisor
+        # adopts the ring and the overflow and processes every message
+        trap.start()
+        records = trap.wait_records(ids, timeout=120)
+        assert ids <= {r["id"] for r in records}
+        for pid in old_children:
+            assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
+        st = trap.status()
+        assert st is not None and st["ring"]["generation"] >= 1
+        trap.signal(signal.SIGTERM)
+        assert trap.wait_exit(60) == 0
+        assert shm_leftovers(trap.ring_name) == []
+    finally:
+        trap.close()
+
+
+def test_purge_drops_the_backlog_and_counts_it(tmp_path: Path) -> None:
+    with running_trap(tmp_path, {"ring": {"slots": 8}}) as trap:
+        workers = trap.child_pids("worker")
+        for pid in workers:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            for i in range(30):
+                reply_id(trap.send(message(i)))
+            out = subprocess.run(
+                [sys.executable, "-m", "ringtrap.cli", "purge", "-c", str(trap.config_path)],
+                capture_output=True, text=True, check=True).stdout
+            assert out.startswith("dropped 22 messages"), out
+            st = trap.status()
+            assert st is not None
+            assert st["overflow"]["ready"] == 0
+            assert st["totals"]["purged_files"] == 22
+        finally:
+            for pid in workers:
+                os.kill(pid, signal.SIGCONT)
