@@ -6,13 +6,14 @@ Segment layout (native byte order, every field a 64-bit word unless noted)::
                       0 magic "RINGTRAP"   1 layout version   2 slot count
                       3 slot bytes         4 process rows      5 counters per row
                       6 created (wall us)  7 owner pid         8 owner start
-                      9 lock owner        10 (unused)         11 lock acquisitions
-                     12 head (next seq to put; the producer's)
-                     13 tail (next seq to claim; consumers', under the lock)
-                     14 stray (READY slots behind tail: requeued or released)
                      15 generation (+1 on every adopt)
                      16 lock breaks       17 slots requeued   18 slots freed
                      32..95 retired counters (rows of exited processes, folded)
+                     96 head (next seq to put; the producer's, alone in its
+                        cache line so consumers' writes never evict it)
+                    104 lock owner       105 lock acquisitions
+                    106 tail (next seq to claim; consumers', under the lock)
+                    107 stray (READY slots behind tail: requeued or released)
     ROWS            process table, ROW_WORDS words per row
                       0 pid  1 role  2 start  3 state  4 index
                       5 heartbeat (monotonic ns)  6 state since (monotonic ns)
@@ -79,8 +80,8 @@ _POPULATE = getattr(mmap, "MAP_POPULATE", 0)
 # header words
 H_MAGIC, H_VERSION, H_SLOTS, H_SLOT_BYTES, H_ROWS, H_NCOUNTERS = range(6)
 H_CREATED, H_OWNER_PID, H_OWNER_START = 6, 7, 8
-H_LOCK, H_LOCK_COUNT = 9, 11
-H_HEAD, H_TAIL, H_STRAY = 12, 13, 14
+H_LOCK, H_LOCK_COUNT = 104, 105
+H_HEAD, H_TAIL, H_STRAY = 96, 106, 107
 H_GENERATION, H_LOCK_BREAKS, H_REQUEUED, H_FREED = 15, 16, 17, 18
 H_RETIRED = 32
 # row words
@@ -103,6 +104,8 @@ _MAX_SKIP = 8
 # a lock held with no recorded owner and no progress for this long was taken
 # by a process killed between sem_wait and recording itself
 _ORPHAN_LOCK_SECONDS = 2.0
+# sched_yield() rounds a consumer spins on an empty ring before it blocks
+_SPIN = 20
 
 
 class RingError(Exception):
@@ -563,11 +566,19 @@ class Ring:
         interrupting signal returns None so the caller can check its flags.
         If the claimer dies holding the claim, :meth:`recover` requeues it.
         """
+        ready = self._ready_sem
+        if not ready.value:
+            # Give a producer on another core a moment before sleeping: a futex
+            # sleep and wake costs more than the message it waits for.
+            for _ in range(_SPIN):
+                os.sched_yield()
+                if ready.value:
+                    break
         try:
             if timeout is None:
-                self._ready_sem.acquire()
+                ready.acquire()
             else:
-                self._ready_sem.acquire(timeout)
+                ready.acquire(timeout)
         except posix_ipc.BusyError:
             pass
         except posix_ipc.SignalError:
