@@ -335,6 +335,7 @@ def test_adopt_keeps_contents_and_requeues_what_the_dead_held(name: str, me: Ide
         theirs = old.claim(timeout=0, owner=dead)
         assert mine is not None and theirs is not None
         old._q[ringmod.H_OWNER_PID], old._q[ringmod.H_OWNER_START] = dead  # the old owner
+        old.wake(5)  # posts nobody took
     with Ring.adopt(name) as r:
         assert r.owner == me
         s = r.snapshot()
