@@ -41,7 +41,7 @@ from ringtrap.ring import (
 from ringtrap.states import ProcState, Role, SlotState
 
 SHM = Path("/dev/shm")
-PREFIX = f"rt-test-{os.getpid()}-"
+PREFIX = f"rt-test-{os.getpid()}-unit-"
 SLOTS = 8
 SLOT_BYTES = 256
 

@@ -31,7 +31,7 @@ from ringtrap.ring import Claim, PutResult, RecoverResult, Ring, RingOwnershipEr
 from ringtrap.states import SlotState
 
 SHM = Path("/dev/shm")
-PREFIX = f"rt-test-{os.getpid()}-"
+PREFIX = f"rt-test-{os.getpid()}-model-"
 SLOTS = 5
 SLOT_BYTES = 48
 
