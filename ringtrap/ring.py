@@ -374,13 +374,18 @@ class Ring:
     def attach(cls, name: str) -> Ring:
         """Open an existing ring (any process); :class:`RingMissing` if absent."""
         shm_name, lock_name, ready_name = _names(name)
+        shm = None
         try:
             shm = posix_ipc.SharedMemory(shm_name)
             lock = posix_ipc.Semaphore(lock_name)
             ready = posix_ipc.Semaphore(ready_name)
         except posix_ipc.ExistentialError:
+            if shm is not None:  # a create() that died before making the semaphores
+                shm.close_fd()
             raise RingMissing(f"no ring {name!r} in /dev/shm") from None
         except (ValueError, OSError) as e:  # e.g. /dev/shm/<name> is a directory
+            if shm is not None:
+                shm.close_fd()
             raise RingLayoutError(f"/dev/shm/{name} is not a ringtrap ring: {e}") from None
         return cls(name, shm, lock, ready)
 
