@@ -255,6 +255,23 @@ def test_attach_or_adopt_of_a_missing_ring(name: str) -> None:
     assert not any(p.exists() for p in shm_paths(name))
 
 
+def open_fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+def test_attach_of_a_ring_without_semaphores_is_missing_and_leaks_no_fd(name: str) -> None:
+    # a create() killed after making the segment, before the semaphores
+    shm = posix_ipc.SharedMemory("/" + name, posix_ipc.O_CREX, size=1 << 16)
+    shm.close_fd()
+    before = open_fds()
+    for _ in range(3):
+        with pytest.raises(RingMissing):
+            Ring.attach(name)
+        with pytest.raises(RingMissing):
+            Ring.adopt(name)
+    assert open_fds() == before
+
+
 def make_segment(name: str, size: int) -> None:
     """A segment and semaphores of ``name`` that no ringtrap create finished."""
     base = "/" + name
