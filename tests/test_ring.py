@@ -366,6 +366,20 @@ def test_adopt_keeps_contents_and_requeues_what_the_dead_held(name: str, me: Ide
         assert counts(r) == (SLOTS, 0, 0, 0)
 
 
+@pytest.mark.parametrize("recorded", [True, False], ids=["recorded", "orphaned"])
+def test_adopt_breaks_a_lock_the_dead_left_held(name: str, me: Identity, recorded: bool) -> None:
+    with Ring.create(name, SLOTS, SLOT_BYTES) as old:
+        old.put(mid(1), b"x")
+        hold_lock_as(old, reused_pid(me) if recorded else None)
+    t0 = time.monotonic()
+    with Ring.adopt(name) as r:
+        if not recorded:  # no owner recorded: broken only once it made no progress
+            assert time.monotonic() - t0 >= ringmod._ORPHAN_LOCK_SECONDS
+        assert lock_is_free(r)
+        assert r.snapshot().lock_breaks == 1
+        assert [c.msgid for c in drain(r)] == [mid(1)]
+
+
 def test_close_keeps_the_ring_and_unlink_removes_all_three_names(name: str) -> None:
     r = Ring.create(name, SLOTS, SLOT_BYTES)
     assert r.put(mid(1), b"survives close") is PutResult.OK
