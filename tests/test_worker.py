@@ -1,0 +1,691 @@
+"""Tests of the worker loop (ringtrap.worker) against a real ring, overflow and spamd.
+
+Workers run either in this process (when the test drives them through the
+sink or a stop) or in forked children started through ``child_main`` or an
+equivalent boot, which are signalled and SIGKILLed like the supervisor would.
+Every test counts each message at the end: recorded once, acked, nothing left.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import signal
+import socket
+import tempfile
+import threading
+import time
+import traceback
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+from spamd_fixture import SpamdProcess
+
+from ringtrap import config, envelope, ids, proc
+from ringtrap.config import Config
+from ringtrap.counters import C
+from ringtrap.envelope import Envelope
+from ringtrap.overflow import Overflow, parse_ready
+from ringtrap.processing import Processor
+from ringtrap.results import ResultSink, read_results
+from ringtrap.ring import PutResult, Ring, RowSnapshot, unlink_name
+from ringtrap.spamd import SpamdClient
+from ringtrap.states import ProcState, Role, SlotState
+from ringtrap.worker import EXIT_OK, EXIT_SETUP, Worker, child_main, spamd_client
+
+EXAMPLES = Path("/usr/share/doc/spamassassin/examples")
+SPAM = (EXAMPLES / "sample-spam.txt").read_bytes()
+HAM = (EXAMPLES / "sample-nonspam.txt").read_bytes()
+SLOTS = 16
+SLOT_BYTES = 16 * 1024
+MAX_ATTEMPTS = 3
+
+
+# -- fixtures and helpers ----------------------------------------------------------
+
+
+@pytest.fixture
+def ring_name() -> Iterator[str]:
+    name = f"rt-wtest-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    yield name
+    unlink_name(name)
+
+
+@pytest.fixture
+def ring(ring_name: str) -> Iterator[Ring]:
+    r = Ring.create(ring_name, SLOTS, SLOT_BYTES)
+    yield r
+    r.close()
+
+
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    """A directory with a short path, for Unix sockets (107-byte limit)."""
+    with tempfile.TemporaryDirectory(prefix="rt-w-") as d:
+        yield Path(d)
+
+
+def make_cfg(tmp_path: Path, ring_name: str, spamd_address: str = "off",
+             **workers: object) -> Config:
+    return config.from_dict({
+        "ingest": {"socket": str(tmp_path / "ingest.sock"), "max_message_bytes": "1M"},
+        "ring": {"name": ring_name, "slots": SLOTS, "slot_bytes": SLOT_BYTES},
+        "overflow": {"dir": str(tmp_path / "overflow"), "max_bytes": "64M",
+                     "max_attempts": MAX_ATTEMPTS},
+        "results": {"dir": str(tmp_path / "results")},
+        "spamd": {"address": spamd_address, "connect_timeout": 5},
+        "workers": {"count": 2, "max_rss_bytes": 0, **workers},
+    })
+
+
+def open_overflow(cfg: Config) -> Overflow:
+    return Overflow(cfg.overflow.dir, cfg.overflow.max_bytes)
+
+
+def env_for(n: int) -> Envelope:
+    return Envelope(sender=f"s{n}@example.org", recipients=(f"trap{n}@example.net",),
+                    client_address="192.0.2.1")
+
+
+def put(ring: Ring, overflow: Overflow, message: bytes, n: int, where: str) -> str:
+    """Store one message as the ingest would; returns its id."""
+    msgid = ids.new_id()
+    payload = envelope.frame(message, env_for(n))
+    if where == "ring" and ring.put(msgid, payload) is PutResult.OK:
+        return msgid
+    overflow.spill(msgid, payload)
+    return msgid
+
+
+def records(cfg: Config, strict: bool = True) -> list[dict[str, Any]]:
+    return list(read_results(cfg.results.dir, strict=strict))
+
+
+def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.02)
+
+
+def row_of(ring: Ring, pid: int) -> RowSnapshot | None:
+    return next((r for r in ring.read_rows() if r.pid == pid), None)
+
+
+def counters(row: RowSnapshot) -> dict[C, int]:
+    return {c: row.counters[c] for c in C}
+
+
+def assert_drained(ring: Ring, overflow: Overflow) -> None:
+    assert set(ring.slot_states()) == {SlotState.FREE}
+    stats = overflow.stats()
+    assert (stats.ready, stats.claimed, stats.writing) == (0, 0, 0)
+
+
+class Children:
+    """Forked children of one test; any still running at teardown are killed."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.pids: list[int] = []
+        self.log_dir = log_dir
+
+    def fork(self, fn: Callable[[], int]) -> int:
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the child
+            code = 1
+            try:
+                # the child's log goes to a file the test can show on failure
+                root = logging.getLogger()
+                for h in list(root.handlers):
+                    root.removeHandler(h)
+                handler = logging.FileHandler(self.log_dir / f"child-{os.getpid()}.log")
+                handler.setFormatter(logging.Formatter("%(process)d %(name)s %(message)s"))
+                root.addHandler(handler)
+                root.setLevel(logging.INFO)
+                code = fn()
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                os._exit(code)
+        self.pids.append(pid)
+        return pid
+
+    def wait(self, pid: int, timeout: float = 20.0) -> int:
+        """Exit code of ``pid`` (negative: the signal that killed it)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                self.pids.remove(pid)
+                return os.waitstatus_to_exitcode(status)
+            time.sleep(0.02)
+        raise AssertionError(f"child {pid} did not exit in {timeout} s:\n{self.log(pid)}")
+
+    def log(self, pid: int) -> str:
+        path = self.log_dir / f"child-{pid}.log"
+        return path.read_text(errors="replace") if path.exists() else "(no log)"
+
+    def reap_all(self) -> None:
+        for pid in self.pids:
+            with contextlib.suppress(ProcessLookupError, ChildProcessError):
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+        self.pids.clear()
+
+
+@pytest.fixture
+def children(tmp_path: Path) -> Iterator[Children]:
+    c = Children(tmp_path)
+    yield c
+    c.reap_all()
+
+
+def boot_worker(cfg: Config, index: int, row: int, make_processor: Callable[[], Processor],
+                **options: Any) -> int:  # pragma: no cover - runs in a child
+    """What child_main does, with Worker options (short backoffs) the config has not."""
+    ring = Ring.attach(cfg.ring.name)
+    worker = Worker(cfg, ring, open_overflow(cfg), ring.register(Role.WORKER, index, row=row),
+                    index, make_processor(), ResultSink(cfg.results.dir), **options)
+    signal.signal(signal.SIGTERM, lambda s, f: worker.stop(graceful=True))
+    return worker.run()
+
+
+class StopAfter(ResultSink):
+    """A real sink that stops its worker once it has written ``n`` records."""
+
+    def __init__(self, directory: Path, n: int) -> None:
+        super().__init__(directory)
+        self.n = n
+        self.worker: Worker | None = None
+
+    def write(self, record: dict[str, Any]) -> None:
+        super().write(record)
+        self.n -= 1
+        if self.n <= 0 and self.worker is not None:
+            self.worker.stop()
+
+
+def local_worker(cfg: Config, ring: Ring, overflow: Overflow, processor: Processor,
+                 sink: ResultSink, **options: Any) -> Worker:
+    """A worker in this process with its own process-table row."""
+    row = ring.register(Role.WORKER, 0)
+    worker = Worker(cfg, ring, overflow, row, 0, processor, sink, **options)
+    if isinstance(sink, StopAfter):
+        sink.worker = worker
+    return worker
+
+
+def run_until(worker: Worker, cond: Callable[[], bool], timeout: float = 15.0) -> int:
+    """Run ``worker`` here until ``cond()`` holds (checked from a thread), then stop it."""
+    failed: list[str] = []
+
+    def watch() -> None:
+        deadline = time.monotonic() + timeout
+        while not cond():
+            if time.monotonic() > deadline:
+                failed.append("condition not met in time")
+                break
+            time.sleep(0.02)
+        worker.stop(graceful=True)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        return worker.run()
+    finally:
+        watcher.join()
+        assert not failed, failed
+
+
+def run_guarded(worker: Worker, timeout: float = 15.0) -> int:
+    """Run ``worker`` here, expecting it to return by itself; fail rather than hang."""
+    returned = threading.Event()
+    timed_out = threading.Event()
+
+    def guard() -> None:
+        if not returned.wait(timeout):
+            timed_out.set()
+            worker.stop(graceful=False)
+
+    guardian = threading.Thread(target=guard)
+    guardian.start()
+    try:
+        return worker.run()
+    finally:
+        returned.set()
+        guardian.join()
+        assert not timed_out.is_set(), f"worker did not return by itself in {timeout} s"
+
+
+def offline_processor() -> Processor:
+    return Processor(spamd=None, scan_limit_bytes=500 * 1024)
+
+
+# -- the whole path through child_main -------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.spamd
+def test_child_main_records_ring_and_overflow_messages_exactly_once(
+    tmp_path: Path, ring: Ring, spamd_server: SpamdProcess, children: Children
+) -> None:
+    cfg = make_cfg(tmp_path, ring.name, spamd_server.unix_address)
+    overflow = open_overflow(cfg)
+    sent: dict[str, tuple[int, bytes, str]] = {}
+    for n in range(10):
+        message = SPAM if n % 2 else HAM
+        where = "ring" if n < 6 else "overflow"
+        sent[put(ring, overflow, message, n, where)] = (n, message, where)
+    # larger than a slot: only the overflow can hold it
+    big = SPAM + b"\n" + b"filler line of an oversized spam\n" * 1000
+    assert ring.put(ids.new_id(), big) is PutResult.TOO_LARGE
+    sent[put(ring, overflow, big, 10, "ring")] = (10, big, "overflow")
+    assert overflow.stats().ready == 5
+
+    pids = [children.fork(lambda i=i: child_main(cfg, i, 1 + i)) for i in range(2)]
+    wait_for(lambda: len(records(cfg, strict=False)) >= len(sent), 60, "all records")
+    for pid in pids:
+        os.kill(pid, signal.SIGTERM)
+    for pid in pids:
+        assert children.wait(pid) == EXIT_OK, children.log(pid)
+
+    got = records(cfg)
+    assert Counter(r["id"] for r in got) == Counter(set(sent))  # each exactly once
+    for r in got:
+        n, message, _ = sent[r["id"]]
+        assert r["verdict"] == ("spam" if message is not HAM else "ham")
+        assert r["size"] == len(message)
+        assert r["envelope"] == env_for(n).to_dict()
+        assert r["attempts"] == 0
+    assert_drained(ring, overflow)
+    assert overflow.stats().failed == 0
+    rows = [row_of(ring, pid) for pid in pids]
+    assert all(r is not None and r.state is ProcState.STOPPED for r in rows)
+    totals = Counter[C]()
+    for r in rows:
+        assert r is not None
+        totals.update(counters(r))
+    assert totals[C.PROCESSED] == len(sent)
+    assert totals[C.CLAIMED_RING] == 6 and totals[C.CLAIMED_OVERFLOW] == 5
+    assert totals[C.SCANNED] == len(sent) and totals[C.SCAN_US] > 0
+    assert totals[C.VERDICT_SPAM] == 6 and totals[C.VERDICT_HAM] == 5
+    assert totals[C.RELEASED] == totals[C.QUARANTINED] == 0
+
+
+def test_ring_is_drained_before_the_overflow(tmp_path: Path, ring: Ring) -> None:
+    cfg = make_cfg(tmp_path, ring.name)
+    overflow = open_overflow(cfg)
+    older = put(ring, overflow, HAM, 1, "overflow")
+    newer = [put(ring, overflow, SPAM, n, "ring") for n in (2, 3)]
+    worker = local_worker(cfg, ring, overflow, offline_processor(),
+                          StopAfter(cfg.results.dir, 3))
+    assert run_guarded(worker) == EXIT_OK
+    assert [r["id"] for r in records(cfg)] == [*newer, older]
+    assert_drained(ring, overflow)
+
+
+@pytest.mark.slow
+def test_an_idle_worker_keeps_beating(tmp_path: Path, ring: Ring, children: Children) -> None:
+    cfg = make_cfg(tmp_path, ring.name)
+    pid = children.fork(lambda: child_main(cfg, 2, 4))
+
+    def idle() -> bool:
+        row = row_of(ring, pid)
+        return row is not None and row.state is ProcState.IDLE
+
+    wait_for(idle, 10, "the worker to be idle")
+    gaps = []
+    for _ in range(12):
+        time.sleep(0.25)
+        row = row_of(ring, pid)
+        assert row is not None and row.state is ProcState.IDLE
+        gaps.append(time.monotonic_ns() - row.heartbeat_ns)
+    # the loop turns at least once a second while waiting for work
+    assert max(gaps) < 1.3e9, gaps
+    os.kill(pid, signal.SIGTERM)
+    assert children.wait(pid) == EXIT_OK
+
+
+# -- record before ack ------------------------------------------------------------------
+
+
+class HeldCheckingSink(StopAfter):
+    """Notes, as each record is written, whether its message is still claimed."""
+
+    def __init__(self, directory: Path, n: int, ring: Ring, overflow: Overflow) -> None:
+        super().__init__(directory, n)
+        self.ring = ring
+        self.overflow = overflow
+        self.held_at_write: dict[str, bool] = {}
+
+    def write(self, record: dict[str, Any]) -> None:
+        me = proc.self_identity()
+        in_ring = [s for s, st, owner in self.ring.iter_held()
+                   if st is SlotState.CLAIMED and owner == me]
+        in_cur = [n for n in os.listdir(self.overflow.path / "cur")
+                  if n.startswith(record["id"])]
+        self.held_at_write[record["id"]] = len(in_ring) + len(in_cur) == 1
+        super().write(record)
+
+
+def test_record_is_written_while_the_claim_is_still_held(
+    tmp_path: Path, ring: Ring
+) -> None:
+    cfg = make_cfg(tmp_path, ring.name)
+    overflow = open_overflow(cfg)
+    sent = [put(ring, overflow, SPAM, n, "ring" if n < 2 else "overflow") for n in range(4)]
+    sink = HeldCheckingSink(cfg.results.dir, 4, ring, overflow)
+    worker = local_worker(cfg, ring, overflow, offline_processor(), sink)
+    assert run_guarded(worker) == EXIT_OK
+    assert sink.held_at_write == dict.fromkeys(sent, True)
+    assert sorted(r["id"] for r in records(cfg)) == sorted(sent)
+    assert_drained(ring, overflow)
+
+
+class FailingSink(ResultSink):
+    """A sink whose disk is full; it asks its worker to stop after the first try."""
+
+    def __init__(self, directory: Path, error: BaseException) -> None:
+        super().__init__(directory)
+        self.error = error
+        self.worker: Worker | None = None
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self.worker is not None:
+            self.worker.stop(graceful=False)
+        raise self.error
+
+
+@pytest.mark.parametrize("where", ["ring", "overflow"])
+def test_unwritable_results_release_the_message_unacked(
+    tmp_path: Path, ring: Ring, where: str
+) -> None:
+    cfg = make_cfg(tmp_path, ring.name)
+    overflow = open_overflow(cfg)
+    msgid = put(ring, overflow, SPAM, 1, where)
+    sink = FailingSink(cfg.results.dir, OSError(errno.ENOSPC, "No space left on device"))
+    worker = local_worker(cfg, ring, overflow, offline_processor(), sink)
+    sink.worker = worker
+    assert run_guarded(worker) == EXIT_OK
+    assert records(cfg) == []
+    row = row_of(ring, os.getpid())
+    assert row is not None
+    assert counters(row)[C.RELEASED] == 1 and counters(row)[C.PROCESSED] == 0
+    # given back, not acked, and with its attempts unchanged
+    if where == "ring":
+        assert ring.slot_states().count(SlotState.READY) == 1
+    else:
+        assert [parse_ready(n) for n in os.listdir(overflow.path / "new")] == [
+            (msgid, len(envelope.frame(SPAM, env_for(1))), 0)
+        ]
+    # once the results can be written, it is recorded exactly once
+    good = StopAfter(cfg.results.dir, 1)
+    assert run_guarded(local_worker(cfg, ring, overflow, offline_processor(), good)) == EXIT_OK
+    assert [(r["id"], r["attempts"]) for r in records(cfg)] == [(msgid, 0)]
+    assert_drained(ring, overflow)
+
+
+def test_a_crash_while_recording_leaves_the_claim_held(tmp_path: Path, ring: Ring) -> None:
+    cfg = make_cfg(tmp_path, ring.name)
+    overflow = open_overflow(cfg)
+    msgid = put(ring, overflow, HAM, 1, "ring")
+    worker = local_worker(cfg, ring, overflow, offline_processor(),
+                          FailingSink(cfg.results.dir, RuntimeError("bug in a sink")))
+    with pytest.raises(RuntimeError):
+        run_guarded(worker)
+    # what the supervisor finds after such a death: the claim, held by us
+    held = ring.iter_held()
+    assert [(st, owner) for _, st, owner in held] == [(SlotState.CLAIMED, proc.self_identity())]
+    assert ring.recover(proc.self_identity()).requeued == 1
+    claim = ring.claim(0.0)
+    assert claim is not None and claim.msgid == msgid and claim.attempts == 1
+
+
+# -- quarantine -------------------------------------------------------------------------
+
+
+def test_messages_at_the_attempt_limit_are_quarantined_not_processed(
+    tmp_path: Path, ring: Ring
+) -> None:
+    cfg = make_cfg(tmp_path, ring.name)
+    overflow = open_overflow(cfg)
+    dead = proc.Identity(4_000_000, 1)  # an owner that cannot be alive
+    doomed_ring = put(ring, overflow, SPAM, 1, "ring")
+    payload = envelope.frame(SPAM, env_for(1))
+    for _ in range(MAX_ATTEMPTS):  # a worker died holding it, MAX_ATTEMPTS times
+        held = ring.claim(0.0, owner=dead)
+        assert held is not None and held.msgid == doomed_ring
+        assert ring.recover(dead).requeued == 1
+    last_chance = ids.new_id()  # one attempt short of the limit: still processed
+    overflow.spill(last_chance, envelope.frame(HAM, env_for(2)), attempts=MAX_ATTEMPTS - 1)
+    doomed_overflow = ids.new_id()
+    overflow.spill(doomed_overflow, envelope.frame(HAM, env_for(3)), attempts=MAX_ATTEMPTS)
+
+    worker = local_worker(cfg, ring, overflow, offline_processor(),
+                          ResultSink(cfg.results.dir))
+    run_until(worker, lambda: overflow.stats().failed == 2 and len(records(cfg, False)) == 1)
+
+    got = records(cfg)
+    assert [(r["id"], r["attempts"]) for r in got] == [(last_chance, MAX_ATTEMPTS - 1)]
+    failed = {parse_ready(n) for n in os.listdir(overflow.path / "failed")
+              if not n.endswith(".reason")}
+    assert failed == {
+        (doomed_ring, len(payload), MAX_ATTEMPTS),
+        (doomed_overflow, len(envelope.frame(HAM, env_for(3))), MAX_ATTEMPTS),
+    }
+    # the ring message is kept whole, envelope line included
+    name = f"{doomed_ring},S={len(payload)},A={MAX_ATTEMPTS}"
+    assert (overflow.path / "failed" / name).read_bytes() == payload
+    assert (overflow.path / "failed" / (name + ".reason")).exists()
+    assert_drained(ring, overflow)
+    row = row_of(ring, os.getpid())
+    assert row is not None
+    assert counters(row)[C.QUARANTINED] == 2 and counters(row)[C.PROCESSED] == 1
+
+
+# -- spamd outage --------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.spamd
+def test_spamd_down_releases_without_counting_attempts_then_resumes(
+    tmp_path: Path, ring: Ring, spamd_server: SpamdProcess, children: Children,
+    short_dir: Path,
+) -> None:
+    sock = short_dir / "spamd.sock"  # nothing listens here yet
+    cfg = make_cfg(tmp_path, ring.name, f"unix:{sock}")
+    overflow = open_overflow(cfg)
+    msgid = put(ring, overflow, SPAM, 1, "ring")
+    pid = children.fork(lambda: boot_worker(
+        cfg, 0, 1, lambda: Processor(spamd=spamd_client(cfg), scan_limit_bytes=1 << 20),
+        backoff_initial=0.05, backoff_max=0.2,
+    ))
+    seen_backoff: list[bool] = []
+
+    def failed_often() -> bool:
+        row = row_of(ring, pid)
+        if row is None:
+            return False
+        if row.state is ProcState.BACKOFF:
+            seen_backoff.append(True)
+        return bool(seen_backoff) and counters(row)[C.SPAMD_ERRORS] > MAX_ATTEMPTS + 1
+
+    wait_for(failed_often, 20, "repeated spamd failures")
+    # released every time, never quarantined, nothing recorded
+    assert records(cfg) == []
+    assert overflow.stats().failed == 0
+    row = row_of(ring, pid)
+    assert row is not None and counters(row)[C.QUARANTINED] == 0
+    assert counters(row)[C.RELEASED] >= MAX_ATTEMPTS + 1
+    assert ring.slot_states().count(SlotState.FREE) == SLOTS - 1  # still held back
+
+    os.symlink(spamd_server.socket_path, sock)  # spamd comes up at that address
+    wait_for(lambda: len(records(cfg, strict=False)) == 1, 20, "the record")
+    os.kill(pid, signal.SIGTERM)
+    assert children.wait(pid) == EXIT_OK, children.log(pid)
+    [record] = records(cfg)
+    assert (record["id"], record["verdict"], record["attempts"]) == (msgid, "spam", 0)
+    assert_drained(ring, overflow)
+
+
+# -- a worker killed mid-scan ----------------------------------------------------------------
+
+
+@pytest.fixture
+def stalled_spamd(short_dir: Path) -> Iterator[str]:
+    """An address where connections are accepted by the kernel and never answered."""
+    path = short_dir / "stall.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.bind(str(path))
+        s.listen(16)
+        yield f"unix:{path}"
+
+
+@pytest.mark.slow
+@pytest.mark.spamd
+@pytest.mark.parametrize("where", ["ring", "overflow"])
+def test_sigkill_mid_scan_then_another_worker_processes_it(
+    tmp_path: Path, ring: Ring, spamd_server: SpamdProcess, children: Children,
+    stalled_spamd: str, where: str,
+) -> None:
+    cfg = make_cfg(tmp_path, ring.name, spamd_server.unix_address)
+    overflow = open_overflow(cfg)
+    msgid = put(ring, overflow, SPAM, 1, where)
+    pid = children.fork(lambda: child_main(cfg, 0, 1, spamd_address=stalled_spamd))
+
+    def scanning() -> bool:
+        row = row_of(ring, pid)
+        return row is not None and row.state is ProcState.SCANNING and row.msgid == msgid
+
+    wait_for(scanning, 20, "the worker to be scanning")
+    os.kill(pid, signal.SIGKILL)
+    assert children.wait(pid) == -signal.SIGKILL
+    assert records(cfg) == []
+    # what the supervisor does for a dead worker
+    assert ring.recover_dead().requeued + overflow.recover_dead() == 1
+
+    client = SpamdClient(spamd_server.unix_address, connect_timeout=5.0, timeout=60.0)
+    worker = local_worker(cfg, ring, overflow,
+                          Processor(spamd=client, scan_limit_bytes=1 << 20),
+                          StopAfter(cfg.results.dir, 1))
+    assert run_guarded(worker) == EXIT_OK
+    [record] = records(cfg)
+    assert (record["id"], record["verdict"], record["attempts"]) == (msgid, "spam", 1)
+    assert_drained(ring, overflow)
+
+
+# -- memory ----------------------------------------------------------------------------------
+
+
+def test_recycles_after_the_current_message_when_over_the_memory_limit(
+    tmp_path: Path, ring: Ring
+) -> None:
+    cfg = make_cfg(tmp_path, ring.name, max_rss_bytes="32M")  # the smallest valid limit
+    assert psutil.Process().memory_info().rss > cfg.workers.max_rss_bytes
+    overflow = open_overflow(cfg)
+    first = put(ring, overflow, SPAM, 1, "ring")
+    put(ring, overflow, HAM, 2, "ring")
+    worker = local_worker(cfg, ring, overflow, offline_processor(), ResultSink(cfg.results.dir))
+    assert run_guarded(worker) == EXIT_OK  # returned by itself: nobody asked it to stop
+    assert [r["id"] for r in records(cfg)] == [first]
+    states = ring.slot_states()
+    assert states.count(SlotState.READY) == 1  # the second waits for the replacement
+    assert states.count(SlotState.CLAIMED) == 0  # the first was acked
+    row = row_of(ring, os.getpid())
+    assert row is not None
+    assert counters(row)[C.RECYCLED] == 1 and counters(row)[C.PROCESSED] == 1
+
+
+def test_no_memory_limit_means_no_recycling(tmp_path: Path, ring: Ring) -> None:
+    cfg = make_cfg(tmp_path, ring.name)  # max_rss_bytes 0: unlimited
+    overflow = open_overflow(cfg)
+    for n in range(3):
+        put(ring, overflow, SPAM, n, "ring")
+    worker = local_worker(cfg, ring, overflow, offline_processor(),
+                          StopAfter(cfg.results.dir, 3))
+    assert run_guarded(worker) == EXIT_OK
+    assert len(records(cfg)) == 3
+    row = row_of(ring, os.getpid())
+    assert row is not None and counters(row)[C.RECYCLED] == 0
+
+
+# -- stopping and starting -------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGQUIT])
+def test_stop_signals_end_an_idle_worker_promptly(
+    tmp_path: Path, ring: Ring, children: Children, sig: signal.Signals
+) -> None:
+    cfg = make_cfg(tmp_path, ring.name)
+    pid = children.fork(lambda: child_main(cfg, 3, 5))
+
+    def idle() -> bool:
+        row = row_of(ring, pid)
+        return row is not None and row.state is ProcState.IDLE
+
+    wait_for(idle, 10, "the worker to be idle")
+    sent = time.monotonic()
+    os.kill(pid, sig)
+    assert children.wait(pid) == EXIT_OK, children.log(pid)
+    assert time.monotonic() - sent < 2.0  # a turn never waits more than about a second
+    row = row_of(ring, pid)
+    assert row is not None and row.state is ProcState.STOPPED and row.index == 3
+
+
+@pytest.mark.slow
+def test_worker_exits_when_its_parent_is_gone(
+    tmp_path: Path, ring: Ring, children: Children
+) -> None:
+    cfg = make_cfg(tmp_path, ring.name)
+
+    def parent() -> int:  # pragma: no cover - runs in the child
+        if os.fork() == 0:
+            os._exit(child_main(cfg, 7, 9))
+        time.sleep(0.5)  # let the worker register, then die without a word
+        return 0
+
+    middle = children.fork(parent)
+    wait_for(lambda: any(r.index == 7 and r.pid != middle for r in ring.read_rows()), 10,
+             "the worker's row")
+    [row] = [r for r in ring.read_rows() if r.index == 7]
+    assert children.wait(middle) == 0
+    wait_for(lambda: not proc.is_alive((row.pid, row.start)), 5, "the orphan to exit")
+    after = row_of(ring, row.pid)
+    assert after is not None and after.state is ProcState.STOPPED
+
+
+@pytest.mark.parametrize(
+    "change", ["missing ring", "managed spamd without an address"],
+)
+def test_child_main_setup_failures_exit_with_ex_config(
+    tmp_path: Path, ring: Ring, children: Children, change: str
+) -> None:
+    cfg = make_cfg(tmp_path, ring.name)
+    if change == "missing ring":
+        cfg = make_cfg(tmp_path, ring.name + "-absent")
+    else:
+        cfg = config.override(cfg, {"spamd.address": "managed", "spamd.command": "/bin/true"})
+    pid = children.fork(lambda: child_main(cfg, 0, 1))
+    assert children.wait(pid) == EXIT_SETUP
+
+
+def test_spamd_client_follows_the_config_and_the_override(tmp_path: Path) -> None:
+    cfg = make_cfg(tmp_path, "x")
+    assert spamd_client(cfg) is None
+    assert spamd_client(cfg, "unix:/run/x/spamd.sock") is not None
+    tcp = make_cfg(tmp_path, "x", "tcp:127.0.0.1:783")
+    client = spamd_client(tcp)
+    assert client is not None and client.address == "tcp:127.0.0.1:783"
+    assert spamd_client(tcp, "off") is None
+    managed = config.override(cfg, {"spamd.address": "managed", "spamd.command": "/bin/true"})
+    with pytest.raises(ValueError):
+        spamd_client(managed)
