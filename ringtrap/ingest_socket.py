@@ -358,13 +358,27 @@ class IngestServer:
             )
             self._busy_refused = 0
             self._busy_warned = self._now
-        # Take what has already arrived: closing with unread data would make the
-        # client's next read fail with ECONNRESET instead of ending cleanly.
-        with contextlib.suppress(OSError):
-            sock.recv_into(self._view, CHUNK, _DONTWAIT)
+        self._drain_unread(sock, 1)
         with contextlib.suppress(OSError):
             sock.send(_LINE_BUSY, _SEND_FLAGS)
         sock.close()
+
+    def _drain_unread(self, sock: socket.socket, chunks: int) -> int:
+        """Read and drop up to ``chunks`` receives of what has already arrived.
+
+        Closing with unread data makes the client's read after the reply fail
+        with ECONNRESET instead of ending cleanly.  Returns the bytes dropped.
+        """
+        dropped = 0
+        for _ in range(chunks):
+            try:
+                n = sock.recv_into(self._view, CHUNK, _DONTWAIT)
+            except OSError:
+                break
+            if not n:
+                break
+            dropped += n
+        return dropped
 
     def _pause_accepting(self, e: OSError) -> None:
         log.error("cannot accept: %s; pausing accepts for %.1f s", e.strerror, _ACCEPT_PAUSE)
@@ -423,7 +437,7 @@ class IngestServer:
         conn.buf = None
         try:
             conn.writer = self.store.open_stream(conn.msgid, buf)
-        except OSError as e:
+        except (OverflowFull, OSError) as e:
             self._store_failed(conn, e)
 
     def _stream(self, conn: _Conn, chunk: memoryview) -> None:
@@ -431,10 +445,10 @@ class IngestServer:
         assert writer is not None
         try:
             writer.write(chunk)  # type: ignore[arg-type]
-        except OSError as e:
+        except (OverflowFull, OSError) as e:
             self._store_failed(conn, e)
 
-    def _store_failed(self, conn: _Conn, e: OSError) -> None:
+    def _store_failed(self, conn: _Conn, e: OverflowFull | OSError) -> None:
         """Storing became impossible: read the rest unstored, answer TEMPFAIL."""
         self._discard(conn)
         if isinstance(e, OverflowFull):
@@ -478,7 +492,7 @@ class IngestServer:
                         assert conn.buf is not None
                         where = self.store.put(msgid, conn.buf)
                         conn.buf = None
-                except OSError as e:
+                except (OverflowFull, OSError) as e:
                     self._store_failed(conn, e)
                     line = conn.refusal
                 if where is not None:
@@ -536,6 +550,7 @@ class IngestServer:
     def _abandon(self, conn: _Conn, line: bytes) -> None:
         """Answer a connection still in progress with ``line`` and drop its message."""
         self._discard(conn)
+        conn.size += self._drain_unread(conn.sock, 16)
         if self.row is not None:
             self.row.add(C.BYTES_IN, conn.size)
         self._send(conn, line)
