@@ -208,7 +208,7 @@ class Worker:
         if scanned_ms is not None:
             self._count(C.SCANNED)
             self._count(C.SCAN_US, int(scanned_ms * 1000))
-            self._dependency_up(claim.msgid)  # spamd answered
+        self._dependency_up(claim.msgid)  # whatever was down is back: reset the backoff
         if verdict == "error":
             self._count(C.SPAMD_ERRORS)
         else:
