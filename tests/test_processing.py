@@ -1,7 +1,8 @@
 """Tests of message work (ringtrap.processing): records, header parsing, scanning.
 
-The two sample messages Debian ships are scanned by a real private spamd; the
-parsing tests run without one (spamd None) and feed hostile input.
+The two sample messages Debian ships are scanned by a real private spamd (the
+session's ``spamd_server`` from conftest); the parsing tests run without one
+(spamd None) and feed hostile input.
 """
 
 from __future__ import annotations
@@ -11,13 +12,12 @@ import json
 import socket
 import tempfile
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from spamd_fixture import SpamdProcess, spamd_missing_reason
+from spamd_fixture import SpamdProcess
 
 from ringtrap import envelope
 from ringtrap.envelope import Envelope
@@ -46,15 +46,6 @@ ENV = Envelope(
     client_helo="mx.example.org",
     queue_id="4Vabc123",
 )
-
-
-@pytest.fixture(scope="module")
-def spamd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SpamdProcess]:
-    reason = spamd_missing_reason()
-    if reason:
-        pytest.skip(reason)
-    with SpamdProcess(log_path=tmp_path_factory.mktemp("spamd") / "spamd.log") as server:
-        yield server
 
 
 @pytest.fixture
