@@ -270,7 +270,7 @@ class Supervisor:
             raise SetupError(f"overflow.dir {cfg.overflow.dir}: {e}") from None
         self.ring = self._open_ring()
         self.row = self.ring.register(Role.SUPERVISOR, 0, row=SUPERVISOR_ROW)
-        self.row.set_state(ProcState.BUSY)
+        self.row.set_state(ProcState.IDLE)
         n = self.overflow.recover_dead()
         if n:
             log.info("requeued %d overflow messages held by processes that died", n)
@@ -742,21 +742,26 @@ class Supervisor:
                 return
             time.sleep(0.05)
 
-    def classify(self, c: Child, status: int, now: float) -> ExitCause:
-        """The one place an exit is classified."""
+    def classify(self, c: Child, status: int, now: float, did_work: bool = False) -> ExitCause:
+        """The one place an exit is classified.
+
+        ``did_work``: the child got as far as handling a message, so a quick
+        exit is not a failure to boot (a worker recycled after one big message).
+        """
         if c.abort_sent:
             return ExitCause.HUNG
         if c.state is ChildState.STOPPING:
             return ExitCause.REQUESTED
-        if now - c.started < MIN_UPTIME:
+        clean = os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+        if now - c.started < MIN_UPTIME and not (clean and did_work):
             return ExitCause.TOO_FAST
-        if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
+        if clean:
             return ExitCause.REQUESTED  # e.g. a worker recycled over its memory limit
         return ExitCause.CRASHED
 
     def on_exit(self, c: Child, status: int) -> None:
         now = self.os.monotonic()
-        cause = self.classify(c, status, now)
+        cause = self.classify(c, status, now, did_work=self._did_work(c))
         how = _describe_status(status)
         ident = c.ident
         c.pid = 0
@@ -782,6 +787,15 @@ class Supervisor:
             self.row.add(C.RESTARTS)
         if delay:
             log.warning("restarting %s in %.0f s", c.name, delay)
+
+    def _did_work(self, c: Child) -> bool:
+        if self.ring is None or c.ident is None or c.row < 0:
+            return False
+        for r in self.ring.read_rows():
+            if r.row == c.row and (r.pid, r.start) == tuple(c.ident):
+                return (r.counters[C.PROCESSED] + r.counters[C.ACCEPTED_RING]
+                        + r.counters[C.ACCEPTED_OVERFLOW]) > 0
+        return False
 
     def _recover(self, c: Child, ident: Identity | None) -> None:
         """Requeue what a dead child held in the ring and the overflow; fold its row."""

@@ -136,6 +136,9 @@ def test_classify_exit_zero_unasked_soon_after_start_is_too_fast(
     assert s.classify(w, exit_status(0), fake.now + 0.5) is ExitCause.TOO_FAST
     assert s.classify(w, exit_status(0), fake.now + 100) is ExitCause.REQUESTED
     assert s.classify(w, signal_status(signal.SIGSEGV), fake.now + 100) is ExitCause.CRASHED
+    # a worker that recycles itself right after its first message did boot fine
+    assert s.classify(w, exit_status(0), fake.now + 0.5, did_work=True) is ExitCause.REQUESTED
+    assert s.classify(w, exit_status(1), fake.now + 0.5, did_work=True) is ExitCause.TOO_FAST
 
 
 def test_signal_never_reaches_a_reused_pid(sup: tuple[Supervisor, FakeOS]) -> None:
