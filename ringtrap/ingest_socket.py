@@ -31,6 +31,7 @@ the overflow's recovery drops; the MTA retries the message.
 
 from __future__ import annotations
 
+import _socket
 import contextlib
 import errno
 import grp
@@ -120,7 +121,7 @@ class Store:
         self.slot_bytes = ring.slot_bytes
         self._put = ring.put
 
-    def put(self, msgid: str, payload: bytes | bytearray) -> Stored:
+    def put(self, msgid: str, payload: bytes | bytearray | memoryview) -> Stored:
         """Store a whole payload; raises OverflowFull (or OSError) if it cannot.
 
         Never waits: a full ring spills.  Dying midway leaves a FILLING slot or
@@ -131,7 +132,7 @@ class Store:
         self.overflow.spill(msgid, payload)  # type: ignore[arg-type]  # any buffer will do
         return Stored.OVERFLOW
 
-    def open_stream(self, msgid: str, head: bytes | bytearray) -> SpillWriter:
+    def open_stream(self, msgid: str, head: bytes | bytearray | memoryview) -> SpillWriter:
         """Start a message too big for a slot in the overflow, ``head`` written first.
 
         Raises OverflowFull (the writer is then already aborted) or OSError.
@@ -147,17 +148,17 @@ class Store:
 
 
 class _Conn:
-    """One client connection: what has arrived and what will be answered."""
+    """One client connection still sending: what has arrived, what will be answered."""
 
     __slots__ = ("buf", "fd", "last", "msgid", "refusal", "registered", "size", "sock", "writer")
 
-    def __init__(self, sock: socket.socket, msgid: str, now: float) -> None:
+    def __init__(self, sock: _socket.socket, msgid: str, now: float) -> None:
         self.sock = sock
         self.fd = sock.fileno()
         self.msgid = msgid
         self.last = now  # monotonic time of the last bytes received
         self.size = 0  # message bytes received (the envelope line not counted)
-        self.buf: bytearray | None = bytearray(envelope.EMPTY_HEADER)
+        self.buf: bytearray | None = bytearray(_HEADER)
         self.writer: SpillWriter | None = None
         # the reply already decided for a message being read to its end unstored
         self.refusal: bytes | None = None
@@ -165,13 +166,37 @@ class _Conn:
 
 
 _WAKE = object()  # selector data of the signal wake-up pipe
+_HEADER = envelope.header(None)
+_HLEN = len(_HEADER)
+# Accepted connections become bare C-level sockets: the socket.socket wrapper
+# costs a Python __init__ and two enum conversions per accept, a tenth of the
+# server's time per message.  They have every method the loop uses.
+_Socket = _socket.socket
+_AF_UNIX, _SOCK_STREAM = int(socket.AF_UNIX), int(socket.SOCK_STREAM)
+
+# The ingest's counters are tallied per turn and added to the row once per turn.
+_CONNECTIONS = int(C.CONNECTIONS)
+_CONNECTIONS_REFUSED = int(C.CONNECTIONS_REFUSED)
+_ACCEPTED_RING = int(C.ACCEPTED_RING)
+_ACCEPTED_OVERFLOW = int(C.ACCEPTED_OVERFLOW)
+_REFUSED_TOO_LARGE = int(C.REFUSED_TOO_LARGE)
+_REFUSED_EMPTY = int(C.REFUSED_EMPTY)
+_REFUSED_TEMP = int(C.REFUSED_TEMP)
+_IDLE_TIMEOUTS = int(C.IDLE_TIMEOUTS)
+_BYTES_IN = int(C.BYTES_IN)
+_TALLY_SIZE = 1 + max(
+    _CONNECTIONS, _CONNECTIONS_REFUSED, _ACCEPTED_RING, _ACCEPTED_OVERFLOW, _REFUSED_TOO_LARGE,
+    _REFUSED_EMPTY, _REFUSED_TEMP, _IDLE_TIMEOUTS, _BYTES_IN,
+)
 
 
 class IngestServer:
     """Serves the ingest protocol on ``listener`` until stopped.
 
     Drive it with :meth:`run`, or call :meth:`serve_once` in a loop.
-    ``row`` is this process's process-table row (heartbeat, counters);
+    ``row`` is this process's process-table row: a heartbeat every turn and
+    the ingest counters (CONNECTIONS counts every accepted connection, those
+    refused for ``max_connections`` included), added at the end of each turn.
     None in tests.
     """
 
@@ -194,20 +219,24 @@ class IngestServer:
         self._slot_bytes = ring.slot_bytes
         self._listener: socket.socket | None = listener
         listener.setblocking(False)
-        self._buf = bytearray(CHUNK)
-        self._view = memoryview(self._buf)
+        # One receive buffer for every connection, the envelope line in front:
+        # a message that arrives whole goes to the ring straight from here.
+        self._buf = bytearray(_HEADER + bytes(CHUNK))
+        self._whole = memoryview(self._buf)
+        self._body = self._whole[_HLEN:]
         self._sel = selectors.DefaultSelector()
         self._sel.register(listener.fileno(), selectors.EVENT_READ, None)
         self._listening = True
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._sel.register(self._wake_r, selectors.EVENT_READ, _WAKE)
         self._conns: dict[int, _Conn] = {}
+        self._tally = [0] * _TALLY_SIZE
         self._now = time.monotonic()
         self._idle_due = float("inf")  # no connection can be idle before this
         self._accept_resume = 0.0
         self._title_due = 0.0
         self._busy_refused = 0  # refused for max_connections since the last warning
-        self._busy_warned = 0.0
+        self._busy_warned = float("-inf")
         self._overflow_full = False
         self._debug = log.isEnabledFor(logging.DEBUG)
         self.accepted = 0  # messages answered OK by this server
@@ -255,6 +284,7 @@ class IngestServer:
         if not self.finished:
             self.stop(graceful=False)
             self._check_stop()
+            self._flush_tally()
         if self._wake_w >= 0:
             os.close(self._wake_r)
             os.close(self._wake_w)
@@ -268,17 +298,23 @@ class IngestServer:
     def serve_once(self, timeout: float) -> None:
         """One turn of the loop: wait up to ``timeout`` seconds, serve what is ready.
 
-        Dying in the middle of a turn loses only replies not yet sent; see the
-        module's crash model for the messages involved.
+        Dying in the middle of a turn loses only replies not yet sent and the
+        turn's counts; see the module's crash model for the messages involved.
         """
         if self.finished:
             return
+        try:
+            self._turn(timeout)
+        finally:
+            self._flush_tally()
+
+    def _turn(self, timeout: float) -> None:
         if self._stop_asked and self._check_stop():
             return
         wait = timeout
         if self._idle_due - self._now < wait:
             wait = max(0.0, self._idle_due - self._now)
-        if not self._listening and self._accept_resume and not self._stopping:
+        if self._accept_resume and not self._stopping:
             wait = min(wait, max(0.0, self._accept_resume - self._now))
         if self._stopping and self._deadline - self._now < wait:
             wait = max(0.0, self._deadline - self._now)
@@ -306,49 +342,102 @@ class IngestServer:
         if self._stop_asked:
             self._check_stop()
 
+    def _flush_tally(self) -> None:
+        tally = self._tally
+        row = self.row
+        for i, n in enumerate(tally):
+            if n:
+                if row is not None:
+                    row.add(i, n)
+                tally[i] = 0
+
     # -- accepting -------------------------------------------------------------
 
     def _accept(self) -> None:
         listener = self._listener
         assert listener is not None
-        accept = listener.accept
+        accept = listener._accept  # (fd, address): see _Socket
+        on_accept = self._on_accept
         for _ in range(_ACCEPT_BATCH):
             try:
-                sock, _ = accept()
+                fd, _ = accept()
             except BlockingIOError:
                 return
             except OSError as e:
                 if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
                     self._pause_accepting(e)
                     return
-                # ECONNABORTED and the like concern one client only
-                continue
-            self._on_accept(sock)
+                continue  # ECONNABORTED and the like concern one client only
+            on_accept(_Socket(_AF_UNIX, _SOCK_STREAM, 0, fd))
 
-    def _on_accept(self, sock: socket.socket) -> None:
-        row = self.row
-        if row is not None:
-            row.add(C.CONNECTIONS)
-        conns = self._conns
-        if len(conns) >= self.max_connections:
+    def _on_accept(self, sock: _socket.socket) -> None:
+        tally = self._tally
+        tally[_CONNECTIONS] += 1
+        if len(self._conns) >= self.max_connections:
             self._refuse_busy(sock)
             return
-        conn = _Conn(sock, new_id(), self._now)
-        # Most clients have sent everything by the time they are accepted:
-        # reading now usually answers them without touching the selector.
+        msgid = new_id()
+        # Most clients have sent everything by the time they are accepted: two
+        # reads (the data, then EOF) answer them without touching the selector.
+        # Results of a read: bytes (0: EOF), -1 nothing yet, -2 a receive error.
+        body = self._body
+        try:
+            n = sock.recv_into(body, CHUNK, _DONTWAIT)
+        except BlockingIOError:
+            n = -1
+        except OSError:
+            n = -2
+        more = -1
+        if 0 < n < CHUNK:
+            try:
+                more = sock.recv_into(body[n:], CHUNK - n, _DONTWAIT)
+            except BlockingIOError:
+                pass
+            except OSError:
+                more = -2
+        if n == 0 or (n > 0 and more == 0):
+            self._answer_whole(sock, msgid, n)
+            return
+        conn = _Conn(sock, msgid, self._now)
+        got = max(n, 0) + max(more, 0)
+        if got:
+            self._take(conn, body[:got])
+        if n == -2 or more == -2:
+            self._lost(conn, None)
+            self._close(conn)
+            return
         if self._read(conn):
             self._close(conn)
             return
         self._sel.register(conn.fd, selectors.EVENT_READ, conn)
         conn.registered = True
-        conns[conn.fd] = conn
+        self._conns[conn.fd] = conn
         due = self._now + self.idle_timeout
         if due < self._idle_due:
             self._idle_due = due
 
-    def _refuse_busy(self, sock: socket.socket) -> None:
-        if self.row is not None:
-            self.row.add(C.CONNECTIONS_REFUSED)
+    def _answer_whole(self, sock: _socket.socket, msgid: str, n: int) -> None:
+        """Store and answer a message that arrived whole in the receive buffer."""
+        self._tally[_BYTES_IN] += n
+        if not n:
+            line = self._refused(msgid, n, _LINE_EMPTY)
+        elif n > self.max_message_bytes:
+            line = self._refused(msgid, n, _LINE_TOO_LARGE)
+        else:
+            try:
+                where = self.store.put(msgid, self._whole[: _HLEN + n])
+            except (OverflowFull, OSError) as e:
+                line = self._refused(msgid, n, self._store_error(msgid, e))
+            else:
+                line = self._stored(msgid, n, where)
+        try:
+            sock.send(line, _SEND_FLAGS)
+        except OSError as e:
+            self._reply_lost(msgid, e)
+        sock.close()
+
+    def _refuse_busy(self, sock: _socket.socket) -> None:
+        self._tally[_CONNECTIONS_REFUSED] += 1
         self._busy_refused += 1
         if self._now - self._busy_warned >= 1.0:
             log.warning(
@@ -363,7 +452,7 @@ class IngestServer:
             sock.send(_LINE_BUSY, _SEND_FLAGS)
         sock.close()
 
-    def _drain_unread(self, sock: socket.socket, chunks: int) -> int:
+    def _drain_unread(self, sock: _socket.socket, chunks: int) -> int:
         """Read and drop up to ``chunks`` receives of what has already arrived.
 
         Closing with unread data makes the client's read after the reply fail
@@ -372,7 +461,7 @@ class IngestServer:
         dropped = 0
         for _ in range(chunks):
             try:
-                n = sock.recv_into(self._view, CHUNK, _DONTWAIT)
+                n = sock.recv_into(self._body, CHUNK, _DONTWAIT)
             except OSError:
                 break
             if not n:
@@ -397,12 +486,11 @@ class IngestServer:
 
     def _read(self, conn: _Conn) -> bool:
         """Take what the client has sent; True once it has been answered."""
-        view = self._view
+        body = self._body
         recv_into = conn.sock.recv_into
-        limit = self.max_message_bytes
         while True:
             try:
-                n = recv_into(view, CHUNK, _DONTWAIT)
+                n = recv_into(body, CHUNK, _DONTWAIT)
             except BlockingIOError:
                 return False
             except OSError as e:
@@ -412,56 +500,48 @@ class IngestServer:
                 self._end(conn)
                 return True
             conn.last = self._now
-            size = conn.size + n
-            conn.size = size
-            if conn.refusal is not None:
-                if size > limit and conn.refusal is not _LINE_TOO_LARGE:
-                    conn.refusal = _LINE_TOO_LARGE  # permanent beats temporary
-            elif size > limit:
-                self._refuse_too_large(conn)
-            elif conn.writer is not None:
-                self._stream(conn, view[:n])
-            else:
-                buf = conn.buf
-                assert buf is not None
-                buf += view[:n]
-                if len(buf) > self._slot_bytes:
-                    self._start_stream(conn, buf)
+            self._take(conn, body[:n])
 
-    def _refuse_too_large(self, conn: _Conn) -> None:
-        # From here on the bytes are counted and dropped: memory stays flat.
-        self._discard(conn)
-        conn.refusal = _LINE_TOO_LARGE
-
-    def _start_stream(self, conn: _Conn, buf: bytearray) -> None:
-        conn.buf = None
-        try:
-            conn.writer = self.store.open_stream(conn.msgid, buf)
-        except (OverflowFull, OSError) as e:
-            self._store_failed(conn, e)
-
-    def _stream(self, conn: _Conn, chunk: memoryview) -> None:
-        writer = conn.writer
-        assert writer is not None
-        try:
-            writer.write(chunk)  # type: ignore[arg-type]
-        except (OverflowFull, OSError) as e:
-            self._store_failed(conn, e)
+    def _take(self, conn: _Conn, chunk: memoryview) -> None:
+        """Buffer, stream or drop one chunk of the message."""
+        size = conn.size + len(chunk)
+        conn.size = size
+        if conn.refusal is not None:
+            if size > self.max_message_bytes and conn.refusal is not _LINE_TOO_LARGE:
+                conn.refusal = _LINE_TOO_LARGE  # permanent beats temporary
+        elif size > self.max_message_bytes:
+            # From here on the bytes are counted and dropped: memory stays flat.
+            self._discard(conn)
+            conn.refusal = _LINE_TOO_LARGE
+        elif conn.writer is not None:
+            try:
+                conn.writer.write(chunk)  # type: ignore[arg-type]
+            except (OverflowFull, OSError) as e:
+                self._store_failed(conn, e)
+        else:
+            buf = conn.buf
+            assert buf is not None
+            buf += chunk
+            if len(buf) > self._slot_bytes:
+                conn.buf = None
+                try:
+                    conn.writer = self.store.open_stream(conn.msgid, buf)
+                except (OverflowFull, OSError) as e:
+                    self._store_failed(conn, e)
 
     def _store_failed(self, conn: _Conn, e: OverflowFull | OSError) -> None:
         """Storing became impossible: read the rest unstored, answer TEMPFAIL."""
         self._discard(conn)
-        if isinstance(e, OverflowFull):
-            self._note_overflow_full(e)
-            conn.refusal = _LINE_OVERFLOW_FULL
-        else:
-            log.error("%s: cannot store: %s", conn.msgid, e)
-            conn.refusal = _LINE_STORE_FAILED
+        conn.refusal = self._store_error(conn.msgid, e)
 
-    def _note_overflow_full(self, e: OverflowFull) -> None:
-        if not self._overflow_full:
-            self._overflow_full = True
-            log.warning("refusing messages with TEMPFAIL: %s", e)
+    def _store_error(self, msgid: str, e: OverflowFull | OSError) -> bytes:
+        if isinstance(e, OverflowFull):
+            if not self._overflow_full:
+                self._overflow_full = True
+                log.warning("refusing messages with TEMPFAIL: %s", e)
+            return _LINE_OVERFLOW_FULL
+        log.error("%s: cannot store: %s", msgid, e)
+        return _LINE_STORE_FAILED
 
     def _discard(self, conn: _Conn) -> None:
         conn.buf = None
@@ -472,87 +552,90 @@ class IngestServer:
     # -- answering -------------------------------------------------------------
 
     def _end(self, conn: _Conn) -> None:
-        """The client has sent everything: store it, then answer."""
-        row = self.row
+        """The client has sent everything: store it (unless refused), then answer."""
         msgid = conn.msgid
-        if row is not None:
-            row.add(C.BYTES_IN, conn.size)
+        size = conn.size
+        self._tally[_BYTES_IN] += size
         line = conn.refusal
-        if line is None:
-            if not conn.size:
-                line = _LINE_EMPTY
+        if line is not None:
+            line = self._refused(msgid, size, line)
+        elif not size:
+            line = self._refused(msgid, size, _LINE_EMPTY)
+        else:
+            try:
+                if conn.writer is not None:
+                    conn.writer.commit()
+                    conn.writer = None
+                    where = Stored.OVERFLOW
+                else:
+                    assert conn.buf is not None
+                    where = self.store.put(msgid, conn.buf)
+                    conn.buf = None
+            except (OverflowFull, OSError) as e:
+                self._store_failed(conn, e)
+                line = self._refused(msgid, size, conn.refusal or _LINE_STORE_FAILED)
             else:
-                where = None
-                try:
-                    if conn.writer is not None:
-                        conn.writer.commit()
-                        conn.writer = None
-                        where = Stored.OVERFLOW
-                    else:
-                        assert conn.buf is not None
-                        where = self.store.put(msgid, conn.buf)
-                        conn.buf = None
-                except (OverflowFull, OSError) as e:
-                    self._store_failed(conn, e)
-                    line = conn.refusal
-                if where is not None:
-                    line = b"OK " + msgid.encode() + b"\n"
-                    self.accepted += 1
-                    if where is Stored.RING:
-                        if row is not None:
-                            row.add(C.ACCEPTED_RING)
-                        if self._debug:
-                            log.debug("%s: accepted into the ring, %d bytes", msgid, conn.size)
-                    else:
-                        if row is not None:
-                            row.add(C.ACCEPTED_OVERFLOW)
-                        if self._overflow_full:
-                            self._overflow_full = False
-                            log.warning("overflow accepts messages again")
-                        if self._debug:
-                            log.debug("%s: accepted into the overflow, %d bytes", msgid, conn.size)
-        if line is _LINE_TOO_LARGE:
-            log.info(
-                "%s: refused: %d bytes over the limit of %d",
-                msgid,
-                conn.size,
-                self.max_message_bytes,
-            )
-            if row is not None:
-                row.add(C.REFUSED_TOO_LARGE)
-        elif line is _LINE_EMPTY:
-            log.info("%s: refused: empty message", msgid)
-            if row is not None:
-                row.add(C.REFUSED_EMPTY)
-        elif line is _LINE_OVERFLOW_FULL or line is _LINE_STORE_FAILED:
-            log.info("%s: TEMPFAIL: %s (%d bytes read)", msgid, line[9:-1].decode(), conn.size)
-            if row is not None:
-                row.add(C.REFUSED_TEMP)
-        assert line is not None
+                line = self._stored(msgid, size, where)
         self._send(conn, line)
+
+    def _stored(self, msgid: str, size: int, where: Stored) -> bytes:
+        """Count a stored message; return its OK line."""
+        self.accepted += 1
+        if where is Stored.RING:
+            self._tally[_ACCEPTED_RING] += 1
+        else:
+            self._tally[_ACCEPTED_OVERFLOW] += 1
+            if self._overflow_full:
+                self._overflow_full = False
+                log.warning("overflow accepts messages again")
+        if self._debug:
+            log.debug("%s: accepted into the %s, %d bytes", msgid, where.name.lower(), size)
+        return b"OK " + msgid.encode() + b"\n"
+
+    def _refused(self, msgid: str, size: int, line: bytes) -> bytes:
+        """Count and log a message answered ERR or TEMPFAIL at its end; return ``line``."""
+        tally = self._tally
+        if line is _LINE_TOO_LARGE:
+            tally[_REFUSED_TOO_LARGE] += 1
+            log.info(
+                "%s: refused: %d bytes over the limit of %d", msgid, size, self.max_message_bytes
+            )
+        elif line is _LINE_EMPTY:
+            tally[_REFUSED_EMPTY] += 1
+            log.info("%s: refused: empty message", msgid)
+        else:
+            tally[_REFUSED_TEMP] += 1
+            log.info("%s: %s (%d bytes read)", msgid, line[:-1].decode(), size)
+        return line
 
     def _send(self, conn: _Conn, line: bytes) -> None:
         try:
             conn.sock.send(line, _SEND_FLAGS)
         except OSError as e:
-            # A client that does not wait for the reply (socat -u) is normal;
-            # what was stored stays stored.
-            if self._debug:
-                log.debug("%s: reply not delivered: %s", conn.msgid, e.strerror)
+            self._reply_lost(conn.msgid, e)
 
-    def _lost(self, conn: _Conn, e: OSError) -> None:
-        """The client vanished mid-message: nothing stored, nobody to answer."""
+    def _reply_lost(self, msgid: str, e: OSError) -> None:
+        # A client that does not wait for the reply (socat -u) is normal; what
+        # was stored stays stored.
+        if self._debug:
+            log.debug("%s: reply not delivered: %s", msgid, e.strerror)
+
+    def _lost(self, conn: _Conn, e: OSError | None) -> None:
+        """The client failed mid-message: nothing stored, nobody to answer."""
         self._discard(conn)
-        if self.row is not None:
-            self.row.add(C.BYTES_IN, conn.size)
-        log.info("%s: client gone after %d bytes: %s", conn.msgid, conn.size, e.strerror)
+        self._tally[_BYTES_IN] += conn.size
+        log.info(
+            "%s: connection failed after %d bytes: %s",
+            conn.msgid,
+            conn.size,
+            e.strerror if e is not None else "receive error",
+        )
 
     def _abandon(self, conn: _Conn, line: bytes) -> None:
         """Answer a connection still in progress with ``line`` and drop its message."""
         self._discard(conn)
         conn.size += self._drain_unread(conn.sock, 16)
-        if self.row is not None:
-            self.row.add(C.BYTES_IN, conn.size)
+        self._tally[_BYTES_IN] += conn.size
         self._send(conn, line)
         self._close(conn)
 
@@ -572,8 +655,7 @@ class IngestServer:
             expires = conn.last + limit
             if expires <= now:
                 log.info("%s: idle for %.1f s after %d bytes", conn.msgid, limit, conn.size)
-                if self.row is not None:
-                    self.row.add(C.IDLE_TIMEOUTS)
+                self._tally[_IDLE_TIMEOUTS] += 1
                 self._abandon(conn, _LINE_IDLE)
             elif expires < due:
                 due = expires
@@ -610,8 +692,7 @@ class IngestServer:
         if self._conns and (self._stop_now or now >= self._deadline):
             log.info("answering %d connection(s) in progress: shutting down", len(self._conns))
             for conn in list(self._conns.values()):
-                if self.row is not None:
-                    self.row.add(C.REFUSED_TEMP)
+                self._tally[_REFUSED_TEMP] += 1
                 self._abandon(conn, _LINE_SHUTTING_DOWN)
         if self._conns:
             return False
@@ -633,6 +714,7 @@ class IngestServer:
         # write to it, and a closed number could by then belong to another file.
         self._sel.close()
         self.finished = True
+        self._flush_tally()
         if self.row is not None:
             self.row.set_state(ProcState.STOPPED)
         titles.set_title("ingest", f"stopped {self.accepted} in")

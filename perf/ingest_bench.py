@@ -1,0 +1,500 @@
+"""Ingest throughput, side by side: ringtrap's ingest, a bare server and a directory queue.
+
+Every message comes on its own connection, the way an MTA pipe delivers:
+connect, send 4 KiB, half-close, read the one-line reply.  The same client
+processes drive every row, in this one invocation:
+
+  ringtrap ingest, ring has room   the real ``child_main`` in a forked process,
+                                   a drain process claiming and acking
+  ringtrap ingest, ring full       a 4-slot ring nobody drains: every message spills
+  bare selectors server            the same loop style, reads and replies "OK x", stores nothing
+  dirqueue (IPC::DirQueue style)   the same loop, each message enqueued the way
+                                   IPC::DirQueue does it: data file and control
+                                   file written in tmp/, hard-linked into data/
+                                   and queue/, temporaries unlinked (on tmpfs)
+
+Server CPU is the server process's user+system time over the measured run;
+latency is what a client sees from connect to the reply.
+
+    python3 perf/ingest_bench.py                 # table, 32 and 64 clients
+    python3 perf/ingest_bench.py --json          # rows as JSON objects
+    python3 perf/ingest_bench.py -n 50000 --clients 64 --only ring,bare
+"""
+
+from __future__ import annotations
+
+import _socket
+import argparse
+import array
+import contextlib
+import json
+import os
+import pickle
+import selectors
+import shutil
+import signal
+import socket
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from types import FrameType
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import psutil
+
+from ringtrap import ring as ringmod
+from ringtrap.config import Config, IngestConfig, OverflowConfig, RingConfig
+from ringtrap.counters import C
+from ringtrap.ingest_socket import CHUNK, LISTEN_BACKLOG, child_main
+from ringtrap.ring import Ring
+
+SHM = "/dev/shm"
+INGEST_ROW = 1
+
+
+def _message(size: int) -> bytes:
+    head = b"Received: from trap\r\nFrom: a@example.org\r\nSubject: bench\r\n\r\n"
+    return (head + b"y" * size)[:size]
+
+
+# --- clients ------------------------------------------------------------------
+
+
+def _client_thread(path: str, msg: bytes, count: int, lat: array.array, bad: list[bytes],
+                   start: threading.Event) -> None:
+    start.wait()
+    perf = time.perf_counter
+    unix, stream = socket.AF_UNIX, socket.SOCK_STREAM
+    shut = socket.SHUT_WR
+    for _ in range(count):
+        t0 = perf()
+        s = socket.socket(unix, stream)
+        try:
+            s.connect(path)
+            s.sendall(msg)
+            s.shutdown(shut)
+            reply = s.recv(128)
+            while reply and not reply.endswith(b"\n"):
+                more = s.recv(128)
+                if not more:
+                    break
+                reply += more
+        except OSError as e:
+            reply = f"client error: {e}".encode()
+        finally:
+            s.close()
+        lat.append(perf() - t0)
+        if not reply.startswith(b"OK "):
+            bad.append(reply)
+
+
+def _client_process(path: str, msg: bytes, counts: list[int], go_fd: int, out_fd: int) -> None:
+    start = threading.Event()
+    lats = [array.array("d") for _ in counts]
+    bad: list[bytes] = []
+    threads = [
+        threading.Thread(target=_client_thread, args=(path, msg, c, lat, bad, start))
+        for c, lat in zip(counts, lats, strict=True)
+    ]
+    for t in threads:
+        t.start()
+    os.read(go_fd, 1)
+    start.set()
+    for t in threads:
+        t.join()
+    merged = array.array("d")
+    for lat in lats:
+        merged.extend(lat)
+    data = pickle.dumps((merged.tobytes(), bad[:5], len(bad)))
+    with os.fdopen(out_fd, "wb") as f:
+        f.write(data)
+
+
+class Clients:
+    """``clients`` concurrent clients in ``procs`` forked processes, started together."""
+
+    def __init__(self, path: Path, n: int, clients: int, procs: int, msg: bytes) -> None:
+        procs = max(1, min(procs, clients))
+        per_client = [n // clients + (1 if i < n % clients else 0) for i in range(clients)]
+        self.go_r, self.go_w = os.pipe()
+        self.children: list[tuple[int, int]] = []
+        for p in range(procs):
+            counts = per_client[p::procs]
+            r, w = os.pipe()
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - client process
+                code = 1
+                try:
+                    os.close(r)
+                    os.close(self.go_w)
+                    _client_process(str(path), msg, counts, self.go_r, w)
+                    code = 0
+                except BaseException:
+                    traceback.print_exc()
+                finally:
+                    os._exit(code)
+            os.close(w)
+            self.children.append((pid, r))
+        os.close(self.go_r)
+
+    def go(self) -> None:
+        os.write(self.go_w, b"g" * len(self.children))
+        os.close(self.go_w)
+
+    def collect(self) -> tuple[list[float], list[bytes], int]:
+        lat: list[float] = []
+        bad: list[bytes] = []
+        nbad = 0
+        for pid, r in self.children:
+            with os.fdopen(r, "rb") as f:
+                raw = f.read()
+            _, status = os.waitpid(pid, 0)
+            if status != 0 or not raw:
+                raise RuntimeError(f"client process {pid} failed (status {status})")
+            lat_bytes, some_bad, count_bad = pickle.loads(raw)
+            a = array.array("d")
+            a.frombytes(lat_bytes)
+            lat.extend(a)
+            bad.extend(some_bad)
+            nbad += count_bad
+        return lat, bad, nbad
+
+
+# --- servers --------------------------------------------------------------------
+
+
+def _on_term(flag: list[bool]) -> Callable[[int, FrameType | None], None]:
+    def handler(signum: int, frame: FrameType | None) -> None:
+        flag[0] = True
+
+    return handler
+
+
+class MiniServer:
+    """The ingest's loop style without its store: selectors, accept until EAGAIN,
+    read at once after accept, recv_into one reused buffer, non-blocking flags.
+
+    ``on_message(data)`` gets the whole message (None: count bytes only, keep nothing).
+    """
+
+    def __init__(self, listener: socket.socket,
+                 on_message: Callable[[bytes], bytes] | None) -> None:
+        self.listener = listener
+        listener.setblocking(False)
+        self.on_message = on_message
+        self.buf = bytearray(CHUNK)
+        self.view = memoryview(self.buf)
+        self.sel = selectors.DefaultSelector()
+        self.sel.register(listener.fileno(), selectors.EVENT_READ, None)
+        self.stop = [False]
+        self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.sel.register(self.wake_r, selectors.EVENT_READ, "wake")
+        self.count = 0
+
+    def run(self) -> None:
+        signal.signal(signal.SIGTERM, _on_term(self.stop))
+        signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
+        accept = self.listener._accept  # as the ingest: (fd, address), a C-level socket
+        register = self.sel.register
+        unix, stream = int(socket.AF_UNIX), int(socket.SOCK_STREAM)
+        while not self.stop[0]:
+            for key, _ in self.sel.select(1.0):
+                data = key.data
+                if data is None:
+                    for _ in range(1024):
+                        try:
+                            fd, _ = accept()
+                        except BlockingIOError:
+                            break
+                        sock = _socket.socket(unix, stream, 0, fd)
+                        conn = [sock, bytearray() if self.on_message else None]
+                        if not self._read(conn):
+                            register(sock.fileno(), selectors.EVENT_READ, conn)
+                elif data == "wake":
+                    with contextlib.suppress(BlockingIOError):
+                        os.read(self.wake_r, 512)
+                elif self._read(data):
+                    pass
+
+    def _read(self, conn: list) -> bool:
+        sock, acc = conn
+        view = self.view
+        while True:
+            try:
+                n = sock.recv_into(view, CHUNK, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return False
+            if not n:
+                break
+            if acc is not None:
+                acc += view[:n]
+        reply = self.on_message(acc) if self.on_message else b"OK x\n"
+        with contextlib.suppress(OSError):
+            sock.send(reply, socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
+        with contextlib.suppress(KeyError, ValueError):
+            self.sel.unregister(sock.fileno())
+        sock.close()
+        self.count += 1
+        return True
+
+
+class DirQueue:
+    """Enqueue the way IPC::DirQueue does: write in tmp/, link into data/ and queue/."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        for sub in ("tmp", "data", "queue"):
+            (root / sub).mkdir(parents=True, exist_ok=True)
+        self.tmp = str(root / "tmp")
+        self.data = str(root / "data")
+        self.queue = str(root / "queue")
+        self.pid = os.getpid()
+        self.host = socket.gethostname()
+        self.seq = 0
+
+    def enqueue(self, payload: bytes) -> bytes:
+        self.seq += 1
+        now = time.time()
+        stamp = time.strftime("%Y%m%d%H%M%S", time.gmtime(now)) + f"{int(now % 1 * 1e6):06d}"
+        name = f"{stamp}.{self.pid}.{self.seq}"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+        tmp_data = f"{self.tmp}/d.{name}"
+        fd = os.open(tmp_data, flags, 0o600)
+        os.write(fd, payload)
+        os.close(fd)
+        data_path = f"{self.data}/{name}"
+        os.link(tmp_data, data_path)
+        os.unlink(tmp_data)
+        ctl = (f"QDFN: {data_path}\nQDSB: {len(payload)}\nQDTM: {now}\n"
+               f"QDHN: {self.host}\nQDPD: {self.pid}\n").encode()
+        tmp_ctl = f"{self.tmp}/c.{name}"
+        fd = os.open(tmp_ctl, flags, 0o600)
+        os.write(fd, ctl)
+        os.close(fd)
+        os.link(tmp_ctl, f"{self.queue}/50.{name}")
+        os.unlink(tmp_ctl)
+        return b"OK " + name.encode() + b"\n"
+
+
+def _fork_server(fn: Callable[[], int]) -> int:
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - server process
+        code = 1
+        try:
+            code = fn()
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            os._exit(code)
+    return pid
+
+
+def _drain(name: str) -> int:
+    ring = Ring.attach(name)
+    stop = [False]
+    signal.signal(signal.SIGTERM, _on_term(stop))
+    claim, ack = ring.claim, ring.ack
+    while not stop[0]:
+        c = claim(0.2)
+        if c is not None:
+            ack(c)
+    ring.close()
+    return 0
+
+
+def _wait_listening(path: Path, deadline: float = 10.0) -> None:
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            s.connect(str(path))
+            s.sendall(b"warm-up\r\n")
+            s.shutdown(socket.SHUT_WR)
+            s.recv(128)
+            return
+        except OSError:
+            time.sleep(0.01)
+        finally:
+            s.close()
+    raise RuntimeError(f"server on {path} did not come up")
+
+
+def _cpu(pid: int) -> float:
+    t = psutil.Process(pid).cpu_times()
+    return t.user + t.system
+
+
+def _stop(pid: int) -> int:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+def _listen(path: Path) -> socket.socket:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.bind(str(path))
+    s.listen(LISTEN_BACKLOG)
+    return s
+
+
+def run_row(kind: str, n: int, clients: int, procs: int, size: int, work: Path) -> dict:
+    sock_path = work / "in.sock"
+    msg = _message(size)
+    extra: dict[str, object] = {}
+    helpers: list[int] = []
+    ring: Ring | None = None
+    ring_name = f"rt-ingest-bench-{os.getpid()}"
+    spill_dir = Path(tempfile.mkdtemp(prefix="rt-ingest-bench-", dir=SHM))
+    listener = _listen(sock_path)
+    try:
+        if kind in ("ring", "full"):
+            ringmod.unlink_name(ring_name)
+            slots = 1024 if kind == "ring" else 4
+            ring = Ring.create(ring_name, slots, 64 * 1024)
+            cfg = replace(
+                Config(),
+                ingest=replace(IngestConfig(), socket=sock_path, max_connections=1024),
+                ring=replace(RingConfig(), name=ring_name, slots=slots, slot_bytes=64 * 1024),
+                overflow=replace(OverflowConfig(), dir=spill_dir / "overflow",
+                                 max_bytes=64 << 30),
+            )
+            server = _fork_server(lambda: child_main(cfg, listener, INGEST_ROW))
+            if kind == "ring":
+                helpers.append(_fork_server(lambda: _drain(ring_name)))
+        elif kind == "bare":
+            server = _fork_server(lambda: MiniServer(listener, None).run() or 0)
+        elif kind == "dirqueue":
+            def serve_dirqueue() -> int:
+                MiniServer(listener, DirQueue(spill_dir / "dirqueue").enqueue).run()
+                return 0
+
+            server = _fork_server(serve_dirqueue)
+        else:
+            raise ValueError(kind)
+        listener.close()
+        _wait_listening(sock_path)
+        group = Clients(sock_path, n, clients, procs, msg)
+        time.sleep(0.2)  # let the client threads reach their start line
+        helper_cpu0 = sum(_cpu(p) for p in helpers)
+        cpu0 = _cpu(server)
+        t0 = time.perf_counter()
+        group.go()
+        lat, bad, nbad = group.collect()
+        elapsed = time.perf_counter() - t0
+        cpu1 = _cpu(server)
+        helper_cpu1 = sum(_cpu(p) for p in helpers)
+        if ring is not None:
+            rows = {r.row: r for r in ring.read_rows()}
+            counters = rows[INGEST_ROW].counters
+            extra["ring"] = counters[C.ACCEPTED_RING]
+            extra["spilled"] = counters[C.ACCEPTED_OVERFLOW]
+        if kind == "dirqueue":
+            extra["queued"] = len(os.listdir(spill_dir / "dirqueue" / "queue"))
+        if helpers:
+            extra["drain_cpu_us_per_msg"] = round((helper_cpu1 - helper_cpu0) / n * 1e6, 1)
+        code = _stop(server)
+        for p in helpers:
+            _stop(p)
+        if code != 0:
+            raise RuntimeError(f"{kind} server exited with {code}")
+    finally:
+        listener.close()
+        if ring is not None:
+            ring.close()
+            ringmod.unlink_name(ring_name)
+        shutil.rmtree(spill_dir, ignore_errors=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(sock_path)
+    if nbad:
+        print(f"{kind}: {nbad} replies were not OK, e.g. {bad[:3]}", file=sys.stderr)
+    q = statistics.quantiles(lat, n=100, method="inclusive")
+    return {
+        "name": NAMES[kind],
+        "clients": clients,
+        "messages": n,
+        "msgs_per_s": round((n - nbad) / elapsed),
+        "server_cpu_us_per_msg": round((cpu1 - cpu0) / n * 1e6, 1),
+        "p50_ms": round(q[49] * 1e3, 2),
+        "p99_ms": round(q[98] * 1e3, 2),
+        "not_ok": nbad,
+        **extra,
+    }
+
+
+NAMES = {
+    "ring": "ringtrap ingest, ring has room",
+    "full": "ringtrap ingest, ring full (all spill)",
+    "bare": "bare selectors server",
+    "dirqueue": "dirqueue (IPC::DirQueue style)",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("-n", "--messages", type=int, default=20_000, help="messages per row")
+    ap.add_argument("--size", type=int, default=4096, help="message bytes (default 4096)")
+    ap.add_argument("--clients", default="32,64", help="concurrent clients per row, e.g. 32,64")
+    ap.add_argument("--client-procs", type=int, default=8,
+                    help="client processes the clients are spread over (threads in each)")
+    ap.add_argument("--only", default=",".join(NAMES), help="comma-separated: " + ",".join(NAMES))
+    ap.add_argument("--runs", type=int, default=3,
+                    help="runs per row, interleaved across rows; the median run is shown")
+    ap.add_argument("--json", action="store_true", help="print rows as JSON")
+    args = ap.parse_args(argv)
+
+    work = Path(tempfile.mkdtemp(prefix="rt-ib-"))
+    kinds = args.only.split(",")
+    counts = [int(c) for c in args.clients.split(",")]
+    runs: dict[tuple[str, int], list[dict]] = {(k, c): [] for c in counts for k in kinds}
+    try:
+        # interleaved, so a slow moment of the machine does not land on one row
+        for _ in range(args.runs):
+            for clients in counts:
+                for kind in kinds:
+                    runs[kind, clients].append(run_row(kind, args.messages, clients,
+                                                       args.client_procs, args.size, work))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    rows = []
+    for results in runs.values():
+        results.sort(key=lambda r: r["msgs_per_s"])
+        row = dict(results[len(results) // 2])
+        row["runs"] = len(results)
+        row["server_cpu_us_per_msg_min"] = min(r["server_cpu_us_per_msg"] for r in results)
+        rows.append(row)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{args.messages} messages of {args.size} bytes per row, one connection each, "
+          f"clients in {args.client_procs} processes, {os.cpu_count()} CPUs, "
+          f"median of {args.runs} interleaved runs\n")
+    head = (f"{'server':40} {'clients':>7} {'msgs/s':>8} {'cpu us/msg':>10} "
+            f"{'p50 ms':>7} {'p99 ms':>7} {'ring':>6} {'spilled':>7}")
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        print(f"{r['name']:40} {r['clients']:>7} {r['msgs_per_s']:>8} "
+              f"{r['server_cpu_us_per_msg']:>10} {r['p50_ms']:>7} {r['p99_ms']:>7} "
+              f"{r.get('ring', '-'):>6} {r.get('spilled', '-'):>7}")
+    bare = {r["clients"]: r["msgs_per_s"] for r in rows if r["name"] == NAMES["bare"]}
+    if bare:
+        print()
+        for r in rows:
+            if r["name"] in (NAMES["ring"], NAMES["full"]) and r["clients"] in bare:
+                print(f"{r['name']} at {r['clients']} clients: "
+                      f"{100 * r['msgs_per_s'] / bare[r['clients']]:.0f}% of the bare server")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
