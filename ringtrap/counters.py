@@ -48,3 +48,39 @@ class C(IntEnum):
     PURGED_BYTES = 26
     HEARTBEAT_KILLS = 27
     DRAINED_TO_OVERFLOW = 28  # ring messages moved to the overflow on TERM
+    # supervisor: restarts by cause (RESTARTS stays their sum)
+    RESTARTS_CRASHED = 29  # died unasked
+    RESTARTS_TOO_FAST = 30  # died within seconds of starting (restarted after a backoff)
+    RESTARTS_HUNG = 31  # killed for a stalled heartbeat
+    # workers: scans by time waited on spamd, one counter per bucket of
+    # SCAN_BUCKETS (not cumulative; the last bucket is everything slower)
+    SCAN_BUCKET_0 = 32
+    SCAN_BUCKET_1 = 33
+    SCAN_BUCKET_2 = 34
+    SCAN_BUCKET_3 = 35
+    SCAN_BUCKET_4 = 36
+    SCAN_BUCKET_5 = 37
+    SCAN_BUCKET_6 = 38
+    SCAN_BUCKET_7 = 39
+    SCAN_BUCKET_8 = 40
+    SCAN_BUCKET_9 = 41
+    SCAN_BUCKET_10 = 42
+    SCAN_BUCKET_11 = 43
+    SCAN_BUCKET_12 = 44  # slower than the last bound
+    VERDICT_ERROR = 45  # recorded with verdict "error" (spamd answered with an error)
+
+
+# Upper bounds in seconds of the scan-time buckets SCAN_BUCKET_0..11; a scan
+# of exactly a bound counts in that bucket.  Stored counts are per bucket, so
+# these bounds may never change either: append a new counter block instead.
+SCAN_BUCKETS: tuple[float, ...] = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+)
+
+
+def scan_bucket(seconds: float) -> C:
+    """The counter of the scan-time bucket that ``seconds`` falls in."""
+    for i, bound in enumerate(SCAN_BUCKETS):
+        if seconds <= bound:
+            return C(C.SCAN_BUCKET_0 + i)
+    return C.SCAN_BUCKET_12
