@@ -478,7 +478,8 @@ def test_claim_without_a_post_still_looks(r: Ring) -> None:
 
 def test_wake_makes_a_blocked_claim_return(r: Ring) -> None:
     result: list[Claim | None] = []
-    t = threading.Thread(target=lambda: result.append(r.claim(timeout=None)))
+    # a daemon: if wake() failed, the blocked thread must not hold up the run
+    t = threading.Thread(target=lambda: result.append(r.claim(timeout=None)), daemon=True)
     t.start()
     try:
         t.join(0.3)
