@@ -27,7 +27,7 @@ import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal, TypeGuard
+from typing import Any, Literal, NamedTuple, TypeGuard
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -65,13 +65,33 @@ class _Invalid(Exception):
     """A raw value failed its kind's check; the text says what is wrong."""
 
 
+# Set once a supervisor started as root has dropped its privileges: its
+# defaults (ring name, paths) stay those of root, so a reload computes the
+# same ones it started with.
+_started_as_root = False
+
+
+def keep_root_defaults() -> None:
+    """Compute later defaults as root's, whatever the effective uid now is.
+
+    The supervisor calls this after dropping to ``service.user``, so a HUP
+    reload keeps the paths and ring name the trap started with.
+    """
+    global _started_as_root
+    _started_as_root = True
+
+
+def _euid() -> int:
+    return 0 if _started_as_root else os.geteuid()
+
+
 def runtime_dir() -> Path:
     """Directory for the ingest socket and the managed spamd's socket.
 
     ``/run/ringtrap`` as root, else ``$XDG_RUNTIME_DIR/ringtrap`` when that
     variable names a writable directory, else ``/tmp/ringtrap-<uid>``.
     """
-    euid = os.geteuid()
+    euid = _euid()
     if euid == 0:
         return Path("/run/ringtrap")
     xdg = os.environ.get("XDG_RUNTIME_DIR", "")
@@ -93,7 +113,7 @@ def _default_socket() -> Path:
 
 
 def _user_suffix() -> str:
-    euid = os.geteuid()
+    euid = _euid()
     return "" if euid == 0 else f"-{euid}"
 
 
@@ -107,7 +127,7 @@ def _default_overflow_dir() -> Path:
 
 
 def _default_results_dir() -> Path:
-    if os.geteuid() == 0:
+    if _euid() == 0:
         return Path("/var/lib/ringtrap/results")
     return _state_home() / "ringtrap" / "results"
 
@@ -445,6 +465,68 @@ class _Group(_Kind):
             except KeyError:
                 raise _Invalid(f"no such group {_show(raw)}") from None
         return raw
+
+
+class _User(_Kind):
+    __slots__ = ()
+
+    def describe(self) -> str:
+        return 'user name or ""'
+
+    def parse(self, raw: object, base_dir: Path) -> str:
+        if not isinstance(raw, str) or "\0" in raw:
+            raise _Invalid(f"must be a user name, got {_show(raw)}")
+        if raw:
+            import pwd
+
+            try:
+                pwd.getpwnam(raw)
+            except KeyError:
+                raise _Invalid(f"no such user {_show(raw)}") from None
+        return raw
+
+
+class ListenAddress(NamedTuple):
+    """A TCP ``host:port`` to listen on (IPv6 hosts written in brackets)."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+class _Listen(_Kind):
+    __slots__ = ()
+
+    def describe(self) -> str:
+        return '"host:port" or ""'
+
+    def parse(self, raw: object, base_dir: Path) -> ListenAddress | None:
+        if raw == "":
+            return None
+        if isinstance(raw, str):
+            host, colon, port = raw.strip().rpartition(":")
+            bracketed = host.startswith("[") and host.endswith("]")
+            if bracketed:
+                host = host[1:-1]
+            if (
+                colon
+                and host
+                and (bracketed or ":" not in host)
+                and port.isascii()
+                and port.isdecimal()
+                and 1 <= int(port) <= 65535
+            ):
+                return ListenAddress(host, int(port))
+        raise _Invalid(
+            'must be "host:port" with a port from 1 to 65535 (IPv6 as "[::1]:9809"),'
+            f' or "" for off, got {_show(raw)}'
+        )
+
+    def dump(self, value: Any) -> object:
+        return "" if value is None else str(value)
 
 
 class _Choice(_Kind):
@@ -838,6 +920,51 @@ class SupervisorConfig:
             _Choice(("debug", "info", "warning", "error")), "Least severe level that is logged."
         ),
     )
+    log_format: str = field(
+        default="human",
+        metadata=_about(
+            _Choice(("human", "json")),
+            'Log line format: "human" (one readable line) or "json" (one JSON object per'
+            " line with the message id, verdict, score and event as keys);"
+            " `ringtrap run --log-format` overrides it.",
+        ),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    """[metrics]: the Prometheus endpoint."""
+
+    listen: ListenAddress | None = field(
+        default=None,
+        metadata=_about(
+            _Listen(),
+            "Address of the Prometheus metrics endpoint the supervisor serves"
+            ' (e.g. "127.0.0.1:9809"); "" = off.',
+        ),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceConfig:
+    """[service]: who the trap runs as."""
+
+    user: str = field(
+        default="",
+        metadata=_about(
+            _User(),
+            "Started as root, the supervisor prepares its directories, ring and socket,"
+            " then drops to this user before starting any child;"
+            ' "" = keep running as the starting user.',
+        ),
+    )
+    group: str = field(
+        default="",
+        metadata=_about(
+            _Group(),
+            'Group to run as with service.user; "" = that user\'s primary group.',
+        ),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -851,6 +978,8 @@ class Config:
     spamd: SpamdConfig = field(default_factory=SpamdConfig)
     results: ResultsConfig = field(default_factory=ResultsConfig)
     supervisor: SupervisorConfig = field(default_factory=SupervisorConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    service: ServiceConfig = field(default_factory=ServiceConfig)
 
 
 def _sections() -> Iterator[tuple[str, type]]:
@@ -948,6 +1077,15 @@ def _check_results_outside_overflow(c: Config) -> str | None:
     return None
 
 
+def _check_service_group(c: Config) -> str | None:
+    if c.service.group and not c.service.user:
+        return (
+            f"{_toml_str(c.service.group)} needs service.user: the group is only taken"
+            " when dropping to a user"
+        )
+    return None
+
+
 def _check_overflow_not_ring(c: Config) -> str | None:
     shm = Path("/dev/shm")
     taken = {shm / c.ring.name, shm / f"sem.{c.ring.name}.lock", shm / f"sem.{c.ring.name}.ready"}
@@ -976,6 +1114,7 @@ _RULES: tuple[_Rule, ...] = (
     _Rule(("overflow.max_bytes", "ingest.max_message_bytes"), _check_overflow_cap),
     _Rule(("results.dir", "overflow.dir"), _check_results_outside_overflow),
     _Rule(("overflow.dir", "ring.name"), _check_overflow_not_ring),
+    _Rule(("service.group", "service.user"), _check_service_group),
 )
 
 

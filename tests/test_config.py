@@ -6,6 +6,7 @@ import grp
 import json
 import os
 import pickle
+import pwd
 import subprocess
 import sys
 import tomllib
@@ -35,6 +36,7 @@ from ringtrap.config import (
 
 USER_UID = 4321
 OWN_GROUP = grp.getgrgid(os.getegid()).gr_name
+OWN_USER = pwd.getpwuid(os.getuid()).pw_name
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -250,6 +252,14 @@ GOOD: list[tuple[str, str, object]] = [
     ("supervisor.log_file", '""', None),
     ("supervisor.log_level", '"DEBUG"', "debug"),
     ("supervisor.log_level", '"error"', "error"),
+    ("supervisor.log_format", '"JSON"', "json"),
+    ("supervisor.log_format", '"human"', "human"),
+    ("metrics.listen", '"127.0.0.1:9809"', config.ListenAddress("127.0.0.1", 9809)),
+    ("metrics.listen", '"[::1]:9809"', config.ListenAddress("::1", 9809)),
+    ("metrics.listen", '""', None),
+    ("service.user", f'"{OWN_USER}"', OWN_USER),
+    ("service.user", '""', ""),
+    ("service.group", '""', ""),
 ]
 
 BAD: list[tuple[str, str, str]] = [
@@ -318,6 +328,14 @@ BAD: list[tuple[str, str, str]] = [
     ("supervisor.pidfile", "5", "must be a path string, got 5"),
     ("supervisor.log_file", '["a"]', 'must be a path string, got ["a"]'),
     ("supervisor.log_level", '"verbose"', 'must be one of "debug", "info", "warning", "error"'),
+    ("supervisor.log_format", '"text"', 'must be one of "human", "json", got "text"'),
+    ("metrics.listen", '"9809"', 'must be "host:port" with a port from 1 to 65535'),
+    ("metrics.listen", '"localhost:0"', 'got "localhost:0"'),
+    ("metrics.listen", '"::1:9809"', 'IPv6 as "[::1]:9809"'),
+    ("metrics.listen", "9809", "got 9809"),
+    ("service.user", '"no-such-user-for-ringtrap"', 'no such user "no-such-user-for-ringtrap"'),
+    ("service.user", "0", "must be a user name, got 0"),
+    ("service.group", '"no-such-group-for-ringtrap"', 'no such group "no-such-group'),
 ]
 
 
@@ -340,6 +358,26 @@ def test_bad_value_names_file_key_and_problem(dotted: str, value: str, fragment:
     assert len(problems) == 1, problems
     assert problems[0].startswith(f"trap.toml: {dotted}: ")
     assert fragment in problems[0]
+
+
+def test_service_group_needs_a_user() -> None:
+    problems = problems_of(f'[service]\ngroup = "{OWN_GROUP}"\n', "trap.toml")
+    assert problems == [
+        f'trap.toml: service.group: "{OWN_GROUP}" needs service.user: the group is only'
+        " taken when dropping to a user"
+    ]
+    c = load_text(f'[service]\nuser = "{OWN_USER}"\ngroup = "{OWN_GROUP}"\n')
+    assert (c.service.user, c.service.group) == (OWN_USER, OWN_GROUP)
+
+
+def test_root_defaults_survive_a_privilege_drop(monkeypatch: pytest.MonkeyPatch) -> None:
+    as_root(monkeypatch)
+    root = config.defaults()
+    monkeypatch.setattr(os, "geteuid", lambda: USER_UID)
+    assert config.defaults() != root  # an ordinary user's defaults differ
+    monkeypatch.setattr(config, "_started_as_root", False)
+    config.keep_root_defaults()
+    assert config.defaults() == root
 
 
 def test_error_message_format() -> None:
