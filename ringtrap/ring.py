@@ -69,7 +69,7 @@ from ringtrap.states import ProcState, Role, SlotState
 log = logging.getLogger(__name__)
 
 MAGIC = int.from_bytes(b"RINGTRAP", "little")
-VERSION = 1
+VERSION = 2
 HEADER_WORDS = 128
 ROW_WORDS = 16 + NCOUNTERS
 DESC_WORDS = 10
@@ -474,10 +474,23 @@ class Ring:
         self._q[H_LOCK] = 0
         self._lock_sem.release()
 
-    def _acquire_patiently(self) -> None:
-        """For control operations: wait for the lock, breaking it if orphaned."""
+    def _acquire_patiently(self, give_up_after: float = 30.0) -> None:
+        """For control operations: wait for the lock.
+
+        Only the ring's owner (the supervisor) breaks a dead holder's lock:
+        two processes breaking the same lock would each post it and let two
+        holders in.  Anyone else waits, and gives up after ``give_up_after``
+        seconds with RingError rather than hang with no supervisor running.
+        """
+        deadline = time.monotonic() + give_up_after
         while not self._acquire(1.0):
-            self.break_lock_if_dead()
+            if self.owner == self._me:
+                self.break_lock_if_dead()
+            elif time.monotonic() > deadline:
+                holder = self.lock_holder()
+                who = f"pid {holder.pid}" if holder else "an unrecorded process"
+                raise RingError(f"ring {self.name!r} lock held by {who} for over "
+                                f"{give_up_after:.0f} s; is the supervisor running?")
 
     def lock_holder(self) -> Identity | None:
         """Who holds the lock, as recorded; None when free or unrecorded."""
@@ -498,7 +511,13 @@ class Ring:
         holder = self.lock_holder()
         if holder is not None:
             self._orphan_seen = None
+            count = int(q[H_LOCK_COUNT])
             if proc.is_alive(holder):
+                return False
+            # The holder may have released normally and died since we read it,
+            # and another process taken the lock: then the word or the count
+            # has moved on, and the lock is not ours to break.
+            if q[H_LOCK] != owner_token(holder) or q[H_LOCK_COUNT] != count:
                 return False
             # clear the owner before posting, or we could erase the next holder's
             q[H_LOCK] = 0
@@ -531,6 +550,9 @@ class Ring:
         n = len(data)
         if n > self.slot_bytes:
             return PutResult.TOO_LARGE
+        raw_id = msgid.encode("ascii")  # before any state changes: claim() decodes it
+        if len(raw_id) > ID_BYTES:
+            raise ValueError(f"message id longer than {ID_BYTES} bytes: {msgid!r}")
         q = self._q
         states = self._states
         head = q[H_HEAD]
@@ -547,7 +569,7 @@ class Ring:
                 return PutResult.FULL
         # the descriptor first: a slot still FREE may hold anything
         _DESC.pack_into(self._map, self._descs_off + idx * (DESC_WORDS * 8), self._tok, head, n,
-                        0, time.time_ns() // 1000, msgid.encode())
+                        0, time.time_ns() // 1000, raw_id)
         states[idx] = FILLING
         o = self._payload_off + idx * self.slot_bytes
         self._map[o : o + n] = data
@@ -557,7 +579,11 @@ class Ring:
         return PutResult.OK
 
     def has_free_slot(self) -> bool:
-        """Cheap check (producer side) that a put of a small message would fit."""
+        """Cheap hint (producer side) that the slot at head is free.
+
+        It may say False where put() would still succeed by stepping over a
+        slot claimed from an earlier lap; put() is the authority.
+        """
         idx = self._q[H_HEAD] % self.slots
         return self._states[idx] == FREE
 
@@ -789,8 +815,9 @@ class Ring:
     def register(self, role: Role, index: int = 0, row: int | None = None) -> ProcRow:
         """Claim a process-table row for this process (a given row, or any free one).
 
-        A row whose recorded process is dead is free; its counters must have
-        been folded by :meth:`retire_row` first, or they are lost from totals.
+        Only a row that is empty (never used, or retired with
+        :meth:`retire_row`, which folds its counters into the totals) is free;
+        a dead process's row stays taken until the supervisor retires it.
         """
         me = self._me
         self._acquire_patiently()
