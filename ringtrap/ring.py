@@ -439,6 +439,15 @@ class Ring:
         """Remove the segment and its semaphores (owner only); handles stay valid."""
         unlink_name(self.name)
 
+    def chown(self, uid: int, gid: int) -> None:
+        """Give the segment and its semaphores to ``uid``:``gid`` (root only).
+
+        The supervisor calls it before dropping to the service user, so the
+        processes it forks afterwards can attach.  Symlinks are not followed.
+        """
+        for path in shm_paths(self.name):
+            os.chown(path, uid, gid, follow_symlinks=False)
+
     def __enter__(self) -> Ring:
         return self
 
@@ -943,6 +952,13 @@ class Ring:
                     (idx, SlotState(st), token_identity(int(q[d + D_OWNER])))
                 )
         return out
+
+
+def shm_paths(name: str) -> tuple[str, str, str]:
+    """Where Linux keeps a ring's segment and its two semaphores."""
+    shm_name, lock_name, ready_name = _names(name)
+    return (f"/dev/shm/{shm_name[1:]}", f"/dev/shm/sem.{lock_name[1:]}",
+            f"/dev/shm/sem.{ready_name[1:]}")
 
 
 def unlink_name(name: str) -> bool:

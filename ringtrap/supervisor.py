@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import errno
+import grp
 import logging
 import os
 import queue
@@ -31,11 +32,13 @@ from enum import Enum
 from pathlib import Path
 
 from ringtrap import config as configmod
-from ringtrap import logs, proc, systemd
+from ringtrap import logs, privileges, proc, systemd
+from ringtrap import metrics as metricsmod
 from ringtrap import ring as ringmod
 from ringtrap.config import Config
 from ringtrap.counters import C
 from ringtrap.overflow import Overflow, OverflowFull
+from ringtrap.privileges import PrivilegeError, Target
 from ringtrap.proc import Identity
 from ringtrap.ring import ProcRow, Ring
 from ringtrap.states import ChildState, ExitCause, ProcState, Role
@@ -182,6 +185,10 @@ class Supervisor:
         self.spamd_ping_failures = 0
         self.last_title = 0.0
         self._old_handlers: dict[int, object] = {}
+        self.metrics: metricsmod.MetricsServer | None = None
+        # WATCHDOG=1 is sent from housekeeping only, so it stops when the loop stalls
+        self.watchdog_every = systemd.watchdog_interval()
+        self.last_watchdog = 0.0
 
     # -- signals -------------------------------------------------------------
 
@@ -235,9 +242,10 @@ class Supervisor:
             return EX_CONFIG
         systemd.notify(ready=1, status=self.status_line(), mainpid=os.getpid())
         log.info("ringtrap running: %s", self.status_line())
+        wait = min(1.0, self.watchdog_every or 1.0)
         while self.phase is not Phase.DONE:
             try:
-                signum = self.signals.get(timeout=1.0)
+                signum = self.signals.get(timeout=wait)
             except queue.Empty:
                 signum = 0
             while signum:
@@ -257,12 +265,26 @@ class Supervisor:
             handler()
 
     def setup(self) -> None:
-        """Create or adopt the stores, bind the socket, start the children."""
+        """Create or adopt the stores, bind the socket, start the children.
+
+        With ``service.user`` set and started as root, everything is created
+        as root, handed to that user, and privileges are dropped before the
+        first child is forked.
+        """
         cfg = self.cfg
         set_title("supervisor", "starting")
+        try:
+            target = privileges.needed(cfg.service.user)
+            if target is not None:
+                target = privileges.resolve(cfg.service.user, cfg.service.group)
+        except PrivilegeError as e:
+            raise SetupError(str(e)) from None
         self.install_signals()
         self._write_pidfile()
+        created = set()
         for d in (cfg.ingest.socket.parent, cfg.results.dir):
+            if not d.exists():
+                created.add(d)
             d.mkdir(parents=True, exist_ok=True)
         try:
             self.overflow = Overflow(cfg.overflow.dir, cfg.overflow.max_bytes)
@@ -283,6 +305,10 @@ class Supervisor:
         except (OSError, RuntimeError) as e:
             raise SetupError(f"ingest.socket {cfg.ingest.socket}: {e}") from None
         self.listener.set_inheritable(False)
+        if target is not None:
+            self._become(target, created)
+        if cfg.metrics.listen is not None:
+            self._start_metrics()
         if cfg.spamd.address.kind == "managed":
             self.children.append(Child(Kind.SPAMD, 0, -1))
         self.children.append(Child(Kind.INGEST, 0, INGEST_ROW))
@@ -290,6 +316,53 @@ class Supervisor:
             self.children.append(Child(Kind.WORKER, i, FIRST_WORKER_ROW + i))
         self.next_purge_at = next_purge(self.os.time(), cfg.overflow.purge_at)
         self.reconcile()
+
+    def _become(self, t: Target, created: set[Path]) -> None:
+        """Hand the trap's files to ``t``, load what children run, drop root for good."""
+        cfg = self.cfg
+        assert self.ring is not None
+        try:
+            runtime = cfg.ingest.socket.parent
+            # the socket's directory only when it is ours: made now, or by systemd for us
+            if runtime in created or str(runtime) == os.environ.get("RUNTIME_DIRECTORY"):
+                privileges.own_dir(runtime, t)
+            privileges.own_dir(cfg.results.dir, t)
+            for f in cfg.results.dir.iterdir():
+                privileges.chown_path(f, t)
+            moved = privileges.own_dir(cfg.overflow.dir, t, tree=True)
+            self.ring.chown(t.uid, t.gid)
+            group = cfg.ingest.socket_group
+            privileges.chown_path(cfg.ingest.socket, t,
+                                  gid=grp.getgrnam(group).gr_gid if group else None)
+            if cfg.supervisor.log_file is not None and cfg.supervisor.log_file.exists():
+                privileges.chown_path(cfg.supervisor.log_file, t)
+            privileges.preload()
+            if cfg.metrics.listen is not None:
+                metricsmod.load_client()
+            privileges.drop(t)
+        except (OSError, PrivilegeError, ImportError) as e:
+            raise SetupError(f"service.user {t.user}: {e}") from None
+        configmod.keep_root_defaults()
+        log.info("running as user %s (uid %d, gid %d); %d overflow entries handed over",
+                 t.user, t.uid, t.gid, moved)
+
+    def _start_metrics(self) -> None:
+        listen = self.cfg.metrics.listen
+        assert listen is not None
+        collector = metricsmod.TrapCollector(self.cfg.ring.name, self.cfg.overflow.dir,
+                                             self.cfg.overflow.max_bytes)
+        try:
+            self.metrics = metricsmod.start(listen.host, listen.port, collector)
+        except (OSError, ImportError) as e:
+            collector.close()
+            raise SetupError(f"metrics.listen {listen}: {e}") from None
+        host, port = self.metrics.address
+        log.info("metrics on http://%s:%d/metrics", f"[{host}]" if ":" in host else host, port)
+
+    def _stop_metrics(self) -> None:
+        if self.metrics is not None:
+            self.metrics.stop()
+            self.metrics = None
 
     def _open_ring(self) -> Ring:
         cfg = self.cfg.ring
@@ -371,6 +444,7 @@ class Supervisor:
             moved += 1
 
     def teardown_after_failed_setup(self) -> None:
+        self._stop_metrics()
         self._kill_all(signal.SIGKILL)
         self._reap_blocking(5.0)
         if self.ring is not None:
@@ -380,6 +454,7 @@ class Supervisor:
     def teardown(self) -> None:
         """After the last child is gone: persist or keep the ring, close up."""
         systemd.notify(stopping=1, status="stopped")
+        self._stop_metrics()
         ring = self.ring
         if ring is not None and self.overflow is not None:
             res = ring.recover_dead()
@@ -434,8 +509,10 @@ class Supervisor:
         with contextlib.suppress(OSError):
             self.listener.close()
         self.listener = None
-        # clients now fail fast (and defer) instead of waiting in a dead backlog
-        with contextlib.suppress(FileNotFoundError):
+        # clients now fail fast (and defer) instead of waiting in a dead backlog;
+        # after a privilege drop the directory may not be ours: the next start
+        # replaces the stale file
+        with contextlib.suppress(OSError):
             os.unlink(self.cfg.ingest.socket)
 
     # -- reload ----------------------------------------------------------------
@@ -445,7 +522,8 @@ class Supervisor:
         if self.config_path is None:
             log.info("HUP: no configuration file; nothing to reload")
             return
-        systemd.notify(reloading=1, status="reloading")
+        systemd.notify(reloading=1, status="reloading",
+                       monotonic_usec=time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000)
         try:
             new = configmod.load(self.config_path)
         except (configmod.ConfigError, OSError) as e:
@@ -522,7 +600,11 @@ class Supervisor:
         if now - self.last_title >= 1.0:
             self.last_title = now
             set_title("supervisor", self.status_line())
-            systemd.notify(status=self.status_line())
+            systemd.notify(status=self.notify_status())
+        if self.watchdog_every and now - self.last_watchdog >= self.watchdog_every:
+            # only here, at the end of a full turn: a stuck loop stops the pings
+            self.last_watchdog = now
+            systemd.notify(watchdog=1)
 
     def progress_shutdown(self, now: float) -> None:
         ingest_running = any(c.kind is Kind.INGEST and c.state in
@@ -785,6 +867,7 @@ class Supervisor:
         self._set_state(c, ChildState.WAITING, how)
         if self.row and cause is not ExitCause.REQUESTED:
             self.row.add(C.RESTARTS)
+            self.row.add(_RESTART_COUNTERS[cause])
         if delay:
             log.warning("restarting %s in %.0f s", c.name, delay)
 
@@ -829,6 +912,15 @@ class Supervisor:
             parts.append(self.phase.value)
         return " ".join(parts)
 
+    def notify_status(self) -> str:
+        """The STATUS= line systemd shows: the title's numbers plus the message totals."""
+        line = self.status_line()
+        if self.ring is None:
+            return line
+        t = self.ring.snapshot().totals()
+        return (f"{line}; accepted {t[C.ACCEPTED_RING] + t[C.ACCEPTED_OVERFLOW]},"
+                f" processed {t[C.PROCESSED]}, spamd errors {t[C.SPAMD_ERRORS]}")
+
     # -- pidfile ----------------------------------------------------------------
 
     def _write_pidfile(self) -> None:
@@ -843,9 +935,20 @@ class Supervisor:
     def _remove_pidfile(self) -> None:
         path = self.cfg.supervisor.pidfile
         if path is not None:
-            with contextlib.suppress(FileNotFoundError):
+            try:
                 if path.read_text().strip() == str(os.getpid()):
                     path.unlink()
+            except FileNotFoundError:
+                pass
+            except OSError as e:  # e.g. written as root, its directory not the user's
+                log.warning("cannot remove the pidfile: %s", e)
+
+
+_RESTART_COUNTERS = {
+    ExitCause.CRASHED: C.RESTARTS_CRASHED,
+    ExitCause.TOO_FAST: C.RESTARTS_TOO_FAST,
+    ExitCause.HUNG: C.RESTARTS_HUNG,
+}
 
 
 class SetupError(Exception):
@@ -887,7 +990,7 @@ def _close_fds_except(keep: set[int]) -> None:  # pragma: no cover - child
 
 def run(cfg: Config, config_path: Path | None = None) -> int:
     """Run the trap in the foreground until stopped; the exit code for the shell."""
-    logs.setup(cfg.supervisor.log_level, cfg.supervisor.log_file)
+    logs.setup(cfg.supervisor.log_level, cfg.supervisor.log_file, cfg.supervisor.log_format)
     try:
         return Supervisor(cfg, config_path).run()
     except OSError as e:

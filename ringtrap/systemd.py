@@ -1,7 +1,9 @@
 """sd_notify for the supervisor: silent outside systemd, never raises.
 
 Only the unit's main process may notify (``NotifyAccess=main``), so children
-never call this; the supervisor reports for all of them.
+never call this; the supervisor reports for all of them.  With
+``WatchdogSec=`` systemd passes ``WATCHDOG_USEC``; :func:`watchdog_interval`
+says how often the supervisor must send ``WATCHDOG=1``.
 """
 
 from __future__ import annotations
@@ -29,3 +31,21 @@ def notify(**fields: str | int) -> bool:
     except OSError:
         return False
     return True
+
+
+def watchdog_interval() -> float | None:
+    """Seconds between ``WATCHDOG=1`` pings (half of ``$WATCHDOG_USEC``); None when off.
+
+    None also when ``$WATCHDOG_PID`` names another process: the variables
+    were inherited and the watchdog is not ours.
+    """
+    pid = os.environ.get("WATCHDOG_PID", "")
+    if pid and pid != str(os.getpid()):
+        return None
+    try:
+        usec = int(os.environ.get("WATCHDOG_USEC", ""))
+    except ValueError:
+        return None
+    if usec <= 0:
+        return None
+    return usec / 2e6
