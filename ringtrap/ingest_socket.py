@@ -46,7 +46,7 @@ from enum import IntEnum
 from pathlib import Path
 from types import FrameType
 
-from ringtrap import envelope, titles
+from ringtrap import envelope, logs, titles
 from ringtrap.config import Config
 from ringtrap.counters import C
 from ringtrap.ids import new_id
@@ -823,13 +823,18 @@ def _serve_child(cfg: Config, listener: socket.socket, ring: Ring, row_index: in
     def on_quit(signum: int, frame: FrameType | None) -> None:
         server.stop(graceful=False)
 
+    reopen_asked = False
+
+    def on_usr1(signum: int, frame: FrameType | None) -> None:
+        nonlocal reopen_asked
+        reopen_asked = True  # the loop reopens the log file (logrotate)
+
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_quit)
     signal.signal(signal.SIGQUIT, on_quit)
-    # reload and log reopening belong to the supervisor; their default action
-    # would kill the ingest
+    signal.signal(signal.SIGUSR1, on_usr1)
+    # reload belongs to the supervisor; its default action would kill the ingest
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     # the handlers only set flags; the wake-up byte cuts the select short
     signal.set_wakeup_fd(server.wakeup_fd, warn_on_full_buffer=False)
@@ -839,6 +844,9 @@ def _serve_child(cfg: Config, listener: socket.socket, ring: Ring, row_index: in
         orphaned = False
         while not server.finished:
             server.serve_once(1.0)
+            if reopen_asked:
+                reopen_asked = False
+                logs.reopen()
             if not orphaned and os.getppid() != ppid:
                 orphaned = True
                 log.warning("supervisor (pid %d) is gone: finishing and exiting", ppid)

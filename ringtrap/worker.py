@@ -27,9 +27,9 @@ from typing import Any
 
 import psutil
 
-from ringtrap import proc
+from ringtrap import logs, proc
 from ringtrap.config import Config
-from ringtrap.counters import C
+from ringtrap.counters import C, scan_bucket
 from ringtrap.overflow import Overflow, OverflowClaim, OverflowClaimLost
 from ringtrap.processing import Processor
 from ringtrap.results import ResultSink
@@ -99,7 +99,8 @@ class Worker:
         self._delay = 0.0
         self._outage_since: float | None = None
         self._outage_failures = 0
-        self._last_warning = 0.0
+        self._outage_log = logs.RateLimit(backoff_max)
+        self._reopen_logs = False  # USR1, set by the handler, acted on by _beat
 
     # -- control ---------------------------------------------------------------
 
@@ -114,6 +115,10 @@ class Worker:
         self._stop_requested = True
         if not graceful:
             self._fast_stop = True
+
+    def reopen_logs(self) -> None:
+        """Ask the loop to reopen the log file (logrotate); safe in a signal handler."""
+        self._reopen_logs = True
 
     def _should_exit(self) -> bool:
         if self._stop_requested:
@@ -208,9 +213,11 @@ class Worker:
         if scanned_ms is not None:
             self._count(C.SCANNED)
             self._count(C.SCAN_US, int(scanned_ms * 1000))
+            self._count(scan_bucket(scanned_ms / 1000.0))
         self._dependency_up(claim.msgid)  # whatever was down is back: reset the backoff
         if verdict == "error":
             self._count(C.SPAMD_ERRORS)
+            self._count(C.VERDICT_ERROR)
         else:
             self._count(_VERDICT_COUNTERS[verdict])
         self._state(ProcState.IDLE)
@@ -223,6 +230,8 @@ class Worker:
             "ring" if isinstance(claim, Claim) else "overflow", record["size"],
             claim.attempts, took * 1000.0,
             f" ({record['reason']})" if record["reason"] else "",
+            extra={"event": "processed", "msgid": claim.msgid, "verdict": verdict,
+                   "score": record["score"], "ms": round(took * 1000.0, 1)},
         )
 
     # -- claims --------------------------------------------------------------------
@@ -283,15 +292,19 @@ class Worker:
         self._outage_failures += 1
         if self._outage_since is None:
             self._outage_since = now
-            self._last_warning = now
+            self._outage_log.reset()
+        # one line per backoff period, however many messages come and go
+        held = self._outage_log.ready()
+        if held is not None and self._outage_failures == 1:
             log.warning("%s: %s unavailable (%s); released, retrying in %.1f s",
-                        msgid, what, exc, self._delay)
-        elif now - self._last_warning >= self.backoff_max:
-            # one line per backoff period, however many messages come and go
-            self._last_warning = now
+                        msgid, what, exc, self._delay,
+                        extra={"event": "unavailable", "msgid": msgid, "dependency": what})
+        elif held is not None:
             log.warning("%s: %s still unavailable after %d failure(s) in %.0f s (%s);"
-                        " retrying in %.1f s", msgid, what, self._outage_failures,
-                        now - self._outage_since, exc, self._delay)
+                        " retrying in %.1f s (%d similar lines suppressed)", msgid, what,
+                        self._outage_failures, now - self._outage_since, exc, self._delay,
+                        held, extra={"event": "unavailable", "msgid": msgid,
+                                     "dependency": what, "suppressed": held})
         self._state(ProcState.BACKOFF)  # the message was given back: no id
         set_title(self._role, f"backoff: {what} down ({self.done} done)")
         self._pause(self._delay)
@@ -332,6 +345,10 @@ class Worker:
     # -- process table -----------------------------------------------------------
 
     def _beat(self) -> None:
+        # every turn of the loop and every slice of a pause passes here
+        if self._reopen_logs:
+            self._reopen_logs = False
+            logs.reopen()
         if self.row is not None:
             self.row.beat()
 
@@ -384,8 +401,9 @@ def child_main(cfg: Config, index: int, row_index: int, spamd_address: str | Non
     set_title(f"worker {index}", "starting")
     # Writing to a spamd that closed early must raise EPIPE, not kill us.
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-    # Reload and log reopening belong to the supervisor; a stray HUP or USR1
-    # sent to the whole group must not kill a worker in the middle of a scan.
+    # Reload belongs to the supervisor; a stray HUP sent to the whole group
+    # must not kill a worker in the middle of a scan.  USR1 (reopen the log)
+    # is ignored until the loop exists to act on it.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     try:
@@ -412,9 +430,13 @@ def child_main(cfg: Config, index: int, row_index: int, spamd_address: str | Non
         def fast(signum: int, frame: FrameType | None) -> None:
             worker.stop(graceful=False)
 
+        def reopen(signum: int, frame: FrameType | None) -> None:
+            worker.reopen_logs()
+
         signal.signal(signal.SIGTERM, graceful)
         signal.signal(signal.SIGINT, fast)
         signal.signal(signal.SIGQUIT, fast)
+        signal.signal(signal.SIGUSR1, reopen)
         try:
             return worker.run()
         except Exception:
