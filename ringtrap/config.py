@@ -559,6 +559,67 @@ class _TextList(_Kind):
         return list(value)
 
 
+class _Bool(_Kind):
+    __slots__ = ()
+
+    def describe(self) -> str:
+        return "boolean"
+
+    def parse(self, raw: object, base_dir: Path) -> bool:
+        if isinstance(raw, bool):
+            return raw
+        raise _Invalid(f"must be true or false, got {_show(raw)}")
+
+
+class _ChoiceList(_Kind):
+    __slots__ = ("options",)
+
+    def __init__(self, options: tuple[str, ...]) -> None:
+        self.options = options
+
+    def describe(self) -> str:
+        return "list of " + ", ".join(_toml_str(o) for o in self.options)
+
+    def parse(self, raw: object, base_dir: Path) -> tuple[str, ...]:
+        if isinstance(raw, list) and all(isinstance(x, str) for x in raw):
+            bad = [x for x in raw if x.lower() not in self.options]
+            if not bad:
+                return tuple(dict.fromkeys(x.lower() for x in raw))
+            raise _Invalid(
+                f"{_show(bad[0])} is not one of {', '.join(_toml_str(o) for o in self.options)}"
+            )
+        raise _Invalid(f"must be a list of strings, got {_show(raw)}")
+
+    def dump(self, value: Any) -> object:
+        return list(value)
+
+
+class _NetworkList(_Kind):
+    __slots__ = ()
+
+    def describe(self) -> str:
+        return "list of IP networks"
+
+    def parse(self, raw: object, base_dir: Path) -> tuple[str, ...]:
+        import ipaddress
+
+        if isinstance(raw, list) and all(isinstance(x, str) for x in raw):
+            out = []
+            for text in raw:
+                try:
+                    out.append(str(ipaddress.ip_network(text.strip(), strict=False)))
+                except ValueError:
+                    raise _Invalid(
+                        f"{_show(text)} is not an IP network such as"
+                        ' "192.0.2.0/24" or "2001:db8::/32"'
+                    ) from None
+            return tuple(out)
+        raise _Invalid(f"must be a list of IP networks, got {_show(raw)}")
+
+    def dump(self, value: Any) -> object:
+        return list(value)
+
+
 class _TimeOfDay(_Kind):
     __slots__ = ()
 
@@ -890,6 +951,110 @@ class ResultsConfig:
             " when unset)",
         ),
     )
+    retention_days: int = field(
+        default=0,
+        metadata=_about(
+            _Integer(lo=0),
+            "Days of result files kept (today included); older files are removed;"
+            " 0 = keep all.",
+        ),
+    )
+
+
+# The verdicts of a record (ringtrap.processing.VERDICTS, which this leaf
+# module cannot import: processing needs the spamd client and the parsers).
+VERDICT_NAMES = (
+    "spam", "ham", "not_scanned", "error", "bounce", "autoreply", "virus", "oversize",
+    "unparseable", "duplicate",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RecordsConfig:
+    """[records]: what goes into a result record."""
+
+    trusted_networks: tuple[str, ...] = field(
+        default=(),
+        metadata=_about(
+            _NetworkList(),
+            "The trap's own relays: Received hops from these networks (and loopback) are"
+            " skipped when the relay IP and HELO are read from the message because the MTA"
+            " gave none.",
+        ),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class PrefilterConfig:
+    """[prefilter]: cheap checks that record a message without scanning it."""
+
+    checks: tuple[str, ...] = field(
+        default=("virus", "bounce", "autoreply"),
+        metadata=_about(
+            _ChoiceList(("virus", "bounce", "autoreply")),
+            "Prefilters in force: mail they match is recorded with that verdict and not sent"
+            " to spamd.  Oversize (workers.scan_limit_bytes) and unparseable mail are never"
+            " scanned.",
+        ),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class DedupeConfig:
+    """[dedupe]: recognising campaign repeats by body fingerprint."""
+
+    enabled: bool = field(
+        default=True,
+        metadata=_about(
+            _Bool(),
+            "Look each message's body fingerprint up among those scanned within"
+            " dedupe.window (a SQLite file in results.dir shared by all workers) and record"
+            " the first message's id as duplicate_of.",
+        ),
+    )
+    skip_scan: bool = field(
+        default=False,
+        metadata=_about(
+            _Bool(),
+            'Do not scan a repeat: record it as verdict "duplicate" with the first'
+            " message's score and rules.",
+        ),
+    )
+    window: float = field(
+        default=86400.0,
+        metadata=_about(
+            _Seconds(), "Seconds after its first scan during which a fingerprint counts as seen."
+        ),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ArchiveConfig:
+    """[archive]: the Maildir corpus of the messages themselves."""
+
+    dir: Path | None = field(
+        default=None,
+        metadata=_about(
+            _Path(optional=True),
+            "Directory of the Maildir archive, one Maildir per UTC day and verdict"
+            ' (<dir>/YYYY-MM-DD/<verdict>/new/); "" = no archive.',
+        ),
+    )
+    verdicts: tuple[str, ...] = field(
+        default=("spam", "ham", "not_scanned", "error", "virus", "oversize", "unparseable",
+                 "duplicate"),
+        metadata=_about(
+            _ChoiceList(VERDICT_NAMES),
+            "Verdicts whose messages are archived.",
+        ),
+    )
+    retention_days: int = field(
+        default=30,
+        metadata=_about(
+            _Integer(lo=0),
+            "Days of archive kept (today included); older days are removed; 0 = keep all.",
+        ),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -977,6 +1142,10 @@ class Config:
     workers: WorkersConfig = field(default_factory=WorkersConfig)
     spamd: SpamdConfig = field(default_factory=SpamdConfig)
     results: ResultsConfig = field(default_factory=ResultsConfig)
+    records: RecordsConfig = field(default_factory=RecordsConfig)
+    prefilter: PrefilterConfig = field(default_factory=PrefilterConfig)
+    dedupe: DedupeConfig = field(default_factory=DedupeConfig)
+    archive: ArchiveConfig = field(default_factory=ArchiveConfig)
     supervisor: SupervisorConfig = field(default_factory=SupervisorConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     service: ServiceConfig = field(default_factory=ServiceConfig)
@@ -1086,6 +1255,18 @@ def _check_service_group(c: Config) -> str | None:
     return None
 
 
+def _check_archive_outside_overflow(c: Config) -> str | None:
+    if c.archive.dir is None:
+        return None
+    archive = Path(os.path.normpath(c.archive.dir))
+    overflow = Path(os.path.normpath(c.overflow.dir))
+    if archive.is_relative_to(overflow) or overflow.is_relative_to(archive):
+        return (
+            f"{_toml_str(str(c.archive.dir))} must not be inside overflow.dir or contain it:"
+            " the daily purge would delete the archive"
+        )
+    return None
+
 def _check_overflow_not_ring(c: Config) -> str | None:
     shm = Path("/dev/shm")
     taken = {shm / c.ring.name, shm / f"sem.{c.ring.name}.lock", shm / f"sem.{c.ring.name}.ready"}
@@ -1114,6 +1295,7 @@ _RULES: tuple[_Rule, ...] = (
     _Rule(("overflow.max_bytes", "ingest.max_message_bytes"), _check_overflow_cap),
     _Rule(("results.dir", "overflow.dir"), _check_results_outside_overflow),
     _Rule(("overflow.dir", "ring.name"), _check_overflow_not_ring),
+    _Rule(("archive.dir", "overflow.dir"), _check_archive_outside_overflow),
     _Rule(("service.group", "service.user"), _check_service_group),
 )
 

@@ -37,7 +37,7 @@ class C(IntEnum):
     SCAN_US = 16  # total microseconds spent waiting on spamd
     VERDICT_SPAM = 17
     VERDICT_HAM = 18
-    VERDICT_NOT_SCANNED = 19  # spamd off or message over the scan limit
+    VERDICT_NOT_SCANNED = 19  # spamd off (before VERDICT_OVERSIZE: also over the limit)
     RECYCLED = 20  # worker left over its memory limit
     # supervisor
     RESTARTS = 21
@@ -68,6 +68,16 @@ class C(IntEnum):
     SCAN_BUCKET_11 = 43
     SCAN_BUCKET_12 = 44  # slower than the last bound
     VERDICT_ERROR = 45  # recorded with verdict "error" (spamd answered with an error)
+    # workers: verdicts of the prefilters and the dedupe (ringtrap.processing.VERDICTS)
+    VERDICT_BOUNCE = 46
+    VERDICT_AUTOREPLY = 47
+    VERDICT_VIRUS = 48
+    VERDICT_OVERSIZE = 49  # over workers.scan_limit_bytes
+    VERDICT_UNPARSEABLE = 50
+    VERDICT_DUPLICATE = 51  # a campaign repeat recorded from its first scan, not scanned
+    DEDUPE_HITS = 52  # repeats recognised (scanned again or not)
+    ARCHIVED = 53  # messages written to the Maildir archive
+    ARCHIVE_ERRORS = 54  # messages the archive could not take (recorded all the same)
 
 
 # Upper bounds in seconds of the scan-time buckets SCAN_BUCKET_0..11; a scan

@@ -1,66 +1,106 @@
 """Message work: turn one stored payload into one result record.
 
-:class:`Processor` splits off the envelope line, reads a few headers, asks
-spamd for a verdict and builds the record the worker writes to the results.
-It knows nothing of queues: the caller claims, records and acknowledges.
+:class:`Processor` splits off the envelope line, walks the message within
+fixed bounds (:mod:`ringtrap.mime`), extracts what an operator mines from it
+(:mod:`ringtrap.extract`), runs the cheap prefilters (:mod:`ringtrap.prefilter`),
+looks the body's fingerprint up among recent campaigns
+(:mod:`ringtrap.dedupe`), asks spamd for a verdict, archives the message
+(:mod:`ringtrap.archive`) and builds the record the worker writes to the
+results.  It knows nothing of queues: the caller claims, records and
+acknowledges.
 
-Headers are read by a small parser of our own over the first 64 KiB only:
-trap mail is hostile (binary garbage, thousands of headers, broken RFC 2047
-words, charsets that do not exist), and the parser must be cheap and must
-never raise.  Nothing here writes anything, so a process that dies in the
-middle of :meth:`Processor.process` leaves nothing behind but the claim it
-holds.
+Trap mail is hostile (binary garbage, thousands of headers, broken RFC 2047
+words, charsets that do not exist): nothing here raises on message content.
+A process that dies in the middle of :meth:`Processor.process` leaves behind
+at most an archive file that the retry replaces and a dedupe row (a cache),
+besides the claim it holds.
 """
 
 from __future__ import annotations
 
-import binascii
 import datetime
+import ipaddress
 import logging
-import re
 import time
+from collections.abc import Collection, Iterable
 from typing import Any
 
-from ringtrap import envelope
+from ringtrap import envelope, extract, mime, prefilter
+from ringtrap.archive import MaildirArchive
+from ringtrap.config import Config
+from ringtrap.dedupe import DedupeStore, First
 from ringtrap.envelope import Envelope
+from ringtrap.mime import HEADER_WINDOW, MAX_HEADERS, MAX_VALUE_CHARS, decode_words
 from ringtrap.spamd import SpamdClient, SpamdError
 
 log = logging.getLogger(__name__)
 
-# Only this much of a message is searched for its header block.
-HEADER_WINDOW = 64 * 1024
-# A header block longer than this many fields is read no further.
-MAX_HEADERS = 1000
-# A decoded header value is cut to this many characters: records stay small.
-MAX_VALUE_CHARS = 2048
+__all__ = [
+    "HEADER_WINDOW", "MAX_HEADERS", "MAX_VALUE_CHARS", "RECORD_KEYS", "VERDICTS", "Processor",
+    "decode_words", "iso_utc", "parse_headers", "split_payload",
+]
 
-# Record keys, in the order they are written.
+# Record keys, in the order they are written.  The first fourteen are the
+# original record: tools rely on them, so new keys only ever go at the end.
 RECORD_KEYS = (
     "id", "received", "size", "verdict", "reason", "score", "required", "rules",
     "from", "subject", "message_id", "scanned_ms", "attempts", "envelope",
+    "relay_ip", "relay_helo", "relay_source", "from_domain", "reply_to_domain",
+    "return_path_domain", "date", "urls", "url_domains", "attachments", "body_sha256",
+    "fingerprint", "duplicate_of", "defects", "archived", "timings_ms",
 )
 
-VERDICTS = ("spam", "ham", "not_scanned", "error")
+VERDICTS = (
+    "spam", "ham", "not_scanned", "error", prefilter.BOUNCE, prefilter.AUTOREPLY,
+    prefilter.VIRUS, prefilter.OVERSIZE, prefilter.UNPARSEABLE, "duplicate",
+)
+SCANNED_VERDICTS = ("spam", "ham")
 
 REASON_SPAMD_OFF = "spamd off"
-REASON_OVER_LIMIT = "over scan limit"
 
-_WANTED = {b"from": "from", b"subject": "subject", b"message-id": "message_id"}
-# An RFC 2047 encoded word; a language tag (RFC 2231, "utf-8*en") is dropped.
-_ENCODED_WORD = re.compile(rb"=\?([^?\s*]{1,64})(?:\*[^?\s]*)?\?([bBqQ])\?([^?\s]*)\?=")
-_NOT_BASE64 = re.compile(rb"[^A-Za-z0-9+/]")
-_SPACE = re.compile(r"\s+")
-# printable US-ASCII except the colon (RFC 5322 ftext)
-_FIELD_NAME = re.compile(rb"[\x21-\x39\x3b-\x7e]+")
+_WANTED = {"from": "from", "subject": "subject", "message-id": "message_id"}
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class Processor:
-    """Parses and scans messages; one instance per worker, no state between calls."""
+    """Parses, filters and scans messages; one instance per worker process.
 
-    def __init__(self, *, spamd: SpamdClient | None, scan_limit_bytes: int) -> None:
+    ``checks`` are the prefilters in force (:data:`ringtrap.prefilter.CHECKS`);
+    ``trusted_networks`` the trap's own relays, skipped when the relay is
+    read from Received fields.  ``dedupe`` recognises campaign repeats and,
+    with ``skip_duplicates``, records a repeat from the first message's scan
+    instead of scanning it.  ``archive`` stores messages by verdict.
+    """
+
+    def __init__(self, *, spamd: SpamdClient | None, scan_limit_bytes: int,
+                 checks: Collection[str] = prefilter.CHECKS,
+                 trusted_networks: Iterable[Network] = (),
+                 dedupe: DedupeStore | None = None, skip_duplicates: bool = False,
+                 archive: MaildirArchive | None = None) -> None:
         """``spamd`` None records every message unscanned ("spamd off")."""
         self.spamd = spamd
         self.scan_limit_bytes = scan_limit_bytes
+        self.checks = frozenset(checks)
+        self.trusted_networks = tuple(trusted_networks)
+        self.dedupe = dedupe
+        self.skip_duplicates = skip_duplicates
+        self.archive = archive
+        self.archive_errors = 0
+
+    @classmethod
+    def from_config(cls, cfg: Config, spamd: SpamdClient | None) -> Processor:
+        """The processor a worker runs with ``cfg``; opens nothing until the first message."""
+        dedupe = (DedupeStore(cfg.results.dir, cfg.dedupe.window) if cfg.dedupe.enabled
+                  else None)
+        archive = (MaildirArchive(cfg.archive.dir, cfg.archive.verdicts,
+                                  cfg.archive.retention_days)
+                   if cfg.archive.dir is not None else None)
+        return cls(spamd=spamd, scan_limit_bytes=cfg.workers.scan_limit_bytes,
+                   checks=cfg.prefilter.checks,
+                   trusted_networks=[ipaddress.ip_network(n) for n in
+                                     cfg.records.trusted_networks],
+                   dedupe=dedupe, skip_duplicates=cfg.dedupe.skip_scan, archive=archive)
 
     def process(self, msgid: str, payload: bytes, received: float, attempts: int) -> dict[str, Any]:
         """Build the result record of one stored payload.
@@ -70,48 +110,133 @@ class Processor:
         is recorded as verdict "error" with the reason.  ``received`` is
         wall-clock seconds since the epoch.
         """
+        clock = _Clock()
         env, message = split_payload(payload)
         size = message.nbytes
-        headers = parse_headers(message[:HEADER_WINDOW])
-        record: dict[str, Any] = {
+        msg = mime.parse(message)
+        clock.lap("parse")
+        record = self._describe(msgid, received, attempts, size, env, msg)
+        files = [] if msg.unparseable else extract.attachments(msg)
+        texts = extract.text_parts(msg)
+        found = extract.urls(text for _, text in texts)
+        record["urls"] = found
+        record["url_domains"] = extract.url_domains(found)
+        record["attachments"] = [f.to_dict() for f in files]
+        record["body_sha256"] = extract.body_sha256(msg)
+        record["fingerprint"] = extract.fingerprint(texts, files)
+        clock.lap("extract")
+        taken = prefilter.check(msg, message, env, size, self.scan_limit_bytes, files,
+                                self.checks)
+        clock.lap("prefilter")
+        if taken is not None:
+            record["verdict"], record["reason"] = taken
+        elif self.spamd is None:
+            record["reason"] = REASON_SPAMD_OFF
+        else:
+            self._scan(record, message, received, clock)
+        if self.archive is not None:
+            record["archived"] = self._archive(record, message, received)
+            clock.lap("archive")
+        record["timings_ms"] = clock.laps
+        return record
+
+    def _describe(self, msgid: str, received: float, attempts: int, size: int,
+                  env: Envelope, msg: mime.Message) -> dict[str, Any]:
+        """The record's fields that need no scan, with the verdict still "not_scanned"."""
+        heads = {key: msg.get(name) for name, key in _WANTED.items()}
+        if env.client_address:
+            relay_ip, relay_helo, source = env.client_address, env.client_helo, "mta"
+        else:
+            relay_ip, relay_helo = extract.first_untrusted_relay(msg, self.trusted_networks)
+            source = "received" if relay_ip else None
+        return_path = env.sender if env.sender is not None else msg.get("return-path")
+        record: dict[str, Any] = dict.fromkeys(RECORD_KEYS)
+        record.update({
             "id": msgid,
             "received": iso_utc(received),
             "size": size,
             "verdict": "not_scanned",
-            "reason": None,
-            "score": None,
-            "required": None,
             "rules": [],
-            "from": headers.get("from"),
-            "subject": headers.get("subject"),
-            "message_id": headers.get("message_id"),
-            "scanned_ms": None,
+            **heads,
             "attempts": attempts,
             "envelope": env.to_dict(),
-        }
-        if self.spamd is None:
-            record["reason"] = REASON_SPAMD_OFF
-            return record
-        if size > self.scan_limit_bytes:
-            record["reason"] = REASON_OVER_LIMIT
-            return record
-        started = time.monotonic()
+            "relay_ip": relay_ip,
+            "relay_helo": relay_helo,
+            "relay_source": source,
+            "from_domain": extract.address_domain(heads["from"]),
+            "reply_to_domain": extract.address_domain(msg.get("reply-to")),
+            "return_path_domain": extract.address_domain(return_path),
+            "date": msg.get("date"),
+            "defects": msg.defects,
+        })
+        return record
+
+    def _scan(self, record: dict[str, Any], message: memoryview, received: float,
+              clock: _Clock) -> None:
+        fingerprint = record["fingerprint"]
+        first: First | None = None
+        if self.dedupe is not None and fingerprint:
+            first = self.dedupe.lookup(fingerprint, received)
+            clock.lap("dedupe")
+        if first is not None:
+            record["duplicate_of"] = first.msgid
+            if self.skip_duplicates:
+                record.update(verdict="duplicate", score=first.score, required=first.required,
+                              rules=list(first.rules),
+                              reason=f"repeat of {first.msgid} ({first.verdict})")
+                return
         try:
-            result = self.spamd.symbols(message)
+            result = self.spamd.symbols(message)  # type: ignore[union-attr]
         except SpamdError as exc:
             if exc.retryable:
                 raise
             # spamd answered, so the time it took is still worth recording
-            record["scanned_ms"] = _ms_since(started)
+            record["scanned_ms"] = clock.lap("scan")
             record["verdict"] = "error"
             record["reason"] = f"spamd: {exc}"
-            return record
-        record["scanned_ms"] = _ms_since(started)
+            return
+        record["scanned_ms"] = clock.lap("scan")
         record["verdict"] = "spam" if result.spam else "ham"
         record["score"] = result.score
         record["required"] = result.required
         record["rules"] = list(result.rules)
-        return record
+        if self.dedupe is not None and fingerprint and first is None:
+            self.dedupe.remember(fingerprint, First(
+                record["id"], received, record["verdict"], result.score, result.required,
+                result.rules))
+            clock.lap("dedupe")
+
+    def _archive(self, record: dict[str, Any], message: memoryview,
+                 received: float) -> str | bool | None:
+        """The archived copy's path, None when not archived, False when the archive failed."""
+        assert self.archive is not None
+        try:
+            return self.archive.store(record["id"], record["verdict"], message, received)
+        except OSError as exc:
+            # the corpus is a copy; the record is what must not be lost
+            self.archive_errors += 1
+            if self.archive_errors == 1 or self.archive_errors % 100 == 0:
+                log.warning("%s: cannot archive (%s); %d archive error(s) so far",
+                            record["id"], exc, self.archive_errors)
+            return False
+
+
+class _Clock:
+    """Milliseconds spent in each step of one message, on the monotonic clock."""
+
+    __slots__ = ("laps", "last")
+
+    def __init__(self) -> None:
+        self.laps: dict[str, float] = {}
+        self.last = time.monotonic()
+
+    def lap(self, step: str) -> float:
+        """Charge the time since the last lap to ``step``; returns this lap's ms."""
+        now = time.monotonic()
+        ms = round((now - self.last) * 1000.0, 3)
+        self.laps[step] = round(self.laps.get(step, 0.0) + ms, 3)
+        self.last = now
+        return ms
 
 
 def split_payload(payload: bytes) -> tuple[Envelope, memoryview]:
@@ -133,106 +258,18 @@ def iso_utc(epoch: float) -> str:
     return when.isoformat(timespec="microseconds")
 
 
-def _ms_since(started: float) -> float:
-    return round((time.monotonic() - started) * 1000.0, 3)
-
-
 def parse_headers(head: bytes | memoryview) -> dict[str, str]:
     """From, Subject and Message-ID (first of each) of a message's start, decoded.
 
     Keys are "from", "subject" and "message_id"; a header that is absent is
-    absent from the dict.  Reads at most :data:`MAX_HEADERS` fields; never
-    raises on any input.
+    absent from the dict.  Reads at most :data:`MAX_HEADERS` fields within
+    :data:`HEADER_WINDOW` bytes; never raises on any input.
     """
     data = bytes(head[:HEADER_WINDOW])
-    # Cut at the blank line first so a large body is never split into lines.
-    ends = [i for i in (data.find(b"\n\n"), data.find(b"\n\r\n")) if i >= 0]
-    if ends:
-        data = data[: min(ends) + 1]
-    found: dict[str, list[bytes]] = {}
-    current: list[bytes] | None = None  # the folded lines of a field we keep
-    fields = 0
-    for number, line in enumerate(data.split(b"\n")):
-        line = line.removesuffix(b"\r")
-        if not line:
-            break
-        if line[:1] in (b" ", b"\t"):
-            if current is not None:
-                current.append(line)
-            continue
-        name, colon, value = line.partition(b":")
-        name = name.rstrip(b" \t")
-        if not colon or _FIELD_NAME.fullmatch(name) is None:
-            if number == 0 and line.startswith(b"From "):
-                continue  # an mbox separator line
-            break  # the body starts (or garbage: either way no more headers)
-        fields += 1
-        if fields > MAX_HEADERS:
-            break
-        key = _WANTED.get(name.lower())
-        if key is None or key in found:
-            current = None
-            continue
-        current = found[key] = [value]
-    return {key: _clean(decode_words(b"".join(lines))) for key, lines in found.items()}
-
-
-def _clean(text: str) -> str:
-    return _SPACE.sub(" ", text).strip()[:MAX_VALUE_CHARS]
-
-
-def decode_words(raw: bytes) -> str:
-    """Decode a header value's RFC 2047 words; undecodable bytes become U+FFFD.
-
-    Adjacent words of one charset are joined before decoding, so a character
-    split across two words (common in bulk mail) survives; the whitespace
-    between encoded words is dropped as RFC 2047 says.
-    """
-    parts: list[tuple[str | None, bytes]] = []  # (charset or None for raw text, bytes)
-    pos = 0
-    after_word = False
-    for m in _ENCODED_WORD.finditer(raw):
-        gap = raw[pos : m.start()]
-        if gap and not (after_word and gap.isspace()):
-            _add(parts, None, gap)
-        charset = m[1].decode("ascii", "replace").lower()
-        data = _unbase64(m[3]) if m[2] in b"bB" else binascii.a2b_qp(m[3], header=True)
-        if data is None:
-            _add(parts, None, m[0])
-        else:
-            _add(parts, charset, data)
-        after_word = data is not None
-        pos = m.end()
-    if pos < len(raw):
-        _add(parts, None, raw[pos:])
-    return "".join(_text(charset, data) for charset, data in parts)
-
-
-def _add(parts: list[tuple[str | None, bytes]], charset: str | None, data: bytes) -> None:
-    if parts and parts[-1][0] == charset:
-        parts[-1] = (charset, parts[-1][1] + data)
-    else:
-        parts.append((charset, data))
-
-
-def _unbase64(text: bytes) -> bytes | None:
-    text = _NOT_BASE64.sub(b"", text)
-    if len(text) % 4 == 1:
-        text = text[:-1]  # a lone trailing character carries no whole byte
-    text += b"=" * (-len(text) % 4)
-    try:
-        return binascii.a2b_base64(text)
-    except binascii.Error:
-        return None
-
-
-def _text(charset: str | None, data: bytes) -> str:
-    if charset is None:
-        # 8-bit header bytes are most often UTF-8 in current spam
-        return data.decode("utf-8", "replace")
-    try:
-        return data.decode(charset, "replace")
-    except (LookupError, ValueError, TypeError):
-        # an unknown charset, a codec that is not a text encoding ("base64"),
-        # or one that refuses errors="replace" ("idna")
-        return data.decode("utf-8", "replace")
+    fields, _, _ = mime.parse_header_block(data, 0, len(data))
+    out: dict[str, str] = {}
+    for name, value in fields:
+        key = _WANTED.get(name)
+        if key is not None and key not in out:
+            out[key] = mime.clean(decode_words(value))
+    return out

@@ -13,10 +13,13 @@ that loses the ring and the tmpfs overflow too; there is no fsync.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
 import os
+import re
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -29,11 +32,53 @@ SUFFIX = ".jsonl"
 FILE_MODE = 0o640
 DIR_MODE = 0o750
 _DAY = 86400
+_DAY_NAME = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+def day_name(epoch: float) -> str:
+    """``YYYY-MM-DD`` of ``epoch`` in UTC."""
+    return time.strftime("%Y-%m-%d", time.gmtime(epoch))
+
+
+def prune_days(directory: Path, retention_days: int, now: float) -> list[str]:
+    """Remove the day entries of ``directory`` older than the retention.
+
+    Day entries are ``YYYY-MM-DD`` (archive days) and ``results-YYYY-MM-DD.jsonl``
+    (result files); nothing else is touched.
+
+    Keeps today and the ``retention_days - 1`` days before it; 0 keeps
+    everything.  Returns the names removed.  Safe to run from several
+    processes at once.
+    """
+    if retention_days <= 0:
+        return []
+    oldest = day_name(now - (retention_days - 1) * _DAY)
+    removed = []
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return []
+    for name in sorted(names):
+        day = name.removeprefix(PREFIX).removesuffix(SUFFIX) if name.startswith(PREFIX) \
+            and name.endswith(SUFFIX) else name
+        if _DAY_NAME.fullmatch(day) is None or day >= oldest:
+            continue  # not ours, or recent enough
+        path = directory / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        removed.append(name)
+    if removed:
+        log.info("retention: removed %d day(s) older than %s from %s", len(removed), oldest,
+                 directory)
+    return removed
 
 
 def file_name(epoch: float) -> str:
     """Name of the results file for a write at ``epoch`` (wall-clock seconds)."""
-    return PREFIX + time.strftime("%Y-%m-%d", time.gmtime(epoch)) + SUFFIX
+    return PREFIX + day_name(epoch) + SUFFIX
 
 
 # Characters that str.splitlines() and some editors take for line breaks; JSON
@@ -62,9 +107,15 @@ class ResultSink:
     """
 
     def __init__(self, directory: str | os.PathLike[str], *,
-                 clock: Callable[[], float] = time.time, mode: int = FILE_MODE) -> None:
-        """Create ``directory`` if missing; no file is opened until the first write."""
+                 clock: Callable[[], float] = time.time, mode: int = FILE_MODE,
+                 retention_days: int = 0) -> None:
+        """Create ``directory`` if missing; no file is opened until the first write.
+
+        ``retention_days`` > 0: when a new day's file is opened, files of days
+        before the last ``retention_days`` (today included) are removed.
+        """
         self.directory = Path(directory)
+        self.retention_days = retention_days
         self.directory.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
         self._clock = clock
         self._mode = mode
@@ -104,6 +155,7 @@ class ResultSink:
             os.close(self._fd)
             log.info("results now go to %s", path)
         self._fd, self._day, self.path = fd, day, path
+        prune_days(self.directory, self.retention_days, now)
 
     def close(self) -> None:
         """Close the current file; later writes raise ValueError.  Idempotent."""

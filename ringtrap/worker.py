@@ -58,6 +58,12 @@ _VERDICT_COUNTERS = {
     "spam": C.VERDICT_SPAM,
     "ham": C.VERDICT_HAM,
     "not_scanned": C.VERDICT_NOT_SCANNED,
+    "bounce": C.VERDICT_BOUNCE,
+    "autoreply": C.VERDICT_AUTOREPLY,
+    "virus": C.VERDICT_VIRUS,
+    "oversize": C.VERDICT_OVERSIZE,
+    "unparseable": C.VERDICT_UNPARSEABLE,
+    "duplicate": C.VERDICT_DUPLICATE,
 }
 
 AnyClaim = Claim | OverflowClaim
@@ -215,6 +221,12 @@ class Worker:
             self._count(C.SCAN_US, int(scanned_ms * 1000))
             self._count(scan_bucket(scanned_ms / 1000.0))
         self._dependency_up(claim.msgid)  # whatever was down is back: reset the backoff
+        if record.get("duplicate_of"):
+            self._count(C.DEDUPE_HITS)
+        if record.get("archived"):
+            self._count(C.ARCHIVED)
+        elif record.get("archived") is False:
+            self._count(C.ARCHIVE_ERRORS)
         if verdict == "error":
             self._count(C.SPAMD_ERRORS)
             self._count(C.VERDICT_ERROR)
@@ -416,12 +428,12 @@ def child_main(cfg: Config, index: int, row_index: int, spamd_address: str | Non
     try:
         try:
             overflow = Overflow(cfg.overflow.dir, cfg.overflow.max_bytes)
-            sink = ResultSink(cfg.results.dir)
+            sink = ResultSink(cfg.results.dir, retention_days=cfg.results.retention_days)
             row = ring.register(Role.WORKER, index, row=row_index)
         except (OSError, RingError) as exc:
             log.error("worker %d: cannot start: %s", index, exc)
             return EXIT_SETUP
-        processor = Processor(spamd=client, scan_limit_bytes=cfg.workers.scan_limit_bytes)
+        processor = Processor.from_config(cfg, client)
         worker = Worker(cfg, ring, overflow, row, index, processor, sink, parent_pid=parent)
 
         def graceful(signum: int, frame: FrameType | None) -> None:

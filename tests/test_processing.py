@@ -8,6 +8,7 @@ session's ``spamd_server`` from conftest); the parsing tests run without one
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 import socket
 import tempfile
@@ -25,7 +26,6 @@ from ringtrap.processing import (
     HEADER_WINDOW,
     MAX_HEADERS,
     MAX_VALUE_CHARS,
-    REASON_OVER_LIMIT,
     REASON_SPAMD_OFF,
     RECORD_KEYS,
     Processor,
@@ -93,6 +93,27 @@ def test_spam_sample_is_spam(scanner: Processor) -> None:
 
 
 @pytest.mark.spamd
+def test_spam_sample_record_has_what_an_operator_mines(scanner: Processor) -> None:
+    message = SPAM.read_bytes()
+    record = scanner.process(MSGID, envelope.frame(message, ENV), RECEIVED, 0)
+    assert (record["relay_ip"], record["relay_helo"], record["relay_source"]) == (
+        "192.0.2.7", "mx.example.org", "mta")
+    assert record["from_domain"] == "example.net"
+    assert record["return_path_domain"] == "example.org"  # the envelope sender
+    assert record["reply_to_domain"] is None
+    assert record["date"] == "Wed, 23 Jul 2003 23:30:00 +0200"
+    assert record["urls"] == [] and record["url_domains"] == [] and record["attachments"] == []
+    body = message.split(b"\n\n", 1)[1]
+    assert record["body_sha256"] == hashlib.sha256(body).hexdigest()
+    assert isinstance(record["fingerprint"], str) and len(record["fingerprint"]) == 32
+    assert record["duplicate_of"] is None and record["defects"] == []
+    assert record["archived"] is None  # no archive configured
+    timings = record["timings_ms"]
+    assert list(timings) == ["parse", "extract", "prefilter", "scan"]
+    assert timings["scan"] == record["scanned_ms"]
+
+
+@pytest.mark.spamd
 def test_nonspam_sample_is_ham(scanner: Processor) -> None:
     message = HAM.read_bytes()
     record = scanner.process(MSGID, envelope.frame(message, ENV), RECEIVED, 0)
@@ -105,6 +126,9 @@ def test_nonspam_sample_is_ham(scanner: Processor) -> None:
     assert record["subject"] == "TBTF ping for 2001-04-20: Reviving"
     assert record["from"] == "Keith Dawson <dawson@world.std.com>"
     assert record["envelope"]["client_helo"] == "mx.example.org"
+    assert record["url_domains"] == [
+        "tbtf.com", "quicktopic.com", "slashdot.org", "userland.com", "sitescooper.org",
+        "pgp.com"]
 
 
 @pytest.mark.spamd
@@ -135,9 +159,10 @@ def test_over_scan_limit_never_contacts_spamd() -> None:
     message = SPAM.read_bytes()
     proc = Processor(spamd=missing_spamd(), scan_limit_bytes=len(message) - 1)
     record = proc.process(MSGID, envelope.frame(message), RECEIVED, 0)
-    assert record["verdict"] == "not_scanned"
-    assert record["reason"] == REASON_OVER_LIMIT
+    assert record["verdict"] == "oversize"
+    assert record["reason"] == f"{len(message)} bytes over the scan limit of {len(message) - 1}"
     assert record["size"] == len(message)
+    assert record["scanned_ms"] is None
 
 
 def test_at_scan_limit_spamd_is_contacted_and_retryable_errors_pass_through() -> None:
