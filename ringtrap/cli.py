@@ -18,6 +18,7 @@ from ringtrap import __version__
 from ringtrap import config as configmod
 
 EX_USAGE = 64
+EX_NOINPUT = 66
 EX_UNAVAILABLE = 69
 EX_CONFIG = 78
 
@@ -188,6 +189,40 @@ def cmd_purge(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    import datetime
+
+    from ringtrap import report
+
+    cfg = _load(args.config)
+    day = args.day or time.strftime("%Y-%m-%d", time.gmtime())
+    try:
+        datetime.date.fromisoformat(day)
+    except ValueError:
+        print(f"ringtrap: --day must be a date YYYY-MM-DD, got {day!r}", file=sys.stderr)
+        return EX_USAGE
+    path = report.day_file(cfg.results.dir, day)
+    if not path.exists():
+        print(f"ringtrap: no records for {day} ({path} does not exist)", file=sys.stderr)
+        return EX_NOINPUT
+    summary = report.summarize(report.read_day(path), top=args.top)
+    if args.json:
+        json.dump({"day": day, **summary}, sys.stdout, indent=2)
+        print()
+    else:
+        print(report.render_text(summary, day), end="")
+    if args.charts:
+        try:
+            written = report.render_charts(summary, day, Path(args.charts))
+        except ImportError:
+            print("ringtrap: charts need matplotlib: pip install 'ringtrap[report]'",
+                  file=sys.stderr)
+            return EX_UNAVAILABLE
+        for chart in written:
+            print(f"wrote {chart}", file=sys.stderr)
+    return 0
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     if args.check:
         try:
@@ -230,6 +265,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("purge", help="drop the overflow backlog now")
     with_config(p)
     p.set_defaults(func=cmd_purge)
+    p = sub.add_parser("report", help="the daily report: verdicts, rules, relays, URL"
+                       " domains, campaigns, sizes, scan times")
+    with_config(p)
+    p.add_argument("--day", metavar="YYYY-MM-DD", help="the UTC day to report (default: today)")
+    p.add_argument("--top", type=int, default=10, metavar="N", help="rows per table (default 10)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--charts", metavar="DIR",
+                   help="also write PNG charts into DIR (needs the 'report' extra: matplotlib)")
+    p.set_defaults(func=cmd_report)
     p = sub.add_parser("config", help="print a sample configuration or check one")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--sample", action="store_true",
