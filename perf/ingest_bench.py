@@ -13,8 +13,11 @@ processes drive every row, in this one invocation:
                                    file written in tmp/, hard-linked into data/
                                    and queue/, temporaries unlinked (on tmpfs)
 
-Server CPU is the server process's user+system time over the measured run;
-latency is what a client sees from connect to the reply.
+Server CPU is the server process's user+system time over the measured run
+(psutil); latency is what a client sees from connect to the reply.  A second,
+quieter figure stops the server, queues a burst of messages, lets it serve
+them and reads its on-CPU nanoseconds: no client is waiting then, so no
+wake-up costs are charged and the store's own cost stands out.
 
     python3 perf/ingest_bench.py                 # table, 32 and 64 clients
     python3 perf/ingest_bench.py --json          # rows as JSON objects
@@ -331,6 +334,48 @@ def _cpu(pid: int) -> float:
     return t.user + t.system
 
 
+def _oncpu_ns(pid: int) -> int | None:
+    """Nanoseconds ``pid`` has run on a CPU (/proc schedstat), None if unavailable."""
+    try:
+        with open(f"/proc/{pid}/schedstat") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def queued_cpu_us(pid: int, path: Path, msg: bytes, batch: int = 500, rounds: int = 7) -> float:
+    """Server CPU per message with ``batch`` messages queued while it is stopped.
+
+    No client is waiting while the server runs, so no wake-up is charged to
+    it: this isolates what storing costs, with far less noise than a live run.
+    The best of ``rounds`` is returned.
+    """
+    best = float("inf")
+    for _ in range(rounds):
+        os.kill(pid, signal.SIGSTOP)
+        socks = []
+        try:
+            for _ in range(batch):
+                s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                socks.append(s)
+                s.connect(str(path))
+                s.sendall(msg)
+                s.shutdown(socket.SHUT_WR)
+            before = _oncpu_ns(pid)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        for s in socks:
+            s.settimeout(30)
+            if not s.recv(128).startswith(b"OK "):
+                raise RuntimeError("a queued message was not accepted")
+            s.close()
+        after = _oncpu_ns(pid)
+        if before is None or after is None:
+            return float("nan")
+        best = min(best, (after - before) / batch / 1e3)
+    return round(best, 1)
+
+
 def _stop(pid: int) -> int:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
@@ -347,7 +392,8 @@ def _listen(path: Path) -> socket.socket:
     return s
 
 
-def run_row(kind: str, n: int, clients: int, procs: int, size: int, work: Path) -> dict:
+def run_row(kind: str, n: int, clients: int, procs: int, size: int, work: Path,
+            queued: bool = True) -> dict:
     sock_path = work / "in.sock"
     msg = _message(size)
     extra: dict[str, object] = {}
@@ -402,6 +448,8 @@ def run_row(kind: str, n: int, clients: int, procs: int, size: int, work: Path) 
             extra["queued"] = len(os.listdir(spill_dir / "dirqueue" / "queue"))
         if helpers:
             extra["drain_cpu_us_per_msg"] = round((helper_cpu1 - helper_cpu0) / n * 1e6, 1)
+        if queued:
+            extra["queued_cpu_us_per_msg"] = queued_cpu_us(server, sock_path, msg)
         code = _stop(server)
         for p in helpers:
             _stop(p)
@@ -449,6 +497,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", default=",".join(NAMES), help="comma-separated: " + ",".join(NAMES))
     ap.add_argument("--runs", type=int, default=3,
                     help="runs per row, interleaved across rows; the median run is shown")
+    ap.add_argument("--no-queued", action="store_true",
+                    help="skip the queued-burst measurement of server CPU")
     ap.add_argument("--json", action="store_true", help="print rows as JSON")
     args = ap.parse_args(argv)
 
@@ -462,7 +512,8 @@ def main(argv: list[str] | None = None) -> int:
             for clients in counts:
                 for kind in kinds:
                     runs[kind, clients].append(run_row(kind, args.messages, clients,
-                                                       args.client_procs, args.size, work))
+                                                       args.client_procs, args.size, work,
+                                                       not args.no_queued))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     rows = []
@@ -471,6 +522,8 @@ def main(argv: list[str] | None = None) -> int:
         row = dict(results[len(results) // 2])
         row["runs"] = len(results)
         row["server_cpu_us_per_msg_min"] = min(r["server_cpu_us_per_msg"] for r in results)
+        if not args.no_queued:
+            row["queued_cpu_us_per_msg"] = min(r["queued_cpu_us_per_msg"] for r in results)
         rows.append(row)
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -479,13 +532,16 @@ def main(argv: list[str] | None = None) -> int:
           f"clients in {args.client_procs} processes, {os.cpu_count()} CPUs, "
           f"median of {args.runs} interleaved runs\n")
     head = (f"{'server':40} {'clients':>7} {'msgs/s':>8} {'cpu us/msg':>10} "
-            f"{'p50 ms':>7} {'p99 ms':>7} {'ring':>6} {'spilled':>7}")
+            f"{'p50 ms':>7} {'p99 ms':>7} {'ring':>6} {'spilled':>7} {'queued us':>9}")
     print(head)
     print("-" * len(head))
     for r in rows:
         print(f"{r['name']:40} {r['clients']:>7} {r['msgs_per_s']:>8} "
               f"{r['server_cpu_us_per_msg']:>10} {r['p50_ms']:>7} {r['p99_ms']:>7} "
-              f"{r.get('ring', '-'):>6} {r.get('spilled', '-'):>7}")
+              f"{r.get('ring', '-'):>6} {r.get('spilled', '-'):>7} "
+              f"{r.get('queued_cpu_us_per_msg', '-'):>9}")
+    print("\ncpu us/msg: server CPU over the live run; queued us: server CPU per message"
+          " for a burst queued while the server was stopped (no client wake-ups; best of 7)")
     bare = {r["clients"]: r["msgs_per_s"] for r in rows if r["name"] == NAMES["bare"]}
     if bare:
         print()

@@ -18,7 +18,9 @@ connection (:class:`_Conn`, driven by :class:`IngestServer`) owns framing,
 limits, the idle timeout and the reply; :class:`Store` decides ring or
 overflow.  Every stored payload is ``envelope.header(None)`` followed by the
 bytes received.  A payload is buffered while it fits a ring slot and streamed
-to the overflow once it does not, so a large message is never held whole.
+to the overflow once it does not, so a large message is never held whole (one
+that arrives whole within the single receive buffer, at most ``CHUNK`` bytes,
+is stored from that buffer).
 
 The server is one process with one ``selectors`` loop.  It is the ring's only
 producer and never waits on the workers: a full ring means a spill.
