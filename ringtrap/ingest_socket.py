@@ -77,6 +77,9 @@ CHUNK = 64 * 1024
 # accepts per readiness event: enough to empty any backlog the loop can serve,
 # few enough that heartbeats and idle checks still run under a connection flood
 _ACCEPT_BATCH = 1024
+# receives for one connection per turn: a client that writes faster than the
+# loop reads must not starve the others, the heartbeat or the idle checks
+_READS_PER_TURN = 16
 # after EMFILE/ENFILE the listener is left alone this long instead of spinning
 _ACCEPT_PAUSE = 0.1
 _TITLE_EVERY = 1.0
@@ -490,7 +493,7 @@ class IngestServer:
         """Take what the client has sent; True once it has been answered."""
         body = self._body
         recv_into = conn.sock.recv_into
-        while True:
+        for _ in range(_READS_PER_TURN):
             try:
                 n = recv_into(body, CHUNK, _DONTWAIT)
             except BlockingIOError:
@@ -503,6 +506,7 @@ class IngestServer:
                 return True
             conn.last = self._now
             self._take(conn, body[:n])
+        return False  # still readable: the selector reports it again next turn
 
     def _take(self, conn: _Conn, chunk: memoryview) -> None:
         """Buffer, stream or drop one chunk of the message."""
