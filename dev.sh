@@ -5,7 +5,8 @@
 #   ./dev.sh test [pytest options]         the whole test suite
 #
 # Installs what is missing (Debian: spamd, spamc, socat, netcat-openbsd,
-# python3-venv) and the package with its test extras into ./.venv.
+# python3-venv, systemd for systemd-analyze) and the package with its test
+# extras into ./.venv.
 set -eu
 cd "$(dirname "$0")"
 
@@ -15,7 +16,7 @@ what=$1; shift
 case "$what" in run|test) ;; *) usage ;; esac
 
 missing=""
-for pkg in spamd spamc socat netcat-openbsd python3-venv; do
+for pkg in spamd spamc socat netcat-openbsd python3-venv systemd; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing="$missing $pkg"
 done
 if [ -n "$missing" ]; then

@@ -33,6 +33,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from ringtrap import supervisor
 
     cfg = _load(args.config)
+    if args.log_format:
+        cfg = configmod.override(cfg, {"supervisor.log_format": args.log_format},
+                                 "--log-format")
     return supervisor.run(cfg, Path(args.config).resolve() if args.config else None)
 
 
@@ -44,31 +47,41 @@ def _fmt_bytes(n: float) -> str:
     return f"{n:.1f} GiB"  # pragma: no cover
 
 
-def gather_status(cfg: configmod.Config) -> dict[str, Any] | None:
-    """Everything ``status`` shows, as a JSON-ready dict; None if no ring exists."""
+def gather_status(cfg: configmod.Config, ring: Any = None,
+                  spill: Any = None) -> dict[str, Any] | None:
+    """Everything ``status`` shows, as a JSON-ready dict; None if no ring exists.
+
+    ``ring`` and ``spill`` (an Overflow) are handles to reuse (``ringtrap top`` keeps
+    them between readings); by default the ring is attached and closed here.
+    """
     import psutil
 
     from ringtrap import ring as ringmod
     from ringtrap.counters import C
     from ringtrap.overflow import Overflow
 
-    try:
-        ring = ringmod.Ring.attach(cfg.ring.name)
-    except (ringmod.RingMissing, ringmod.RingLayoutError):
-        return None
-    try:
+    if ring is not None:
         snap = ring.snapshot()
-    finally:
-        ring.close()
+    else:
+        try:
+            ring = ringmod.Ring.attach(cfg.ring.name)
+        except (ringmod.RingMissing, ringmod.RingLayoutError):
+            return None
+        try:
+            snap = ring.snapshot()
+        finally:
+            ring.close()
     totals = snap.totals()
     procs = []
     now_ns = time.monotonic_ns()
     for r in snap.rows:
-        rss = cpu = None
+        rss = cpu = title = None
         alive = False
         try:
             p = psutil.Process(r.pid)
             with p.oneshot():
+                # the process title (setproctitle rewrites the command line)
+                title = " ".join(p.cmdline()) or None
                 rss = p.memory_info().rss
                 t = p.cpu_times()
                 cpu = round(t.user + t.system, 2)
@@ -89,10 +102,11 @@ def gather_status(cfg: configmod.Config) -> dict[str, Any] | None:
             "rss_bytes": rss,
             "cpu_s": cpu,
             "alive": alive,
+            "title": title,
         })
     overflow: dict[str, Any] = {"dir": str(cfg.overflow.dir)}
     try:
-        o = Overflow(cfg.overflow.dir, cfg.overflow.max_bytes, create=False)
+        o = spill or Overflow(cfg.overflow.dir, cfg.overflow.max_bytes, create=False)
         st = o.stats()
         overflow.update({
             "ready": st.ready, "ready_bytes": st.ready_bytes, "claimed": st.claimed,
@@ -147,6 +161,8 @@ def print_status(st: dict[str, Any]) -> None:
 
 def cmd_status(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
+    if args.watch:
+        return cmd_top(args)
     st = gather_status(cfg)
     if st is None:
         print(f"ringtrap: not running (no ring {cfg.ring.name!r} in /dev/shm)", file=sys.stderr)
@@ -157,6 +173,15 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         print_status(st)
     return 0
+
+
+def cmd_top(args: argparse.Namespace) -> int:
+    if args.interval <= 0:
+        print("ringtrap: --interval must be a positive number of seconds", file=sys.stderr)
+        return EX_USAGE
+    from ringtrap import top
+
+    return top.watch(_load(args.config), interval=args.interval)
 
 
 def cmd_purge(args: argparse.Namespace) -> int:
@@ -257,11 +282,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run the trap in the foreground (the systemd main process)")
     with_config(p)
+    p.add_argument("--log-format", choices=("human", "json"),
+                   help="log line format (default: supervisor.log_format)")
     p.set_defaults(func=cmd_run)
+
+    def with_interval(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--interval", type=float, default=1.0, metavar="SECONDS",
+                       help="refresh period of the live view (default 1)")
+
     p = sub.add_parser("status", help="show the ring, the overflow and every process")
     with_config(p)
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--json", action="store_true", help="machine-readable output")
+    g.add_argument("--watch", action="store_true",
+                   help="a live view refreshed every second (same as 'ringtrap top')")
+    with_interval(p)
     p.set_defaults(func=cmd_status)
+    p = sub.add_parser("top", help="a live view of the ring, the overflow, rates and processes")
+    with_config(p)
+    with_interval(p)
+    p.set_defaults(func=cmd_top)
     p = sub.add_parser("purge", help="drop the overflow backlog now")
     with_config(p)
     p.set_defaults(func=cmd_purge)

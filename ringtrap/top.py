@@ -1,0 +1,221 @@
+"""``ringtrap top`` (``ringtrap status --watch``): a live terminal view of one trap.
+
+Every second it takes the same reading ``ringtrap status`` takes — the
+ring's shared memory, the overflow directory's names, ``/proc`` for each
+process — and redraws: the ring's fill bar, the overflow backlog, intake and
+scan rates (differences between two readings), and one row per process.
+It takes no lock and talks to no ringtrap process, so it costs the trap
+nothing and works while the trap is under full load.  It keeps one mapping
+of the ring across refreshes and maps it again when a new supervisor
+recreates the ring; while no trap runs it says so and keeps watching.
+
+The drawing is :func:`render`, a pure function of two readings, built with
+``rich``; :func:`watch` is the loop around it (Ctrl-C ends it).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from rich.console import Console, Group, JustifyMethod, RenderableType
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from ringtrap import config as configmod
+from ringtrap import ring as ringmod
+from ringtrap.overflow import Overflow
+
+BAR_WIDTH = 40
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """One ``gather_status`` result and the monotonic time it was taken."""
+
+    status: dict[str, Any] | None
+    at: float
+
+
+class Sampler:
+    """Takes readings of one trap, keeping the ring mapped between them."""
+
+    def __init__(self, cfg: configmod.Config) -> None:
+        self.cfg = cfg
+        self._ring: ringmod.Ring | None = None
+        self._ino: int | None = None
+        self._overflow: Overflow | None = None
+
+    def _segment_inode(self) -> int | None:
+        try:
+            return os.stat(ringmod.shm_paths(self.cfg.ring.name)[0]).st_ino
+        except OSError:
+            return None
+
+    def _current_ring(self) -> ringmod.Ring | None:
+        ino = self._segment_inode()
+        if self._ring is not None and ino == self._ino:
+            return self._ring
+        self.close()  # gone or replaced by a new supervisor's ring
+        if ino is None:
+            return None
+        try:
+            self._ring = ringmod.Ring.attach(self.cfg.ring.name)
+        except ringmod.RingError:
+            return None
+        self._ino = ino
+        return self._ring
+
+    def sample(self) -> Reading:
+        """A reading now; its status is None when no trap is running."""
+        from ringtrap.cli import gather_status
+
+        ring = self._current_ring()
+        if self._overflow is None:
+            try:
+                self._overflow = Overflow(self.cfg.overflow.dir, self.cfg.overflow.max_bytes,
+                                          create=False)
+            except (OSError, ValueError):
+                self._overflow = None
+        status = None if ring is None else gather_status(self.cfg, ring=ring,
+                                                         spill=self._overflow)
+        return Reading(status, time.monotonic())
+
+    def close(self) -> None:
+        """Let go of the ring mapping."""
+        if self._ring is not None:
+            self._ring.close()
+        self._ring = None
+        self._ino = None
+
+
+def _bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"  # pragma: no cover
+
+
+def _rate(cur: dict[str, Any], prev: dict[str, Any] | None, dt: float, *keys: str) -> str:
+    """Per-second change of the sum of ``keys`` in the totals; "-" when unknown."""
+    if prev is None or dt <= 0 or prev.get("supervisor_pid") != cur.get("supervisor_pid"):
+        return "-"
+    now = sum(cur["totals"].get(k, 0) for k in keys)
+    before = sum(prev["totals"].get(k, 0) for k in keys)
+    if now < before:
+        return "-"  # the ring was recreated: counters started again
+    return f"{(now - before) / dt:.1f}/s"
+
+
+def fill_bar(used: int, total: int, width: int = BAR_WIDTH) -> Text:
+    """A bar of ``width`` cells for ``used`` of ``total``; green, yellow, red by fill."""
+    frac = 0.0 if total <= 0 else min(1.0, used / total)
+    cells = round(frac * width)
+    if used and not cells:
+        cells = 1  # anything in the ring shows
+    style = "green" if frac < 0.5 else "yellow" if frac < 0.9 else "bold red"
+    bar = Text("[")
+    bar.append("█" * cells, style=style)
+    bar.append("·" * (width - cells), style="dim")
+    bar.append("]")
+    bar.append(f" {100 * frac:3.0f}%")
+    return bar
+
+
+def render(cur: Reading, prev: Reading | None, cfg: configmod.Config) -> RenderableType:
+    """The whole screen for reading ``cur``, with rates since ``prev``."""
+    st = cur.status
+    if st is None:
+        return Text(f"ringtrap: not running (no ring {cfg.ring.name!r} in /dev/shm);"
+                    " waiting for it...", style="bold yellow")
+    before = prev.status if prev is not None else None
+    dt = cur.at - prev.at if prev is not None else 0.0
+    r, o, t = st["ring"], st["overflow"], st["totals"]
+
+    head = Text.assemble(
+        (f"ringtrap {st['version']}", "bold"),
+        f"  supervisor pid {st['supervisor_pid']}  ring {r['name']} (generation "
+        f"{r['generation']})  {time.strftime('%H:%M:%S')}",
+    )
+    grid = Table.grid(padding=(0, 1))
+    grid.add_column(style="bold", no_wrap=True)
+    grid.add_column()
+    ring_line = fill_bar(r["used"], r["slots"])
+    ring_line.append(f"  {r['used']}/{r['slots']} slots: {r['ready']} ready, "
+                     f"{r['claimed']} being processed, {r['filling']} filling; "
+                     f"slots of {_bytes(r['slot_bytes'])}")
+    grid.add_row("ring", ring_line)
+    oldest = "-" if o.get("oldest_age_s") is None else f"{o['oldest_age_s']:.0f} s"
+    over = Text(f"{o['ready']} ready ({_bytes(o['ready_bytes'])}), {o['claimed']} being "
+                f"processed, {o['failed']} quarantined, oldest {oldest}; "
+                f"{_bytes(o['bytes'])} of {_bytes(o['max_bytes'])}")
+    if o["ready"]:
+        over.stylize("yellow")
+    grid.add_row("overflow", over)
+    refused = t["refused_too_large"] + t["refused_empty"] + t["refused_temp"]
+    grid.add_row("intake", Text(
+        f"{_rate(st, before, dt, 'accepted_ring', 'accepted_overflow')} accepted, "
+        f"{_rate(st, before, dt, 'accepted_overflow')} spilled, "
+        f"{_rate(st, before, dt, 'refused_too_large', 'refused_empty', 'refused_temp')} "
+        f"refused"))
+    grid.add_row("scan", Text(
+        f"{_rate(st, before, dt, 'processed')} processed, "
+        f"{_rate(st, before, dt, 'spamd_errors')} spamd errors"))
+    verdicts = ", ".join(f"{k.removeprefix('verdict_')} {v}" for k, v in t.items()
+                         if k.startswith("verdict_") and v)
+    grid.add_row("totals", Text(
+        f"accepted {t['accepted_ring'] + t['accepted_overflow']} (spilled "
+        f"{t['accepted_overflow']}), refused {refused}, processed {t['processed']}"
+        f"{' (' + verdicts + ')' if verdicts else ''}, quarantined {t['quarantined']}, "
+        f"purged {t['purged_files']}, restarts {t['restarts']}"))
+
+    procs = Table(box=None, pad_edge=False, header_style="bold reverse", expand=False)
+    columns: tuple[tuple[str, JustifyMethod], ...] = (
+        ("PID", "right"), ("TITLE", "left"), ("STATE", "left"), ("MESSAGE", "left"),
+        ("DONE", "right"), ("RSS", "right"), ("CPU", "right"))
+    for name, justify in columns:
+        procs.add_column(name, justify=justify, no_wrap=True)
+    cpu_before = {p["pid"]: p["cpu_s"] for p in (before or {}).get("processes", [])}
+    for p in st["processes"]:
+        title = p.get("title") or p["role"]
+        title = title.removeprefix("ringtrap: ")
+        cpu = "-"
+        if p["cpu_s"] is not None and cpu_before.get(p["pid"]) is not None and dt > 0:
+            cpu = f"{100 * max(0.0, p['cpu_s'] - cpu_before[p['pid']]) / dt:.0f}%"
+        state_style = {"scanning": "cyan", "busy": "cyan", "backoff": "bold red",
+                       "draining": "yellow", "stopped": "dim"}.get(p["state"], "")
+        procs.add_row(
+            str(p["pid"]), title, Text(p["state"], style=state_style),
+            p["message"] or "-", str(p["done"]),
+            "-" if p["rss_bytes"] is None else _bytes(p["rss_bytes"]), cpu,
+            style="" if p["alive"] else "dim strike",
+        )
+    return Group(head, Text(""), grid, Text(""), procs,
+                 Text("\nrefreshed every second; Ctrl-C quits", style="dim"))
+
+
+def watch(cfg: configmod.Config, interval: float = 1.0, console: Console | None = None,
+          frames: int | None = None) -> int:
+    """Redraw every ``interval`` seconds until Ctrl-C (or ``frames`` redraws); exit code 0."""
+    console = console or Console()
+    sampler = Sampler(cfg)
+    prev: Reading | None = None
+    drawn = 0
+    try:
+        with Live(console=console, auto_refresh=False, transient=False) as live:
+            while frames is None or drawn < frames:
+                cur = sampler.sample()
+                live.update(render(cur, prev, cfg), refresh=True)
+                drawn += 1
+                prev = cur
+                if frames is None or drawn < frames:
+                    time.sleep(interval)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sampler.close()
+    return 0
