@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from ringtrap import envelope, ids, proc
+from ringtrap import envelope, ids, proc, titles
 from ringtrap import ring as ringmod
 from ringtrap.config import Config, IngestConfig, OverflowConfig, RingConfig
 from ringtrap.counters import C
@@ -214,7 +214,20 @@ def base() -> Iterator[Path]:
 
 
 @pytest.fixture
-def make(base: Path) -> Iterator[Callable[..., Harness]]:
+def titles_set(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
+    """Titles the server sets; recorded instead of renaming the test process, which
+    other suites looking for ``ringtrap: ingest`` processes would otherwise find."""
+    seen: list[tuple[str, str]] = []
+
+    def record(role: str, activity: str = "") -> None:
+        seen.append((role, activity))
+
+    monkeypatch.setattr(titles, "set_title", record)
+    return seen
+
+
+@pytest.fixture
+def make(base: Path, titles_set: list[tuple[str, str]]) -> Iterator[Callable[..., Harness]]:
     made: list[Harness] = []
 
     def factory(**kwargs: object) -> Harness:
@@ -443,6 +456,21 @@ def test_client_that_does_not_read_the_reply_harms_nothing(
     assert got[-1] == (msgid, HEADER + b"and then a normal one")
 
 
+def test_title_shows_connections_and_messages_in(
+    make: Callable[..., Harness], titles_set: list[tuple[str, str]]
+) -> None:
+    h = make()
+    for i in range(3):
+        ok_id(h.deliver(b"m%d" % i))
+    c = h.connect()
+    c.send(b"held")
+    wait_for(lambda: ("ingest", "1 conns 3 in") in titles_set, timeout=3)
+    ok_id(c.finish())
+    h.server.stop()
+    wait_for(lambda: h.server.finished)
+    assert titles_set[-1] == ("ingest", "stopped 4 in")
+
+
 def test_ids_are_unique_and_increasing(make: Callable[..., Harness]) -> None:
     h = make(slots=64)
     got = [ok_id(h.deliver(b"message %d" % i)) for i in range(50)]
@@ -656,7 +684,7 @@ class Child:
 
 
 @pytest.fixture
-def child(base: Path) -> Iterator[Child]:
+def child(base: Path, titles_set: list[tuple[str, str]]) -> Iterator[Child]:
     c = Child(base)
     yield c
     c.close()
@@ -716,7 +744,9 @@ def test_child_ignores_hup_and_survives_clients_that_leave(child: Child) -> None
 
 
 @pytest.mark.slow
-def test_child_exits_when_its_parent_is_gone(base: Path) -> None:
+def test_child_exits_when_its_parent_is_gone(
+    base: Path, titles_set: list[tuple[str, str]]
+) -> None:
     ring_name = f"rt-test-ingest-orphan-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     sock_path = base / "ingest.sock"
     cfg = replace(
