@@ -784,22 +784,74 @@ def _answers(path: Path) -> bool:
     return True
 
 
+class _ChildSignals:
+    """The ingest child's signal dispositions; the handlers only record.
+
+    Installed before anything else in the child, so a TERM or HUP that comes
+    while the ring is being attached meets these handlers, not the default
+    action; a stop asked before the server exists is applied once it does.
+    """
+
+    __slots__ = ("drain", "reopen", "server", "stop_graceful", "stop_now")
+
+    def __init__(self, drain: float) -> None:
+        self.drain = drain
+        self.server: IngestServer | None = None
+        self.stop_graceful = False
+        self.stop_now = False
+        self.reopen = False
+
+    def install(self) -> None:
+        signal.signal(signal.SIGTERM, self._term)
+        signal.signal(signal.SIGINT, self._quit)
+        signal.signal(signal.SIGQUIT, self._quit)
+        signal.signal(signal.SIGUSR1, self._usr1)
+        # reload belongs to the supervisor; the default action would kill the ingest
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+
+    def attach(self, server: IngestServer) -> None:
+        self.server = server
+        if self.stop_now:
+            server.stop(graceful=False)
+        elif self.stop_graceful:
+            server.stop(graceful=True, drain_timeout=self.drain)
+
+    def _term(self, signum: int, frame: FrameType | None) -> None:
+        self.stop_graceful = True
+        if self.server is not None:
+            self.server.stop(graceful=True, drain_timeout=self.drain)
+
+    def _quit(self, signum: int, frame: FrameType | None) -> None:
+        self.stop_now = True
+        if self.server is not None:
+            self.server.stop(graceful=False)
+
+    def _usr1(self, signum: int, frame: FrameType | None) -> None:
+        self.reopen = True  # the loop reopens the log file (logrotate)
+
+
 def child_main(cfg: Config, listener: socket.socket, row_index: int) -> int:
     """Run the ingest in a forked child; return its exit code (0: clean stop).
 
     Expects the parent's fork hygiene to have run (signals reset, foreign fds
-    closed, title set).  TERM stops gracefully, INT and QUIT at once; the loop
-    also stops gracefully when the parent is gone.  If this process dies at
-    any point, nothing it answered OK is lost and the rest is recovered as the
-    module docstring says; a failure to start is logged and returns 1.
+    closed, title set).  TERM stops gracefully, INT and QUIT at once, USR1
+    reopens the log file, HUP is ignored; the loop also stops gracefully when
+    the parent is gone.  If this process dies at any point, nothing it
+    answered OK is lost and the rest is recovered as the module docstring
+    says; a failure to start is logged and returns 1.
     """
+    ppid = os.getppid()
+    # well inside the supervisor's own deadline, so clients still get an answer
+    signals = _ChildSignals(min(10.0, cfg.supervisor.graceful_timeout / 2))
+    signals.install()
     try:
         ring = Ring.attach(cfg.ring.name)
     except Exception:
         log.exception("ingest cannot attach the ring %r", cfg.ring.name)
         return 1
     try:
-        return _serve_child(cfg, listener, ring, row_index)
+        return _serve_child(cfg, listener, ring, row_index, signals, ppid)
     except Exception:
         log.exception("ingest failed")
         return 1
@@ -807,7 +859,14 @@ def child_main(cfg: Config, listener: socket.socket, row_index: int) -> int:
         ring.close()
 
 
-def _serve_child(cfg: Config, listener: socket.socket, ring: Ring, row_index: int) -> int:
+def _serve_child(
+    cfg: Config,
+    listener: socket.socket,
+    ring: Ring,
+    row_index: int,
+    signals: _ChildSignals,
+    ppid: int,
+) -> int:
     ing = cfg.ingest
     overflow = Overflow(cfg.overflow.dir, cfg.overflow.max_bytes)
     row = ring.register(Role.INGEST, 0, row=row_index)
@@ -820,43 +879,21 @@ def _serve_child(cfg: Config, listener: socket.socket, ring: Ring, row_index: in
         max_connections=ing.max_connections,
         row=row,
     )
-    # well inside the supervisor's own deadline, so clients still get an answer
-    drain = min(10.0, cfg.supervisor.graceful_timeout / 2)
-
-    def on_term(signum: int, frame: FrameType | None) -> None:
-        server.stop(graceful=True, drain_timeout=drain)
-
-    def on_quit(signum: int, frame: FrameType | None) -> None:
-        server.stop(graceful=False)
-
-    reopen_asked = False
-
-    def on_usr1(signum: int, frame: FrameType | None) -> None:
-        nonlocal reopen_asked
-        reopen_asked = True  # the loop reopens the log file (logrotate)
-
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGINT, on_quit)
-    signal.signal(signal.SIGQUIT, on_quit)
-    signal.signal(signal.SIGUSR1, on_usr1)
-    # reload belongs to the supervisor; its default action would kill the ingest
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-    # the handlers only set flags; the wake-up byte cuts the select short
+    # the wake-up byte cuts the select short after a handler has run
     signal.set_wakeup_fd(server.wakeup_fd, warn_on_full_buffer=False)
-    ppid = os.getppid()
+    signals.attach(server)
     log.info("ingest serving (ring %s, overflow %s)", ring.name, overflow.path)
     try:
         orphaned = False
         while not server.finished:
             server.serve_once(1.0)
-            if reopen_asked:
-                reopen_asked = False
+            if signals.reopen:
+                signals.reopen = False
                 logs.reopen()
             if not orphaned and os.getppid() != ppid:
                 orphaned = True
                 log.warning("supervisor (pid %d) is gone: finishing and exiting", ppid)
-                server.stop(graceful=True, drain_timeout=drain)
+                server.stop(graceful=True, drain_timeout=signals.drain)
     finally:
         signal.set_wakeup_fd(-1)
         server.close()
