@@ -81,7 +81,7 @@ def gather_status(cfg: configmod.Config, ring: Any = None,
             p = psutil.Process(r.pid)
             with p.oneshot():
                 # the process title (setproctitle rewrites the command line)
-                title = " ".join(p.cmdline()) or None
+                title = " ".join(p.cmdline()).strip() or None
                 rss = p.memory_info().rss
                 t = p.cpu_times()
                 cpu = round(t.user + t.system, 2)

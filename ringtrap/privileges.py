@@ -116,7 +116,7 @@ def own_dir(path: Path, t: Target, *, tree: bool = False) -> int:
     return changed
 
 
-def preload() -> None:
+def preload_package() -> None:
     """Import every ringtrap module and run its ``preload()`` hook, if it has one.
 
     Called before dropping root and before forking: children then find the
@@ -137,8 +137,10 @@ def preload() -> None:
         hook = getattr(module, "preload", None)
         if callable(hook) and getattr(hook, "__module__", None) == info.name:
             hook()
-    # loaded lazily by the configuration on a reload
-    for name in ("tomllib", "difflib", "textwrap", "shutil"):
+    # loaded lazily: by the configuration on a reload, and by the codec
+    # registry (host names go through idna in getaddrinfo)
+    for name in ("tomllib", "difflib", "textwrap", "shutil", "encodings.idna",
+                 "encodings.latin_1", "encodings.cp1252"):
         importlib.import_module(name)
 
 

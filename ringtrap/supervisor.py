@@ -241,6 +241,7 @@ class Supervisor:
             self.teardown_after_failed_setup()
             return EX_CONFIG
         systemd.notify(ready=1, status=self.status_line(), mainpid=os.getpid())
+        set_title("supervisor", self.status_line())
         log.info("ringtrap running: %s", self.status_line())
         wait = min(1.0, self.watchdog_every or 1.0)
         while self.phase is not Phase.DONE:
@@ -336,7 +337,7 @@ class Supervisor:
                                   gid=grp.getgrnam(group).gr_gid if group else None)
             if cfg.supervisor.log_file is not None and cfg.supervisor.log_file.exists():
                 privileges.chown_path(cfg.supervisor.log_file, t)
-            privileges.preload()
+            privileges.preload_package()
             if cfg.metrics.listen is not None:
                 metricsmod.load_client()
             privileges.drop(t)

@@ -178,7 +178,11 @@ def render(cur: Reading, prev: Reading | None, cfg: configmod.Config) -> Rendera
         ("PID", "right"), ("TITLE", "left"), ("STATE", "left"), ("MESSAGE", "left"),
         ("DONE", "right"), ("RSS", "right"), ("CPU", "right"))
     for name, justify in columns:
-        procs.add_column(name, justify=justify, no_wrap=True)
+        # only the title gives way on a narrow terminal; numbers and ids never do
+        procs.add_column(name, justify=justify, no_wrap=True,
+                         overflow="ellipsis" if name == "TITLE" else "fold",
+                         max_width=60 if name == "TITLE" else None,
+                         min_width=None if name == "TITLE" else len(name))
     cpu_before = {p["pid"]: p["cpu_s"] for p in (before or {}).get("processes", [])}
     for p in st["processes"]:
         title = p.get("title") or p["role"]

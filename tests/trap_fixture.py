@@ -112,10 +112,15 @@ class Trap:
 
     # -- lifecycle --------------------------------------------------------------
 
-    def start(self, wait: bool = True) -> None:
+    def start(self, wait: bool = True, env_extra: dict[str, str] | None = None) -> None:
+        """Start the supervisor; ``env_extra`` adds to its environment (e.g. NOTIFY_SOCKET)."""
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
         env = dict(os.environ)
+        # the test runner's own systemd notification socket is never the trap's
         env.pop("NOTIFY_SOCKET", None)
+        env.pop("WATCHDOG_USEC", None)
+        env.pop("WATCHDOG_PID", None)
+        env.update(env_extra or {})
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "ringtrap.cli", "run", "-c", str(self.config_path)],
             stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=ROOT, env=env,
