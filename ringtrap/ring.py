@@ -532,7 +532,8 @@ class Ring:
             q[H_LOCK] = 0
             self._lock_sem.release()
             q[H_LOCK_BREAKS] += 1
-            log.warning("broke ring lock held by dead pid %d", holder.pid)
+            log.warning("broke ring lock held by dead pid %d", holder.pid,
+                        extra={"event": "lock_break", "holder_pid": holder.pid})
             return True
         count = int(q[H_LOCK_COUNT])
         now = time.monotonic()
@@ -544,7 +545,8 @@ class Ring:
         self._orphan_seen = None
         self._lock_sem.release()
         q[H_LOCK_BREAKS] += 1
-        log.warning("broke ring lock held by an unrecorded owner")
+        log.warning("broke ring lock held by an unrecorded owner",
+                    extra={"event": "lock_break"})
         return True
 
     # producer ------------------------------------------------------------------

@@ -702,7 +702,8 @@ class Supervisor:
             self.row.add(C.PURGED_FILES, res.count)
             self.row.add(C.PURGED_BYTES, res.bytes)
         log.info("%s purge: dropped %d overflow messages (%d bytes)",
-                 "daily" if scheduled else "requested", res.count, res.bytes)
+                 "daily" if scheduled else "requested", res.count, res.bytes,
+                 extra={"event": "purge", "dropped": res.count, "dropped_bytes": res.bytes})
         return res.count, res.bytes
 
     # -- children ----------------------------------------------------------------
@@ -735,7 +736,8 @@ class Supervisor:
         c.stop_sent = 0.0
         c.generation = self.generation
         self._set_state(c, ChildState.RUNNING, f"pid {pid}")
-        log.info("started %s (pid %d)", c.name, pid)
+        log.info("started %s (pid %d)", c.name, pid,
+                 extra={"event": "start", "child": c.name, "child_pid": pid})
 
     def _child_boot(self, c: Child, listener: socket.socket | None,
                     spamd_argv: list[str] | None) -> int:  # pragma: no cover - child
@@ -853,7 +855,9 @@ class Supervisor:
             self._recover(c, ident)
         c.failures = c.failures + 1 if cause is ExitCause.TOO_FAST else 0
         level = logging.INFO if cause is ExitCause.REQUESTED else logging.ERROR
-        log.log(level, "%s exited (%s): %s", c.name, how, cause.name.lower().replace("_", " "))
+        log.log(level, "%s exited (%s): %s", c.name, how, cause.name.lower().replace("_", " "),
+                extra={"event": "exit", "child": c.name, "status": how,
+                       "cause": cause.name.lower()})
         if c.retire or self.phase is not Phase.RUNNING:
             self._set_state(c, ChildState.EXITED, how)
             return
@@ -869,8 +873,9 @@ class Supervisor:
         if self.row and cause is not ExitCause.REQUESTED:
             self.row.add(C.RESTARTS)
             self.row.add(_RESTART_COUNTERS[cause])
-        if delay:
-            log.warning("restarting %s in %.0f s", c.name, delay)
+        if cause is not ExitCause.REQUESTED:
+            log.warning("restarting %s in %.0f s", c.name, delay,
+                        extra={"event": "restart", "child": c.name, "delay_s": delay})
 
     def _did_work(self, c: Child) -> bool:
         if self.ring is None or c.ident is None or c.row < 0:
@@ -889,7 +894,9 @@ class Supervisor:
         n = self.overflow.recover(ident)
         if res.requeued or res.freed or n:
             log.warning("%s died holding %d ring and %d overflow messages: requeued "
-                        "(%d half-written slots freed)", c.name, res.requeued, n, res.freed)
+                        "(%d half-written slots freed)", c.name, res.requeued, n, res.freed,
+                        extra={"event": "recovery", "child": c.name,
+                               "requeued": res.requeued + n, "freed": res.freed})
         if self.row:
             self.row.add(C.RECOVERED_RING, res.requeued)
             self.row.add(C.RECOVERED_OVERFLOW, n)

@@ -292,7 +292,9 @@ class Worker:
         self._count(C.QUARANTINED)
         log.warning("%s: quarantined from the %s after %d attempt(s) (limit %d)",
                     claim.msgid, "ring" if isinstance(claim, Claim) else "overflow",
-                    claim.attempts, limit)
+                    claim.attempts, limit,
+                    extra={"event": "quarantine", "msgid": claim.msgid,
+                           "attempts": claim.attempts})
 
     # -- dependencies and backoff -----------------------------------------------
 
