@@ -70,8 +70,9 @@ def _message(size: int) -> bytes:
 # --- clients ------------------------------------------------------------------
 
 
-def _client_thread(path: str, msg: bytes, count: int, lat: array.array, bad: list[bytes],
-                   start: threading.Event) -> None:
+def _client_thread(
+    path: str, msg: bytes, count: int, lat: array.array, bad: list[bytes], start: threading.Event
+) -> None:
     start.wait()
     perf = time.perf_counter
     unix, stream = socket.AF_UNIX, socket.SOCK_STREAM
@@ -187,8 +188,9 @@ class MiniServer:
     ``on_message(data)`` gets the whole message (None: count bytes only, keep nothing).
     """
 
-    def __init__(self, listener: socket.socket,
-                 on_message: Callable[[bytes], bytes] | None) -> None:
+    def __init__(
+        self, listener: socket.socket, on_message: Callable[[bytes], bytes] | None
+    ) -> None:
         self.listener = listener
         listener.setblocking(False)
         self.on_message = on_message
@@ -275,8 +277,10 @@ class DirQueue:
         data_path = f"{self.data}/{name}"
         os.link(tmp_data, data_path)
         os.unlink(tmp_data)
-        ctl = (f"QDFN: {data_path}\nQDSB: {len(payload)}\nQDTM: {now}\n"
-               f"QDHN: {self.host}\nQDPD: {self.pid}\n").encode()
+        ctl = (
+            f"QDFN: {data_path}\nQDSB: {len(payload)}\nQDTM: {now}\n"
+            f"QDHN: {self.host}\nQDPD: {self.pid}\n"
+        ).encode()
         tmp_ctl = f"{self.tmp}/c.{name}"
         fd = os.open(tmp_ctl, flags, 0o600)
         os.write(fd, ctl)
@@ -392,8 +396,9 @@ def _listen(path: Path) -> socket.socket:
     return s
 
 
-def run_row(kind: str, n: int, clients: int, procs: int, size: int, work: Path,
-            queued: bool = True) -> dict:
+def run_row(
+    kind: str, n: int, clients: int, procs: int, size: int, work: Path, queued: bool = True
+) -> dict:
     sock_path = work / "in.sock"
     msg = _message(size)
     extra: dict[str, object] = {}
@@ -411,8 +416,7 @@ def run_row(kind: str, n: int, clients: int, procs: int, size: int, work: Path,
                 Config(),
                 ingest=replace(IngestConfig(), socket=sock_path, max_connections=1024),
                 ring=replace(RingConfig(), name=ring_name, slots=slots, slot_bytes=64 * 1024),
-                overflow=replace(OverflowConfig(), dir=spill_dir / "overflow",
-                                 max_bytes=64 << 30),
+                overflow=replace(OverflowConfig(), dir=spill_dir / "overflow", max_bytes=64 << 30),
             )
             server = _fork_server(lambda: child_main(cfg, listener, INGEST_ROW))
             if kind == "ring":
@@ -420,6 +424,7 @@ def run_row(kind: str, n: int, clients: int, procs: int, size: int, work: Path,
         elif kind == "bare":
             server = _fork_server(lambda: MiniServer(listener, None).run() or 0)
         elif kind == "dirqueue":
+
             def serve_dirqueue() -> int:
                 MiniServer(listener, DirQueue(spill_dir / "dirqueue").enqueue).run()
                 return 0
@@ -492,13 +497,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-n", "--messages", type=int, default=20_000, help="messages per row")
     ap.add_argument("--size", type=int, default=4096, help="message bytes (default 4096)")
     ap.add_argument("--clients", default="32,64", help="concurrent clients per row, e.g. 32,64")
-    ap.add_argument("--client-procs", type=int, default=8,
-                    help="client processes the clients are spread over (threads in each)")
+    ap.add_argument(
+        "--client-procs",
+        type=int,
+        default=8,
+        help="client processes the clients are spread over (threads in each)",
+    )
     ap.add_argument("--only", default=",".join(NAMES), help="comma-separated: " + ",".join(NAMES))
-    ap.add_argument("--runs", type=int, default=3,
-                    help="runs per row, interleaved across rows; the median run is shown")
-    ap.add_argument("--no-queued", action="store_true",
-                    help="skip the queued-burst measurement of server CPU")
+    ap.add_argument(
+        "--runs",
+        type=int,
+        default=3,
+        help="runs per row, interleaved across rows; the median run is shown",
+    )
+    ap.add_argument(
+        "--no-queued", action="store_true", help="skip the queued-burst measurement of server CPU"
+    )
     ap.add_argument("--json", action="store_true", help="print rows as JSON")
     args = ap.parse_args(argv)
 
@@ -511,9 +525,17 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(args.runs):
             for clients in counts:
                 for kind in kinds:
-                    runs[kind, clients].append(run_row(kind, args.messages, clients,
-                                                       args.client_procs, args.size, work,
-                                                       not args.no_queued))
+                    runs[kind, clients].append(
+                        run_row(
+                            kind,
+                            args.messages,
+                            clients,
+                            args.client_procs,
+                            args.size,
+                            work,
+                            not args.no_queued,
+                        )
+                    )
     finally:
         shutil.rmtree(work, ignore_errors=True)
     rows = []
@@ -528,27 +550,37 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    print(f"{args.messages} messages of {args.size} bytes per row, one connection each, "
-          f"clients in {args.client_procs} processes, {os.cpu_count()} CPUs, "
-          f"median of {args.runs} interleaved runs\n")
-    head = (f"{'server':40} {'clients':>7} {'msgs/s':>8} {'cpu us/msg':>10} "
-            f"{'p50 ms':>7} {'p99 ms':>7} {'ring':>6} {'spilled':>7} {'queued us':>9}")
+    print(
+        f"{args.messages} messages of {args.size} bytes per row, one connection each, "
+        f"clients in {args.client_procs} processes, {os.cpu_count()} CPUs, "
+        f"median of {args.runs} interleaved runs\n"
+    )
+    head = (
+        f"{'server':40} {'clients':>7} {'msgs/s':>8} {'cpu us/msg':>10} "
+        f"{'p50 ms':>7} {'p99 ms':>7} {'ring':>6} {'spilled':>7} {'queued us':>9}"
+    )
     print(head)
     print("-" * len(head))
     for r in rows:
-        print(f"{r['name']:40} {r['clients']:>7} {r['msgs_per_s']:>8} "
-              f"{r['server_cpu_us_per_msg']:>10} {r['p50_ms']:>7} {r['p99_ms']:>7} "
-              f"{r.get('ring', '-'):>6} {r.get('spilled', '-'):>7} "
-              f"{r.get('queued_cpu_us_per_msg', '-'):>9}")
-    print("\ncpu us/msg: server CPU over the live run; queued us: server CPU per message"
-          " for a burst queued while the server was stopped (no client wake-ups; best of 7)")
+        print(
+            f"{r['name']:40} {r['clients']:>7} {r['msgs_per_s']:>8} "
+            f"{r['server_cpu_us_per_msg']:>10} {r['p50_ms']:>7} {r['p99_ms']:>7} "
+            f"{r.get('ring', '-'):>6} {r.get('spilled', '-'):>7} "
+            f"{r.get('queued_cpu_us_per_msg', '-'):>9}"
+        )
+    print(
+        "\ncpu us/msg: server CPU over the live run; queued us: server CPU per message"
+        " for a burst queued while the server was stopped (no client wake-ups; best of 7)"
+    )
     bare = {r["clients"]: r["msgs_per_s"] for r in rows if r["name"] == NAMES["bare"]}
     if bare:
         print()
         for r in rows:
             if r["name"] in (NAMES["ring"], NAMES["full"]) and r["clients"] in bare:
-                print(f"{r['name']} at {r['clients']} clients: "
-                      f"{100 * r['msgs_per_s'] / bare[r['clients']]:.0f}% of the bare server")
+                print(
+                    f"{r['name']} at {r['clients']} clients: "
+                    f"{100 * r['msgs_per_s'] / bare[r['clients']]:.0f}% of the bare server"
+                )
     return 0
 
 

@@ -146,9 +146,17 @@ class Client:
 class Harness:
     """A ring, an overflow and an ingest server served by a thread."""
 
-    def __init__(self, base: Path, *, slots: int = 16, slot_bytes: int = 4096,
-                 overflow_cap: int = 64 << 20, max_message_bytes: int = 1 << 20,
-                 idle_timeout: float = 10.0, max_connections: int = 64) -> None:
+    def __init__(
+        self,
+        base: Path,
+        *,
+        slots: int = 16,
+        slot_bytes: int = 4096,
+        overflow_cap: int = 64 << 20,
+        max_message_bytes: int = 1 << 20,
+        idle_timeout: float = 10.0,
+        max_connections: int = 64,
+    ) -> None:
         self.base = base
         self.sock_path = base / "ingest.sock"
         self.ring_name = f"rt-test-ingest-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -158,8 +166,13 @@ class Harness:
         self.row: ProcRow = self.ring.register(Role.INGEST)
         self.listener = bind_socket(self.sock_path)
         self.server = IngestServer(
-            self.listener, self.ring, self.overflow, max_message_bytes=max_message_bytes,
-            idle_timeout=idle_timeout, max_connections=max_connections, row=self.row,
+            self.listener,
+            self.ring,
+            self.overflow,
+            max_message_bytes=max_message_bytes,
+            idle_timeout=idle_timeout,
+            max_connections=max_connections,
+            row=self.row,
         )
         self.errors: list[BaseException] = []
         self.thread = threading.Thread(target=self._serve, daemon=True)
@@ -318,8 +331,9 @@ def test_full_ring_spills_and_still_answers_at_once(make: Callable[..., Harness]
     assert h.claim_all() == [(got[i], HEADER + msgs[i]) for i in range(2)]
     assert h.overflow.files() == {got[i]: HEADER + msgs[i] for i in range(2, 6)}
     assert h.overflow.spilled == got[2:]
-    expect_counters(h, CONNECTIONS=6, ACCEPTED_RING=2, ACCEPTED_OVERFLOW=4,
-                                 BYTES_IN=sum(map(len, msgs)))
+    expect_counters(
+        h, CONNECTIONS=6, ACCEPTED_RING=2, ACCEPTED_OVERFLOW=4, BYTES_IN=sum(map(len, msgs))
+    )
 
 
 def test_oversize_is_read_to_the_end_then_refused(make: Callable[..., Harness]) -> None:
@@ -377,8 +391,12 @@ def test_overflow_cap_gives_tempfail(make: Callable[..., Harness]) -> None:
     assert h.deliver(body("small", 4000)) == reply_line(TEMPFAIL, REASON_OVERFLOW_FULL)
     assert h.overflow.files() == {big_id: HEADER + big, more_id: HEADER + more}
     assert [m for m, _ in h.claim_all()] == [first]
-    expect_counters(h,
-        CONNECTIONS=5, ACCEPTED_RING=1, ACCEPTED_OVERFLOW=2, REFUSED_TEMP=2,
+    expect_counters(
+        h,
+        CONNECTIONS=5,
+        ACCEPTED_RING=1,
+        ACCEPTED_OVERFLOW=2,
+        REFUSED_TEMP=2,
         BYTES_IN=14 + 600_000 + 600_000 + 445_000 + 4000,
     )
 
@@ -422,8 +440,7 @@ def test_connections_over_the_limit_are_refused_at_once(make: Callable[..., Harn
     assert time.monotonic() - t0 < 1.0
     got = [ok_id(c.finish()) for c in held]
     assert h.claim_all() == [(got[0], HEADER + b"held 0"), (got[1], HEADER + b"held 1")]
-    expect_counters(h, CONNECTIONS=3, CONNECTIONS_REFUSED=1, ACCEPTED_RING=2,
-                                 BYTES_IN=12)
+    expect_counters(h, CONNECTIONS=3, CONNECTIONS_REFUSED=1, ACCEPTED_RING=2, BYTES_IN=12)
     # the limit counts connections in progress, not the total
     assert ok_id(h.deliver(b"after"))
 
@@ -487,9 +504,15 @@ def test_counters_follow_every_outcome(make: Callable[..., Harness]) -> None:
     c = h.connect()
     c.send(b"idle")
     assert c.reply() == reply_line(TEMPFAIL, REASON_IDLE)
-    expect_counters(h,
-        CONNECTIONS=6, ACCEPTED_RING=1, ACCEPTED_OVERFLOW=2, REFUSED_TOO_LARGE=1,
-        REFUSED_EMPTY=1, IDLE_TIMEOUTS=1, BYTES_IN=4 + 7 + 10_000 + 60_000 + 4,
+    expect_counters(
+        h,
+        CONNECTIONS=6,
+        ACCEPTED_RING=1,
+        ACCEPTED_OVERFLOW=2,
+        REFUSED_TOO_LARGE=1,
+        REFUSED_EMPTY=1,
+        IDLE_TIMEOUTS=1,
+        BYTES_IN=4 + 7 + 10_000 + 60_000 + 4,
     )
 
 
@@ -713,8 +736,10 @@ def test_child_finishes_in_flight_work_on_term(child: Child) -> None:
             reader.ack(claim)
     finally:
         reader.close()
-    assert got == [(first, HEADER + b"before"),
-                   (second, HEADER + b"in flight, finished after TERM")]
+    assert got == [
+        (first, HEADER + b"before"),
+        (second, HEADER + b"in flight, finished after TERM"),
+    ]
     rows = {r.row: r for r in child.ring.read_rows()}
     assert rows[child.row_index].counters[C.ACCEPTED_RING] == 2
 
@@ -743,9 +768,7 @@ def test_child_ignores_hup_and_survives_clients_that_leave(child: Child) -> None
 
 
 @pytest.mark.slow
-def test_child_exits_when_its_parent_is_gone(
-    base: Path, titles_set: list[tuple[str, str]]
-) -> None:
+def test_child_exits_when_its_parent_is_gone(base: Path, titles_set: list[tuple[str, str]]) -> None:
     ring_name = f"rt-test-ingest-orphan-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     sock_path = base / "ingest.sock"
     cfg = replace(
@@ -781,8 +804,7 @@ def test_child_exits_when_its_parent_is_gone(
     ident = proc.Identity(0, 0)
     try:
         pid = int(os.read(r, 32))
-        wait_for(lambda: any(x.pid == pid and x.state == ProcState.IDLE
-                             for x in ring.read_rows()))
+        wait_for(lambda: any(x.pid == pid and x.state == ProcState.IDLE for x in ring.read_rows()))
         ident = proc.Identity(pid, proc.start_ticks(pid) or 0)
         os.close(go_w)
         assert os.waitpid(middle, 0)[1] == 0
