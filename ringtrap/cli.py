@@ -58,7 +58,6 @@ def gather_status(cfg: configmod.Config, ring: Any = None,
 
     from ringtrap import ring as ringmod
     from ringtrap.counters import C
-    from ringtrap.overflow import Overflow
 
     if ring is not None:
         snap = ring.snapshot()
@@ -97,6 +96,7 @@ def gather_status(cfg: configmod.Config, ring: Any = None,
             "state": r.state.name.lower(),
             "message": r.msgid or None,
             "done": c[C.PROCESSED] if r.role.name == "WORKER"
+            else max(c[C.STAGE_LEARNED], c[C.STAGE_REPORTED]) if r.role.name == "STAGE"
             else c[C.ACCEPTED_RING] + c[C.ACCEPTED_OVERFLOW],
             "heartbeat_age_s": beat_age,
             "rss_bytes": rss,
@@ -104,18 +104,10 @@ def gather_status(cfg: configmod.Config, ring: Any = None,
             "alive": alive,
             "title": title,
         })
-    overflow: dict[str, Any] = {"dir": str(cfg.overflow.dir)}
-    try:
-        o = spill or Overflow(cfg.overflow.dir, cfg.overflow.max_bytes, create=False)
-        st = o.stats()
-        overflow.update({
-            "ready": st.ready, "ready_bytes": st.ready_bytes, "claimed": st.claimed,
-            "failed": st.failed, "bytes": st.total_bytes, "max_bytes": cfg.overflow.max_bytes,
-            "oldest_age_s": None if st.oldest_age is None else round(st.oldest_age, 1),
-        })
-    except (OSError, ValueError):
-        overflow.update({"ready": 0, "ready_bytes": 0, "claimed": 0, "failed": 0, "bytes": 0,
-                         "max_bytes": cfg.overflow.max_bytes, "oldest_age_s": None})
+    overflow = _spill_status(cfg.overflow.dir, cfg.overflow.max_bytes, spill)
+    # the slower stage's backlog: what scan workers handed on and it has not done yet
+    stage = (_spill_status(configmod.stage_dir(cfg), cfg.stage.max_bytes)
+             if cfg.stage.workers else None)
     return {
         "version": __version__,
         "supervisor_pid": snap.owner.pid,
@@ -126,9 +118,29 @@ def gather_status(cfg: configmod.Config, ring: Any = None,
             "lock_breaks": snap.lock_breaks,
         },
         "overflow": overflow,
+        "stage": stage,
         "totals": {c.name.lower(): totals[c] for c in C},
         "processes": procs,
     }
+
+
+def _spill_status(path: Path, max_bytes: int, store: Any = None) -> dict[str, Any]:
+    """A spill directory's backlog (ready, claimed, quarantined, bytes, oldest) for status."""
+    from ringtrap.overflow import Overflow
+
+    out: dict[str, Any] = {"dir": str(path)}
+    try:
+        o = store or Overflow(path, max_bytes, create=False)
+        st = o.stats()
+        out.update({
+            "ready": st.ready, "ready_bytes": st.ready_bytes, "claimed": st.claimed,
+            "failed": st.failed, "bytes": st.total_bytes, "max_bytes": max_bytes,
+            "oldest_age_s": None if st.oldest_age is None else round(st.oldest_age, 1),
+        })
+    except (OSError, ValueError):
+        out.update({"ready": 0, "ready_bytes": 0, "claimed": 0, "failed": 0, "bytes": 0,
+                    "max_bytes": max_bytes, "oldest_age_s": None})
+    return out
 
 
 def print_status(st: dict[str, Any]) -> None:
@@ -141,6 +153,13 @@ def print_status(st: dict[str, Any]) -> None:
     print(f"overflow {o['dir']}: {o['ready']} ready ({_fmt_bytes(o['ready_bytes'])}), "
           f"{o['claimed']} being processed, {o['failed']} quarantined, oldest {oldest}, "
           f"{_fmt_bytes(o['bytes'])} of {_fmt_bytes(o['max_bytes'])}")
+    g = st.get("stage")
+    if g:
+        oldest = "-" if g["oldest_age_s"] is None else f"{g['oldest_age_s']:.0f} s"
+        print(f"stage    {g['dir']}: {g['ready']} waiting ({_fmt_bytes(g['ready_bytes'])}), "
+              f"{g['claimed']} being processed, {g['failed']} quarantined, oldest {oldest}; "
+              f"handed on {t['stage_handed_on']}, dropped {t['stage_dropped']}, learned "
+              f"{t['stage_learned']}, reported {t['stage_reported']}, errors {t['stage_errors']}")
     accepted = t["accepted_ring"] + t["accepted_overflow"]
     refused = t["refused_too_large"] + t["refused_empty"] + t["refused_temp"]
     print(f"messages accepted {accepted} (ring {t['accepted_ring']}, overflow "
@@ -152,7 +171,7 @@ def print_status(st: dict[str, Any]) -> None:
     print(f"{'PID':>7}  {'ROLE':<10} {'STATE':<9} {'MESSAGE':<21} {'DONE':>8} {'RSS':>10} "
           f"{'CPU s':>8}")
     for p in st["processes"]:
-        role = p["role"] + (f" {p['index']}" if p["role"] == "worker" else "")
+        role = p["role"] + (f" {p['index']}" if p["role"] in ("worker", "stage") else "")
         rss = "-" if p["rss_bytes"] is None else _fmt_bytes(p["rss_bytes"])
         cpu = "-" if p["cpu_s"] is None else f"{p['cpu_s']:.1f}"
         print(f"{p['pid']:>7}  {role:<10} {p['state']:<9} {p['message'] or '-':<21} "

@@ -713,6 +713,24 @@ class _SpamdAddressKind(_Kind):
         return str(value)
 
 
+class _StageAddressKind(_SpamdAddressKind):
+    __slots__ = ()
+
+    def describe(self) -> str:
+        return 'spamd address or ""'
+
+    def parse(self, raw: object, base_dir: Path) -> SpamdAddress | None:
+        if raw == "":
+            return None
+        address = super().parse(raw, base_dir)
+        if address.kind not in ("unix", "tcp"):
+            raise _Invalid(f'must be "", "unix:/path" or "tcp:host:port", got {_show(raw)}')
+        return address
+
+    def dump(self, value: Any) -> object:
+        return "" if value is None else str(value)
+
+
 @dataclass(frozen=True, slots=True)
 class _Setting:
     """What the loader, the sample file and the docs know about one key."""
@@ -993,7 +1011,7 @@ class PrefilterConfig:
         metadata=_about(
             _ChoiceList(("virus", "bounce", "autoreply")),
             "Prefilters in force: mail they match is recorded with that verdict and not sent"
-            " to spamd.  Oversize (workers.scan_limit_bytes) and unparseable mail are never"
+            " to spamd. Oversize (workers.scan_limit_bytes) and unparseable mail are never"
             " scanned.",
         ),
     )
@@ -1055,6 +1073,83 @@ class ArchiveConfig:
             "Days of archive kept (today included); older days are removed; 0 = keep all.",
         ),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class StageConfig:
+    """[stage]: the slower stage that learns from and reports scanned mail."""
+
+    workers: int = field(
+        default=0,
+        metadata=_about(
+            _Integer(lo=0, hi=64),
+            "Processes of the slower stage (learning, reporting); 0 = no stage. Scan workers"
+            " hand messages to it through its own spill directory and never wait for it.",
+        ),
+    )
+    learn: bool = field(
+        default=True,
+        metadata=_about(
+            _Bool(),
+            "Teach spamd's Bayes that every handed-on message is spam (TELL, Set: local;"
+            " spamd needs --allow-tell and a writable Bayes database).",
+        ),
+    )
+    report: bool = field(
+        default=False,
+        metadata=_about(
+            _Bool(),
+            "Report every handed-on message as spam to the remote networks spamd is"
+            " configured for (TELL, Set: remote: Razor, Pyzor, DCC, SpamCop).",
+        ),
+    )
+    verdicts: tuple[str, ...] = field(
+        default=("spam", "ham"),
+        metadata=_about(
+            _ChoiceList(VERDICT_NAMES),
+            "Verdicts of the messages handed on (all trap mail is spam: a ham verdict is one"
+            " spamd missed).",
+        ),
+    )
+    address: SpamdAddress | None = field(
+        default=None,
+        metadata=_about(
+            _StageAddressKind(),
+            'spamd the stage talks to: "" = the scanning spamd (spamd.address), or'
+            ' "unix:/path" / "tcp:host:port" for a separate one, e.g. one allowed to report.',
+        ),
+    )
+    timeout: float = field(
+        default=120.0,
+        metadata=_about(
+            _Seconds(),
+            "Seconds one learn or report call may take; remote networks can be slow. Must stay"
+            " below workers.heartbeat_timeout.",
+        ),
+    )
+    dir: Path | None = field(
+        default=None,
+        metadata=_about(
+            _Path(optional=True),
+            'Spill directory the scan workers hand messages on through; "" ='
+            ' "<overflow.dir>-stage2". Keep it on tmpfs; it is purged with the overflow.',
+        ),
+    )
+    max_bytes: int = field(
+        default=256 * MiB,
+        metadata=_about(
+            _Size(lo=MiB),
+            "Cap on the stage's backlog in bytes; past it messages are not handed on"
+            " (counted as stage_dropped), so a dead stage never fills the host's memory.",
+        ),
+    )
+
+
+def stage_dir(c: "Config") -> Path:
+    """The stage's spill directory: ``stage.dir`` or ``<overflow.dir>-stage2``."""
+    if c.stage.dir is not None:
+        return c.stage.dir
+    return c.overflow.dir.with_name(c.overflow.dir.name + "-stage2")
 
 
 @dataclass(frozen=True, slots=True)
@@ -1146,6 +1241,7 @@ class Config:
     prefilter: PrefilterConfig = field(default_factory=PrefilterConfig)
     dedupe: DedupeConfig = field(default_factory=DedupeConfig)
     archive: ArchiveConfig = field(default_factory=ArchiveConfig)
+    stage: StageConfig = field(default_factory=StageConfig)
     supervisor: SupervisorConfig = field(default_factory=SupervisorConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     service: ServiceConfig = field(default_factory=ServiceConfig)
@@ -1267,6 +1363,22 @@ def _check_archive_outside_overflow(c: Config) -> str | None:
         )
     return None
 
+def _check_stage_timeout(c: Config) -> str | None:
+    if c.stage.workers and c.stage.timeout >= c.workers.heartbeat_timeout:
+        return (
+            f"must be less than workers.heartbeat_timeout ({_num(c.workers.heartbeat_timeout)}"
+            f" s), or a stage worker waiting on spamd is taken for hung; got"
+            f" {_num(c.stage.timeout)}"
+        )
+    return None
+
+
+def _check_stage_spamd(c: Config) -> str | None:
+    if c.stage.workers and c.stage.address is None and c.spamd.address.kind == "off":
+        return 'needs a spamd: set stage.address, or spamd.address other than "off"'
+    return None
+
+
 def _check_overflow_not_ring(c: Config) -> str | None:
     shm = Path("/dev/shm")
     taken = {shm / c.ring.name, shm / f"sem.{c.ring.name}.lock", shm / f"sem.{c.ring.name}.ready"}
@@ -1296,6 +1408,8 @@ _RULES: tuple[_Rule, ...] = (
     _Rule(("results.dir", "overflow.dir"), _check_results_outside_overflow),
     _Rule(("overflow.dir", "ring.name"), _check_overflow_not_ring),
     _Rule(("archive.dir", "overflow.dir"), _check_archive_outside_overflow),
+    _Rule(("stage.timeout", "stage.workers", "workers.heartbeat_timeout"), _check_stage_timeout),
+    _Rule(("stage.workers", "stage.address", "spamd.address"), _check_stage_spamd),
     _Rule(("service.group", "service.user"), _check_service_group),
 )
 

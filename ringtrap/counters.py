@@ -78,6 +78,12 @@ class C(IntEnum):
     DEDUPE_HITS = 52  # repeats recognised (scanned again or not)
     ARCHIVED = 53  # messages written to the Maildir archive
     ARCHIVE_ERRORS = 54  # messages the archive could not take (recorded all the same)
+    # the slower stage (learning, reporting) and the scan workers' hand-off to it
+    STAGE_HANDED_ON = 55  # spilled to the stage's directory by a scan worker
+    STAGE_DROPPED = 56  # not handed on: the stage's backlog was at stage.max_bytes
+    STAGE_LEARNED = 57  # TELL Set: local answered (DidSet or already learned)
+    STAGE_REPORTED = 58  # TELL Set: remote answered
+    STAGE_ERRORS = 59  # a stage call failed for good (given up, not retried)
 
 
 # Upper bounds in seconds of the scan-time buckets SCAN_BUCKET_0..11; a scan

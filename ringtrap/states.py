@@ -27,6 +27,7 @@ class Role(IntEnum):
     WORKER = 3
     SPAMD = 4
     OTHER = 5
+    STAGE = 6  # a worker of the slower stage (learning, reporting)
 
 
 class ProcState(IntEnum):

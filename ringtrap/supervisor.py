@@ -73,6 +73,7 @@ class Kind(Enum):
     INGEST = "ingest"
     WORKER = "worker"
     SPAMD = "spamd"
+    STAGE = "stage"  # a worker of the slower learn/report stage
 
 
 class Phase(Enum):
@@ -104,7 +105,8 @@ class Child:
 
     @property
     def name(self) -> str:
-        return f"{self.kind.value} {self.index}" if self.kind is Kind.WORKER else self.kind.value
+        indexed = self.kind in (Kind.WORKER, Kind.STAGE)
+        return f"{self.kind.value} {self.index}" if indexed else self.kind.value
 
 
 _ALLOWED: dict[ChildState, set[ChildState]] = {
@@ -175,6 +177,7 @@ class Supervisor:
         self.signals: queue.SimpleQueue[int] = queue.SimpleQueue()
         self.ring: Ring | None = None
         self.overflow: Overflow | None = None
+        self.stage_store: Overflow | None = None  # the slower stage's spill directory
         self.row: ProcRow | None = None
         self.listener: socket.socket | None = None
         self.exit_code = EX_OK
@@ -298,6 +301,16 @@ class Supervisor:
         if n:
             log.info("requeued %d overflow messages held by processes that died", n)
             self.row.add(C.RECOVERED_OVERFLOW, n)
+        if cfg.stage.workers:
+            from ringtrap import stage
+
+            try:
+                self.stage_store = stage.open_store(cfg)
+            except OSError as e:
+                raise SetupError(f"stage.dir {configmod.stage_dir(cfg)}: {e}") from None
+            n = self.stage_store.recover_dead()
+            if n:
+                log.info("requeued %d stage messages held by processes that died", n)
         from ringtrap.ingest_socket import bind_socket
 
         try:
@@ -315,6 +328,9 @@ class Supervisor:
         self.children.append(Child(Kind.INGEST, 0, INGEST_ROW))
         for i in range(cfg.workers.count):
             self.children.append(Child(Kind.WORKER, i, FIRST_WORKER_ROW + i))
+        for i in range(cfg.stage.workers if self.stage_store is not None else 0):
+            # stage rows count down from the last, clear of a pool that grows on reload
+            self.children.append(Child(Kind.STAGE, i, self.ring.rows - 1 - i))
         self.next_purge_at = next_purge(self.os.time(), cfg.overflow.purge_at)
         self.reconcile()
 
@@ -367,7 +383,8 @@ class Supervisor:
 
     def _open_ring(self) -> Ring:
         cfg = self.cfg.ring
-        rows = max(ringmod.DEFAULT_ROWS, FIRST_WORKER_ROW + self.cfg.workers.count + 1)
+        rows = max(ringmod.DEFAULT_ROWS,
+                   FIRST_WORKER_ROW + self.cfg.workers.count + self.cfg.stage.workers + 1)
         try:
             return Ring.create(cfg.name, cfg.slots, cfg.slot_bytes, mode=cfg.mode, rows=rows)
         except ringmod.RingExists:
@@ -614,6 +631,12 @@ class Supervisor:
             for c in self.children:
                 if c.kind is Kind.WORKER and c.state is ChildState.RUNNING:
                     self._stop_child(c, signal.SIGTERM)
+        scanning = any(c.kind in (Kind.INGEST, Kind.WORKER) and c.state in
+                       (ChildState.RUNNING, ChildState.STOPPING) for c in self.children)
+        if self.phase is Phase.DRAINING and not scanning:
+            for c in self.children:
+                if c.kind is Kind.STAGE and c.state is ChildState.RUNNING:
+                    self._stop_child(c, signal.SIGTERM)
         workers_running = any(c.kind is not Kind.SPAMD and c.state in
                               (ChildState.RUNNING, ChildState.STOPPING)
                               for c in self.children)
@@ -698,6 +721,11 @@ class Supervisor:
         assert self.overflow is not None
         self.overflow.recover_dead()
         res = self.overflow.purge()
+        if self.stage_store is not None:
+            # the stage's backlog is dropped daily too: it may lag, never pile up
+            self.stage_store.recover_dead()
+            staged = self.stage_store.purge()
+            log.info("dropped %d stage messages (%d bytes)", staged.count, staged.bytes)
         if self.row:
             self.row.add(C.PURGED_FILES, res.count)
             self.row.add(C.PURGED_BYTES, res.bytes)
@@ -763,6 +791,10 @@ class Supervisor:
 
             assert listener is not None
             return ingest_socket.child_main(self.cfg, listener, c.row)
+        if c.kind is Kind.STAGE:
+            from ringtrap import stage
+
+            return stage.child_main(self.cfg, c.index, c.row, spamd_address(self.cfg))
         from ringtrap import worker
 
         return worker.child_main(self.cfg, c.index, c.row, spamd_address=spamd_address(self.cfg))
@@ -892,6 +924,9 @@ class Supervisor:
             return
         res = self.ring.recover(ident)
         n = self.overflow.recover(ident)
+        if self.stage_store is not None:
+            # a stage worker's claims, and a scan worker's half-written hand-off
+            n += self.stage_store.recover(ident)
         if res.requeued or res.freed or n:
             log.warning("%s died holding %d ring and %d overflow messages: requeued "
                         "(%d half-written slots freed)", c.name, res.requeued, n, res.freed,

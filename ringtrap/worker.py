@@ -27,10 +27,11 @@ from typing import Any
 
 import psutil
 
+from ringtrap import config as configmod
 from ringtrap import logs, proc
 from ringtrap.config import Config
 from ringtrap.counters import C, scan_bucket
-from ringtrap.overflow import Overflow, OverflowClaim, OverflowClaimLost
+from ringtrap.overflow import Overflow, OverflowClaim, OverflowClaimLost, OverflowFull
 from ringtrap.processing import Processor
 from ringtrap.results import ResultSink
 from ringtrap.ring import Claim, ProcRow, Ring, RingError, RingOwnershipError
@@ -81,8 +82,12 @@ class Worker:
     def __init__(self, cfg: Config, ring: Ring, overflow: Overflow, row: ProcRow | None,
                  index: int, processor: Processor, sink: ResultSink, *,
                  backoff_initial: float = BACKOFF_INITIAL,
-                 backoff_max: float = BACKOFF_MAX, parent_pid: int | None = None) -> None:
+                 backoff_max: float = BACKOFF_MAX, parent_pid: int | None = None,
+                 stage: Overflow | None = None) -> None:
         self.cfg = cfg
+        # the slower stage's spill directory, None when there is no stage
+        self.stage = stage
+        self._stage_verdicts = frozenset(cfg.stage.verdicts)
         self.ring = ring
         self.overflow = overflow
         self.row = row
@@ -208,8 +213,28 @@ class Worker:
             self._release(claim)
             self._dependency_down("results", msgid, exc)
             return
+        if self.stage is not None and record["verdict"] in self._stage_verdicts:
+            self._hand_on(msgid, payload)
         self._ack(claim)  # only now: the record is in the file
         self._finished(claim, record, time.monotonic() - started)
+
+    def _hand_on(self, msgid: str, payload: bytes) -> None:
+        """Give the message to the slower stage; never waits for it, never fails the message.
+
+        Before the ack: a worker that dies here processes the message again
+        and hands it on twice, which TELL shrugs off (already learned).
+        """
+        assert self.stage is not None
+        try:
+            self.stage.spill(msgid, payload, 0)
+        except OverflowFull:
+            self._count(C.STAGE_DROPPED)  # the stage is behind: its backlog stays bounded
+            return
+        except OSError as exc:
+            self._count(C.STAGE_DROPPED)
+            log.warning("%s: cannot hand on to the stage (%s)", msgid, exc)
+            return
+        self._count(C.STAGE_HANDED_ON)
 
     def _finished(self, claim: AnyClaim, record: dict[str, Any], took: float) -> None:
         self.done += 1
@@ -436,7 +461,14 @@ def child_main(cfg: Config, index: int, row_index: int, spamd_address: str | Non
             log.error("worker %d: cannot start: %s", index, exc)
             return EXIT_SETUP
         processor = Processor.from_config(cfg, client)
-        worker = Worker(cfg, ring, overflow, row, index, processor, sink, parent_pid=parent)
+        try:
+            stage = (Overflow(configmod.stage_dir(cfg), cfg.stage.max_bytes)
+                     if cfg.stage.workers else None)
+        except OSError as exc:
+            log.error("worker %d: cannot open the stage directory: %s", index, exc)
+            return EXIT_SETUP
+        worker = Worker(cfg, ring, overflow, row, index, processor, sink, parent_pid=parent,
+                        stage=stage)
 
         def graceful(signum: int, frame: FrameType | None) -> None:
             worker.stop(graceful=True)

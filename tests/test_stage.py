@@ -1,0 +1,240 @@
+"""The slower stage (ringtrap.stage): learning with a real spamd, a slow or failing backend.
+
+The unit tests drive a :class:`StageWorker` over its spill directory; the
+end-to-end tests run a whole trap with a stage pool, once against the real
+spamd (``--allow-tell``, Bayes in a temporary directory: the learned count
+goes up) and once against a deliberately slow TELL backend (scanning goes on
+at full pace while the stage's backlog shows in ``status``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import mailbuild as mb
+import pytest
+from spamd_fixture import SpamdProcess
+from trap_fixture import reply_id, running_trap, wait_until
+
+from ringtrap import config as configmod
+from ringtrap import envelope
+from ringtrap.overflow import Overflow
+from ringtrap.spamd import SpamdClient
+from ringtrap.stage import StageWorker
+
+
+def unique_spam() -> bytes:
+    """A message spamd's Bayes has never seen (the session's spamd is shared)."""
+    words = " ".join(uuid.uuid4().hex for _ in range(20))
+    return mb.plain(f"Cheap offer {words}\n", subject=f"offer {uuid.uuid4().hex[:8]}")
+
+
+def bayes_nspam(spamd: SpamdProcess) -> int:
+    """The spam count in the Bayes database of ``spamd`` (sa-learn --dump magic)."""
+    assert spamd.workdir is not None
+    if not (spamd.workdir / "bayes" / "bayes_toks").exists():
+        return 0  # nothing learned yet: sa-learn refuses to dump a missing database
+    out = subprocess.run(
+        ["sa-learn", "--dbpath", str(spamd.workdir / "bayes" / "bayes"), "--dump", "magic"],
+        capture_output=True, text=True, timeout=60, check=True).stdout
+    m = re.search(r"^\S+\s+\S+\s+(\d+)\s+\S+\s+non-token data: nspam$", out, re.MULTILINE)
+    return int(m[1]) if m else 0
+
+
+def stage_cfg(**stage: object) -> configmod.Config:
+    return configmod.from_dict({"spamd": {"address": "off"},
+                                "stage": {"workers": 1, "address": "unix:/nonexistent",
+                                          **stage}})
+
+
+class FakeTell:
+    """A TELL backend on a Unix socket that takes ``delay`` seconds per call."""
+
+    def __init__(self, delay: float, reply: bytes = b"SPAMD/1.1 0 EX_OK\r\nDidSet: local\r\n\r\n"):
+        self.dir = tempfile.mkdtemp(prefix="rt-tell-")
+        self.path = f"{self.dir}/tell.sock"
+        self.delay = delay
+        self.reply = reply
+        self.calls = 0
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(self.path)
+        self.sock.listen(64)
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    @property
+    def address(self) -> str:
+        return f"unix:{self.path}"
+
+    def _serve(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            if self.stopping.is_set():
+                conn.close()
+                return
+            with conn:
+                conn.settimeout(10)
+                try:
+                    while conn.recv(65536):
+                        pass
+                    if self.stopping.wait(self.delay):
+                        return
+                    self.calls += 1
+                    conn.sendall(self.reply)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self.stopping.set()
+        # wake a thread blocked in accept(): closing the socket alone does not
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s, contextlib.suppress(OSError):
+            s.connect(self.path)
+        self.thread.join(10)
+        self.sock.close()
+        os.unlink(self.path)
+        os.rmdir(self.dir)
+
+
+# -- the stage worker alone ---------------------------------------------------------
+
+
+@pytest.mark.spamd
+def test_stage_worker_learns_with_real_spamd(tmp_path: Path, spamd_server: SpamdProcess) -> None:
+    store = Overflow(tmp_path / "stage", 1 << 24)
+    messages = [unique_spam() for _ in range(3)]
+    for n, m in enumerate(messages):
+        store.spill(f"{int(time.time() * 1e6):013x}-{n:06x}", envelope.frame(m))
+    before = bayes_nspam(spamd_server)
+    client = SpamdClient(spamd_server.unix_address, timeout=60.0)
+    worker = StageWorker(stage_cfg(), store, client, None, 0, parent_pid=os.getppid())
+    assert worker.run(max_messages=10) == 0
+    assert worker.done == 3
+    assert store.stats().ready == 0 and store.stats().claimed == 0
+    assert bayes_nspam(spamd_server) == before + 3
+    # learned for good: telling again changes nothing
+    assert client.tell(messages[0], "spam").did_set == ()
+
+
+def test_unreachable_backend_gives_the_message_back(tmp_path: Path) -> None:
+    store = Overflow(tmp_path / "stage", 1 << 24)
+    store.spill("0000000000001-000001", envelope.frame(mb.plain()))
+    client = SpamdClient(f"unix:{tmp_path}/none.sock", connect_timeout=1.0, timeout=2.0)
+    worker = StageWorker(stage_cfg(), store, client, None, 0, parent_pid=os.getppid(),
+                         backoff_initial=0.01)
+    claim = store.claim(worker._me)
+    assert claim is not None
+    worker.handle(claim)
+    st = store.stats()
+    assert (st.ready, st.claimed, worker.done) == (1, 0, 0)  # released, attempts unchanged
+
+
+def test_refused_call_is_dropped_and_counted(tmp_path: Path) -> None:
+    fake = FakeTell(0.0, b"SPAMD/1.0 69 Service Unavailable: TELL commands are not enabled\r\n")
+    try:
+        store = Overflow(tmp_path / "stage", 1 << 24)
+        store.spill("0000000000001-000001", envelope.frame(mb.plain()))
+        worker = StageWorker(stage_cfg(), store, SpamdClient(fake.address, timeout=5.0), None,
+                             0, parent_pid=os.getppid())
+        worker.run(max_messages=1)
+        st = store.stats()
+        assert (st.ready, st.claimed, worker.done, fake.calls) == (0, 0, 0, 1)
+    finally:
+        fake.close()
+
+
+def test_message_at_the_attempt_limit_is_quarantined(tmp_path: Path) -> None:
+    store = Overflow(tmp_path / "stage", 1 << 24)
+    store.spill("0000000000001-000001", envelope.frame(mb.plain()), attempts=3)
+    worker = StageWorker(stage_cfg(), store, SpamdClient("unix:/nonexistent"), None, 0,
+                         parent_pid=os.getppid())
+    worker.run(max_messages=1)
+    assert store.stats().failed == 1 and worker.done == 0
+
+
+# -- the stage inside a running trap ---------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.spamd
+def test_trap_learns_what_it_scans(tmp_path: Path, spamd_server: SpamdProcess) -> None:
+    settings = {"spamd": {"address": spamd_server.unix_address},
+                "stage": {"workers": 1, "verdicts": ["spam", "ham"]}}
+    before = bayes_nspam(spamd_server)
+    with running_trap(tmp_path, settings) as trap:
+        ids = {reply_id(trap.send(unique_spam())) for _ in range(5)}
+        trap.wait_records(ids)
+
+        def learned() -> int:
+            return int((trap.status() or {"totals": {}})["totals"].get("stage_learned", 0))
+
+        wait_until(lambda: learned() >= 5, 60, "the stage to learn 5 messages", step=0.2)
+        st = trap.status()
+        assert st is not None
+        assert st["totals"]["stage_handed_on"] == 5 and st["totals"]["stage_dropped"] == 0
+        assert [p["role"] for p in st["processes"] if p["alive"]].count("stage") == 1
+        assert st["stage"]["ready"] == 0
+    assert bayes_nspam(spamd_server) == before + 5
+
+
+@pytest.mark.slow
+@pytest.mark.spamd
+def test_slow_stage_never_slows_scanning(tmp_path: Path, spamd_server: SpamdProcess) -> None:
+    fake = FakeTell(delay=3.0)
+    n = 30
+    settings = {"spamd": {"address": spamd_server.unix_address},
+                "stage": {"workers": 1, "address": fake.address, "timeout": 30}}
+    try:
+        with running_trap(tmp_path, settings) as trap:
+            ids = {reply_id(trap.send(mb.campaign_copy(i, campaign=i))) for i in range(n)}
+            # every message is scanned and recorded while the stage has done at most a few
+            trap.wait_records(ids, timeout=120)
+            st = trap.status()
+            assert st is not None
+            t = st["totals"]
+            assert t["processed"] == n and t["stage_handed_on"] == n
+            assert fake.calls < n // 2, "scanning waited for the slow stage"
+            backlog = st["stage"]["ready"] + st["stage"]["claimed"]
+            assert backlog == n - t["stage_learned"] and backlog > n // 2
+            text = subprocess.run(
+                [sys.executable, "-m", "ringtrap.cli", "status", "-c", str(trap.config_path)],
+                capture_output=True, text=True, check=True, timeout=30).stdout
+            assert re.search(r"^stage    \S+: \d+ waiting", text, re.MULTILINE), text
+            assert f"handed on {n}," in text
+    finally:
+        fake.close()
+
+
+@pytest.mark.slow
+def test_full_stage_drops_hand_offs_and_scanning_goes_on(tmp_path: Path) -> None:
+    fake = FakeTell(delay=30.0)  # never finishes within the test
+    settings = {"stage": {"workers": 1, "address": fake.address, "timeout": 60,
+                          "max_bytes": "1M", "verdicts": ["not_scanned"]}}
+    big = mb.plain("filler line of text\n" * 12000)  # about 250 KB
+    try:
+        with running_trap(tmp_path, settings) as trap:
+            ids = {reply_id(trap.send(big)) for _ in range(16)}
+            records = trap.wait_records(ids, timeout=60)
+            assert {r["verdict"] for r in records} == {"not_scanned"}
+            wait_until(lambda: (trap.status() or {"totals": {}})["totals"].get(
+                "processed", 0) == 16, 10, "counters")
+            t = trap.status()["totals"]  # type: ignore[index]
+            assert t["stage_handed_on"] + t["stage_dropped"] == 16
+            # 1 MiB holds four of them; each of the two workers counts its own spills
+            # against the cap even before it sees the other's, so at most eight get in
+            assert t["stage_dropped"] >= 8
+    finally:
+        fake.close()
