@@ -347,6 +347,9 @@ class Supervisor:
             for f in cfg.results.dir.iterdir():
                 privileges.chown_path(f, t)
             moved = privileges.own_dir(cfg.overflow.dir, t, tree=True)
+            if cfg.archive.dir is not None:  # workers write the Maildir archive
+                cfg.archive.dir.mkdir(parents=True, exist_ok=True)
+                privileges.own_dir(cfg.archive.dir, t, tree=True)
             self.ring.chown(t.uid, t.gid)
             group = cfg.ingest.socket_group
             privileges.chown_path(cfg.ingest.socket, t,
@@ -747,10 +750,12 @@ class Supervisor:
         if c.kind is Kind.SPAMD:
             argv = self._spamd_argv()
         listener = self.listener
+        parent = os.getpid()
         pid = self.os.fork()
         if pid == 0:  # pragma: no cover - runs in the child
             code = EX_SOFTWARE
             try:
+                _die_with_parent(parent)
                 code = self._child_boot(c, listener,
                                         argv if c.kind is Kind.SPAMD else None)
             except BaseException:
@@ -1018,6 +1023,23 @@ def _describe_status(status: int) -> str:
         except ValueError:
             return f"killed by signal {sig}"
     return f"exit {os.WEXITSTATUS(status)}"
+
+
+def _die_with_parent(parent: int) -> None:  # pragma: no cover - child
+    """Ask the kernel for a TERM when the supervisor dies (TERM: finish, then exit).
+
+    A child also polls getppid(), but only once its loop runs; this closes the
+    gap before that, and stops an exec'd spamd, which polls nothing.
+    """
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:  # it died before the request took effect
+        os._exit(0)
 
 
 def _close_fds_except(keep: set[int]) -> None:  # pragma: no cover - child
