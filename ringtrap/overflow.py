@@ -573,13 +573,17 @@ class Overflow:
 
     # -- purging -------------------------------------------------------------
 
-    def purge(self, older_than: float | None = None) -> PurgeResult:
+    def purge(self, older_than: float | None = None,
+              dropped: list[str] | None = None) -> PurgeResult:
         """Drop ready messages: all, or those whose id time is before ``older_than``.
 
         ``older_than`` is wall-clock seconds since the epoch. Only new/ is
-        touched, never a claim. Dying midway leaves the rest for the next purge.
+        touched, never a claim. ``dropped``, if given, receives the id of every
+        message this call removed (a name a claimer took first is not
+        counted), so a caller can account for each accepted message. Dying
+        midway leaves the rest for the next purge.
         """
-        result = self._purge_dir("new", older_than, reasons=False)
+        result = self._purge_dir("new", older_than, reasons=False, dropped=dropped)
         with self._lock:
             self._claim_cache = []
             self._refreshed_at = float("-inf")  # let the next spill see the space
@@ -598,7 +602,8 @@ class Overflow:
             log.info("purged %d quarantined message(s), %d bytes", result.count, result.bytes)
         return result
 
-    def _purge_dir(self, sub: str, older_than: float | None, *, reasons: bool) -> PurgeResult:
+    def _purge_dir(self, sub: str, older_than: float | None, *, reasons: bool,
+                   dropped: list[str] | None = None) -> PurgeResult:
         d = self._dirs[sub]
         # Names start with the id's fixed-width hex time, so a string compare
         # with the cutoff's hex form selects by arrival time.
@@ -618,6 +623,8 @@ class Overflow:
             if _unlink_quietly(d / name):
                 count += 1
                 nbytes += parsed[1]
+                if dropped is not None:
+                    dropped.append(parsed[0])
         return PurgeResult(count, nbytes)
 
     # -- counting ------------------------------------------------------------

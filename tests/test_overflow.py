@@ -595,6 +595,25 @@ def test_purge_cutoff_is_exact_to_the_microsecond(store: Overflow) -> None:
     assert [n.split(",")[0] for n in names(store, "new")] == [at, after]
 
 
+def test_purge_reports_the_ids_it_dropped(store: Overflow, me: Identity) -> None:
+    # The stress harness's ledger counts on it: exactly the ids unlinked, never a claim.
+    now = time.time()
+    msgs = [msgid_at(now - 600 + i) for i in range(4)]
+    for m in msgs:
+        store.spill(m, b"q" * 7)
+    held = store.claim(me)
+    assert held is not None and held.msgid == msgs[0]
+    dropped: list[str] = []
+    assert store.purge(older_than=ids.id_time(msgs[3]), dropped=dropped) == PurgeResult(2, 14)
+    assert sorted(dropped) == msgs[1:3]
+    store.release(held)
+    more: list[str] = []
+    assert store.purge(dropped=more) == PurgeResult(2, 14)
+    assert sorted(more) == [msgs[0], msgs[3]]
+    assert store.purge(dropped=more) == PurgeResult(0, 0)
+    assert len(more) == 2
+
+
 def test_purge_failed(store: Overflow) -> None:
     now = time.time()
     old, young = msgid_at(now - 7200), msgid_at(now - 10)
