@@ -256,6 +256,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     else:
         print(report.render_text(summary, day), end="")
     if args.charts:
+        sys.stdout.flush()  # the report before the chart file names on stderr
         try:
             written = report.render_charts(summary, day, Path(args.charts))
         except ImportError:

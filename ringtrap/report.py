@@ -167,20 +167,26 @@ def _human(n: float) -> str:
 
 
 def _table(title: str, header: tuple[str, ...], rows: list[tuple[Any, ...]]) -> list[str]:
+    """A titled plain-text table: numbers right-aligned, text left-aligned and cut at 60."""
     out = ["", title]
     if not rows:
         return [*out, "  (none)"]
+    right = [all(isinstance(r[i], int | float) or r[i] is None or _is_size(r[i]) for r in rows)
+             for i in range(len(header))]
     cells = [tuple(str(c) for c in header)] + [tuple("-" if c is None else str(c) for c in r)
                                                 for r in rows]
     widths = [min(60, max(len(row[i]) for row in cells)) for i in range(len(header))]
-    for n, row in enumerate(cells):
+    for row in cells:
         parts = []
         for i, cell in enumerate(row):
             cell = cell if len(cell) <= widths[i] else cell[: widths[i] - 3] + "..."
-            # numbers right-aligned, text left-aligned
-            parts.append(cell.rjust(widths[i]) if i and n else cell.ljust(widths[i]))
+            parts.append(cell.rjust(widths[i]) if right[i] else cell.ljust(widths[i]))
         out.append("  " + "  ".join(parts).rstrip())
     return out
+
+
+def _is_size(cell: object) -> bool:
+    return isinstance(cell, str) and cell.endswith(("B", "%")) and cell[:1].isdigit()
 
 
 def render_text(summary: dict[str, Any], day: str) -> str:
