@@ -316,7 +316,8 @@ def _zip_executable(name: str | None, data: bytes, depth: int) -> str | None:
 
 def contains_eicar(msg: Message, raw: bytes | memoryview) -> bool:
     """True if the EICAR test string is in the raw message or in any decoded leaf."""
-    if bytes(raw[:MAX_PARSE_BYTES]).find(EICAR) >= 0:
+    window = msg.window or bytes(raw[:MAX_PARSE_BYTES])
+    if EICAR in window:
         return True
     for part in msg.parts:
         if not part.is_container and part.encoding in ("base64", "quoted-printable") \

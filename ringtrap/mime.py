@@ -74,6 +74,7 @@ class Part:
     encoding: str  # Content-Transfer-Encoding, lower case; "" when absent
     body: memoryview
     is_container: bool = False  # multipart/* or message/rfc822: its children follow it
+    _decoded: tuple[int, bytes] | None = None  # (limit, result) of the last decode
 
     @property
     def maintype(self) -> str:
@@ -94,7 +95,10 @@ class Part:
 
     def decoded(self, limit: int) -> bytes:
         """The body decoded per its transfer encoding, at most ``limit`` bytes; never raises."""
-        return decode_body(self.body, self.encoding, limit)
+        # the virus check and the attachment hash both need it: decode once
+        if self._decoded is None or self._decoded[0] != limit:
+            self._decoded = (limit, decode_body(self.body, self.encoding, limit))
+        return self._decoded[1]
 
     def text(self, limit: int) -> str:
         """The decoded body as text in its declared charset (UTF-8 fallback); never raises."""
@@ -110,6 +114,7 @@ class Message:
     parts: list[Part] = field(default_factory=list)  # parts[0] is the message itself
     defects: list[str] = field(default_factory=list)
     unparseable: str | None = None  # why this is not a message, or None
+    window: bytes = b""  # the walked start of the message (MAX_PARSE_BYTES), one copy
 
     def raw(self, name: str) -> bytes | None:
         """The first ``name`` field's raw value (``name`` in lower case), or None."""
@@ -157,7 +162,7 @@ def _parse(view: memoryview) -> Message:
     # one copy of the walked window; every part is a range of it
     buf = bytes(view[:MAX_PARSE_BYTES])
     headers, offset, defects = parse_header_block(buf, 0, len(buf))
-    msg = Message(headers=headers, body=view[offset:], defects=defects)
+    msg = Message(headers=headers, body=view[offset:], defects=defects, window=buf)
     if not headers:
         msg.unparseable = "no header fields"
         return msg
