@@ -210,3 +210,30 @@ def test_drain_stops_workers_after_ingest_exits(sup: tuple[Supervisor, FakeOS],
 def test_os_default_identity_is_real() -> None:
     ident = OS().identity(os.getpid())
     assert ident is not None and ident.pid == os.getpid()
+
+
+def test_drain_stops_the_stage_after_the_workers_that_feed_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    cfg = configmod.override(configmod.defaults(), {"workers.count": 1, "spamd.address": "off"})
+    fake = FakeOS()
+    s = Supervisor(cfg, None, fake.as_os())
+    ingest, worker, stage = Child(Kind.INGEST, 0, 1), Child(Kind.WORKER, 0, 2), \
+        Child(Kind.STAGE, 0, 63)
+    s.children = [ingest, worker, stage]
+    s.reconcile()
+    assert stage.name == "stage 0"
+    s.handle_term()
+    fake.exits.append((ingest.pid, exit_status(0)))
+    s.reap()
+    s.progress_shutdown(fake.now)
+    assert (worker.pid, signal.SIGTERM) in fake.killed
+    assert (stage.pid, signal.SIGTERM) not in fake.killed  # a worker may still hand it work
+    fake.exits.append((worker.pid, exit_status(0)))
+    s.reap()
+    s.progress_shutdown(fake.now)
+    assert (stage.pid, signal.SIGTERM) in fake.killed
+    fake.exits.append((stage.pid, exit_status(0)))
+    s.reap()
+    s.progress_shutdown(fake.now)
+    assert s.phase is Phase.DONE
