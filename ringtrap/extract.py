@@ -50,8 +50,7 @@ _URL_TRAILER = ".,;:!?)'\""
 _TAG = re.compile(r"<[^>]{0,4096}>")
 _HTML_SKIP = re.compile(r"(?is)<(script|style)\b.{0,65536}?</\1\s*>")
 _NOT_WORD = re.compile(r"[\W\d_]+")
-_HAS_DIGIT = re.compile(r"\d")
-_HAS_LETTER = re.compile(r"[^\W\d_]")
+_DIGIT_TOKEN = re.compile(r"\S*\d\S*")
 _SPACE = re.compile(r"\s+")
 _HOST = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,62}\.)*[a-z0-9-]{1,63}")
 _ADDR_IN_ANGLES = re.compile(r"<([^<>]*)>")
@@ -59,6 +58,7 @@ _RECEIVED_IP = re.compile(r"\[(?:IPv6:)?([0-9A-Fa-f:.]{2,45})\]")
 _HELO_EXIM = re.compile(r"\bhelo=([^\s)\]]{1,255})", re.IGNORECASE)
 # a fingerprint word longer than this is a token, a hash or a run-together URL
 _MAX_WORD = 25
+_LONG_TOKEN = re.compile(rf"\S{{{_MAX_WORD + 1},}}")
 # a normalized text shorter than this says too little to group messages by
 MIN_FINGERPRINT_CHARS = 20
 
@@ -79,6 +79,7 @@ def _psl() -> Any:
     return PublicSuffixList()
 
 
+@functools.lru_cache(maxsize=4096)
 def registered_domain(host: str) -> str | None:
     """The registrable domain of ``host`` ("a.b.example.co.uk" -> "example.co.uk").
 
@@ -334,16 +335,17 @@ def body_sha256(msg: Message) -> str:
 def normalize(text: str, is_html: bool = False) -> str:
     """Text reduced to what stays the same across a campaign's copies.
 
-    Markup, links, digits, punctuation, tokens that mix letters and digits
-    and long tokens (tracking ids, hashes) go; case and spacing are folded.
+    Markup, links, tokens with digits (numbers, ids, "customer42"),
+    punctuation and long tokens (tracking ids, hashes) go; case and spacing
+    are folded.
     """
     if is_html:
         text = _TAG.sub(" ", _HTML_SKIP.sub(" ", text))
     text = _URL.sub(" ", text)  # links carry per-recipient paths
-    # tokens mixing letters and digits are ids, codes and names like "customer1"
-    kept = [t for t in text.lower().split()
-            if len(t) <= _MAX_WORD and not (_HAS_DIGIT.search(t) and _HAS_LETTER.search(t))]
-    return " ".join(_NOT_WORD.sub(" ", " ".join(kept)).split())
+    # tokens with a digit are numbers, ids, codes and names like "customer1";
+    # very long ones are tracking tokens and hashes
+    text = _LONG_TOKEN.sub(" ", _DIGIT_TOKEN.sub(" ", text))
+    return " ".join(_NOT_WORD.sub(" ", text.lower()).split())
 
 
 def fingerprint(texts: list[tuple[Part, str]], files: list[Attachment]) -> str | None:
