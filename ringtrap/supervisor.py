@@ -350,6 +350,8 @@ class Supervisor:
             if cfg.archive.dir is not None:  # workers write the Maildir archive
                 cfg.archive.dir.mkdir(parents=True, exist_ok=True)
                 privileges.own_dir(cfg.archive.dir, t, tree=True)
+            if self.stage_store is not None:  # scan workers hand on, stage workers take
+                privileges.own_dir(configmod.stage_dir(cfg), t, tree=True)
             self.ring.chown(t.uid, t.gid)
             group = cfg.ingest.socket_group
             privileges.chown_path(cfg.ingest.socket, t,

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from trap_fixture import ROOT, Trap, message, reply_id, running_trap, wait_until
 
 from ringtrap import ring as ringmod
 from ringtrap import top
+from ringtrap.supervisor import MIN_UPTIME
 
 pytestmark = pytest.mark.slow
 
@@ -167,6 +169,9 @@ def test_metrics_scrape_matches_what_was_sent(tmp_path: Path,
                 os.kill(pid, signal.SIGCONT)
         trap.wait_records(ids, timeout=120)
         victim = trap.child_pids("worker")[0]
+        # past MIN_UPTIME, so its death counts as a crash, not a failure to boot
+        wait_until(lambda: time.time() - psutil.Process(victim).create_time() > MIN_UPTIME + 0.5,
+                   10, "the worker to be past its boot")
         os.kill(victim, signal.SIGKILL)
         wait_until(lambda: len(trap.child_pids("worker")) == 2
                    and victim not in trap.child_pids("worker"), 30, "the worker's replacement")
@@ -345,6 +350,7 @@ def test_started_as_root_it_runs_as_the_service_user(tmp_path: Path) -> None:
         "service": {"user": "nobody"},
         "ingest": {"socket": str(base / "run" / "ingest.sock")},
         "metrics": {"listen": f"127.0.0.1:{port}"},
+        "archive": {"dir": str(base / "archive")},
     }
     trap = Trap(base, settings)
     try:
@@ -364,6 +370,9 @@ def test_started_as_root_it_runs_as_the_service_user(tmp_path: Path) -> None:
         trap.wait_records(ids)
         for f in trap.results_dir.iterdir():
             assert f.stat().st_uid == pw.pw_uid, f
+        archived = [p for p in (base / "archive").rglob("*") if p.is_file()]
+        assert len(archived) == 5  # written by the workers, as the service user
+        assert all(p.stat().st_uid == pw.pw_uid for p in archived)
         assert scrape(port)['ringtrap_messages_processed_total{verdict="not_scanned"}'] == 5
         # a reload as the service user keeps root's defaults and replaces the workers
         old_workers = set(trap.child_pids("worker"))
