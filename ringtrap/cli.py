@@ -218,6 +218,17 @@ def cmd_purge(args: argparse.Namespace) -> int:
     o.recover_dead()
     res = o.purge()
     print(f"dropped {res.count} messages ({res.bytes} bytes) from {cfg.overflow.dir}")
+    if cfg.stage.workers:
+        # the slower stage's backlog goes too, as in the daily purge
+        try:
+            staged = Overflow(configmod.stage_dir(cfg), cfg.stage.max_bytes, create=False)
+        except FileNotFoundError:
+            pass
+        else:
+            staged.recover_dead()
+            dropped = staged.purge()
+            print(f"dropped {dropped.count} messages ({dropped.bytes} bytes) from"
+                  f" {configmod.stage_dir(cfg)}")
     # count the drop where status and metrics read it, if the trap is running
     try:
         ring = ringmod.Ring.attach(cfg.ring.name)

@@ -238,3 +238,22 @@ def test_full_stage_drops_hand_offs_and_scanning_goes_on(tmp_path: Path) -> None
             assert t["stage_dropped"] >= 8
     finally:
         fake.close()
+
+
+def test_purge_drops_the_stage_backlog_too(tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    from ringtrap.cli import main
+
+    stage_dir = tmp_path / "stage"
+    config = tmp_path / "trap.toml"
+    config.write_text(f'[overflow]\ndir = "{tmp_path / "spill"}"\n[spamd]\naddress = "off"\n'
+                      f'[stage]\nworkers = 1\naddress = "unix:/nonexistent"\n'
+                      f'dir = "{stage_dir}"\n[ring]\nname = "rt-stage-purge-{os.getpid()}"\n')
+    Overflow(tmp_path / "spill", 1 << 24)
+    store = Overflow(stage_dir, 1 << 24)
+    for n in range(3):
+        store.spill(f"0000000000001-00000{n}", envelope.frame(mb.plain()))
+    assert main(["purge", "-c", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "dropped 3 messages" in out and str(stage_dir) in out
+    assert store.stats().ready == 0
