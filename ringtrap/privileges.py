@@ -137,9 +137,10 @@ def preload_package() -> None:
         hook = getattr(module, "preload", None)
         if callable(hook) and getattr(hook, "__module__", None) == info.name:
             hook()
-    # loaded lazily: by the configuration on a reload, and by the codec
-    # registry (host names go through idna in getaddrinfo)
-    for name in ("tomllib", "difflib", "textwrap", "shutil", "encodings.idna",
+    # loaded lazily: by the configuration on a reload, by a child after fork
+    # (ctypes, for prctl), and by the codec registry (host names go through
+    # idna in getaddrinfo)
+    for name in ("tomllib", "difflib", "textwrap", "shutil", "ctypes", "encodings.idna",
                  "encodings.latin_1", "encodings.cp1252"):
         importlib.import_module(name)
 
