@@ -16,6 +16,7 @@ next tick close the gap".
 from __future__ import annotations
 
 import contextlib
+import ctypes  # here, not in the child: after a privilege drop the stdlib may be unreadable
 import datetime as dt
 import errno
 import grp
@@ -1033,8 +1034,6 @@ def _die_with_parent(parent: int) -> None:  # pragma: no cover - child
     A child also polls getppid(), but only once its loop runs; this closes the
     gap before that, and stops an exec'd spamd, which polls nothing.
     """
-    import ctypes
-
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG
