@@ -183,6 +183,7 @@ class Trap:
                     k.kill()
         ringmod.unlink_name(self.ring_name)
         shutil.rmtree(self.overflow_dir, ignore_errors=True)
+        shutil.rmtree(configmod.stage_dir(self.cfg), ignore_errors=True)
         shutil.rmtree(self.rundir, ignore_errors=True)
 
     def log_tail(self, n: int = 60) -> str:
