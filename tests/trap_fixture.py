@@ -228,11 +228,17 @@ class Trap:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
             s.settimeout(timeout)
             s.connect(str(self.socket_path))
-            s.sendall(data)
-            s.shutdown(socket.SHUT_WR)
+            try:
+                s.sendall(data)
+                s.shutdown(socket.SHUT_WR)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # answered (and closed) before we finished: read the answer
             reply = b""
-            while chunk := s.recv(4096):
-                reply += chunk
+            try:
+                while chunk := s.recv(4096):
+                    reply += chunk
+            except ConnectionResetError:
+                pass
         return reply
 
     def send_with(self, tool: str, data: bytes) -> subprocess.CompletedProcess[bytes]:
