@@ -66,6 +66,7 @@ class FakeTell:
         self.delay = delay
         self.reply = reply
         self.calls = 0
+        self.requests: list[bytes] = []
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.bind(self.path)
         self.sock.listen(64)
@@ -89,8 +90,10 @@ class FakeTell:
             with conn:
                 conn.settimeout(10)
                 try:
-                    while conn.recv(65536):
-                        pass
+                    request = b""
+                    while chunk := conn.recv(65536):
+                        request += chunk
+                    self.requests.append(request)
                     if self.stopping.wait(self.delay):
                         return
                     self.calls += 1
@@ -152,6 +155,33 @@ def test_refused_call_is_dropped_and_counted(tmp_path: Path) -> None:
         worker.run(max_messages=1)
         st = store.stats()
         assert (st.ready, st.claimed, worker.done, fake.calls) == (0, 0, 0, 1)
+    finally:
+        fake.close()
+
+
+@pytest.mark.parametrize(("learn", "report", "sets"), [
+    (True, False, b"Set: local\r\n"),
+    (True, True, b"Set: local, remote\r\n"),
+    (False, True, b"Set: remote\r\n"),
+])
+def test_learn_and_report_switches(tmp_path: Path, learn: bool, report: bool,
+                                   sets: bytes) -> None:
+    fake = FakeTell(0.0)
+    try:
+        store = Overflow(tmp_path / "stage", 1 << 24)
+        message = mb.plain()
+        store.spill("0000000000001-000001", envelope.frame(message))
+        worker = StageWorker(stage_cfg(learn=learn, report=report), store,
+                             SpamdClient(fake.address, timeout=5.0), None, 0,
+                             parent_pid=os.getppid())
+        worker.run(max_messages=1)
+        assert worker.done == 1
+        (request,) = fake.requests
+        head, _, body = request.partition(b"\r\n\r\n")
+        assert head.startswith(b"TELL SPAMC/1.5\r\n")
+        assert b"\r\nMessage-class: spam\r\n" in head + b"\r\n"
+        assert sets in head + b"\r\n"
+        assert body == message  # the envelope line stays with ringtrap
     finally:
         fake.close()
 
