@@ -340,10 +340,11 @@ class Worker:
                         extra={"event": "unavailable", "msgid": msgid, "dependency": what})
         elif held is not None:
             log.warning("%s: %s still unavailable after %d failure(s) in %.0f s (%s);"
-                        " retrying in %.1f s (%d similar lines suppressed)", msgid, what,
+                        " retrying in %.1f s%s", msgid, what,
                         self._outage_failures, now - self._outage_since, exc, self._delay,
-                        held, extra={"event": "unavailable", "msgid": msgid,
-                                     "dependency": what, "suppressed": held})
+                        f" ({held} similar lines suppressed)" if held else "",
+                        extra={"event": "unavailable", "msgid": msgid,
+                               "dependency": what, "suppressed": held})
         self._state(ProcState.BACKOFF)  # the message was given back: no id
         set_title(self._role, f"backoff: {what} down ({self.done} done)")
         self._pause(self._delay)

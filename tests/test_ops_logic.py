@@ -8,6 +8,8 @@ import io
 import json
 import logging
 import os
+import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -310,3 +312,61 @@ def test_own_dir_hands_over_a_whole_tree(tmp_path: Path) -> None:
         assert (p.stat().st_uid, p.stat().st_gid) == (t.uid, t.gid)
     assert Path("/etc/passwd").stat().st_uid == 0  # the link itself, never its target
     assert privileges.own_dir(tree, t, tree=True) == 0  # nothing left to change
+
+
+# -- a worker's outage lines ---------------------------------------------------------
+
+
+class EventRecords(logging.Handler):
+    """Keeps the log records of one event (by their ``event`` field)."""
+
+    def __init__(self, event: str) -> None:
+        super().__init__()
+        self.event = event
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if getattr(record, "event", None) == self.event:
+            self.records.append(record)
+
+
+def test_a_spamd_outage_is_logged_once_per_backoff_period(tmp_path: Path) -> None:
+    from test_worker import local_worker, make_cfg, open_overflow, put, run_until
+
+    from ringtrap.processing import Processor
+    from ringtrap.results import ResultSink
+    from ringtrap.worker import spamd_client
+
+    name = f"rt-ops-w-{uuid.uuid4().hex[:8]}"
+    ring = ringmod.Ring.create(name, 16, 16 * 1024)
+    handler = EventRecords("unavailable")
+    logger = logging.getLogger("ringtrap.worker")
+    logger.addHandler(handler)
+    old_level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        with tempfile.TemporaryDirectory(prefix="rt-o-") as short:
+            cfg = make_cfg(tmp_path, name, f"unix:{short}/none.sock")  # nothing listens
+            overflow = open_overflow(cfg)
+            put(ring, overflow, b"Subject: x\r\n\r\nbody\r\n", 1, "ring")
+            worker = local_worker(cfg, ring, overflow,
+                                  Processor(spamd=spamd_client(cfg), scan_limit_bytes=1 << 20),
+                                  ResultSink(cfg.results.dir),
+                                  backoff_initial=0.01, backoff_max=0.25)
+            assert worker.row is not None
+            started = time.monotonic()
+            run_until(worker, lambda: worker.row.get(C.SPAMD_ERRORS) >= 12)  # type: ignore[union-attr]
+            elapsed = time.monotonic() - started
+            failures = worker.row.get(C.SPAMD_ERRORS)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+        ring.close()
+        ringmod.unlink_name(name)
+    lines = handler.records
+    # backoff 0.01, 0.02 ... 0.25 s: the quick first retries share one line, then
+    # at most one line per backoff_max period
+    assert 1 <= len(lines) < failures, (len(lines), failures)
+    assert len(lines) <= elapsed / 0.25 + 2, (len(lines), elapsed)
+    held = sum(getattr(r, "suppressed", 0) for r in lines)
+    assert held > 0 and len(lines) + held <= failures
