@@ -183,8 +183,6 @@ class Trap:
                     k.kill()
         ringmod.unlink_name(self.ring_name)
         shutil.rmtree(self.overflow_dir, ignore_errors=True)
-        # the learn/report stage's spill directory sits beside the overflow
-        shutil.rmtree(f"{self.overflow_dir}-stage2", ignore_errors=True)
         shutil.rmtree(configmod.stage_dir(self.cfg), ignore_errors=True)
         shutil.rmtree(self.rundir, ignore_errors=True)
 
