@@ -11,13 +11,13 @@ import random
 import select
 import signal
 import time
-import traceback
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from uuid import uuid4
 
 import pytest
+from forking import Children, body, read_all, read_line, report
 
 from ringtrap import proc
 from ringtrap import ring as ringmod
@@ -36,103 +36,8 @@ STOP = "STOP"
 # -- helpers -----------------------------------------------------------------
 
 
-def body(msgid: str, size: int) -> bytes:
-    """Deterministic content for ``msgid`` so a reader can check every byte."""
-    seed = msgid.encode()
-    return (seed * (size // len(seed) + 1))[:size]
-
-
 def mid(i: int) -> str:
     return f"m{i:08d}"
-
-
-class Children:
-    """Forked children of one test; any left running are killed at teardown."""
-
-    def __init__(self) -> None:
-        self.pids: list[int] = []
-
-    def fork(self, fn: Callable[[int], None]) -> tuple[int, int]:
-        """Run ``fn(write_fd)`` in a child; return (pid, read_fd) of its report pipe."""
-        r, w = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - runs in the child
-            code = 1
-            try:
-                os.close(r)
-                fn(w)
-                code = 0
-            except BaseException:
-                traceback.print_exc()
-            finally:
-                os._exit(code)
-        os.close(w)
-        self.pids.append(pid)
-        return pid, r
-
-    def kill(self, pid: int) -> None:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-        self.pids.remove(pid)
-
-    def wait(self, pid: int, timeout: float = 30.0) -> int:
-        """Exit code of ``pid`` (negative: killed by that signal), failing on a hang."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            done, status = os.waitpid(pid, os.WNOHANG)
-            if done:
-                self.pids.remove(pid)
-                return os.waitstatus_to_exitcode(status)
-            time.sleep(0.01)
-        raise AssertionError(f"child {pid} did not exit in time")
-
-    def reap_all(self) -> None:
-        for pid in self.pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
-            except ChildProcessError:
-                pass
-        self.pids.clear()
-
-
-def read_line(fd: int, timeout: float = 20.0) -> str:
-    """Read one line a child reports, failing rather than hanging.
-
-    Reads a byte at a time so that nothing after the line is consumed.
-    """
-    deadline = time.monotonic() + timeout
-    buf = b""
-    while not buf.endswith(b"\n"):
-        left = deadline - time.monotonic()
-        assert left > 0, "child did not report in time"
-        ready, _, _ = select.select([fd], [], [], left)
-        if ready:
-            chunk = os.read(fd, 1)
-            assert chunk, "child exited without reporting"
-            buf += chunk
-    return buf.decode().strip()
-
-
-def read_all(fd: int, timeout: float = 20.0) -> str:
-    """Everything a child writes until it exits (EOF); closes ``fd``."""
-    deadline = time.monotonic() + timeout
-    chunks = []
-    try:
-        while True:
-            left = deadline - time.monotonic()
-            assert left > 0, "child did not finish reporting in time"
-            if select.select([fd], [], [], left)[0]:
-                chunk = os.read(fd, 1 << 16)
-                if not chunk:
-                    return b"".join(chunks).decode()
-                chunks.append(chunk)
-    finally:
-        os.close(fd)
-
-
-def report(fd: int, text: str) -> None:
-    os.write(fd, text.encode() + b"\n")
 
 
 def identity_of(pid: int) -> Identity:
