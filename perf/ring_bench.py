@@ -30,6 +30,7 @@ from ringtrap import ring as ringmod
 from ringtrap.ring import PutResult, Ring
 
 CTX = mp.get_context("fork")
+MQ_DEPTH = [0]  # the depth the kernel allowed, reported under the table
 STOP = b"STOP"
 
 
@@ -144,8 +145,16 @@ def mqueue_run(n: int, consumers: int, size: int) -> float:
     def make() -> tuple[Callable[[bytes], None], Callable[[], bytes], object]:
         # the kernel caps queue memory at 819,200 bytes per queue for users
         depth = max(1, min(1024, 800_000 // (size + 64)))
-        q = posix_ipc.MessageQueue(name, posix_ipc.O_CREX, max_messages=depth,
-                                   max_message_size=size)
+        try:
+            q = posix_ipc.MessageQueue(name, posix_ipc.O_CREX, max_messages=depth,
+                                       max_message_size=size)
+        except ValueError:
+            # without CAP_SYS_RESOURCE the depth is capped by fs.mqueue.msg_max
+            with open("/proc/sys/fs/mqueue/msg_max") as f:
+                depth = int(f.read())
+            q = posix_ipc.MessageQueue(name, posix_ipc.O_CREX, max_messages=depth,
+                                       max_message_size=size)
+        MQ_DEPTH[0] = depth
         q.unlink()
 
         def get() -> bytes:
@@ -205,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
         ratio = f"{r['msgs_per_s'] / ref:.2f}x" if ref else "-"
         print(f"| {r['name']:<24} | {r['topology']:<8} | {r['msgs_per_s']:>10,} "
               f"| {r['mb_per_s']:>8} | {ratio:>11} |")
+    if MQ_DEPTH[0]:
+        print(f"\nposix_ipc.MessageQueue depth: {MQ_DEPTH[0]} messages (kernel limit)")
     return 0
 
 
