@@ -721,8 +721,14 @@ class Ring:
         A single store, so a death around it either keeps the claim (then it
         is requeued and processed again: at least once) or frees it.
         """
-        self._check_owner(claim, owner)
-        self._states[claim.slot] = FREE
+        slot = claim.slot
+        d = self._descs_w + slot * DESC_WORDS
+        q = self._q
+        tok = self._tok if owner is None else owner_token(owner)
+        # the owner check inline: ack runs once per message
+        if self._states[slot] != CLAIMED or q[d + D_OWNER] != tok or q[d + D_SEQ] != claim.seq:
+            self._check_owner(claim, owner)  # raises with the details
+        self._states[slot] = FREE
 
     def release(self, claim: Claim, owner: Identity | None = None) -> None:
         """Give a claimed message back unprocessed, attempts unchanged."""
