@@ -79,6 +79,11 @@ def _psl() -> Any:
     return PublicSuffixList()
 
 
+def preload() -> None:
+    """Load the Public Suffix List now (before a privilege drop and before fork)."""
+    _psl()
+
+
 @functools.lru_cache(maxsize=4096)
 def registered_domain(host: str) -> str | None:
     """The registrable domain of ``host`` ("a.b.example.co.uk" -> "example.co.uk").
