@@ -345,6 +345,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--charts", metavar="DIR",
                    help="also write PNG charts into DIR (needs the 'report' extra: matplotlib)")
     p.set_defaults(func=cmd_report)
+    # listed for --help only: main() hands "submit" to ringtrap.submit before argparse
+    sub.add_parser("submit", help="deliver the message on stdin with its envelope (the MTA's"
+                   " pipe client; exit 0 or 75, see 'ringtrap submit --help')", add_help=False)
     p = sub.add_parser("config", help="print a sample configuration or check one")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--sample", action="store_true",
@@ -356,6 +359,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args_in = sys.argv[1:] if argv is None else argv
+    if args_in[:1] == ["submit"]:
+        from ringtrap import submit
+
+        return submit.main(args_in[1:])
     ap = build_parser()
     args = ap.parse_args(argv)
     if not getattr(args, "func", None):

@@ -112,6 +112,14 @@ def _default_socket() -> Path:
     return runtime_dir() / "ingest.sock"
 
 
+# the default of ingest.submit_socket until IngestConfig puts it beside ingest.socket
+_BESIDE_INGEST = Path("submit.sock")
+
+
+def _beside_ingest() -> Path:
+    return _BESIDE_INGEST
+
+
 def _user_suffix() -> str:
     euid = _euid()
     return "" if euid == 0 else f"-{euid}"
@@ -792,6 +800,29 @@ class IngestConfig:
         default=256,
         metadata=_about(_Integer(lo=1), "Most client connections the ingest serves at once."),
     )
+    submit_socket: Path | None = field(
+        default_factory=_beside_ingest,
+        metadata=_about(
+            _Path(optional=True, unix_socket=True),
+            "Unix socket for `ringtrap submit` and `ringtrap-deliver`: the MTA's envelope"
+            " (sender, recipients, client, queue id) comes with each message, and a message"
+            ' cut short is refused; same mode and group as ingest.socket; "" = off.',
+            varies="`submit.sock` beside `ingest.socket`",
+        ),
+    )
+    lmtp_socket: Path | None = field(
+        default=None,
+        metadata=_about(
+            _Path(optional=True, unix_socket=True),
+            "Unix socket speaking LMTP (RFC 2033) for Postfix's lmtp client or Exim's lmtp"
+            ' transport; same mode and group as ingest.socket; "" = off.',
+        ),
+    )
+
+    def __post_init__(self) -> None:
+        # the default submit socket follows ingest.socket, so one setting moves both
+        if self.submit_socket is _BESIDE_INGEST:
+            object.__setattr__(self, "submit_socket", self.socket.parent / "submit.sock")
 
 
 @dataclass(frozen=True, slots=True)
@@ -1379,6 +1410,19 @@ def _check_stage_spamd(c: Config) -> str | None:
     return None
 
 
+def _check_distinct_sockets(c: Config) -> str | None:
+    ing = c.ingest
+    taken = {os.path.normpath(ing.socket): "ingest.socket"}
+    for key, path in (("ingest.submit_socket", ing.submit_socket),
+                      ("ingest.lmtp_socket", ing.lmtp_socket)):
+        if path is None:
+            continue
+        other = taken.setdefault(os.path.normpath(path), key)
+        if other != key:
+            return f"{key} {_toml_str(str(path))} is also {other}; every socket needs its own path"
+    return None
+
+
 def _check_overflow_not_ring(c: Config) -> str | None:
     shm = Path("/dev/shm")
     taken = {shm / c.ring.name, shm / f"sem.{c.ring.name}.lock", shm / f"sem.{c.ring.name}.ready"}
@@ -1407,6 +1451,7 @@ _RULES: tuple[_Rule, ...] = (
     _Rule(("overflow.max_bytes", "ingest.max_message_bytes"), _check_overflow_cap),
     _Rule(("results.dir", "overflow.dir"), _check_results_outside_overflow),
     _Rule(("overflow.dir", "ring.name"), _check_overflow_not_ring),
+    _Rule(("ingest.socket", "ingest.submit_socket", "ingest.lmtp_socket"), _check_distinct_sockets),
     _Rule(("archive.dir", "overflow.dir"), _check_archive_outside_overflow),
     _Rule(("stage.timeout", "stage.workers", "workers.heartbeat_timeout"), _check_stage_timeout),
     _Rule(("stage.workers", "stage.address", "spamd.address"), _check_stage_spamd),

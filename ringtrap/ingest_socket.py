@@ -25,6 +25,13 @@ is stored from that buffer).
 The server is one process with one ``selectors`` loop.  It is the ring's only
 producer and never waits on the workers: a full ring means a spill.
 
+The same loop serves two optional session sockets, each connection driven by
+a protocol class through the same store hook (:mod:`ringtrap.delivery`): the
+submit socket (:mod:`ringtrap.submit_session`: an envelope block written by
+the MTA's client, the message, a length trailer) and an LMTP socket
+(:mod:`ringtrap.lmtp`).  Their messages get the same ids, limits, counters
+and stored form as the raw socket's; only the envelope line differs.
+
 Crash model: if the process dies mid-message, its client has not had ``OK``
 (the reply follows the store), a ring slot it was filling is left
 FILLING(owner) for the supervisor to free and a spill in progress is a tmp file
@@ -51,25 +58,34 @@ from types import FrameType
 from ringtrap import envelope, logs, titles
 from ringtrap.config import Config
 from ringtrap.counters import C
+from ringtrap.delivery import (
+    ERR,
+    OK,
+    REASON_BUSY,
+    REASON_EMPTY,
+    REASON_IDLE,
+    REASON_OVERFLOW_FULL,
+    REASON_SHUTTING_DOWN,
+    REASON_STORE_FAILED,
+    REASON_TOO_LARGE,
+    TEMPFAIL,
+    Outcome,
+    Session,
+    reply_line,
+)
+from ringtrap.envelope import Envelope
 from ringtrap.ids import new_id
+from ringtrap.lmtp import R_BUSY as _LMTP_BUSY
+from ringtrap.lmtp import LmtpSession
 from ringtrap.overflow import Overflow, OverflowFull, SpillWriter
 from ringtrap.ring import ProcRow, PutResult, Ring
 from ringtrap.states import ProcState, Role
+from ringtrap.submit_session import SubmitSession
 
 log = logging.getLogger(__name__)
 
-# reply prefixes
-OK = b"OK"
-ERR = b"ERR"
-TEMPFAIL = b"TEMPFAIL"
-# reasons
-REASON_TOO_LARGE = b"message too large"
-REASON_EMPTY = b"empty message"
-REASON_OVERFLOW_FULL = b"overflow full"
-REASON_STORE_FAILED = b"cannot store message"
-REASON_IDLE = b"idle timeout"
-REASON_BUSY = b"too many connections"
-REASON_SHUTTING_DOWN = b"shutting down"
+# The reply prefixes and reasons (OK, ERR, TEMPFAIL, REASON_*) and reply_line
+# live in ringtrap.delivery, shared with the session protocols.
 
 LISTEN_BACKLOG = 1024
 # bytes asked of one recv; the one receive buffer is reused by every connection
@@ -83,17 +99,14 @@ _READS_PER_TURN = 16
 # after EMFILE/ENFILE the listener is left alone this long instead of spinning
 _ACCEPT_PAUSE = 0.1
 _TITLE_EVERY = 1.0
+# a session whose client does not read its replies stops being read past this
+_MAX_PENDING_OUT = 256 * 1024
 
 # The sockets stay in blocking mode; per-call flags make each call non-blocking,
 # which saves two fcntl calls per connection.  MSG_NOSIGNAL: a client that left
 # without reading its reply must cost an EPIPE, not a SIGPIPE.
 _DONTWAIT = socket.MSG_DONTWAIT
 _SEND_FLAGS = socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL
-
-
-def reply_line(kind: bytes, text: bytes) -> bytes:
-    """The reply line ``<kind> <text>\\n`` as sent to the client."""
-    return kind + b" " + text + b"\n"
 
 
 _LINE_TOO_LARGE = reply_line(ERR, REASON_TOO_LARGE)
@@ -152,10 +165,24 @@ class Store:
         return writer
 
 
-class _Conn:
-    """One client connection still sending: what has arrived, what will be answered."""
+class _Msg:
+    """One message being received: what has arrived, what will be answered."""
 
-    __slots__ = ("buf", "fd", "last", "msgid", "refusal", "registered", "size", "sock", "writer")
+    __slots__ = ("buf", "msgid", "refusal", "size", "writer")
+
+    def __init__(self, msgid: str, head: bytes) -> None:
+        self.msgid = msgid
+        self.size = 0  # message bytes received (the envelope line not counted)
+        self.buf: bytearray | None = bytearray(head)
+        self.writer: SpillWriter | None = None
+        # the reply already decided for a message being read to its end unstored
+        self.refusal: bytes | None = None
+
+
+class _Conn(_Msg):
+    """One raw-socket connection still sending; it carries its one message itself."""
+
+    __slots__ = ("fd", "last", "registered", "sock")
 
     def __init__(self, sock: _socket.socket, msgid: str, now: float) -> None:
         self.sock = sock
@@ -168,6 +195,50 @@ class _Conn:
         # the reply already decided for a message being read to its end unstored
         self.refusal: bytes | None = None
         self.registered = False
+
+
+class _Listener:
+    """A session socket's listener and the protocol its connections speak."""
+
+    __slots__ = ("kind", "sock")
+
+    def __init__(self, kind: str, sock: socket.socket) -> None:
+        self.kind = kind  # "submit" or "lmtp"
+        self.sock = sock
+
+
+class _Session:
+    """A connection on a session socket: its protocol, its message, its pending output.
+
+    It is also the protocol's :class:`~ringtrap.delivery.Sink`: each call goes to
+    the server's store, limits and counters, the raw socket's own.
+    """
+
+    __slots__ = ("eof", "events", "fd", "last", "msg", "out", "proto", "server", "sock")
+
+    def __init__(self, server: IngestServer, sock: _socket.socket, now: float) -> None:
+        self.server = server
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.last = now
+        self.msg: _Msg | None = None
+        self.out = bytearray()
+        self.eof = False  # the client has half-closed
+        self.events = 0  # what the selector watches for it (0: not registered)
+        self.proto: Session
+
+    def begin(self, env: Envelope) -> str:
+        return self.server._session_begin(self, env)
+
+    def write(self, data: bytes) -> None:
+        assert self.msg is not None
+        self.server._take(self.msg, data)
+
+    def end(self) -> tuple[Outcome, bytes]:
+        return self.server._session_end(self)
+
+    def abort(self) -> None:
+        self.server._session_abort(self)
 
 
 _WAKE = object()  # selector data of the signal wake-up pipe
@@ -222,6 +293,9 @@ class IngestServer:
         idle_timeout: float,
         max_connections: int,
         row: ProcRow | None = None,
+        submit_listener: socket.socket | None = None,
+        lmtp_listener: socket.socket | None = None,
+        hostname: str | None = None,
     ) -> None:
         self.store = Store(ring, overflow)
         self.row = row
@@ -242,6 +316,16 @@ class IngestServer:
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._sel.register(self._wake_r, selectors.EVENT_READ, _WAKE)
         self._conns: dict[int, _Conn] = {}
+        # the session sockets (submit, LMTP) and their connections
+        self._side: list[_Listener] = []
+        for kind, side in (("submit", submit_listener), ("lmtp", lmtp_listener)):
+            if side is not None:
+                side.setblocking(False)
+                lst = _Listener(kind, side)
+                self._sel.register(side.fileno(), selectors.EVENT_READ, lst)
+                self._side.append(lst)
+        self._sessions: dict[int, _Session] = {}
+        self.hostname = hostname or socket.gethostname()
         self._tally = [0] * _TALLY_SIZE
         self._now = time.monotonic()
         self._idle_due = float("inf")  # no connection can be idle before this
@@ -272,8 +356,8 @@ class IngestServer:
 
     @property
     def connections(self) -> int:
-        """Connections in progress (accepted, not yet answered)."""
-        return len(self._conns)
+        """Connections in progress (accepted, not yet answered or closed)."""
+        return len(self._conns) + len(self._sessions)
 
     def stop(self, graceful: bool = True, drain_timeout: float = 10.0) -> None:
         """Ask the loop to stop accepting and finish; only sets flags (signal-safe).
@@ -334,13 +418,18 @@ class IngestServer:
         self._now = now = time.monotonic()
         if self._stop_asked and self._check_stop():
             return
-        for key, _ in events:
+        for key, mask in events:
             conn = key.data
             if conn is None:
                 if self._listening:
                     self._accept()
             elif conn is _WAKE:
                 self._drain_wake()
+            elif conn.__class__ is _Session:
+                self._session_event(conn, mask)
+            elif conn.__class__ is _Listener:
+                if self._listening:
+                    self._accept_sessions(conn)
             elif self._read(conn):
                 self._close(conn)
         if self.row is not None:
@@ -385,7 +474,7 @@ class IngestServer:
     def _on_accept(self, sock: _socket.socket) -> None:
         tally = self._tally
         tally[_CONNECTIONS] += 1
-        if len(self._conns) >= self.max_connections:
+        if len(self._conns) + len(self._sessions) >= self.max_connections:
             self._refuse_busy(sock)
             return
         msgid = new_id()
@@ -485,6 +574,8 @@ class IngestServer:
         log.error("cannot accept: %s; pausing accepts for %.1f s", e.strerror, _ACCEPT_PAUSE)
         if self._listening and self._listener is not None:
             self._sel.unregister(self._listener.fileno())
+            for lst in self._side:
+                self._sel.unregister(lst.sock.fileno())
             self._listening = False
         self._accept_resume = self._now + _ACCEPT_PAUSE
 
@@ -492,6 +583,8 @@ class IngestServer:
         self._accept_resume = 0.0
         if self._listener is not None and not self._listening:
             self._sel.register(self._listener.fileno(), selectors.EVENT_READ, None)
+            for lst in self._side:
+                self._sel.register(lst.sock.fileno(), selectors.EVENT_READ, lst)
             self._listening = True
 
     # -- reading ---------------------------------------------------------------
@@ -515,7 +608,7 @@ class IngestServer:
             self._take(conn, body[:n])
         return False  # still readable: the selector reports it again next turn
 
-    def _take(self, conn: _Conn, chunk: memoryview) -> None:
+    def _take(self, conn: _Msg, chunk: memoryview | bytes) -> None:
         """Buffer, stream or drop one chunk of the message."""
         size = conn.size + len(chunk)
         conn.size = size
@@ -542,7 +635,7 @@ class IngestServer:
                 except (OverflowFull, OSError) as e:
                     self._store_failed(conn, e)
 
-    def _store_failed(self, conn: _Conn, e: OverflowFull | OSError) -> None:
+    def _store_failed(self, conn: _Msg, e: OverflowFull | OSError) -> None:
         """Storing became impossible: read the rest unstored, answer TEMPFAIL."""
         self._discard(conn)
         conn.refusal = self._store_error(conn.msgid, e)
@@ -556,7 +649,7 @@ class IngestServer:
         log.error("%s: cannot store: %s", msgid, e)
         return _LINE_STORE_FAILED
 
-    def _discard(self, conn: _Conn) -> None:
+    def _discard(self, conn: _Msg) -> None:
         conn.buf = None
         if conn.writer is not None:
             conn.writer.abort()
@@ -566,6 +659,10 @@ class IngestServer:
 
     def _end(self, conn: _Conn) -> None:
         """The client has sent everything: store it (unless refused), then answer."""
+        self._send(conn, self._complete(conn))
+
+    def _complete(self, conn: _Msg) -> bytes:
+        """Store a message received whole (unless refused); count it, return its reply line."""
         msgid = conn.msgid
         size = conn.size
         self._tally[_BYTES_IN] += size
@@ -589,7 +686,7 @@ class IngestServer:
                 line = self._refused(msgid, size, conn.refusal or _LINE_STORE_FAILED)
             else:
                 line = self._stored(msgid, size, where)
-        self._send(conn, line)
+        return line
 
     def _stored(self, msgid: str, size: int, where: Stored) -> bytes:
         """Count a stored message; return its OK line."""
@@ -659,6 +756,159 @@ class IngestServer:
             conn.registered = False
         conn.sock.close()
 
+    # -- session sockets (submit, LMTP) -------------------------------------------
+
+    def _accept_sessions(self, lst: _Listener) -> None:
+        accept = lst.sock._accept  # (fd, address): see _Socket
+        for _ in range(_ACCEPT_BATCH):
+            try:
+                fd, _ = accept()
+            except BlockingIOError:
+                return
+            except OSError as e:
+                if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    self._pause_accepting(e)
+                    return
+                continue
+            sock = _Socket(_AF_UNIX, _SOCK_STREAM, 0, fd)
+            self._tally[_CONNECTIONS] += 1
+            if len(self._conns) + len(self._sessions) >= self.max_connections:
+                self._refuse_session(lst, sock)
+                continue
+            sess = _Session(self, sock, self._now)
+            if lst.kind == "lmtp":
+                sess.proto = LmtpSession(sess, self.hostname, self.max_message_bytes)
+            else:
+                sess.proto = SubmitSession(sess)
+            self._sessions[sess.fd] = sess
+            sess.out += sess.proto.start()
+            due = self._now + self.idle_timeout
+            if due < self._idle_due:
+                self._idle_due = due
+            self._flush(sess)
+
+    def _refuse_session(self, lst: _Listener, sock: _socket.socket) -> None:
+        if lst.kind == "lmtp":
+            self._tally[_CONNECTIONS_REFUSED] += 1
+            with contextlib.suppress(OSError):
+                sock.send(_LMTP_BUSY, _SEND_FLAGS)
+            sock.close()
+        else:
+            self._refuse_busy(sock)
+
+    def _session_event(self, sess: _Session, mask: int) -> None:
+        if mask & selectors.EVENT_WRITE and not self._flush(sess):
+            return
+        if mask & selectors.EVENT_READ:
+            self._session_read(sess)
+
+    def _session_read(self, sess: _Session) -> None:
+        """Feed what the client sent to its protocol, then send the replies."""
+        body = self._body
+        proto = sess.proto
+        recv_into = sess.sock.recv_into
+        for _ in range(_READS_PER_TURN):
+            if proto.closing or sess.eof or len(sess.out) > _MAX_PENDING_OUT:
+                break
+            try:
+                n = recv_into(body, CHUNK, _DONTWAIT)
+            except BlockingIOError:
+                break
+            except OSError as e:
+                self._session_lost(sess, e)
+                return
+            if not n:
+                sess.eof = True
+                sess.out += proto.eof()
+                break
+            sess.last = self._now
+            sess.out += proto.feed(bytes(body[:n]))
+        self._flush(sess)
+
+    def _flush(self, sess: _Session) -> bool:
+        """Send what is pending; close a finished session.  False once it is closed."""
+        out = sess.out
+        if out:
+            try:
+                sent = sess.sock.send(out, _SEND_FLAGS)
+            except BlockingIOError:
+                sent = 0
+            except OSError as e:
+                self._session_lost(sess, e)
+                return False
+            del out[:sent]
+        if not out and (sess.proto.closing or sess.eof):
+            self._close_session(sess)
+            return False
+        # stop reading once the protocol is done, or while the client leaves
+        # its replies unread; watch for room to write while output waits
+        events = selectors.EVENT_WRITE if out else 0
+        if not (sess.proto.closing or sess.eof or len(out) > _MAX_PENDING_OUT):
+            events |= selectors.EVENT_READ
+        if events != sess.events:
+            if not sess.events:
+                self._sel.register(sess.fd, events, sess)
+            elif events:
+                self._sel.modify(sess.fd, events, sess)
+            else:  # pragma: no cover - a finished session is closed above
+                self._sel.unregister(sess.fd)
+            sess.events = events
+        return True
+
+    def _session_lost(self, sess: _Session, e: OSError | None) -> None:
+        """The client failed: drop any message in progress, close without a reply."""
+        if sess.msg is not None:
+            log.info("%s: connection failed after %d bytes: %s", sess.msg.msgid,
+                     sess.msg.size, e.strerror if e is not None else "receive error")
+            self._session_abort(sess)
+        self._close_session(sess)
+
+    def _close_session(self, sess: _Session) -> None:
+        if sess.msg is not None:  # pragma: no cover - every protocol ends its message first
+            self._session_abort(sess)
+        if sess.events:
+            self._sel.unregister(sess.fd)
+            sess.events = 0
+        self._sessions.pop(sess.fd, None)
+        sess.sock.close()
+
+    def _end_session(self, sess: _Session, last: bytes) -> None:
+        """Send ``last`` if the client takes it at once, and close."""
+        if last:
+            with contextlib.suppress(OSError):
+                sess.sock.send(bytes(sess.out) + last, _SEND_FLAGS)
+        self._close_session(sess)
+
+    def _session_begin(self, sess: _Session, env: Envelope) -> str:
+        msgid = new_id()
+        sess.msg = _Msg(msgid, envelope.header(env))
+        return msgid
+
+    def _session_end(self, sess: _Session) -> tuple[Outcome, bytes]:
+        msg = sess.msg
+        assert msg is not None
+        sess.msg = None
+        line = self._complete(msg)
+        if line is _LINE_TOO_LARGE:
+            return Outcome.TOO_LARGE, line
+        if line is _LINE_EMPTY:
+            return Outcome.EMPTY, line
+        if line is _LINE_OVERFLOW_FULL:
+            return Outcome.OVERFLOW_FULL, line
+        if line.startswith(OK):
+            return Outcome.STORED, line
+        return Outcome.FAILED, line
+
+    def _session_abort(self, sess: _Session) -> None:
+        msg = sess.msg
+        if msg is None:
+            return
+        sess.msg = None
+        self._discard(msg)
+        self._tally[_BYTES_IN] += msg.size
+        self._tally[_REFUSED_TEMP] += 1
+        log.info("%s: dropped unfinished after %d bytes", msg.msgid, msg.size)
+
     # -- timers and shutdown ---------------------------------------------------
 
     def _expire_idle(self, now: float) -> None:
@@ -672,15 +922,23 @@ class IngestServer:
                 self._abandon(conn, _LINE_IDLE)
             elif expires < due:
                 due = expires
+        for sess in list(self._sessions.values()):
+            expires = sess.last + limit
+            if expires <= now:
+                log.info("session idle for %.1f s: closing it", limit)
+                self._tally[_IDLE_TIMEOUTS] += 1
+                self._end_session(sess, sess.proto.timeout())
+            elif expires < due:
+                due = expires
         self._idle_due = due
 
     def _housekeeping(self, now: float) -> None:
         self._title_due = now + _TITLE_EVERY
         self._debug = log.isEnabledFor(logging.DEBUG)
         if self._stopping:
-            titles.set_title("ingest", f"draining {len(self._conns)} conns {self.accepted} in")
+            titles.set_title("ingest", f"draining {self.connections} conns {self.accepted} in")
         else:
-            titles.set_title("ingest", f"{len(self._conns)} conns {self.accepted} in")
+            titles.set_title("ingest", f"{self.connections} conns {self.accepted} in")
 
     def _drain_wake(self) -> None:
         with contextlib.suppress(BlockingIOError):
@@ -699,7 +957,7 @@ class IngestServer:
             log.info(
                 "ingest stopping (%s), %d connection(s) in progress",
                 "immediate" if self._stop_now else "graceful",
-                len(self._conns),
+                self.connections,
             )
             self._housekeeping(now)
         if self._conns and (self._stop_now or now >= self._deadline):
@@ -707,7 +965,14 @@ class IngestServer:
             for conn in list(self._conns.values()):
                 self._tally[_REFUSED_TEMP] += 1
                 self._abandon(conn, _LINE_SHUTTING_DOWN)
-        if self._conns:
+        late = self._stop_now or now >= self._deadline
+        for sess in list(self._sessions.values()):
+            if late:
+                self._end_session(sess, b"" if sess.proto.closing else sess.proto.shutdown())
+            elif not sess.proto.closing and not sess.proto.busy():
+                # between messages (an LMTP client keeping its connection): nothing to wait for
+                self._end_session(sess, sess.proto.shutdown())
+        if self._conns or self._sessions:
             return False
         self._finish()
         return True
@@ -718,8 +983,13 @@ class IngestServer:
             return
         if self._listening:
             self._sel.unregister(listener.fileno())
+            for lst in self._side:
+                self._sel.unregister(lst.sock.fileno())
             self._listening = False
         listener.close()
+        for lst in self._side:
+            lst.sock.close()
+        self._side = []
         self._listener = None
 
     def _finish(self) -> None:
@@ -838,8 +1108,18 @@ class _ChildSignals:
         self.reopen = True  # the loop reopens the log file (logrotate)
 
 
-def child_main(cfg: Config, listener: socket.socket, row_index: int) -> int:
+def child_main(
+    cfg: Config,
+    listener: socket.socket,
+    row_index: int,
+    *,
+    submit: socket.socket | None = None,
+    lmtp: socket.socket | None = None,
+) -> int:
     """Run the ingest in a forked child; return its exit code (0: clean stop).
+
+    ``listener`` is the raw socket; ``submit`` and ``lmtp`` the optional
+    session sockets, all bound by the supervisor.
 
     Expects the parent's fork hygiene to have run (signals reset, foreign fds
     closed, title set).  TERM stops gracefully, INT and QUIT at once, USR1
@@ -858,7 +1138,7 @@ def child_main(cfg: Config, listener: socket.socket, row_index: int) -> int:
         log.exception("ingest cannot attach the ring %r", cfg.ring.name)
         return 1
     try:
-        return _serve_child(cfg, listener, ring, row_index, signals, ppid)
+        return _serve_child(cfg, (listener, submit, lmtp), ring, row_index, signals, ppid)
     except Exception:
         log.exception("ingest failed")
         return 1
@@ -868,7 +1148,7 @@ def child_main(cfg: Config, listener: socket.socket, row_index: int) -> int:
 
 def _serve_child(
     cfg: Config,
-    listener: socket.socket,
+    listeners: tuple[socket.socket, socket.socket | None, socket.socket | None],
     ring: Ring,
     row_index: int,
     signals: _ChildSignals,
@@ -877,6 +1157,7 @@ def _serve_child(
     ing = cfg.ingest
     overflow = Overflow(cfg.overflow.dir, cfg.overflow.max_bytes)
     row = ring.register(Role.INGEST, 0, row=row_index)
+    listener, submit, lmtp = listeners
     server = IngestServer(
         listener,
         ring,
@@ -885,6 +1166,8 @@ def _serve_child(
         idle_timeout=ing.idle_timeout,
         max_connections=ing.max_connections,
         row=row,
+        submit_listener=submit,
+        lmtp_listener=lmtp,
     )
     # the wake-up byte cuts the select short after a handler has run
     signal.set_wakeup_fd(server.wakeup_fd, warn_on_full_buffer=False)

@@ -181,6 +181,8 @@ class Supervisor:
         self.stage_store: Overflow | None = None  # the slower stage's spill directory
         self.row: ProcRow | None = None
         self.listener: socket.socket | None = None
+        # the ingest's session sockets by kind ("submit", "lmtp"), when configured
+        self.side_listeners: dict[str, socket.socket] = {}
         self.exit_code = EX_OK
         self.drained = False  # TERM: persist the ring on the way out
         self.drain_deadline = 0.0
@@ -320,6 +322,13 @@ class Supervisor:
         except (OSError, RuntimeError) as e:
             raise SetupError(f"ingest.socket {cfg.ingest.socket}: {e}") from None
         self.listener.set_inheritable(False)
+        for kind, path in _side_sockets(cfg):
+            try:
+                side = bind_socket(path, cfg.ingest.socket_mode, cfg.ingest.socket_group)
+            except (OSError, RuntimeError) as e:
+                raise SetupError(f"ingest.{kind}_socket {path}: {e}") from None
+            side.set_inheritable(False)
+            self.side_listeners[kind] = side
         if target is not None:
             self._become(target, created)
         if cfg.metrics.listen is not None:
@@ -355,8 +364,8 @@ class Supervisor:
                 privileges.own_dir(configmod.stage_dir(cfg), t, tree=True)
             self.ring.chown(t.uid, t.gid)
             group = cfg.ingest.socket_group
-            privileges.chown_path(cfg.ingest.socket, t,
-                                  gid=grp.getgrnam(group).gr_gid if group else None)
+            for path in [cfg.ingest.socket, *(p for _, p in _side_sockets(cfg))]:
+                privileges.chown_path(path, t, gid=grp.getgrnam(group).gr_gid if group else None)
             if cfg.supervisor.log_file is not None and cfg.supervisor.log_file.exists():
                 privileges.chown_path(cfg.supervisor.log_file, t)
             privileges.preload_package()
@@ -498,7 +507,7 @@ class Supervisor:
                     ring.close()
             else:
                 ring.close()
-        if self.listener is not None:
+        if self.listener is not None or self.side_listeners:
             self._close_listener()
         self._remove_pidfile()
         log.info("ringtrap stopped")
@@ -528,6 +537,12 @@ class Supervisor:
         self.drain_deadline = self.os.monotonic() + 5.0
 
     def _close_listener(self) -> None:
+        for kind, side in self.side_listeners.items():
+            with contextlib.suppress(OSError):
+                side.close()
+            with contextlib.suppress(OSError):
+                os.unlink(getattr(self.cfg.ingest, f"{kind}_socket"))
+        self.side_listeners = {}
         if self.listener is None:
             return
         with contextlib.suppress(OSError):
@@ -564,6 +579,9 @@ class Supervisor:
             fixed.append("overflow.dir")
         if new.ingest.socket != old.ingest.socket:
             fixed.append("ingest.socket")
+        for key in ("submit_socket", "lmtp_socket"):
+            if getattr(new.ingest, key) != getattr(old.ingest, key):
+                fixed.append(f"ingest.{key}")
         if new.spamd.address != old.spamd.address:
             fixed.append("spamd.address")
         if fixed:
@@ -786,6 +804,7 @@ class Supervisor:
         keep = logs.log_fds()
         if c.kind is Kind.INGEST and listener is not None:
             keep.add(listener.fileno())
+            keep.update(side.fileno() for side in self.side_listeners.values())
         _close_fds_except(keep)
         if spamd_argv is not None:
             os.setsid()  # its own group: our TERM to the group never races its children
@@ -798,7 +817,9 @@ class Supervisor:
             from ringtrap import ingest_socket
 
             assert listener is not None
-            return ingest_socket.child_main(self.cfg, listener, c.row)
+            return ingest_socket.child_main(self.cfg, listener, c.row,
+                                            submit=self.side_listeners.get("submit"),
+                                            lmtp=self.side_listeners.get("lmtp"))
         if c.kind is Kind.STAGE:
             from ringtrap import stage
 
@@ -1013,9 +1034,18 @@ def _keep_fixed(new: Config, old: Config) -> Config:
         new,
         ring=old.ring,
         overflow=dataclasses.replace(new.overflow, dir=old.overflow.dir),
-        ingest=dataclasses.replace(new.ingest, socket=old.ingest.socket),
+        ingest=dataclasses.replace(new.ingest, socket=old.ingest.socket,
+                                   submit_socket=old.ingest.submit_socket,
+                                   lmtp_socket=old.ingest.lmtp_socket),
         spamd=dataclasses.replace(new.spamd, address=old.spamd.address),
     )
+
+
+def _side_sockets(cfg: Config) -> list[tuple[str, Path]]:
+    """The ingest's configured session sockets as (kind, path): submit, then LMTP."""
+    ing = cfg.ingest
+    return [(kind, path) for kind, path in (("submit", ing.submit_socket),
+                                            ("lmtp", ing.lmtp_socket)) if path is not None]
 
 
 def _describe_status(status: int) -> str:

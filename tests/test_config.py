@@ -212,6 +212,10 @@ GOOD: list[tuple[str, str, object]] = [
     ("ingest.idle_timeout", "0.5", 0.5),
     ("ingest.idle_timeout", "5", 5.0),
     ("ingest.max_connections", "1", 1),
+    ("ingest.submit_socket", '"/srv/trap/submit.sock"', Path("/srv/trap/submit.sock")),
+    ("ingest.submit_socket", '""', None),
+    ("ingest.lmtp_socket", '"/srv/trap/lmtp.sock"', Path("/srv/trap/lmtp.sock")),
+    ("ingest.lmtp_socket", '""', None),
     ("ring.name", '"trap_2.test-X"', "trap_2.test-X"),
     ("ring.name", '"' + "n" * 200 + '"', "n" * 200),
     ("ring.slots", "200000", 200000),
@@ -304,6 +308,10 @@ BAD: list[tuple[str, str, str]] = [
     ("ingest.max_connections", "0", "must be an integer >= 1, got 0"),
     ("ingest.max_connections", "1.5", "got 1.5"),
     ("ingest.max_connections", "true", "got true"),
+    ("ingest.submit_socket", "5", "must be a path string, got 5"),
+    ("ingest.submit_socket", '"/' + "x" * 120 + '"', "at most 107 bytes"),
+    ("ingest.lmtp_socket", "true", "must be a path string, got true"),
+    ("ingest.lmtp_socket", '"/' + "x" * 120 + '"', "at most 107 bytes"),
     ("ring.name", '""', "must be 1 to 200 characters"),
     ("ring.name", '"a/b"', 'got "a/b"'),
     ("ring.name", '".."', 'got ".."'),
@@ -571,6 +579,15 @@ def test_syntax_error_from_a_file_names_the_path(tmp_path: Path) -> None:
             '[overflow]\ndir = "/srv/spill/tmp"\n[results]\ndir = "/srv/spill"\n',
             'results.dir: "/srv/spill" must not be inside overflow.dir or contain it',
         ),
+        (
+            '[ingest]\nsocket = "/srv/t/a.sock"\nsubmit_socket = "/srv/t/a.sock"\n',
+            'ingest.socket: ingest.submit_socket "/srv/t/a.sock" is also ingest.socket',
+        ),
+        (
+            '[ingest]\nsocket = "/srv/t/a.sock"\nlmtp_socket = "/srv/t/submit.sock"\n',
+            'ingest.socket: ingest.lmtp_socket "/srv/t/submit.sock" is also'
+            " ingest.submit_socket",
+        ),
     ],
 )
 def test_cross_field_rules(text: str, start: str) -> None:
@@ -589,10 +606,21 @@ def test_cross_field_rules(text: str, start: str) -> None:
         '[ring]\nslots = 262144\nslot_bytes = "64K"\n',  # exactly 16 GiB
         '[overflow]\nmax_bytes = "50M"\n',
         '[overflow]\ndir = "/srv/spill"\n[results]\ndir = "/srv/spill-results"\n',
+        # an LMTP socket beside the other two, and the submit socket off
+        '[ingest]\nsocket = "/srv/t/a.sock"\nlmtp_socket = "/srv/t/lmtp.sock"\n',
+        '[ingest]\nsubmit_socket = ""\n',
     ],
 )
 def test_cross_field_rules_accept_the_boundaries(text: str) -> None:
     load_text(text)
+
+
+def test_submit_socket_follows_the_ingest_socket() -> None:
+    assert load_text('[ingest]\nsocket = "/srv/t/in.sock"\n').ingest.submit_socket == Path(
+        "/srv/t/submit.sock"
+    )
+    assert defaults().ingest.submit_socket == defaults().ingest.socket.parent / "submit.sock"
+    assert defaults().ingest.lmtp_socket is None
 
 
 def test_cross_field_rules_name_declared_keys() -> None:

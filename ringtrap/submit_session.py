@@ -1,0 +1,205 @@
+"""The ingest's side of the submit socket: envelope block, message, length trailer.
+
+The wire format is described in :mod:`ringtrap.submit` (the client).  This
+class parses it without doing any I/O: :meth:`SubmitSession.feed` takes what
+arrived, hands the message's bytes to the :class:`~ringtrap.delivery.Sink`
+and returns nothing until the client has finished; :meth:`eof` then checks
+the trailer and returns the one reply line.
+
+The message's last bytes are held back (at most :data:`TAIL_MAX`) until the
+end of the stream, because only then is it known that they are the trailer
+and not message bytes.  A stream that ends without a well-formed trailer, or
+with one whose length is not the number of bytes received, comes from a
+client that died midway: the message is dropped and the reply is
+``TEMPFAIL truncated message``, so an MTA whose client is still alive retries.
+"""
+
+from __future__ import annotations
+
+import logging
+from enum import Enum
+
+from ringtrap.delivery import (
+    ERR,
+    REASON_BAD_REQUEST,
+    REASON_IDLE,
+    REASON_SHUTTING_DOWN,
+    REASON_TRUNCATED,
+    TEMPFAIL,
+    Sink,
+    reply_line,
+)
+from ringtrap.envelope import Envelope
+from ringtrap.submit import KEYS, MAGIC, MAX_HEADER, TRAILER
+
+log = logging.getLogger(__name__)
+
+# "END " + at most 20 digits + "\n"
+TAIL_MAX = len(TRAILER) + 20 + 1
+_SINGLE = frozenset(k for k in KEYS if k != "recipient")
+_KNOWN = frozenset(KEYS)
+
+LINE_TRUNCATED = reply_line(TEMPFAIL, REASON_TRUNCATED)
+LINE_IDLE = reply_line(TEMPFAIL, REASON_IDLE)
+LINE_SHUTTING_DOWN = reply_line(TEMPFAIL, REASON_SHUTTING_DOWN)
+
+
+class _State(Enum):
+    HEADER = "header"  # reading the envelope block
+    BODY = "body"  # passing the message to the sink
+    DISCARD = "discard"  # a bad request: reading to the end, then ERR
+    DONE = "done"  # answered
+
+
+class BadRequest(ValueError):
+    """The envelope block is not one a submit client writes."""
+
+
+def parse_block(block: bytes) -> Envelope:
+    """The envelope of a complete block (magic line through the blank line).
+
+    Values are everything after the key's space up to the line feed, decoded
+    as UTF-8 (undecodable bytes replaced).  Unknown keys are skipped so an
+    older ingest accepts a newer client; a repeated single-valued key is an
+    error.
+    """
+    if not block.startswith(MAGIC) or not block.endswith(b"\n\n"):
+        raise BadRequest("not a submit stream")
+    values: dict[str, str] = {}
+    recipients: list[str] = []
+    for raw in block[len(MAGIC) : -2].split(b"\n") if len(block) > len(MAGIC) + 1 else ():
+        key_b, sep, value_b = raw.partition(b" ")
+        if not sep:
+            raise BadRequest(f"envelope line without a value: {raw[:40]!r}")
+        key = key_b.decode("ascii", "replace")
+        if key not in _KNOWN:
+            continue
+        value = value_b.decode("utf-8", "replace")
+        if key == "recipient":
+            recipients.append(value)
+        elif key in values:
+            raise BadRequest(f"{key} given twice")
+        else:
+            values[key] = value
+    return Envelope(
+        sender=values.get("sender"),
+        recipients=tuple(recipients),
+        client_address=values.get("client_address") or None,
+        client_helo=values.get("client_helo") or None,
+        queue_id=values.get("queue_id") or None,
+    )
+
+
+class SubmitSession:
+    """One submit connection: see the module docstring.  Implements ``delivery.Session``."""
+
+    __slots__ = ("_head", "_problem", "_sink", "_state", "_tail", "_written", "closing")
+
+    def __init__(self, sink: Sink) -> None:
+        self._sink = sink
+        self._state = _State.HEADER
+        self._head = bytearray()
+        self._tail = b""
+        self._written = 0  # message bytes handed to the sink
+        self._problem = ""
+        self.closing = False
+
+    def start(self) -> bytes:
+        return b""
+
+    def busy(self) -> bool:
+        return self._state is not _State.DONE
+
+    def feed(self, data: bytes) -> bytes:
+        state = self._state
+        if state is _State.BODY:
+            self._body(data)
+        elif state is _State.HEADER:
+            self._header(data)
+        return b""
+
+    def _header(self, data: bytes) -> None:
+        head = self._head
+        start = max(0, len(head) - 1)  # a "\n\n" may straddle two receives
+        head += data
+        if not head.startswith(MAGIC[: len(head)]):
+            self._bad("not a submit stream")
+            return
+        end = head.find(b"\n\n", start)
+        if end < 0:
+            if len(head) > MAX_HEADER:
+                self._bad(f"envelope block over {MAX_HEADER} bytes")
+            return
+        end += 2
+        if end > MAX_HEADER:
+            self._bad(f"envelope block over {MAX_HEADER} bytes")
+            return
+        try:
+            env = parse_block(bytes(head[:end]))
+        except BadRequest as e:
+            self._bad(str(e))
+            return
+        rest = bytes(head[end:])
+        self._head = bytearray()
+        self._sink.begin(env)
+        self._state = _State.BODY
+        if rest:
+            self._body(rest)
+
+    def _body(self, data: bytes) -> None:
+        if self._tail:
+            data = self._tail + data
+        if len(data) > TAIL_MAX:
+            cut = len(data) - TAIL_MAX
+            self._sink.write(data[:cut])
+            self._written += cut
+            self._tail = data[cut:]
+        else:
+            self._tail = data
+
+    def _bad(self, problem: str) -> None:
+        self._problem = problem
+        self._head = bytearray()
+        self._state = _State.DISCARD
+
+    def eof(self) -> bytes:
+        state = self._state
+        self._state = _State.DONE
+        self.closing = True
+        if state is _State.BODY:
+            return self._finish()
+        if state is _State.DISCARD:
+            log.warning("submit: refused a bad request: %s", self._problem)
+            return reply_line(ERR, REASON_BAD_REQUEST + b": " + self._problem.encode())
+        if state is _State.HEADER and self._head:
+            log.info("submit: stream ended inside the envelope block")
+            return LINE_TRUNCATED
+        return b""  # connected and left without a byte: nothing to answer
+
+    def _finish(self) -> bytes:
+        """Check the trailer against the bytes received; store or drop the message."""
+        tail = self._tail
+        received = self._written + len(tail)
+        i = tail.rfind(TRAILER) if tail.endswith(b"\n") else -1
+        digits = tail[i + len(TRAILER) : -1] if i >= 0 else b""
+        if not (digits.isdigit() and digits.isascii() and int(digits) == self._written + i):
+            self._sink.abort()
+            log.info("submit: stream ended after %d bytes without its length trailer", received)
+            return LINE_TRUNCATED
+        if i:
+            self._sink.write(tail[:i])
+        return self._sink.end()[1]
+
+    def timeout(self) -> bytes:
+        self._drop()
+        return LINE_IDLE
+
+    def shutdown(self) -> bytes:
+        self._drop()
+        return LINE_SHUTTING_DOWN
+
+    def _drop(self) -> None:
+        if self._state is _State.BODY:
+            self._sink.abort()
+        self._state = _State.DONE
+        self.closing = True
