@@ -5,7 +5,8 @@
 #   ./dev.sh test [pytest options]         the whole test suite
 #
 # Installs what is missing (Debian: spamd, spamc, socat, netcat-openbsd,
-# python3-venv, systemd for systemd-analyze) and the package with its test
+# python3-venv, systemd for systemd-analyze, postfix for the MTA end-to-end
+# test, installed unconfigured and not started) and the package with its test
 # extras into ./.venv.
 set -eu
 cd "$(dirname "$0")"
@@ -16,7 +17,7 @@ what=$1; shift
 case "$what" in run|test) ;; *) usage ;; esac
 
 missing=""
-for pkg in spamd spamc socat netcat-openbsd python3-venv systemd; do
+for pkg in spamd spamc socat netcat-openbsd python3-venv systemd postfix; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing="$missing $pkg"
 done
 if [ -n "$missing" ]; then
@@ -24,6 +25,8 @@ if [ -n "$missing" ]; then
     [ "$(id -u)" -eq 0 ] || sudo="sudo"
     echo "installing Debian packages:$missing" >&2
     $sudo apt-get update -qq
+    # Postfix unconfigured: the tests run their own instance, none listens on port 25
+    echo "postfix postfix/main_mailer_type select No configuration" | $sudo debconf-set-selections
     # shellcheck disable=SC2086
     $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >&2
 fi

@@ -1,0 +1,174 @@
+"""A private Postfix instance for end-to-end tests: Debian's Postfix, our own config.
+
+``PostfixInstance`` writes a configuration directory, a queue and a data
+directory under a temporary directory, listens for SMTP on 127.0.0.1 only (a
+free port), logs to a file (``maillog_file``, no syslog), and is started and
+stopped with ``postfix -c DIR``.  Every service runs unchrooted, so socket
+paths mean what they say.  The caller adds its transports to ``main.cf``,
+``master.cf`` and the maps before :meth:`start`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+POSTFIX = "/usr/sbin/postfix"
+POSTQUEUE = "/usr/sbin/postqueue"
+POSTALIAS = "/usr/sbin/postalias"
+
+# the services a small instance needs, none chrooted (the "n" in column 5)
+_MASTER = """\
+{listen} inet n       -       n       -       -       smtpd
+pickup    unix  n       -       n       60      1       pickup
+cleanup   unix  n       -       n       -       0       cleanup
+qmgr      unix  n       -       n       300     1       qmgr
+rewrite   unix  -       -       n       -       -       trivial-rewrite
+bounce    unix  -       -       n       -       0       bounce
+defer     unix  -       -       n       -       0       bounce
+trace     unix  -       -       n       -       0       bounce
+verify    unix  -       -       n       -       1       verify
+flush     unix  n       -       n       1000?   0       flush
+proxymap  unix  -       -       n       -       -       proxymap
+smtp      unix  -       -       n       -       -       smtp
+relay     unix  -       -       n       -       -       smtp
+showq     unix  n       -       n       -       -       showq
+error     unix  -       -       n       -       -       error
+retry     unix  -       -       n       -       -       error
+discard   unix  -       -       n       -       -       discard
+local     unix  -       n       n       -       -       local
+lmtp      unix  -       -       n       -       -       lmtp
+anvil     unix  -       -       n       -       1       anvil
+scache    unix  -       -       n       -       1       scache
+postlog   unix-dgram n  -       n       -       1       postlogd
+"""
+
+
+def missing_reason() -> str | None:
+    """Why a private Postfix cannot run here, or None."""
+    if not os.path.exists(POSTFIX):
+        return "Postfix is not installed (dev.sh installs Debian's postfix package)"
+    if os.geteuid() != 0:
+        return "starting Postfix needs root"
+    return None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class PostfixInstance:
+    """One private Postfix under ``root`` (see the module docstring)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.etc = root / "etc"
+        self.queue = root / "spool"
+        self.data = root / "data"
+        self.maillog = root / "maillog"
+        self.port = free_port()
+        for d in (self.etc, self.queue, self.data):
+            d.mkdir(parents=True, exist_ok=True)
+        shutil.chown(self.data, "postfix", "postfix")
+        self.main: dict[str, str] = {
+            "compatibility_level": "3.6",
+            "config_directory": str(self.etc),
+            "queue_directory": str(self.queue),
+            "data_directory": str(self.data),
+            "mail_owner": "postfix",
+            "setgid_group": "postdrop",
+            "inet_interfaces": "127.0.0.1",
+            "inet_protocols": "ipv4",
+            "myhostname": "mta.trap.test",
+            "mydomain": "trap.test",
+            "mydestination": "",
+            "mynetworks": "127.0.0.0/8",
+            "smtpd_recipient_restrictions": "permit_mynetworks, reject_unauth_destination",
+            "alias_maps": "",
+            "alias_database": "",
+            "local_recipient_maps": "",
+            "biff": "no",
+            "maillog_file": str(self.maillog),
+            "maillog_file_prefixes": str(root),
+            "smtputf8_enable": "no",
+            # retries come fast: the test flushes the queue anyway
+            "queue_run_delay": "1s",
+            "minimal_backoff_time": "1s",
+            "maximal_backoff_time": "2s",
+            "delay_warning_time": "0",
+            "notify_classes": "",
+        }
+        self.master = _MASTER.format(listen=f"127.0.0.1:{self.port}")
+        self.files: dict[str, str] = {}  # name -> text, written into the config directory
+        self.alias_files: list[str] = []  # of those, the ones to index with postalias
+
+    def write(self) -> None:
+        main = "".join(f"{k} = {v}\n" for k, v in self.main.items())
+        (self.etc / "main.cf").write_text(main)
+        (self.etc / "master.cf").write_text(self.master)
+        for name, text in self.files.items():
+            (self.etc / name).write_text(text)
+        # the tools read the dynamic map list from the configuration directory
+        for name in ("dynamicmaps.cf", "postfix-files"):
+            if os.path.exists(f"/etc/postfix/{name}"):
+                shutil.copy(f"/etc/postfix/{name}", self.etc / name)
+        if os.path.isdir("/etc/postfix/dynamicmaps.cf.d"):
+            shutil.copytree("/etc/postfix/dynamicmaps.cf.d", self.etc / "dynamicmaps.cf.d",
+                            dirs_exist_ok=True)
+        for name in self.alias_files:
+            subprocess.run([POSTALIAS, "-c", str(self.etc), f"hash:{self.etc / name}"],
+                           check=True, capture_output=True, timeout=30)
+
+    def postfix(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([POSTFIX, "-c", str(self.etc), *args], capture_output=True,
+                              text=True, timeout=60, check=check, stdin=subprocess.DEVNULL)
+
+    def start(self) -> None:
+        self.write()
+        done = self.postfix("start", check=False)
+        if done.returncode != 0:
+            raise AssertionError(f"postfix start failed:\n{done.stdout}{done.stderr}\n"
+                                 f"{self.log()}")
+        deadline = time.monotonic() + 20
+        while True:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"Postfix does not listen on {self.port}:\n{self.log()}")
+            time.sleep(0.1)
+
+    def flush(self) -> None:
+        subprocess.run([POSTQUEUE, "-c", str(self.etc), "-f"], capture_output=True, timeout=30,
+                       check=False, stdin=subprocess.DEVNULL)
+
+    def stop(self) -> None:
+        self.postfix("stop", check=False)
+        pidfile = self.queue / "pid" / "master.pid"
+        deadline = time.monotonic() + 10
+        while pidfile.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        with contextlib.suppress(OSError, ValueError):
+            pid = int(pidfile.read_text().split()[0])
+            os.kill(pid, 9)
+
+    def log(self) -> str:
+        try:
+            return self.maillog.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def statuses(self) -> dict[str, list[str]]:
+        """Queue id -> the ``status=`` words logged for it, in order."""
+        out: dict[str, list[str]] = {}
+        for m in re.finditer(r" ([0-9A-F]{6,}): .*? status=(\w+)", self.log()):
+            out.setdefault(m.group(1), []).append(m.group(2))
+        return out

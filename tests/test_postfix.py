@@ -1,0 +1,270 @@
+"""Real Postfix to a real trap, through the README's own snippets.
+
+Debian's Postfix runs as a private instance (``postfix_fixture``) on
+127.0.0.1; mail for four trap domains goes out by every documented way:
+
+    pipe.trap.test    pipe(8) running ``ringtrap submit``        (README snippet)
+    sh.trap.test      pipe(8) running ``ringtrap-deliver``       (the same, one word swapped)
+    lmtp.trap.test    ``lmtp:unix:`` to ringtrap's LMTP socket   (README snippets)
+    local.trap.test   an alias ``|ringtrap-deliver ...``         (README snippet)
+
+The test sends over SMTP with smtplib, checks that every message is recorded
+with the envelope Postfix knew and that Postfix logged it sent and bounced
+nothing; then stops ringtrap, sends again, sees Postfix defer every route
+(4.x.x, never a bounce), starts ringtrap again and sees the deferred mail
+delivered.  The pipe user is ``nobody``, as an MTA's delivery user is never
+root: it runs a copy of the package with Debian's /usr/bin/python3.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import smtplib
+import tempfile
+import uuid
+from collections.abc import Iterator
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+from postfix_fixture import PostfixInstance, missing_reason
+from trap_fixture import Trap, wait_until
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+SYSTEM_PYTHON = "/usr/bin/python3"
+
+
+def snippet(name: str) -> str:
+    """The code block under ``<!-- snippet: name -->`` in the README."""
+    text = README.read_text()
+    m = re.search(r"<!-- snippet: " + re.escape(name) + r" -->\n```\n(.*?)```\n", text, re.S)
+    assert m is not None, f"README has no snippet {name!r}"
+    return m.group(1)
+
+
+def main_cf(text: str) -> dict[str, str]:
+    out = {}
+    for line in text.splitlines():
+        key, _, value = line.partition("=")
+        out[key.strip()] = value.strip()
+    return out
+
+
+@pytest.fixture
+def workdir() -> Iterator[Path]:
+    reason = missing_reason()
+    if reason:
+        pytest.skip(reason)
+    if not os.access(SYSTEM_PYTHON, os.X_OK):
+        pytest.skip(f"{SYSTEM_PYTHON} (Debian's python3, for the pipe user) is not installed")
+    # short, and traversable by the unprivileged users Postfix runs commands as
+    path = Path(tempfile.mkdtemp(prefix="rt-pf-", dir="/tmp"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def install_clients(root: Path) -> Path:
+    """A copy of the package and both clients where ``nobody`` can run them; their bin dir."""
+    lib, bin_ = root / "lib", root / "bin"
+    shutil.copytree(ROOT / "ringtrap", lib / "ringtrap",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    bin_.mkdir()
+    launcher = bin_ / "ringtrap"
+    # what an installed console script does, minus the site packages submit never needs
+    launcher.write_text(f"#!{SYSTEM_PYTHON} -S\nimport sys\nsys.path.insert(0, {str(lib)!r})\n"
+                        "from ringtrap.launcher import main\nsys.exit(main())\n")
+    shutil.copy(ROOT / "scripts" / "ringtrap-deliver", bin_ / "ringtrap-deliver")
+    for p in (launcher, bin_ / "ringtrap-deliver"):
+        p.chmod(0o755)
+    for d in (lib, bin_):
+        for dirpath, _dirs, filenames in os.walk(d):
+            os.chmod(dirpath, 0o755)
+            for f in filenames:
+                os.chmod(os.path.join(dirpath, f), 0o755 if dirpath == str(bin_) else 0o644)
+    return bin_
+
+
+def configure(pf: PostfixInstance, trap: Trap, bin_: Path) -> None:
+    """The README's snippets, with this test's paths, users and domains."""
+    run = f"{trap.rundir}/"
+
+    def local(text: str) -> str:
+        return (text.replace("/run/ringtrap/", run)
+                .replace("/usr/local/bin/", f"{bin_}/")
+                .replace("user=ringtrap", "user=nobody")
+                .replace("hash:/etc/postfix/", f"texthash:{pf.etc}/"))
+
+    pipe_master = local(snippet("postfix-pipe-master.cf"))
+    sh_master = (pipe_master.replace("ringtrap  unix", "ringtrapsh unix", 1)
+                 .replace(f"argv={bin_}/ringtrap submit", f"argv={bin_}/ringtrap-deliver"))
+    assert sh_master != pipe_master and "ringtrap-deliver" in sh_master
+    lmtp_line = snippet("postfix-lmtp-master.cf")
+    pf.master = re.sub(r"(?m)^lmtp .*\n", lmtp_line, pf.master) + pipe_master + sh_master
+    pipe_main = main_cf(local(snippet("postfix-pipe-main.cf")))
+    lmtp_main = main_cf(local(snippet("postfix-lmtp-main.cf")))
+    assert pipe_main["transport_maps"] == lmtp_main["transport_maps"]
+    pf.main.update(pipe_main)
+    pf.main.update(lmtp_main)
+    pf.main.update({k.replace("ringtrap_", "ringtrapsh_"): v for k, v in pipe_main.items()
+                    if k.startswith("ringtrap_")})
+    pf.main.update({"relay_domains": "pipe.trap.test, sh.trap.test, lmtp.trap.test",
+                    "mydestination": "local.trap.test",
+                    "alias_maps": f"hash:{pf.etc}/aliases"})
+    pipe_route = local(snippet("postfix-pipe-transport"))
+    lmtp_route = local(snippet("postfix-lmtp-transport"))
+    pf.files["transport"] = (pipe_route.replace("trap.example.org", "pipe.trap.test")
+                             + pipe_route.replace("trap.example.org", "sh.trap.test")
+                             .replace("ringtrap:", "ringtrapsh:")
+                             + lmtp_route.replace("trap.example.org", "lmtp.trap.test"))
+    pf.files["aliases"] = local(snippet("alias"))
+    pf.alias_files.append("aliases")
+
+
+def message(tag: str) -> EmailMessage:
+    m = EmailMessage()
+    m["From"] = "Spammer <spam@example.com>"
+    m["To"] = "trap"
+    m["Subject"] = f"trap test {tag}"
+    m["Message-ID"] = f"<{tag}.{uuid.uuid4().hex}@example.com>"
+    m.set_content(f"Buy now, {tag}.\n")
+    return m
+
+
+def send(port: int, sender: str, rcpts: list[str], msg: EmailMessage) -> str:
+    """Deliver over SMTP; returns Postfix's queue id."""
+    with smtplib.SMTP("127.0.0.1", port, local_hostname="sender.example", timeout=30) as s:
+        s.ehlo()
+        assert s.mail(sender)[0] == 250
+        for r in rcpts:
+            assert s.rcpt(r)[0] == 250, r
+        code, text = s.data(msg.as_bytes())
+        assert code == 250, text
+    m = re.search(rb"queued as ([0-9A-F]+)", text)
+    assert m is not None, text
+    return m.group(1).decode()
+
+
+def records_by_message_id(trap: Trap) -> dict[str, list[dict[str, object]]]:
+    out: dict[str, list[dict[str, object]]] = {}
+    for r in trap.records():
+        out.setdefault(str(r["message_id"]), []).append(r)
+    return out
+
+
+def test_postfix_delivers_by_pipe_lmtp_and_alias_and_defers_while_down(workdir: Path) -> None:
+    settings = {"ingest": {"lmtp_socket": "", "socket_mode": 0o666, "idle_timeout": 30}}
+    (workdir / "trap").mkdir()
+    trap = Trap(workdir / "trap", settings)
+    trap.settings["ingest"]["lmtp_socket"] = str(trap.rundir / "lmtp.sock")
+    trap.write_config()
+    trap.rundir.chmod(0o755)
+    pf = PostfixInstance(workdir / "postfix")
+    try:
+        configure(pf, trap, install_clients(workdir))
+        trap.start()
+        pf.start()
+        port = pf.port
+
+        # -- up: every route delivers, with the envelope -----------------------------
+        sent = {
+            "pipe2": ("alice@example.org", ["a@pipe.trap.test", "b@pipe.trap.test"]),
+            "null": ("", ["n@pipe.trap.test"]),
+            "sh": ("carol@example.org", ["s@sh.trap.test"]),
+            "lmtp": ("dave@example.org", ["x@lmtp.trap.test", "y@lmtp.trap.test"]),
+            "alias": ("erin@example.org", ["trap@local.trap.test"]),
+        }
+        msgs = {tag: message(tag) for tag in sent}
+        qids = {tag: send(port, s, r, msgs[tag]) for tag, (s, r) in sent.items()}
+        # pipe(8) delivers one recipient at a time, LMTP both at once
+        want = {"pipe2": 2, "null": 1, "sh": 1, "lmtp": 1, "alias": 1}
+
+        def all_recorded() -> dict[str, list[dict[str, object]]] | None:
+            got = records_by_message_id(trap)
+            ok = all(len(got.get(msgs[t]["Message-ID"], [])) == n for t, n in want.items())
+            return got if ok else None
+
+        try:
+            got = wait_until(all_recorded, 60, "every message recorded", step=0.2)
+        except AssertionError:
+            raise AssertionError(f"records: {records_by_message_id(trap)}\n{pf.log()}") from None
+
+        def envelopes(tag: str) -> list[dict[str, object]]:
+            rs = got[msgs[tag]["Message-ID"]]
+            return sorted((r["envelope"] for r in rs), key=lambda e: str(e["recipients"]))
+
+        for tag in ("pipe2", "null", "sh", "alias"):
+            for env in envelopes(tag):
+                # local(8) passes no queue id to an alias command
+                assert env.get("queue_id") == (None if tag == "alias" else qids[tag]), (tag, env)
+                assert env.get("client_address") == "127.0.0.1", (tag, env)
+                assert env.get("client_helo") == "sender.example", (tag, env)
+        assert [e["recipients"] for e in envelopes("pipe2")] == [["a@pipe.trap.test"],
+                                                                 ["b@pipe.trap.test"]]
+        assert [e["sender"] for e in envelopes("pipe2")] == ["alice@example.org"] * 2
+        assert envelopes("null")[0]["sender"] == ""
+        assert envelopes("sh")[0]["recipients"] == ["s@sh.trap.test"]
+        assert envelopes("alias")[0]["sender"] == "erin@example.org"
+        assert envelopes("alias")[0]["recipients"] == ["trap@local.trap.test"]
+        [lmtp_env] = envelopes("lmtp")
+        assert lmtp_env == {"sender": "dave@example.org",
+                            "recipients": ["x@lmtp.trap.test", "y@lmtp.trap.test"],
+                            "client_address": "127.0.0.1", "client_helo": "sender.example",
+                            "queue_id": qids["lmtp"]}
+        statuses = pf.statuses()
+        for tag, qid in qids.items():
+            assert statuses.get(qid) and set(statuses[qid]) == {"sent"}, (tag, pf.log())
+        assert "delivered via ringtrap service" in pf.log()
+        assert "delivered via ringtrapsh service" in pf.log()
+
+        # -- down: Postfix defers, never bounces ---------------------------------------
+        trap.signal(signal.SIGTERM)
+        assert trap.wait_exit(60) == 0
+        down = {"pipe-down": ("f@example.org", ["d@pipe.trap.test"]),
+                "sh-down": ("g@example.org", ["d@sh.trap.test"]),
+                "lmtp-down": ("h@example.org", ["d@lmtp.trap.test"]),
+                "alias-down": ("i@example.org", ["trap@local.trap.test"])}
+        for tag in down:
+            msgs[tag] = message(tag)
+        down_qids = {tag: send(port, s, r, msgs[tag]) for tag, (s, r) in down.items()}
+
+        def all_deferred() -> bool:
+            st = pf.statuses()
+            return all("deferred" in st.get(q, []) for q in down_qids.values())
+
+        try:
+            wait_until(all_deferred, 60, "Postfix to defer every route", step=0.2)
+        except AssertionError:
+            raise AssertionError(pf.log()) from None
+        for tag, qid in down_qids.items():
+            lines = [ln for ln in pf.log().splitlines() if f" {qid}: " in ln and "status=" in ln]
+            assert lines and all(re.search(r"dsn=4\.\d+\.\d+", ln) for ln in lines), (tag, lines)
+
+        # -- back: the deferred mail is delivered ----------------------------------------
+        trap.start()
+        pf.flush()
+        want = {tag: 1 for tag in down}
+
+        def deferred_recorded() -> bool:
+            pf.flush()
+            got = records_by_message_id(trap)
+            return all(len(got.get(msgs[t]["Message-ID"], [])) == 1 for t in want)
+
+        try:
+            wait_until(deferred_recorded, 60, "the deferred mail to arrive", step=0.5)
+        except AssertionError:
+            raise AssertionError(pf.log()) from None
+        statuses = pf.statuses()
+        for tag, qid in down_qids.items():
+            assert statuses[qid][-1] == "sent", (tag, statuses[qid])
+        log = pf.log()
+        assert "status=bounced" not in log and "non-delivery notification" not in log, log
+    finally:
+        pf.stop()
+        trap.close()
