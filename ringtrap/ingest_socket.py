@@ -927,7 +927,8 @@ class IngestServer:
             if expires <= now:
                 log.info("session idle for %.1f s: closing it", limit)
                 self._tally[_IDLE_TIMEOUTS] += 1
-                self._end_session(sess, sess.proto.timeout())
+                # one that has answered and only waits for its client to read gets nothing more
+                self._end_session(sess, b"" if sess.proto.closing else sess.proto.timeout())
             elif expires < due:
                 due = expires
         self._idle_due = due
