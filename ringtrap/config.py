@@ -765,7 +765,8 @@ class IngestConfig:
         default_factory=_default_socket,
         metadata=_about(
             _Path(unix_socket=True),
-            "Unix socket where `ringtrap deliver` (or socat, nc -U) hands messages to the ingest.",
+            "Unix socket of the raw protocol: socat or nc -U hand over a bare message, no"
+            " envelope (MTAs should use the submit or LMTP socket).",
             varies="`<runtime>/ingest.sock`",
         ),
     )
