@@ -56,6 +56,7 @@ def gather_status(cfg: configmod.Config, ring: Any = None,
     """
     import psutil
 
+    from ringtrap import proc
     from ringtrap import ring as ringmod
     from ringtrap.counters import C
 
@@ -100,6 +101,8 @@ def gather_status(cfg: configmod.Config, ring: Any = None,
             else c[C.ACCEPTED_RING] + c[C.ACCEPTED_OVERFLOW],
             "heartbeat_age_s": beat_age,
             "rss_bytes": rss,
+            # without the shared ring every process maps: what the process itself holds
+            "private_bytes": proc.private_rss(r.pid) if alive else None,
             "cpu_s": cpu,
             "alive": alive,
             "title": title,
@@ -168,11 +171,12 @@ def print_status(st: dict[str, Any]) -> None:
           f"{t['verdict_not_scanned']}), quarantined {t['quarantined']}, purged "
           f"{t['purged_files']}")
     print()
+    # RSS here leaves out the shared ring, which every process maps whole
     print(f"{'PID':>7}  {'ROLE':<10} {'STATE':<9} {'MESSAGE':<21} {'DONE':>8} {'RSS':>10} "
           f"{'CPU s':>8}")
     for p in st["processes"]:
         role = p["role"] + (f" {p['index']}" if p["role"] in ("worker", "stage") else "")
-        rss = "-" if p["rss_bytes"] is None else _fmt_bytes(p["rss_bytes"])
+        rss = "-" if p["private_bytes"] is None else _fmt_bytes(p["private_bytes"])
         cpu = "-" if p["cpu_s"] is None else f"{p['cpu_s']:.1f}"
         print(f"{p['pid']:>7}  {role:<10} {p['state']:<9} {p['message'] or '-':<21} "
               f"{p['done']:>8} {rss:>10} {cpu:>8}")

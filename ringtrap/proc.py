@@ -65,3 +65,23 @@ def is_alive(ident: Identity | tuple[int, int]) -> bool:
     if pid <= 0:
         return False
     return start_ticks(pid) == start
+
+
+def private_rss(pid: int) -> int | None:
+    """Resident bytes of ``pid`` that are its own: RSS less shared memory.
+
+    Every process attached to the ring maps the whole segment, so plain RSS
+    counts the ring (and any tmpfs pages) once per process; ``RssAnon`` plus
+    ``RssFile`` from ``/proc/<pid>/status`` leaves out ``RssShmem``.  None if
+    the process is gone.
+    """
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            text = f.read()
+    except OSError:
+        return None
+    total = 0
+    for line in text.splitlines():
+        if line.startswith((b"RssAnon:", b"RssFile:")):
+            total += int(line.split()[1]) * 1024  # the kernel reports kB
+    return total

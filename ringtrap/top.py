@@ -195,7 +195,7 @@ def render(cur: Reading, prev: Reading | None, cfg: configmod.Config) -> Rendera
         procs.add_row(
             str(p["pid"]), title, Text(p["state"], style=state_style),
             p["message"] or "-", str(p["done"]),
-            "-" if p["rss_bytes"] is None else _bytes(p["rss_bytes"]), cpu,
+            "-" if p.get("private_bytes") is None else _bytes(p["private_bytes"]), cpu,
             style="" if p["alive"] else "dim strike",
         )
     return Group(head, Text(""), grid, Text(""), procs,

@@ -374,7 +374,10 @@ class Worker:
         if not self._max_rss or self._since_rss_check < RSS_CHECK_EVERY:
             return False
         self._since_rss_check = 0
-        rss = self._ps.memory_info().rss
+        # the ring is mapped whole into every process: only private memory counts
+        rss = proc.private_rss(os.getpid())
+        if rss is None:
+            rss = self._ps.memory_info().rss
         if rss <= self._max_rss:
             return False
         self._count(C.RECYCLED)
