@@ -48,6 +48,7 @@ import signal
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -152,6 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     g = ap.add_argument_group("output")
     g.add_argument("--out", type=Path, help="output folder (default perf/out/stress-<time>)")
     g.add_argument("--no-charts", action="store_true")
+    g.add_argument("--redraw", type=Path, metavar="DIR",
+                   help="only redraw the report and charts of the run in DIR "
+                        "(from its summary.json and samples.jsonl)")
     g.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
     g.add_argument("--smoke", action="store_true",
                    help="a run of under a minute with chaos, for CI: asserts correctness, "
@@ -235,6 +239,7 @@ class Run:
         self.phase_times: dict[str, float] = {}
         self._progress_at = 0.0
         self._tty = sys.stderr.isatty()
+        self.load_at_start = [round(x, 2) for x in os.getloadavg()]
 
     # -- setup ------------------------------------------------------------------------
 
@@ -472,11 +477,14 @@ class Run:
         t0 = time.monotonic()
         try:
             log(f"side by side: preloading {a.compare_depth:,} messages into each")
-            for make in (lambda: RingtrapContender(self.trap, paths, took),  # type: ignore[arg-type]
-                         lambda: DirQueueContender(self.shm / "dirqueue", self.spamd.unix_address,
-                                                   a.workers, paths),  # type: ignore[union-attr]
-                         lambda: SpamcContender(self.spamd.socket_path,  # type: ignore[union-attr]
-                                                paths, a.workers, self.shm / "spamc")):
+            spamd, trap = self.spamd, self.trap
+            makers: list[Callable[[], Contender]] = [
+                lambda: RingtrapContender(trap, paths, took),
+                lambda: DirQueueContender(self.shm / "dirqueue", spamd.unix_address, a.workers,
+                                          paths),
+                lambda: SpamcContender(spamd.socket_path, paths, a.workers, self.shm / "spamc"),
+            ]
+            for make in makers:
                 c = make()
                 c.signal(signal.SIGSTOP)  # nobody drains unmeasured while the next one loads
                 contenders.append(c)
@@ -563,10 +571,26 @@ def _ring_idle(trap: StressTrap) -> bool:
     return st is not None and st["ring"]["used"] == 0 and st["overflow"]["claimed"] == 0
 
 
+def redraw(out: Path) -> int:
+    """Write the report and charts of a finished run again, from what it saved."""
+    summary = json.loads((out / "summary.json").read_text())
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()
+               if line.strip()]
+    # the tables that come from the samples alone are recomputed: a newer harness may show more
+    summary["memory"] = report.memory_table(samples)
+    summary["spamd_memory"] = report.spamd_memory(samples)
+    summary["charts"] = [c.name for c in report.write_charts(samples, summary, out)]
+    (out / "report.md").write_text(report.markdown(summary))
+    print(f"report: {out / 'report.md'}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the harness; see the module docstring."""
     ap = build_parser()
     args = ap.parse_args(argv)
+    if args.redraw:
+        return redraw(args.redraw)
     if args.smoke:
         apply_smoke(args, ap)
     if args.attach:
@@ -574,7 +598,6 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or HERE / "out" / f"stress-{time.strftime('%Y%m%d-%H%M%S')}"
     out.mkdir(parents=True, exist_ok=True)
     run = Run(args, out)
-    run.load_at_start = [round(x, 2) for x in os.getloadavg()]
     try:
         run.setup()
         run.flood()

@@ -23,6 +23,7 @@ import os
 import signal
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -187,6 +188,18 @@ def pickup_bands(pickups: list[tuple[int, float]]) -> list[dict[str, Any]]:
     return out
 
 
+@dataclass
+class _Tally:
+    """What one contender did over all its slices."""
+
+    done: int = 0
+    seconds: float = 0.0
+    cpu: float = 0.0  # its own processes
+    spamd_cpu: float = 0.0
+    others: float = 0.0  # every other process on the machine
+    per_round: list[float] = field(default_factory=list)
+
+
 def _busy_cpu() -> float:
     t = psutil.cpu_times()
     return float(sum(t)) - t.idle - getattr(t, "iowait", 0.0)
@@ -208,8 +221,7 @@ def interleave(contenders: list[Contender], spamd_pid: int, rounds: int, slice_s
     """
     for c in contenders:
         c.signal(signal.SIGSTOP)
-    acc = {c.name: {"done": 0, "seconds": 0.0, "cpu": 0.0, "spamd_cpu": 0.0, "others": 0.0,
-                    "per_round": []} for c in contenders}
+    acc = {c.name: _Tally() for c in contenders}
     for c in contenders:
         progress(f"side by side: warming up {c.name}")
         c.signal(signal.SIGCONT)
@@ -230,23 +242,23 @@ def interleave(contenders: list[Contender], spamd_pid: int, rounds: int, slice_s
             n1, cpu1, sp1 = c.count(), c.cpu(), group_cpu_seconds(spamd_pid)
             busy1, me1 = _busy_cpu(), _self_cpu()
             spamd_cpu, own = sp1 - sp0, cpu1 - cpu0
-            a["done"] += n1 - n0
-            a["seconds"] += el
-            a["cpu"] += own
-            a["spamd_cpu"] += spamd_cpu
-            a["others"] += max(0.0, (busy1 - busy0) - spamd_cpu - own - (me1 - me0))
-            a["per_round"].append(round((n1 - n0) / el, 2))
+            a.done += n1 - n0
+            a.seconds += el
+            a.cpu += own
+            a.spamd_cpu += spamd_cpu
+            a.others += max(0.0, (busy1 - busy0) - spamd_cpu - own - (me1 - me0))
+            a.per_round.append(round((n1 - n0) / el, 2))
     out: dict[str, dict[str, Any]] = {}
     for c in contenders:
         a = acc[c.name]
-        done, secs = a["done"], a["seconds"]
+        done, secs = a.done, a.seconds
         out[c.name] = {
             "done": done, "seconds": round(secs, 1),
             "msgs_per_s": round(done / secs, 2) if secs else 0.0,
-            "per_round": a["per_round"],
-            "queue_cpu_ms_per_msg": round(1000 * a["cpu"] / done, 2) if done else None,
-            "spamd_cpu_ms_per_msg": round(1000 * a["spamd_cpu"] / done, 1) if done else None,
-            "other_load_cores": round(a["others"] / secs, 2) if secs else None,
+            "per_round": a.per_round,
+            "queue_cpu_ms_per_msg": round(1000 * a.cpu / done, 2) if done else None,
+            "spamd_cpu_ms_per_msg": round(1000 * a.spamd_cpu / done, 1) if done else None,
+            "other_load_cores": round(a.others / secs, 2) if secs else None,
             "backlog_left": c.backlog(),
         }
     return out

@@ -82,8 +82,10 @@ def memory_table(samples: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         private = [r["private"] for r in allr if r.get("private") is not None]
         growing = growth is not None and growth > max(GROWTH_SLACK,
                                                        0.05 * statistics.median(first))
+        cpu = [r["cpu_pct"] for r in allr if r.get("cpu_pct") is not None]
         rows.append({
             "process": label, "pids": len(pids), "lifetime_s": round(life),
+            "cpu_mean_pct": round(statistics.mean(cpu), 1) if cpu else None,
             "peak_own_mib": _mib(peak),
             "peak_rss_mib": _mib(max(r["rss"] for r in allr)),
             "shmem_mib": _mib(max(r["shmem"] for r in allr)),
@@ -184,13 +186,15 @@ def compare_table(compare: dict[str, Any]) -> dict[str, Any]:
 
 
 def headline(summary: dict[str, Any]) -> str:
-    """One line: the ledger's verdict and the side-by-side ratio."""
+    """The ledger's verdict (with the lost ids, if any) and the side-by-side ratio."""
     led = summary["ledger"]
     text = (f"lost = {led['lost']} (accepted {led['accepted']:,}: recorded {led['recorded']:,}, "
             f"purged {led['purged']:,}, quarantined {led['quarantined']:,})")
     cmp_ = summary.get("compare") or {}
     if cmp_.get("ringtrap_vs_spamc") is not None:
         text += f"; ringtrap / spamc-direct = {cmp_['ringtrap_vs_spamc']:.1%}"
+    if led["lost_ids"]:
+        text += "\nlost ids: " + " ".join(led["lost_ids"])
     return text
 
 
@@ -290,11 +294,12 @@ def markdown(summary: dict[str, Any]) -> str:
       "counted once, below. Private is from smaps_rollup (pages no other process shares). "
       "Growth compares the median of the first minute (after 20 s) with the last minute of "
       "the longest-lived process of each role; '-' when it lived under 140 s.\n")
-    w("| process | pids | peak own | peak RSS (incl. ring) | ring shm | peak private | "
-      "first min | last min | growth | < 40 MiB | growing |")
-    w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|")
+    w("| process | pids | mean CPU | peak own | peak RSS (incl. ring) | ring shm | "
+      "peak private | first min | last min | growth | < 40 MiB | growing |")
+    w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|")
     for r in mem:
-        w(f"| {r['process']} | {r['pids']} | {_fmt(r['peak_own_mib'], ' MiB')} | "
+        w(f"| {r['process']} | {r['pids']} | {_fmt(r.get('cpu_mean_pct'), ' %')} | "
+          f"{_fmt(r['peak_own_mib'], ' MiB')} | "
           f"{_fmt(r['peak_rss_mib'], ' MiB')} | {_fmt(r['shmem_mib'], ' MiB')} | "
           f"{_fmt(r['peak_private_mib'], ' MiB')} | {_fmt(r['first_min_mib'], ' MiB')} | "
           f"{_fmt(r['last_min_mib'], ' MiB')} | {_fmt(r['growth_mib'], ' MiB', 2)} | "
@@ -413,7 +418,7 @@ def write_charts(samples: Sequence[dict[str, Any]], summary: dict[str, Any], out
     panels = (("backlog", _backlog), ("rates", _rates), ("latency", _latency),
               ("memory", _memory))
     for name, draw in panels:
-        fig, ax = plt.subplots(figsize=(9, 3.6), dpi=90)
+        fig, ax = plt.subplots(figsize=(11, 3.6), dpi=90)
         draw(ax, fs, summary)
         _events(ax, summary)
         ax.set_xlabel("seconds into the flood")
@@ -422,7 +427,7 @@ def write_charts(samples: Sequence[dict[str, Any]], summary: dict[str, Any], out
         fig.savefig(path)
         plt.close(fig)
         written.append(path)
-    fig, axes = plt.subplots(4, 1, figsize=(9, 11), dpi=80, sharex=True)
+    fig, axes = plt.subplots(4, 1, figsize=(11, 11), dpi=72, sharex=True)
     for ax, (_, draw) in zip(axes, panels, strict=True):
         draw(ax, fs, summary)
         _events(ax, summary)
@@ -466,6 +471,10 @@ def _events(ax: Any, summary: dict[str, Any]) -> None:
                 linestyle="none")
 
 
+# legends sit right of the plot, clear of the data
+LEGEND: dict[str, Any] = {"loc": "upper left", "bbox_to_anchor": (1.07, 1.0), "fontsize": 7,
+                          "borderaxespad": 0.0}
+
 CHAOS_MARKS = {"worker": "v", "ingest": "s", "supervisor": "*", "spamd-child": "x",
                "spamd": "X", "overflow-full": "D"}
 
@@ -494,8 +503,7 @@ def _backlog(ax: Any, fs: Sequence[dict[str, Any]], summary: dict[str, Any]) -> 
     h1, l1 = ax.get_legend_handles_labels()
     h2, l2 = ax2.get_legend_handles_labels()
     marks = _chaos_legend(ax, summary)
-    ax.legend(h1 + h2 + marks, l1 + l2 + [m.get_label() for m in marks], loc="upper left",
-              fontsize=7, ncol=2)
+    ax.legend(h1 + h2 + marks, l1 + l2 + [m.get_label() for m in marks], **LEGEND)
     ax.set_title("backlog: ring, overflow (dotted lines: purges; marks on top: chaos)",
                  fontsize=9)
 
@@ -508,7 +516,7 @@ def _rates(ax: Any, fs: Sequence[dict[str, Any]], summary: dict[str, Any]) -> No
     ax.plot(x, [s.get("tempfail", 0) + s.get("down", 0) + s.get("noreply", 0) for s in fs],
             label="TEMPFAIL / down / no reply", color="tab:red", linewidth=1)
     ax.set_ylabel("messages / s")
-    ax.legend(loc="upper left", fontsize=7)
+    ax.legend(**LEGEND)
     ax.set_title("rates: intake never waits for scanning; scanning runs at spamd's pace",
                  fontsize=9)
 
@@ -525,9 +533,8 @@ def _latency(ax: Any, fs: Sequence[dict[str, Any]], summary: dict[str, Any]) -> 
             linewidth=1)
     ax.set_yscale("log")
     ax.set_ylabel("ms")
-    ax.legend(loc="upper left", fontsize=7, ncol=2)
-    ax.set_title("latency: the client's wait stays flat; the queue wait is bounded by the purge",
-                 fontsize=9)
+    ax.legend(**LEGEND)
+    ax.set_title("latency: the client's wait stays flat whatever the backlog", fontsize=9)
 
 
 def _memory(ax: Any, fs: Sequence[dict[str, Any]], summary: dict[str, Any]) -> None:
@@ -545,7 +552,7 @@ def _memory(ax: Any, fs: Sequence[dict[str, Any]], summary: dict[str, Any]) -> N
                label="target 40 MiB")
     ax.set_ylabel("MiB resident (excl. ring)")
     ax.set_ylim(bottom=0)
-    ax.legend(loc="center left", fontsize=7, ncol=2)
+    ax.legend(**LEGEND)
     ax.set_title("memory: each ringtrap process flat and far below one spamd child", fontsize=9)
 
 
@@ -555,8 +562,10 @@ def _compare_chart(plt: Any, summary: dict[str, Any], out: Path) -> Path:
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.6), dpi=90)
     rows = cmp_.get("rows", {})
     names = list(rows)
-    a1.bar(names, [rows[n]["msgs_per_s"] for n in names],
-           color=["tab:green", "tab:orange", "tab:gray"][: len(names)])
+    labels = {"ringtrap": "ringtrap", "dirqueue": "dirqueue (ordered)", "spamc": "spamc-direct"}
+    colors = {"ringtrap": "tab:green", "dirqueue": "tab:blue", "spamc": "tab:gray"}
+    a1.bar([labels[n] for n in names], [rows[n]["msgs_per_s"] for n in names],
+           color=[colors[n] for n in names])
     a1.set_ylabel("messages / s scanned")
     a1.set_title("same spamd, same concurrency, same backlog", fontsize=9)
     if picks:

@@ -80,7 +80,8 @@ class StressSpamd(SpamdProcess):
 
     def kill_child(self, rng: random.Random) -> int | None:
         """SIGKILL one child, preferably one that is scanning; returns its pid."""
-        busy, idle = [], []
+        busy: list[int] = []
+        idle: list[int] = []
         for pid in self.children_pids():
             try:
                 cpu = psutil.Process(pid).cpu_percent(0.05)
