@@ -595,7 +595,8 @@ def main(argv: list[str] | None = None) -> int:
         apply_smoke(args, ap)
     if args.attach:
         args.no_compare = True
-    out = args.out or HERE / "out" / f"stress-{time.strftime('%Y%m%d-%H%M%S')}"
+    # absolute: the trap's configuration resolves relative paths against its own directory
+    out = (args.out or HERE / "out" / f"stress-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     out.mkdir(parents=True, exist_ok=True)
     run = Run(args, out)
     try:
