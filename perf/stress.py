@@ -70,7 +70,7 @@ from stress_compare import (  # noqa: E402
 )
 from stress_ledger import Ledger  # noqa: E402
 from stress_sample import TickSampler  # noqa: E402
-from stress_trap import StressSpamd, StressTrap, wait_until  # noqa: E402
+from stress_trap import ResultsTail, StressSpamd, StressTrap, wait_until  # noqa: E402
 
 from ringtrap import __version__  # noqa: E402
 from ringtrap.results import read_results  # noqa: E402
@@ -294,6 +294,9 @@ class Run:
                              a.burst_len)
         self.profile = profile
         actions = chaos_actions(a.chaos, trap.attached)
+        skipped = [x for x in chaos_actions(a.chaos, False) if x not in actions]
+        if skipped:
+            self.notes.append(f"chaos actions skipped on an attached trap: {', '.join(skipped)}")
         flood = fl.Flood(trap.socket_path, self.msgs, profile, a.clients, a.seed)
         self.flood_t0 = flood.start()
         # the overflow-full action's message: the largest the ingest accepts
@@ -303,8 +306,6 @@ class Run:
                            hold=a.chaos_hold, fixed_order=a.smoke, filler=big)
         sampler = TickSampler(trap, self.spamd)
         self.sampler = sampler
-        from stress_trap import ResultsTail
-
         self.tail = ResultsTail(trap.cfg.results.dir)
         self.tail.read_new()  # records from before this run are not this run's
         next_tick = self.flood_t0 + 1.0
@@ -607,7 +608,7 @@ def main(argv: list[str] | None = None) -> int:
             run.side_by_side()
             run.pickup_table()
         summary = run.summary(flood_ledger)
-    except Exception:
+    except BaseException:  # Ctrl-C included: never leave a trap, a spamd or a ring behind
         run.close()
         raise
     run.close()
