@@ -125,6 +125,7 @@ class OS:
     fork: Callable[[], int] = os.fork
     kill: Callable[[int, int], None] = os.kill
     waitpid: Callable[[int, int], tuple[int, int]] = os.waitpid
+    killpg: Callable[[int, int], None] = os.killpg
     monotonic: Callable[[], float] = time.monotonic
     time: Callable[[], float] = time.time
     identity: Callable[[int], Identity | None] = field(
@@ -910,10 +911,16 @@ class Supervisor:
         cause = self.classify(c, status, now, did_work=self._did_work(c))
         how = _describe_status(status)
         ident = c.ident
+        pid = c.pid
         c.pid = 0
         c.ident = None
         if c.kind is not Kind.SPAMD:
             self._recover(c, ident)
+        else:
+            # spamd's children outlive a parent that died hard (SIGKILL, OOM) and
+            # keep serving the old socket; they are in its process group (setsid)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                self.os.killpg(pid, signal.SIGKILL)
         c.failures = c.failures + 1 if cause is ExitCause.TOO_FAST else 0
         level = logging.INFO if cause is ExitCause.REQUESTED else logging.ERROR
         log.log(level, "%s exited (%s): %s", c.name, how, cause.name.lower().replace("_", " "),

@@ -293,3 +293,22 @@ def test_purge_drops_the_backlog_and_counts_it(tmp_path: Path) -> None:
         finally:
             for pid in workers:
                 os.kill(pid, signal.SIGCONT)
+
+
+def test_a_killed_managed_spamd_takes_its_children_and_comes_back(tmp_path: Path) -> None:
+    settings = {"spamd": {"address": "managed", "extra_args": ["--local"]}}
+    with running_trap(tmp_path, settings) as trap:
+        def spamd_family() -> tuple[psutil.Process, list[psutil.Process]] | None:
+            for p in trap.children():
+                with contextlib.suppress(psutil.Error):
+                    if "spamd" in " ".join(p.cmdline()):
+                        kids = p.children()
+                        return (p, kids) if kids else None
+            return None
+
+        parent, kids = wait_until(spamd_family, 60, "the managed spamd and its children")
+        os.kill(parent.pid, signal.SIGKILL)
+        wait_until(lambda: not any(k.is_running() and k.status() != psutil.STATUS_ZOMBIE
+                                   for k in kids), 20, "the old spamd children to go")
+        again = wait_until(spamd_family, 60, "a new managed spamd")
+        assert again[0].pid != parent.pid

@@ -54,7 +54,7 @@ class FakeOS:
         return self.alive.get(pid)
 
     def as_os(self) -> OS:
-        return OS(fork=self.fork, kill=self.kill, waitpid=self.waitpid,
+        return OS(fork=self.fork, kill=self.kill, killpg=self.kill, waitpid=self.waitpid,
                   monotonic=lambda: self.now, time=lambda: self.wall, identity=self.identity)
 
 

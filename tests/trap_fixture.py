@@ -161,9 +161,9 @@ class Trap:
         except subprocess.TimeoutExpired:
             raise AssertionError(f"ringtrap did not exit:\n{self.log_tail()}") from None
 
-    def children(self) -> list[psutil.Process]:
+    def children(self, recursive: bool = False) -> list[psutil.Process]:
         try:
-            return psutil.Process(self.pid).children()
+            return psutil.Process(self.pid).children(recursive=recursive)
         except psutil.NoSuchProcess:
             return []
 
@@ -175,7 +175,8 @@ class Trap:
 
     def close(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
-            kids = self.children()
+            # a managed spamd's children too: they would outlive their parent
+            kids = self.children(recursive=True)
             self.proc.kill()
             self.proc.wait(10)
             for k in kids:
