@@ -5,18 +5,17 @@ from __future__ import annotations
 import logging
 import os
 import re
-import select
 import shutil
 import signal
 import stat
 import tempfile
 import time
-import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from forking import Children, body, read_line, report
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
@@ -39,12 +38,6 @@ NEW_NAME = re.compile(r"^[0-9a-f]{13}-[0-9a-f]{6},S=(\d+),A=(\d+)$")
 # -- helpers -----------------------------------------------------------------
 
 
-def body(msgid: str, size: int) -> bytes:
-    """Deterministic content for ``msgid`` so a reader can check every byte."""
-    seed = msgid.encode()
-    return (seed * (size // len(seed) + 1))[:size]
-
-
 def msgid_at(seconds: float, pid: int = 1) -> str:
     """A valid message id whose arrival time is ``seconds`` since the epoch."""
     return f"{round(seconds * 1e6):013x}-{pid:06x}"
@@ -62,67 +55,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-class Children:
-    """Forked children of one test; any left running are killed at teardown."""
-
-    def __init__(self) -> None:
-        self.pids: list[int] = []
-
-    def fork(self, fn: Callable[[int], None]) -> tuple[int, int]:
-        """Run ``fn(write_fd)`` in a child; return (pid, read_fd) of its report pipe."""
-        r, w = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - runs in the child
-            code = 1
-            try:
-                os.close(r)
-                fn(w)
-                code = 0
-            except BaseException:
-                traceback.print_exc()
-            finally:
-                os._exit(code)
-        os.close(w)
-        self.pids.append(pid)
-        return pid, r
-
-    def kill(self, pid: int) -> None:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-        self.pids.remove(pid)
-
-    def reap_all(self) -> None:
-        for pid in self.pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
-            except ChildProcessError:
-                pass
-        self.pids.clear()
-
-
-def read_line(fd: int, timeout: float = 10.0) -> str:
-    """Read one line a child reports, failing rather than hanging."""
-    deadline = time.monotonic() + timeout
-    buf = b""
-    while not buf.endswith(b"\n"):
-        left = deadline - time.monotonic()
-        assert left > 0, "child did not report in time"
-        ready, _, _ = select.select([fd], [], [], left)
-        if ready:
-            chunk = os.read(fd, 4096)
-            assert chunk, "child exited without reporting"
-            buf += chunk
-    return buf.decode().strip()
-
-
-def report(fd: int, text: str) -> None:
-    os.write(fd, text.encode() + b"\n")
-
-
-# -- fixtures ----------------------------------------------------------------
 
 
 @pytest.fixture
