@@ -22,15 +22,17 @@ Segment layout (native byte order, every field a 64-bit word unless noted)::
     STATES          one 32-bit state per slot (contiguous, so counting is cheap)
     DESCS           DESC_WORDS words per slot
                       0 owner  1 seq  2 length  3 attempts  4 enqueued (wall us)
-                      5..8 message id (32 bytes)
+                      5..8 message id (32 bytes)  9 claimed at (monotonic ns)
     PAYLOAD         slot count x slot bytes, page aligned
 
 Ordering: the single producer (the ingest) writes slot ``head % slots`` only
 when it is FREE, marks it FILLING with its identity, copies, marks it READY,
 advances ``head`` and posts "ready".  It never takes the lock: only the
 producer moves a slot out of FREE, so checking for space is a plain read.  A
-slot still CLAIMED from an earlier lap (a slow scan) is stepped over rather
-than blocking every later put; ``head`` then skips a sequence number.
+slot still CLAIMED from an earlier lap is stepped over if the claim is old
+(a stuck scan), rather than blocking every later put; ``head`` then skips a
+sequence number.  A claim in progress is waited for instead (the put spills):
+a slot stepped over stays empty for a whole lap once it is acked.
 
 Consumers wait on "ready" with a timeout (a post lost or doubled by a crash
 costs at most one poll), then under the lock take the slot at ``tail`` if it
@@ -91,6 +93,7 @@ R_COUNTERS = 16
 # descriptor words
 D_OWNER, D_SEQ, D_LEN, D_ATTEMPTS, D_ENQ = range(5)
 D_ID = 5
+D_CLAIMED = 9
 _DESC = struct.Struct("5Q32s")  # owner, seq, length, attempts, enqueued, id
 _DESC_AFTER_OWNER = struct.Struct("4Q32s")
 _PID_BITS = 22
@@ -101,6 +104,10 @@ DEFAULT_ROWS = 64
 # a producer steps over at most this many slots still claimed from an earlier
 # lap before calling the ring full
 _MAX_SKIP = 8
+# ... and only over claims at least this old: stepping over a claim leaves its
+# slot empty for a whole lap once it is acked, so a scan that is merely in
+# progress is waited for (the message spills); a stuck one is stepped over
+_SKIP_CLAIMS_OLDER_NS = 5_000_000_000
 # a lock held with no recorded owner and no progress for this long was taken
 # by a process killed between sem_wait and recording itself
 _ORPHAN_LOCK_SECONDS = 2.0
@@ -569,10 +576,14 @@ class Ring:
         head = q[H_HEAD]
         idx = head % self.slots
         if states[idx] != FREE:
+            now = time.monotonic_ns()
             for _ in range(_MAX_SKIP):
                 if states[idx] != CLAIMED:
                     return PutResult.FULL
-                head += 1  # a slow claim from an earlier lap: step over it
+                claimed = q[self._descs_w + idx * DESC_WORDS + D_CLAIMED]
+                if now - claimed < _SKIP_CLAIMS_OLDER_NS:
+                    return PutResult.FULL
+                head += 1  # a stuck claim from an earlier lap: step over it
                 idx = head % self.slots
                 if states[idx] == FREE:
                     break
@@ -646,6 +657,7 @@ class Ring:
             if (not q[H_STRAY] and tail < q[H_HEAD] and states[idx] == READY
                     and q[d + D_SEQ] == tail):
                 q[d + D_OWNER] = tok
+                q[d + D_CLAIMED] = time.monotonic_ns()
                 states[idx] = CLAIMED
                 q[H_TAIL] = tail + 1
             else:
@@ -678,6 +690,7 @@ class Ring:
             d = descs_w + idx * DESC_WORDS
             if states[idx] == READY and q[d + D_SEQ] == tail:
                 q[d + D_OWNER] = tok
+                q[d + D_CLAIMED] = time.monotonic_ns()
                 states[idx] = CLAIMED
                 q[H_TAIL] = tail + 1
                 return idx
@@ -701,6 +714,7 @@ class Ring:
             q[H_STRAY] = 0  # the count was stale (e.g. a crash mid-update)
             return -1
         q[self._descs_w + best * DESC_WORDS + D_OWNER] = tok
+        q[self._descs_w + best * DESC_WORDS + D_CLAIMED] = time.monotonic_ns()
         states[best] = CLAIMED
         q[H_STRAY] -= 1
         return best

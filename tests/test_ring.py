@@ -631,7 +631,9 @@ def test_recover_touches_only_the_given_owner(r: Ring, me: Identity) -> None:
     assert [(c.msgid, c.attempts) for c in got] == [(mid(0), 1)]
 
 
-def test_producer_steps_over_a_slot_still_claimed_from_an_earlier_lap(name: str) -> None:
+def test_producer_steps_over_a_slot_still_claimed_from_an_earlier_lap(
+    name: str, claims_age_at_once: None
+) -> None:
     with Ring.create(name, 4, 64) as r:
         for i in range(4):
             r.put(mid(i), b"first lap")
@@ -658,7 +660,9 @@ def test_producer_steps_over_a_slot_still_claimed_from_an_earlier_lap(name: str)
         assert s.head > 4 + 3 + 20  # sequence numbers of the held slot were skipped
 
 
-def test_put_reports_full_when_too_many_claims_block_it(name: str) -> None:
+def test_put_reports_full_when_too_many_claims_block_it(
+    name: str, claims_age_at_once: None
+) -> None:
     slots = ringmod._MAX_SKIP + 2
     with Ring.create(name, slots, 16) as r:
         for i in range(slots):
@@ -710,7 +714,7 @@ def test_message_ready_before_a_dead_producer_moved_head(r: Ring, me: Identity, 
 
 
 def test_message_ready_after_a_step_over_before_a_dead_producer_moved_head(
-    name: str, me: Identity
+    name: str, me: Identity, claims_age_at_once: None
 ) -> None:
     # the producer stepped over a slot still claimed, wrote the next one, died
     dead = reused_pid(me)
@@ -933,3 +937,27 @@ def test_owner_token_round_trip(me: Identity) -> None:
     assert token_identity(0) == Identity(0, 0)
     big = Identity((1 << 22) - 1, 123456789)
     assert token_identity(owner_token(big)) == big
+
+
+@pytest.fixture
+def claims_age_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every claim counts as stuck, so the producer steps over it at once."""
+    monkeypatch.setattr(ringmod, "_SKIP_CLAIMS_OLDER_NS", 0)
+
+
+def test_a_claim_in_progress_at_head_is_waited_for_not_stepped_over(name: str) -> None:
+    with Ring.create(name, 4, 16) as r:
+        for i in range(4):
+            assert r.put(mid(i), b"x") is PutResult.OK
+        first = r.claim(timeout=0)
+        assert first is not None and first.msgid == mid(0)
+        rest = drain(r)
+        assert [c.msgid for c in rest] == [mid(1), mid(2), mid(3)]
+        # head is back at the slot still being scanned: the put spills...
+        assert r.put(mid(9), b"y") is PutResult.FULL
+        # ...and once the scan is acked the same slot takes the next message:
+        # no hole is left behind for a lap
+        r.ack(first)
+        for i in range(10, 14):
+            assert r.put(mid(i), b"z") is PutResult.OK
+        assert counts(r) == (0, 0, 4, 0)

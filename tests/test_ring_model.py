@@ -306,3 +306,11 @@ test_ring_model = RingMachine.TestCase
 def no_leftovers() -> Iterator[None]:
     yield
     assert sorted(n for n in os.listdir(SHM) if n.removeprefix("sem.").startswith(PREFIX)) == []
+
+
+@pytest.fixture(autouse=True)
+def claims_age_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The model has the producer step over every held claim at once, as it
+    does over a stuck one; waiting for claims in progress is tested in
+    test_ring.py."""
+    monkeypatch.setattr(ringmod, "_SKIP_CLAIMS_OLDER_NS", 0)
