@@ -51,6 +51,7 @@ import signal
 import socket
 import stat
 import time
+from collections.abc import Iterator
 from enum import IntEnum
 from pathlib import Path
 from types import FrameType
@@ -454,11 +455,9 @@ class IngestServer:
 
     # -- accepting -------------------------------------------------------------
 
-    def _accept(self) -> None:
-        listener = self._listener
-        assert listener is not None
+    def _accepted(self, listener: socket.socket) -> Iterator[_socket.socket]:
+        """The connections waiting on ``listener``, at most a batch per turn."""
         accept = listener._accept  # (fd, address): see _Socket
-        on_accept = self._on_accept
         for _ in range(_ACCEPT_BATCH):
             try:
                 fd, _ = accept()
@@ -469,7 +468,14 @@ class IngestServer:
                     self._pause_accepting(e)
                     return
                 continue  # ECONNABORTED and the like concern one client only
-            on_accept(_Socket(_AF_UNIX, _SOCK_STREAM, 0, fd))
+            yield _Socket(_AF_UNIX, _SOCK_STREAM, 0, fd)
+
+    def _accept(self) -> None:
+        listener = self._listener
+        assert listener is not None
+        on_accept = self._on_accept
+        for sock in self._accepted(listener):
+            on_accept(sock)
 
     def _on_accept(self, sock: _socket.socket) -> None:
         tally = self._tally
@@ -759,18 +765,7 @@ class IngestServer:
     # -- session sockets (submit, LMTP) -------------------------------------------
 
     def _accept_sessions(self, lst: _Listener) -> None:
-        accept = lst.sock._accept  # (fd, address): see _Socket
-        for _ in range(_ACCEPT_BATCH):
-            try:
-                fd, _ = accept()
-            except BlockingIOError:
-                return
-            except OSError as e:
-                if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    self._pause_accepting(e)
-                    return
-                continue
-            sock = _Socket(_AF_UNIX, _SOCK_STREAM, 0, fd)
+        for sock in self._accepted(lst.sock):
             self._tally[_CONNECTIONS] += 1
             if len(self._conns) + len(self._sessions) >= self.max_connections:
                 self._refuse_session(lst, sock)

@@ -959,6 +959,10 @@ class Ring:
             retired=tuple(q[H_RETIRED : H_RETIRED + NCOUNTERS]),
         )
 
+    def used_slots(self) -> int:
+        """Slots not FREE; lock-free and cheap (one pass over the state words)."""
+        return self.slots - self._states.tolist().count(FREE)
+
     def slot_states(self) -> list[SlotState]:
         """State of every slot (tests and diagnostics)."""
         return [SlotState(s) for s in self._states.tolist()]

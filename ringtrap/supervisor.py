@@ -642,8 +642,9 @@ class Supervisor:
             self.progress_shutdown(now)
         if now - self.last_title >= 1.0:
             self.last_title = now
-            set_title("supervisor", self.status_line())
-            systemd.notify(status=self.notify_status())
+            line = self.status_line()
+            set_title("supervisor", line)
+            systemd.notify(status=self.notify_status(line))
         if self.watchdog_every and now - self.last_watchdog >= self.watchdog_every:
             # only here, at the end of a full turn: a stuck loop stops the pings
             self.last_watchdog = now
@@ -983,17 +984,15 @@ class Supervisor:
                       if c.kind is Kind.WORKER and c.state is ChildState.RUNNING)
         parts = [f"{workers} workers"]
         if self.ring is not None:
-            snap_used = self.ring.slots - self.ring.slot_states().count(ringmod.SlotState.FREE)
-            parts.append(f"ring {100 * snap_used // self.ring.slots}%")
+            parts.append(f"ring {100 * self.ring.used_slots() // self.ring.slots}%")
         if self.overflow is not None:
             parts.append(f"overflow {self.overflow.ready_count()}")
         if self.phase is not Phase.RUNNING:
             parts.append(self.phase.value)
         return " ".join(parts)
 
-    def notify_status(self) -> str:
-        """The STATUS= line systemd shows: the title's numbers plus the message totals."""
-        line = self.status_line()
+    def notify_status(self, line: str) -> str:
+        """The STATUS= line systemd shows: the title's ``line`` plus the message totals."""
         if self.ring is None:
             return line
         t = self.ring.snapshot().totals()
