@@ -179,6 +179,9 @@ def main() -> int:
     ap.add_argument("--size", type=int, default=4096, help="message size (default 4096)")
     ap.add_argument("--concurrency", type=int, default=4,
                     help="delivery processes at a time for the per-message ways (default 4)")
+    ap.add_argument("--rounds", type=int, default=5,
+                    help="the ways take turns this many times, n/rounds messages each"
+                         " (default 5)")
     ap.add_argument("--json", action="store_true", help="rows as JSON objects")
     args = ap.parse_args()
 
@@ -204,41 +207,54 @@ def main() -> int:
                 "--client-address", "192.0.2.1", "--client-helo", "mx.example", "--queue-id",
                 "4ABCDEF"]
     submit_cmd, submit_note = submit_argv()
-    ways: list[tuple[str, str, Callable[[], dict[str, float]]]] = []
+    ways: list[tuple[str, str, Callable[[list[bytes]], dict[str, float]]]] = []
     if shutil.which("socat"):
         ways.append(("socat per message", "no",
-                     lambda: per_process(["socat", "-t", "30", "-", f"UNIX-CONNECT:{raw}"],
-                                         msgs, args.concurrency)))
+                     lambda ms: per_process(["socat", "-t", "30", "-", f"UNIX-CONNECT:{raw}"],
+                                            ms, args.concurrency)))
     if shutil.which("nc"):
         ways.append(("nc per message", "no",
-                     lambda: per_process(["nc", "-U", "-N", str(raw)], msgs, args.concurrency)))
+                     lambda ms: per_process(["nc", "-U", "-N", str(raw)], ms, args.concurrency)))
         ways.append(("ringtrap-deliver (nc)", "yes",
-                     lambda: per_process([str(DELIVER), "--client", "nc", "--socket", str(sub),
-                                          *envelope], msgs, args.concurrency)))
+                     lambda ms: per_process([str(DELIVER), "--client", "nc", "--socket", str(sub),
+                                             *envelope], ms, args.concurrency)))
     if shutil.which("socat"):
         ways.append(("ringtrap-deliver (socat)", "yes",
-                     lambda: per_process([str(DELIVER), "--client", "socat", "--socket",
-                                          str(sub), *envelope], msgs, args.concurrency)))
+                     lambda ms: per_process([str(DELIVER), "--client", "socat", "--socket",
+                                             str(sub), *envelope], ms, args.concurrency)))
     ways.append(("ringtrap submit", "yes",
-                 lambda: per_process([*submit_cmd, "--socket", str(sub), *envelope], msgs,
-                                     args.concurrency)))
+                 lambda ms: per_process([*submit_cmd, "--socket", str(sub), *envelope], ms,
+                                        args.concurrency)))
     ways.append(("LMTP, one connection", "yes",
-                 lambda: lmtp_session(base / "lmtp.sock", msgs)))
+                 lambda ms: lmtp_session(base / "lmtp.sock", ms)))
+    # The ways take turns, a slice of the messages each per round, so that a
+    # machine getting busier or quieter during the run favours none of them.
+    rounds = max(1, min(args.rounds, args.n))
+    totals = {name: {"wall": 0.0, "client_cpu": 0.0, "server_cpu": 0.0, "lat": []}
+              for name, _, _ in ways}
     rows = []
     try:
-        for name, env, run in ways:
-            t = server.cpu_times()
-            res = run()
-            t2 = server.cpu_times()
-            server_cpu = (t2.user - t.user) + (t2.system - t.system)
-            lat = sorted(res["lat"])  # type: ignore[arg-type]
+        for k in range(rounds):
+            part = msgs[k * args.n // rounds : (k + 1) * args.n // rounds]
+            for name, _, run in ways:
+                t = server.cpu_times()
+                res = run(part)
+                t2 = server.cpu_times()
+                tot = totals[name]
+                tot["server_cpu"] += (t2.user - t.user) + (t2.system - t.system)
+                tot["wall"] += res["wall"]
+                tot["client_cpu"] += res["client_cpu"]
+                tot["lat"] += res["lat"]  # type: ignore[operator]
+        for name, env, _ in ways:
+            tot = totals[name]
+            lat = sorted(tot["lat"])  # type: ignore[arg-type]
             rows.append({
                 "way": name,
                 "envelope": env,
                 "messages": args.n,
-                "msgs_per_s": round(args.n / res["wall"], 1),
-                "client_cpu_ms": round(1000 * res["client_cpu"] / args.n, 2),
-                "server_cpu_ms": round(1000 * server_cpu / args.n, 3),
+                "msgs_per_s": round(args.n / tot["wall"], 1),
+                "client_cpu_ms": round(1000 * tot["client_cpu"] / args.n, 2),
+                "server_cpu_ms": round(1000 * tot["server_cpu"] / args.n, 3),
                 "latency_p50_ms": round(1000 * statistics.median(lat), 2),
                 "latency_p99_ms": round(1000 * lat[min(len(lat) - 1, int(0.99 * len(lat)))], 2),
             })
@@ -251,8 +267,8 @@ def main() -> int:
         shutil.rmtree(overflow_dir, ignore_errors=True)
         shutil.rmtree(base, ignore_errors=True)
     if not args.json:
-        print(f"{args.n} messages of {args.size} bytes each way, per-message clients"
-              f" {args.concurrency} at a time; ringtrap submit = {submit_note}"
+        print(f"{args.n} messages of {args.size} bytes each way in {rounds} turns,"
+              f" per-message clients {args.concurrency} at a time; ringtrap submit = {submit_note}"
               f" ({' '.join(submit_cmd[:1])}); {os.cpu_count()} CPUs\n")
         head = ("way", "envelope", "msgs/s", "client CPU ms/msg", "ingest CPU ms/msg",
                 "latency p50 ms", "p99 ms")

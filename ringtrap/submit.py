@@ -23,7 +23,10 @@ every piece)::
                                            queue_id; unknown keys are ignored
             \\n                             end of the envelope block
             <the message, any bytes>
-            END <n>\\n                      n = the message's length in bytes
+            END <n>\\n                      n = the message's length in bytes, or
+                                           dd's closing report ("... records
+                                           in", "... records out", "<n> bytes
+                                           ..."), which the sh wrapper sends
             then shutdown(SHUT_WR) or close
     server  one line, as on the raw socket: OK <id>, ERR <reason> or
             TEMPFAIL <reason>, then close
@@ -34,7 +37,8 @@ MTA's envelope.  The trailing length lets the ingest tell a message that
 ended from a client that died midway (both look like end of stream): a
 stream whose last line is not ``END <n>`` with the right ``n`` is refused
 with ``TEMPFAIL``.  The length goes last so that a client can stream a
-message of unknown size (the sh wrapper ``ringtrap-deliver`` counts with dd).
+message of unknown size (the sh wrapper ``ringtrap-deliver`` lets dd copy
+the message and send its own report as the trailer).
 
 Start-up cost matters: the MTA runs this once per message.  The module
 imports nothing beyond ``_socket`` (the ``socket`` module and argparse would

@@ -8,8 +8,10 @@ the trailer and returns the one reply line.
 
 The message's last bytes are held back (at most :data:`TAIL_MAX`) until the
 end of the stream, because only then is it known that they are the trailer
-and not message bytes.  A stream that ends without a well-formed trailer, or
-with one whose length is not the number of bytes received, comes from a
+and not message bytes.  The trailer is either ``END <n>`` or the report dd
+writes when it has copied everything (what ``ringtrap-deliver`` sends, see
+:func:`dd_report_start`).  A stream that ends without a well-formed trailer,
+or with one whose length is not the number of bytes received, comes from a
 client that died midway: the message is dropped and the reply is
 ``TEMPFAIL truncated message``, so an MTA whose client is still alive retries.
 """
@@ -17,6 +19,7 @@ client that died midway: the message is dropped and the reply is
 from __future__ import annotations
 
 import logging
+import re
 from enum import Enum
 
 from ringtrap.delivery import (
@@ -34,8 +37,15 @@ from ringtrap.submit import KEYS, MAGIC, MAX_HEADER, TRAILER
 
 log = logging.getLogger(__name__)
 
-# "END " + at most 20 digits + "\n"
-TAIL_MAX = len(TRAILER) + 20 + 1
+# room for "END " + 20 digits + "\n" or for dd's report (about 100 bytes)
+TAIL_MAX = 512
+# dd's closing report on standard error: POSIX fixes the two records lines;
+# GNU, BusyBox and BSD dd all start the last line with the byte count
+# ("4096 bytes (4.1 kB, 4.0 KiB) copied, ...", "1 byte copied, ...",
+# "4096 bytes transferred in ...")
+_DD_LAST_LINE = re.compile(rb"(\d{1,20}) bytes? [^\n]*\n")
+_DD_REPORT = re.compile(rb"\d{1,20}\+\d{1,20} records in\n\d{1,20}\+\d{1,20} records out\n"
+                        rb"(\d{1,20}) bytes? [^\n]*\n")
 _SINGLE = frozenset(k for k in KEYS if k != "recipient")
 _KNOWN = frozenset(KEYS)
 
@@ -88,6 +98,26 @@ def parse_block(block: bytes) -> Envelope:
         client_helo=values.get("client_helo") or None,
         queue_id=values.get("queue_id") or None,
     )
+
+
+def dd_report_start(tail: bytes, before: int) -> int:
+    """Where dd's closing report starts in ``tail``, or -1 if it does not end with one.
+
+    ``before`` is how many message bytes came before ``tail``.  The report
+    follows the message's last byte directly (the message need not end in a
+    line feed, so its own last digits can run into "0+1 records in"); the
+    byte count it states says where that is, and the whole report must
+    match from there.
+    """
+    if not tail.endswith(b"\n"):
+        return -1
+    last = _DD_LAST_LINE.fullmatch(tail, tail.rfind(b"\n", 0, len(tail) - 1) + 1)
+    if last is None:
+        return -1
+    i = int(last[1]) - before
+    if i < 0 or _DD_REPORT.fullmatch(tail, i) is None:
+        return -1
+    return i
 
 
 class SubmitSession:
@@ -183,6 +213,8 @@ class SubmitSession:
         i = tail.rfind(TRAILER) if tail.endswith(b"\n") else -1
         digits = tail[i + len(TRAILER) : -1] if i >= 0 else b""
         if not (digits.isdigit() and digits.isascii() and int(digits) == self._written + i):
+            i = dd_report_start(tail, self._written)
+        if i < 0:
             self._sink.abort()
             log.info("submit: stream ended after %d bytes without its length trailer", received)
             return LINE_TRUNCATED

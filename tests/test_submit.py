@@ -23,7 +23,7 @@ from delivery_harness import DELIVER, SUBMIT, Server, servers, temp_base, wait_f
 from ringtrap import submit
 from ringtrap.delivery import ERR, OK, REASON_BAD_REQUEST, REASON_TRUNCATED, TEMPFAIL
 from ringtrap.envelope import Envelope
-from ringtrap.submit_session import SubmitSession
+from ringtrap.submit_session import SubmitSession, dd_report_start
 
 
 @pytest.fixture
@@ -130,6 +130,34 @@ def test_trailer_split_across_receives_and_a_message_ending_like_one() -> None:
     assert sink.env == Envelope(recipients=("t@example.net",))
 
 
+@pytest.mark.parametrize("report", [
+    b"0+1 records in\n0+1 records out\n%d bytes (%s) copied, 3.1e-05 s, 88.1 MB/s\n",  # GNU
+    b"0+1 records in\n0+1 records out\n%d bytes (%s) copied, 0.000031 seconds, 88MB/s\n",
+    b"0+1 records in\n0+1 records out\n%d bytes transferred in 0.000031 secs (%s bytes/sec)\n",
+])
+@pytest.mark.parametrize("message", [MSG, MSG + b"\n0+1 records in 12", b"5", b""])
+def test_dd_report_is_a_trailer(report: bytes, message: bytes) -> None:
+    """What ringtrap-deliver sends: dd's closing report, right after the last byte."""
+    got = []
+    for n in (len(message), len(message) + 1):  # the right count, then a wrong one
+        stream = message + report.replace(b"%d", str(n).encode()).replace(b"%s", b"4.1 kB")
+        if len(message) == 1:
+            stream = stream.replace(b"bytes", b"byte", 1)  # GNU's singular
+        # the tail held back may start anywhere in the message
+        for before in (0, len(message) // 2, len(message)):
+            i = dd_report_start(stream[before:], before)
+            got.append(stream[:before + i] if i >= 0 else None)
+    assert got == [message] * 3 + [None] * 3
+
+
+def test_a_dd_report_that_does_not_end_the_stream_is_no_trailer() -> None:
+    report = b"0+1 records in\n0+1 records out\n5 bytes copied, 1 s, 5 B/s\n"
+    assert dd_report_start(b"hello" + report, 0) == 5
+    assert dd_report_start(b"hello" + report + b"more\n", 0) == -1
+    assert dd_report_start(b"hello" + report[:-1], 0) == -1  # its last line cut
+    assert dd_report_start(b"hello" + report.replace(b"records out\n", b""), 0) == -1
+
+
 def test_not_a_submit_stream_gets_err_and_is_read_to_its_end(
     serve: Callable[..., Server],
 ) -> None:
@@ -181,7 +209,9 @@ def run_client(which: str, argv: list[str],
 @pytest.mark.parametrize("which", CLIENTS)
 def test_client_delivers_the_mta_envelope(serve: Callable[..., Server], which: str) -> None:
     s = serve(slot_bytes=16384)
-    msgs = [MSG, b"x" * 200_000 + b"\n", bytes(range(256)) * 40]  # text, large, binary
+    # text, large, binary, and ends that run into a trailer: digits with no
+    # line feed (dd's report follows the last byte directly), a single byte
+    msgs = [MSG, b"x" * 200_000 + b"\n", bytes(range(256)) * 40, MSG + b"\n4096 bytes 10+1", b"7"]
     ids = []
     for m in msgs:
         done = run_client(which, [
