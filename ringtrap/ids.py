@@ -17,20 +17,30 @@ ID_RE = re.compile(r"^[0-9a-f]{13}-[0-9a-f]{6}$")
 MAX_ID_BYTES = 32
 
 _last_us = 0
-_last_pid = 0
+# The pid is read once per process, not once per id (a system call each):
+# a forked child gets its own pid and starts its own sequence.
+_pid = os.getpid()
+_suffix = f"-{_pid & 0xFFFFFF:06x}"
+
+
+def _after_fork() -> None:
+    global _last_us, _pid, _suffix
+    _last_us = 0
+    _pid = os.getpid()
+    _suffix = f"-{_pid & 0xFFFFFF:06x}"
+
+
+os.register_at_fork(after_in_child=_after_fork)
 
 
 def new_id() -> str:
     """Return a fresh message id from this process."""
-    global _last_us, _last_pid
-    pid = os.getpid()
-    if pid != _last_pid:  # a forked child starts its own sequence
-        _last_pid, _last_us = pid, 0
+    global _last_us
     us = time.time_ns() // 1000
     if us <= _last_us:
         us = _last_us + 1
     _last_us = us
-    return f"{us:013x}-{pid & 0xFFFFFF:06x}"
+    return f"{us:013x}{_suffix}"
 
 
 def id_time(msgid: str) -> float:

@@ -40,19 +40,29 @@ def start_ticks(pid: int) -> int | None:
         return None
 
 
-_self_cache: tuple[int, int] | None = None
+_self_cache: Identity | None = None
+
+
+def _forget_self() -> None:
+    global _self_cache
+    _self_cache = None
+
+
+# Cached per process without asking for the pid on every call (a system
+# call on hot paths): a forked child drops the parent's identity.
+os.register_at_fork(after_in_child=_forget_self)
 
 
 def self_identity() -> Identity:
-    """Identity of the calling process (cached per pid, so safe across fork)."""
+    """Identity of the calling process (cached; a forked child reads its own)."""
     global _self_cache
-    pid = os.getpid()
-    if _self_cache is None or _self_cache[0] != pid:
+    if _self_cache is None:
+        pid = os.getpid()
         start = start_ticks(pid)
         if start is None:  # pragma: no cover - /proc always shows ourselves
             raise RuntimeError("cannot read /proc/self/stat")
-        _self_cache = (pid, start)
-    return Identity(*_self_cache)
+        _self_cache = Identity(pid, start)
+    return _self_cache
 
 
 def is_alive(ident: Identity | tuple[int, int]) -> bool:
