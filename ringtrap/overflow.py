@@ -281,6 +281,7 @@ class Overflow:
         self._own_tmp: set[str] = set()  # tmp names of this instance's open writers
         self._inflight = 0  # bytes reserved by open writers
         self._used = 0
+        self._tag = ""  # see _owner_tag()
         self._refreshed_at = float("-inf")
         self._refresh_usage()
         _instances.add(self)
@@ -291,6 +292,13 @@ class Overflow:
         self._lock = threading.Lock()
         self._own_tmp = set()
         self._inflight = 0
+        self._tag = ""
+
+    def _owner_tag(self) -> str:
+        """This process's owner tag for tmp/ names ("P=<pid>.<start>"), made once."""
+        if not self._tag:
+            self._tag = _owner_tag(proc.self_identity())
+        return self._tag
 
     @property
     def is_tmpfs(self) -> bool:
@@ -327,6 +335,24 @@ class Overflow:
                     raise OverflowFull(self.path, self.max_bytes, self._used + self._inflight, n)
             self._inflight += n
 
+    def _charge(self, n: int) -> None:
+        """Count a whole message of ``n`` bytes as stored, or raise OverflowFull.
+
+        The one-shot spill's reservation: taken once, given back only if the
+        spill fails (:meth:`_uncharge`), so storing costs one pass under the lock.
+        """
+        with self._lock:
+            if self._used + self._inflight + n > self.max_bytes:
+                if self._clock() - self._refreshed_at >= self.refresh_interval:
+                    self._refresh_usage()
+                if self._used + self._inflight + n > self.max_bytes:
+                    raise OverflowFull(self.path, self.max_bytes, self._used + self._inflight, n)
+            self._used += n
+
+    def _uncharge(self, n: int) -> None:
+        with self._lock:
+            self._used -= n
+
     def _unreserve(self, n: int, *, stored: bool) -> None:
         with self._lock:
             self._inflight -= n
@@ -344,25 +370,22 @@ class Overflow:
         """
         _check_id(msgid, attempts)
         size = len(data)
-        self._reserve(size)  # refuse before touching the filesystem
-        stored = False
+        self._charge(size)  # refuse before touching the filesystem
         try:
             tmp = self._write_tmp(msgid, data)
-            name = ready_name(msgid, size, attempts)
+            name = f"{msgid},S={size},A={attempts}"  # ready_name(), inline on the hot path
             try:
                 os.rename(tmp, self._new_prefix + name)
             except BaseException:
                 _unlink_quietly(tmp)
                 raise
-            stored = True
-        except OSError as e:
-            if e.errno == errno.ENOSPC:
+        except BaseException as e:
+            self._uncharge(size)
+            if isinstance(e, OSError) and e.errno == errno.ENOSPC:
                 raise OverflowFull(
                     self.path, self.max_bytes, self._used, size, "filesystem full"
                 ) from e
             raise
-        finally:
-            self._unreserve(size, stored=stored)
         return name
 
     def spill_stream(self, msgid: str, attempts: int = 0) -> SpillWriter:
@@ -374,10 +397,13 @@ class Overflow:
         return SpillWriter(self, msgid, attempts)
 
     def _write_tmp(self, stem: str, data: bytes) -> str:
-        tmp = f"{self._tmp_prefix}{stem},{_owner_tag(proc.self_identity())}"
+        tmp = f"{self._tmp_prefix}{stem},{self._owner_tag()}"
         fd = self._create(tmp)
         try:
-            _write_all(fd, data)
+            # one write takes a whole message on tmpfs; the loop is for the rest
+            n = os.write(fd, data)
+            if n < len(data):
+                _write_all(fd, memoryview(data)[n:])
         except BaseException:
             os.close(fd)
             _unlink_quietly(tmp)
