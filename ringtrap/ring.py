@@ -620,9 +620,10 @@ class Ring:
         If the claimer dies holding the claim, :meth:`recover` requeues it.
         """
         ready = self._ready_sem
-        if not ready.value:
+        if not ready.value and (timeout is None or timeout > 0):
             # Give a producer on another core a moment before sleeping: a futex
-            # sleep and wake costs more than the message it waits for.
+            # sleep and wake costs more than the message it waits for.  A
+            # caller that polls (timeout 0) is not kept waiting.
             for _ in range(_SPIN):
                 os.sched_yield()
                 if ready.value:
