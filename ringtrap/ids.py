@@ -13,7 +13,7 @@ import os
 import re
 import time
 
-ID_RE = re.compile(r"^[0-9a-f]{13}-[0-9a-f]{6}$")
+ID_RE = re.compile(r"[0-9a-f]{13}-[0-9a-f]{6}")  # whole string: use fullmatch
 MAX_ID_BYTES = 32
 
 _last_us = 0
@@ -50,4 +50,4 @@ def id_time(msgid: str) -> float:
 
 def is_valid(msgid: str) -> bool:
     """True if ``msgid`` has the form :func:`new_id` produces."""
-    return ID_RE.match(msgid) is not None
+    return ID_RE.fullmatch(msgid) is not None  # "$" would let a trailing "\n" through

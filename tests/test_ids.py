@@ -37,3 +37,4 @@ def test_a_forked_child_issues_ids_with_its_own_pid() -> None:
     assert after.endswith(f"-{os.getpid() & 0xFFFFFF:06x}")
     assert ids.is_valid("0640c3f1a2b3c-0004d2")
     assert not ids.is_valid("0640c3f1a2b3c-0004d2/../x")
+    assert not ids.is_valid("0640c3f1a2b3c-0004d2\n")  # it becomes part of file names
