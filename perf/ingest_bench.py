@@ -5,7 +5,9 @@ connect, send 4 KiB, half-close, read the one-line reply.  The same client
 processes drive every row, in this one invocation:
 
   ringtrap ingest, ring has room   the real ``child_main`` in a forked process,
-                                   a drain process claiming and acking
+                                   a ring big enough for the whole row (with
+                                   ``--drain``: a 1,024-slot ring and a drain
+                                   process claiming and acking, as workers would)
   ringtrap ingest, ring full       a 4-slot ring nobody drains: every message spills
   bare selectors server            the same loop style, reads and replies "OK x", stores nothing
   dirqueue (IPC::DirQueue style)   the same loop, each message enqueued the way
@@ -428,8 +430,19 @@ def _listen(path: Path) -> socket.socket:
     return s
 
 
+# the queued-burst measurement's messages, on top of the row's own
+_QUEUED_MSGS = 7 * 500
+
+
 def run_row(
-    kind: str, n: int, clients: int, procs: int, size: int, work: Path, queued: bool = True
+    kind: str,
+    n: int,
+    clients: int,
+    procs: int,
+    size: int,
+    work: Path,
+    queued: bool = True,
+    drain: bool = False,
 ) -> dict:
     sock_path = work / "in.sock"
     msg = _message(size)
@@ -442,16 +455,24 @@ def run_row(
     try:
         if kind in ("ring", "full"):
             ringmod.unlink_name(ring_name)
-            slots = 1024 if kind == "ring" else 4
-            ring = Ring.create(ring_name, slots, 64 * 1024)
+            # "Room" without a consumer: on a two-core machine a drain process
+            # takes its CPU from the ingest and the clients being measured.
+            if kind == "full":
+                slots = 4
+            elif drain:
+                slots = 1024
+            else:
+                slots = n + _QUEUED_MSGS + 64
+            slot_bytes = max(8192, 2 * size)
+            ring = Ring.create(ring_name, slots, slot_bytes)
             cfg = replace(
                 Config(),
                 ingest=replace(IngestConfig(), socket=sock_path, max_connections=1024),
-                ring=replace(RingConfig(), name=ring_name, slots=slots, slot_bytes=64 * 1024),
+                ring=replace(RingConfig(), name=ring_name, slots=slots, slot_bytes=slot_bytes),
                 overflow=replace(OverflowConfig(), dir=spill_dir / "overflow", max_bytes=64 << 30),
             )
             server = _fork_server(lambda: child_main(cfg, listener, INGEST_ROW))
-            if kind == "ring":
+            if kind == "ring" and drain:
                 helpers.append(_fork_server(lambda: _drain(ring_name)))
         elif kind == "bare":
             server = _fork_server(lambda: MiniServer(listener, None).run() or 0)
@@ -532,7 +553,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--client-procs",
         type=int,
-        default=2,
+        default=1,
         help="client processes the clients are spread over (an epoll loop in each)",
     )
     ap.add_argument("--only", default=",".join(NAMES), help="comma-separated: " + ",".join(NAMES))
@@ -544,6 +565,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument(
         "--no-queued", action="store_true", help="skip the queued-burst measurement of server CPU"
+    )
+    ap.add_argument(
+        "--drain",
+        action="store_true",
+        help="ring has room: a 1,024-slot ring emptied by a drain process instead of one"
+        " ring big enough for the row",
     )
     ap.add_argument("--json", action="store_true", help="print rows as JSON")
     args = ap.parse_args(argv)
@@ -566,6 +593,7 @@ def main(argv: list[str] | None = None) -> int:
                             args.size,
                             work,
                             not args.no_queued,
+                            args.drain,
                         )
                     )
     finally:
