@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 from delivery_harness import DELIVER, SUBMIT, Server, servers, temp_base, wait_for
 
@@ -307,6 +308,45 @@ def test_killed_client_stores_nothing(serve: Callable[..., Server], which: str) 
     wait_for(lambda: s.server.connections == 0, what="the ingest to drop the connection")
     assert s.stored() == {}
     assert s.accepted() == 0
+
+
+def _dd_of(pid: int) -> psutil.Process:
+    """The dd that ringtrap-deliver ``pid`` runs (a child of one of its subshells)."""
+    found: list[psutil.Process] = []
+
+    def look() -> bool:
+        found[:] = [p for p in psutil.Process(pid).children(recursive=True) if p.name() == "dd"]
+        return bool(found)
+
+    wait_for(look, 10, what="ringtrap-deliver's dd")
+    return found[0]
+
+
+def test_signals_that_make_dd_report_early_do_not_end_a_delivery(
+    serve: Callable[..., Server],
+) -> None:
+    # GNU dd prints its report (the trailer) on SIGINT and SIGUSR1 as well: a
+    # report mid-message must not pass for the end of a shorter message.
+    s = serve(slot_bytes=4096)
+    proc = subprocess.Popen([str(DELIVER), "--client", "nc", "--socket", str(s.submit_path)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    assert proc.stdin is not None
+    first, rest = b"Subject: whole\n\n" + b"a" * 3000, b"b" * 3000 + b"\n"
+    proc.stdin.write(first)
+    proc.stdin.flush()
+    dd = _dd_of(proc.pid)
+    for sig in (signal.SIGUSR1, signal.SIGINT):
+        dd.send_signal(sig)
+    time.sleep(0.3)
+    assert dd.is_running() and s.stored() == {}
+    proc.stdin.write(rest)
+    proc.stdin.close()
+    assert proc.stdout is not None
+    out = proc.stdout.read()
+    proc.stdout.close()
+    assert proc.wait(30) == 0, out
+    assert list(s.stored().values()) == [(Envelope(), first + rest)]
 
 
 def test_submit_parses_the_postfix_argument_forms() -> None:
