@@ -335,24 +335,6 @@ class Overflow:
                     raise OverflowFull(self.path, self.max_bytes, self._used + self._inflight, n)
             self._inflight += n
 
-    def _charge(self, n: int) -> None:
-        """Count a whole message of ``n`` bytes as stored, or raise OverflowFull.
-
-        The one-shot spill's reservation: taken once, given back only if the
-        spill fails (:meth:`_uncharge`), so storing costs one pass under the lock.
-        """
-        with self._lock:
-            if self._used + self._inflight + n > self.max_bytes:
-                if self._clock() - self._refreshed_at >= self.refresh_interval:
-                    self._refresh_usage()
-                if self._used + self._inflight + n > self.max_bytes:
-                    raise OverflowFull(self.path, self.max_bytes, self._used + self._inflight, n)
-            self._used += n
-
-    def _uncharge(self, n: int) -> None:
-        with self._lock:
-            self._used -= n
-
     def _unreserve(self, n: int, *, stored: bool) -> None:
         with self._lock:
             self._inflight -= n
@@ -370,7 +352,10 @@ class Overflow:
         """
         _check_id(msgid, attempts)
         size = len(data)
-        self._charge(size)  # refuse before touching the filesystem
+        # Reserved as in flight, not yet counted as used: a refresh of the
+        # usage from a listing (another thread) must not lose the reservation.
+        self._reserve(size)  # refuse before touching the filesystem
+        stored = False
         try:
             tmp = self._write_tmp(msgid, data)
             name = f"{msgid},S={size},A={attempts}"  # ready_name(), inline on the hot path
@@ -379,13 +364,15 @@ class Overflow:
             except BaseException:
                 _unlink_quietly(tmp)
                 raise
-        except BaseException as e:
-            self._uncharge(size)
-            if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            stored = True
+        except OSError as e:
+            if e.errno == errno.ENOSPC:
                 raise OverflowFull(
                     self.path, self.max_bytes, self._used, size, "filesystem full"
                 ) from e
             raise
+        finally:
+            self._unreserve(size, stored=stored)
         return name
 
     def spill_stream(self, msgid: str, attempts: int = 0) -> SpillWriter:

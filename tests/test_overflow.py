@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -285,6 +286,34 @@ def test_cap_estimate_refreshes_at_most_once_per_interval(shm_dir: Path, me: Ide
     clock.now += 1.0
     ingest.spill(ids.new_id(), b"c" * 400)
     assert ingest.stats().total_bytes == 400
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_a_usage_refresh_during_a_spill_never_lets_the_cap_be_passed(
+    shm_dir: Path, monkeypatch: pytest.MonkeyPatch, fails: bool
+) -> None:
+    # Another thread of the process may refresh the estimate from a listing
+    # while a spill is between its reservation and its rename.
+    s = Overflow(shm_dir / "ovf", 1000)
+    write_tmp = s._write_tmp
+
+    def refreshed_midway(stem: str, data: bytes) -> str:
+        with s._lock:
+            s._refresh_usage()  # lists nothing yet: the file is not there
+        tmp = write_tmp(stem, data)
+        if fails:
+            os.unlink(tmp)  # the rename that follows fails
+        return tmp
+
+    monkeypatch.setattr(s, "_write_tmp", refreshed_midway)
+    with contextlib.suppress(FileNotFoundError):
+        s.spill(ids.new_id(), b"a" * 600)
+    monkeypatch.undo()
+    stored = s.stats().total_bytes
+    assert stored == (0 if fails else 600)
+    assert s._used + s._inflight >= stored and s._inflight == 0
+    with pytest.raises(OverflowFull):
+        s.spill(ids.new_id(), b"b" * (1001 - stored))
 
 
 def test_purge_lets_the_next_spill_see_the_space(shm_dir: Path) -> None:
