@@ -101,7 +101,14 @@ def _client_loop(
         except BlockingIOError:  # the listen backlog is full: try again later
             s.close()
             return False
-        s.send(msg)  # 4 KiB fits the socket buffer in one go
+        try:
+            sent = s.send(msg)  # 4 KiB fits the socket buffer in one go
+        except BlockingIOError:
+            sent = 0
+        if sent < len(msg):  # a large --size: wait for the server to read the rest
+            s.setblocking(True)
+            s.sendall(memoryview(msg)[sent:])
+            s.setblocking(False)
         s.shutdown(shut)
         fd = s.fileno()
         inflight[fd] = (s, t0, b"")
@@ -177,6 +184,13 @@ class Clients:
     def go(self) -> None:
         os.write(self.go_w, b"g" * len(self.children))
         os.close(self.go_w)
+
+    def kill(self) -> None:
+        """Stop whatever client process is still running (after a failure)."""
+        for pid, _ in self.children:
+            with contextlib.suppress(ProcessLookupError, ChildProcessError):
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
 
     def collect(self) -> tuple[list[float], list[bytes], int]:
         lat: list[float] = []
@@ -452,18 +466,20 @@ def run_row(
     ring_name = f"rt-ingest-bench-{os.getpid()}"
     spill_dir = Path(tempfile.mkdtemp(prefix="rt-ingest-bench-", dir=SHM))
     listener = _listen(sock_path)
+    server = 0
+    group: Clients | None = None
     try:
         if kind in ("ring", "full"):
             ringmod.unlink_name(ring_name)
             # "Room" without a consumer: on a two-core machine a drain process
             # takes its CPU from the ingest and the clients being measured.
-            if kind == "full":
-                slots = 4
-            elif drain:
-                slots = 1024
-            else:
-                slots = n + _QUEUED_MSGS + 64
+            slots = 4 if kind == "full" else n + _QUEUED_MSGS + 64
             slot_bytes = max(8192, 2 * size)
+            if kind == "ring" and slots * slot_bytes > shutil.disk_usage(SHM).free // 2:
+                drain = True  # a ring for the whole row would not fit /dev/shm
+            if kind == "ring" and drain:
+                slots = 1024
+                extra["drained"] = True
             ring = Ring.create(ring_name, slots, slot_bytes)
             cfg = replace(
                 Config(),
@@ -494,6 +510,7 @@ def run_row(
         t0 = time.perf_counter()
         group.go()
         lat, bad, nbad = group.collect()
+        group = None  # reaped: their pids are no longer ours to signal
         elapsed = time.perf_counter() - t0
         cpu1 = _cpu(server)
         helper_cpu1 = sum(_cpu(p) for p in helpers)
@@ -509,11 +526,20 @@ def run_row(
         if queued:
             extra["queued_cpu_us_per_msg"] = queued_cpu_us(server, sock_path, msg)
         code = _stop(server)
+        server = 0
         for p in helpers:
             _stop(p)
+        helpers.clear()
         if code != 0:
             raise RuntimeError(f"{kind} server exited with {code}")
     finally:
+        # after a failure too: no server, drain or client left running
+        if group is not None:
+            group.kill()
+        for p in ([server] if server else []) + helpers:
+            with contextlib.suppress(ProcessLookupError, ChildProcessError):
+                os.kill(p, signal.SIGKILL)
+                os.waitpid(p, 0)
         listener.close()
         if ring is not None:
             ring.close()
