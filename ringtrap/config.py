@@ -456,42 +456,40 @@ class _ShmName(_Kind):
         )
 
 
-class _Group(_Kind):
-    __slots__ = ()
+class _Account(_Kind):
+    """A user or group name that must exist on this machine; "" for none."""
+
+    __slots__ = ("_lookup", "_what")
+
+    def __init__(self, what: str, lookup: Callable[[str], object]) -> None:
+        self._what = what
+        self._lookup = lookup
 
     def describe(self) -> str:
-        return 'group name or ""'
+        return f'{self._what} name or ""'
 
     def parse(self, raw: object, base_dir: Path) -> str:
         if not isinstance(raw, str) or "\0" in raw:
-            raise _Invalid(f"must be a group name, got {_show(raw)}")
+            raise _Invalid(f"must be a {self._what} name, got {_show(raw)}")
         if raw:
-            import grp
-
             try:
-                grp.getgrnam(raw)
+                self._lookup(raw)
             except KeyError:
-                raise _Invalid(f"no such group {_show(raw)}") from None
+                raise _Invalid(f"no such {self._what} {_show(raw)}") from None
         return raw
 
 
-class _User(_Kind):
-    __slots__ = ()
+# imported on first use: the submit client reads configurations too
+def _getgrnam(name: str) -> object:
+    import grp
 
-    def describe(self) -> str:
-        return 'user name or ""'
+    return grp.getgrnam(name)
 
-    def parse(self, raw: object, base_dir: Path) -> str:
-        if not isinstance(raw, str) or "\0" in raw:
-            raise _Invalid(f"must be a user name, got {_show(raw)}")
-        if raw:
-            import pwd
 
-            try:
-                pwd.getpwnam(raw)
-            except KeyError:
-                raise _Invalid(f"no such user {_show(raw)}") from None
-        return raw
+def _getpwnam(name: str) -> object:
+    import pwd
+
+    return pwd.getpwnam(name)
 
 
 class ListenAddress(NamedTuple):
@@ -779,7 +777,7 @@ class IngestConfig:
     socket_group: str = field(
         default="",
         metadata=_about(
-            _Group(),
+            _Account("group", _getgrnam),
             "Group owning the ingest socket, to let the MTA's delivery user in;"
             ' "" keeps the group of the ringtrap process.',
         ),
@@ -1244,7 +1242,7 @@ class ServiceConfig:
     user: str = field(
         default="",
         metadata=_about(
-            _User(),
+            _Account("user", _getpwnam),
             "Started as root, the supervisor prepares its directories, ring and socket,"
             " then drops to this user before starting any child;"
             ' "" = keep running as the starting user.',
@@ -1253,7 +1251,7 @@ class ServiceConfig:
     group: str = field(
         default="",
         metadata=_about(
-            _Group(),
+            _Account("group", _getgrnam),
             'Group to run as with service.user; "" = that user\'s primary group.',
         ),
     )

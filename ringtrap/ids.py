@@ -17,20 +17,19 @@ ID_RE = re.compile(r"[0-9a-f]{13}-[0-9a-f]{6}")  # whole string: use fullmatch
 MAX_ID_BYTES = 32
 
 _last_us = 0
-# The pid is read once per process, not once per id (a system call each):
-# a forked child gets its own pid and starts its own sequence.
-_pid = os.getpid()
-_suffix = f"-{_pid & 0xFFFFFF:06x}"
+_suffix = ""  # "-<pid in 6 hex digits>"
 
 
-def _after_fork() -> None:
-    global _last_us, _pid, _suffix
+def _start_sequence() -> None:
+    # The pid is read once per process, not once per id (a system call each):
+    # a forked child gets its own pid and starts its own sequence.
+    global _last_us, _suffix
     _last_us = 0
-    _pid = os.getpid()
-    _suffix = f"-{_pid & 0xFFFFFF:06x}"
+    _suffix = f"-{os.getpid() & 0xFFFFFF:06x}"
 
 
-os.register_at_fork(after_in_child=_after_fork)
+_start_sequence()
+os.register_at_fork(after_in_child=_start_sequence)
 
 
 def new_id() -> str:
