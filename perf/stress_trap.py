@@ -42,6 +42,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from spamd_fixture import SpamdProcess, _live_group_members  # noqa: E402
 
 from ringtrap import config as configmod  # noqa: E402
+from ringtrap import proc  # noqa: E402
 from ringtrap import ring as ringmod  # noqa: E402
 from ringtrap.cli import gather_status  # noqa: E402
 from ringtrap.counters import C  # noqa: E402
@@ -245,15 +246,8 @@ class StressTrap:
         if self.attached:
             return
         if self.proc is not None and self.proc.poll() is None:
-            try:
-                kids = psutil.Process(self.proc.pid).children()
-            except psutil.Error:
-                kids = []
-            self.proc.kill()
+            proc.kill_family(self.proc.pid)  # a managed spamd's children too
             self.proc.wait(10)
-            for k in kids:
-                with contextlib.suppress(psutil.Error):
-                    k.kill()
         ringmod.unlink_name(self.cfg.ring.name)
         shutil.rmtree(self.cfg.overflow.dir, ignore_errors=True)
         if self.rundir is not None:

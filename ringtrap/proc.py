@@ -9,7 +9,9 @@ processes, which a float from psutil would not guarantee.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 from typing import NamedTuple
 
 
@@ -95,3 +97,31 @@ def private_rss(pid: int) -> int | None:
         if line.startswith((b"RssAnon:", b"RssFile:")):
             total += int(line.split()[1]) * 1024  # the kernel reports kB
     return total
+
+
+def kill_family(pid: int) -> None:
+    """SIGKILL ``pid``, every process below it and the process groups they lead.
+
+    A managed spamd runs in its own session and forks children while it
+    starts: killing its group also takes those forked after the listing.
+    The caller reaps ``pid``.
+    """
+    import psutil
+
+    try:
+        kids = psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        kids = []
+    leaders = []
+    for k in kids:
+        with contextlib.suppress(OSError):
+            if os.getpgid(k.pid) == k.pid:
+                leaders.append(k.pid)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    for group in leaders:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(group, signal.SIGKILL)
+    for k in kids:
+        with contextlib.suppress(psutil.Error):
+            k.kill()

@@ -28,6 +28,7 @@ from typing import Any
 import psutil
 
 from ringtrap import config as configmod
+from ringtrap import proc
 from ringtrap import ring as ringmod
 from ringtrap.cli import gather_status
 
@@ -176,12 +177,8 @@ class Trap:
     def close(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             # a managed spamd's children too: they would outlive their parent
-            kids = self.children(recursive=True)
-            self.proc.kill()
+            proc.kill_family(self.proc.pid)
             self.proc.wait(10)
-            for k in kids:
-                with contextlib.suppress(psutil.Error):
-                    k.kill()
         ringmod.unlink_name(self.ring_name)
         shutil.rmtree(self.overflow_dir, ignore_errors=True)
         shutil.rmtree(configmod.stage_dir(self.cfg), ignore_errors=True)
