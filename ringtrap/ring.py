@@ -22,16 +22,16 @@ Segment layout (native byte order, every field a 64-bit word unless noted)::
     STATES          one 32-bit state per slot (contiguous, so counting is cheap)
     DESCS           DESC_WORDS words per slot
                       0 owner  1 seq  2 length  3 attempts  4 enqueued (wall us)
-                      5..8 message id (32 bytes)  9 claimed at (monotonic ns)
+                      5..8 message id (32 bytes)  9 reserved
     PAYLOAD         slot count x slot bytes, page aligned
 
 Ordering: the single producer (the ingest) writes slot ``head % slots`` only
 when it is FREE, marks it FILLING with its identity, copies, marks it READY,
 advances ``head`` and posts "ready".  It never takes the lock: only the
 producer moves a slot out of FREE, so checking for space is a plain read.  A
-slot still CLAIMED from an earlier lap is stepped over if the claim is old
-(a stuck scan), rather than blocking every later put; ``head`` then skips a
-sequence number.  A claim in progress is waited for instead (the put spills):
+slot still CLAIMED from an earlier lap is stepped over once it has blocked
+puts for a while (a stuck scan), rather than blocking every later put;
+``head`` then skips a sequence number.  A claim in progress is waited for instead (the put spills):
 a slot stepped over stays empty for a whole lap once it is acked.
 
 Consumers wait on "ready" with a timeout (a post lost or doubled by a crash
@@ -93,7 +93,6 @@ R_COUNTERS = 16
 # descriptor words
 D_OWNER, D_SEQ, D_LEN, D_ATTEMPTS, D_ENQ = range(5)
 D_ID = 5
-D_CLAIMED = 9
 _DESC = struct.Struct("5Q32s")  # owner, seq, length, attempts, enqueued, id
 _DESC_AFTER_OWNER = struct.Struct("4Q32s")
 _PID_BITS = 22
@@ -104,7 +103,8 @@ DEFAULT_ROWS = 64
 # a producer steps over at most this many slots still claimed from an earlier
 # lap before calling the ring full
 _MAX_SKIP = 8
-# ... and only over claims at least this old: stepping over a claim leaves its
+# ... and only over claims that have blocked puts this long (as the producer
+# saw it; claimers write no clock): stepping over a claim leaves its
 # slot empty for a whole lap once it is acked, so a scan that is merely in
 # progress is waited for (the message spills); a stuck one is stepped over
 _SKIP_CLAIMS_OLDER_NS = 5_000_000_000
@@ -113,6 +113,7 @@ _SKIP_CLAIMS_OLDER_NS = 5_000_000_000
 _ORPHAN_LOCK_SECONDS = 2.0
 # sched_yield() rounds a consumer spins on an empty ring before it blocks
 _SPIN = 20
+_LOCK_SPIN = 50
 
 
 class RingError(Exception):
@@ -334,6 +335,8 @@ class Ring:
         self._tok = owner_token(self._me)
         self._descs_off = descs_off
         self._orphan_seen: tuple[int, float] | None = None
+        # (slot, seq, owner) of claims that blocked a put -> when first seen
+        self._blocked_by: dict[tuple[int, int, int], int] = {}
 
     # lifecycle -------------------------------------------------------------
 
@@ -576,19 +579,10 @@ class Ring:
         head = q[H_HEAD]
         idx = head % self.slots
         if states[idx] != FREE:
-            now = time.monotonic_ns()
-            for _ in range(_MAX_SKIP):
-                if states[idx] != CLAIMED:
-                    return PutResult.FULL
-                claimed = q[self._descs_w + idx * DESC_WORDS + D_CLAIMED]
-                if now - claimed < _SKIP_CLAIMS_OLDER_NS:
-                    return PutResult.FULL
-                head += 1  # a stuck claim from an earlier lap: step over it
-                idx = head % self.slots
-                if states[idx] == FREE:
-                    break
-            else:
+            head = self._step_over_stuck(head)
+            if head < 0:
                 return PutResult.FULL
+            idx = head % self.slots
         # the descriptor first: a slot still FREE may hold anything
         _DESC.pack_into(self._map, self._descs_off + idx * (DESC_WORDS * 8), self._tok, head, n,
                         0, time.time_ns() // 1000, raw_id)
@@ -599,6 +593,44 @@ class Ring:
         q[H_HEAD] = head + 1
         self._ready_sem.release()
         return PutResult.OK
+
+    def _step_over_stuck(self, head: int) -> int:
+        """The slot at ``head`` is taken: the next free sequence past claims
+        stuck for long, or -1 (the ring is full).
+
+        How long a claim has been stuck is what this producer has seen: the
+        first put it blocked is remembered here, so claimers write no clock
+        into the ring.  After a producer restart the clock starts again.
+        """
+        q = self._q
+        states = self._states
+        seen = self._blocked_by
+        now = time.monotonic_ns()
+        idx = head % self.slots
+        for _ in range(_MAX_SKIP):
+            if states[idx] != CLAIMED:
+                return -1
+            d = self._descs_w + idx * DESC_WORDS
+            claim = (idx, int(q[d + D_SEQ]), int(q[d + D_OWNER]))
+            first = seen.setdefault(claim, now)
+            if now - first < _SKIP_CLAIMS_OLDER_NS:
+                if len(seen) > 4 * _MAX_SKIP:
+                    self._forget_finished_claims()
+                return -1
+            head += 1  # a stuck claim from an earlier lap: step over it
+            idx = head % self.slots
+            if states[idx] == FREE:
+                return head
+        return -1
+
+    def _forget_finished_claims(self) -> None:
+        q = self._q
+        states = self._states
+        for claim in list(self._blocked_by):
+            idx, seq, owner = claim
+            d = self._descs_w + idx * DESC_WORDS
+            if states[idx] != CLAIMED or q[d + D_SEQ] != seq or q[d + D_OWNER] != owner:
+                del self._blocked_by[claim]
 
     def has_free_slot(self) -> bool:
         """Cheap hint (producer side) that the slot at head is free.
@@ -620,28 +652,21 @@ class Ring:
         If the claimer dies holding the claim, :meth:`recover` requeues it.
         """
         ready = self._ready_sem
-        if not ready.value and (timeout is None or timeout > 0):
-            # Give a producer on another core a moment before sleeping: a futex
-            # sleep and wake costs more than the message it waits for.  A
-            # caller that polls (timeout 0) is not kept waiting.
-            for _ in range(_SPIN):
-                os.sched_yield()
-                if ready.value:
-                    break
         try:
-            if timeout is None:
-                ready.acquire()
-            else:
-                ready.acquire(timeout)
+            ready.acquire(0)  # sem_trywait: no clock read, no syscall
         except posix_ipc.BusyError:
-            pass
-        except posix_ipc.SignalError:
-            return None
+            if not self._await_ready(timeout):
+                return None
         tok = self._tok if owner is None else owner_token(owner)
         q = self._q
         states = self._states
         lock = self._lock_sem
         # Blocking is safe: a dead holder's lock is broken by the supervisor.
+        # The lock is held for a microsecond: look again a few times before
+        # sleeping on it, as a futex sleep and wake cost more than the wait.
+        spin = _LOCK_SPIN
+        while spin and not lock.value:
+            spin -= 1
         try:
             lock.acquire()
         except posix_ipc.SignalError:
@@ -658,7 +683,6 @@ class Ring:
             if (not q[H_STRAY] and tail < q[H_HEAD] and states[idx] == READY
                     and q[d + D_SEQ] == tail):
                 q[d + D_OWNER] = tok
-                q[d + D_CLAIMED] = time.monotonic_ns()
                 states[idx] = CLAIMED
                 q[H_TAIL] = tail + 1
             else:
@@ -674,6 +698,32 @@ class Ring:
         o = self._payload_off + idx * self.slot_bytes
         return Claim(idx, seq, raw.rstrip(b"\0").decode("ascii"), self._map[o : o + n],
                      attempts, enq / 1e6)
+
+    def _await_ready(self, timeout: float | None) -> bool:
+        """Wait for a post of "ready" (the ring looked empty); False on a signal.
+
+        A timeout is not a failure: the caller looks anyway, in case a post
+        was lost.
+        """
+        ready = self._ready_sem
+        if timeout is not None and timeout <= 0:
+            return True  # a caller that polls is not kept waiting
+        # Give a producer on another core a moment before sleeping: a futex
+        # sleep and wake costs more than the message it waits for.
+        for _ in range(_SPIN):
+            os.sched_yield()
+            if ready.value:
+                break
+        try:
+            if timeout is None:
+                ready.acquire()
+            else:
+                ready.acquire(timeout)
+        except posix_ipc.BusyError:
+            pass
+        except posix_ipc.SignalError:
+            return False
+        return True
 
     def _take_locked(self, tok: int) -> int:
         q = self._q
@@ -691,7 +741,6 @@ class Ring:
             d = descs_w + idx * DESC_WORDS
             if states[idx] == READY and q[d + D_SEQ] == tail:
                 q[d + D_OWNER] = tok
-                q[d + D_CLAIMED] = time.monotonic_ns()
                 states[idx] = CLAIMED
                 q[H_TAIL] = tail + 1
                 return idx
@@ -715,7 +764,6 @@ class Ring:
             q[H_STRAY] = 0  # the count was stale (e.g. a crash mid-update)
             return -1
         q[self._descs_w + best * DESC_WORDS + D_OWNER] = tok
-        q[self._descs_w + best * DESC_WORDS + D_CLAIMED] = time.monotonic_ns()
         states[best] = CLAIMED
         q[H_STRAY] -= 1
         return best

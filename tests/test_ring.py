@@ -961,3 +961,31 @@ def test_a_claim_in_progress_at_head_is_waited_for_not_stepped_over(name: str) -
         for i in range(10, 14):
             assert r.put(mid(i), b"z") is PutResult.OK
         assert counts(r) == (0, 0, 4, 0)
+
+
+def test_a_claim_is_stepped_over_once_it_has_blocked_puts_long_enough(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ringmod, "_SKIP_CLAIMS_OLDER_NS", 200_000_000)
+    with Ring.create(name, 2, 16) as r:
+        for i in range(2):
+            assert r.put(mid(i), b"x") is PutResult.OK
+        stuck = r.claim(timeout=0)
+        assert stuck is not None and stuck.msgid == mid(0)
+        later = r.claim(timeout=0)
+        assert later is not None
+        r.ack(later)
+        # the clock starts at the first put the claim blocks, not at the claim
+        time.sleep(0.3)
+        assert r.put(mid(2), b"y") is PutResult.FULL
+        time.sleep(0.05)
+        assert r.put(mid(3), b"y") is PutResult.FULL
+        time.sleep(0.2)
+        assert r.put(mid(4), b"y") is PutResult.OK  # stepped over the stuck slot
+        assert head(r) == 4  # sequence 2 was skipped
+        c = r.claim(timeout=0)
+        assert c is not None and c.msgid == mid(4)
+        r.ack(c)
+        # the stuck claim is still held, and acks normally when it finishes
+        r.ack(stuck)
+        assert counts(r) == (2, 0, 0, 0)
