@@ -19,10 +19,12 @@ Segment layout (native byte order, every field a 64-bit word unless noted)::
                       5 heartbeat (monotonic ns)  6 state since (monotonic ns)
                       8..11 current message id (32 bytes)
                      16..79 counters (see ringtrap.counters)
-    STATES          one 32-bit state per slot (contiguous, so counting is cheap)
-    DESCS           DESC_WORDS words per slot
-                      0 owner  1 seq  2 length  3 attempts  4 enqueued (wall us)
-                      5..8 message id (32 bytes)  9 reserved
+    DESCS           DESC_WORDS words per slot, cache-line aligned
+                      0 state  1 owner  2 seq  3 length  4 attempts
+                      5 enqueued (wall us)  6..7 reserved
+                      8..11 message id (32 bytes)  12..15 reserved
+                    (a claim and its ack touch only the first line: the state
+                    lives there rather than in an array shared by neighbours)
     PAYLOAD         slot count x slot bytes, page aligned
 
 Ordering: the single producer (the ingest) writes slot ``head % slots`` only
@@ -71,10 +73,10 @@ from ringtrap.states import ProcState, Role, SlotState
 log = logging.getLogger(__name__)
 
 MAGIC = int.from_bytes(b"RINGTRAP", "little")
-VERSION = 2
+VERSION = 3
 HEADER_WORDS = 128
 ROW_WORDS = 16 + NCOUNTERS
-DESC_WORDS = 10
+DESC_WORDS = 16
 ID_BYTES = 32
 PAGE = mmap.PAGESIZE
 _POPULATE = getattr(mmap, "MAP_POPULATE", 0)
@@ -91,10 +93,12 @@ R_PID, R_ROLE, R_START, R_STATE, R_INDEX, R_BEAT, R_SINCE = range(7)
 R_ID = 8
 R_COUNTERS = 16
 # descriptor words
-D_OWNER, D_SEQ, D_LEN, D_ATTEMPTS, D_ENQ = range(5)
-D_ID = 5
-_DESC = struct.Struct("5Q32s")  # owner, seq, length, attempts, enqueued, id
-_DESC_AFTER_OWNER = struct.Struct("4Q32s")
+D_STATE, D_OWNER, D_SEQ, D_LEN, D_ATTEMPTS, D_ENQ = range(6)
+D_ID = 8
+# owner, seq, length, attempts, enqueued, id: packed from the owner word on
+_DESC = struct.Struct("5Q16x32s")
+_DESC_AFTER_OWNER = struct.Struct("4Q16x32s")
+_LINE = 64
 _PID_BITS = 22
 
 FREE, FILLING, READY, CLAIMED = (int(s) for s in SlotState)
@@ -216,15 +220,15 @@ def _names(name: str) -> tuple[str, str, str]:
     return base, base + ".lock", base + ".ready"
 
 
-def _geometry(slots: int, slot_bytes: int, rows: int) -> tuple[int, int, int, int, int]:
+def _geometry(slots: int, slot_bytes: int, rows: int) -> tuple[int, int, int, int]:
     rows_off = HEADER_WORDS * 8
-    states_off = rows_off + rows * ROW_WORDS * 8
-    descs_off = states_off + ((slots * 4 + 7) // 8) * 8
+    descs_off = rows_off + rows * ROW_WORDS * 8
+    descs_off = (descs_off + _LINE - 1) // _LINE * _LINE
     payload_off = descs_off + slots * DESC_WORDS * 8
     payload_off = (payload_off + PAGE - 1) // PAGE * PAGE
     # whole words: the segment is viewed as 64-bit words, whatever the slot size
     total = (payload_off + slots * slot_bytes + 7) // 8 * 8
-    return rows_off, states_off, descs_off, payload_off, total
+    return rows_off, descs_off, payload_off, total
 
 
 def owner_token(ident: Identity | tuple[int, int]) -> int:
@@ -321,15 +325,17 @@ class Ring:
         self.slots = int(q[H_SLOTS])
         self.slot_bytes = int(q[H_SLOT_BYTES])
         self.rows = int(q[H_ROWS])
-        rows_off, states_off, descs_off, payload_off, total = _geometry(
+        rows_off, descs_off, payload_off, total = _geometry(
             self.slots, self.slot_bytes, self.rows
         )
         if total > len(self._map):
             self._release_views()
             raise RingLayoutError(f"ring {name!r} is smaller than its header says")
         self._rows_w = rows_off // 8
-        self._states = self._mv[states_off : states_off + self.slots * 4].cast("I")
         self._descs_w = descs_off // 8
+        # every slot's state word, as one strided view: counted in one pass
+        self._states = self._q[self._descs_w : self._descs_w + self.slots * DESC_WORDS
+                               : DESC_WORDS]
         self._payload_off = payload_off
         self._me = proc.self_identity()
         self._tok = owner_token(self._me)
@@ -351,7 +357,7 @@ class Ring:
         if slots < 1 or slot_bytes < 1 or rows < 2:
             raise ValueError("a ring needs at least one slot of one byte and two rows")
         shm_name, lock_name, ready_name = _names(name)
-        size = _geometry(slots, slot_bytes, rows)[4]
+        size = _geometry(slots, slot_bytes, rows)[3]
         try:
             shm = posix_ipc.SharedMemory(shm_name, posix_ipc.O_CREX, mode=mode, size=size)
         except posix_ipc.ExistentialError:
@@ -584,7 +590,7 @@ class Ring:
                 return PutResult.FULL
             idx = head % self.slots
         # the descriptor first: a slot still FREE may hold anything
-        _DESC.pack_into(self._map, self._descs_off + idx * (DESC_WORDS * 8), self._tok, head, n,
+        _DESC.pack_into(self._map, self._descs_off + idx * (DESC_WORDS * 8) + 8, self._tok, head, n,
                         0, time.time_ns() // 1000, raw_id)
         states[idx] = FILLING
         o = self._payload_off + idx * self.slot_bytes
@@ -693,7 +699,7 @@ class Ring:
         if idx < 0:
             return None
         seq, n, attempts, enq, raw = _DESC_AFTER_OWNER.unpack_from(
-            self._map, self._descs_off + idx * (DESC_WORDS * 8) + 8
+            self._map, self._descs_off + idx * (DESC_WORDS * 8) + 16
         )
         o = self._payload_off + idx * self.slot_bytes
         return Claim(idx, seq, raw.rstrip(b"\0").decode("ascii"), self._map[o : o + n],

@@ -105,8 +105,8 @@ def interrupted_put(
     idx = seq % r.slots
     assert r._states[idx] == SlotState.FREE
     ringmod._DESC.pack_into(
-        r._map, r._descs_off + idx * ringmod.DESC_WORDS * 8, owner_token(who), seq, len(data), 0,
-        time.time_ns() // 1000, msgid.encode(),
+        r._map, r._descs_off + idx * ringmod.DESC_WORDS * 8 + 8, owner_token(who), seq,
+        len(data), 0, time.time_ns() // 1000, msgid.encode(),
     )
     r._states[idx] = SlotState.FILLING
     o = r._payload_off + idx * r.slot_bytes

@@ -52,7 +52,7 @@ def slot_contents(r: Ring) -> dict[str, tuple[SlotState, int, int, Identity | No
         if state not in (SlotState.READY, SlotState.CLAIMED):
             continue
         owner, _seq, size, attempts, _enq, raw = ringmod._DESC.unpack_from(
-            r._map, r._descs_off + idx * ringmod.DESC_WORDS * 8
+            r._map, r._descs_off + idx * ringmod.DESC_WORDS * 8 + 8
         )
         msgid = raw.rstrip(b"\0").decode()
         assert msgid not in out, f"{msgid} is in two slots"
