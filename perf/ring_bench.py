@@ -2,7 +2,8 @@
 
 One producer process moves N messages of 4 KiB to one or two consumer
 processes through each transport; every row is the median of ``--runs`` runs
-measured in this one invocation, so the rows compare on the same machine state.
+measured in this one invocation, the transports taking turns, so the rows
+compare on the same machine state.
 
     python3 perf/ring_bench.py                # table
     python3 perf/ring_bench.py --json         # rows as JSON objects
@@ -32,8 +33,8 @@ from ringtrap.ring import PutResult, Ring
 CTX = mp.get_context("fork")
 MQ_DEPTH = [0]  # the depth the kernel allowed, reported under the table
 STOP = b"STOP"
-# how long the ring producer sleeps when the ring is full: about what a
-# futex wake-up costs, a tenth of what the consumers need to empty 1,024 slots
+# how long the ring producer sleeps when the ring is full: short next to the
+# 3 ms or so the consumers need to empty 1,024 slots
 _FULL_WAIT = 50e-6
 
 
@@ -191,18 +192,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true", help="print rows as JSON")
     args = ap.parse_args(argv)
 
+    keys = args.only.split(",")
+    if "fasterfifo" in keys:
+        try:
+            import faster_fifo  # noqa: F401
+        except ImportError:
+            print("skipping faster-fifo: not installed", file=sys.stderr)
+            keys.remove("fasterfifo")
     rows = []
     for consumers in (int(c) for c in args.topologies.split(",")):
-        for key in args.only.split(","):
-            label, fn = TRANSPORTS[key]
-            if key == "fasterfifo":
-                try:
-                    import faster_fifo  # noqa: F401
-                except ImportError:
-                    print(f"skipping {label}: not installed", file=sys.stderr)
-                    continue
-            times = [fn(args.messages, consumers, args.size) for _ in range(args.runs)]
-            t = statistics.median(times)
+        # runs take turns across transports, so a change in the machine's
+        # state during the benchmark falls on every row alike
+        times: dict[str, list[float]] = {key: [] for key in keys}
+        for _ in range(args.runs):
+            for key in keys:
+                times[key].append(TRANSPORTS[key][1](args.messages, consumers, args.size))
+        for key in keys:
+            label = TRANSPORTS[key][0]
+            t = statistics.median(times[key])
             rate = args.messages / t
             rows.append({
                 "name": label,
