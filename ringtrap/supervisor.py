@@ -409,7 +409,9 @@ class Supervisor:
             old = Ring.attach(cfg.name)
         except ringmod.RingLayoutError as e:
             raise SetupError(
-                f"{e}; remove it with 'ringtrap cleanup' if no ringtrap is running"
+                f"{e}; if no ringtrap is running, drain it with the version that made it "
+                f"(start it, then stop it with TERM) or remove it, and the messages in it, "
+                f"with: rm -f {' '.join(ringmod.shm_paths(cfg.name))}"
             ) from None
         owner = old.owner
         if owner.pid != os.getpid() and proc.is_alive(owner):

@@ -274,6 +274,31 @@ def test_sigkill_supervisor_then_restart_adopts_everything(
         trap.close()
 
 
+def test_a_ring_of_another_layout_version_is_refused_and_kept(tmp_path: Path) -> None:
+    """An upgrade over a ring left by a crash: refused with what to do, nothing removed."""
+    from ringtrap import ring as ringmod
+
+    trap = Trap(tmp_path)
+    old = ringmod.Ring.create(trap.ring_name, 64, 65536)
+    try:
+        assert old.put("0640c3f1a2b3c-0004d2", b"held by the old version") is ringmod.PutResult.OK
+        old._q[ringmod.H_VERSION] = ringmod.VERSION - 1
+        trap.start(wait=False)
+        assert trap.wait_exit(30) == 78
+        log = trap.log_tail()
+        assert f"layout version {ringmod.VERSION - 1}" in log
+        assert "stop it with TERM" in log
+        assert " ".join(ringmod.shm_paths(trap.ring_name)) in log
+        # the segment and its message are still there for the old version to drain
+        assert all(os.path.exists(p) for p in ringmod.shm_paths(trap.ring_name))
+        old._q[ringmod.H_VERSION] = ringmod.VERSION
+        c = old.claim(timeout=0)
+        assert c is not None and c.data == b"held by the old version"
+    finally:
+        old.close()
+        trap.close()
+
+
 def test_purge_drops_the_backlog_and_counts_it(tmp_path: Path) -> None:
     with running_trap(tmp_path, {"ring": {"slots": 8}}) as trap:
         workers = trap.child_pids("worker")
