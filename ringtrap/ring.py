@@ -589,6 +589,8 @@ class Ring:
         head = q[H_HEAD]
         idx = head % self.slots
         if states[idx] != FREE:
+            if states[idx] != CLAIMED:
+                return _FULL  # the common full ring: a message not yet taken
             head = self._step_over_stuck(head)
             if head < 0:
                 return _FULL
