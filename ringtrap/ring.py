@@ -21,7 +21,7 @@ Segment layout (native byte order, every field a 64-bit word unless noted)::
                      16..79 counters (see ringtrap.counters)
     DESCS           DESC_WORDS words per slot, cache-line aligned
                       0 state  1 owner  2 seq  3 length  4 attempts
-                      5 enqueued (wall us)  6..7 reserved
+                      5 enqueued (wall us)  6 releases (give-backs)  7 reserved
                       8..11 message id (32 bytes)  12..15 reserved
                     (a claim and its ack touch only the first line: the state
                     lives there rather than in an array shared by neighbours)
@@ -93,9 +93,10 @@ R_PID, R_ROLE, R_START, R_STATE, R_INDEX, R_BEAT, R_SINCE = range(7)
 R_ID = 8
 R_COUNTERS = 16
 # descriptor words
-D_STATE, D_OWNER, D_SEQ, D_LEN, D_ATTEMPTS, D_ENQ = range(6)
+D_STATE, D_OWNER, D_SEQ, D_LEN, D_ATTEMPTS, D_ENQ, D_RELEASES = range(7)
 D_ID = 8
 # owner, seq, length, attempts, enqueued, id: packed from the owner word on
+# (releases and the reserved word are zeroed with them)
 _DESC = struct.Struct("5Q16x32s")
 _DESC_AFTER_OWNER = struct.Struct("4Q16x32s")
 _LINE = 64
@@ -345,8 +346,8 @@ class Ring:
         self._tok = owner_token(self._me)
         self._descs_off = descs_off
         self._orphan_seen: tuple[int, float] | None = None
-        # (slot, seq, owner) of claims that blocked a put -> when first seen
-        self._blocked_by: dict[tuple[int, int, int], int] = {}
+        # claims that blocked a put (see _claim_key) -> when first seen
+        self._blocked_by: dict[tuple[int, ...], int] = {}
 
     # lifecycle -------------------------------------------------------------
 
@@ -436,6 +437,7 @@ class Ring:
         q[H_GENERATION] += 1
         ring.break_lock_if_dead()
         ring.recover_dead()
+        ring.recount_strays()
         ring.retire_dead_rows()
         ring._reset_ready()
         return ring
@@ -614,35 +616,44 @@ class Ring:
         first put it blocked is remembered here, so claimers write no clock
         into the ring.  After a producer restart the clock starts again.
         """
-        q = self._q
         states = self._states
         seen = self._blocked_by
         now = time.monotonic_ns()
-        idx = head % self.slots
+        # Every claim in the run ahead starts its clock now, not when the one
+        # before it has been stepped over: a run of stuck claims is stepped
+        # over after one timeout, not one per claim.
+        ages = []
+        seq = head
         for _ in range(_MAX_SKIP):
+            idx = seq % self.slots
             if states[idx] != CLAIMED:
-                return -1
-            d = self._descs_w + idx * DESC_WORDS
-            claim = (idx, int(q[d + D_SEQ]), int(q[d + D_OWNER]))
-            first = seen.setdefault(claim, now)
-            if now - first < _SKIP_CLAIMS_OLDER_NS:
-                if len(seen) > 4 * _MAX_SKIP:
-                    self._forget_finished_claims()
-                return -1
+                break
+            ages.append(now - seen.setdefault(self._claim_key(idx), now))
+            seq += 1
+        if len(seen) > 4 * _MAX_SKIP:
+            self._forget_finished_claims()
+        for age in ages:
+            if age < _SKIP_CLAIMS_OLDER_NS:
+                return -1  # a claim in progress: wait for it (the put spills)
             head += 1  # a stuck claim from an earlier lap: step over it
-            idx = head % self.slots
-            if states[idx] == FREE:
+            if states[head % self.slots] == FREE:
                 return head
         return -1
 
-    def _forget_finished_claims(self) -> None:
+    def _claim_key(self, idx: int) -> tuple[int, ...]:
+        """What tells one claim of slot ``idx`` from another: a message given
+        back (released or requeued) and taken again is a new claim."""
         q = self._q
+        d = self._descs_w + idx * DESC_WORDS
+        return (idx, int(q[d + D_SEQ]), int(q[d + D_OWNER]), int(q[d + D_ATTEMPTS]),
+                int(q[d + D_RELEASES]))
+
+    def _forget_finished_claims(self) -> None:
         states = self._states
-        for claim in list(self._blocked_by):
-            idx, seq, owner = claim
-            d = self._descs_w + idx * DESC_WORDS
-            if states[idx] != CLAIMED or q[d + D_SEQ] != seq or q[d + D_OWNER] != owner:
-                del self._blocked_by[claim]
+        for key in list(self._blocked_by):
+            idx = key[0]
+            if states[idx] != CLAIMED or self._claim_key(idx) != key:
+                del self._blocked_by[key]
 
     def has_free_slot(self) -> bool:
         """Cheap hint (producer side) that the slot at head is free.
@@ -810,8 +821,12 @@ class Ring:
         self._acquire_patiently()
         try:
             self._check_owner(claim, owner)
-            self._states[claim.slot] = READY
+            # counted before it is READY: a death between the two stores
+            # leaves a count too high (healed by the next scan), never a
+            # READY slot behind tail that nothing will look for
             self._q[H_STRAY] += 1
+            self._q[self._descs_w + claim.slot * DESC_WORDS + D_RELEASES] += 1
+            self._states[claim.slot] = READY
         finally:
             self._release()
         self._ready_sem.release()
@@ -858,11 +873,11 @@ class Ring:
                     freed += 1
                     continue
                 q[d + D_ATTEMPTS] += 1
+                if q[d + D_SEQ] < tail:
+                    q[H_STRAY] += 1  # before READY, as in release()
                 states[idx] = READY
                 requeued += 1
                 posts += 1
-                if q[d + D_SEQ] < tail:
-                    q[H_STRAY] += 1
             # a producer that died after marking READY but before advancing head,
             # maybe at a slot it stepped to as put() does.  head is the producer's
             # alone while it lives (it does not take the lock): move it only past
@@ -886,6 +901,26 @@ class Ring:
         for _ in range(posts):
             self._ready_sem.release()
         return RecoverResult(requeued, freed)
+
+    def recount_strays(self) -> int:
+        """Count the READY slots behind tail afresh; returns the count.
+
+        Claims look behind tail only while the count says so; adopt() and
+        a drain call this, so a count left too low by an older crash cannot
+        hide a message.
+        """
+        self._acquire_patiently()
+        try:
+            q = self._q
+            tail = q[H_TAIL]
+            n = 0
+            for idx, st in enumerate(self._states.tolist()):
+                if st == READY and q[self._descs_w + idx * DESC_WORDS + D_SEQ] < tail:
+                    n += 1
+            q[H_STRAY] = n
+        finally:
+            self._release()
+        return n
 
     def _reset_ready(self) -> None:
         """Make the "ready" count equal the READY slots (adopt only)."""

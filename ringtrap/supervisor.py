@@ -426,7 +426,14 @@ class Supervisor:
                         cfg.slots, cfg.slot_bytes)
             old.recover_dead()
             moved = self._evacuate(old)
+            left = old.snapshot().used
             old.close()
+            if left:
+                raise SetupError(
+                    f"ring {cfg.name!r} still holds {left} messages after moving {moved} to "
+                    f"the overflow; start with its old geometry "
+                    f"({old.slots} x {old.slot_bytes}) to process them"
+                )
             ringmod.unlink_name(cfg.name)
             log.info("moved %d messages from the old ring", moved)
             return Ring.create(cfg.name, cfg.slots, cfg.slot_bytes, mode=cfg.mode, rows=rows)
@@ -464,12 +471,20 @@ class Supervisor:
         """Move every READY message of ``ring`` to the overflow; returns the count."""
         assert self.overflow is not None
         moved = 0
+        recounted = False
         while True:
             c = ring.claim(timeout=0.0)
             if c is None:
                 if ring.snapshot().ready == 0:
                     return moved
+                if recounted:  # READY but out of reach: leave the ring in place
+                    log.error("ring %r: %d ready messages could not be taken",
+                              ring.name, ring.snapshot().ready)
+                    return moved
+                ring.recount_strays()
+                recounted = True
                 continue
+            recounted = False
             try:
                 self.overflow.spill(c.msgid, c.data, c.attempts)
             except OverflowFull:

@@ -299,6 +299,29 @@ def test_a_ring_of_another_layout_version_is_refused_and_kept(tmp_path: Path) ->
         trap.close()
 
 
+def test_a_geometry_change_never_drops_what_it_cannot_move(tmp_path: Path) -> None:
+    """The ring is recreated in a new size only once every message has moved."""
+    from ringtrap import ring as ringmod
+
+    trap = Trap(tmp_path, {"ring": {"slots": 32}})
+    old = ringmod.Ring.create(trap.ring_name, 64, 65536)
+    try:
+        for i in range(3):
+            assert old.put(f"0640c3f1a2b3{i}-0004d2", b"old %d" % i) is ringmod.PutResult.OK
+        held = old.claim(timeout=0)  # a live claimer the new supervisor cannot stop
+        assert held is not None
+        old._q[ringmod.H_OWNER_START] += 1  # the supervisor that made it is gone
+        trap.start(wait=False)
+        assert trap.wait_exit(30) == 78
+        assert "still holds 1 messages after moving 2" in trap.log_tail()
+        assert all(os.path.exists(p) for p in ringmod.shm_paths(trap.ring_name))
+        assert len(os.listdir(trap.overflow_dir / "new")) == 2
+        old.ack(held)
+    finally:
+        old.close()
+        trap.close()
+
+
 def test_purge_drops_the_backlog_and_counts_it(tmp_path: Path) -> None:
     with running_trap(tmp_path, {"ring": {"slots": 8}}) as trap:
         workers = trap.child_pids("worker")
