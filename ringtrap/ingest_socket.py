@@ -110,6 +110,35 @@ _DONTWAIT = socket.MSG_DONTWAIT
 _SEND_FLAGS = socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL
 
 
+def _nowait_io() -> bool:
+    """True if preadv2/pwritev2 honour RWF_NOWAIT on a socket (Linux 5.x on)."""
+    flag = getattr(os, "RWF_NOWAIT", None)
+    if flag is None:
+        return False
+    a, b = socket.socketpair()
+    try:
+        os.preadv(b.fileno(), [bytearray(1)], -1, flag)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        a.close()
+        b.close()
+    return False  # it waited for nothing and read: not honoured
+
+
+# A message that arrives whole is read, answered and closed on the bare
+# descriptor: a socket object would cost a getsockname() per connection (the
+# check CPython makes of a descriptor it wraps) and its own construction.
+# preadv2/pwritev2 with RWF_NOWAIT do not wait on the blocking descriptor, as
+# the per-call flags do for socket calls; without them, the descriptor is made
+# non-blocking instead.  SIGPIPE is ignored in the ingest (an EPIPE instead).
+_NOWAIT_IO = _nowait_io()
+_RWF_NOWAIT = getattr(os, "RWF_NOWAIT", 0)
+_preadv, _pwritev, _readv, _write = os.preadv, os.pwritev, os.readv, os.write
+
+
 _LINE_TOO_LARGE = reply_line(ERR, REASON_TOO_LARGE)
 _LINE_EMPTY = reply_line(ERR, REASON_EMPTY)
 _LINE_OVERFLOW_FULL = reply_line(TEMPFAIL, REASON_OVERFLOW_FULL)
@@ -460,8 +489,9 @@ class IngestServer:
 
     # -- accepting -------------------------------------------------------------
 
-    def _accepted(self, listener: socket.socket) -> Iterator[_socket.socket]:
-        """The connections waiting on ``listener``, at most a batch per turn."""
+    def _accepted(self, listener: socket.socket) -> Iterator[int]:
+        """The connections waiting on ``listener`` (descriptors), at most a batch
+        per turn."""
         accept = listener._accept  # (fd, address): see _Socket
         for _ in range(_ACCEPT_BATCH):
             try:
@@ -473,44 +503,48 @@ class IngestServer:
                     self._pause_accepting(e)
                     return
                 continue  # ECONNABORTED and the like concern one client only
-            yield _Socket(_AF_UNIX, _SOCK_STREAM, 0, fd)
+            yield fd
 
     def _accept(self) -> None:
         listener = self._listener
         assert listener is not None
         on_accept = self._on_accept
-        for sock in self._accepted(listener):
-            on_accept(sock)
+        for fd in self._accepted(listener):
+            on_accept(fd)
 
-    def _on_accept(self, sock: _socket.socket) -> None:
+    def _on_accept(self, fd: int) -> None:
         tally = self._tally
         tally[_CONNECTIONS] += 1
         if len(self._conns) + len(self._sessions) >= self.max_connections:
-            self._refuse_busy(sock)
+            self._refuse_busy(_Socket(_AF_UNIX, _SOCK_STREAM, 0, fd))
             return
         msgid = new_id()
+        nowait = _NOWAIT_IO
+        if not nowait:
+            os.set_blocking(fd, False)
         # Most clients have sent everything by the time they are accepted: two
         # reads (the data, then EOF) answer them without touching the selector.
         # Results of a read: bytes (0: EOF), -1 nothing yet, -2 a receive error.
         body = self._body
         try:
-            n = sock.recv_into(body, CHUNK, _DONTWAIT)
+            n = _preadv(fd, (body,), -1, _RWF_NOWAIT) if nowait else _readv(fd, (body,))
         except BlockingIOError:
             n = -1
         except OSError:
             n = -2
         more = -1
         if 0 < n < CHUNK:
+            rest = (body[n:],)
             try:
-                more = sock.recv_into(body[n:], CHUNK - n, _DONTWAIT)
+                more = _preadv(fd, rest, -1, _RWF_NOWAIT) if nowait else _readv(fd, rest)
             except BlockingIOError:
                 pass
             except OSError:
                 more = -2
         if n == 0 or (n > 0 and more == 0):
-            self._answer_whole(sock, msgid, n)
+            self._answer_whole(fd, msgid, n)
             return
-        conn = _Conn(sock, msgid, self._now)
+        conn = _Conn(_Socket(_AF_UNIX, _SOCK_STREAM, 0, fd), msgid, self._now)
         got = max(n, 0) + max(more, 0)
         if got:
             self._take(conn, body[:got])
@@ -528,7 +562,7 @@ class IngestServer:
         if due < self._idle_due:
             self._idle_due = due
 
-    def _answer_whole(self, sock: _socket.socket, msgid: str, n: int) -> None:
+    def _answer_whole(self, fd: int, msgid: str, n: int) -> None:
         """Store and answer a message that arrived whole in the receive buffer."""
         self._tally[_BYTES_IN] += n
         if not n:
@@ -543,10 +577,13 @@ class IngestServer:
             else:
                 line = self._stored(msgid, n, where)
         try:
-            sock.send(line, _SEND_FLAGS)
+            if _NOWAIT_IO:
+                _pwritev(fd, (line,), -1, _RWF_NOWAIT)
+            else:
+                _write(fd, line)
         except OSError as e:
             self._reply_lost(msgid, e)
-        sock.close()
+        os.close(fd)
 
     def _refuse_busy(self, sock: _socket.socket) -> None:
         self._tally[_CONNECTIONS_REFUSED] += 1
@@ -770,7 +807,8 @@ class IngestServer:
     # -- session sockets (submit, LMTP) -------------------------------------------
 
     def _accept_sessions(self, lst: _Listener) -> None:
-        for sock in self._accepted(lst.sock):
+        for fd in self._accepted(lst.sock):
+            sock = _Socket(_AF_UNIX, _SOCK_STREAM, 0, fd)
             self._tally[_CONNECTIONS] += 1
             if len(self._conns) + len(self._sessions) >= self.max_connections:
                 self._refuse_session(lst, sock)

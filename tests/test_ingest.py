@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from ringtrap import envelope, ids, proc, titles
+from ringtrap import envelope, ids, ingest_socket, proc, titles
 from ringtrap import ring as ringmod
 from ringtrap.config import Config, IngestConfig, OverflowConfig, RingConfig
 from ringtrap.counters import C
@@ -239,8 +239,19 @@ def titles_set(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
     return seen
 
 
-@pytest.fixture
-def make(base: Path, titles_set: list[tuple[str, str]]) -> Iterator[Callable[..., Harness]]:
+@pytest.fixture(params=["nowait", "nonblocking"])
+def make(
+    request: pytest.FixtureRequest,
+    base: Path,
+    titles_set: list[tuple[str, str]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[Callable[..., Harness]]:
+    """Harnesses, once per way of reading an accepted descriptor: preadv2 with
+    RWF_NOWAIT, and a non-blocking descriptor where a kernel lacks that."""
+    if request.param == "nonblocking":
+        monkeypatch.setattr(ingest_socket, "_NOWAIT_IO", False)
+    elif not ingest_socket._NOWAIT_IO:
+        pytest.skip("this kernel does not honour RWF_NOWAIT on sockets")
     made: list[Harness] = []
 
     def factory(**kwargs: object) -> Harness:
