@@ -50,6 +50,8 @@ import selectors
 import signal
 import socket
 import stat
+import struct
+import threading
 import time
 from collections.abc import Iterator
 from enum import IntEnum
@@ -105,27 +107,46 @@ _MAX_PENDING_OUT = 256 * 1024
 
 # The sockets stay in blocking mode; per-call flags make each call non-blocking,
 # which saves two fcntl calls per connection.  MSG_NOSIGNAL: a client that left
-# without reading its reply must cost an EPIPE, not a SIGPIPE.
+# without reading its reply must cost an EPIPE, not a SIGPIPE.  (The bare
+# descriptor writes below cannot pass it: the ingest ignores SIGPIPE instead.)
 _DONTWAIT = socket.MSG_DONTWAIT
 _SEND_FLAGS = socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL
+# how long the probe below lets a read that ignores RWF_NOWAIT wait
+_PROBE_WAIT = 0.2
 
 
 def _nowait_io() -> bool:
-    """True if preadv2/pwritev2 honour RWF_NOWAIT on a socket (Linux 5.x on)."""
+    """True if preadv2 and pwritev2 honour RWF_NOWAIT on a blocking socket.
+
+    Linux does from 5.x on; a kernel that rejects the flag says so, and one
+    that accepted it but waited anyway would be caught by the receive
+    timeout, so the probe never hangs and never answers yes wrongly.
+    """
     flag = getattr(os, "RWF_NOWAIT", None)
     if flag is None:
         return False
     a, b = socket.socketpair()
     try:
-        os.preadv(b.fileno(), [bytearray(1)], -1, flag)
-    except BlockingIOError:
-        return True
-    except OSError:
+        # blocking whatever socket.setdefaulttimeout() says: an EAGAIN must
+        # come from the flag, not from an O_NONBLOCK descriptor
+        a.setblocking(True)
+        b.setblocking(True)
+        b.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO,
+                     struct.pack("ll", 0, int(_PROBE_WAIT * 1e6)))
+        t0 = time.monotonic()
+        try:
+            os.preadv(b.fileno(), [bytearray(1)], -1, flag)
+        except BlockingIOError:
+            if time.monotonic() - t0 >= _PROBE_WAIT / 2:
+                return False  # it waited: the timeout answered, not the flag
+        else:
+            return False  # nothing was sent: a read cannot have succeeded
+        return os.pwritev(a.fileno(), [b"x"], -1, flag) == 1
+    except (OSError, NotImplementedError):
         return False
     finally:
         a.close()
         b.close()
-    return False  # it waited for nothing and read: not honoured
 
 
 # A message that arrives whole is read, answered and closed on the bare
@@ -133,7 +154,7 @@ def _nowait_io() -> bool:
 # check CPython makes of a descriptor it wraps) and its own construction.
 # preadv2/pwritev2 with RWF_NOWAIT do not wait on the blocking descriptor, as
 # the per-call flags do for socket calls; without them, the descriptor is made
-# non-blocking instead.  SIGPIPE is ignored in the ingest (an EPIPE instead).
+# non-blocking instead.
 _NOWAIT_IO = _nowait_io()
 _RWF_NOWAIT = getattr(os, "RWF_NOWAIT", 0)
 _preadv, _pwritev, _readv, _write = os.preadv, os.pwritev, os.readv, os.write
@@ -333,6 +354,11 @@ class IngestServer:
         hostname: str | None = None,
     ) -> None:
         self.store = Store(ring, overflow)
+        if (signal.getsignal(signal.SIGPIPE) != signal.SIG_IGN
+                and threading.current_thread() is threading.main_thread()):
+            # replies written on bare descriptors cannot pass MSG_NOSIGNAL: a
+            # client gone before its reply must cost an EPIPE, not the process
+            signal.signal(signal.SIGPIPE, signal.SIG_IGN)
         self.row = row
         self.max_message_bytes = max_message_bytes
         self.idle_timeout = idle_timeout
@@ -563,27 +589,32 @@ class IngestServer:
             self._idle_due = due
 
     def _answer_whole(self, fd: int, msgid: str, n: int) -> None:
-        """Store and answer a message that arrived whole in the receive buffer."""
-        self._tally[_BYTES_IN] += n
-        if not n:
-            line = self._refused(msgid, n, _LINE_EMPTY)
-        elif n > self.max_message_bytes:
-            line = self._refused(msgid, n, _LINE_TOO_LARGE)
-        else:
-            try:
-                where = self.store.put(msgid, self._whole[: _HLEN + n])
-            except (OverflowFull, OSError) as e:
-                line = self._refused(msgid, n, self._store_error(msgid, e))
-            else:
-                line = self._stored(msgid, n, where)
+        """Store and answer a message that arrived whole in the receive buffer.
+
+        The descriptor is closed whatever happens: no socket object would.
+        """
         try:
-            if _NOWAIT_IO:
-                _pwritev(fd, (line,), -1, _RWF_NOWAIT)
+            self._tally[_BYTES_IN] += n
+            if not n:
+                line = self._refused(msgid, n, _LINE_EMPTY)
+            elif n > self.max_message_bytes:
+                line = self._refused(msgid, n, _LINE_TOO_LARGE)
             else:
-                _write(fd, line)
-        except OSError as e:
-            self._reply_lost(msgid, e)
-        os.close(fd)
+                try:
+                    where = self.store.put(msgid, self._whole[: _HLEN + n])
+                except (OverflowFull, OSError) as e:
+                    line = self._refused(msgid, n, self._store_error(msgid, e))
+                else:
+                    line = self._stored(msgid, n, where)
+            try:
+                if _NOWAIT_IO:
+                    _pwritev(fd, (line,), -1, _RWF_NOWAIT)
+                else:
+                    _write(fd, line)
+            except OSError as e:
+                self._reply_lost(msgid, e)
+        finally:
+            os.close(fd)
 
     def _refuse_busy(self, sock: _socket.socket) -> None:
         self._tally[_CONNECTIONS_REFUSED] += 1

@@ -829,3 +829,50 @@ def test_child_exits_when_its_parent_is_gone(base: Path, titles_set: list[tuple[
         os.close(r)
         ring.close()
         ringmod.unlink_name(ring_name)
+
+
+def test_a_failure_while_answering_never_leaks_the_descriptor(
+    make: Callable[..., Harness],
+) -> None:
+    """A message answered on the bare descriptor: whatever goes wrong while
+    storing it, the descriptor is closed and the client sees the end."""
+    h = make()
+    h.server.stop(graceful=False)
+    h.thread.join(10)
+
+    class Broken:
+        def put(self, msgid: str, payload: object) -> None:
+            raise ValueError("a bug in the store")
+
+    h.server.store = Broken()  # type: ignore[assignment]
+    client, server_side = socket.socketpair()
+    fd = server_side.detach()
+    with pytest.raises(ValueError, match="a bug in the store"):
+        h.server._answer_whole(fd, ids.new_id(), 5)
+    with pytest.raises(OSError):
+        os.fstat(fd)
+    client.settimeout(5)
+    assert client.recv(10) == b""
+    client.close()
+
+
+def test_the_nowait_probe_never_hangs_and_never_says_yes_wrongly(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    if ingest_socket._nowait_io():
+        assert ingest_socket._NOWAIT_IO
+    real = os.preadv
+
+    def ignores_the_flag(fd: int, buffers: list[bytearray], offset: int, flags: int = 0) -> int:
+        return real(fd, buffers, offset)  # a kernel that accepts the flag and waits
+
+    monkeypatch.setattr(os, "preadv", ignores_the_flag)
+    t0 = time.monotonic()
+    assert ingest_socket._nowait_io() is False
+    # ...even where sockets are made non-blocking by a default timeout
+    socket.setdefaulttimeout(0.0)
+    try:
+        assert ingest_socket._nowait_io() is False
+    finally:
+        socket.setdefaulttimeout(None)
+    assert time.monotonic() - t0 < 5
