@@ -44,10 +44,8 @@ from spamd_fixture import SpamdProcess, _live_group_members  # noqa: E402
 from ringtrap import config as configmod  # noqa: E402
 from ringtrap import proc  # noqa: E402
 from ringtrap import ring as ringmod  # noqa: E402
-from ringtrap.cli import gather_status  # noqa: E402
-from ringtrap.counters import C  # noqa: E402
+from ringtrap.cli import count_purge, gather_status  # noqa: E402
 from ringtrap.overflow import Overflow, parse_ready  # noqa: E402
-from ringtrap.states import Role  # noqa: E402
 from ringtrap.top import Sampler  # noqa: E402
 
 MIB = 1024 * 1024
@@ -297,17 +295,7 @@ class StressTrap:
         o.recover_dead()
         dropped: list[str] = []
         res = o.purge(dropped=dropped)
-        try:
-            ring = ringmod.Ring.attach(self.cfg.ring.name)
-        except (ringmod.RingMissing, ringmod.RingLayoutError):
-            return dropped, res.bytes
-        try:
-            row = ring.register(Role.OTHER)
-            row.add(C.PURGED_FILES, res.count)
-            row.add(C.PURGED_BYTES, res.bytes)
-            ring.retire_row(row.row)
-        finally:
-            ring.close()
+        count_purge(self.cfg.ring.name, res.count, res.bytes)
         return dropped, res.bytes
 
     def quarantined_ids(self) -> list[str]:

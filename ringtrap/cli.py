@@ -208,10 +208,7 @@ def cmd_top(args: argparse.Namespace) -> int:
 
 
 def cmd_purge(args: argparse.Namespace) -> int:
-    from ringtrap import ring as ringmod
-    from ringtrap.counters import C
     from ringtrap.overflow import Overflow
-    from ringtrap.states import Role
 
     cfg = _load(args.config)
     try:
@@ -233,19 +230,21 @@ def cmd_purge(args: argparse.Namespace) -> int:
             dropped = staged.purge()
             print(f"dropped {dropped.count} messages ({dropped.bytes} bytes) from"
                   f" {configmod.stage_dir(cfg)}")
-    # count the drop where status and metrics read it, if the trap is running
-    try:
-        ring = ringmod.Ring.attach(cfg.ring.name)
-    except (ringmod.RingMissing, ringmod.RingLayoutError):
-        return 0
-    try:
-        row = ring.register(Role.OTHER)
-        row.add(C.PURGED_FILES, res.count)
-        row.add(C.PURGED_BYTES, res.bytes)
-        ring.retire_row(row.row)
-    finally:
-        ring.close()
+    count_purge(cfg.ring.name, res.count, res.bytes)
     return 0
+
+
+def count_purge(ring_name: str, count: int, nbytes: int) -> None:
+    """Count a purge where status and metrics read it, if the trap's ring exists."""
+    from ringtrap import ring as ringmod
+    from ringtrap.counters import C
+
+    try:
+        ring = ringmod.Ring.attach(ring_name)
+    except (ringmod.RingMissing, ringmod.RingLayoutError):
+        return
+    with ring:
+        ring.add_totals({C.PURGED_FILES: count, C.PURGED_BYTES: nbytes})
 
 
 def cmd_report(args: argparse.Namespace) -> int:

@@ -51,7 +51,6 @@ import signal
 import socket
 import stat
 import struct
-import threading
 import time
 from collections.abc import Iterator
 from enum import IntEnum
@@ -108,7 +107,8 @@ _MAX_PENDING_OUT = 256 * 1024
 # The sockets stay in blocking mode; per-call flags make each call non-blocking,
 # which saves two fcntl calls per connection.  MSG_NOSIGNAL: a client that left
 # without reading its reply must cost an EPIPE, not a SIGPIPE.  (The bare
-# descriptor writes below cannot pass it: the ingest ignores SIGPIPE instead.)
+# descriptor writes below cannot pass it: _ChildSignals ignores SIGPIPE, as
+# Python itself does by default.)
 _DONTWAIT = socket.MSG_DONTWAIT
 _SEND_FLAGS = socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL
 # how long the probe below lets a read that ignores RWF_NOWAIT wait
@@ -354,11 +354,6 @@ class IngestServer:
         hostname: str | None = None,
     ) -> None:
         self.store = Store(ring, overflow)
-        if (signal.getsignal(signal.SIGPIPE) != signal.SIG_IGN
-                and threading.current_thread() is threading.main_thread()):
-            # replies written on bare descriptors cannot pass MSG_NOSIGNAL: a
-            # client gone before its reply must cost an EPIPE, not the process
-            signal.signal(signal.SIGPIPE, signal.SIG_IGN)
         self.row = row
         self.max_message_bytes = max_message_bytes
         self.idle_timeout = idle_timeout

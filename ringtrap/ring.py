@@ -976,6 +976,16 @@ class Ring:
                 return row
         raise RingError("process table full")
 
+    def add_totals(self, counts: dict[int, int]) -> None:
+        """Add to the totals on behalf of no live process (e.g. a purge run
+        from the command line): counter index -> amount, into the retired block."""
+        self._acquire_patiently()
+        try:
+            for counter, n in counts.items():
+                self._q[H_RETIRED + counter] += n
+        finally:
+            self._release()
+
     def retire_row(self, row: int) -> None:
         """Fold a row's counters into the retired block and clear it (owner only).
 
