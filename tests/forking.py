@@ -7,6 +7,7 @@ that hangs fails the test instead of the run.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import signal
@@ -21,11 +22,40 @@ def body(msgid: str, size: int) -> bytes:
     return (seed * (size // len(seed) + 1))[:size]
 
 
-class Children:
-    """Forked children of one test; any left running are killed at teardown."""
+class Reaper:
+    """The children of one test: waited for with a deadline, the rest killed."""
 
     def __init__(self) -> None:
         self.pids: list[int] = []
+
+    def log(self, pid: int) -> str:
+        """What a child left behind to show when it hangs (nothing by default)."""
+        return ""
+
+    def wait(self, pid: int, timeout: float = 30.0) -> int:
+        """Exit code of ``pid`` (negative: killed by that signal), failing on a hang."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                self.pids.remove(pid)
+                return os.waitstatus_to_exitcode(status)
+            time.sleep(0.01)
+        details = self.log(pid)
+        raise AssertionError(f"child {pid} did not exit in {timeout} s"
+                             + (f":\n{details}" if details else ""))
+
+    def reap_all(self) -> None:
+        for pid in self.pids:
+            with contextlib.suppress(ProcessLookupError, ChildProcessError):
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+        self.pids.clear()
+
+
+class Children(Reaper):
+    """Forked children of one test that report on pipes; any left running are
+    killed at teardown."""
 
     def fork(self, fn: Callable[[int], None]) -> tuple[int, int]:
         """Run ``fn(write_fd)`` in a child; return (pid, read_fd) of its report pipe."""
@@ -49,26 +79,6 @@ class Children:
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
         self.pids.remove(pid)
-
-    def wait(self, pid: int, timeout: float = 30.0) -> int:
-        """Exit code of ``pid`` (negative: killed by that signal), failing on a hang."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            done, status = os.waitpid(pid, os.WNOHANG)
-            if done:
-                self.pids.remove(pid)
-                return os.waitstatus_to_exitcode(status)
-            time.sleep(0.01)
-        raise AssertionError(f"child {pid} did not exit in time")
-
-    def reap_all(self) -> None:
-        for pid in self.pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
-            except ChildProcessError:
-                pass
-        self.pids.clear()
 
 
 def read_line(fd: int, timeout: float = 20.0) -> str:

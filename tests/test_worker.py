@@ -8,7 +8,6 @@ Every test counts each message at the end: recorded once, acked, nothing left.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import logging
 import os
@@ -26,6 +25,7 @@ from typing import Any
 
 import psutil
 import pytest
+from forking import Reaper
 from spamd_fixture import SpamdProcess
 
 from ringtrap import config, envelope, ids, proc
@@ -130,11 +130,12 @@ def assert_drained(ring: Ring, overflow: Overflow) -> None:
     assert (stats.ready, stats.claimed, stats.writing) == (0, 0, 0)
 
 
-class Children:
-    """Forked children of one test; any still running at teardown are killed."""
+class Children(Reaper):
+    """Forked children of one test, each logging to a file the test can show;
+    any still running at teardown are killed."""
 
     def __init__(self, log_dir: Path) -> None:
-        self.pids: list[int] = []
+        super().__init__()
         self.log_dir = log_dir
 
     def fork(self, fn: Callable[[], int]) -> int:
@@ -158,27 +159,9 @@ class Children:
         self.pids.append(pid)
         return pid
 
-    def wait(self, pid: int, timeout: float = 20.0) -> int:
-        """Exit code of ``pid`` (negative: the signal that killed it)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            done, status = os.waitpid(pid, os.WNOHANG)
-            if done:
-                self.pids.remove(pid)
-                return os.waitstatus_to_exitcode(status)
-            time.sleep(0.02)
-        raise AssertionError(f"child {pid} did not exit in {timeout} s:\n{self.log(pid)}")
-
     def log(self, pid: int) -> str:
         path = self.log_dir / f"child-{pid}.log"
         return path.read_text(errors="replace") if path.exists() else "(no log)"
-
-    def reap_all(self) -> None:
-        for pid in self.pids:
-            with contextlib.suppress(ProcessLookupError, ChildProcessError):
-                os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
-        self.pids.clear()
 
 
 @pytest.fixture
