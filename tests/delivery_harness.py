@@ -1,4 +1,4 @@
-"""An ingest server with all three sockets (raw, submit, LMTP) served by a thread.
+"""An ingest server on its three sockets (raw, submit, LMTP) served by a thread.
 
 A real ring and a real overflow in a temporary directory; ``stored()`` reads
 back every message the ingest accepted, split into envelope and message.
@@ -54,7 +54,10 @@ class Server:
         max_message_bytes: int = 1 << 20,
         idle_timeout: float = 10.0,
         max_connections: int = 64,
+        sessions: bool = True,
+        overflow_type: type[Overflow] = Overflow,
     ) -> None:
+        """``sessions``: serve the submit and LMTP sockets beside the raw one."""
         self.base = base
         self.raw_path = base / "ingest.sock"
         self.submit_path = base / "submit.sock"
@@ -62,7 +65,7 @@ class Server:
         self.ring_name = f"rt-test-dlv-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.ring = Ring.create(self.ring_name, slots, slot_bytes)
         self.reader = Ring.attach(self.ring_name)
-        self.overflow = Overflow(base / "overflow", overflow_cap)
+        self.overflow = overflow_type(base / "overflow", overflow_cap)
         self.row: ProcRow = self.ring.register(Role.INGEST)
         self.server = IngestServer(
             bind_socket(self.raw_path),
@@ -72,8 +75,8 @@ class Server:
             idle_timeout=idle_timeout,
             max_connections=max_connections,
             row=self.row,
-            submit_listener=bind_socket(self.submit_path),
-            lmtp_listener=bind_socket(self.lmtp_path),
+            submit_listener=bind_socket(self.submit_path) if sessions else None,
+            lmtp_listener=bind_socket(self.lmtp_path) if sessions else None,
             hostname="trap.test",
         )
         self.errors: list[BaseException] = []

@@ -16,15 +16,16 @@ import socket
 import stat
 import subprocess
 import tempfile
-import threading
 import time
 import tracemalloc
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
+from delivery_harness import Server
 
 from ringtrap import envelope, ids, ingest_socket, proc, titles
 from ringtrap import ring as ringmod
@@ -41,14 +42,13 @@ from ringtrap.ingest_socket import (
     REASON_SHUTTING_DOWN,
     REASON_TOO_LARGE,
     TEMPFAIL,
-    IngestServer,
     bind_socket,
     child_main,
     reply_line,
 )
 from ringtrap.overflow import Overflow, SpillWriter
-from ringtrap.ring import ProcRow, Ring
-from ringtrap.states import ProcState, Role
+from ringtrap.ring import Ring
+from ringtrap.states import ProcState
 
 HEADER = envelope.header(None)
 INGEST_COUNTERS = (
@@ -143,47 +143,15 @@ class Client:
         self.sock.close()
 
 
-class Harness:
-    """A ring, an overflow and an ingest server served by a thread."""
+class Harness(Server):
+    """A ring, a recording overflow and an ingest server on the raw socket
+    alone, served by a thread."""
 
-    def __init__(
-        self,
-        base: Path,
-        *,
-        slots: int = 16,
-        slot_bytes: int = 4096,
-        overflow_cap: int = 64 << 20,
-        max_message_bytes: int = 1 << 20,
-        idle_timeout: float = 10.0,
-        max_connections: int = 64,
-    ) -> None:
-        self.base = base
-        self.sock_path = base / "ingest.sock"
-        self.ring_name = f"rt-test-ingest-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        self.ring = Ring.create(self.ring_name, slots, slot_bytes)
-        self.reader = Ring.attach(self.ring_name)
-        self.overflow = RecordingOverflow(base / "overflow", overflow_cap)
-        self.row: ProcRow = self.ring.register(Role.INGEST)
-        self.listener = bind_socket(self.sock_path)
-        self.server = IngestServer(
-            self.listener,
-            self.ring,
-            self.overflow,
-            max_message_bytes=max_message_bytes,
-            idle_timeout=idle_timeout,
-            max_connections=max_connections,
-            row=self.row,
-        )
-        self.errors: list[BaseException] = []
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
+    overflow: RecordingOverflow
 
-    def _serve(self) -> None:
-        try:
-            while not self.server.finished:
-                self.server.serve_once(0.02)
-        except BaseException as e:  # surfaced by close()
-            self.errors.append(e)
+    def __init__(self, base: Path, **options: Any) -> None:
+        super().__init__(base, sessions=False, overflow_type=RecordingOverflow, **options)
+        self.sock_path = self.raw_path
 
     def connect(self) -> Client:
         return Client(self.sock_path)
@@ -205,17 +173,6 @@ class Harness:
 
     def counters(self) -> dict[str, int]:
         return {c.name: self.row.get(c) for c in INGEST_COUNTERS}
-
-    def close(self) -> None:
-        self.server.stop(graceful=False)
-        self.thread.join(10)
-        self.server.close()
-        self.reader.close()
-        self.ring.close()
-        ringmod.unlink_name(self.ring_name)
-        if self.errors:
-            raise self.errors[0]
-        assert not self.thread.is_alive()
 
 
 @pytest.fixture
