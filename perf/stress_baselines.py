@@ -34,10 +34,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
+
+from stress_trap import group_cpu_seconds  # noqa: E402
 
 from ringtrap import ids  # noqa: E402
 from ringtrap import ring as ringmod  # noqa: E402
@@ -263,7 +263,7 @@ class SpamcRun:
         """CPU of the loops: the shells and every spamc they have run (reaped or running)."""
         total = 0.0
         for sh in self.shells:
-            total += _tree_cpu(sh.pid)
+            total += group_cpu_seconds(sh.pid, recursive=True)
         return total
 
     def stop(self) -> None:
@@ -277,20 +277,6 @@ class SpamcRun:
                 sh.stdout.close()
         for t in self._readers:
             t.join(5)
-
-
-def _tree_cpu(pid: int) -> float:
-    try:
-        p = psutil.Process(pid)
-        t = p.cpu_times()
-        total = t.user + t.system + t.children_user + t.children_system
-        for k in p.children(recursive=True):
-            with contextlib.suppress(psutil.Error):
-                kt = k.cpu_times()
-                total += kt.user + kt.system
-        return total
-    except psutil.Error:
-        return 0.0
 
 
 # --- pickup cost by queue depth, without spamd ------------------------------------------------

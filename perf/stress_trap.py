@@ -392,13 +392,14 @@ class ProcessMeter:
                 del self._procs[pid]
 
 
-def group_cpu_seconds(pid: int) -> float:
-    """CPU seconds of ``pid``, its live children and the children it has reaped."""
+def group_cpu_seconds(pid: int, recursive: bool = False) -> float:
+    """CPU seconds of ``pid``, its live children (their children too if
+    ``recursive``) and the children it has reaped."""
     try:
         p = psutil.Process(pid)
         t = p.cpu_times()
         total = t.user + t.system + t.children_user + t.children_system
-        for k in p.children():
+        for k in p.children(recursive=recursive):
             with contextlib.suppress(psutil.Error):
                 kt = k.cpu_times()
                 total += kt.user + kt.system
