@@ -610,28 +610,29 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(args.runs):
             for clients in counts:
                 for kind in kinds:
-                    result = run_row(
-                        kind,
-                        args.messages,
-                        clients,
-                        args.client_procs,
-                        args.size,
-                        work,
-                        not args.no_queued,
-                        args.drain,
+                    runs[kind, clients].append(
+                        run_row(
+                            kind,
+                            args.messages,
+                            clients,
+                            args.client_procs,
+                            args.size,
+                            work,
+                            not args.no_queued,
+                            args.drain,
+                        )
                     )
-                    result["run"] = len(runs[kind, clients])
-                    runs[kind, clients].append(result)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     rows = []
     for results in runs.values():
+        # a p99 moves with the machine's stalls: every run's is kept, in run order
+        p99s = [r["p99_ms"] for r in results]
         results.sort(key=lambda r: r["msgs_per_s"])
         row = dict(results[len(results) // 2])
         row["runs"] = len(results)
         row["server_cpu_us_per_msg_min"] = min(r["server_cpu_us_per_msg"] for r in results)
-        # a p99 moves with the machine's stalls: every run's is kept, in run order
-        row["p99_ms_runs"] = [r["p99_ms"] for r in sorted(results, key=lambda r: r["run"])]
+        row["p99_ms_runs"] = p99s
         if not args.no_queued:
             row["queued_cpu_us_per_msg"] = min(r["queued_cpu_us_per_msg"] for r in results)
         rows.append(row)

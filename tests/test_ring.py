@@ -963,18 +963,28 @@ def test_a_claim_in_progress_at_head_is_waited_for_not_stepped_over(name: str) -
         assert counts(r) == (0, 0, 4, 0)
 
 
+def hold_claims(r: Ring, held: int) -> list[Claim]:
+    """Fill ``r``, keep the first ``held`` claims and ack the rest: every slot
+    is used, and the ring is full behind claims still being scanned."""
+    for i in range(r.slots):
+        assert r.put(mid(i), b"x") is PutResult.OK
+    claims: list[Claim] = []
+    for _ in range(r.slots):
+        c = r.claim(timeout=0)
+        assert c is not None
+        claims.append(c)
+    for c in claims[held:]:
+        r.ack(c)
+    return claims[:held]
+
+
 def test_a_claim_is_stepped_over_once_it_has_blocked_puts_long_enough(
     name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(ringmod, "_SKIP_CLAIMS_OLDER_NS", 1_000_000_000)
     with Ring.create(name, 2, 16) as r:
-        for i in range(2):
-            assert r.put(mid(i), b"x") is PutResult.OK
-        stuck = r.claim(timeout=0)
-        assert stuck is not None and stuck.msgid == mid(0)
-        later = r.claim(timeout=0)
-        assert later is not None
-        r.ack(later)
+        [stuck] = hold_claims(r, 1)
+        assert stuck.msgid == mid(0)
         # the clock starts at the first put the claim blocks, not at the claim
         time.sleep(1.1)
         assert r.put(mid(2), b"y") is PutResult.FULL
@@ -995,12 +1005,7 @@ def test_a_message_given_back_and_taken_again_is_a_new_claim(
 ) -> None:
     monkeypatch.setattr(ringmod, "_SKIP_CLAIMS_OLDER_NS", 500_000_000)
     with Ring.create(name, 2, 16) as r:
-        for i in range(2):
-            assert r.put(mid(i), b"x") is PutResult.OK
-        first = r.claim(timeout=0)
-        other = r.claim(timeout=0)
-        assert first is not None and other is not None
-        r.ack(other)
+        [first] = hold_claims(r, 1)
         assert r.put(mid(2), b"y") is PutResult.FULL  # blocked by the first claim
         time.sleep(0.6)
         # a worker gives the message back (spamd down) and, later, takes it again:
@@ -1018,18 +1023,12 @@ def test_a_run_of_stuck_claims_is_stepped_over_after_one_timeout(
 ) -> None:
     monkeypatch.setattr(ringmod, "_SKIP_CLAIMS_OLDER_NS", 500_000_000)
     with Ring.create(name, 4, 16) as r:
-        for i in range(4):
-            assert r.put(mid(i), b"x") is PutResult.OK
-        stuck = [r.claim(timeout=0) for _ in range(3)]
-        last = r.claim(timeout=0)
-        assert all(stuck) and last is not None
-        r.ack(last)
+        stuck = hold_claims(r, 3)
         assert r.put(mid(4), b"y") is PutResult.FULL  # every stuck claim's clock starts
         time.sleep(0.6)
         assert r.put(mid(5), b"y") is PutResult.OK  # all three stepped over at once
         assert head(r) == 4 + 3 + 1
         for c in stuck:
-            assert c is not None
             r.ack(c)
 
 
