@@ -26,9 +26,8 @@ def checkout(tmp_path: Path) -> Path:
     log = tmp_path / "calls"
     # pip: logs its arguments; exits 1 while $PIP_OFFLINE is set
     (bin_ / "python").write_text(
-        "#!/bin/sh\n"
-        f'echo "python $*" >> {log}\n'
-        '[ -z "${PIP_OFFLINE:-}" ] || exit 1\n')
+        f'#!/bin/sh\necho "python $*" >> {log}\n[ -z "${{PIP_OFFLINE:-}}" ] || exit 1\n'
+    )
     (bin_ / "ringtrap").write_text(f'#!/bin/sh\necho "ringtrap $*" >> {log}\n')
     fake = tmp_path / "fakebin"
     fake.mkdir()
@@ -44,8 +43,13 @@ def dev_run(root: Path, tmp_path: Path, offline: bool = False) -> tuple[int, lis
     env = {**os.environ, "PATH": f"{tmp_path / 'fakebin'}:{os.environ['PATH']}"}
     if offline:
         env["PIP_OFFLINE"] = "1"
-    done = subprocess.run(["sh", str(root / "dev.sh"), "run", "--log-format", "json"], env=env,
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        ["sh", str(root / "dev.sh"), "run", "--log-format", "json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     calls = log.read_text().splitlines() if log.exists() else []
     return done.returncode, calls
 
