@@ -22,8 +22,9 @@ _SIGNALS = (
     ),
     (
         "INT, QUIT",
-        "Stop fast: children finish the scan they are in and exit; the ring stays"
-        " in /dev/shm and the next start adopts it and requeues what was in flight.",
+        "Stop fast: each worker finishes the scan it is in, records it and gives back what"
+        " it had not begun; the ring stays in /dev/shm and the next start adopts it and"
+        " requeues what was in flight.",
     ),
     (
         "HUP",
@@ -83,6 +84,8 @@ def man_page() -> str:
 
     lines = [
         f'.TH RINGTRAP 8 "" "ringtrap {__version__}" "System Administration"',
+        # keys and paths are looked up as written: never break them with a hyphen
+        ".nh",
         ".SH NAME",
         "ringtrap \\- spam-trap backend: a shared-memory ring, a tmpfs overflow and a spamd"
         " worker pool",
