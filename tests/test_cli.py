@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import tomllib
 import uuid
 from pathlib import Path
@@ -102,7 +103,29 @@ def test_status_of_a_trap_that_is_not_running(tmp_path: Path,
     conf = tmp_path / "t.toml"
     conf.write_text(f'[ring]\nname = "rt-cli-{uuid.uuid4().hex[:8]}"\n')
     code, out, err = run(capsys, "status", "--json", "-c", str(conf))
-    assert code == cli.EX_UNAVAILABLE and out == "" and "not running" in err
+    assert code == cli.EX_UNAVAILABLE and "not running" in err
+    # still an object on stdout, for the scripts that read it
+    down = json.loads(out)
+    assert down["running"] is False and down["ring"]["name"].startswith("rt-cli-")
+    # the same -c is given: no hint to give it
+    assert " -c " not in err
+
+
+def test_commands_that_find_nothing_without_c_hint_at_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # the defaults point nowhere this test's trap-less host has anything
+    tag = uuid.uuid4().hex[:8]
+    plain = configmod.defaults()
+    empty = configmod.override(plain, {"ring.name": f"rt-cli-{tag}",
+                                       "overflow.dir": str(tmp_path / "none"),
+                                       "results.dir": str(tmp_path / "results")})
+    monkeypatch.setattr(configmod, "defaults", lambda: empty)
+    for argv in (["status"], ["status", "--json"], ["report"]):
+        code, _, err = run(capsys, *argv)
+        assert code in (cli.EX_UNAVAILABLE, cli.EX_NOINPUT) and "-c FILE" in err, argv
+    code, out, _ = run(capsys, "purge")
+    assert code == 0 and "nothing to purge" in out and "-c FILE" in out
 
 
 def test_live_view_refuses_a_useless_interval(tmp_path: Path,
