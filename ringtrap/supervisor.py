@@ -787,8 +787,11 @@ class Supervisor:
 
     def spawn(self, c: Child) -> None:
         """Fork one child; its boot runs in a fixed order (see _child_boot)."""
+        log_pipe: tuple[int, int] | None = None
         if c.kind is Kind.SPAMD:
             argv = self._spamd_argv()
+            # spamd's stdout and stderr: relogged where the trap's own lines go
+            log_pipe = os.pipe()
         listener = self.listener
         parent = os.getpid()
         pid = self.os.fork()
@@ -796,12 +799,20 @@ class Supervisor:
             code = EX_SOFTWARE
             try:
                 _die_with_parent(parent)
+                if log_pipe is not None:
+                    os.dup2(log_pipe[1], 1)
+                    os.dup2(log_pipe[1], 2)
                 code = self._child_boot(c, listener,
                                         argv if c.kind is Kind.SPAMD else None)
             except BaseException:
                 logging.getLogger(__name__).exception("%s failed", c.name)
             finally:
                 os._exit(code)
+        if log_pipe is not None:
+            from ringtrap import spamd_log
+
+            os.close(log_pipe[1])
+            spamd_log.start(log_pipe[0])
         c.pid = pid
         c.ident = self.os.identity(pid)
         c.started = self.os.monotonic()
