@@ -605,8 +605,17 @@ class Supervisor:
         if fixed:
             log.warning("HUP: %s changes take effect at the next start", ", ".join(fixed))
             new = _keep_fixed(new, old)
+        managed = new.spamd.address.kind == "managed"
+        spamd_before = self._spamd_argv() if managed else []
         self.cfg = new
         self.generation += 1
+        if managed and self._spamd_argv() != spamd_before:
+            # --max-children follows workers.count: a pool resized needs a spamd resized
+            for c in self.children:
+                if c.kind is Kind.SPAMD and c.state is ChildState.RUNNING:
+                    log.info("HUP: restarting the managed spamd: %s",
+                             " ".join(self._spamd_argv()[1:]))
+                    self._stop_child(c, signal.SIGTERM)
         if self.overflow is not None:
             self.overflow.max_bytes = new.overflow.max_bytes
         self.next_purge_at = next_purge(self.os.time(), new.overflow.purge_at)

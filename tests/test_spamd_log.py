@@ -8,8 +8,9 @@ import shutil
 import signal
 from pathlib import Path
 
+import psutil
 import pytest
-from trap_fixture import message, reply_id, running_trap
+from trap_fixture import message, reply_id, running_trap, wait_until
 
 from ringtrap import spamd_log
 
@@ -53,3 +54,33 @@ def test_managed_spamd_logs_through_the_trap_into_its_log_file(tmp_path: Path) -
     assert len([r for r in spamd if r["level"] == "info"]) < len(ids), spamd
     # nothing of spamd's went past the log file to the trap's standard error
     assert "spamd:" not in stderr and "prefork:" not in stderr, stderr[-2000:]
+
+
+@pytest.mark.slow
+@pytest.mark.spamd
+def test_a_reload_that_resizes_the_pool_resizes_the_managed_spamd(tmp_path: Path) -> None:
+    if shutil.which("spamd") is None and not Path("/usr/sbin/spamd").exists():
+        pytest.skip("spamd is not installed")
+    settings = {"spamd": {"address": "managed", "extra_args": ["--local"]},
+                "workers": {"count": 2}}
+    with running_trap(tmp_path, settings) as trap:
+
+        def spamd_with(children: int) -> bool:
+            want = f"--max-children={children}"
+            for p in trap.children():
+                try:
+                    if want in p.cmdline():
+                        return True
+                except psutil.Error:
+                    pass  # a spamd on its way out
+            return False
+
+        wait_until(lambda: spamd_with(2), 60, "spamd with 2 children")
+        trap.settings["workers"]["count"] = 3
+        trap.write_config()
+        trap.signal(signal.SIGHUP)
+        wait_until(lambda: spamd_with(3), 60, "spamd restarted with 3 children")
+        # and it scans: the pool and spamd are back in step
+        ids = {reply_id(trap.send(message(i))) for i in range(3)}
+        recs = trap.wait_records(ids)
+        assert all(isinstance(r["score"], float) for r in recs)
