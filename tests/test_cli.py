@@ -1,4 +1,4 @@
-"""The ``ringtrap`` command line: config tooling, usage errors, the README's tables."""
+"""The ``ringtrap`` command line: config tooling, usage errors, the reference tables."""
 
 from __future__ import annotations
 
@@ -66,18 +66,18 @@ def test_config_check_of_a_missing_file_fails(tmp_path: Path,
     assert code == cli.EX_CONFIG and "none.toml" in err
 
 
-def test_readme_settings_table_is_the_generated_one(capsys: pytest.CaptureFixture[str]) -> None:
+def test_reference_settings_table_is_the_generated_one(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys, "config", "--docs")
     assert code == 0
     assert out == configmod.docs_table() + "\n"
-    readme = (ROOT / "README.md").read_text()
-    assert configmod.docs_table() in readme, "regenerate it: ringtrap config --docs"
+    reference = (ROOT / "docs" / "reference.md").read_text()
+    assert configmod.docs_table() in reference, "regenerate it: scripts/regen-docs"
 
 
-def test_readme_metrics_table_lists_every_metric() -> None:
+def test_reference_metrics_table_lists_every_metric() -> None:
     from ringtrap import metrics
 
-    readme = (ROOT / "README.md").read_text()
+    readme = (ROOT / "docs" / "reference.md").read_text()
     names = {n for n, *_ in metrics._LABELLED_COUNTERS} | {
         n for n, *_ in metrics._PLAIN_COUNTERS}
     names = {f"{n}_total" for n in names} | {
