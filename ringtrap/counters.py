@@ -50,7 +50,7 @@ class C(IntEnum):
     DRAINED_TO_OVERFLOW = 28  # ring messages moved to the overflow on TERM
     # supervisor: restarts by cause (RESTARTS stays their sum)
     RESTARTS_CRASHED = 29  # died unasked
-    RESTARTS_TOO_FAST = 30  # died within seconds of starting (restarted after a backoff)
+    RESTARTS_TOO_FAST = 30  # died before its boot finished (restarted after a backoff)
     RESTARTS_HUNG = 31  # killed for a stalled heartbeat
     # workers: scans by time waited on spamd, one counter per bucket of
     # SCAN_BUCKETS (not cumulative; the last bucket is everything slower)

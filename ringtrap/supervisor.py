@@ -26,6 +26,7 @@ import queue
 import random
 import signal
 import socket
+import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -51,10 +52,13 @@ SUPERVISOR_ROW = 0
 INGEST_ROW = 1
 FIRST_WORKER_ROW = 2
 
-# a child that dies within this long of starting "died too fast": back off
+# a booted child that dies within this long of starting is crash-looping: back off
 MIN_UPTIME = 2.0
 BACKOFF_MAX = 30.0
-# consecutive too-fast deaths of one child after which the unit gives up
+# a crash-looping child that booted is retried for ever, at most this far apart
+CRASH_BACKOFF_FIRST = 0.5
+CRASH_BACKOFF_MAX = 5.0
+# consecutive boot failures (deaths before the boot finished) after which the unit gives up
 MAX_BOOT_FAILURES = 5
 # a child is given this long to register and beat before its heartbeat counts
 BOOT_GRACE = 30.0
@@ -98,7 +102,10 @@ class Child:
     ident: Identity | None = None
     started: float = 0.0  # monotonic
     restart_at: float = 0.0  # monotonic; when WAITING
-    failures: int = 0  # consecutive too-fast deaths
+    failures: int = 0  # consecutive boot failures
+    crashes: int = 0  # consecutive deaths within MIN_UPTIME of a finished boot
+    booted: bool = False  # its row left STARTING (spamd: it answered PING as the listener)
+    boot_checked: float = 0.0  # monotonic; the managed spamd's last boot probe
     stop_sent: float = 0.0  # monotonic; when STOPPING
     abort_sent: float = 0.0  # monotonic; SIGABRT for a stalled heartbeat
     retire: bool = False  # do not restart after it exits (pool shrank, replaced)
@@ -147,8 +154,43 @@ def next_purge(now: float, at: dt.time) -> float:
 
 
 def backoff_delay(failures: int) -> float:
-    """Seconds to wait before restarting a child that died too fast ``failures`` times."""
+    """Seconds to wait before restarting a child that failed its boot ``failures`` times."""
     return float(min(BACKOFF_MAX, 2 ** max(0, failures - 1)))
+
+
+def crash_delay(crashes: int) -> float:
+    """Seconds to wait before restarting a booted child that died soon ``crashes`` times.
+
+    Zero for a child that ran a while: one crash costs no time.  A child
+    killed over and over (a poison message, an operator's loop) is slowed
+    down, never given up on: it booted, so it can run.
+    """
+    if crashes <= 0:
+        return 0.0
+    return min(CRASH_BACKOFF_MAX, CRASH_BACKOFF_FIRST * 2 ** (crashes - 1))
+
+
+def spamd_answers_as(path: Path, pid: int, timeout: float = 1.0) -> bool:
+    """True if the spamd listening on ``path`` is process ``pid`` and answers PING.
+
+    SO_PEERCRED names the process that bound the listening socket: a spamd
+    left by an older supervisor answers PING on the same path but is not
+    ours, and ours has not booted while it holds the socket.
+    """
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        try:
+            s.connect(str(path))
+            creds = s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+            if struct.unpack("3i", creds)[0] != pid:
+                return False
+            s.sendall(b"PING SPAMC/1.5\r\n\r\n")
+            reply = b""
+            while len(reply) < 256 and (chunk := s.recv(256)):
+                reply += chunk
+        except OSError:
+            return False
+    return reply.startswith(b"SPAMD/") and b"PONG" in reply
 
 
 def managed_spamd_socket(cfg: Config) -> Path:
@@ -648,6 +690,7 @@ class Supervisor:
                 self.row.beat()
         now = self.os.monotonic()
         if self.phase is Phase.RUNNING:
+            self.check_boots(now)
             self.check_heartbeats(now)
             self._roll_workers()
             self.reconcile()
@@ -807,6 +850,8 @@ class Supervisor:
         c.started = self.os.monotonic()
         c.abort_sent = 0.0
         c.stop_sent = 0.0
+        c.booted = False
+        c.boot_checked = 0.0
         c.generation = self.generation
         self._set_state(c, ChildState.RUNNING, f"pid {pid}")
         log.info("started %s (pid %d)", c.name, pid,
@@ -907,26 +952,28 @@ class Supervisor:
                 return
             time.sleep(0.05)
 
-    def classify(self, c: Child, status: int, now: float, did_work: bool = False) -> ExitCause:
+    def classify(self, c: Child, status: int, booted: bool) -> ExitCause:
         """The one place an exit is classified.
 
-        ``did_work``: the child got as far as handling a message, so a quick
-        exit is not a failure to boot (a worker recycled after one big message).
+        ``booted``: the child finished its boot (see :meth:`_booted`).  Only a
+        child that never did failed to start, however long it took to fail
+        (a spamd that loads its rules and cannot bind) or however soon a
+        booted one died (killed right after it registered).
         """
         if c.abort_sent:
             return ExitCause.HUNG
         if c.state is ChildState.STOPPING:
             return ExitCause.REQUESTED
-        clean = os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
-        if now - c.started < MIN_UPTIME and not (clean and did_work):
+        if not booted:
             return ExitCause.TOO_FAST
-        if clean:
+        if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
             return ExitCause.REQUESTED  # e.g. a worker recycled over its memory limit
         return ExitCause.CRASHED
 
     def on_exit(self, c: Child, status: int) -> None:
         now = self.os.monotonic()
-        cause = self.classify(c, status, now, did_work=self._did_work(c))
+        booted = self._booted(c)
+        cause = self.classify(c, status, booted)
         how = _describe_status(status)
         ident = c.ident
         pid = c.pid
@@ -940,6 +987,9 @@ class Supervisor:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 self.os.killpg(pid, signal.SIGKILL)
         c.failures = c.failures + 1 if cause is ExitCause.TOO_FAST else 0
+        if booted:
+            c.crashes = c.crashes + 1 if (cause is not ExitCause.REQUESTED
+                                          and now - c.started < MIN_UPTIME) else 0
         level = logging.INFO if cause is ExitCause.REQUESTED else logging.ERROR
         log.log(level, "%s exited (%s): %s", c.name, how, cause.name.lower().replace("_", " "),
                 extra={"event": "exit", "child": c.name, "status": how,
@@ -953,24 +1003,47 @@ class Supervisor:
             self._set_state(c, ChildState.EXITED, "gave up")
             self.begin_drain()
             return
-        delay = backoff_delay(c.failures) if cause is ExitCause.TOO_FAST else 0.0
+        if cause is ExitCause.TOO_FAST:
+            delay = backoff_delay(c.failures)
+        elif cause is ExitCause.REQUESTED:
+            delay = 0.0
+        else:
+            delay = crash_delay(c.crashes)
         c.restart_at = now + delay
         self._set_state(c, ChildState.WAITING, how)
         if self.row and cause is not ExitCause.REQUESTED:
             self.row.add(C.RESTARTS)
             self.row.add(_RESTART_COUNTERS[cause])
         if cause is not ExitCause.REQUESTED:
-            log.warning("restarting %s in %.0f s", c.name, delay,
+            log.warning("restarting %s in %.1f s", c.name, delay,
                         extra={"event": "restart", "child": c.name, "delay_s": delay})
 
-    def _did_work(self, c: Child) -> bool:
-        if self.ring is None or c.ident is None or c.row < 0:
-            return False
+    def _booted(self, c: Child) -> bool:
+        """Whether ``c`` finished its boot: remembered, or its row says so now.
+
+        A ring child has booted once its process-table row (its own pid and
+        start) has left STARTING: it attached, registered and reached its
+        loop.  Read before its row is retired.
+        """
+        if c.booted or self.ring is None or c.ident is None or c.row < 0:
+            return c.booted
         for r in self.ring.read_rows():
             if r.row == c.row and (r.pid, r.start) == tuple(c.ident):
-                return (r.counters[C.PROCESSED] + r.counters[C.ACCEPTED_RING]
-                        + r.counters[C.ACCEPTED_OVERFLOW]) > 0
-        return False
+                c.booted = r.state is not ProcState.STARTING
+        return c.booted
+
+    def check_boots(self, now: float) -> None:
+        """Note which running children have finished their boot."""
+        for c in self.children:
+            if c.state is not ChildState.RUNNING or c.booted:
+                continue
+            if c.kind is not Kind.SPAMD:
+                self._booted(c)
+            elif now - c.boot_checked >= 1.0:
+                c.boot_checked = now
+                c.booted = spamd_answers_as(managed_spamd_socket(self.cfg), c.pid)
+                if c.booted:
+                    log.info("managed spamd (pid %d) answers", c.pid)
 
     def _recover(self, c: Child, ident: Identity | None) -> None:
         """Requeue what a dead child held in the ring and the overflow; fold its row."""

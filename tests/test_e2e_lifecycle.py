@@ -1,0 +1,123 @@
+"""End to end: the supervisor's own lifecycle under repeated faults.
+
+Real ``ringtrap run``, real spamd, real SIGKILLs: children killed over and
+over stay supervised, a start refused or a stop forced costs nothing it
+should not, and nothing accepted is lost.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from spamd_fixture import SpamdProcess
+from trap_fixture import Trap, message, reply_id, running_trap
+
+from ringtrap.supervisor import MAX_BOOT_FAILURES
+
+pytestmark = pytest.mark.slow
+
+KILL_EVERY = 1.5
+KILL_FOR = 30.0
+
+
+class Load:
+    """Delivers messages from a thread at a steady pace; keeps every OK'd id."""
+
+    def __init__(self, trap: Trap, per_second: float) -> None:
+        self.trap = trap
+        self.pause = 1.0 / per_second
+        self.ids: set[str] = set()
+        self.failures = 0  # refused or cut connections: the sender retries later
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Load:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(60)
+
+    def _run(self) -> None:
+        n = 0
+        while not self._stop.is_set():
+            n += 1
+            try:
+                reply = self.trap.send(message(n), timeout=10)
+            except OSError:
+                reply = b""
+            line = reply.decode(errors="replace").strip()
+            if line.startswith("OK "):
+                self.ids.add(line[3:])
+            else:
+                self.failures += 1
+            self._stop.wait(self.pause)
+
+
+def youngest_booted(trap: Trap, role: str) -> int | None:
+    """The newest live ``role`` process that has finished its boot, by its start time."""
+    st = trap.status()
+    pids = [p["pid"] for p in (st or {}).get("processes", [])
+            if p["role"] == role and p["alive"] and p["state"] != "starting"]
+    best: tuple[float, int] | None = None
+    for pid in pids:
+        try:
+            started = psutil.Process(pid).create_time()
+        except psutil.Error:
+            continue
+        if best is None or started > best[0]:
+            best = (started, pid)
+    return None if best is None else best[1]
+
+
+@pytest.mark.parametrize("role", ["worker", "ingest"])
+def test_a_child_sigkilled_every_1_5_s_for_30_s_leaves_the_trap_up_and_loses_nothing(
+    tmp_path: Path, spamd_server: SpamdProcess, role: str
+) -> None:
+    settings = {
+        "spamd": {"address": spamd_server.unix_address},
+        # the subject is the supervisor: a message hit by several kills is no poison here
+        "overflow": {"max_attempts": 50},
+    }
+    with running_trap(tmp_path, settings) as trap:
+        kills = 0
+        with Load(trap, per_second=10) as load:
+            deadline = time.monotonic() + KILL_FOR
+            while time.monotonic() < deadline:
+                assert trap.proc is not None and trap.proc.poll() is None, (
+                    f"the trap exited {trap.proc.returncode} after {kills} kills:\n"
+                    f"{trap.log_tail()}")
+                victim = youngest_booted(trap, role)
+                if victim is not None:
+                    try:
+                        os.kill(victim, signal.SIGKILL)
+                        kills += 1
+                    except ProcessLookupError:
+                        pass
+                time.sleep(KILL_EVERY)
+        # more deaths soon after a start than the supervisor gives boot failures
+        assert kills > MAX_BOOT_FAILURES
+        assert trap.proc is not None and trap.proc.poll() is None, trap.log_tail()
+        trap.wait_ready(timeout=60)
+        assert len(load.ids) > 20, f"only {len(load.ids)} accepted, {load.failures} refused"
+        ids = load.ids | {reply_id(trap.send(message(100_000 + i))) for i in range(10)}
+        records = trap.wait_records(ids, timeout=240)
+        recorded = {r["id"] for r in records}
+        st = trap.status()
+        assert st is not None
+        accepted = st["totals"]["accepted_ring"] + st["totals"]["accepted_overflow"]
+        if role == "worker":
+            # every OK is counted, every accepted message recorded, nothing else
+            assert accepted == len(ids) == len(recorded)
+        else:
+            # a killed ingest may have answered OK before it added the turn's tally
+            assert ids <= recorded
+            assert accepted <= len(recorded)
+        assert st["totals"]["quarantined"] == 0
