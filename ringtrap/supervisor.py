@@ -198,6 +198,20 @@ def managed_spamd_socket(cfg: Config) -> Path:
     return cfg.ingest.socket.parent / "spamd.sock"
 
 
+def spamd_owner_file(cfg: Config) -> Path:
+    """Where the supervisor records its managed spamd's identity: beside its socket."""
+    return cfg.ingest.socket.parent / "spamd.owner"
+
+
+def read_spamd_owner(path: Path) -> Identity | None:
+    """The identity a ``spamd.owner`` file records, None if it is missing or unreadable."""
+    try:
+        pid, start = (int(v) for v in path.read_text().split())
+    except (OSError, ValueError):
+        return None
+    return Identity(pid, start)
+
+
 def spamd_address(cfg: Config) -> str | None:
     """The address workers use, or None when scanning is off."""
     a = cfg.spamd.address
@@ -372,6 +386,8 @@ class Supervisor:
                 raise SetupError(f"ingest.{kind}_socket {path}: {e}") from None
             side.set_inheritable(False)
             self.side_listeners[kind] = side
+        # the sockets are ours now, so no live trap uses this runtime directory
+        self._stop_orphan_spamd()
         if target is not None:
             self._become(target, created)
         if cfg.metrics.listen is not None:
@@ -486,6 +502,47 @@ class Supervisor:
                  cfg.name, snap.generation, snap.ready, snap.requeued)
         return ring
 
+    def _stop_orphan_spamd(self) -> None:
+        """Stop a managed spamd that a crashed supervisor left running.
+
+        Run as root, spamd switches users and the kernel drops its
+        parent-death signal: it outlives a SIGKILLed supervisor, keeps the
+        socket, and every new spamd fails to bind.  Its identity was recorded
+        at its start; what is still running of its session is stopped.
+        """
+        path = spamd_owner_file(self.cfg)
+        old = read_spamd_owner(path)
+        if old is None:
+            return
+        if proc.session_members(old):
+            log.warning("stopping the managed spamd (pid %d) left by the previous supervisor",
+                        old.pid)
+            n = proc.stop_session(old, self.cfg.supervisor.graceful_timeout)
+            log.info("stopped %d spamd processes of the previous supervisor", n)
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+    def _record_spamd(self, ident: Identity | None) -> None:
+        """Write the managed spamd's identity for the next supervisor (see above)."""
+        if ident is None:
+            return
+        path = spamd_owner_file(self.cfg)
+        tmp = path.with_name(path.name + ".tmp")
+        try:
+            tmp.write_text(f"{ident.pid} {ident.start}\n")
+            os.replace(tmp, path)
+        except OSError as e:
+            log.warning("cannot record the managed spamd in %s: %s; a spamd left by a crash "
+                        "will not be stopped by the next start", path, e)
+
+    def _forget_spamd(self) -> None:
+        """Remove the record of a managed spamd that has exited."""
+        path = spamd_owner_file(self.cfg)
+        old = read_spamd_owner(path)
+        if old is not None and not proc.session_members(old):
+            with contextlib.suppress(OSError):
+                path.unlink()
+
     def _stop_old_generation(self, ring: Ring) -> None:
         """Stop processes of a crashed supervisor's generation still using the ring."""
         me = os.getpid()
@@ -569,6 +626,7 @@ class Supervisor:
                 ring.close()
         if self.listener is not None or self.side_listeners:
             self._close_listener()
+        self._forget_spamd()
         self._remove_pidfile()
         log.info("ringtrap stopped")
 
@@ -853,6 +911,8 @@ class Supervisor:
         c.booted = False
         c.boot_checked = 0.0
         c.generation = self.generation
+        if c.kind is Kind.SPAMD:
+            self._record_spamd(c.ident)
         self._set_state(c, ChildState.RUNNING, f"pid {pid}")
         log.info("started %s (pid %d)", c.name, pid,
                  extra={"event": "start", "child": c.name, "child_pid": pid})

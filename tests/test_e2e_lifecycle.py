@@ -7,6 +7,7 @@ should not, and nothing accepted is lost.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -16,7 +17,7 @@ from pathlib import Path
 import psutil
 import pytest
 from spamd_fixture import SpamdProcess
-from trap_fixture import Trap, message, reply_id, running_trap
+from trap_fixture import Trap, message, reply_id, running_trap, wait_until
 
 from ringtrap.supervisor import MAX_BOOT_FAILURES
 
@@ -121,3 +122,74 @@ def test_a_child_sigkilled_every_1_5_s_for_30_s_leaves_the_trap_up_and_loses_not
             assert ids <= recorded
             assert accepted <= len(recorded)
         assert st["totals"]["quarantined"] == 0
+
+
+def spamd_processes(socket_path: Path) -> list[psutil.Process]:
+    """Every live spamd parent started for ``socket_path``, whoever started it."""
+    found = []
+    for p in psutil.process_iter(["cmdline", "status"]):
+        cmd = " ".join(p.info["cmdline"] or [])
+        if f"--socketpath={socket_path}" in cmd and p.info["status"] != psutil.STATUS_ZOMBIE:
+            found.append(p)
+    return found
+
+
+def session_alive(pid: int) -> list[int]:
+    """Live processes whose session is ``pid``'s (a spamd and its children)."""
+    out = []
+    for p in psutil.process_iter(["status"]):
+        try:
+            if os.getsid(p.pid) == pid and p.info["status"] != psutil.STATUS_ZOMBIE:
+                out.append(p.pid)
+        except OSError:
+            continue
+    return out
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="spamd keeps running after its parent only as root")
+def test_a_managed_spamd_left_by_a_sigkilled_supervisor_is_stopped_by_the_next(
+    tmp_path: Path,
+) -> None:
+    from ringtrap.supervisor import spamd_answers_as
+
+    settings = {"spamd": {"address": "managed", "extra_args": ["--local"]}}
+    trap = Trap(tmp_path, settings)
+    sock = trap.rundir / "spamd.sock"
+    try:
+        trap.start()
+
+        def answering_spamd() -> int | None:
+            for p in spamd_processes(sock):
+                if spamd_answers_as(sock, p.pid):
+                    return p.pid
+            return None
+
+        old = wait_until(answering_spamd, 120, "the managed spamd to answer")
+        trap.signal(signal.SIGKILL)
+        trap.wait_exit(10)
+        # the orphan outlives its parent: run as nobody, it lost the parent-death signal
+        time.sleep(2)
+        assert old in [p.pid for p in spamd_processes(sock)], "the scenario needs an orphan"
+
+        trap.start()
+        new = wait_until(lambda: (pid := answering_spamd()) != old and pid, 120,
+                         "the new supervisor's spamd to answer")
+        assert session_alive(old) == []
+        assert [p.pid for p in spamd_processes(sock)] == [new]
+        msgid = reply_id(trap.send(message(1)))
+        [rec] = [r for r in trap.wait_records({msgid}) if r["id"] == msgid]
+        assert isinstance(rec["score"], float), "scanned by the new spamd"
+        time.sleep(5)  # a spamd that cannot keep its socket exits within seconds
+        st = trap.status()
+        assert st is not None and st["totals"]["restarts"] == 0, trap.log_tail()
+        assert [p.pid for p in spamd_processes(sock)] == [new]
+
+        trap.signal(signal.SIGTERM)
+        assert trap.wait_exit(120) == 0
+        wait_until(lambda: not session_alive(new), 30, "the spamd's session to be gone")
+        assert spamd_processes(sock) == []
+    finally:
+        for pid in (p.pid for p in spamd_processes(sock)):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+        trap.close()
