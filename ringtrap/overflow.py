@@ -489,11 +489,13 @@ class Overflow:
 
     # -- recovery ------------------------------------------------------------
 
-    def recover(self, owner: Identity) -> int:
+    def recover(self, owner: Identity, count_attempt: bool = True) -> int:
         """Requeue what ``owner`` held (attempts+1) and drop its tmp files.
 
         Only for an owner known to be dead or stopped. Each file moves by one
         rename, so a recovery cut short is simply finished by the next one.
+        ``count_attempt=False`` for an owner the supervisor itself killed (a
+        stop that ran out of time): the message did nothing wrong.
         Returns how many messages were requeued.
         """
         tag = "," + _owner_tag(owner)
@@ -505,12 +507,13 @@ class Overflow:
             if parsed is None:
                 continue
             msgid, size, attempts = parsed
-            dst = ready_name(msgid, size, attempts + 1)
+            attempts += int(count_attempt)
+            dst = ready_name(msgid, size, attempts)
             try:
                 os.rename(self._dirs["cur"] / name, self._dirs["new"] / dst)
             except FileNotFoundError:
                 continue  # a concurrent recovery moved it
-            log.info("%s: requeued from dead owner %s (attempt %d)", msgid, owner, attempts + 1)
+            log.info("%s: requeued from dead owner %s (attempt %d)", msgid, owner, attempts)
             self._requeue_into_cache(dst)
             count += 1
         dropped = 0

@@ -58,3 +58,4 @@ class ExitCause(IntEnum):
     TOO_FAST = 1  # died before its boot finished: back off, give up after a few
     CRASHED = 2  # died unasked after its boot: recover its claims, restart (slower if looping)
     HUNG = 3  # killed by us for a stalled heartbeat
+    CUT = 4  # killed by us at a stop's deadline: its claims go back, no attempt counted

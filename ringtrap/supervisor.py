@@ -108,6 +108,7 @@ class Child:
     boot_checked: float = 0.0  # monotonic; the managed spamd's last boot probe
     stop_sent: float = 0.0  # monotonic; when STOPPING
     abort_sent: float = 0.0  # monotonic; SIGABRT for a stalled heartbeat
+    cut: bool = False  # SIGKILLed by us because a stop ran past its deadline
     retire: bool = False  # do not restart after it exits (pool shrank, replaced)
     generation: int = 0  # config generation it was started with
 
@@ -243,6 +244,9 @@ class Supervisor:
         self.exit_code = EX_OK
         self.drained = False  # TERM: persist the ring on the way out
         self.drain_deadline = 0.0
+        # what a stop that ran out of time had to kill, for the last log line
+        self.cut_processes = 0
+        self.cut_messages = 0
         self.next_purge_at = 0.0
         self.spamd_next_ping = 0.0
         self.spamd_ping_failures = 0
@@ -628,7 +632,16 @@ class Supervisor:
             self._close_listener()
         self._forget_spamd()
         self._remove_pidfile()
-        log.info("ringtrap stopped")
+        how = "drain" if self.drained else "fast stop"
+        if self.cut_processes:
+            log.warning("ringtrap stopped: the %s ran out of time and cut %d processes holding "
+                        "%d messages (requeued, no attempt counted)", how, self.cut_processes,
+                        self.cut_messages, extra={"event": "stopped", "cut_processes":
+                                                  self.cut_processes,
+                                                  "cut_messages": self.cut_messages})
+        else:
+            log.info("ringtrap stopped: %s clean", how,
+                     extra={"event": "stopped", "cut_processes": 0, "cut_messages": 0})
 
     def begin_drain(self) -> None:
         self.phase = Phase.DRAINING
@@ -795,6 +808,7 @@ class Supervisor:
                 log.warning("shutdown deadline passed: killing %s",
                             ", ".join(c.name for c in late))
                 for c in late:
+                    c.cut = True
                     self._signal(c, signal.SIGKILL)
                 self._reap_blocking(5.0)
         if all(c.state in (ChildState.EXITED, ChildState.WAITING) for c in self.children):
@@ -908,6 +922,7 @@ class Supervisor:
         c.started = self.os.monotonic()
         c.abort_sent = 0.0
         c.stop_sent = 0.0
+        c.cut = False
         c.booted = False
         c.boot_checked = 0.0
         c.generation = self.generation
@@ -1020,6 +1035,8 @@ class Supervisor:
         (a spamd that loads its rules and cannot bind) or however soon a
         booted one died (killed right after it registered).
         """
+        if c.cut:
+            return ExitCause.CUT
         if c.abort_sent:
             return ExitCause.HUNG
         if c.state is ChildState.STOPPING:
@@ -1040,8 +1057,9 @@ class Supervisor:
         c.pid = 0
         c.ident = None
         if c.kind is not Kind.SPAMD:
-            self._recover(c, ident)
+            held = self._recover(c, ident, count_attempt=cause is not ExitCause.CUT)
         else:
+            held = 0
             # spamd's children outlive a parent that died hard (SIGKILL, OOM) and
             # keep serving the old socket; they are in its process group (setsid)
             with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -1050,7 +1068,11 @@ class Supervisor:
         if booted:
             c.crashes = c.crashes + 1 if (cause is not ExitCause.REQUESTED
                                           and now - c.started < MIN_UPTIME) else 0
-        level = logging.INFO if cause is ExitCause.REQUESTED else logging.ERROR
+        if cause is ExitCause.CUT:
+            self.cut_processes += 1
+            self.cut_messages += held
+        level = {ExitCause.REQUESTED: logging.INFO,
+                 ExitCause.CUT: logging.WARNING}.get(cause, logging.ERROR)
         log.log(level, "%s exited (%s): %s", c.name, how, cause.name.lower().replace("_", " "),
                 extra={"event": "exit", "child": c.name, "status": how,
                        "cause": cause.name.lower()})
@@ -1105,15 +1127,20 @@ class Supervisor:
                 if c.booted:
                     log.info("managed spamd (pid %d) answers", c.pid)
 
-    def _recover(self, c: Child, ident: Identity | None) -> None:
-        """Requeue what a dead child held in the ring and the overflow; fold its row."""
+    def _recover(self, c: Child, ident: Identity | None, count_attempt: bool = True) -> int:
+        """Requeue what a dead child held in the ring and the overflow; fold its row.
+
+        ``count_attempt``: False when we killed it ourselves at a stop's
+        deadline, so a merely slow message is not pushed towards quarantine.
+        Returns how many messages were requeued.
+        """
         if self.ring is None or self.overflow is None or ident is None:
-            return
-        res = self.ring.recover(ident)
-        n = self.overflow.recover(ident)
+            return 0
+        res = self.ring.recover(ident, count_attempt=count_attempt)
+        n = self.overflow.recover(ident, count_attempt=count_attempt)
         if self.stage_store is not None:
             # a stage worker's claims, and a scan worker's half-written hand-off
-            n += self.stage_store.recover(ident)
+            n += self.stage_store.recover(ident, count_attempt=count_attempt)
         if res.requeued or res.freed or n:
             log.warning("%s died holding %d ring and %d overflow messages: requeued "
                         "(%d half-written slots freed)", c.name, res.requeued, n, res.freed,
@@ -1126,6 +1153,7 @@ class Supervisor:
         r = rows.get(c.row)
         if r is not None and (r.pid, r.start) == tuple(ident):
             self.ring.retire_row(c.row)
+        return res.requeued + n
 
     # -- status -----------------------------------------------------------------
 

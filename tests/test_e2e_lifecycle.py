@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import threading
 import time
 from pathlib import Path
@@ -193,3 +194,45 @@ def test_a_managed_spamd_left_by_a_sigkilled_supervisor_is_stopped_by_the_next(
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
         trap.close()
+
+
+def test_stops_that_cut_a_slow_message_count_no_attempt(
+    tmp_path: Path, spamd_server: SpamdProcess
+) -> None:
+    from ringtrap.overflow import parse_ready
+
+    stall = tmp_path / "stall.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as slow_spamd:
+        # the kernel takes the connection and the request; no answer ever comes
+        slow_spamd.bind(str(stall))
+        slow_spamd.listen(16)
+        settings = {
+            "spamd": {"address": f"unix:{stall}"},
+            "supervisor": {"graceful_timeout": 2},
+            "overflow": {"max_attempts": 3},
+        }
+        trap = Trap(tmp_path, settings)
+        try:
+            def scanning(msgid: str) -> bool:
+                return any(p["state"] == "scanning" and p["message"] == msgid
+                           for p in (trap.status() or {}).get("processes", []))
+
+            trap.start()
+            msgid = reply_id(trap.send(message(1)))
+            for stop in range(3):
+                if stop:
+                    trap.start()
+                wait_until(lambda: scanning(msgid), 30, "a worker scanning the slow message")
+                trap.signal(signal.SIGTERM)
+                assert trap.wait_exit(60) == 0
+                kept = [parse_ready(n) for n in os.listdir(trap.overflow_dir / "new")]
+                assert [(m, attempts) for m, _, attempts in kept] == [(msgid, 0)], kept
+            trap.settings["spamd"] = {"address": spamd_server.unix_address}
+            trap.write_config()
+            trap.start()
+            [rec] = [r for r in trap.wait_records({msgid}, timeout=60) if r["id"] == msgid]
+            assert rec["attempts"] == 0 and rec["verdict"] in ("spam", "ham")
+            st = trap.status()
+            assert st is not None and st["totals"]["quarantined"] == 0
+        finally:
+            trap.close()

@@ -24,6 +24,7 @@ from ringtrap.supervisor import (
     Supervisor,
     backoff_delay,
     next_purge,
+    read_spamd_owner,
     spamd_answers_as,
 )
 
@@ -293,3 +294,32 @@ def test_drain_stops_the_stage_after_the_workers_that_feed_it(
     s.reap()
     s.progress_shutdown(fake.now)
     assert s.phase is Phase.DONE
+
+
+def test_children_killed_at_the_stop_deadline_are_cut_not_crashed(
+    sup: tuple[Supervisor, FakeOS], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    s, fake = sup
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    s.cfg = configmod.override(s.cfg, {"ingest.socket": str(tmp_path / "ingest.sock")})
+    spamd = Child(Kind.SPAMD, 0, -1)
+    s.children.append(spamd)
+    s.reconcile()
+    # the managed spamd's identity is on record for a supervisor started after a crash
+    assert read_spamd_owner(tmp_path / "spamd.owner") == spamd.ident
+    pids = [c.pid for c in s.children]
+    for c in s.children:
+        c.booted = True
+    causes: list[ExitCause] = []
+    classify = s.classify
+    monkeypatch.setattr(s, "classify", lambda *a: causes.append(classify(*a)) or causes[-1])
+    s.handle_term()
+    # nothing stops in time: the ingest hangs on, so workers and spamd never got TERM
+    fake.now = s.drain_deadline + 1
+    for c in s.children:
+        fake.exits.append((c.pid, signal_status(signal.SIGKILL)))
+    s.progress_shutdown(fake.now)
+    assert all((pid, signal.SIGKILL) in fake.killed for pid in pids)
+    assert causes == [ExitCause.CUT] * 4
+    assert s.cut_processes == 4
+    assert s.phase is Phase.DONE and s.exit_code == 0
