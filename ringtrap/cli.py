@@ -12,10 +12,13 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ringtrap import __version__
 from ringtrap import config as configmod
+
+if TYPE_CHECKING:
+    from ringtrap.overflow import Overflow
 
 EX_USAGE = 64
 EX_NOINPUT = 66
@@ -216,6 +219,8 @@ def cmd_purge(args: argparse.Namespace) -> int:
     except FileNotFoundError:
         print(f"ringtrap: no overflow directory {cfg.overflow.dir}; nothing to purge")
         return 0
+    if args.quarantine:
+        return _purge_quarantine(cfg, o)
     o.recover_dead()
     res = o.purge()
     print(f"dropped {res.count} messages ({res.bytes} bytes) from {cfg.overflow.dir}")
@@ -231,6 +236,34 @@ def cmd_purge(args: argparse.Namespace) -> int:
             print(f"dropped {dropped.count} messages ({dropped.bytes} bytes) from"
                   f" {configmod.stage_dir(cfg)}")
     count_purge(cfg.ring.name, res.count, res.bytes)
+    return 0
+
+
+def _purge_quarantine(cfg: configmod.Config, o: Overflow) -> int:
+    """``purge --quarantine``: drop failed/ of the overflow and of the stage, nothing else."""
+    import contextlib
+
+    from ringtrap import ring as ringmod
+    from ringtrap.counters import C
+    from ringtrap.overflow import Overflow
+
+    stores = [(cfg.overflow.dir, o)]
+    if cfg.stage.workers:
+        with contextlib.suppress(FileNotFoundError):
+            stores.append((configmod.stage_dir(cfg),
+                           Overflow(configmod.stage_dir(cfg), cfg.stage.max_bytes,
+                                    create=False)))
+    gone = 0
+    for path, store in stores:
+        res = store.purge_failed()
+        gone += res.count
+        print(f"dropped {res.count} quarantined messages ({res.bytes} bytes) from {path}")
+    try:
+        ring = ringmod.Ring.attach(cfg.ring.name)
+    except (ringmod.RingMissing, ringmod.RingLayoutError):
+        return 0
+    with ring:
+        ring.add_totals({C.PURGED_QUARANTINED: gone})
     return 0
 
 
@@ -338,6 +371,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_top)
     p = sub.add_parser("purge", help="drop the overflow backlog now")
     with_config(p)
+    p.add_argument("--quarantine", action="store_true",
+                   help="drop the quarantined messages (failed/) instead of the backlog")
     p.set_defaults(func=cmd_purge)
     p = sub.add_parser("report", help="the daily report: verdicts, rules, relays, URL"
                        " domains, campaigns, sizes, scan times")

@@ -896,6 +896,24 @@ class OverflowConfig:
             "A message that kills its worker this many times is quarantined, not retried.",
         ),
     )
+    quarantine_max_bytes: int = field(
+        default=64 * MiB,
+        metadata=_about(
+            _Size(lo=MiB),
+            "Cap on the quarantined messages kept in failed/ (of the overflow and of the"
+            " stage, each); past it the oldest are dropped. Quarantine never counts toward"
+            " overflow.max_bytes, so it cannot block spills.",
+        ),
+    )
+    quarantine_retention_days: int = field(
+        default=1,
+        metadata=_about(
+            _Integer(lo=0),
+            "Days a quarantined message is kept: the daily purge drops those that arrived"
+            " more than this many days minus one before it (1 = all of them, with the"
+            " backlog); 0 = never by age, only the cap and 'ringtrap purge --quarantine'.",
+        ),
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,7 +27,6 @@ nothing), so a repeat costs a call, never a double count in Bayes.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import signal
@@ -35,11 +34,12 @@ import time
 from types import FrameType
 
 from ringtrap import config as configmod
-from ringtrap import proc
+from ringtrap import envelope, proc, quarantine
 from ringtrap.config import Config
 from ringtrap.counters import C
 from ringtrap.overflow import Overflow, OverflowClaim, OverflowClaimLost
 from ringtrap.processing import split_payload
+from ringtrap.results import ResultSink
 from ringtrap.ring import ProcRow, Ring, RingError
 from ringtrap.spamd import SpamdClient, SpamdError
 from ringtrap.states import ProcState, Role
@@ -62,7 +62,8 @@ BACKOFF_MAX = 60.0
 
 def open_store(cfg: Config, *, create: bool = True) -> Overflow:
     """The stage's spill directory for ``cfg`` (created unless ``create`` is False)."""
-    return Overflow(configmod.stage_dir(cfg), cfg.stage.max_bytes, create=create)
+    return Overflow(configmod.stage_dir(cfg), cfg.stage.max_bytes, create=create,
+                    quarantine_max_bytes=cfg.overflow.quarantine_max_bytes)
 
 
 def spamd_address(cfg: Config, scanning: str | None) -> str | None:
@@ -75,15 +76,17 @@ def spamd_address(cfg: Config, scanning: str | None) -> str | None:
 class StageWorker:
     """The claim -> TELL -> ack loop of one stage process.
 
-    ``row`` (this process's process-table row) may be None in tools and tests.
+    ``row`` (this process's process-table row) may be None in tools and tests;
+    ``sink`` receives the record of each message the stage quarantines.
     """
 
     def __init__(self, cfg: Config, store: Overflow, client: SpamdClient, row: ProcRow | None,
                  index: int, *, parent_pid: int | None = None,
                  backoff_initial: float = BACKOFF_INITIAL,
-                 backoff_max: float = BACKOFF_MAX) -> None:
+                 backoff_max: float = BACKOFF_MAX, sink: ResultSink | None = None) -> None:
         self.cfg = cfg
         self.store = store
+        self.sink = sink
         self.client = client
         self.row = row
         self.index = index
@@ -132,9 +135,8 @@ class StageWorker:
         """Learn from and/or report one claimed message, then ack, release or quarantine it."""
         limit = self.cfg.overflow.max_attempts
         if claim.attempts >= limit:
-            with contextlib.suppress(OverflowClaimLost):
-                self.store.quarantine(claim, f"attempts {claim.attempts} reached the limit"
-                                             f" {limit} (a stage worker died holding it)")
+            self._quarantine(claim, f"attempts {claim.attempts} reached the limit {limit}"
+                                    " (a stage worker died holding it each time)")
             return
         try:
             payload = claim.read()
@@ -172,6 +174,39 @@ class StageWorker:
                                               ("reported", self.report)) if on),
                  (time.monotonic() - started) * 1000.0)
         self._idle()
+
+    def _quarantine(self, claim: OverflowClaim, reason: str, *, readable: bool = True) -> None:
+        """Record ``claim`` as quarantined (store "stage"), then move it into failed/.
+
+        As in the scan worker, the record comes first: dying before the move
+        means a second quarantine and a second record, never none.
+        """
+        head = None
+        if readable:
+            try:
+                with claim.open() as f:
+                    head = f.read(envelope.MAX_LINE)
+            except OSError:
+                head = None
+        if self.sink is not None:
+            rec = quarantine.record(
+                claim.msgid, claim.received, claim.attempts, reason, store="stage",
+                kept=self.store.keeps(claim.size),
+                path=self.store.quarantine_path(claim.msgid, claim.size, claim.attempts),
+                payload_size=claim.size, head=head)
+            try:
+                self.sink.write(rec)
+            except OSError as exc:
+                log.warning("%s: cannot record the quarantine (%s); released", claim.msgid, exc)
+                self.store.release(claim)
+                self._sleep(self.backoff_max)
+                return
+        try:
+            done = self.store.quarantine(claim, reason)
+        except OverflowClaimLost:
+            return
+        self._count(C.QUARANTINED)
+        self._count(C.QUARANTINE_DROPPED, done.dropped.count + (not done.kept))
 
     def _backoff(self, msgid: str, exc: SpamdError) -> None:
         self._delay = (self.backoff_initial if self._delay == 0.0
@@ -237,11 +272,12 @@ def child_main(cfg: Config, index: int, row_index: int, scanning_address: str | 
     try:
         try:
             store = open_store(cfg)
+            sink = ResultSink(cfg.results.dir, retention_days=cfg.results.retention_days)
             row = ring.register(Role.STAGE, index, row=row_index)
         except (OSError, RingError) as exc:
             log.error("stage %d: cannot start: %s", index, exc)
             return EXIT_SETUP
-        worker = StageWorker(cfg, store, client, row, index, parent_pid=parent)
+        worker = StageWorker(cfg, store, client, row, index, parent_pid=parent, sink=sink)
 
         def stop(signum: int, frame: FrameType | None) -> None:
             worker.stop()

@@ -295,7 +295,8 @@ class Supervisor:
                 created.add(d)
             d.mkdir(parents=True, exist_ok=True)
         try:
-            self.overflow = Overflow(cfg.overflow.dir, cfg.overflow.max_bytes)
+            self.overflow = Overflow(cfg.overflow.dir, cfg.overflow.max_bytes,
+                                     quarantine_max_bytes=cfg.overflow.quarantine_max_bytes)
         except OSError as e:
             raise SetupError(f"overflow.dir {cfg.overflow.dir}: {e}") from None
         self.ring = self._open_ring()
@@ -769,6 +770,8 @@ class Supervisor:
             self.stage_store.recover_dead()
             staged = self.stage_store.purge()
             log.info("dropped %d stage messages (%d bytes)", staged.count, staged.bytes)
+        if scheduled:
+            self._purge_quarantine()
         if self.row:
             self.row.add(C.PURGED_FILES, res.count)
             self.row.add(C.PURGED_BYTES, res.bytes)
@@ -776,6 +779,18 @@ class Supervisor:
                  "daily" if scheduled else "requested", res.count, res.bytes,
                  extra={"event": "purge", "dropped": res.count, "dropped_bytes": res.bytes})
         return res.count, res.bytes
+
+    def _purge_quarantine(self) -> None:
+        """The daily purge's share of failed/, by overflow.quarantine_retention_days."""
+        assert self.overflow is not None
+        days, now = self.cfg.overflow.quarantine_retention_days, self.os.time()
+        gone = self.overflow.purge_quarantine(days, now).count
+        if self.stage_store is not None:
+            gone += self.stage_store.purge_quarantine(days, now).count
+        if self.row:
+            self.row.add(C.PURGED_QUARANTINED, gone)
+        if gone:
+            log.info("daily purge: dropped %d quarantined messages", gone)
 
     # -- children ----------------------------------------------------------------
 

@@ -29,6 +29,7 @@ from trap_fixture import reply_id, running_trap, wait_until
 from ringtrap import config as configmod
 from ringtrap import envelope
 from ringtrap.overflow import Overflow
+from ringtrap.results import ResultSink, read_results
 from ringtrap.spamd import SpamdClient
 from ringtrap.stage import StageWorker
 
@@ -186,13 +187,26 @@ def test_learn_and_report_switches(tmp_path: Path, learn: bool, report: bool,
         fake.close()
 
 
-def test_message_at_the_attempt_limit_is_quarantined(tmp_path: Path) -> None:
+def test_message_at_the_attempt_limit_is_quarantined_with_a_record(tmp_path: Path) -> None:
     store = Overflow(tmp_path / "stage", 1 << 24)
-    store.spill("0000000000001-000001", envelope.frame(mb.plain()), attempts=3)
-    worker = StageWorker(stage_cfg(), store, SpamdClient("unix:/nonexistent"), None, 0,
-                         parent_pid=os.getppid())
-    worker.run(max_messages=1)
+    env = envelope.Envelope(sender="s@example.org", recipients=("trap@example.net",))
+    message = mb.plain()
+    payload = envelope.frame(message, env)
+    msgid = "0000000000001-000001"
+    store.spill(msgid, payload, attempts=3)
+    with ResultSink(tmp_path / "results") as sink:
+        worker = StageWorker(stage_cfg(), store, SpamdClient("unix:/nonexistent"), None, 0,
+                             parent_pid=os.getppid(), sink=sink)
+        worker.run(max_messages=1)
     assert store.stats().failed == 1 and worker.done == 0
+    [rec] = read_results(tmp_path / "results")
+    assert (rec["id"], rec["verdict"], rec["attempts"], rec["size"]) == (
+        msgid, "quarantined", 3, len(message))
+    assert rec["envelope"] == env.to_dict()
+    assert rec["quarantine"] == {
+        "store": "stage", "kept": True,
+        "path": str(store.path / "failed" / f"{msgid},S={len(payload)},A=3")}
+    assert "a stage worker died holding it" in rec["reason"]
 
 
 # -- the stage inside a running trap ---------------------------------------------------
