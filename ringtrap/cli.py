@@ -100,7 +100,8 @@ def gather_status(cfg: configmod.Config, ring: Any = None,
             "state": r.state.name.lower(),
             "message": r.msgid or None,
             "done": c[C.PROCESSED] if r.role.name == "WORKER"
-            else max(c[C.STAGE_LEARNED], c[C.STAGE_REPORTED]) if r.role.name == "STAGE"
+            else max(c[C.STAGE_LEARNED] + c[C.STAGE_NOT_LEARNED], c[C.STAGE_REPORTED])
+            if r.role.name == "STAGE"
             else c[C.ACCEPTED_RING] + c[C.ACCEPTED_OVERFLOW],
             "heartbeat_age_s": beat_age,
             "rss_bytes": rss,
@@ -165,7 +166,8 @@ def print_status(st: dict[str, Any]) -> None:
         print(f"stage    {g['dir']}: {g['ready']} waiting ({_fmt_bytes(g['ready_bytes'])}), "
               f"{g['claimed']} being processed, {g['failed']} quarantined, oldest {oldest}; "
               f"handed on {t['stage_handed_on']}, dropped {t['stage_dropped']}, learned "
-              f"{t['stage_learned']}, reported {t['stage_reported']}, errors {t['stage_errors']}")
+              f"{t['stage_learned']} (not learned {t['stage_not_learned']}), reported "
+              f"{t['stage_reported']}, errors {t['stage_errors']}")
     accepted = t["accepted_ring"] + t["accepted_overflow"]
     refused = t["refused_too_large"] + t["refused_empty"] + t["refused_temp"]
     print(f"messages accepted {accepted} (ring {t['accepted_ring']}, overflow "

@@ -140,6 +140,12 @@ def _default_results_dir() -> Path:
     return _state_home() / "ringtrap" / "results"
 
 
+def _default_bayes_dir() -> Path:
+    if _euid() == 0:
+        return Path("/var/lib/ringtrap/bayes")
+    return _state_home() / "ringtrap" / "bayes"
+
+
 def _default_worker_count() -> int:
     return os.cpu_count() or 2
 
@@ -1001,6 +1007,18 @@ class SpamdConfig:
             " in /usr/sbin and /usr/local/sbin.",
         ),
     )
+    bayes_dir: Path = field(
+        default_factory=_default_bayes_dir,
+        metadata=_about(
+            _Path(),
+            "Bayes database of a managed spamd when the stage learns through it"
+            " (stage.learn): created and handed to the user spamd runs as (nobody when"
+            " started as root without service.user); every directory above it must be"
+            " searchable by that user.",
+            varies="`/var/lib/ringtrap/bayes` as root, else `$XDG_STATE_HOME/ringtrap/bayes`"
+            " (`~/.local/state/ringtrap/bayes` when unset)",
+        ),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -1191,6 +1209,17 @@ class StageConfig:
             " (counted as stage_dropped), so a dead stage never fills the host's memory.",
         ),
     )
+
+
+def managed_spamd_tells(c: "Config") -> bool:
+    """True if the stage sends TELL to the managed spamd, which then needs --allow-tell."""
+    return (c.spamd.address.kind == "managed" and c.stage.workers > 0
+            and c.stage.address is None and (c.stage.learn or c.stage.report))
+
+
+def managed_spamd_learns(c: "Config") -> bool:
+    """True if the stage learns through the managed spamd: it needs spamd.bayes_dir."""
+    return managed_spamd_tells(c) and c.stage.learn
 
 
 def stage_dir(c: "Config") -> Path:

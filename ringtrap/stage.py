@@ -41,7 +41,7 @@ from ringtrap.overflow import Overflow, OverflowClaim, OverflowClaimLost
 from ringtrap.processing import split_payload
 from ringtrap.results import ResultSink
 from ringtrap.ring import ProcRow, Ring, RingError
-from ringtrap.spamd import SpamdClient, SpamdError
+from ringtrap.spamd import SpamdClient, SpamdError, TellResult
 from ringtrap.states import ProcState, Role
 from ringtrap.titles import set_title
 
@@ -100,6 +100,7 @@ class StageWorker:
         self._ppid = os.getppid() if parent_pid is None else parent_pid
         self._role = f"stage {index}"
         self._stop = False  # set from signal handlers: a plain store only
+        self._warned_not_learned = False
 
     def stop(self) -> None:
         """Ask the loop to return after the current call; safe in a signal handler."""
@@ -146,11 +147,12 @@ class StageWorker:
         self._state(ProcState.BUSY, claim.msgid)
         set_title(self._role, f"telling {claim.msgid} ({self.done} done)")
         started = time.monotonic()
+        told = TellResult(did_set=(), did_remove=())
         try:
             if self.learn:
-                self.client.tell(message, "spam", set_local=True, set_remote=self.report)
+                told = self.client.tell(message, "spam", set_local=True, set_remote=self.report)
             elif self.report:
-                self.client.tell(message, "spam", set_local=False, set_remote=True)
+                told = self.client.tell(message, "spam", set_local=False, set_remote=True)
         except SpamdError as exc:
             if exc.retryable:
                 # spamd down or slow: not the message's fault; give it back, pause
@@ -165,15 +167,32 @@ class StageWorker:
         self.store.ack(claim)
         self.done += 1
         self._delay = 0.0
-        if self.learn:
+        learned = self.learn and "local" in told.did_set
+        if learned:
             self._count(C.STAGE_LEARNED)
+        elif self.learn:
+            self._not_learned(claim.msgid)
         if self.report:
             self._count(C.STAGE_REPORTED)
         log.info("%s: %s in %.1f ms", claim.msgid,
-                 " and ".join(w for w, on in (("learned", self.learn),
+                 " and ".join(w for w, on in (("learned", learned),
+                                              ("not learned", self.learn and not learned),
                                               ("reported", self.report)) if on),
                  (time.monotonic() - started) * 1000.0)
         self._idle()
+
+    def _not_learned(self, msgid: str) -> None:
+        """Count a TELL that answered without ``DidSet: local``; warn the first time."""
+        self._count(C.STAGE_NOT_LEARNED)
+        if self._warned_not_learned:
+            return
+        self._warned_not_learned = True
+        log.warning(
+            "%s: spamd learned nothing (TELL answered without DidSet: local); counted as"
+            " stage_not_learned. Unless the message was learned before, spamd has no writable"
+            " Bayes database (a managed spamd uses spamd.bayes_dir; another needs bayes_path"
+            " writable by its user) or runs without --allow-tell. Warned once per stage"
+            " worker.", msgid, extra={"event": "not_learned", "msgid": msgid})
 
     def _quarantine(self, claim: OverflowClaim, reason: str, *, readable: bool = True) -> None:
         """Record ``claim`` as quarantined (store "stage"), then move it into failed/.

@@ -151,6 +151,10 @@ def backoff_delay(failures: int) -> float:
     return float(min(BACKOFF_MAX, 2 ** max(0, failures - 1)))
 
 
+# The user a managed spamd started by root switches to (without service.user).
+SPAMD_ROOT_USER = "nobody"
+
+
 def managed_spamd_socket(cfg: Config) -> Path:
     """Where a managed spamd listens: beside the ingest socket."""
     return cfg.ingest.socket.parent / "spamd.sock"
@@ -331,6 +335,8 @@ class Supervisor:
                 raise SetupError(f"ingest.{kind}_socket {path}: {e}") from None
             side.set_inheritable(False)
             self.side_listeners[kind] = side
+        if configmod.managed_spamd_learns(cfg):
+            self._prepare_bayes_dir(target)
         if target is not None:
             self._become(target, created)
         if cfg.metrics.listen is not None:
@@ -345,6 +351,25 @@ class Supervisor:
             self.children.append(Child(Kind.STAGE, i, self.ring.rows - 1 - i))
         self.next_purge_at = next_purge(self.os.time(), cfg.overflow.purge_at)
         self.reconcile()
+
+    def _prepare_bayes_dir(self, t: Target | None) -> None:
+        """Create spamd.bayes_dir for the user the managed spamd will run as.
+
+        Before dropping root: spamd runs as ``t`` (service.user), as
+        :data:`SPAMD_ROOT_USER` when started as root without one, or as us.
+        Without a directory that user can write, TELL answers "did nothing".
+        """
+        d = self.cfg.spamd.bayes_dir
+        try:
+            d.mkdir(mode=0o750, parents=True, exist_ok=True)
+            owner = t
+            if owner is None and os.geteuid() == 0:
+                owner = privileges.resolve(SPAMD_ROOT_USER)
+            if owner is not None:
+                privileges.chown_path(d, owner)
+        except (OSError, PrivilegeError) as e:
+            raise SetupError(f"spamd.bayes_dir {d}: {e}") from None
+        log.info("the managed spamd learns into %s", d)
 
     def _become(self, t: Target, created: set[Path]) -> None:
         """Hand the trap's files to ``t``, load what children run, drop root for good."""
@@ -871,7 +896,11 @@ class Supervisor:
                 f"--max-children={children}", f"--min-children={children}",
                 "--round-robin", "--syslog=stderr", "--nouser-config"]
         if os.geteuid() == 0:
-            argv.append("--username=nobody")
+            argv.append(f"--username={SPAMD_ROOT_USER}")
+        if configmod.managed_spamd_tells(cfg):
+            argv.append("--allow-tell")
+        if configmod.managed_spamd_learns(cfg):
+            argv.append(f"--cf=bayes_path {cfg.spamd.bayes_dir / 'bayes'}")
         argv.extend(cfg.spamd.extra_args)
         return argv
 
