@@ -140,6 +140,12 @@ def _default_results_dir() -> Path:
     return _state_home() / "ringtrap" / "results"
 
 
+def _default_bayes_dir() -> Path:
+    if _euid() == 0:
+        return Path("/var/lib/ringtrap/bayes")
+    return _state_home() / "ringtrap" / "bayes"
+
+
 def _default_worker_count() -> int:
     return os.cpu_count() or 2
 
@@ -896,6 +902,24 @@ class OverflowConfig:
             "A message that kills its worker this many times is quarantined, not retried.",
         ),
     )
+    quarantine_max_bytes: int = field(
+        default=64 * MiB,
+        metadata=_about(
+            _Size(lo=MiB),
+            "Cap on the quarantined messages kept in failed/ (of the overflow and of the"
+            " stage, each); past it the oldest are dropped. Quarantine never counts toward"
+            " overflow.max_bytes, so it cannot block spills.",
+        ),
+    )
+    quarantine_retention_days: int = field(
+        default=1,
+        metadata=_about(
+            _Integer(lo=0),
+            "Days a quarantined message is kept: the daily purge drops those that arrived"
+            " more than this many days minus one before it (1 = all of them, with the"
+            " backlog); 0 = never by age, only the cap and 'ringtrap purge --quarantine'.",
+        ),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -981,6 +1005,18 @@ class SpamdConfig:
             _Text(),
             "Program run as a managed spamd: a path, or a name looked up on PATH and then"
             " in /usr/sbin and /usr/local/sbin.",
+        ),
+    )
+    bayes_dir: Path = field(
+        default_factory=_default_bayes_dir,
+        metadata=_about(
+            _Path(),
+            "Bayes database of a managed spamd when the stage learns through it"
+            " (stage.learn): created and handed to the user spamd runs as (nobody when"
+            " started as root without service.user); every directory above it must be"
+            " searchable by that user.",
+            varies="`/var/lib/ringtrap/bayes` as root, else `$XDG_STATE_HOME/ringtrap/bayes`"
+            " (`~/.local/state/ringtrap/bayes` when unset)",
         ),
     )
 
@@ -1173,6 +1209,17 @@ class StageConfig:
             " (counted as stage_dropped), so a dead stage never fills the host's memory.",
         ),
     )
+
+
+def managed_spamd_tells(c: "Config") -> bool:
+    """True if the stage sends TELL to the managed spamd, which then needs --allow-tell."""
+    return (c.spamd.address.kind == "managed" and c.stage.workers > 0
+            and c.stage.address is None and (c.stage.learn or c.stage.report))
+
+
+def managed_spamd_learns(c: "Config") -> bool:
+    """True if the stage learns through the managed spamd: it needs spamd.bayes_dir."""
+    return managed_spamd_tells(c) and c.stage.learn
 
 
 def stage_dir(c: "Config") -> Path:

@@ -47,7 +47,7 @@ RECORD_KEYS = (
     "from", "subject", "message_id", "scanned_ms", "attempts", "envelope",
     "relay_ip", "relay_helo", "relay_source", "from_domain", "reply_to_domain",
     "return_path_domain", "date", "urls", "url_domains", "attachments", "body_sha256",
-    "fingerprint", "duplicate_of", "defects", "archived", "timings_ms",
+    "fingerprint", "duplicate_of", "defects", "archived", "timings_ms", "quarantine",
 )
 
 VERDICTS = (

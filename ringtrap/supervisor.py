@@ -194,6 +194,10 @@ def spamd_answers_as(path: Path, pid: int, timeout: float = 1.0) -> bool:
     return reply.startswith(b"SPAMD/") and b"PONG" in reply
 
 
+# The user a managed spamd started by root switches to (without service.user).
+SPAMD_ROOT_USER = "nobody"
+
+
 def managed_spamd_socket(cfg: Config) -> Path:
     """Where a managed spamd listens: beside the ingest socket."""
     return cfg.ingest.socket.parent / "spamd.sock"
@@ -355,7 +359,8 @@ class Supervisor:
                 created.add(d)
             d.mkdir(parents=True, exist_ok=True)
         try:
-            self.overflow = Overflow(cfg.overflow.dir, cfg.overflow.max_bytes)
+            self.overflow = Overflow(cfg.overflow.dir, cfg.overflow.max_bytes,
+                                     quarantine_max_bytes=cfg.overflow.quarantine_max_bytes)
         except OSError as e:
             raise SetupError(f"overflow.dir {cfg.overflow.dir}: {e}") from None
         self.ring = self._open_ring()
@@ -392,6 +397,8 @@ class Supervisor:
             self.side_listeners[kind] = side
         # the sockets are ours now, so no live trap uses this runtime directory
         self._stop_orphan_spamd()
+        if configmod.managed_spamd_learns(cfg):
+            self._prepare_bayes_dir(target)
         if target is not None:
             self._become(target, created)
         if cfg.metrics.listen is not None:
@@ -406,6 +413,25 @@ class Supervisor:
             self.children.append(Child(Kind.STAGE, i, self.ring.rows - 1 - i))
         self.next_purge_at = next_purge(self.os.time(), cfg.overflow.purge_at)
         self.reconcile()
+
+    def _prepare_bayes_dir(self, t: Target | None) -> None:
+        """Create spamd.bayes_dir for the user the managed spamd will run as.
+
+        Before dropping root: spamd runs as ``t`` (service.user), as
+        :data:`SPAMD_ROOT_USER` when started as root without one, or as us.
+        Without a directory that user can write, TELL answers "did nothing".
+        """
+        d = self.cfg.spamd.bayes_dir
+        try:
+            d.mkdir(mode=0o750, parents=True, exist_ok=True)
+            owner = t
+            if owner is None and os.geteuid() == 0:
+                owner = privileges.resolve(SPAMD_ROOT_USER)
+            if owner is not None:
+                privileges.chown_path(d, owner)
+        except (OSError, PrivilegeError) as e:
+            raise SetupError(f"spamd.bayes_dir {d}: {e}") from None
+        log.info("the managed spamd learns into %s", d)
 
     def _become(self, t: Target, created: set[Path]) -> None:
         """Hand the trap's files to ``t``, load what children run, drop root for good."""
@@ -884,6 +910,8 @@ class Supervisor:
             self.stage_store.recover_dead()
             staged = self.stage_store.purge()
             log.info("dropped %d stage messages (%d bytes)", staged.count, staged.bytes)
+        if scheduled:
+            self._purge_quarantine()
         if self.row:
             self.row.add(C.PURGED_FILES, res.count)
             self.row.add(C.PURGED_BYTES, res.bytes)
@@ -891,6 +919,18 @@ class Supervisor:
                  "daily" if scheduled else "requested", res.count, res.bytes,
                  extra={"event": "purge", "dropped": res.count, "dropped_bytes": res.bytes})
         return res.count, res.bytes
+
+    def _purge_quarantine(self) -> None:
+        """The daily purge's share of failed/, by overflow.quarantine_retention_days."""
+        assert self.overflow is not None
+        days, now = self.cfg.overflow.quarantine_retention_days, self.os.time()
+        gone = self.overflow.purge_quarantine(days, now).count
+        if self.stage_store is not None:
+            gone += self.stage_store.purge_quarantine(days, now).count
+        if self.row:
+            self.row.add(C.PURGED_QUARANTINED, gone)
+        if gone:
+            log.info("daily purge: dropped %d quarantined messages", gone)
 
     # -- children ----------------------------------------------------------------
 
@@ -976,7 +1016,11 @@ class Supervisor:
                 f"--max-children={children}", f"--min-children={children}",
                 "--round-robin", "--syslog=stderr", "--nouser-config"]
         if os.geteuid() == 0:
-            argv.append("--username=nobody")
+            argv.append(f"--username={SPAMD_ROOT_USER}")
+        if configmod.managed_spamd_tells(cfg):
+            argv.append("--allow-tell")
+        if configmod.managed_spamd_learns(cfg):
+            argv.append(f"--cf=bayes_path {cfg.spamd.bayes_dir / 'bayes'}")
         argv.extend(cfg.spamd.extra_args)
         return argv
 
