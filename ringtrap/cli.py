@@ -332,6 +332,11 @@ def cmd_config(args: argparse.Namespace) -> int:
     if args.docs:
         print(configmod.docs_table())
         return 0
+    if args.man:
+        from ringtrap import manpage
+
+        print(manpage.man_page(), end="")
+        return 0
     print(configmod.sample_config(), end="")
     return 0
 
@@ -394,6 +399,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print a complete commented configuration (the default)")
     g.add_argument("--check", metavar="FILE", help="validate FILE; exit 78 naming every problem")
     g.add_argument("--docs", action="store_true", help="print the settings as a Markdown table")
+    g.add_argument("--man", action="store_true",
+                   help="print the ringtrap(8) man page (roff), settings included")
     p.set_defaults(func=cmd_config)
     return ap
 

@@ -1700,8 +1700,40 @@ def sample_config(config: Config | None = None, *, commented: bool = True) -> st
     return "\n".join(lines) + "\n"
 
 
+class Declared(NamedTuple):
+    """One setting as the docs show it: the README's table and the man page."""
+
+    key: str  # "section.key"
+    kind: str
+    default: str  # Markdown: a TOML literal in backquotes, or how the default is chosen
+    help: str
+
+
+def declarations() -> Iterator[Declared]:
+    """Every setting in declaration order, with host-independent texts."""
+    for section, cls in _sections():
+        for f in fields(cls):
+            s: _Setting = f.metadata[_META]
+            # A computed default has no value to show, only its description.
+            default = s.varies if f.default is MISSING else f"`{s.kind.toml(f.default)}`"
+            if not default:
+                raise TypeError(f"{section}.{f.name}: a computed default needs `varies`")
+            yield Declared(f"{section}.{f.name}", s.kind.describe(), default, s.help)
+
+
+# what holds for every setting, below the table and in the man page
+DOCS_NOTES = (
+    "`<runtime>` is `/run/ringtrap` as root, else `$XDG_RUNTIME_DIR/ringtrap` when"
+    " `XDG_RUNTIME_DIR` is a writable directory, else `/tmp/ringtrap-<uid>`.",
+    "Relative paths are relative to the directory of the configuration file;"
+    " `~` is the home directory.",
+    'Byte sizes are an integer or a string with a binary unit: `"64K"`, `"512M"`,'
+    ' `"2GiB"` (K = KB = KiB = 1024). Modes are octal: `0o660` or `"0660"`.',
+)
+
+
 def docs_table() -> str:
-    """The configuration reference for the README: a Markdown section and table.
+    """The configuration reference for the docs: a Markdown section and table.
 
     Host-dependent defaults are described, not computed, so the text is the
     same wherever it is generated.
@@ -1715,23 +1747,8 @@ def docs_table() -> str:
         "| section.key | type | default | meaning |",
         "|---|---|---|---|",
     ]
-    for section, cls in _sections():
-        for f in fields(cls):
-            s: _Setting = f.metadata[_META]
-            # A computed default has no value to show, only its description.
-            default = s.varies if f.default is MISSING else f"`{s.kind.toml(f.default)}`"
-            if not default:
-                raise TypeError(f"{section}.{f.name}: a computed default needs `varies`")
-            cells = [f"`{section}.{f.name}`", s.kind.describe(), default, s.help]
-            rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
-    rows += [
-        "",
-        "`<runtime>` is `/run/ringtrap` as root, else `$XDG_RUNTIME_DIR/ringtrap` when"
-        " `XDG_RUNTIME_DIR` is a writable directory, else `/tmp/ringtrap-<uid>`.",
-        "Relative paths are relative to the directory of the configuration file;"
-        " `~` is the home directory.",
-        'Byte sizes are an integer or a string with a binary unit: `"64K"`, `"512M"`,'
-        ' `"2GiB"` (K = KB = KiB = 1024). Modes are octal: `0o660` or `"0660"`.',
-        "",
-    ]
+    for d in declarations():
+        cells = [f"`{d.key}`", d.kind, d.default, d.help]
+        rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    rows += ["", *DOCS_NOTES, ""]
     return "\n".join(rows)
