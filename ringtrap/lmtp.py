@@ -151,6 +151,10 @@ class LmtpSession:
         self._abort()
         return R_TIMEOUT
 
+    def expired(self) -> bytes:
+        self._abort()
+        return R_TIMEOUT
+
     def shutdown(self) -> bytes:
         self._abort()
         return R_SHUTTING_DOWN

@@ -27,6 +27,7 @@ from ringtrap.delivery import (
     REASON_BAD_REQUEST,
     REASON_IDLE,
     REASON_SHUTTING_DOWN,
+    REASON_TIMEOUT,
     REASON_TRUNCATED,
     TEMPFAIL,
     Sink,
@@ -51,6 +52,7 @@ _KNOWN = frozenset(KEYS)
 
 LINE_TRUNCATED = reply_line(TEMPFAIL, REASON_TRUNCATED)
 LINE_IDLE = reply_line(TEMPFAIL, REASON_IDLE)
+LINE_EXPIRED = reply_line(TEMPFAIL, REASON_TIMEOUT)
 LINE_SHUTTING_DOWN = reply_line(TEMPFAIL, REASON_SHUTTING_DOWN)
 
 
@@ -225,6 +227,10 @@ class SubmitSession:
     def timeout(self) -> bytes:
         self._drop()
         return LINE_IDLE
+
+    def expired(self) -> bytes:
+        self._drop()
+        return LINE_EXPIRED
 
     def shutdown(self) -> bytes:
         self._drop()
