@@ -98,9 +98,9 @@ def test_slow_raw_clients_cannot_starve_lmtp_and_submit(serve: Callable[..., Ser
         assert done.returncode == 0, done.stderr
         assert done.stdout.startswith(b"OK ")
         assert s.server.connections == 8  # the slow ones are all still held
+        assert len(s.stored()) == 3
     finally:
         slow.close()
-    assert len(s.stored()) == 3
 
 
 def test_each_session_socket_has_its_own_budget(serve: Callable[..., Server]) -> None:
