@@ -171,6 +171,58 @@ _LINE_BUSY = reply_line(TEMPFAIL, REASON_BUSY)
 _LINE_SHUTTING_DOWN = reply_line(TEMPFAIL, REASON_SHUTTING_DOWN)
 
 
+# A full overflow (its cap, or its file system) stays "refusing" until spills
+# have gone through for this long without a refusal: when space comes and goes
+# by the page, refusals and successes alternate every few milliseconds.
+RECOVER_AFTER = 10.0
+
+
+class Gate(IntEnum):
+    """A change :class:`OverflowGate` reports: the one thing worth a log line."""
+
+    NONE = 0
+    REFUSING = 1  # the first refusal of an episode
+    ACCEPTING = 2  # the episode is over: spills have gone through for RECOVER_AFTER
+
+
+class OverflowGate:
+    """Whether the ingest is refusing for a full overflow, with hysteresis.
+
+    :meth:`refused` and :meth:`spilled` report each outcome with the
+    monotonic time; each returns :attr:`Gate.NONE` except at the two edges of
+    an episode, so a caller logs one line when refusing starts and one when it
+    is over, however the outcomes alternate in between.  Plain state in this
+    process: nothing to recover if it dies.
+    """
+
+    __slots__ = ("episode_refusals", "hold", "last_refusal", "refusing", "since")
+
+    def __init__(self, hold: float = RECOVER_AFTER) -> None:
+        self.hold = hold
+        self.refusing = False
+        self.since = 0.0  # when the episode began
+        self.last_refusal = 0.0
+        self.episode_refusals = 0
+
+    def refused(self, now: float) -> Gate:
+        """A message was refused for a full overflow at ``now``."""
+        self.last_refusal = now
+        self.episode_refusals += 1
+        if self.refusing:
+            return Gate.NONE
+        self.refusing = True
+        self.since = now
+        self.episode_refusals = 1
+        return Gate.REFUSING
+
+    def spilled(self, now: float) -> Gate:
+        """A message went into the overflow at ``now``."""
+        if not self.refusing or now - self.last_refusal < self.hold:
+            return Gate.NONE
+        self.refusing = False
+        return Gate.ACCEPTING
+
+
 class Stored(IntEnum):
     """Where :class:`Store` put a message."""
 
@@ -415,7 +467,7 @@ class IngestServer:
         self._title_due = 0.0
         self._busy_refused = 0  # refused for max_connections since the last warning
         self._busy_warned = float("-inf")
-        self._overflow_full = False
+        self._gate = OverflowGate()
         self._debug = log.isEnabledFor(logging.DEBUG)
         self.accepted = 0  # messages answered OK by this server
         # stop requests (set from signal handlers: plain stores only)
@@ -743,8 +795,7 @@ class IngestServer:
 
     def _store_error(self, msgid: str, e: OverflowFull | OSError) -> bytes:
         if isinstance(e, OverflowFull):
-            if not self._overflow_full:
-                self._overflow_full = True
+            if self._gate.refused(self._now) is Gate.REFUSING:
                 log.warning("refusing messages with TEMPFAIL: %s", e)
             return _LINE_OVERFLOW_FULL
         log.error("%s: cannot store: %s", msgid, e)
@@ -796,9 +847,10 @@ class IngestServer:
             self._tally[_ACCEPTED_RING] += 1
         else:
             self._tally[_ACCEPTED_OVERFLOW] += 1
-            if self._overflow_full:
-                self._overflow_full = False
-                log.warning("overflow accepts messages again")
+            gate = self._gate
+            if gate.refusing and gate.spilled(self._now) is Gate.ACCEPTING:
+                log.warning("overflow accepts messages again (%d refused over %.0f s)",
+                            gate.episode_refusals, self._now - gate.since)
         if self._debug:
             log.debug("%s: accepted into the %s, %d bytes", msgid, where.name.lower(), size)
         return b"OK " + msgid.encode() + b"\n"
@@ -1324,7 +1376,9 @@ __all__ = [
     "REASON_TIMEOUT",
     "REASON_TOO_LARGE",
     "TEMPFAIL",
+    "Gate",
     "IngestServer",
+    "OverflowGate",
     "Store",
     "Stored",
     "bind_socket",

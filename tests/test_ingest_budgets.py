@@ -1,4 +1,4 @@
-"""Slow clients against the ingest's budgets, over real Unix sockets.
+"""Slow clients and a full overflow against the ingest's budgets, over real Unix sockets.
 
 Each socket (raw, submit, LMTP) has its own connection budget, so clients
 trickling bytes into the raw socket cannot keep the MTA's LMTP and submit
@@ -9,6 +9,7 @@ resets.
 from __future__ import annotations
 
 import contextlib
+import logging
 import smtplib
 import socket
 import subprocess
@@ -21,7 +22,15 @@ import pytest
 from delivery_harness import SUBMIT, Server, servers, temp_base, wait_for
 
 from ringtrap import lmtp
-from ringtrap.delivery import REASON_BUSY, REASON_TIMEOUT, TEMPFAIL, reply_line
+from ringtrap.delivery import (
+    REASON_BUSY,
+    REASON_OVERFLOW_FULL,
+    REASON_TIMEOUT,
+    TEMPFAIL,
+    reply_line,
+)
+from ringtrap.ingest_socket import Gate, OverflowGate
+from ringtrap.overflow import Overflow, OverflowFull
 
 MSG = b"From: a@example.org\r\nSubject: budgets\r\n\r\nbody\r\n"
 
@@ -184,3 +193,51 @@ def test_trickling_session_clients_are_cut_at_the_total_deadline(
         got, took = _trickle_until_answered(c, b"z", 0.1, give_up=8.0)
     assert got == lmtp.R_TIMEOUT
     assert s.stored() == {}
+
+
+# -- a full overflow: one line when refusing starts, one when it is over ---------
+
+
+def test_gate_reports_one_edge_each_way_under_flapping() -> None:
+    gate = OverflowGate(hold=10.0)
+    edges: list[Gate] = []
+    now = 100.0
+    # the file system gives and takes a page at a time: outcomes alternate each ms
+    for i in range(30_000):
+        now += 0.001
+        edges.append(gate.refused(now) if i % 2 else gate.spilled(now))
+    assert [e for e in edges if e is not Gate.NONE] == [Gate.REFUSING]
+    assert gate.refusing and gate.episode_refusals == 15_000
+    # spills alone, but not yet for the hold: still refusing
+    assert gate.spilled(now + 9.9) is Gate.NONE
+    assert gate.spilled(now + 10.0) is Gate.ACCEPTING
+    assert gate.spilled(now + 10.1) is Gate.NONE
+    assert not gate.refusing
+    # the next episode is reported again, with its own count
+    assert gate.refused(now + 11) is Gate.REFUSING
+    assert gate.episode_refusals == 1
+
+
+class FlappingOverflow(Overflow):
+    """A real overflow whose every other spill meets a full file system."""
+
+    calls = 0
+
+    def spill(self, msgid: str, data: bytes, attempts: int = 0) -> str:
+        FlappingOverflow.calls += 1
+        if FlappingOverflow.calls % 2:
+            raise OverflowFull(self.path, self.max_bytes, 0, len(data), "filesystem full")
+        return super().spill(msgid, data, attempts)
+
+
+def test_a_flapping_full_overflow_logs_one_line(
+    serve: Callable[..., Server], caplog: pytest.LogCaptureFixture
+) -> None:
+    s = serve(slots=1, overflow_type=FlappingOverflow)
+    assert raw_exchange(s.raw_path, MSG).startswith(b"OK ")  # the one slot: now all spill
+    caplog.set_level(logging.WARNING, logger="ringtrap.ingest_socket")
+    replies = [raw_exchange(s.raw_path, MSG) for _ in range(200)]
+    assert replies.count(reply_line(TEMPFAIL, REASON_OVERFLOW_FULL)) == 100
+    warnings = [r for r in caplog.records
+                if r.name == "ringtrap.ingest_socket" and r.levelno >= logging.WARNING]
+    assert len(warnings) == 1
