@@ -801,9 +801,29 @@ class IngestConfig:
             _Seconds(), "Seconds a client connection may stay silent before it is closed."
         ),
     )
+    message_timeout: float = field(
+        default=300.0,
+        metadata=_about(
+            _Seconds(),
+            "Seconds a connection may take over one message however steadily it sends;"
+            " past them it is answered TEMPFAIL (LMTP 421) and closed.",
+        ),
+    )
     max_connections: int = field(
         default=256,
-        metadata=_about(_Integer(lo=1), "Most client connections the ingest serves at once."),
+        metadata=_about(
+            _Integer(lo=1),
+            "Most connections the raw socket serves at once; the submit and LMTP sockets"
+            " have budgets of their own, so the raw socket cannot starve them.",
+        ),
+    )
+    submit_max_connections: int = field(
+        default=256,
+        metadata=_about(_Integer(lo=1), "Most connections the submit socket serves at once."),
+    )
+    lmtp_max_connections: int = field(
+        default=64,
+        metadata=_about(_Integer(lo=1), "Most connections the LMTP socket serves at once."),
     )
     submit_socket: Path | None = field(
         default_factory=_beside_ingest,

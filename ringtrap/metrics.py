@@ -59,9 +59,10 @@ _LABELLED_COUNTERS: tuple[tuple[str, str, dict[str, C], str], ...] = (
 _PLAIN_COUNTERS: tuple[tuple[str, C, str], ...] = (
     ("ringtrap_connections", C.CONNECTIONS, "Client connections accepted by the ingest."),
     ("ringtrap_connections_refused", C.CONNECTIONS_REFUSED,
-     "Connections answered TEMPFAIL for being over ingest.max_connections."),
+     "Connections answered TEMPFAIL for being over their socket's connection budget."),
     ("ringtrap_idle_timeouts", C.IDLE_TIMEOUTS,
-     "Connections closed for staying silent longer than ingest.idle_timeout."),
+     "Connections closed for silence (ingest.idle_timeout) or a message past"
+     " ingest.message_timeout."),
     ("ringtrap_received_bytes", C.BYTES_IN, "Message bytes read by the ingest."),
     ("ringtrap_messages_released", C.RELEASED,
      "Claims given back unprocessed (spamd or the results directory unavailable)."),
