@@ -84,6 +84,9 @@ class C(IntEnum):
     STAGE_LEARNED = 57  # TELL Set: local answered (DidSet or already learned)
     STAGE_REPORTED = 58  # TELL Set: remote answered
     STAGE_ERRORS = 59  # a stage call failed for good (given up, not retried)
+    # supervisor: live processes killed for holding the ring lock while
+    # stopped or stuck (their lock is then broken and counted in LOCK_BREAKS)
+    LOCK_HOLDER_KILLS = 63
 
 
 # Upper bounds in seconds of the scan-time buckets SCAN_BUCKET_0..11; a scan
