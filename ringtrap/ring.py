@@ -973,16 +973,21 @@ class Ring:
             self._check_owner(claim, owner)  # raises with the details
         self._states[slot] = FREE
 
-    def release(self, claim: Claim, owner: Identity | None = None) -> None:
-        """Give a claimed message back unprocessed, attempts unchanged."""
+    def release(self, claim: Claim, owner: Identity | None = None, *,
+                count_attempt: bool = False) -> None:
+        """Give a claimed message back unprocessed, attempts unchanged unless
+        ``count_attempt`` (the message itself failed, e.g. timed out spamd)."""
         self._acquire_patiently()
         try:
             self._check_owner(claim, owner)
+            d = self._descs_w + claim.slot * DESC_WORDS
+            if count_attempt:
+                self._q[d + D_ATTEMPTS] += 1
             # counted before it is READY: a death between the two stores
             # leaves a count too high (healed by the next scan), never a
             # READY slot behind tail that nothing will look for
             self._q[H_STRAY] += 1
-            self._q[self._descs_w + claim.slot * DESC_WORDS + D_RELEASES] += 1
+            self._q[d + D_RELEASES] += 1
             self._states[claim.slot] = READY
         finally:
             self._release()
