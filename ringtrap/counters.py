@@ -88,6 +88,9 @@ class C(IntEnum):
     QUARANTINE_DROPPED = 60  # oldest quarantined messages dropped to stay under the cap
     PURGED_QUARANTINED = 61  # quarantined messages dropped by a purge
     STAGE_NOT_LEARNED = 62  # TELL Set: local answered without DidSet: learned nothing
+    # supervisor: live processes killed for holding the ring lock while
+    # stopped or stuck (their lock is then broken and counted in LOCK_BREAKS)
+    LOCK_HOLDER_KILLS = 63
 
 
 # Upper bounds in seconds of the scan-time buckets SCAN_BUCKET_0..11; a scan

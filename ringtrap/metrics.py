@@ -78,6 +78,8 @@ _PLAIN_COUNTERS: tuple[tuple[str, C, str], ...] = (
      "Workers that exited to be replaced for exceeding workers.max_rss_bytes."),
     ("ringtrap_heartbeat_kills", C.HEARTBEAT_KILLS,
      "Children aborted by the supervisor for a stalled heartbeat."),
+    ("ringtrap_lock_holder_kills", C.LOCK_HOLDER_KILLS,
+     "Processes killed by the supervisor for holding the ring lock while stopped or stuck."),
     ("ringtrap_purged_messages", C.PURGED_FILES,
      "Overflow messages dropped by the daily purge or 'ringtrap purge'."),
     ("ringtrap_purged_bytes", C.PURGED_BYTES, "Bytes dropped by purges."),

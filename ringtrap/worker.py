@@ -8,16 +8,18 @@ so a worker that dies at any instant leaves its message claimed for the
 supervisor to requeue (at least once, never lost).
 
 A message whose attempts reached ``overflow.max_attempts`` (the supervisor
-adds one each time a worker dies holding it) is quarantined instead of
-processed.  A dependency that is down (spamd, the results directory) is not
-the message's fault: the claim is released with its attempts unchanged and
-the worker backs off.
+adds one each time a worker dies holding it, the worker one each time spamd
+times out on it while answering PING) is quarantined instead of processed.
+A dependency that is down (spamd refusing or silent, the results directory)
+is not the message's fault: the claim is released with its attempts
+unchanged and the worker backs off.
 
 :func:`child_main` is the forked worker process's entry point.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
@@ -35,7 +37,7 @@ from ringtrap.overflow import Overflow, OverflowClaim, OverflowClaimLost, Overfl
 from ringtrap.processing import Processor
 from ringtrap.results import ResultSink
 from ringtrap.ring import Claim, ProcRow, Ring, RingError, RingOwnershipError
-from ringtrap.spamd import SpamdClient, SpamdError
+from ringtrap.spamd import EX_TIMEOUT, SpamdClient, SpamdError, SpamdResponseError, SpamdTimeout
 from ringtrap.states import ProcState, Role
 from ringtrap.titles import set_title
 
@@ -54,6 +56,9 @@ BACKOFF_MAX = 30.0
 # Check resident memory after this many messages, and after any message this big.
 RSS_CHECK_EVERY = 50
 RSS_CHECK_SIZE = 1 << 20
+# after a scan timed out: how long spamd may take to answer PING for the
+# timeout to count against the message rather than as spamd down
+PING_TIMEOUT = 5.0
 
 _VERDICT_COUNTERS = {
     "spam": C.VERDICT_SPAM,
@@ -203,6 +208,10 @@ class Worker:
         try:
             record = self.processor.process(msgid, payload, claim.received, claim.attempts)
         except SpamdError as exc:
+            if self._timed_out_alone(exc):
+                self._count(C.SPAMD_ERRORS)
+                self._count_timeout(claim, exc)
+                return
             self._release(claim)
             self._count(C.SPAMD_ERRORS)
             self._dependency_down("spamd", msgid, exc)
@@ -296,10 +305,51 @@ class Worker:
             self.overflow.release(claim)
         self._count(C.RELEASED)
 
-    def _quarantine(self, claim: AnyClaim) -> None:
+    def _timed_out_alone(self, exc: SpamdError) -> bool:
+        """True if the scan timed out while spamd still answers PING.
+
+        A timeout is then this message's doing (it costs spamd more than the
+        deadline), not an outage: it counts an attempt.  spamd refusing,
+        resetting or not answering PING is an outage, which does not.
+        """
+        client = self.processor.spamd
+        timed_out = isinstance(exc, SpamdTimeout) or (
+            isinstance(exc, SpamdResponseError) and exc.code == EX_TIMEOUT)
+        if not timed_out or client is None:
+            return False
+        try:
+            client.ping(timeout=PING_TIMEOUT)
+        except SpamdError:
+            return False
+        return True
+
+    def _count_timeout(self, claim: AnyClaim, exc: SpamdError) -> None:
+        attempts = claim.attempts + 1
         limit = self.cfg.overflow.max_attempts
-        reason = (f"attempts {claim.attempts} reached the limit {limit}"
-                  " (a worker died holding it each time)")
+        log.warning("%s: spamd timed out on it (%s) but answers PING: attempt %d of %d",
+                    claim.msgid, exc, attempts, limit,
+                    extra={"event": "scan_timeout", "msgid": claim.msgid, "attempts": attempts})
+        self._state(ProcState.IDLE)
+        if attempts >= limit:
+            self._quarantine(dataclasses.replace(claim, attempts=attempts),
+                             f"spamd timed out on it {attempts} time(s) while answering PING")
+            return
+        if isinstance(claim, Claim):
+            try:
+                self.ring.release(claim, count_attempt=True)
+            except RingOwnershipError:
+                log.warning("%s: slot no longer ours at release", claim.msgid)
+                return
+        else:
+            # the name carries the attempts: given back under the counted one
+            self.overflow.release(dataclasses.replace(claim, attempts=attempts))
+        self._count(C.RELEASED)
+
+    def _quarantine(self, claim: AnyClaim, reason: str | None = None) -> None:
+        limit = self.cfg.overflow.max_attempts
+        if reason is None:
+            reason = (f"attempts {claim.attempts} reached the limit {limit}"
+                      " (a worker died holding it each time)")
         self._quarantine_as(claim, reason)
 
     def _quarantine_as(self, claim: AnyClaim, reason: str, *, readable: bool = True) -> None:
