@@ -34,7 +34,7 @@ from enum import Enum
 from pathlib import Path
 
 from ringtrap import config as configmod
-from ringtrap import logs, privileges, proc, systemd
+from ringtrap import logs, modes, privileges, proc, systemd
 from ringtrap import metrics as metricsmod
 from ringtrap import ring as ringmod
 from ringtrap.config import Config
@@ -363,6 +363,7 @@ class Supervisor:
             if not d.exists():
                 created.add(d)
             d.mkdir(parents=True, exist_ok=True)
+        self._restrict_runtime_dir(created)
         try:
             self.overflow = Overflow(cfg.overflow.dir, cfg.overflow.max_bytes,
                                      quarantine_max_bytes=cfg.overflow.quarantine_max_bytes)
@@ -421,6 +422,28 @@ class Supervisor:
         self.ring.patience = RING_LOCK_PATIENCE
         self.reconcile()
 
+    def _runtime_dir_is_ours(self, created: set[Path]) -> bool:
+        runtime = self.cfg.ingest.socket.parent
+        return runtime in created or str(runtime) == os.environ.get("RUNTIME_DIRECTORY")
+
+    def _restrict_runtime_dir(self, created: set[Path]) -> None:
+        """The sockets' directory, when it is ours: 0750, group ingest.socket_group.
+
+        The group lets the MTA's delivery user through; a socket_mode that
+        grants others (an alias run as nobody) grants them search (x) only.
+        """
+        cfg = self.cfg
+        if not self._runtime_dir_is_ours(created):
+            return
+        runtime = cfg.ingest.socket.parent
+        mode = 0o750 | (0o001 if cfg.ingest.socket_mode & 0o002 else 0)
+        try:
+            os.chmod(runtime, mode)
+            if cfg.ingest.socket_group:
+                os.chown(runtime, -1, grp.getgrnam(cfg.ingest.socket_group).gr_gid)
+        except (OSError, KeyError) as e:
+            raise SetupError(f"ingest.socket {runtime}: {e}") from None
+
     def _prepare_bayes_dir(self, t: Target | None) -> None:
         """Create spamd.bayes_dir for the user the managed spamd will run as.
 
@@ -429,6 +452,7 @@ class Supervisor:
         Without a directory that user can write, TELL answers "did nothing".
         """
         d = self.cfg.spamd.bayes_dir
+        new = [p for p in (d, *d.parents) if not p.exists()]
         try:
             d.mkdir(mode=0o750, parents=True, exist_ok=True)
             owner = t
@@ -436,8 +460,18 @@ class Supervisor:
                 owner = privileges.resolve(SPAMD_ROOT_USER)
             if owner is not None:
                 privileges.chown_path(d, owner)
+                for p in new[1:]:  # made just now under our umask: let spamd pass, not list
+                    os.chmod(p, os.stat(p).st_mode & 0o7777 | 0o001)
         except (OSError, PrivilegeError) as e:
             raise SetupError(f"spamd.bayes_dir {d}: {e}") from None
+        if owner is not None:
+            for p in d.parents:
+                st = os.stat(p)
+                if not (st.st_mode & 0o001 or st.st_uid == owner.uid
+                        or (st.st_mode & 0o010 and st.st_gid == owner.gid)):
+                    log.warning("spamd.bayes_dir %s: %s is not searchable by %s, the managed"
+                                " spamd's user: it will learn nothing", d, p, owner.user)
+                    break
         log.info("the managed spamd learns into %s", d)
 
     def _become(self, t: Target, created: set[Path]) -> None:
@@ -447,8 +481,11 @@ class Supervisor:
         try:
             runtime = cfg.ingest.socket.parent
             # the socket's directory only when it is ours: made now, or by systemd for us
-            if runtime in created or str(runtime) == os.environ.get("RUNTIME_DIRECTORY"):
+            if self._runtime_dir_is_ours(created):
                 privileges.own_dir(runtime, t)
+                group = cfg.ingest.socket_group  # the MTA still passes through
+                if group:
+                    privileges.chown_path(runtime, t, gid=grp.getgrnam(group).gr_gid)
             privileges.own_dir(cfg.results.dir, t)
             for f in cfg.results.dir.iterdir():
                 privileges.chown_path(f, t)
@@ -1370,6 +1407,7 @@ def _close_fds_except(keep: set[int]) -> None:  # pragma: no cover - child
 
 def run(cfg: Config, config_path: Path | None = None) -> int:
     """Run the trap in the foreground until stopped; the exit code for the shell."""
+    modes.restrict_umask()  # before the log file: nothing the trap writes is for others
     logs.setup(cfg.supervisor.log_level, cfg.supervisor.log_file, cfg.supervisor.log_format)
     try:
         return Supervisor(cfg, config_path).run()
