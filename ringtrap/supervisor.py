@@ -760,11 +760,15 @@ class Supervisor:
 
     # -- reload ----------------------------------------------------------------
 
-    def reload(self) -> None:
-        """HUP: load the configuration again; replace workers one at a time."""
+    def reload(self) -> list[str]:
+        """HUP: load the configuration again; replace workers and stages one at a time.
+
+        Returns the changed keys that are restart-only: they keep their
+        running values until the next start, and the log says so.
+        """
         if self.config_path is None:
             log.info("HUP: no configuration file; nothing to reload")
-            return
+            return []
         systemd.notify(reloading=1, status="reloading",
                        monotonic_usec=time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000)
         try:
@@ -772,25 +776,16 @@ class Supervisor:
         except (configmod.ConfigError, OSError) as e:
             log.error("HUP: configuration refused, keeping the running one:\n%s", e)
             systemd.notify(ready=1, status=self.status_line())
-            return
+            return []
         old = self.cfg
-        fixed = []
-        if (new.ring.name, new.ring.slots, new.ring.slot_bytes) != (
-            old.ring.name, old.ring.slots, old.ring.slot_bytes
-        ):
-            fixed.append("ring")
-        if new.overflow.dir != old.overflow.dir:
-            fixed.append("overflow.dir")
-        if new.ingest.socket != old.ingest.socket:
-            fixed.append("ingest.socket")
-        for key in ("submit_socket", "lmtp_socket"):
-            if getattr(new.ingest, key) != getattr(old.ingest, key):
-                fixed.append(f"ingest.{key}")
-        if new.spamd.address != old.spamd.address:
-            fixed.append("spamd.address")
-        if fixed:
-            log.warning("HUP: %s changes take effect at the next start", ", ".join(fixed))
-            new = _keep_fixed(new, old)
+        changed = configmod.changed_keys(old, new)
+        restart_only = configmod.restart_only()
+        waiting = [key for key in changed if key in restart_only]
+        if waiting:
+            log.warning("HUP: %s changed: restart-only, takes effect at the next start",
+                        ", ".join(waiting))
+            new = configmod.keep_restart_only(new, old)
+        applied = [key for key in changed if key not in restart_only]
         self.cfg = new
         self.generation += 1
         if self.overflow is not None:
@@ -808,13 +803,25 @@ class Supervisor:
             if i not in used:
                 self.children.append(Child(Kind.WORKER, i, FIRST_WORKER_ROW + i,
                                            generation=self.generation))
-        log.info("HUP: configuration %s loaded (generation %d, %d workers)",
-                 self.config_path, self.generation, new.workers.count)
+        log.info("HUP: configuration %s loaded (generation %d, %d workers); applied: %s",
+                 self.config_path, self.generation, new.workers.count,
+                 ", ".join(applied) or "no changes")
         systemd.notify(ready=1, status=self.status_line())
+        return waiting
 
     def _roll_workers(self) -> None:
-        """Replace one worker of an older config generation at a time."""
-        workers = [c for c in self.children if c.kind is Kind.WORKER]
+        """Bring the children to the current config generation.
+
+        Workers and stages are replaced one at a time; the ingest keeps its
+        connections and is told to reload (HUP) once it has registered, so
+        one that was still booting with the old configuration hears it too.
+        """
+        for c in self.children:
+            if (c.kind is Kind.INGEST and c.state is ChildState.RUNNING
+                    and c.generation < self.generation and self._registered(c)):
+                c.generation = self.generation
+                self._signal(c, signal.SIGHUP)
+        workers = [c for c in self.children if c.kind in (Kind.WORKER, Kind.STAGE)]
         if any(c.state is ChildState.STOPPING and not c.retire for c in workers):
             return  # one replacement in flight
         for c in workers:
@@ -822,6 +829,12 @@ class Supervisor:
                 log.info("replacing %s with the new configuration", c.name)
                 self._stop_child(c, signal.SIGTERM)
                 return
+
+    def _registered(self, c: Child) -> bool:
+        """True once ``c`` holds its process-table row: its own signal handlers are in place."""
+        if self.ring is None:
+            return False
+        return any(r.row == c.row and r.pid == c.pid for r in self.ring.read_rows())
 
     # -- housekeeping ----------------------------------------------------------
 
@@ -1082,7 +1095,8 @@ class Supervisor:
             assert listener is not None
             return ingest_socket.child_main(self.cfg, listener, c.row,
                                             submit=self.side_listeners.get("submit"),
-                                            lmtp=self.side_listeners.get("lmtp"))
+                                            lmtp=self.side_listeners.get("lmtp"),
+                                            config_path=self.config_path)
         if c.kind is Kind.STAGE:
             from ringtrap import stage
 
@@ -1346,20 +1360,6 @@ _RESTART_COUNTERS = {
 
 class SetupError(Exception):
     """The trap cannot start; the message says why and what to do."""
-
-
-def _keep_fixed(new: Config, old: Config) -> Config:
-    import dataclasses
-
-    return dataclasses.replace(
-        new,
-        ring=old.ring,
-        overflow=dataclasses.replace(new.overflow, dir=old.overflow.dir),
-        ingest=dataclasses.replace(new.ingest, socket=old.ingest.socket,
-                                   submit_socket=old.ingest.submit_socket,
-                                   lmtp_socket=old.ingest.lmtp_socket),
-        spamd=dataclasses.replace(new.spamd, address=old.spamd.address),
-    )
 
 
 def _side_sockets(cfg: Config) -> list[tuple[str, Path]]:
