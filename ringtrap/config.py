@@ -1560,15 +1560,28 @@ def _check_distinct_sockets(c: Config) -> str | None:
     return None
 
 
-def _check_overflow_not_ring(c: Config) -> str | None:
+def _in_ring_path(key: str, d: Path, ring: str) -> str | None:
+    """Why directory ``d`` cannot be, or be under, one of the ring's /dev/shm names."""
     shm = Path("/dev/shm")
-    taken = {shm / c.ring.name, shm / f"sem.{c.ring.name}.lock", shm / f"sem.{c.ring.name}.ready"}
-    if Path(os.path.normpath(c.overflow.dir)) in taken:
-        return (
-            f"{_toml_str(str(c.overflow.dir))} is where the ring {c.ring.name!r} keeps its"
-            " shared memory; choose another directory or ring.name"
-        )
+    d = Path(os.path.normpath(d))
+    for taken in (shm / ring, shm / f"sem.{ring}.lock", shm / f"sem.{ring}.ready"):
+        if d.is_relative_to(taken):
+            where = "is" if d == taken else "is inside"
+            return (
+                f"{_toml_str(str(d))} {where} {taken}, where the ring {ring!r} keeps its"
+                f" shared memory: {key} cannot be there; choose another directory or ring.name"
+            )
     return None
+
+
+def _check_overflow_not_ring(c: Config) -> str | None:
+    return _in_ring_path("overflow.dir", c.overflow.dir, c.ring.name)
+
+
+def _check_stage_not_ring(c: Config) -> str | None:
+    if not c.stage.workers:
+        return None
+    return _in_ring_path("the stage's directory", stage_dir(c), c.ring.name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -1588,6 +1601,7 @@ _RULES: tuple[_Rule, ...] = (
     _Rule(("overflow.max_bytes", "ingest.max_message_bytes"), _check_overflow_cap),
     _Rule(("results.dir", "overflow.dir"), _check_results_outside_overflow),
     _Rule(("overflow.dir", "ring.name"), _check_overflow_not_ring),
+    _Rule(("stage.dir", "stage.workers", "overflow.dir", "ring.name"), _check_stage_not_ring),
     _Rule(("ingest.socket", "ingest.submit_socket", "ingest.lmtp_socket"), _check_distinct_sockets),
     _Rule(("archive.dir", "overflow.dir"), _check_archive_outside_overflow),
     _Rule(("stage.timeout", "stage.workers", "workers.heartbeat_timeout"), _check_stage_timeout),

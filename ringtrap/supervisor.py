@@ -251,6 +251,9 @@ class Supervisor:
         self.exit_code = EX_OK
         self.drained = False  # TERM: persist the ring on the way out
         self.drain_deadline = 0.0
+        # what this start made, so a start refused halfway removes exactly that
+        self._made_ring = False
+        self._made_dirs: list[Path] = []
         # what a stop that ran out of time had to kill, for the last log line
         self.cut_processes = 0
         self.cut_messages = 0
@@ -357,13 +360,14 @@ class Supervisor:
         except PrivilegeError as e:
             raise SetupError(str(e)) from None
         self.install_signals()
-        self._write_pidfile()
         created = set()
         for d in (cfg.ingest.socket.parent, cfg.results.dir):
             if not d.exists():
                 created.add(d)
+            self._made_dirs += _absent(d)
             d.mkdir(parents=True, exist_ok=True)
         self._restrict_runtime_dir(created)
+        self._made_dirs += _absent(cfg.overflow.dir)
         try:
             self.overflow = Overflow(cfg.overflow.dir, cfg.overflow.max_bytes,
                                      quarantine_max_bytes=cfg.overflow.quarantine_max_bytes)
@@ -379,6 +383,7 @@ class Supervisor:
         if cfg.stage.workers:
             from ringtrap import stage
 
+            self._made_dirs += _absent(configmod.stage_dir(cfg))
             try:
                 self.stage_store = stage.open_store(cfg)
             except OSError as e:
@@ -401,10 +406,12 @@ class Supervisor:
                 raise SetupError(f"ingest.{kind}_socket {path}: {e}") from None
             side.set_inheritable(False)
             self.side_listeners[kind] = side
-        # the sockets are ours now, so no live trap uses this runtime directory
+        # the sockets are ours now, so no live trap uses this runtime directory (or
+        # its pidfile: written only now, a start refused above leaves another's alone)
         self._stop_orphan_spamd()
         if configmod.managed_spamd_learns(cfg):
             self._prepare_bayes_dir(target)
+        self._write_pidfile()
         if target is not None:
             self._become(target, created)
         if cfg.metrics.listen is not None:
@@ -534,9 +541,12 @@ class Supervisor:
         rows = max(ringmod.DEFAULT_ROWS,
                    FIRST_WORKER_ROW + self.cfg.workers.count + self.cfg.stage.workers + 1)
         try:
-            return Ring.create(cfg.name, cfg.slots, cfg.slot_bytes, mode=cfg.mode, rows=rows)
+            ring = Ring.create(cfg.name, cfg.slots, cfg.slot_bytes, mode=cfg.mode, rows=rows)
         except ringmod.RingExists:
             pass
+        else:
+            self._made_ring = True
+            return ring
         try:
             old = Ring.attach(cfg.name)
         except ringmod.RingLayoutError as e:
@@ -568,7 +578,9 @@ class Supervisor:
                 )
             ringmod.unlink_name(cfg.name)
             log.info("moved %d messages from the old ring", moved)
-            return Ring.create(cfg.name, cfg.slots, cfg.slot_bytes, mode=cfg.mode, rows=rows)
+            ring = Ring.create(cfg.name, cfg.slots, cfg.slot_bytes, mode=cfg.mode, rows=rows)
+            self._made_ring = True
+            return ring
         old.close()
         ring = Ring.adopt(cfg.name)
         snap = ring.snapshot()
@@ -668,11 +680,19 @@ class Supervisor:
             moved += 1
 
     def teardown_after_failed_setup(self) -> None:
+        """Undo a refused start: remove what it made, and nothing it found."""
         self._stop_metrics()
         self._kill_all(signal.SIGKILL)
         self._reap_blocking(5.0)
+        self._close_listener()  # only the sockets it bound
         if self.ring is not None:
+            # a ring it made holds nothing yet: no ingest ran to fill it
+            made = self._made_ring and self.ring.snapshot().used == 0
             self.ring.close()
+            if made:
+                ringmod.unlink_name(self.cfg.ring.name)
+        for d in sorted(self._made_dirs, key=lambda p: len(p.parts), reverse=True):
+            _remove_empty_tree(d)
         self._remove_pidfile()
 
     def teardown(self) -> None:
@@ -1367,6 +1387,25 @@ def _side_sockets(cfg: Config) -> list[tuple[str, Path]]:
     ing = cfg.ingest
     return [(kind, path) for kind, path in (("submit", ing.submit_socket),
                                             ("lmtp", ing.lmtp_socket)) if path is not None]
+
+
+def _absent(path: Path) -> list[Path]:
+    """``path`` and those of its parents that do not exist yet."""
+    out = []
+    while not path.exists() and path.parent != path:
+        out.append(path)
+        path = path.parent
+    return out
+
+
+def _remove_empty_tree(top: Path) -> None:
+    """Remove ``top`` and the folders below it, if no file is left anywhere in it."""
+    for root, dirs, _files in os.walk(top, topdown=False):
+        for d in dirs:
+            with contextlib.suppress(OSError):
+                os.rmdir(os.path.join(root, d))
+    with contextlib.suppress(OSError):
+        top.rmdir()
 
 
 def _describe_status(status: int) -> str:

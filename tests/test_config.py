@@ -910,3 +910,26 @@ def test_overflow_dir_may_not_be_the_rings_segment(tmp_path: Path) -> None:
     with pytest.raises(config.ConfigError) as e:
         config.load_text(text, "t.toml")
     assert any("overflow.dir" in p and "trap1" in p for p in e.value.problems)
+
+
+@pytest.mark.parametrize(("text", "key"), [
+    # the ring's /dev/shm path would be a parent of the overflow
+    ('[ring]\nname = "trap1"\n[overflow]\ndir = "/dev/shm/trap1/overflow"\n', "overflow.dir"),
+    ('[ring]\nname = "trap1"\n[overflow]\ndir = "/dev/shm/sem.trap1.lock"\n', "overflow.dir"),
+    # the stage's default folder, beside the overflow, is the ring's segment
+    ('[ring]\nname = "q-stage2"\n[overflow]\ndir = "/dev/shm/q"\n'
+     '[stage]\nworkers = 1\naddress = "unix:/run/s.sock"\n', "stage.dir"),
+    ('[ring]\nname = "trap1"\n[stage]\nworkers = 1\naddress = "unix:/run/s.sock"\n'
+     'dir = "/dev/shm/trap1/stage"\n', "stage.dir"),
+])
+def test_no_spill_folder_may_be_at_or_under_the_rings_shm_names(text: str, key: str) -> None:
+    with pytest.raises(config.ConfigError) as e:
+        config.load_text(text, "t.toml")
+    [problem] = e.value.problems
+    assert problem.startswith(f"t.toml: {key}: ") and "ring.name" in problem
+
+
+def test_a_spill_folder_beside_the_ring_is_fine() -> None:
+    text = ('[ring]\nname = "trap1"\n[overflow]\ndir = "/dev/shm/trap1.overflow"\n'
+            '[stage]\nworkers = 1\naddress = "unix:/run/s.sock"\n')
+    assert config.load_text(text, "t.toml").overflow.dir == Path("/dev/shm/trap1.overflow")

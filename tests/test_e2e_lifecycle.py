@@ -18,7 +18,7 @@ from pathlib import Path
 import psutil
 import pytest
 from spamd_fixture import SpamdProcess
-from trap_fixture import Trap, message, reply_id, running_trap, wait_until
+from trap_fixture import Trap, message, reply_id, running_trap, shm_leftovers, wait_until
 
 from ringtrap.supervisor import MAX_BOOT_FAILURES
 
@@ -236,3 +236,29 @@ def test_stops_that_cut_a_slow_message_count_no_attempt(
             assert st is not None and st["totals"]["quarantined"] == 0
         finally:
             trap.close()
+
+
+def test_a_start_refused_for_a_socket_in_use_removes_only_what_it_made(tmp_path: Path) -> None:
+    pidfile = tmp_path / "ringtrap.pid"
+    (tmp_path / "a").mkdir()
+    with running_trap(tmp_path / "a", {"supervisor": {"pidfile": str(pidfile)}}) as first:
+        assert pidfile.read_text().strip() == str(first.pid)
+        (tmp_path / "b").mkdir()
+        second = Trap(tmp_path / "b", {
+            "ingest": {"socket": str(first.socket_path)},
+            "supervisor": {"pidfile": str(pidfile)},
+        })
+        try:
+            second.start(wait=False)
+            assert second.wait_exit(30) == 78
+            # nothing of the refused start is left: ring, semaphores, folders
+            assert shm_leftovers(second.ring_name) == []
+            assert not second.overflow_dir.exists()
+            assert not second.results_dir.exists()
+            # and nothing of the running trap was touched
+            assert pidfile.read_text().strip() == str(first.pid)
+            assert shm_leftovers(first.ring_name) != []
+            msgid = reply_id(first.send(message(1)))
+            first.wait_records({msgid})
+        finally:
+            second.close()
