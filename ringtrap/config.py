@@ -140,6 +140,12 @@ def _default_results_dir() -> Path:
     return _state_home() / "ringtrap" / "results"
 
 
+def _default_bayes_dir() -> Path:
+    if _euid() == 0:
+        return Path("/var/lib/ringtrap/bayes")
+    return _state_home() / "ringtrap" / "bayes"
+
+
 def _default_worker_count() -> int:
     return os.cpu_count() or 2
 
@@ -744,15 +750,22 @@ class _Setting:
     kind: _Kind
     help: str
     varies: str  # for the docs: how a host-dependent default is chosen
+    # a HUP does not change it: what it sets up (a socket, the ring, a
+    # directory handed to the service user, the log) lives as long as the trap
+    restart: bool = False
 
 
-def _about(kind: _Kind, help: str, *, varies: str = "") -> dict[str, _Setting]:
+def _about(
+    kind: _Kind, help: str, *, varies: str = "", restart: bool = False
+) -> dict[str, _Setting]:
     """Field metadata declaring one key.
 
     ``varies`` must describe a default computed by a ``default_factory``:
     the docs table shows that text, so it is the same on every host.
+    ``restart``: the key takes effect at the next start only; every other key
+    takes effect in every process on HUP.
     """
-    return {_META: _Setting(kind, help, varies)}
+    return {_META: _Setting(kind, help, varies, restart)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -766,12 +779,15 @@ class IngestConfig:
             "Unix socket of the raw protocol: socat or nc -U hand over a bare message, no"
             " envelope (MTAs should use the submit or LMTP socket).",
             varies="`<runtime>/ingest.sock`",
+            restart=True,
         ),
     )
     socket_mode: int = field(
         default=0o660,
         metadata=_about(
-            _Mode(), "Permissions of the ingest socket; a client needs write permission to connect."
+            _Mode(),
+            "Permissions of the ingest socket; a client needs write permission to connect.",
+            restart=True,
         ),
     )
     socket_group: str = field(
@@ -780,6 +796,7 @@ class IngestConfig:
             _Account("group", _getgrnam),
             "Group owning the ingest socket, to let the MTA's delivery user in;"
             ' "" keeps the group of the ringtrap process.',
+            restart=True,
         ),
     )
     max_message_bytes: int = field(
@@ -795,9 +812,29 @@ class IngestConfig:
             _Seconds(), "Seconds a client connection may stay silent before it is closed."
         ),
     )
+    message_timeout: float = field(
+        default=300.0,
+        metadata=_about(
+            _Seconds(),
+            "Seconds a connection may take over one message however steadily it sends;"
+            " past them it is answered TEMPFAIL (LMTP 421) and closed.",
+        ),
+    )
     max_connections: int = field(
         default=256,
-        metadata=_about(_Integer(lo=1), "Most client connections the ingest serves at once."),
+        metadata=_about(
+            _Integer(lo=1),
+            "Most connections the raw socket serves at once; the submit and LMTP sockets"
+            " have budgets of their own, so the raw socket cannot starve them.",
+        ),
+    )
+    submit_max_connections: int = field(
+        default=256,
+        metadata=_about(_Integer(lo=1), "Most connections the submit socket serves at once."),
+    )
+    lmtp_max_connections: int = field(
+        default=64,
+        metadata=_about(_Integer(lo=1), "Most connections the LMTP socket serves at once."),
     )
     submit_socket: Path | None = field(
         default_factory=_beside_ingest,
@@ -807,6 +844,7 @@ class IngestConfig:
             " (sender, recipients, client, queue id) comes with each message, and a message"
             ' cut short is refused; same mode and group as ingest.socket; "" = off.',
             varies="`submit.sock` beside `ingest.socket`",
+            restart=True,
         ),
     )
     lmtp_socket: Path | None = field(
@@ -815,6 +853,7 @@ class IngestConfig:
             _Path(optional=True, unix_socket=True),
             "Unix socket speaking LMTP (RFC 2033) for Postfix's lmtp client or Exim's lmtp"
             ' transport; same mode and group as ingest.socket; "" = off.',
+            restart=True,
         ),
     )
 
@@ -835,6 +874,7 @@ class RingConfig:
             "Name of the POSIX shared-memory segment, also the prefix of its semaphores;"
             " two traps on one host need different names.",
             varies='`"ringtrap"` as root, else `"ringtrap-<uid>"`',
+            restart=True,
         ),
     )
     slots: int = field(
@@ -843,6 +883,7 @@ class RingConfig:
             _Integer(lo=1, hi=1_000_000),
             "Number of slots: how many messages the ring holds before the ingest spills"
             " to the overflow directory.",
+            restart=True,
         ),
     )
     slot_bytes: int = field(
@@ -850,12 +891,14 @@ class RingConfig:
         metadata=_about(
             _Size(lo=KiB, hi=64 * MiB),
             "Size of one slot; a larger message skips the ring and goes to the overflow directory.",
+            restart=True,
         ),
     )
     mode: int = field(
         default=0o600,
         metadata=_about(
-            _Mode(owner_rw=True), "Permissions of the shared-memory segment and its semaphores."
+            _Mode(owner_rw=True), "Permissions of the shared-memory segment and its semaphores.",
+            restart=True,
         ),
     )
 
@@ -871,6 +914,7 @@ class OverflowConfig:
             "Spill directory for messages that find the ring full or do not fit a slot;"
             " keep it on tmpfs.",
             varies="`/dev/shm/ringtrap.overflow` as root, else `/dev/shm/ringtrap-<uid>.overflow`",
+            restart=True,
         ),
     )
     max_bytes: int = field(
@@ -894,6 +938,24 @@ class OverflowConfig:
         metadata=_about(
             _Integer(lo=1),
             "A message that kills its worker this many times is quarantined, not retried.",
+        ),
+    )
+    quarantine_max_bytes: int = field(
+        default=64 * MiB,
+        metadata=_about(
+            _Size(lo=MiB),
+            "Cap on the quarantined messages kept in failed/ (of the overflow and of the"
+            " stage, each); past it the oldest are dropped. Quarantine never counts toward"
+            " overflow.max_bytes, so it cannot block spills.",
+        ),
+    )
+    quarantine_retention_days: int = field(
+        default=1,
+        metadata=_about(
+            _Integer(lo=0),
+            "Days a quarantined message is kept: the daily purge drops those that arrived"
+            " more than this many days minus one before it (1 = all of them, with the"
+            " backlog); 0 = never by age, only the cap and 'ringtrap purge --quarantine'.",
         ),
     )
 
@@ -949,6 +1011,7 @@ class SpamdConfig:
             ' "off": record messages without a spamd score.',
             varies='`"managed"` if spamd is installed (on `PATH`, in `/usr/sbin` or'
             ' `/usr/local/sbin`), else `"off"`',
+            restart=True,
         ),
     )
     timeout: float = field(
@@ -969,11 +1032,14 @@ class SpamdConfig:
         metadata=_about(
             _Integer(lo=0, hi=1024),
             "Children of a managed spamd (--max-children); 0 = one per worker (workers.count).",
+            restart=True,
         ),
     )
     extra_args: tuple[str, ...] = field(
         default=(),
-        metadata=_about(_TextList(), "Further command-line arguments for a managed spamd."),
+        metadata=_about(
+            _TextList(), "Further command-line arguments for a managed spamd.", restart=True
+        ),
     )
     command: str = field(
         default="spamd",
@@ -981,6 +1047,19 @@ class SpamdConfig:
             _Text(),
             "Program run as a managed spamd: a path, or a name looked up on PATH and then"
             " in /usr/sbin and /usr/local/sbin.",
+            restart=True,
+        ),
+    )
+    bayes_dir: Path = field(
+        default_factory=_default_bayes_dir,
+        metadata=_about(
+            _Path(),
+            "Bayes database of a managed spamd when the stage learns through it"
+            " (stage.learn): created and handed to the user spamd runs as (nobody when"
+            " started as root without service.user); every directory above it must be"
+            " searchable by that user.",
+            varies="`/var/lib/ringtrap/bayes` as root, else `$XDG_STATE_HOME/ringtrap/bayes`"
+            " (`~/.local/state/ringtrap/bayes` when unset)",
         ),
     )
 
@@ -997,6 +1076,7 @@ class ResultsConfig:
             varies="`/var/lib/ringtrap/results` as root, else"
             " `$XDG_STATE_HOME/ringtrap/results` (`~/.local/state/ringtrap/results`"
             " when unset)",
+            restart=True,
         ),
     )
     retention_days: int = field(
@@ -1086,6 +1166,7 @@ class ArchiveConfig:
             _Path(optional=True),
             "Directory of the Maildir archive, one Maildir per UTC day and verdict"
             ' (<dir>/YYYY-MM-DD/<verdict>/new/); "" = no archive.',
+            restart=True,
         ),
     )
     verdicts: tuple[str, ...] = field(
@@ -1115,6 +1196,7 @@ class StageConfig:
             _Integer(lo=0, hi=64),
             "Processes of the slower stage (learning, reporting); 0 = no stage. Scan workers"
             " hand messages to it through its own spill directory and never wait for it.",
+            restart=True,
         ),
     )
     learn: bool = field(
@@ -1163,6 +1245,7 @@ class StageConfig:
             _Path(optional=True),
             'Spill directory the scan workers hand messages on through; "" ='
             ' "<overflow.dir>-stage2". Keep it on tmpfs; it is purged with the overflow.',
+            restart=True,
         ),
     )
     max_bytes: int = field(
@@ -1173,6 +1256,17 @@ class StageConfig:
             " (counted as stage_dropped), so a dead stage never fills the host's memory.",
         ),
     )
+
+
+def managed_spamd_tells(c: "Config") -> bool:
+    """True if the stage sends TELL to the managed spamd, which then needs --allow-tell."""
+    return (c.spamd.address.kind == "managed" and c.stage.workers > 0
+            and c.stage.address is None and (c.stage.learn or c.stage.report))
+
+
+def managed_spamd_learns(c: "Config") -> bool:
+    """True if the stage learns through the managed spamd: it needs spamd.bayes_dir."""
+    return managed_spamd_tells(c) and c.stage.learn
 
 
 def stage_dir(c: "Config") -> Path:
@@ -1195,19 +1289,23 @@ class SupervisorConfig:
     )
     pidfile: Path | None = field(
         default=None,
-        metadata=_about(_Path(optional=True), 'File holding the supervisor\'s pid; "" = none.'),
+        metadata=_about(
+            _Path(optional=True), 'File holding the supervisor\'s pid; "" = none.', restart=True
+        ),
     )
     log_file: Path | None = field(
         default=None,
         metadata=_about(
             _Path(optional=True),
             'Log file, reopened on SIGUSR1; "" = standard error (the journal under systemd).',
+            restart=True,
         ),
     )
     log_level: str = field(
         default="info",
         metadata=_about(
-            _Choice(("debug", "info", "warning", "error")), "Least severe level that is logged."
+            _Choice(("debug", "info", "warning", "error")), "Least severe level that is logged.",
+            restart=True,
         ),
     )
     log_format: str = field(
@@ -1217,6 +1315,7 @@ class SupervisorConfig:
             'Log line format: "human" (one readable line) or "json" (one JSON object per'
             " line with the message id, verdict, score and event as keys);"
             " `ringtrap run --log-format` overrides it.",
+            restart=True,
         ),
     )
 
@@ -1231,6 +1330,7 @@ class MetricsConfig:
             _Listen(),
             "Address of the Prometheus metrics endpoint the supervisor serves"
             ' (e.g. "127.0.0.1:9809"); "" = off.',
+            restart=True,
         ),
     )
 
@@ -1246,6 +1346,7 @@ class ServiceConfig:
             "Started as root, the supervisor prepares its directories, ring and socket,"
             " then drops to this user before starting any child;"
             ' "" = keep running as the starting user.',
+            restart=True,
         ),
     )
     group: str = field(
@@ -1253,6 +1354,7 @@ class ServiceConfig:
         metadata=_about(
             _Account("group", _getgrnam),
             'Group to run as with service.user; "" = that user\'s primary group.',
+            restart=True,
         ),
     )
 
@@ -1286,6 +1388,42 @@ def _sections() -> Iterator[tuple[str, type]]:
 def _keys(section_cls: type) -> Iterator[tuple[str, _Setting]]:
     for f in fields(section_cls):
         yield f.name, f.metadata[_META]
+
+
+def restart_only() -> frozenset[str]:
+    """The keys (``section.key``) declared to take effect at the next start only."""
+    return frozenset(
+        f"{section}.{key}"
+        for section, cls in _sections()
+        for key, setting in _keys(cls)
+        if setting.restart
+    )
+
+
+def changed_keys(old: "Config", new: "Config") -> list[str]:
+    """The keys (``section.key``) whose values differ between ``old`` and ``new``."""
+    return [
+        f"{section}.{key}"
+        for section, cls in _sections()
+        for key, _ in _keys(cls)
+        if getattr(getattr(old, section), key) != getattr(getattr(new, section), key)
+    ]
+
+
+def keep_restart_only(new: "Config", old: "Config") -> "Config":
+    """``new`` with every restart-only key set back to its value in ``old``.
+
+    What a HUP applies: the running trap keeps what it set up at its start.
+    """
+    import dataclasses
+
+    sections = {}
+    for section, cls in _sections():
+        fixed = {key: getattr(getattr(old, section), key)
+                 for key, setting in _keys(cls) if setting.restart}
+        if fixed:
+            sections[section] = dataclasses.replace(getattr(new, section), **fixed)
+    return dataclasses.replace(new, **sections)
 
 
 def _spamd_child_timeout(spamd: SpamdConfig) -> float:
@@ -1422,15 +1560,28 @@ def _check_distinct_sockets(c: Config) -> str | None:
     return None
 
 
-def _check_overflow_not_ring(c: Config) -> str | None:
+def _in_ring_path(key: str, d: Path, ring: str) -> str | None:
+    """Why directory ``d`` cannot be, or be under, one of the ring's /dev/shm names."""
     shm = Path("/dev/shm")
-    taken = {shm / c.ring.name, shm / f"sem.{c.ring.name}.lock", shm / f"sem.{c.ring.name}.ready"}
-    if Path(os.path.normpath(c.overflow.dir)) in taken:
-        return (
-            f"{_toml_str(str(c.overflow.dir))} is where the ring {c.ring.name!r} keeps its"
-            " shared memory; choose another directory or ring.name"
-        )
+    d = Path(os.path.normpath(d))
+    for taken in (shm / ring, shm / f"sem.{ring}.lock", shm / f"sem.{ring}.ready"):
+        if d.is_relative_to(taken):
+            where = "is" if d == taken else "is inside"
+            return (
+                f"{_toml_str(str(d))} {where} {taken}, where the ring {ring!r} keeps its"
+                f" shared memory: {key} cannot be there; choose another directory or ring.name"
+            )
     return None
+
+
+def _check_overflow_not_ring(c: Config) -> str | None:
+    return _in_ring_path("overflow.dir", c.overflow.dir, c.ring.name)
+
+
+def _check_stage_not_ring(c: Config) -> str | None:
+    if not c.stage.workers:
+        return None
+    return _in_ring_path("the stage's directory", stage_dir(c), c.ring.name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -1450,6 +1601,7 @@ _RULES: tuple[_Rule, ...] = (
     _Rule(("overflow.max_bytes", "ingest.max_message_bytes"), _check_overflow_cap),
     _Rule(("results.dir", "overflow.dir"), _check_results_outside_overflow),
     _Rule(("overflow.dir", "ring.name"), _check_overflow_not_ring),
+    _Rule(("stage.dir", "stage.workers", "overflow.dir", "ring.name"), _check_stage_not_ring),
     _Rule(("ingest.socket", "ingest.submit_socket", "ingest.lmtp_socket"), _check_distinct_sockets),
     _Rule(("archive.dir", "overflow.dir"), _check_archive_outside_overflow),
     _Rule(("stage.timeout", "stage.workers", "workers.heartbeat_timeout"), _check_stage_timeout),

@@ -26,6 +26,7 @@ import queue
 import random
 import signal
 import socket
+import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,7 +34,7 @@ from enum import Enum
 from pathlib import Path
 
 from ringtrap import config as configmod
-from ringtrap import logs, privileges, proc, systemd
+from ringtrap import logs, modes, privileges, proc, systemd
 from ringtrap import metrics as metricsmod
 from ringtrap import ring as ringmod
 from ringtrap.config import Config
@@ -51,10 +52,13 @@ SUPERVISOR_ROW = 0
 INGEST_ROW = 1
 FIRST_WORKER_ROW = 2
 
-# a child that dies within this long of starting "died too fast": back off
+# a booted child that dies within this long of starting is crash-looping: back off
 MIN_UPTIME = 2.0
 BACKOFF_MAX = 30.0
-# consecutive too-fast deaths of one child after which the unit gives up
+# a crash-looping child that booted is retried for ever, at most this far apart
+CRASH_BACKOFF_FIRST = 0.5
+CRASH_BACKOFF_MAX = 5.0
+# consecutive boot failures (deaths before the boot finished) after which the unit gives up
 MAX_BOOT_FAILURES = 5
 # a child is given this long to register and beat before its heartbeat counts
 BOOT_GRACE = 30.0
@@ -62,6 +66,9 @@ BOOT_GRACE = 30.0
 INGEST_HEARTBEAT_TIMEOUT = 30.0
 # after SIGABRT for a stalled heartbeat, SIGKILL if still alive this much later
 ABORT_GRACE = 5.0
+# the longest a turn of the loop waits for the ring lock: a live holder is
+# killed if it is hung (Ring.check_lock), and what needed the lock is retried
+RING_LOCK_PATIENCE = 0.2
 SPAMD_PING_INTERVAL = 30.0
 SPAMD_PING_FAILURES = 3
 
@@ -98,9 +105,13 @@ class Child:
     ident: Identity | None = None
     started: float = 0.0  # monotonic
     restart_at: float = 0.0  # monotonic; when WAITING
-    failures: int = 0  # consecutive too-fast deaths
+    failures: int = 0  # consecutive boot failures
+    crashes: int = 0  # consecutive deaths within MIN_UPTIME of a finished boot
+    booted: bool = False  # its row left STARTING (spamd: it answered PING as the listener)
+    boot_checked: float = 0.0  # monotonic; the managed spamd's last boot probe
     stop_sent: float = 0.0  # monotonic; when STOPPING
     abort_sent: float = 0.0  # monotonic; SIGABRT for a stalled heartbeat
+    cut: bool = False  # SIGKILLed by us because a stop ran past its deadline
     retire: bool = False  # do not restart after it exits (pool shrank, replaced)
     generation: int = 0  # config generation it was started with
 
@@ -147,13 +158,66 @@ def next_purge(now: float, at: dt.time) -> float:
 
 
 def backoff_delay(failures: int) -> float:
-    """Seconds to wait before restarting a child that died too fast ``failures`` times."""
+    """Seconds to wait before restarting a child that failed its boot ``failures`` times."""
     return float(min(BACKOFF_MAX, 2 ** max(0, failures - 1)))
+
+
+def crash_delay(crashes: int) -> float:
+    """Seconds to wait before restarting a booted child that died soon ``crashes`` times.
+
+    Zero for a child that ran a while: one crash costs no time.  A child
+    killed over and over (a poison message, an operator's loop) is slowed
+    down, never given up on: it booted, so it can run.
+    """
+    if crashes <= 0:
+        return 0.0
+    return min(CRASH_BACKOFF_MAX, CRASH_BACKOFF_FIRST * 2 ** (crashes - 1))
+
+
+def spamd_answers_as(path: Path, pid: int, timeout: float = 1.0) -> bool:
+    """True if the spamd listening on ``path`` is process ``pid`` and answers PING.
+
+    SO_PEERCRED names the process that bound the listening socket: a spamd
+    left by an older supervisor answers PING on the same path but is not
+    ours, and ours has not booted while it holds the socket.
+    """
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        try:
+            s.connect(str(path))
+            creds = s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+            if struct.unpack("3i", creds)[0] != pid:
+                return False
+            s.sendall(b"PING SPAMC/1.5\r\n\r\n")
+            reply = b""
+            while len(reply) < 256 and (chunk := s.recv(256)):
+                reply += chunk
+        except OSError:
+            return False
+    return reply.startswith(b"SPAMD/") and b"PONG" in reply
+
+
+# The user a managed spamd started by root switches to (without service.user).
+SPAMD_ROOT_USER = "nobody"
 
 
 def managed_spamd_socket(cfg: Config) -> Path:
     """Where a managed spamd listens: beside the ingest socket."""
     return cfg.ingest.socket.parent / "spamd.sock"
+
+
+def spamd_owner_file(cfg: Config) -> Path:
+    """Where the supervisor records its managed spamd's identity: beside its socket."""
+    return cfg.ingest.socket.parent / "spamd.owner"
+
+
+def read_spamd_owner(path: Path) -> Identity | None:
+    """The identity a ``spamd.owner`` file records, None if it is missing or unreadable."""
+    try:
+        pid, start = (int(v) for v in path.read_text().split())
+    except (OSError, ValueError):
+        return None
+    return Identity(pid, start)
 
 
 def spamd_address(cfg: Config) -> str | None:
@@ -187,6 +251,12 @@ class Supervisor:
         self.exit_code = EX_OK
         self.drained = False  # TERM: persist the ring on the way out
         self.drain_deadline = 0.0
+        # what this start made, so a start refused halfway removes exactly that
+        self._made_ring = False
+        self._made_dirs: list[Path] = []
+        # what a stop that ran out of time had to kill, for the last log line
+        self.cut_processes = 0
+        self.cut_messages = 0
         self.next_purge_at = 0.0
         self.spamd_next_ping = 0.0
         self.spamd_ping_failures = 0
@@ -196,6 +266,8 @@ class Supervisor:
         # WATCHDOG=1 is sent from housekeeping only, so it stops when the loop stalls
         self.watchdog_every = systemd.watchdog_interval()
         self.last_watchdog = 0.0
+        # dead children whose recovery found the ring lock held: retried each turn
+        self.pending_recovery: list[tuple[Child, Identity, bool]] = []
 
     # -- signals -------------------------------------------------------------
 
@@ -288,14 +360,17 @@ class Supervisor:
         except PrivilegeError as e:
             raise SetupError(str(e)) from None
         self.install_signals()
-        self._write_pidfile()
         created = set()
         for d in (cfg.ingest.socket.parent, cfg.results.dir):
             if not d.exists():
                 created.add(d)
+            self._made_dirs += _absent(d)
             d.mkdir(parents=True, exist_ok=True)
+        self._restrict_runtime_dir(created)
+        self._made_dirs += _absent(cfg.overflow.dir)
         try:
-            self.overflow = Overflow(cfg.overflow.dir, cfg.overflow.max_bytes)
+            self.overflow = Overflow(cfg.overflow.dir, cfg.overflow.max_bytes,
+                                     quarantine_max_bytes=cfg.overflow.quarantine_max_bytes)
         except OSError as e:
             raise SetupError(f"overflow.dir {cfg.overflow.dir}: {e}") from None
         self.ring = self._open_ring()
@@ -308,6 +383,7 @@ class Supervisor:
         if cfg.stage.workers:
             from ringtrap import stage
 
+            self._made_dirs += _absent(configmod.stage_dir(cfg))
             try:
                 self.stage_store = stage.open_store(cfg)
             except OSError as e:
@@ -330,6 +406,12 @@ class Supervisor:
                 raise SetupError(f"ingest.{kind}_socket {path}: {e}") from None
             side.set_inheritable(False)
             self.side_listeners[kind] = side
+        # the sockets are ours now, so no live trap uses this runtime directory (or
+        # its pidfile: written only now, a start refused above leaves another's alone)
+        self._stop_orphan_spamd()
+        if configmod.managed_spamd_learns(cfg):
+            self._prepare_bayes_dir(target)
+        self._write_pidfile()
         if target is not None:
             self._become(target, created)
         if cfg.metrics.listen is not None:
@@ -343,7 +425,61 @@ class Supervisor:
             # stage rows count down from the last, clear of a pool that grows on reload
             self.children.append(Child(Kind.STAGE, i, self.ring.rows - 1 - i))
         self.next_purge_at = next_purge(self.os.time(), cfg.overflow.purge_at)
+        # from now on a turn never waits long on the ring lock (see housekeeping)
+        self.ring.patience = RING_LOCK_PATIENCE
         self.reconcile()
+
+    def _runtime_dir_is_ours(self, created: set[Path]) -> bool:
+        runtime = self.cfg.ingest.socket.parent
+        return runtime in created or str(runtime) == os.environ.get("RUNTIME_DIRECTORY")
+
+    def _restrict_runtime_dir(self, created: set[Path]) -> None:
+        """The sockets' directory, when it is ours: 0750, group ingest.socket_group.
+
+        The group lets the MTA's delivery user through; a socket_mode that
+        grants others (an alias run as nobody) grants them search (x) only.
+        """
+        cfg = self.cfg
+        if not self._runtime_dir_is_ours(created):
+            return
+        runtime = cfg.ingest.socket.parent
+        mode = 0o750 | (0o001 if cfg.ingest.socket_mode & 0o002 else 0)
+        try:
+            os.chmod(runtime, mode)
+            if cfg.ingest.socket_group:
+                os.chown(runtime, -1, grp.getgrnam(cfg.ingest.socket_group).gr_gid)
+        except (OSError, KeyError) as e:
+            raise SetupError(f"ingest.socket {runtime}: {e}") from None
+
+    def _prepare_bayes_dir(self, t: Target | None) -> None:
+        """Create spamd.bayes_dir for the user the managed spamd will run as.
+
+        Before dropping root: spamd runs as ``t`` (service.user), as
+        :data:`SPAMD_ROOT_USER` when started as root without one, or as us.
+        Without a directory that user can write, TELL answers "did nothing".
+        """
+        d = self.cfg.spamd.bayes_dir
+        new = [p for p in (d, *d.parents) if not p.exists()]
+        try:
+            d.mkdir(mode=0o750, parents=True, exist_ok=True)
+            owner = t
+            if owner is None and os.geteuid() == 0:
+                owner = privileges.resolve(SPAMD_ROOT_USER)
+            if owner is not None:
+                privileges.chown_path(d, owner)
+                for p in new[1:]:  # made just now under our umask: let spamd pass, not list
+                    os.chmod(p, os.stat(p).st_mode & 0o7777 | 0o001)
+        except (OSError, PrivilegeError) as e:
+            raise SetupError(f"spamd.bayes_dir {d}: {e}") from None
+        if owner is not None:
+            for p in d.parents:
+                st = os.stat(p)
+                if not (st.st_mode & 0o001 or st.st_uid == owner.uid
+                        or (st.st_mode & 0o010 and st.st_gid == owner.gid)):
+                    log.warning("spamd.bayes_dir %s: %s is not searchable by %s, the managed"
+                                " spamd's user: it will learn nothing", d, p, owner.user)
+                    break
+        log.info("the managed spamd learns into %s", d)
 
     def _become(self, t: Target, created: set[Path]) -> None:
         """Hand the trap's files to ``t``, load what children run, drop root for good."""
@@ -352,8 +488,11 @@ class Supervisor:
         try:
             runtime = cfg.ingest.socket.parent
             # the socket's directory only when it is ours: made now, or by systemd for us
-            if runtime in created or str(runtime) == os.environ.get("RUNTIME_DIRECTORY"):
+            if self._runtime_dir_is_ours(created):
                 privileges.own_dir(runtime, t)
+                group = cfg.ingest.socket_group  # the MTA still passes through
+                if group:
+                    privileges.chown_path(runtime, t, gid=grp.getgrnam(group).gr_gid)
             privileges.own_dir(cfg.results.dir, t)
             for f in cfg.results.dir.iterdir():
                 privileges.chown_path(f, t)
@@ -402,9 +541,12 @@ class Supervisor:
         rows = max(ringmod.DEFAULT_ROWS,
                    FIRST_WORKER_ROW + self.cfg.workers.count + self.cfg.stage.workers + 1)
         try:
-            return Ring.create(cfg.name, cfg.slots, cfg.slot_bytes, mode=cfg.mode, rows=rows)
+            ring = Ring.create(cfg.name, cfg.slots, cfg.slot_bytes, mode=cfg.mode, rows=rows)
         except ringmod.RingExists:
             pass
+        else:
+            self._made_ring = True
+            return ring
         try:
             old = Ring.attach(cfg.name)
         except ringmod.RingLayoutError as e:
@@ -436,13 +578,56 @@ class Supervisor:
                 )
             ringmod.unlink_name(cfg.name)
             log.info("moved %d messages from the old ring", moved)
-            return Ring.create(cfg.name, cfg.slots, cfg.slot_bytes, mode=cfg.mode, rows=rows)
+            ring = Ring.create(cfg.name, cfg.slots, cfg.slot_bytes, mode=cfg.mode, rows=rows)
+            self._made_ring = True
+            return ring
         old.close()
         ring = Ring.adopt(cfg.name)
         snap = ring.snapshot()
         log.info("adopted ring %r (generation %d): %d ready, %d requeued from dead processes",
                  cfg.name, snap.generation, snap.ready, snap.requeued)
         return ring
+
+    def _stop_orphan_spamd(self) -> None:
+        """Stop a managed spamd that a crashed supervisor left running.
+
+        Run as root, spamd switches users and the kernel drops its
+        parent-death signal: it outlives a SIGKILLed supervisor, keeps the
+        socket, and every new spamd fails to bind.  Its identity was recorded
+        at its start; what is still running of its session is stopped.
+        """
+        path = spamd_owner_file(self.cfg)
+        old = read_spamd_owner(path)
+        if old is None:
+            return
+        if proc.session_members(old):
+            log.warning("stopping the managed spamd (pid %d) left by the previous supervisor",
+                        old.pid)
+            n = proc.stop_session(old, self.cfg.supervisor.graceful_timeout)
+            log.info("stopped %d spamd processes of the previous supervisor", n)
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+    def _record_spamd(self, ident: Identity | None) -> None:
+        """Write the managed spamd's identity for the next supervisor (see above)."""
+        if ident is None:
+            return
+        path = spamd_owner_file(self.cfg)
+        tmp = path.with_name(path.name + ".tmp")
+        try:
+            tmp.write_text(f"{ident.pid} {ident.start}\n")
+            os.replace(tmp, path)
+        except OSError as e:
+            log.warning("cannot record the managed spamd in %s: %s; a spamd left by a crash "
+                        "will not be stopped by the next start", path, e)
+
+    def _forget_spamd(self) -> None:
+        """Remove the record of a managed spamd that has exited."""
+        path = spamd_owner_file(self.cfg)
+        old = read_spamd_owner(path)
+        if old is not None and not proc.session_members(old):
+            with contextlib.suppress(OSError):
+                path.unlink()
 
     def _stop_old_generation(self, ring: Ring) -> None:
         """Stop processes of a crashed supervisor's generation still using the ring."""
@@ -495,11 +680,19 @@ class Supervisor:
             moved += 1
 
     def teardown_after_failed_setup(self) -> None:
+        """Undo a refused start: remove what it made, and nothing it found."""
         self._stop_metrics()
         self._kill_all(signal.SIGKILL)
         self._reap_blocking(5.0)
+        self._close_listener()  # only the sockets it bound
         if self.ring is not None:
+            # a ring it made holds nothing yet: no ingest ran to fill it
+            made = self._made_ring and self.ring.snapshot().used == 0
             self.ring.close()
+            if made:
+                ringmod.unlink_name(self.cfg.ring.name)
+        for d in sorted(self._made_dirs, key=lambda p: len(p.parts), reverse=True):
+            _remove_empty_tree(d)
         self._remove_pidfile()
 
     def teardown(self) -> None:
@@ -508,6 +701,9 @@ class Supervisor:
         self._stop_metrics()
         ring = self.ring
         if ring is not None and self.overflow is not None:
+            # every child is gone: a held lock is a dead one's (or a foreign
+            # process's), and waiting for it is all that is left to do
+            ring.patience = ringmod.OWNER_PATIENCE
             res = ring.recover_dead()
             if res.requeued and self.row:
                 self.row.add(C.RECOVERED_RING, res.requeued)
@@ -527,8 +723,18 @@ class Supervisor:
                 ring.close()
         if self.listener is not None or self.side_listeners:
             self._close_listener()
+        self._forget_spamd()
         self._remove_pidfile()
-        log.info("ringtrap stopped")
+        how = "drain" if self.drained else "fast stop"
+        if self.cut_processes:
+            log.warning("ringtrap stopped: the %s ran out of time and cut %d processes holding "
+                        "%d messages (requeued, no attempt counted)", how, self.cut_processes,
+                        self.cut_messages, extra={"event": "stopped", "cut_processes":
+                                                  self.cut_processes,
+                                                  "cut_messages": self.cut_messages})
+        else:
+            log.info("ringtrap stopped: %s clean", how,
+                     extra={"event": "stopped", "cut_processes": 0, "cut_messages": 0})
 
     def begin_drain(self) -> None:
         self.phase = Phase.DRAINING
@@ -574,11 +780,15 @@ class Supervisor:
 
     # -- reload ----------------------------------------------------------------
 
-    def reload(self) -> None:
-        """HUP: load the configuration again; replace workers one at a time."""
+    def reload(self) -> list[str]:
+        """HUP: load the configuration again; replace workers and stages one at a time.
+
+        Returns the changed keys that are restart-only: they keep their
+        running values until the next start, and the log says so.
+        """
         if self.config_path is None:
             log.info("HUP: no configuration file; nothing to reload")
-            return
+            return []
         systemd.notify(reloading=1, status="reloading",
                        monotonic_usec=time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000)
         try:
@@ -586,25 +796,16 @@ class Supervisor:
         except (configmod.ConfigError, OSError) as e:
             log.error("HUP: configuration refused, keeping the running one:\n%s", e)
             systemd.notify(ready=1, status=self.status_line())
-            return
+            return []
         old = self.cfg
-        fixed = []
-        if (new.ring.name, new.ring.slots, new.ring.slot_bytes) != (
-            old.ring.name, old.ring.slots, old.ring.slot_bytes
-        ):
-            fixed.append("ring")
-        if new.overflow.dir != old.overflow.dir:
-            fixed.append("overflow.dir")
-        if new.ingest.socket != old.ingest.socket:
-            fixed.append("ingest.socket")
-        for key in ("submit_socket", "lmtp_socket"):
-            if getattr(new.ingest, key) != getattr(old.ingest, key):
-                fixed.append(f"ingest.{key}")
-        if new.spamd.address != old.spamd.address:
-            fixed.append("spamd.address")
-        if fixed:
-            log.warning("HUP: %s changes take effect at the next start", ", ".join(fixed))
-            new = _keep_fixed(new, old)
+        changed = configmod.changed_keys(old, new)
+        restart_only = configmod.restart_only()
+        waiting = [key for key in changed if key in restart_only]
+        if waiting:
+            log.warning("HUP: %s changed: restart-only, takes effect at the next start",
+                        ", ".join(waiting))
+            new = configmod.keep_restart_only(new, old)
+        applied = [key for key in changed if key not in restart_only]
         managed = new.spamd.address.kind == "managed"
         spamd_before = self._spamd_argv() if managed else []
         self.cfg = new
@@ -631,13 +832,25 @@ class Supervisor:
             if i not in used:
                 self.children.append(Child(Kind.WORKER, i, FIRST_WORKER_ROW + i,
                                            generation=self.generation))
-        log.info("HUP: configuration %s loaded (generation %d, %d workers)",
-                 self.config_path, self.generation, new.workers.count)
+        log.info("HUP: configuration %s loaded (generation %d, %d workers); applied: %s",
+                 self.config_path, self.generation, new.workers.count,
+                 ", ".join(applied) or "no changes")
         systemd.notify(ready=1, status=self.status_line())
+        return waiting
 
     def _roll_workers(self) -> None:
-        """Replace one worker of an older config generation at a time."""
-        workers = [c for c in self.children if c.kind is Kind.WORKER]
+        """Bring the children to the current config generation.
+
+        Workers and stages are replaced one at a time; the ingest keeps its
+        connections and is told to reload (HUP) once it has registered, so
+        one that was still booting with the old configuration hears it too.
+        """
+        for c in self.children:
+            if (c.kind is Kind.INGEST and c.state is ChildState.RUNNING
+                    and c.generation < self.generation and self._registered(c)):
+                c.generation = self.generation
+                self._signal(c, signal.SIGHUP)
+        workers = [c for c in self.children if c.kind in (Kind.WORKER, Kind.STAGE)]
         if any(c.state is ChildState.STOPPING and not c.retire for c in workers):
             return  # one replacement in flight
         for c in workers:
@@ -646,17 +859,27 @@ class Supervisor:
                 self._stop_child(c, signal.SIGTERM)
                 return
 
+    def _registered(self, c: Child) -> bool:
+        """True once ``c`` holds its process-table row: its own signal handlers are in place."""
+        if self.ring is None:
+            return False
+        return any(r.row == c.row and r.pid == c.pid for r in self.ring.read_rows())
+
     # -- housekeeping ----------------------------------------------------------
 
     def housekeeping(self) -> None:
         self.reap()
         if self.ring is not None:
-            if self.ring.break_lock_if_dead() and self.row:
-                self.row.add(C.LOCK_BREAKS)
+            self.check_ring_lock()
+            if self.pending_recovery:
+                pending, self.pending_recovery = self.pending_recovery, []
+                for c, ident, count_attempt in pending:
+                    self._recover(c, ident, count_attempt)
             if self.row:
                 self.row.beat()
         now = self.os.monotonic()
         if self.phase is Phase.RUNNING:
+            self.check_boots(now)
             self.check_heartbeats(now)
             self._roll_workers()
             self.reconcile()
@@ -675,6 +898,40 @@ class Supervisor:
             # only here, at the end of a full turn: a stuck loop stops the pings
             self.last_watchdog = now
             systemd.notify(watchdog=1)
+
+    def check_ring_lock(self) -> None:
+        """Break the ring lock of a dead holder; kill a live holder that is hung.
+
+        A holder that is stopped or has held the lock far longer than any
+        critical section takes makes no progress and never will by itself:
+        it is killed (a child of ours is then reaped and recovered as hung),
+        and a later turn breaks its lock.  Nothing here waits on the lock.
+        """
+        assert self.ring is not None
+        check = self.ring.check_lock(self.os.monotonic())
+        if check.broken and self.row:
+            self.row.add(C.LOCK_BREAKS)
+        hung = check.hung
+        if hung is None or hung.pid == os.getpid():
+            return
+        c = next((c for c in self.children if c.ident is not None
+                  and tuple(c.ident) == tuple(hung)), None)
+        name = c.name if c is not None else "a process outside the trap"
+        log.error("%s (pid %d) holds the ring lock and is %s: killing it", name, hung.pid,
+                  "stopped" if check.stopped else "stuck",
+                  extra={"event": "lock_holder_kill", "holder_pid": hung.pid})
+        if c is not None:
+            if not c.abort_sent:
+                c.abort_sent = self.os.monotonic()
+            self._signal(c, signal.SIGKILL)
+        elif proc.is_alive(hung):  # a pid is not an identity: only that process
+            try:
+                self.os.kill(hung.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError) as e:
+                log.error("cannot kill pid %d: %s", hung.pid, e)
+                return
+        if self.row:
+            self.row.add(C.LOCK_HOLDER_KILLS)
 
     def progress_shutdown(self, now: float) -> None:
         ingest_running = any(c.kind is Kind.INGEST and c.state in
@@ -703,6 +960,7 @@ class Supervisor:
                 log.warning("shutdown deadline passed: killing %s",
                             ", ".join(c.name for c in late))
                 for c in late:
+                    c.cut = True
                     self._signal(c, signal.SIGKILL)
                 self._reap_blocking(5.0)
         if all(c.state in (ChildState.EXITED, ChildState.WAITING) for c in self.children):
@@ -778,6 +1036,8 @@ class Supervisor:
             self.stage_store.recover_dead()
             staged = self.stage_store.purge()
             log.info("dropped %d stage messages (%d bytes)", staged.count, staged.bytes)
+        if scheduled:
+            self._purge_quarantine()
         if self.row:
             self.row.add(C.PURGED_FILES, res.count)
             self.row.add(C.PURGED_BYTES, res.bytes)
@@ -785,6 +1045,18 @@ class Supervisor:
                  "daily" if scheduled else "requested", res.count, res.bytes,
                  extra={"event": "purge", "dropped": res.count, "dropped_bytes": res.bytes})
         return res.count, res.bytes
+
+    def _purge_quarantine(self) -> None:
+        """The daily purge's share of failed/, by overflow.quarantine_retention_days."""
+        assert self.overflow is not None
+        days, now = self.cfg.overflow.quarantine_retention_days, self.os.time()
+        gone = self.overflow.purge_quarantine(days, now).count
+        if self.stage_store is not None:
+            gone += self.stage_store.purge_quarantine(days, now).count
+        if self.row:
+            self.row.add(C.PURGED_QUARANTINED, gone)
+        if gone:
+            log.info("daily purge: dropped %d quarantined messages", gone)
 
     # -- children ----------------------------------------------------------------
 
@@ -827,7 +1099,12 @@ class Supervisor:
         c.started = self.os.monotonic()
         c.abort_sent = 0.0
         c.stop_sent = 0.0
+        c.cut = False
+        c.booted = False
+        c.boot_checked = 0.0
         c.generation = self.generation
+        if c.kind is Kind.SPAMD:
+            self._record_spamd(c.ident)
         self._set_state(c, ChildState.RUNNING, f"pid {pid}")
         log.info("started %s (pid %d)", c.name, pid,
                  extra={"event": "start", "child": c.name, "child_pid": pid})
@@ -858,7 +1135,8 @@ class Supervisor:
             assert listener is not None
             return ingest_socket.child_main(self.cfg, listener, c.row,
                                             submit=self.side_listeners.get("submit"),
-                                            lmtp=self.side_listeners.get("lmtp"))
+                                            lmtp=self.side_listeners.get("lmtp"),
+                                            config_path=self.config_path)
         if c.kind is Kind.STAGE:
             from ringtrap import stage
 
@@ -876,7 +1154,11 @@ class Supervisor:
                 f"--max-children={children}", f"--min-children={children}",
                 "--round-robin", "--syslog=stderr", "--nouser-config"]
         if os.geteuid() == 0:
-            argv.append("--username=nobody")
+            argv.append(f"--username={SPAMD_ROOT_USER}")
+        if configmod.managed_spamd_tells(cfg):
+            argv.append("--allow-tell")
+        if configmod.managed_spamd_learns(cfg):
+            argv.append(f"--cf=bayes_path {cfg.spamd.bayes_dir / 'bayes'}")
         argv.extend(cfg.spamd.extra_args)
         return argv
 
@@ -927,40 +1209,52 @@ class Supervisor:
                 return
             time.sleep(0.05)
 
-    def classify(self, c: Child, status: int, now: float, did_work: bool = False) -> ExitCause:
+    def classify(self, c: Child, status: int, booted: bool) -> ExitCause:
         """The one place an exit is classified.
 
-        ``did_work``: the child got as far as handling a message, so a quick
-        exit is not a failure to boot (a worker recycled after one big message).
+        ``booted``: the child finished its boot (see :meth:`_booted`).  Only a
+        child that never did failed to start, however long it took to fail
+        (a spamd that loads its rules and cannot bind) or however soon a
+        booted one died (killed right after it registered).
         """
+        if c.cut:
+            return ExitCause.CUT
         if c.abort_sent:
             return ExitCause.HUNG
         if c.state is ChildState.STOPPING:
             return ExitCause.REQUESTED
-        clean = os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
-        if now - c.started < MIN_UPTIME and not (clean and did_work):
+        if not booted:
             return ExitCause.TOO_FAST
-        if clean:
+        if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
             return ExitCause.REQUESTED  # e.g. a worker recycled over its memory limit
         return ExitCause.CRASHED
 
     def on_exit(self, c: Child, status: int) -> None:
         now = self.os.monotonic()
-        cause = self.classify(c, status, now, did_work=self._did_work(c))
+        booted = self._booted(c)
+        cause = self.classify(c, status, booted)
         how = _describe_status(status)
         ident = c.ident
         pid = c.pid
         c.pid = 0
         c.ident = None
         if c.kind is not Kind.SPAMD:
-            self._recover(c, ident)
+            held = self._recover(c, ident, count_attempt=cause is not ExitCause.CUT)
         else:
+            held = 0
             # spamd's children outlive a parent that died hard (SIGKILL, OOM) and
             # keep serving the old socket; they are in its process group (setsid)
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 self.os.killpg(pid, signal.SIGKILL)
         c.failures = c.failures + 1 if cause is ExitCause.TOO_FAST else 0
-        level = logging.INFO if cause is ExitCause.REQUESTED else logging.ERROR
+        if booted:
+            c.crashes = c.crashes + 1 if (cause is not ExitCause.REQUESTED
+                                          and now - c.started < MIN_UPTIME) else 0
+        if cause is ExitCause.CUT:
+            self.cut_processes += 1
+            self.cut_messages += held
+        level = {ExitCause.REQUESTED: logging.INFO,
+                 ExitCause.CUT: logging.WARNING}.get(cause, logging.ERROR)
         log.log(level, "%s exited (%s): %s", c.name, how, cause.name.lower().replace("_", " "),
                 extra={"event": "exit", "child": c.name, "status": how,
                        "cause": cause.name.lower()})
@@ -973,34 +1267,69 @@ class Supervisor:
             self._set_state(c, ChildState.EXITED, "gave up")
             self.begin_drain()
             return
-        delay = backoff_delay(c.failures) if cause is ExitCause.TOO_FAST else 0.0
+        if cause is ExitCause.TOO_FAST:
+            delay = backoff_delay(c.failures)
+        elif cause is ExitCause.REQUESTED:
+            delay = 0.0
+        else:
+            delay = crash_delay(c.crashes)
         c.restart_at = now + delay
         self._set_state(c, ChildState.WAITING, how)
         if self.row and cause is not ExitCause.REQUESTED:
             self.row.add(C.RESTARTS)
             self.row.add(_RESTART_COUNTERS[cause])
         if cause is not ExitCause.REQUESTED:
-            log.warning("restarting %s in %.0f s", c.name, delay,
+            log.warning("restarting %s in %.1f s", c.name, delay,
                         extra={"event": "restart", "child": c.name, "delay_s": delay})
 
-    def _did_work(self, c: Child) -> bool:
-        if self.ring is None or c.ident is None or c.row < 0:
-            return False
+    def _booted(self, c: Child) -> bool:
+        """Whether ``c`` finished its boot: remembered, or its row says so now.
+
+        A ring child has booted once its process-table row (its own pid and
+        start) has left STARTING: it attached, registered and reached its
+        loop.  Read before its row is retired.
+        """
+        if c.booted or self.ring is None or c.ident is None or c.row < 0:
+            return c.booted
         for r in self.ring.read_rows():
             if r.row == c.row and (r.pid, r.start) == tuple(c.ident):
-                return (r.counters[C.PROCESSED] + r.counters[C.ACCEPTED_RING]
-                        + r.counters[C.ACCEPTED_OVERFLOW]) > 0
-        return False
+                c.booted = r.state is not ProcState.STARTING
+        return c.booted
 
-    def _recover(self, c: Child, ident: Identity | None) -> None:
-        """Requeue what a dead child held in the ring and the overflow; fold its row."""
+    def check_boots(self, now: float) -> None:
+        """Note which running children have finished their boot."""
+        for c in self.children:
+            if c.state is not ChildState.RUNNING or c.booted:
+                continue
+            if c.kind is not Kind.SPAMD:
+                self._booted(c)
+            elif now - c.boot_checked >= 1.0:
+                c.boot_checked = now
+                c.booted = spamd_answers_as(managed_spamd_socket(self.cfg), c.pid)
+                if c.booted:
+                    log.info("managed spamd (pid %d) answers", c.pid)
+
+    def _recover(self, c: Child, ident: Identity | None, count_attempt: bool = True) -> int:
+        """Requeue what a dead child held in the ring and the overflow; fold its row.
+
+        ``count_attempt``: False when we killed it ourselves at a stop's
+        deadline, so a merely slow message is not pushed towards quarantine.
+        Returns how many messages were requeued.
+        """
         if self.ring is None or self.overflow is None or ident is None:
-            return
-        res = self.ring.recover(ident)
-        n = self.overflow.recover(ident)
+            return 0
+        try:
+            res = self.ring.recover(ident, count_attempt=count_attempt)
+        except ringmod.RingBusy as e:
+            # a live process holds the lock: never wait for it here (the next
+            # turns kill it if it is hung); the dead child's claims keep
+            log.warning("%s: recovery waits for the ring lock (%s)", c.name, e)
+            self.pending_recovery.append((c, ident, count_attempt))
+            return 0
+        n = self.overflow.recover(ident, count_attempt=count_attempt)
         if self.stage_store is not None:
             # a stage worker's claims, and a scan worker's half-written hand-off
-            n += self.stage_store.recover(ident)
+            n += self.stage_store.recover(ident, count_attempt=count_attempt)
         if res.requeued or res.freed or n:
             log.warning("%s died holding %d ring and %d overflow messages: requeued "
                         "(%d half-written slots freed)", c.name, res.requeued, n, res.freed,
@@ -1012,7 +1341,10 @@ class Supervisor:
         rows = {r.row: r for r in self.ring.read_rows()}
         r = rows.get(c.row)
         if r is not None and (r.pid, r.start) == tuple(ident):
-            self.ring.retire_row(c.row)
+            # on RingBusy the row is left to its next occupant's death, or adopt()
+            with contextlib.suppress(ringmod.RingBusy):
+                self.ring.retire_row(c.row, ident)
+        return res.requeued + n
 
     # -- status -----------------------------------------------------------------
 
@@ -1070,25 +1402,30 @@ class SetupError(Exception):
     """The trap cannot start; the message says why and what to do."""
 
 
-def _keep_fixed(new: Config, old: Config) -> Config:
-    import dataclasses
-
-    return dataclasses.replace(
-        new,
-        ring=old.ring,
-        overflow=dataclasses.replace(new.overflow, dir=old.overflow.dir),
-        ingest=dataclasses.replace(new.ingest, socket=old.ingest.socket,
-                                   submit_socket=old.ingest.submit_socket,
-                                   lmtp_socket=old.ingest.lmtp_socket),
-        spamd=dataclasses.replace(new.spamd, address=old.spamd.address),
-    )
-
-
 def _side_sockets(cfg: Config) -> list[tuple[str, Path]]:
     """The ingest's configured session sockets as (kind, path): submit, then LMTP."""
     ing = cfg.ingest
     return [(kind, path) for kind, path in (("submit", ing.submit_socket),
                                             ("lmtp", ing.lmtp_socket)) if path is not None]
+
+
+def _absent(path: Path) -> list[Path]:
+    """``path`` and those of its parents that do not exist yet."""
+    out = []
+    while not path.exists() and path.parent != path:
+        out.append(path)
+        path = path.parent
+    return out
+
+
+def _remove_empty_tree(top: Path) -> None:
+    """Remove ``top`` and the folders below it, if no file is left anywhere in it."""
+    for root, dirs, _files in os.walk(top, topdown=False):
+        for d in dirs:
+            with contextlib.suppress(OSError):
+                os.rmdir(os.path.join(root, d))
+    with contextlib.suppress(OSError):
+        top.rmdir()
 
 
 def _describe_status(status: int) -> str:
@@ -1129,6 +1466,7 @@ def _close_fds_except(keep: set[int]) -> None:  # pragma: no cover - child
 
 def run(cfg: Config, config_path: Path | None = None) -> int:
     """Run the trap in the foreground until stopped; the exit code for the shell."""
+    modes.restrict_umask()  # before the log file: nothing the trap writes is for others
     logs.setup(cfg.supervisor.log_level, cfg.supervisor.log_file, cfg.supervisor.log_format)
     try:
         return Supervisor(cfg, config_path).run()

@@ -211,7 +211,10 @@ GOOD: list[tuple[str, str, object]] = [
     ("ingest.max_message_bytes", "1024", 1024),
     ("ingest.idle_timeout", "0.5", 0.5),
     ("ingest.idle_timeout", "5", 5.0),
+    ("ingest.message_timeout", "600", 600.0),
     ("ingest.max_connections", "1", 1),
+    ("ingest.submit_max_connections", "8", 8),
+    ("ingest.lmtp_max_connections", "2", 2),
     ("ingest.submit_socket", '"/srv/trap/submit.sock"', Path("/srv/trap/submit.sock")),
     ("ingest.submit_socket", '""', None),
     ("ingest.lmtp_socket", '"/srv/trap/lmtp.sock"', Path("/srv/trap/lmtp.sock")),
@@ -231,6 +234,8 @@ GOOD: list[tuple[str, str, object]] = [
     ("overflow.purge_at", '"0:05"', datetime.time(0, 5)),
     ("overflow.purge_at", "04:30:00", datetime.time(4, 30)),
     ("overflow.max_attempts", "1", 1),
+    ("overflow.quarantine_max_bytes", '"1G"', GiB),
+    ("overflow.quarantine_retention_days", "0", 0),
     ("workers.count", "1", 1),
     ("workers.max_rss_bytes", "0", 0),
     ("workers.max_rss_bytes", '"1G"', GiB),
@@ -248,6 +253,7 @@ GOOD: list[tuple[str, str, object]] = [
     ("spamd.extra_args", '["--nouser-config", "-L"]', ("--nouser-config", "-L")),
     ("spamd.extra_args", "[]", ()),
     ("spamd.command", '"spamd"', "spamd"),
+    ("spamd.bayes_dir", '"/srv/bayes"', Path("/srv/bayes")),
     ("results.dir", '"/srv/results"', Path("/srv/results")),
     ("results.retention_days", "0", 0),
     ("results.retention_days", "14", 14),
@@ -308,6 +314,9 @@ BAD: list[tuple[str, str, str]] = [
     ("ingest.max_connections", "0", "must be an integer >= 1, got 0"),
     ("ingest.max_connections", "1.5", "got 1.5"),
     ("ingest.max_connections", "true", "got true"),
+    ("ingest.message_timeout", "0", "must be a number of seconds > 0, got 0"),
+    ("ingest.submit_max_connections", "0", "must be an integer >= 1, got 0"),
+    ("ingest.lmtp_max_connections", "-2", "must be an integer >= 1, got -2"),
     ("ingest.submit_socket", "5", "must be a path string, got 5"),
     ("ingest.submit_socket", '"/' + "x" * 120 + '"', "at most 107 bytes"),
     ("ingest.lmtp_socket", "true", "must be a path string, got true"),
@@ -332,6 +341,8 @@ BAD: list[tuple[str, str, str]] = [
     ("overflow.purge_at", "400", "got 400"),
     ("overflow.purge_at", "04:00:30", "got 04:00:30"),
     ("overflow.max_attempts", "0", "must be an integer >= 1, got 0"),
+    ("overflow.quarantine_max_bytes", '"10K"', "must be a byte size >= 1MiB"),
+    ("overflow.quarantine_retention_days", "-1", "must be an integer >= 0, got -1"),
     ("workers.count", "0", "must be an integer >= 1 and <= 1024, got 0"),
     ("workers.count", "1025", "got 1025"),
     ("workers.max_rss_bytes", '"1M"', "must be 0 (unlimited) or a byte size >= 32MiB"),
@@ -353,6 +364,7 @@ BAD: list[tuple[str, str, str]] = [
     ("spamd.extra_args", '"--nouser-config"', "must be a list of strings"),
     ("spamd.extra_args", "[1]", "must be a list of strings, got [1]"),
     ("spamd.command", '""', 'must be a non-empty string, got ""'),
+    ("spamd.bayes_dir", '""', "must not be empty"),
     ("results.dir", '""', "must not be empty"),
     ("results.dir", '"~no-such-user-for-ringtrap/x"', "cannot expand ~"),
     ("results.retention_days", "-1", "must be an integer >= 0, got -1"),
@@ -898,3 +910,26 @@ def test_overflow_dir_may_not_be_the_rings_segment(tmp_path: Path) -> None:
     with pytest.raises(config.ConfigError) as e:
         config.load_text(text, "t.toml")
     assert any("overflow.dir" in p and "trap1" in p for p in e.value.problems)
+
+
+@pytest.mark.parametrize(("text", "key"), [
+    # the ring's /dev/shm path would be a parent of the overflow
+    ('[ring]\nname = "trap1"\n[overflow]\ndir = "/dev/shm/trap1/overflow"\n', "overflow.dir"),
+    ('[ring]\nname = "trap1"\n[overflow]\ndir = "/dev/shm/sem.trap1.lock"\n', "overflow.dir"),
+    # the stage's default folder, beside the overflow, is the ring's segment
+    ('[ring]\nname = "q-stage2"\n[overflow]\ndir = "/dev/shm/q"\n'
+     '[stage]\nworkers = 1\naddress = "unix:/run/s.sock"\n', "stage.dir"),
+    ('[ring]\nname = "trap1"\n[stage]\nworkers = 1\naddress = "unix:/run/s.sock"\n'
+     'dir = "/dev/shm/trap1/stage"\n', "stage.dir"),
+])
+def test_no_spill_folder_may_be_at_or_under_the_rings_shm_names(text: str, key: str) -> None:
+    with pytest.raises(config.ConfigError) as e:
+        config.load_text(text, "t.toml")
+    [problem] = e.value.problems
+    assert problem.startswith(f"t.toml: {key}: ") and "ring.name" in problem
+
+
+def test_a_spill_folder_beside_the_ring_is_fine() -> None:
+    text = ('[ring]\nname = "trap1"\n[overflow]\ndir = "/dev/shm/trap1.overflow"\n'
+            '[stage]\nworkers = 1\naddress = "unix:/run/s.sock"\n')
+    assert config.load_text(text, "t.toml").overflow.dir == Path("/dev/shm/trap1.overflow")

@@ -96,7 +96,8 @@ def test_sigkill_worker_mid_scan_and_ingest_mid_stream(
                 reply = b""
             assert not reply.startswith(b"OK"), "a half-sent message must never be accepted"
 
-        wait_until(lambda: trap.child_pids("ingest") and trap.child_pids("ingest")[0] != ingest,
+        # one reading: the killed ingest may still look alive to the first of two
+        wait_until(lambda: (now := trap.child_pids("ingest")) and now[0] != ingest,
                    30, "the ingest to come back")
         wait_until(lambda: len(trap.child_pids("worker")) == 2
                    and victim not in trap.child_pids("worker"), 30, "the worker to come back")
