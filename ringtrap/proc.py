@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import time
 from typing import NamedTuple
 
 
@@ -145,3 +146,65 @@ def kill_family(pid: int) -> None:
     for k in kids:
         with contextlib.suppress(psutil.Error):
             k.kill()
+
+
+def session_of(pid: int) -> int | None:
+    """The session id of ``pid`` (field 6 of ``/proc/<pid>/stat``), None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return None
+    rest = raw[raw.rfind(b")") + 2 :].split()
+    try:
+        return None if rest[0] == b"Z" else int(rest[3])
+    except (IndexError, ValueError):
+        return None
+
+
+def session_members(leader: Identity) -> list[Identity]:
+    """The live processes of the session ``leader`` started with setsid().
+
+    With the leader alive, every process in its session.  With the leader
+    gone, its session id still names its surviving members (the kernel
+    reuses no pid while a session or group holds it), but only while no
+    other process has taken the pid; members older than the leader cannot be
+    its own.  A leader whose pid now belongs to another process has left
+    nothing that can be told from that process's session.
+    """
+    sid = leader.pid
+    if not is_alive(leader) and start_ticks(sid) is not None:
+        return []
+    out = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        pid = int(name)
+        start = start_ticks(pid)
+        if start is not None and start >= leader.start and session_of(pid) == sid:
+            out.append(Identity(pid, start))
+    return out
+
+
+def stop_session(leader: Identity, timeout: float) -> int:
+    """TERM what is left of ``leader``'s session, KILL it after ``timeout`` s; wait for it.
+
+    For a daemon of an older generation that outlived its parent (a spamd
+    that switched users lost its parent-death signal).  Every signal goes to
+    a process checked by identity, never to a bare pid or group.  Returns
+    how many processes were found.
+    """
+    found: set[Identity] = set()
+    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+        members = session_members(leader)
+        found.update(members)
+        for m in members:
+            if is_alive(m):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(m.pid, sig)
+        deadline = time.monotonic() + wait
+        while (left := session_members(leader)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if not left:
+            break
+    return len(found)

@@ -1027,14 +1027,16 @@ class Ring:
 
     # recovery (supervisor) -----------------------------------------------------
 
-    def recover(self, owner: Identity) -> RecoverResult:
+    def recover(self, owner: Identity, count_attempt: bool = True) -> RecoverResult:
         """Requeue what ``owner`` (a dead process) held; free its half-filled slots.
 
-        A CLAIMED slot becomes READY with attempts + 1; a FILLING slot becomes
-        FREE (its client never got OK).  Call only for processes known dead.
-        Safe to repeat if the caller dies midway.
+        A CLAIMED slot becomes READY with attempts + 1 (unchanged with
+        ``count_attempt=False``: the supervisor killed the owner itself, at a
+        stop's deadline); a FILLING slot becomes FREE (its client never got
+        OK).  Call only for processes known dead.  Safe to repeat if the
+        caller dies midway.
         """
-        return self._recover(lambda ident: ident == tuple(owner))
+        return self._recover(lambda ident: ident == tuple(owner), count_attempt)
 
     def recover_dead(self) -> RecoverResult:
         """:meth:`recover` for every slot whose recorded owner is not alive."""
@@ -1047,7 +1049,8 @@ class Ring:
 
         return self._recover(dead)
 
-    def _recover(self, is_target: Callable[[Identity], bool]) -> RecoverResult:
+    def _recover(self, is_target: Callable[[Identity], bool],
+                 count_attempt: bool = True) -> RecoverResult:
         q = self._q
         states = self._states
         requeued = freed = 0
@@ -1066,7 +1069,7 @@ class Ring:
                     states[idx] = FREE
                     freed += 1
                     continue
-                q[d + D_ATTEMPTS] += 1
+                q[d + D_ATTEMPTS] += int(count_attempt)
                 if q[d + D_SEQ] < tail:
                     q[H_STRAY] += 1  # before READY, as in release()
                 states[idx] = READY

@@ -55,6 +55,7 @@ class ExitCause(IntEnum):
     """How a child's exit was classified (one place: Supervisor.classify)."""
 
     REQUESTED = 0  # we asked it to stop, or it recycled itself (exit 0)
-    TOO_FAST = 1  # died soon after start: back off before the next try
-    CRASHED = 2  # died unasked: recover its claims, restart at once
+    TOO_FAST = 1  # died before its boot finished: back off, give up after a few
+    CRASHED = 2  # died unasked after its boot: recover its claims, restart (slower if looping)
     HUNG = 3  # killed by us for a stalled heartbeat
+    CUT = 4  # killed by us at a stop's deadline: its claims go back, no attempt counted

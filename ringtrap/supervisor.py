@@ -26,6 +26,7 @@ import queue
 import random
 import signal
 import socket
+import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -51,10 +52,13 @@ SUPERVISOR_ROW = 0
 INGEST_ROW = 1
 FIRST_WORKER_ROW = 2
 
-# a child that dies within this long of starting "died too fast": back off
+# a booted child that dies within this long of starting is crash-looping: back off
 MIN_UPTIME = 2.0
 BACKOFF_MAX = 30.0
-# consecutive too-fast deaths of one child after which the unit gives up
+# a crash-looping child that booted is retried for ever, at most this far apart
+CRASH_BACKOFF_FIRST = 0.5
+CRASH_BACKOFF_MAX = 5.0
+# consecutive boot failures (deaths before the boot finished) after which the unit gives up
 MAX_BOOT_FAILURES = 5
 # a child is given this long to register and beat before its heartbeat counts
 BOOT_GRACE = 30.0
@@ -101,9 +105,13 @@ class Child:
     ident: Identity | None = None
     started: float = 0.0  # monotonic
     restart_at: float = 0.0  # monotonic; when WAITING
-    failures: int = 0  # consecutive too-fast deaths
+    failures: int = 0  # consecutive boot failures
+    crashes: int = 0  # consecutive deaths within MIN_UPTIME of a finished boot
+    booted: bool = False  # its row left STARTING (spamd: it answered PING as the listener)
+    boot_checked: float = 0.0  # monotonic; the managed spamd's last boot probe
     stop_sent: float = 0.0  # monotonic; when STOPPING
     abort_sent: float = 0.0  # monotonic; SIGABRT for a stalled heartbeat
+    cut: bool = False  # SIGKILLed by us because a stop ran past its deadline
     retire: bool = False  # do not restart after it exits (pool shrank, replaced)
     generation: int = 0  # config generation it was started with
 
@@ -150,13 +158,66 @@ def next_purge(now: float, at: dt.time) -> float:
 
 
 def backoff_delay(failures: int) -> float:
-    """Seconds to wait before restarting a child that died too fast ``failures`` times."""
+    """Seconds to wait before restarting a child that failed its boot ``failures`` times."""
     return float(min(BACKOFF_MAX, 2 ** max(0, failures - 1)))
+
+
+def crash_delay(crashes: int) -> float:
+    """Seconds to wait before restarting a booted child that died soon ``crashes`` times.
+
+    Zero for a child that ran a while: one crash costs no time.  A child
+    killed over and over (a poison message, an operator's loop) is slowed
+    down, never given up on: it booted, so it can run.
+    """
+    if crashes <= 0:
+        return 0.0
+    return min(CRASH_BACKOFF_MAX, CRASH_BACKOFF_FIRST * 2 ** (crashes - 1))
+
+
+def spamd_answers_as(path: Path, pid: int, timeout: float = 1.0) -> bool:
+    """True if the spamd listening on ``path`` is process ``pid`` and answers PING.
+
+    SO_PEERCRED names the process that bound the listening socket: a spamd
+    left by an older supervisor answers PING on the same path but is not
+    ours, and ours has not booted while it holds the socket.
+    """
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        try:
+            s.connect(str(path))
+            creds = s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+            if struct.unpack("3i", creds)[0] != pid:
+                return False
+            s.sendall(b"PING SPAMC/1.5\r\n\r\n")
+            reply = b""
+            while len(reply) < 256 and (chunk := s.recv(256)):
+                reply += chunk
+        except OSError:
+            return False
+    return reply.startswith(b"SPAMD/") and b"PONG" in reply
+
+
+# The user a managed spamd started by root switches to (without service.user).
+SPAMD_ROOT_USER = "nobody"
 
 
 def managed_spamd_socket(cfg: Config) -> Path:
     """Where a managed spamd listens: beside the ingest socket."""
     return cfg.ingest.socket.parent / "spamd.sock"
+
+
+def spamd_owner_file(cfg: Config) -> Path:
+    """Where the supervisor records its managed spamd's identity: beside its socket."""
+    return cfg.ingest.socket.parent / "spamd.owner"
+
+
+def read_spamd_owner(path: Path) -> Identity | None:
+    """The identity a ``spamd.owner`` file records, None if it is missing or unreadable."""
+    try:
+        pid, start = (int(v) for v in path.read_text().split())
+    except (OSError, ValueError):
+        return None
+    return Identity(pid, start)
 
 
 def spamd_address(cfg: Config) -> str | None:
@@ -190,6 +251,9 @@ class Supervisor:
         self.exit_code = EX_OK
         self.drained = False  # TERM: persist the ring on the way out
         self.drain_deadline = 0.0
+        # what a stop that ran out of time had to kill, for the last log line
+        self.cut_processes = 0
+        self.cut_messages = 0
         self.next_purge_at = 0.0
         self.spamd_next_ping = 0.0
         self.spamd_ping_failures = 0
@@ -200,7 +264,7 @@ class Supervisor:
         self.watchdog_every = systemd.watchdog_interval()
         self.last_watchdog = 0.0
         # dead children whose recovery found the ring lock held: retried each turn
-        self.pending_recovery: list[tuple[Child, Identity]] = []
+        self.pending_recovery: list[tuple[Child, Identity, bool]] = []
 
     # -- signals -------------------------------------------------------------
 
@@ -300,7 +364,8 @@ class Supervisor:
                 created.add(d)
             d.mkdir(parents=True, exist_ok=True)
         try:
-            self.overflow = Overflow(cfg.overflow.dir, cfg.overflow.max_bytes)
+            self.overflow = Overflow(cfg.overflow.dir, cfg.overflow.max_bytes,
+                                     quarantine_max_bytes=cfg.overflow.quarantine_max_bytes)
         except OSError as e:
             raise SetupError(f"overflow.dir {cfg.overflow.dir}: {e}") from None
         self.ring = self._open_ring()
@@ -335,6 +400,10 @@ class Supervisor:
                 raise SetupError(f"ingest.{kind}_socket {path}: {e}") from None
             side.set_inheritable(False)
             self.side_listeners[kind] = side
+        # the sockets are ours now, so no live trap uses this runtime directory
+        self._stop_orphan_spamd()
+        if configmod.managed_spamd_learns(cfg):
+            self._prepare_bayes_dir(target)
         if target is not None:
             self._become(target, created)
         if cfg.metrics.listen is not None:
@@ -351,6 +420,25 @@ class Supervisor:
         # from now on a turn never waits long on the ring lock (see housekeeping)
         self.ring.patience = RING_LOCK_PATIENCE
         self.reconcile()
+
+    def _prepare_bayes_dir(self, t: Target | None) -> None:
+        """Create spamd.bayes_dir for the user the managed spamd will run as.
+
+        Before dropping root: spamd runs as ``t`` (service.user), as
+        :data:`SPAMD_ROOT_USER` when started as root without one, or as us.
+        Without a directory that user can write, TELL answers "did nothing".
+        """
+        d = self.cfg.spamd.bayes_dir
+        try:
+            d.mkdir(mode=0o750, parents=True, exist_ok=True)
+            owner = t
+            if owner is None and os.geteuid() == 0:
+                owner = privileges.resolve(SPAMD_ROOT_USER)
+            if owner is not None:
+                privileges.chown_path(d, owner)
+        except (OSError, PrivilegeError) as e:
+            raise SetupError(f"spamd.bayes_dir {d}: {e}") from None
+        log.info("the managed spamd learns into %s", d)
 
     def _become(self, t: Target, created: set[Path]) -> None:
         """Hand the trap's files to ``t``, load what children run, drop root for good."""
@@ -451,6 +539,47 @@ class Supervisor:
                  cfg.name, snap.generation, snap.ready, snap.requeued)
         return ring
 
+    def _stop_orphan_spamd(self) -> None:
+        """Stop a managed spamd that a crashed supervisor left running.
+
+        Run as root, spamd switches users and the kernel drops its
+        parent-death signal: it outlives a SIGKILLed supervisor, keeps the
+        socket, and every new spamd fails to bind.  Its identity was recorded
+        at its start; what is still running of its session is stopped.
+        """
+        path = spamd_owner_file(self.cfg)
+        old = read_spamd_owner(path)
+        if old is None:
+            return
+        if proc.session_members(old):
+            log.warning("stopping the managed spamd (pid %d) left by the previous supervisor",
+                        old.pid)
+            n = proc.stop_session(old, self.cfg.supervisor.graceful_timeout)
+            log.info("stopped %d spamd processes of the previous supervisor", n)
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+    def _record_spamd(self, ident: Identity | None) -> None:
+        """Write the managed spamd's identity for the next supervisor (see above)."""
+        if ident is None:
+            return
+        path = spamd_owner_file(self.cfg)
+        tmp = path.with_name(path.name + ".tmp")
+        try:
+            tmp.write_text(f"{ident.pid} {ident.start}\n")
+            os.replace(tmp, path)
+        except OSError as e:
+            log.warning("cannot record the managed spamd in %s: %s; a spamd left by a crash "
+                        "will not be stopped by the next start", path, e)
+
+    def _forget_spamd(self) -> None:
+        """Remove the record of a managed spamd that has exited."""
+        path = spamd_owner_file(self.cfg)
+        old = read_spamd_owner(path)
+        if old is not None and not proc.session_members(old):
+            with contextlib.suppress(OSError):
+                path.unlink()
+
     def _stop_old_generation(self, ring: Ring) -> None:
         """Stop processes of a crashed supervisor's generation still using the ring."""
         me = os.getpid()
@@ -537,8 +666,18 @@ class Supervisor:
                 ring.close()
         if self.listener is not None or self.side_listeners:
             self._close_listener()
+        self._forget_spamd()
         self._remove_pidfile()
-        log.info("ringtrap stopped")
+        how = "drain" if self.drained else "fast stop"
+        if self.cut_processes:
+            log.warning("ringtrap stopped: the %s ran out of time and cut %d processes holding "
+                        "%d messages (requeued, no attempt counted)", how, self.cut_processes,
+                        self.cut_messages, extra={"event": "stopped", "cut_processes":
+                                                  self.cut_processes,
+                                                  "cut_messages": self.cut_messages})
+        else:
+            log.info("ringtrap stopped: %s clean", how,
+                     extra={"event": "stopped", "cut_processes": 0, "cut_messages": 0})
 
     def begin_drain(self) -> None:
         self.phase = Phase.DRAINING
@@ -655,12 +794,13 @@ class Supervisor:
             self.check_ring_lock()
             if self.pending_recovery:
                 pending, self.pending_recovery = self.pending_recovery, []
-                for c, ident in pending:
-                    self._recover(c, ident)
+                for c, ident, count_attempt in pending:
+                    self._recover(c, ident, count_attempt)
             if self.row:
                 self.row.beat()
         now = self.os.monotonic()
         if self.phase is Phase.RUNNING:
+            self.check_boots(now)
             self.check_heartbeats(now)
             self._roll_workers()
             self.reconcile()
@@ -741,6 +881,7 @@ class Supervisor:
                 log.warning("shutdown deadline passed: killing %s",
                             ", ".join(c.name for c in late))
                 for c in late:
+                    c.cut = True
                     self._signal(c, signal.SIGKILL)
                 self._reap_blocking(5.0)
         if all(c.state in (ChildState.EXITED, ChildState.WAITING) for c in self.children):
@@ -816,6 +957,8 @@ class Supervisor:
             self.stage_store.recover_dead()
             staged = self.stage_store.purge()
             log.info("dropped %d stage messages (%d bytes)", staged.count, staged.bytes)
+        if scheduled:
+            self._purge_quarantine()
         if self.row:
             self.row.add(C.PURGED_FILES, res.count)
             self.row.add(C.PURGED_BYTES, res.bytes)
@@ -823,6 +966,18 @@ class Supervisor:
                  "daily" if scheduled else "requested", res.count, res.bytes,
                  extra={"event": "purge", "dropped": res.count, "dropped_bytes": res.bytes})
         return res.count, res.bytes
+
+    def _purge_quarantine(self) -> None:
+        """The daily purge's share of failed/, by overflow.quarantine_retention_days."""
+        assert self.overflow is not None
+        days, now = self.cfg.overflow.quarantine_retention_days, self.os.time()
+        gone = self.overflow.purge_quarantine(days, now).count
+        if self.stage_store is not None:
+            gone += self.stage_store.purge_quarantine(days, now).count
+        if self.row:
+            self.row.add(C.PURGED_QUARANTINED, gone)
+        if gone:
+            log.info("daily purge: dropped %d quarantined messages", gone)
 
     # -- children ----------------------------------------------------------------
 
@@ -854,7 +1009,12 @@ class Supervisor:
         c.started = self.os.monotonic()
         c.abort_sent = 0.0
         c.stop_sent = 0.0
+        c.cut = False
+        c.booted = False
+        c.boot_checked = 0.0
         c.generation = self.generation
+        if c.kind is Kind.SPAMD:
+            self._record_spamd(c.ident)
         self._set_state(c, ChildState.RUNNING, f"pid {pid}")
         log.info("started %s (pid %d)", c.name, pid,
                  extra={"event": "start", "child": c.name, "child_pid": pid})
@@ -903,7 +1063,11 @@ class Supervisor:
                 f"--max-children={children}", f"--min-children={children}",
                 "--round-robin", "--syslog=stderr", "--nouser-config"]
         if os.geteuid() == 0:
-            argv.append("--username=nobody")
+            argv.append(f"--username={SPAMD_ROOT_USER}")
+        if configmod.managed_spamd_tells(cfg):
+            argv.append("--allow-tell")
+        if configmod.managed_spamd_learns(cfg):
+            argv.append(f"--cf=bayes_path {cfg.spamd.bayes_dir / 'bayes'}")
         argv.extend(cfg.spamd.extra_args)
         return argv
 
@@ -954,40 +1118,52 @@ class Supervisor:
                 return
             time.sleep(0.05)
 
-    def classify(self, c: Child, status: int, now: float, did_work: bool = False) -> ExitCause:
+    def classify(self, c: Child, status: int, booted: bool) -> ExitCause:
         """The one place an exit is classified.
 
-        ``did_work``: the child got as far as handling a message, so a quick
-        exit is not a failure to boot (a worker recycled after one big message).
+        ``booted``: the child finished its boot (see :meth:`_booted`).  Only a
+        child that never did failed to start, however long it took to fail
+        (a spamd that loads its rules and cannot bind) or however soon a
+        booted one died (killed right after it registered).
         """
+        if c.cut:
+            return ExitCause.CUT
         if c.abort_sent:
             return ExitCause.HUNG
         if c.state is ChildState.STOPPING:
             return ExitCause.REQUESTED
-        clean = os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
-        if now - c.started < MIN_UPTIME and not (clean and did_work):
+        if not booted:
             return ExitCause.TOO_FAST
-        if clean:
+        if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
             return ExitCause.REQUESTED  # e.g. a worker recycled over its memory limit
         return ExitCause.CRASHED
 
     def on_exit(self, c: Child, status: int) -> None:
         now = self.os.monotonic()
-        cause = self.classify(c, status, now, did_work=self._did_work(c))
+        booted = self._booted(c)
+        cause = self.classify(c, status, booted)
         how = _describe_status(status)
         ident = c.ident
         pid = c.pid
         c.pid = 0
         c.ident = None
         if c.kind is not Kind.SPAMD:
-            self._recover(c, ident)
+            held = self._recover(c, ident, count_attempt=cause is not ExitCause.CUT)
         else:
+            held = 0
             # spamd's children outlive a parent that died hard (SIGKILL, OOM) and
             # keep serving the old socket; they are in its process group (setsid)
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 self.os.killpg(pid, signal.SIGKILL)
         c.failures = c.failures + 1 if cause is ExitCause.TOO_FAST else 0
-        level = logging.INFO if cause is ExitCause.REQUESTED else logging.ERROR
+        if booted:
+            c.crashes = c.crashes + 1 if (cause is not ExitCause.REQUESTED
+                                          and now - c.started < MIN_UPTIME) else 0
+        if cause is ExitCause.CUT:
+            self.cut_processes += 1
+            self.cut_messages += held
+        level = {ExitCause.REQUESTED: logging.INFO,
+                 ExitCause.CUT: logging.WARNING}.get(cause, logging.ERROR)
         log.log(level, "%s exited (%s): %s", c.name, how, cause.name.lower().replace("_", " "),
                 extra={"event": "exit", "child": c.name, "status": how,
                        "cause": cause.name.lower()})
@@ -1000,41 +1176,69 @@ class Supervisor:
             self._set_state(c, ChildState.EXITED, "gave up")
             self.begin_drain()
             return
-        delay = backoff_delay(c.failures) if cause is ExitCause.TOO_FAST else 0.0
+        if cause is ExitCause.TOO_FAST:
+            delay = backoff_delay(c.failures)
+        elif cause is ExitCause.REQUESTED:
+            delay = 0.0
+        else:
+            delay = crash_delay(c.crashes)
         c.restart_at = now + delay
         self._set_state(c, ChildState.WAITING, how)
         if self.row and cause is not ExitCause.REQUESTED:
             self.row.add(C.RESTARTS)
             self.row.add(_RESTART_COUNTERS[cause])
         if cause is not ExitCause.REQUESTED:
-            log.warning("restarting %s in %.0f s", c.name, delay,
+            log.warning("restarting %s in %.1f s", c.name, delay,
                         extra={"event": "restart", "child": c.name, "delay_s": delay})
 
-    def _did_work(self, c: Child) -> bool:
-        if self.ring is None or c.ident is None or c.row < 0:
-            return False
+    def _booted(self, c: Child) -> bool:
+        """Whether ``c`` finished its boot: remembered, or its row says so now.
+
+        A ring child has booted once its process-table row (its own pid and
+        start) has left STARTING: it attached, registered and reached its
+        loop.  Read before its row is retired.
+        """
+        if c.booted or self.ring is None or c.ident is None or c.row < 0:
+            return c.booted
         for r in self.ring.read_rows():
             if r.row == c.row and (r.pid, r.start) == tuple(c.ident):
-                return (r.counters[C.PROCESSED] + r.counters[C.ACCEPTED_RING]
-                        + r.counters[C.ACCEPTED_OVERFLOW]) > 0
-        return False
+                c.booted = r.state is not ProcState.STARTING
+        return c.booted
 
-    def _recover(self, c: Child, ident: Identity | None) -> None:
-        """Requeue what a dead child held in the ring and the overflow; fold its row."""
+    def check_boots(self, now: float) -> None:
+        """Note which running children have finished their boot."""
+        for c in self.children:
+            if c.state is not ChildState.RUNNING or c.booted:
+                continue
+            if c.kind is not Kind.SPAMD:
+                self._booted(c)
+            elif now - c.boot_checked >= 1.0:
+                c.boot_checked = now
+                c.booted = spamd_answers_as(managed_spamd_socket(self.cfg), c.pid)
+                if c.booted:
+                    log.info("managed spamd (pid %d) answers", c.pid)
+
+    def _recover(self, c: Child, ident: Identity | None, count_attempt: bool = True) -> int:
+        """Requeue what a dead child held in the ring and the overflow; fold its row.
+
+        ``count_attempt``: False when we killed it ourselves at a stop's
+        deadline, so a merely slow message is not pushed towards quarantine.
+        Returns how many messages were requeued.
+        """
         if self.ring is None or self.overflow is None or ident is None:
-            return
+            return 0
         try:
-            res = self.ring.recover(ident)
+            res = self.ring.recover(ident, count_attempt=count_attempt)
         except ringmod.RingBusy as e:
             # a live process holds the lock: never wait for it here (the next
             # turns kill it if it is hung); the dead child's claims keep
             log.warning("%s: recovery waits for the ring lock (%s)", c.name, e)
-            self.pending_recovery.append((c, ident))
-            return
-        n = self.overflow.recover(ident)
+            self.pending_recovery.append((c, ident, count_attempt))
+            return 0
+        n = self.overflow.recover(ident, count_attempt=count_attempt)
         if self.stage_store is not None:
             # a stage worker's claims, and a scan worker's half-written hand-off
-            n += self.stage_store.recover(ident)
+            n += self.stage_store.recover(ident, count_attempt=count_attempt)
         if res.requeued or res.freed or n:
             log.warning("%s died holding %d ring and %d overflow messages: requeued "
                         "(%d half-written slots freed)", c.name, res.requeued, n, res.freed,
@@ -1049,6 +1253,7 @@ class Supervisor:
             # on RingBusy the row is left to its next occupant's death, or adopt()
             with contextlib.suppress(ringmod.RingBusy):
                 self.ring.retire_row(c.row, ident)
+        return res.requeued + n
 
     # -- status -----------------------------------------------------------------
 

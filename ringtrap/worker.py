@@ -30,7 +30,7 @@ from typing import Any
 import psutil
 
 from ringtrap import config as configmod
-from ringtrap import logs, proc
+from ringtrap import envelope, logs, proc, quarantine
 from ringtrap.config import Config
 from ringtrap.counters import C, scan_bucket
 from ringtrap.overflow import Overflow, OverflowClaim, OverflowClaimLost, OverflowFull
@@ -350,12 +350,38 @@ class Worker:
         if reason is None:
             reason = (f"attempts {claim.attempts} reached the limit {limit}"
                       " (a worker died holding it each time)")
+        self._quarantine_as(claim, reason)
+
+    def _quarantine_as(self, claim: AnyClaim, reason: str, *, readable: bool = True) -> None:
+        """Record ``claim`` as quarantined, move it into failed/, then let go of it.
+
+        The record comes first, so a worker dying before the move leaves a
+        claim that is recovered and quarantined again (a second record, as
+        at-least-once allows), never a quarantined message without one.
+        ``readable`` False: the file is not to be opened (see open_trusted).
+        """
+        in_ring = isinstance(claim, Claim)
+        size = claim.size
+        head = claim.data[:envelope.MAX_LINE] if isinstance(claim, Claim) else (
+            self._peek(claim) if readable else None)
+        kept = self.overflow.keeps(size)
+        path = self.overflow.quarantine_path(claim.msgid, size, claim.attempts)
+        rec = quarantine.record(claim.msgid, claim.received, claim.attempts, reason,
+                                store="ring" if in_ring else "overflow", kept=kept, path=path,
+                                payload_size=size, head=head)
+        try:
+            self.sink.write(rec)
+        except OSError as exc:
+            self._release(claim)
+            self._dependency_down("results", claim.msgid, exc)
+            return
         try:
             if isinstance(claim, Claim):
-                self.overflow.quarantine_bytes(claim.msgid, claim.data, claim.attempts, reason)
+                done = self.overflow.quarantine_bytes(claim.msgid, claim.data, claim.attempts,
+                                                      reason)
                 self._ack(claim)
             else:
-                self.overflow.quarantine(claim, reason)
+                done = self.overflow.quarantine(claim, reason)
         except OverflowClaimLost:
             log.warning("%s: claim lost before quarantine", claim.msgid)
             return
@@ -365,11 +391,23 @@ class Worker:
             self._dependency_down("overflow", claim.msgid, exc)
             return
         self._count(C.QUARANTINED)
-        log.warning("%s: quarantined from the %s after %d attempt(s) (limit %d)",
-                    claim.msgid, "ring" if isinstance(claim, Claim) else "overflow",
-                    claim.attempts, limit,
+        if not done.kept:
+            self._count(C.QUARANTINE_DROPPED)
+        if done.dropped.count:
+            self._count(C.QUARANTINE_DROPPED, done.dropped.count)
+        log.warning("%s: quarantined from the %s after %d attempt(s): %s",
+                    claim.msgid, "ring" if in_ring else "overflow", claim.attempts, reason,
                     extra={"event": "quarantine", "msgid": claim.msgid,
-                           "attempts": claim.attempts})
+                           "attempts": claim.attempts, "kept": done.kept})
+
+    @staticmethod
+    def _peek(claim: OverflowClaim) -> bytes | None:
+        """The start of a claimed file, enough for its envelope line; None if unreadable."""
+        try:
+            with claim.open() as f:
+                return f.read(envelope.MAX_LINE)
+        except OSError:
+            return None
 
     # -- dependencies and backoff -----------------------------------------------
 
@@ -508,7 +546,8 @@ def child_main(cfg: Config, index: int, row_index: int, spamd_address: str | Non
     sink: ResultSink | None = None
     try:
         try:
-            overflow = Overflow(cfg.overflow.dir, cfg.overflow.max_bytes)
+            overflow = Overflow(cfg.overflow.dir, cfg.overflow.max_bytes,
+                                quarantine_max_bytes=cfg.overflow.quarantine_max_bytes)
             sink = ResultSink(cfg.results.dir, retention_days=cfg.results.retention_days)
             row = ring.register(Role.WORKER, index, row=row_index)
         except (OSError, RingError) as exc:

@@ -92,3 +92,34 @@ def members(group: int) -> list[int]:
             if os.getpgid(p.pid) == group and p.info["status"] != psutil.STATUS_ZOMBIE:
                 found.append(p.pid)
     return found
+
+
+def test_stop_session_finds_what_outlived_its_leader_and_never_a_reused_pid() -> None:
+    # a daemon of an older generation: its own session, a child that
+    # ignores TERM, and a leader that is gone by the time anyone looks
+    leader = subprocess.Popen(["sh", "-c", "sh -c 'trap \"\" TERM; sleep 300' & exec sleep 300"],
+                              stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        start = proc.start_ticks(leader.pid)
+        assert start is not None
+        ident = proc.Identity(leader.pid, start)
+        deadline = time.monotonic() + 10
+        while len(proc.session_members(ident)) < 3:
+            assert time.monotonic() < deadline, "the session did not come up"
+            time.sleep(0.02)
+        # the same pid with another start time is another process: nothing of ours
+        assert proc.session_members(proc.Identity(leader.pid, start - 1)) == []
+        leader.kill()
+        leader.wait()
+        left = proc.session_members(ident)
+        assert len(left) == 2 and all(m.pid != leader.pid for m in left)
+        assert proc.stop_session(ident, timeout=0.5) == 2
+        assert proc.session_members(ident) == []
+        assert not any(proc.is_alive(m) for m in left)
+    finally:
+        for m in proc.session_members(proc.Identity(leader.pid, 0)):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(m.pid, signal.SIGKILL)
+        if leader.poll() is None:
+            leader.kill()
+            leader.wait()

@@ -5,7 +5,10 @@ from __future__ import annotations
 import datetime as dt
 import os
 import signal
+import socket
+import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -21,6 +24,8 @@ from ringtrap.supervisor import (
     Supervisor,
     backoff_delay,
     next_purge,
+    read_spamd_owner,
+    spamd_answers_as,
 )
 
 
@@ -86,6 +91,7 @@ def test_crash_restarts_at_once_and_counts(sup: tuple[Supervisor, FakeOS]) -> No
     s, fake = sup
     s.reconcile()
     w = s.children[1]
+    w.booted = True
     fake.now += 60
     fake.exits.append((w.pid, signal_status(signal.SIGKILL)))
     s.reap()
@@ -127,18 +133,69 @@ def test_requested_stop_is_not_restarted(sup: tuple[Supervisor, FakeOS]) -> None
     assert w not in s.children
 
 
-def test_classify_exit_zero_unasked_soon_after_start_is_too_fast(
+def test_classify_calls_only_a_death_before_the_boot_a_boot_failure(
+    sup: tuple[Supervisor, FakeOS],
+) -> None:
+    s, _ = sup
+    s.reconcile()
+    w = s.children[1]
+    # never booted: a boot failure, whether it exited 0, 1 or took a signal
+    for status in (exit_status(0), exit_status(1), signal_status(signal.SIGKILL)):
+        assert s.classify(w, status, booted=False) is ExitCause.TOO_FAST
+    # booted: a clean exit is a recycle, anything else a crash, however soon
+    assert s.classify(w, exit_status(0), booted=True) is ExitCause.REQUESTED
+    assert s.classify(w, exit_status(1), booted=True) is ExitCause.CRASHED
+    assert s.classify(w, signal_status(signal.SIGKILL), booted=True) is ExitCause.CRASHED
+
+
+def test_a_booted_child_killed_over_and_over_backs_off_and_is_never_given_up(
     sup: tuple[Supervisor, FakeOS],
 ) -> None:
     s, fake = sup
     s.reconcile()
     w = s.children[1]
-    assert s.classify(w, exit_status(0), fake.now + 0.5) is ExitCause.TOO_FAST
-    assert s.classify(w, exit_status(0), fake.now + 100) is ExitCause.REQUESTED
-    assert s.classify(w, signal_status(signal.SIGSEGV), fake.now + 100) is ExitCause.CRASHED
-    # a worker that recycles itself right after its first message did boot fine
-    assert s.classify(w, exit_status(0), fake.now + 0.5, did_work=True) is ExitCause.REQUESTED
-    assert s.classify(w, exit_status(1), fake.now + 0.5, did_work=True) is ExitCause.TOO_FAST
+    fake.now += 60  # it ran a while before the first kill
+    delays = []
+    for _ in range(4 * MAX_BOOT_FAILURES):
+        w.booted = True  # its row left STARTING
+        fake.exits.append((w.pid, signal_status(signal.SIGKILL)))
+        s.reap()
+        assert w.state is ChildState.WAITING
+        delays.append(w.restart_at - fake.now)
+        fake.now = w.restart_at
+        s.reconcile()
+        assert w.state is ChildState.RUNNING
+        fake.now += 0.1  # killed again right after its boot
+    assert delays[:6] == [0.0, 0.5, 1.0, 2.0, 4.0, 5.0]
+    assert set(delays[6:]) == {5.0}
+    assert s.phase is Phase.RUNNING and s.exit_code == 0
+    # a run longer than MIN_UPTIME ends the loop: the next death costs no wait
+    w.booted = True
+    fake.now += 60
+    fake.exits.append((w.pid, signal_status(signal.SIGKILL)))
+    s.reap()
+    assert w.restart_at == fake.now
+
+
+def test_spamd_boots_only_when_it_answers_as_the_listener(tmp_path: Path) -> None:
+    path = tmp_path / "spamd.sock"
+    with socket.socket(socket.AF_UNIX) as srv:
+        srv.bind(str(path))
+        srv.listen()
+
+        def answer() -> None:
+            conn, _ = srv.accept()
+            with conn:
+                conn.recv(100)
+                conn.sendall(b"SPAMD/1.5 0 PONG\r\n")
+
+        t = threading.Thread(target=answer)
+        t.start()
+        assert spamd_answers_as(path, os.getpid())
+        t.join()
+        # another process bound the socket (an orphan of an older supervisor)
+        assert not spamd_answers_as(path, os.getpid() + 1)
+    assert not spamd_answers_as(tmp_path / "missing.sock", os.getpid())
 
 
 def test_signal_never_reaches_a_reused_pid(sup: tuple[Supervisor, FakeOS]) -> None:
@@ -237,3 +294,32 @@ def test_drain_stops_the_stage_after_the_workers_that_feed_it(
     s.reap()
     s.progress_shutdown(fake.now)
     assert s.phase is Phase.DONE
+
+
+def test_children_killed_at_the_stop_deadline_are_cut_not_crashed(
+    sup: tuple[Supervisor, FakeOS], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    s, fake = sup
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    s.cfg = configmod.override(s.cfg, {"ingest.socket": str(tmp_path / "ingest.sock")})
+    spamd = Child(Kind.SPAMD, 0, -1)
+    s.children.append(spamd)
+    s.reconcile()
+    # the managed spamd's identity is on record for a supervisor started after a crash
+    assert read_spamd_owner(tmp_path / "spamd.owner") == spamd.ident
+    pids = [c.pid for c in s.children]
+    for c in s.children:
+        c.booted = True
+    causes: list[ExitCause] = []
+    classify = s.classify
+    monkeypatch.setattr(s, "classify", lambda *a: causes.append(classify(*a)) or causes[-1])
+    s.handle_term()
+    # nothing stops in time: the ingest hangs on, so workers and spamd never got TERM
+    fake.now = s.drain_deadline + 1
+    for c in s.children:
+        fake.exits.append((c.pid, signal_status(signal.SIGKILL)))
+    s.progress_shutdown(fake.now)
+    assert all((pid, signal.SIGKILL) in fake.killed for pid in pids)
+    assert causes == [ExitCause.CUT] * 4
+    assert s.cut_processes == 4
+    assert s.phase is Phase.DONE and s.exit_code == 0

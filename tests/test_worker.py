@@ -454,10 +454,26 @@ def test_messages_at_the_attempt_limit_are_quarantined_not_processed(
 
     worker = local_worker(cfg, ring, overflow, offline_processor(),
                           ResultSink(cfg.results.dir))
-    run_until(worker, lambda: overflow.stats().failed == 2 and len(records(cfg, False)) == 1)
+    run_until(worker, lambda: overflow.stats().failed == 2 and len(records(cfg, False)) == 3)
 
-    got = records(cfg)
-    assert [(r["id"], r["attempts"]) for r in got] == [(last_chance, MAX_ATTEMPTS - 1)]
+    got = {r["id"]: r for r in records(cfg)}
+    assert len(got) == 3
+    assert (got[last_chance]["verdict"], got[last_chance]["attempts"]) == (
+        "not_scanned", MAX_ATTEMPTS - 1)
+    assert got[last_chance]["quarantine"] is None
+    for msgid, where, n, message in ((doomed_ring, "ring", 1, SPAM),
+                                     (doomed_overflow, "overflow", 3, HAM)):
+        rec = got[msgid]
+        stored = len(envelope.frame(message, env_for(n)))
+        assert (rec["verdict"], rec["attempts"], rec["size"]) == (
+            "quarantined", MAX_ATTEMPTS, len(message))
+        assert rec["reason"] == (f"attempts {MAX_ATTEMPTS} reached the limit {MAX_ATTEMPTS}"
+                                 " (a worker died holding it each time)")
+        assert rec["envelope"] == env_for(n).to_dict()
+        assert rec["quarantine"] == {
+            "store": where, "kept": True,
+            "path": str(overflow.path / "failed" / f"{msgid},S={stored},A={MAX_ATTEMPTS}")}
+        assert rec["score"] is None and rec["scanned_ms"] is None
     failed = {parse_ready(n) for n in os.listdir(overflow.path / "failed")
               if not n.endswith(".reason")}
     assert failed == {
