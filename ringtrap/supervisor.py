@@ -806,8 +806,17 @@ class Supervisor:
                         ", ".join(waiting))
             new = configmod.keep_restart_only(new, old)
         applied = [key for key in changed if key not in restart_only]
+        managed = new.spamd.address.kind == "managed"
+        spamd_before = self._spamd_argv() if managed else []
         self.cfg = new
         self.generation += 1
+        if managed and self._spamd_argv() != spamd_before:
+            # --max-children follows workers.count: a pool resized needs a spamd resized
+            for c in self.children:
+                if c.kind is Kind.SPAMD and c.state is ChildState.RUNNING:
+                    log.info("HUP: restarting the managed spamd: %s",
+                             " ".join(self._spamd_argv()[1:]))
+                    self._stop_child(c, signal.SIGTERM)
         if self.overflow is not None:
             self.overflow.max_bytes = new.overflow.max_bytes
         self.next_purge_at = next_purge(self.os.time(), new.overflow.purge_at)
@@ -1059,8 +1068,11 @@ class Supervisor:
 
     def spawn(self, c: Child) -> None:
         """Fork one child; its boot runs in a fixed order (see _child_boot)."""
+        log_pipe: tuple[int, int] | None = None
         if c.kind is Kind.SPAMD:
             argv = self._spamd_argv()
+            # spamd's stdout and stderr: relogged where the trap's own lines go
+            log_pipe = os.pipe()
         listener = self.listener
         parent = os.getpid()
         pid = self.os.fork()
@@ -1068,12 +1080,20 @@ class Supervisor:
             code = EX_SOFTWARE
             try:
                 _die_with_parent(parent)
+                if log_pipe is not None:
+                    os.dup2(log_pipe[1], 1)
+                    os.dup2(log_pipe[1], 2)
                 code = self._child_boot(c, listener,
                                         argv if c.kind is Kind.SPAMD else None)
             except BaseException:
                 logging.getLogger(__name__).exception("%s failed", c.name)
             finally:
                 os._exit(code)
+        if log_pipe is not None:
+            from ringtrap import spamd_log
+
+            os.close(log_pipe[1])
+            spamd_log.start(log_pipe[0])
         c.pid = pid
         c.ident = self.os.identity(pid)
         c.started = self.os.monotonic()
