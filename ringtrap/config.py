@@ -1121,8 +1121,8 @@ class PrefilterConfig:
         metadata=_about(
             _ChoiceList(("virus", "bounce", "autoreply")),
             "Prefilters in force: mail they match is recorded with that verdict and not sent"
-            " to spamd. Oversize (workers.scan_limit_bytes) and unparseable mail are never"
-            " scanned.",
+            " to spamd. Oversize mail (workers.scan_limit_bytes) is never scanned; mail"
+            " ringtrap cannot parse is scanned, with a parse_error in its record.",
         ),
     )
 

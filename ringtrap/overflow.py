@@ -511,7 +511,13 @@ class Overflow:
         names = os.listdir(self._dirs["new"])
         # Listings come back nearly ordered, which timsort handles in linear time.
         names.sort(reverse=True)
-        self._claim_cache = names[-CLAIM_WINDOW:]
+        window = names[-CLAIM_WINDOW:]
+        # A message attempted before (a worker died on it) may kill the next
+        # one too: within the window it comes after the fresh ones, so a
+        # replacement worker does not take it first, and before the next
+        # listing, so it is not put off for ever.
+        self._claim_cache = ([n for n in window if not n.endswith(",A=0")]
+                             + [n for n in window if n.endswith(",A=0")])
         return len(names) <= CLAIM_WINDOW
 
     def _requeue_into_cache(self, name: str) -> None:
@@ -520,7 +526,7 @@ class Overflow:
         # names left out of a truncated window are not overtaken.
         with self._lock:
             cache = self._claim_cache
-            if cache and name < cache[0]:
+            if cache and _claim_key(name) < _claim_key(cache[0]):
                 _insort_desc(cache, name)
 
     def claim(self, owner: Identity) -> OverflowClaim | None:
@@ -1008,12 +1014,18 @@ def _drop(path: Path) -> bool:
         return False
 
 
+def _claim_key(name: str) -> tuple[bool, str]:
+    """The claim order: fresh names first, each part oldest first."""
+    return (not name.endswith(",A=0"), name)
+
+
 def _insort_desc(names: list[str], name: str) -> None:
-    # The cache is sorted newest first; bisect on the negated order.
+    # The cache is in reverse claim order (popped from the end); bisect on it.
+    key = _claim_key(name)
     lo, hi = 0, len(names)
     while lo < hi:
         mid = (lo + hi) // 2
-        if names[mid] > name:
+        if _claim_key(names[mid]) > key:
             lo = mid + 1
         else:
             hi = mid

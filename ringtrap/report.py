@@ -90,7 +90,7 @@ def summarize(records: Iterable[dict[str, Any]], top: int = TOP) -> dict[str, An
     sizes: list[float] = []
     scan_ms: list[float] = []
     size_hist = [0] * (len(SIZE_BUCKETS) + 1)
-    total = duplicates_seen = 0
+    total = duplicates_seen = parse_errors = 0
     for r in records:
         total += 1
         verdict = str(r.get("verdict"))
@@ -115,6 +115,8 @@ def summarize(records: Iterable[dict[str, Any]], top: int = TOP) -> dict[str, An
             hours[int(received[11:13])] += 1
         if r.get("duplicate_of"):
             duplicates_seen += 1
+        if r.get("parse_error"):
+            parse_errors += 1
         fp = r.get("fingerprint")
         if isinstance(fp, str):
             c = campaigns.setdefault(fp, {"fingerprint": fp, "messages": 0, "first": r.get("id"),
@@ -131,6 +133,8 @@ def summarize(records: Iterable[dict[str, Any]], top: int = TOP) -> dict[str, An
     return {
         "messages": total,
         "verdicts": dict(verdicts.most_common()),
+        # scanned (or prefiltered) all the same: a note, not a verdict
+        "parse_errors": parse_errors,
         "top_rules": rules.most_common(top),
         "top_relays": relays.most_common(top),
         "top_networks": networks.most_common(top),
@@ -199,6 +203,8 @@ def render_text(summary: dict[str, Any], day: str) -> str:
 
     lines += _table("Verdicts", ("verdict", "messages", "share"),
                     [(v, n, pct(n)) for v, n in summary["verdicts"].items()])
+    lines += ["", f"Parse errors: {summary['parse_errors']} messages ringtrap could not parse"
+                  " (scanned all the same; the record's parse_error says why)"]
     lines += _table("Top rules", ("rule", "hits"), summary["top_rules"])
     lines += _table("Top relay IPs", ("relay", "messages"), summary["top_relays"])
     lines += _table("Top relay networks", ("network", "messages"), summary["top_networks"])

@@ -445,16 +445,45 @@ def test_ack_of_a_lost_claim_warns(
 
 
 def test_release_keeps_attempts_and_order(store: Overflow, me: Identity) -> None:
-    m1, m2 = ids.new_id(), ids.new_id()
+    m0, m1, m2 = ids.new_id(), ids.new_id(), ids.new_id()
+    store.spill(m0, b"zero")
     store.spill(m1, b"one", attempts=3)
     store.spill(m2, b"two")
     c = store.claim(me)
-    assert c is not None and c.msgid == m1
+    assert c is not None and c.msgid == m0
     store.release(c)
-    assert names(store, "new")[0] == f"{m1},S=3,A=3"
+    assert names(store, "new")[0] == f"{m0},S=4,A=0"
     again = store.claim(me)
     assert again is not None
-    assert (again.msgid, again.attempts, again.read()) == (m1, 3, b"one")
+    assert (again.msgid, again.attempts, again.read()) == (m0, 0, b"zero")
+    store.ack(again)
+    # the attempted message after the fresh one, its attempts kept through a release
+    c = store.claim(me)
+    assert c is not None and c.msgid == m2
+    store.ack(c)
+    c = store.claim(me)
+    assert c is not None and (c.msgid, c.attempts) == (m1, 3)
+    store.release(c)
+    again = store.claim(me)
+    assert again is not None and (again.msgid, again.attempts, again.read()) == (m1, 3, b"one")
+
+
+def test_attempted_messages_wait_behind_fresh_ones_but_not_past_the_window(
+    store: Overflow, me: Identity, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A message a worker died on is not what its replacement takes first; it
+    is still taken before anything listed after its window."""
+    monkeypatch.setattr(overflow, "CLAIM_WINDOW", 4)
+    poison = ids.new_id()
+    store.spill(poison, b"poison", attempts=1)
+    fresh = [ids.new_id() for _ in range(5)]
+    for m in fresh:
+        store.spill(m, b"fresh")
+    order = []
+    while (c := store.claim(me)) is not None:
+        order.append(c.msgid)
+        store.ack(c)
+    assert order == [*fresh[:3], poison, *fresh[3:]]
 
 
 def test_release_by_one_claimer_is_seen_by_another(shm_dir: Path, me: Identity) -> None:
