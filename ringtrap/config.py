@@ -1060,6 +1060,7 @@ class SpamdConfig:
             " searchable by that user.",
             varies="`/var/lib/ringtrap/bayes` as root, else `$XDG_STATE_HOME/ringtrap/bayes`"
             " (`~/.local/state/ringtrap/bayes` when unset)",
+            restart=True,
         ),
     )
 

@@ -819,6 +819,7 @@ class Supervisor:
                     self._stop_child(c, signal.SIGTERM)
         if self.overflow is not None:
             self.overflow.max_bytes = new.overflow.max_bytes
+            self.overflow.quarantine_max_bytes = new.overflow.quarantine_max_bytes
         self.next_purge_at = next_purge(self.os.time(), new.overflow.purge_at)
         workers = [c for c in self.children if c.kind is Kind.WORKER and not c.retire]
         for c in workers[new.workers.count :]:

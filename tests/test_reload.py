@@ -43,6 +43,8 @@ APPLIED_IN: dict[str, set[str]] = {
     "overflow.max_bytes": {"ingest", "worker", "supervisor"},
     "overflow.purge_at": {"supervisor"},
     "overflow.max_attempts": {"worker", "stage"},
+    "overflow.quarantine_max_bytes": {"worker", "stage", "supervisor"},
+    "overflow.quarantine_retention_days": {"supervisor"},
     "workers.count": {"supervisor"},
     "workers.max_rss_bytes": {"worker"},
     "workers.heartbeat_timeout": {"supervisor"},
