@@ -12,10 +12,13 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ringtrap import __version__
 from ringtrap import config as configmod
+
+if TYPE_CHECKING:
+    from ringtrap.overflow import Overflow
 
 EX_USAGE = 64
 EX_NOINPUT = 66
@@ -97,7 +100,8 @@ def gather_status(cfg: configmod.Config, ring: Any = None,
             "state": r.state.name.lower(),
             "message": r.msgid or None,
             "done": c[C.PROCESSED] if r.role.name == "WORKER"
-            else max(c[C.STAGE_LEARNED], c[C.STAGE_REPORTED]) if r.role.name == "STAGE"
+            else max(c[C.STAGE_LEARNED] + c[C.STAGE_NOT_LEARNED], c[C.STAGE_REPORTED])
+            if r.role.name == "STAGE"
             else c[C.ACCEPTED_RING] + c[C.ACCEPTED_OVERFLOW],
             "heartbeat_age_s": beat_age,
             "rss_bytes": rss,
@@ -162,7 +166,8 @@ def print_status(st: dict[str, Any]) -> None:
         print(f"stage    {g['dir']}: {g['ready']} waiting ({_fmt_bytes(g['ready_bytes'])}), "
               f"{g['claimed']} being processed, {g['failed']} quarantined, oldest {oldest}; "
               f"handed on {t['stage_handed_on']}, dropped {t['stage_dropped']}, learned "
-              f"{t['stage_learned']}, reported {t['stage_reported']}, errors {t['stage_errors']}")
+              f"{t['stage_learned']} (not learned {t['stage_not_learned']}), reported "
+              f"{t['stage_reported']}, errors {t['stage_errors']}")
     accepted = t["accepted_ring"] + t["accepted_overflow"]
     refused = t["refused_too_large"] + t["refused_empty"] + t["refused_temp"]
     print(f"messages accepted {accepted} (ring {t['accepted_ring']}, overflow "
@@ -216,6 +221,8 @@ def cmd_purge(args: argparse.Namespace) -> int:
     except FileNotFoundError:
         print(f"ringtrap: no overflow directory {cfg.overflow.dir}; nothing to purge")
         return 0
+    if args.quarantine:
+        return _purge_quarantine(cfg, o)
     o.recover_dead()
     res = o.purge()
     print(f"dropped {res.count} messages ({res.bytes} bytes) from {cfg.overflow.dir}")
@@ -231,6 +238,34 @@ def cmd_purge(args: argparse.Namespace) -> int:
             print(f"dropped {dropped.count} messages ({dropped.bytes} bytes) from"
                   f" {configmod.stage_dir(cfg)}")
     count_purge(cfg.ring.name, res.count, res.bytes)
+    return 0
+
+
+def _purge_quarantine(cfg: configmod.Config, o: Overflow) -> int:
+    """``purge --quarantine``: drop failed/ of the overflow and of the stage, nothing else."""
+    import contextlib
+
+    from ringtrap import ring as ringmod
+    from ringtrap.counters import C
+    from ringtrap.overflow import Overflow
+
+    stores = [(cfg.overflow.dir, o)]
+    if cfg.stage.workers:
+        with contextlib.suppress(FileNotFoundError):
+            stores.append((configmod.stage_dir(cfg),
+                           Overflow(configmod.stage_dir(cfg), cfg.stage.max_bytes,
+                                    create=False)))
+    gone = 0
+    for path, store in stores:
+        res = store.purge_failed()
+        gone += res.count
+        print(f"dropped {res.count} quarantined messages ({res.bytes} bytes) from {path}")
+    try:
+        ring = ringmod.Ring.attach(cfg.ring.name)
+    except (ringmod.RingMissing, ringmod.RingLayoutError):
+        return 0
+    with ring:
+        ring.add_totals({C.PURGED_QUARANTINED: gone})
     return 0
 
 
@@ -297,6 +332,11 @@ def cmd_config(args: argparse.Namespace) -> int:
     if args.docs:
         print(configmod.docs_table())
         return 0
+    if args.man:
+        from ringtrap import manpage
+
+        print(manpage.man_page(), end="")
+        return 0
     print(configmod.sample_config(), end="")
     return 0
 
@@ -338,6 +378,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_top)
     p = sub.add_parser("purge", help="drop the overflow backlog now")
     with_config(p)
+    p.add_argument("--quarantine", action="store_true",
+                   help="drop the quarantined messages (failed/) instead of the backlog")
     p.set_defaults(func=cmd_purge)
     p = sub.add_parser("report", help="the daily report: verdicts, rules, relays, URL"
                        " domains, campaigns, sizes, scan times")
@@ -357,6 +399,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print a complete commented configuration (the default)")
     g.add_argument("--check", metavar="FILE", help="validate FILE; exit 78 naming every problem")
     g.add_argument("--docs", action="store_true", help="print the settings as a Markdown table")
+    g.add_argument("--man", action="store_true",
+                   help="print the ringtrap(8) man page (roff), settings included")
     p.set_defaults(func=cmd_config)
     return ap
 

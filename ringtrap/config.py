@@ -140,6 +140,12 @@ def _default_results_dir() -> Path:
     return _state_home() / "ringtrap" / "results"
 
 
+def _default_bayes_dir() -> Path:
+    if _euid() == 0:
+        return Path("/var/lib/ringtrap/bayes")
+    return _state_home() / "ringtrap" / "bayes"
+
+
 def _default_worker_count() -> int:
     return os.cpu_count() or 2
 
@@ -795,9 +801,29 @@ class IngestConfig:
             _Seconds(), "Seconds a client connection may stay silent before it is closed."
         ),
     )
+    message_timeout: float = field(
+        default=300.0,
+        metadata=_about(
+            _Seconds(),
+            "Seconds a connection may take over one message however steadily it sends;"
+            " past them it is answered TEMPFAIL (LMTP 421) and closed.",
+        ),
+    )
     max_connections: int = field(
         default=256,
-        metadata=_about(_Integer(lo=1), "Most client connections the ingest serves at once."),
+        metadata=_about(
+            _Integer(lo=1),
+            "Most connections the raw socket serves at once; the submit and LMTP sockets"
+            " have budgets of their own, so the raw socket cannot starve them.",
+        ),
+    )
+    submit_max_connections: int = field(
+        default=256,
+        metadata=_about(_Integer(lo=1), "Most connections the submit socket serves at once."),
+    )
+    lmtp_max_connections: int = field(
+        default=64,
+        metadata=_about(_Integer(lo=1), "Most connections the LMTP socket serves at once."),
     )
     submit_socket: Path | None = field(
         default_factory=_beside_ingest,
@@ -896,6 +922,24 @@ class OverflowConfig:
             "A message that kills its worker this many times is quarantined, not retried.",
         ),
     )
+    quarantine_max_bytes: int = field(
+        default=64 * MiB,
+        metadata=_about(
+            _Size(lo=MiB),
+            "Cap on the quarantined messages kept in failed/ (of the overflow and of the"
+            " stage, each); past it the oldest are dropped. Quarantine never counts toward"
+            " overflow.max_bytes, so it cannot block spills.",
+        ),
+    )
+    quarantine_retention_days: int = field(
+        default=1,
+        metadata=_about(
+            _Integer(lo=0),
+            "Days a quarantined message is kept: the daily purge drops those that arrived"
+            " more than this many days minus one before it (1 = all of them, with the"
+            " backlog); 0 = never by age, only the cap and 'ringtrap purge --quarantine'.",
+        ),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -981,6 +1025,18 @@ class SpamdConfig:
             _Text(),
             "Program run as a managed spamd: a path, or a name looked up on PATH and then"
             " in /usr/sbin and /usr/local/sbin.",
+        ),
+    )
+    bayes_dir: Path = field(
+        default_factory=_default_bayes_dir,
+        metadata=_about(
+            _Path(),
+            "Bayes database of a managed spamd when the stage learns through it"
+            " (stage.learn): created and handed to the user spamd runs as (nobody when"
+            " started as root without service.user); every directory above it must be"
+            " searchable by that user.",
+            varies="`/var/lib/ringtrap/bayes` as root, else `$XDG_STATE_HOME/ringtrap/bayes`"
+            " (`~/.local/state/ringtrap/bayes` when unset)",
         ),
     )
 
@@ -1173,6 +1229,17 @@ class StageConfig:
             " (counted as stage_dropped), so a dead stage never fills the host's memory.",
         ),
     )
+
+
+def managed_spamd_tells(c: "Config") -> bool:
+    """True if the stage sends TELL to the managed spamd, which then needs --allow-tell."""
+    return (c.spamd.address.kind == "managed" and c.stage.workers > 0
+            and c.stage.address is None and (c.stage.learn or c.stage.report))
+
+
+def managed_spamd_learns(c: "Config") -> bool:
+    """True if the stage learns through the managed spamd: it needs spamd.bayes_dir."""
+    return managed_spamd_tells(c) and c.stage.learn
 
 
 def stage_dir(c: "Config") -> Path:
@@ -1667,8 +1734,40 @@ def sample_config(config: Config | None = None, *, commented: bool = True) -> st
     return "\n".join(lines) + "\n"
 
 
+class Declared(NamedTuple):
+    """One setting as the docs show it: the README's table and the man page."""
+
+    key: str  # "section.key"
+    kind: str
+    default: str  # Markdown: a TOML literal in backquotes, or how the default is chosen
+    help: str
+
+
+def declarations() -> Iterator[Declared]:
+    """Every setting in declaration order, with host-independent texts."""
+    for section, cls in _sections():
+        for f in fields(cls):
+            s: _Setting = f.metadata[_META]
+            # A computed default has no value to show, only its description.
+            default = s.varies if f.default is MISSING else f"`{s.kind.toml(f.default)}`"
+            if not default:
+                raise TypeError(f"{section}.{f.name}: a computed default needs `varies`")
+            yield Declared(f"{section}.{f.name}", s.kind.describe(), default, s.help)
+
+
+# what holds for every setting, below the table and in the man page
+DOCS_NOTES = (
+    "`<runtime>` is `/run/ringtrap` as root, else `$XDG_RUNTIME_DIR/ringtrap` when"
+    " `XDG_RUNTIME_DIR` is a writable directory, else `/tmp/ringtrap-<uid>`.",
+    "Relative paths are relative to the directory of the configuration file;"
+    " `~` is the home directory.",
+    'Byte sizes are an integer or a string with a binary unit: `"64K"`, `"512M"`,'
+    ' `"2GiB"` (K = KB = KiB = 1024). Modes are octal: `0o660` or `"0660"`.',
+)
+
+
 def docs_table() -> str:
-    """The configuration reference for the README: a Markdown section and table.
+    """The configuration reference for the docs: a Markdown section and table.
 
     Host-dependent defaults are described, not computed, so the text is the
     same wherever it is generated.
@@ -1682,23 +1781,8 @@ def docs_table() -> str:
         "| section.key | type | default | meaning |",
         "|---|---|---|---|",
     ]
-    for section, cls in _sections():
-        for f in fields(cls):
-            s: _Setting = f.metadata[_META]
-            # A computed default has no value to show, only its description.
-            default = s.varies if f.default is MISSING else f"`{s.kind.toml(f.default)}`"
-            if not default:
-                raise TypeError(f"{section}.{f.name}: a computed default needs `varies`")
-            cells = [f"`{section}.{f.name}`", s.kind.describe(), default, s.help]
-            rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
-    rows += [
-        "",
-        "`<runtime>` is `/run/ringtrap` as root, else `$XDG_RUNTIME_DIR/ringtrap` when"
-        " `XDG_RUNTIME_DIR` is a writable directory, else `/tmp/ringtrap-<uid>`.",
-        "Relative paths are relative to the directory of the configuration file;"
-        " `~` is the home directory.",
-        'Byte sizes are an integer or a string with a binary unit: `"64K"`, `"512M"`,'
-        ' `"2GiB"` (K = KB = KiB = 1024). Modes are octal: `0o660` or `"0660"`.',
-        "",
-    ]
+    for d in declarations():
+        cells = [f"`{d.key}`", d.kind, d.default, d.help]
+        rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    rows += ["", *DOCS_NOTES, ""]
     return "\n".join(rows)

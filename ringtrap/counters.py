@@ -81,9 +81,16 @@ class C(IntEnum):
     # the slower stage (learning, reporting) and the scan workers' hand-off to it
     STAGE_HANDED_ON = 55  # spilled to the stage's directory by a scan worker
     STAGE_DROPPED = 56  # not handed on: the stage's backlog was at stage.max_bytes
-    STAGE_LEARNED = 57  # TELL Set: local answered (DidSet or already learned)
+    STAGE_LEARNED = 57  # TELL Set: local answered DidSet: local (see STAGE_NOT_LEARNED)
     STAGE_REPORTED = 58  # TELL Set: remote answered
     STAGE_ERRORS = 59  # a stage call failed for good (given up, not retried)
+    # quarantine (failed/) has a cap and a retention of its own
+    QUARANTINE_DROPPED = 60  # oldest quarantined messages dropped to stay under the cap
+    PURGED_QUARANTINED = 61  # quarantined messages dropped by a purge
+    STAGE_NOT_LEARNED = 62  # TELL Set: local answered without DidSet: learned nothing
+    # supervisor: live processes killed for holding the ring lock while
+    # stopped or stuck (their lock is then broken and counted in LOCK_BREAKS)
+    LOCK_HOLDER_KILLS = 63
 
 
 # Upper bounds in seconds of the scan-time buckets SCAN_BUCKET_0..11; a scan

@@ -28,6 +28,8 @@ REASON_EMPTY = b"empty message"
 REASON_OVERFLOW_FULL = b"overflow full"
 REASON_STORE_FAILED = b"cannot store message"
 REASON_IDLE = b"idle timeout"
+# the message took longer than ingest.message_timeout, however steadily it came
+REASON_TIMEOUT = b"message timeout"
 REASON_BUSY = b"too many connections"
 REASON_SHUTTING_DOWN = b"shutting down"
 # submit socket only: the stream ended without its length trailer, or not as announced
@@ -94,6 +96,10 @@ class Session(Protocol):
 
     def timeout(self) -> bytes:
         """The connection was idle too long: drop any message, return the last reply."""
+        ...
+
+    def expired(self) -> bytes:
+        """The message took longer than its total deadline: drop it, return the last reply."""
         ...
 
     def shutdown(self) -> bytes:

@@ -12,6 +12,7 @@ be forged by the message.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -19,6 +20,8 @@ MAGIC = b"RTM1 "
 # an envelope line longer than this is not one the ingest wrote
 MAX_LINE = 64 * 1024
 EMPTY_HEADER = MAGIC + b"{}\n"
+# C0 controls and DEL: no envelope value the trap keeps may hold one raw
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +33,8 @@ class Envelope:
     client_address: str | None = None
     client_helo: str | None = None
     queue_id: str | None = None
+    # recipients the MTA named that did not fit the envelope and were left out
+    recipients_dropped: int = 0
 
     def is_empty(self) -> bool:
         return self == Envelope()
@@ -38,7 +43,9 @@ class Envelope:
         """JSON-ready dict without the fields that are unset."""
         d = asdict(self)
         d["recipients"] = list(self.recipients)
-        return {k: v for k, v in d.items() if v not in (None, [])}
+        if not self.recipients_dropped:
+            del d["recipients_dropped"]
+        return {k: v for k, v in d.items() if v is not None and v != []}
 
 
 class FrameError(ValueError):
@@ -77,9 +84,47 @@ def unframe(payload: bytes) -> tuple[Envelope, memoryview]:
         client_address=_str_or_none(raw.get("client_address")),
         client_helo=_str_or_none(raw.get("client_helo")),
         queue_id=_str_or_none(raw.get("queue_id")),
+        recipients_dropped=_count(raw.get("recipients_dropped")),
     )
     return env, memoryview(payload)[end + 1 :]
 
 
+def escape_controls(value: str) -> str:
+    """``value`` with each C0 control and DEL written as ``\\xNN``."""
+    if _CONTROL.search(value) is None:
+        return value
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", value)
+
+
+def has_controls(value: str) -> bool:
+    """True if ``value`` holds a C0 control or DEL."""
+    return _CONTROL.search(value) is not None
+
+
+def relay_address(raw: str | None) -> str | None:
+    """The IP address ``raw`` names, in canonical form; None if it names none.
+
+    Takes what MTAs write (``192.0.2.7``, ``2001:db8::7``, ``IPv6:2001:db8::7``,
+    ``[192.0.2.7]``); anything else (``unknown``, a host name, garbage) is None.
+    """
+    if not raw:
+        return None
+    import ipaddress  # only the worker needs it, not the ingest's hot path
+
+    text = raw.strip()
+    if text[:5].upper() == "IPV6:":
+        text = text[5:]
+    if text[:1] == "[" and text[-1:] == "]":
+        text = text[1:-1]
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        return None
+
+
 def _str_or_none(v: object) -> str | None:
     return None if v is None else str(v)
+
+
+def _count(v: object) -> int:
+    return v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else 0

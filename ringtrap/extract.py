@@ -47,18 +47,23 @@ MAX_ZIP_DEPTH = 2
 
 _URL = re.compile(r"(?i)\b(?:https?://|www\.)[^\s<>\"'`{}|\\^\[\]]{1,2048}")
 _URL_TRAILER = ".,;:!?)'\""
-_TAG = re.compile(r"<[^>]{0,4096}>")
-_HTML_SKIP = re.compile(r"(?is)<(script|style)\b.{0,65536}?</\1\s*>")
+# A tag is "<", at most this many characters other than ">", then ">".
+_MAX_TAG = 4096
+# A script or style element is skipped whole when it closes within this many characters.
+_MAX_SKIP = 65536
+# The element names are matched in ASCII only: a long s (U+017F) for "s" opens nothing.
+_SKIP_OPEN = re.compile(r"(?is)<((?a:script|style))\b")
+_SKIP_CLOSE = {name: re.compile(rf"(?is)</(?a:{name})\s*>") for name in ("script", "style")}
 _NOT_WORD = re.compile(r"[\W\d_]+")
-_DIGIT_TOKEN = re.compile(r"\S*\d\S*")
-_SPACE = re.compile(r"\s+")
+_DIGIT = re.compile(r"\d")
+# a decimal character reference too long for int() (Python's 4300-digit limit)
+_HUGE_DECIMAL_REF = re.compile(r"&#[0-9]{1000,};?")
 _HOST = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,62}\.)*[a-z0-9-]{1,63}")
 _ADDR_IN_ANGLES = re.compile(r"<([^<>]*)>")
 _RECEIVED_IP = re.compile(r"\[(?:IPv6:)?([0-9A-Fa-f:.]{2,45})\]")
 _HELO_EXIM = re.compile(r"\bhelo=([^\s)\]]{1,255})", re.IGNORECASE)
 # a fingerprint word longer than this is a token, a hash or a run-together URL
 _MAX_WORD = 25
-_LONG_TOKEN = re.compile(rf"\S{{{_MAX_WORD + 1},}}")
 # a normalized text shorter than this says too little to group messages by
 MIN_FINGERPRINT_CHARS = 20
 
@@ -188,9 +193,19 @@ def text_parts(msg: Message) -> list[tuple[Part, str]]:
             continue
         text = part.text(TEXT_LIMIT)
         if part.content_type == "text/html":
-            text = html.unescape(text)
+            text = unescape(text)
         out.append((part, text))
     return out
+
+
+def unescape(text: str) -> str:
+    """``text`` with HTML character references replaced (:func:`html.unescape`); never raises."""
+    try:
+        return html.unescape(text)
+    except ValueError:
+        # int() refuses a decimal reference of more than 4300 digits; such a
+        # reference names no character anyway
+        return html.unescape(_HUGE_DECIMAL_REF.sub("\ufffd", text))
 
 
 def urls(texts: Iterable[str]) -> list[str]:
@@ -294,6 +309,9 @@ def executable_reason(name: str | None, data: bytes, depth: int = 0) -> str | No
 
 
 def _zip_executable(name: str | None, data: bytes, depth: int) -> str | None:
+    # archives inside are read whole, but all of them together no further than
+    # one attachment: 200 well-compressed members must not cost 200 decodes
+    budget = ATTACHMENT_LIMIT
     try:
         with zipfile.ZipFile(BytesIO(data)) as zf:
             for info in zf.infolist()[:MAX_ZIP_MEMBERS]:
@@ -305,7 +323,8 @@ def _zip_executable(name: str | None, data: bytes, depth: int) -> str | None:
                 try:
                     with zf.open(info) as f:
                         head = f.read(ZIP_SNIFF_BYTES if _extension(inner) not in
-                                      ARCHIVE_EXTENSIONS else ATTACHMENT_LIMIT)
+                                      ARCHIVE_EXTENSIONS else max(ZIP_SNIFF_BYTES, budget))
+                    budget -= len(head)
                 except Exception:
                     continue  # unsupported compression, corrupt member
                 why = is_executable_content(head)
@@ -342,15 +361,61 @@ def normalize(text: str, is_html: bool = False) -> str:
 
     Markup, links, tokens with digits (numbers, ids, "customer42"),
     punctuation and long tokens (tracking ids, hashes) go; case and spacing
-    are folded.
+    are folded.  Linear in the length of ``text``: every step is a single
+    pass (no pattern here can backtrack over a long token).
     """
     if is_html:
-        text = _TAG.sub(" ", _HTML_SKIP.sub(" ", text))
+        text = strip_tags(strip_skipped(text))
     text = _URL.sub(" ", text)  # links carry per-recipient paths
     # tokens with a digit are numbers, ids, codes and names like "customer1";
     # very long ones are tracking tokens and hashes
-    text = _LONG_TOKEN.sub(" ", _DIGIT_TOKEN.sub(" ", text))
-    return " ".join(_NOT_WORD.sub(" ", text.lower()).split())
+    kept = [t for t in text.split() if len(t) <= _MAX_WORD and _DIGIT.search(t) is None]
+    return " ".join(_NOT_WORD.sub(" ", " ".join(kept).lower()).split())
+
+
+def strip_skipped(text: str) -> str:
+    """``text`` with each script and style element that closes within 64 KiB made a space.
+
+    An element runs from ``<script`` (or ``<style``, any case) to the first
+    ``</script>`` after it; one that does not close within :data:`_MAX_SKIP`
+    characters is left as it is (its tags go with the other tags).  Linear:
+    the first closing tag after a position is searched for once and reused
+    by every opening before it.
+    """
+    out: list[str] = []
+    pos = 0  # text before this is in out
+    # per name: the first closing tag at or after the last search's start,
+    # None when there is none left
+    closing: dict[str, re.Match[str] | None] = {}
+    for m in _SKIP_OPEN.finditer(text):
+        if m.start() < pos:
+            continue  # inside an element already skipped
+        name = m[1].lower()
+        close = closing.get(name, False)
+        if close is False or (close is not None and close.start() < m.end()):
+            close = closing[name] = _SKIP_CLOSE[name].search(text, m.end())
+        if close is None or close.start() - m.end() > _MAX_SKIP:
+            continue
+        out += (text[pos : m.start()], " ")
+        pos = close.end()
+    out.append(text[pos:])
+    return "".join(out)
+
+
+def strip_tags(text: str) -> str:
+    """``text`` with each tag (``<``, at most 4096 characters but ``>``, ``>``) made a space.
+
+    Between two ``>`` every ``<`` would end at the second one, so only the
+    first ``<`` at most :data:`_MAX_TAG` characters before it opens a tag:
+    one pass over the pieces between ``>``, however many ``<`` there are.
+    """
+    pieces = text.split(">")
+    out: list[str] = []
+    for piece in pieces[:-1]:
+        i = piece.find("<", max(0, len(piece) - _MAX_TAG - 1))
+        out += (piece, ">") if i < 0 else (piece[:i], " ")
+    out.append(pieces[-1])
+    return "".join(out)
 
 
 def fingerprint(texts: list[tuple[Part, str]], files: list[Attachment]) -> str | None:

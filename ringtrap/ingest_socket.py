@@ -69,6 +69,7 @@ from ringtrap.delivery import (
     REASON_OVERFLOW_FULL,
     REASON_SHUTTING_DOWN,
     REASON_STORE_FAILED,
+    REASON_TIMEOUT,
     REASON_TOO_LARGE,
     TEMPFAIL,
     Outcome,
@@ -165,8 +166,61 @@ _LINE_EMPTY = reply_line(ERR, REASON_EMPTY)
 _LINE_OVERFLOW_FULL = reply_line(TEMPFAIL, REASON_OVERFLOW_FULL)
 _LINE_STORE_FAILED = reply_line(TEMPFAIL, REASON_STORE_FAILED)
 _LINE_IDLE = reply_line(TEMPFAIL, REASON_IDLE)
+_LINE_EXPIRED = reply_line(TEMPFAIL, REASON_TIMEOUT)
 _LINE_BUSY = reply_line(TEMPFAIL, REASON_BUSY)
 _LINE_SHUTTING_DOWN = reply_line(TEMPFAIL, REASON_SHUTTING_DOWN)
+
+
+# A full overflow (its cap, or its file system) stays "refusing" until spills
+# have gone through for this long without a refusal: when space comes and goes
+# by the page, refusals and successes alternate every few milliseconds.
+RECOVER_AFTER = 10.0
+
+
+class Gate(IntEnum):
+    """A change :class:`OverflowGate` reports: the one thing worth a log line."""
+
+    NONE = 0
+    REFUSING = 1  # the first refusal of an episode
+    ACCEPTING = 2  # the episode is over: spills have gone through for RECOVER_AFTER
+
+
+class OverflowGate:
+    """Whether the ingest is refusing for a full overflow, with hysteresis.
+
+    :meth:`refused` and :meth:`spilled` report each outcome with the
+    monotonic time; each returns :attr:`Gate.NONE` except at the two edges of
+    an episode, so a caller logs one line when refusing starts and one when it
+    is over, however the outcomes alternate in between.  Plain state in this
+    process: nothing to recover if it dies.
+    """
+
+    __slots__ = ("episode_refusals", "hold", "last_refusal", "refusing", "since")
+
+    def __init__(self, hold: float = RECOVER_AFTER) -> None:
+        self.hold = hold
+        self.refusing = False
+        self.since = 0.0  # when the episode began
+        self.last_refusal = 0.0
+        self.episode_refusals = 0
+
+    def refused(self, now: float) -> Gate:
+        """A message was refused for a full overflow at ``now``."""
+        self.last_refusal = now
+        self.episode_refusals += 1
+        if self.refusing:
+            return Gate.NONE
+        self.refusing = True
+        self.since = now
+        self.episode_refusals = 1
+        return Gate.REFUSING
+
+    def spilled(self, now: float) -> Gate:
+        """A message went into the overflow at ``now``."""
+        if not self.refusing or now - self.last_refusal < self.hold:
+            return Gate.NONE
+        self.refusing = False
+        return Gate.ACCEPTING
 
 
 class Stored(IntEnum):
@@ -238,13 +292,14 @@ class _Msg:
 class _Conn(_Msg):
     """One raw-socket connection still sending; it carries its one message itself."""
 
-    __slots__ = ("fd", "last", "registered", "sock")
+    __slots__ = ("fd", "last", "registered", "sock", "started")
 
     def __init__(self, sock: _socket.socket, msgid: str, now: float) -> None:
         self.sock = sock
         self.fd = sock.fileno()
         self.msgid = msgid
         self.last = now  # monotonic time of the last bytes received
+        self.started = now  # the message's total deadline counts from here
         self.size = 0  # message bytes received (the envelope line not counted)
         self.buf: bytearray | None = bytearray(_HEADER)
         self.writer: SpillWriter | None = None
@@ -254,13 +309,15 @@ class _Conn(_Msg):
 
 
 class _Listener:
-    """A session socket's listener and the protocol its connections speak."""
+    """A session socket's listener, the protocol its connections speak, their budget."""
 
-    __slots__ = ("kind", "sock")
+    __slots__ = ("active", "kind", "limit", "sock")
 
-    def __init__(self, kind: str, sock: socket.socket) -> None:
+    def __init__(self, kind: str, sock: socket.socket, limit: int) -> None:
         self.kind = kind  # "submit" or "lmtp"
         self.sock = sock
+        self.limit = limit  # connections this socket serves at once
+        self.active = 0
 
 
 class _Session:
@@ -270,13 +327,21 @@ class _Session:
     the server's store, limits and counters, the raw socket's own.
     """
 
-    __slots__ = ("eof", "events", "fd", "last", "msg", "out", "proto", "server", "sock")
+    __slots__ = (
+        "eof", "events", "fd", "last", "lst", "msg", "out", "proto", "server", "sock", "started",
+    )
 
-    def __init__(self, server: IngestServer, sock: _socket.socket, now: float) -> None:
+    def __init__(
+        self, server: IngestServer, sock: _socket.socket, now: float, lst: _Listener
+    ) -> None:
         self.server = server
         self.sock = sock
         self.fd = sock.fileno()
+        self.lst = lst
         self.last = now
+        # the total deadline counts from the connection or the end of its last
+        # message, so a client trickling commands is bounded as one trickling data
+        self.started = now
         self.msg: _Msg | None = None
         self.out = bytearray()
         self.eof = False  # the client has half-closed
@@ -335,8 +400,13 @@ class IngestServer:
     Drive it with :meth:`run`, or call :meth:`serve_once` in a loop.
     ``row`` is this process's process-table row: a heartbeat every turn and
     the ingest counters (CONNECTIONS counts every accepted connection, those
-    refused for ``max_connections`` included), added at the end of each turn.
-    None in tests.
+    refused for a socket's connection budget included; IDLE_TIMEOUTS counts
+    both the idle timeout and ``message_timeout``), added at the end of each
+    turn.  None in tests.
+
+    ``max_connections`` is the raw socket's budget; the session sockets get
+    ``submit_max_connections`` and ``lmtp_max_connections`` (default: the
+    same number), so one socket's slow clients never hold another's slots.
     """
 
     def __init__(
@@ -348,6 +418,9 @@ class IngestServer:
         max_message_bytes: int,
         idle_timeout: float,
         max_connections: int,
+        message_timeout: float = 300.0,
+        submit_max_connections: int | None = None,
+        lmtp_max_connections: int | None = None,
         row: ProcRow | None = None,
         submit_listener: socket.socket | None = None,
         lmtp_listener: socket.socket | None = None,
@@ -357,6 +430,7 @@ class IngestServer:
         self.row = row
         self.max_message_bytes = max_message_bytes
         self.idle_timeout = idle_timeout
+        self.message_timeout = message_timeout
         self.max_connections = max_connections
         self._slot_bytes = ring.slot_bytes
         self._listener: socket.socket | None = listener
@@ -374,10 +448,14 @@ class IngestServer:
         self._conns: dict[int, _Conn] = {}
         # the session sockets (submit, LMTP) and their connections
         self._side: list[_Listener] = []
+        budgets = {
+            "submit": submit_max_connections or max_connections,
+            "lmtp": lmtp_max_connections or max_connections,
+        }
         for kind, side in (("submit", submit_listener), ("lmtp", lmtp_listener)):
             if side is not None:
                 side.setblocking(False)
-                lst = _Listener(kind, side)
+                lst = _Listener(kind, side, budgets[kind])
                 self._sel.register(side.fileno(), selectors.EVENT_READ, lst)
                 self._side.append(lst)
         self._sessions: dict[int, _Session] = {}
@@ -389,7 +467,7 @@ class IngestServer:
         self._title_due = 0.0
         self._busy_refused = 0  # refused for max_connections since the last warning
         self._busy_warned = float("-inf")
-        self._overflow_full = False
+        self._gate = OverflowGate()
         self._debug = log.isEnabledFor(logging.DEBUG)
         self.accepted = 0  # messages answered OK by this server
         # stop requests (set from signal handlers: plain stores only)
@@ -536,8 +614,8 @@ class IngestServer:
     def _on_accept(self, fd: int) -> None:
         tally = self._tally
         tally[_CONNECTIONS] += 1
-        if len(self._conns) + len(self._sessions) >= self.max_connections:
-            self._refuse_busy(_Socket(_AF_UNIX, _SOCK_STREAM, 0, fd))
+        if len(self._conns) >= self.max_connections:
+            self._refuse_busy(_Socket(_AF_UNIX, _SOCK_STREAM, 0, fd), "raw", self.max_connections)
             return
         msgid = new_id()
         nowait = _NOWAIT_IO
@@ -579,7 +657,7 @@ class IngestServer:
         self._sel.register(conn.fd, selectors.EVENT_READ, conn)
         conn.registered = True
         self._conns[conn.fd] = conn
-        due = self._now + self.idle_timeout
+        due = self._now + min(self.idle_timeout, self.message_timeout)
         if due < self._idle_due:
             self._idle_due = due
 
@@ -611,14 +689,15 @@ class IngestServer:
         finally:
             os.close(fd)
 
-    def _refuse_busy(self, sock: _socket.socket) -> None:
+    def _refuse_busy(self, sock: _socket.socket, kind: str, limit: int) -> None:
         self._tally[_CONNECTIONS_REFUSED] += 1
         self._busy_refused += 1
         if self._now - self._busy_warned >= 1.0:
             log.warning(
-                "too many connections: refused %d (limit %d)",
+                "too many connections: refused %d (%s socket limit %d)",
                 self._busy_refused,
-                self.max_connections,
+                kind,
+                limit,
             )
             self._busy_refused = 0
             self._busy_warned = self._now
@@ -716,8 +795,7 @@ class IngestServer:
 
     def _store_error(self, msgid: str, e: OverflowFull | OSError) -> bytes:
         if isinstance(e, OverflowFull):
-            if not self._overflow_full:
-                self._overflow_full = True
+            if self._gate.refused(self._now) is Gate.REFUSING:
                 log.warning("refusing messages with TEMPFAIL: %s", e)
             return _LINE_OVERFLOW_FULL
         log.error("%s: cannot store: %s", msgid, e)
@@ -769,9 +847,10 @@ class IngestServer:
             self._tally[_ACCEPTED_RING] += 1
         else:
             self._tally[_ACCEPTED_OVERFLOW] += 1
-            if self._overflow_full:
-                self._overflow_full = False
-                log.warning("overflow accepts messages again")
+            gate = self._gate
+            if gate.refusing and gate.spilled(self._now) is Gate.ACCEPTING:
+                log.warning("overflow accepts messages again (%d refused over %.0f s)",
+                            gate.episode_refusals, self._now - gate.since)
         if self._debug:
             log.debug("%s: accepted into the %s, %d bytes", msgid, where.name.lower(), size)
         return b"OK " + msgid.encode() + b"\n"
@@ -836,17 +915,18 @@ class IngestServer:
         for fd in self._accepted(lst.sock):
             sock = _Socket(_AF_UNIX, _SOCK_STREAM, 0, fd)
             self._tally[_CONNECTIONS] += 1
-            if len(self._conns) + len(self._sessions) >= self.max_connections:
+            if lst.active >= lst.limit:
                 self._refuse_session(lst, sock)
                 continue
-            sess = _Session(self, sock, self._now)
+            sess = _Session(self, sock, self._now, lst)
+            lst.active += 1
             if lst.kind == "lmtp":
                 sess.proto = LmtpSession(sess, self.hostname, self.max_message_bytes)
             else:
                 sess.proto = SubmitSession(sess)
             self._sessions[sess.fd] = sess
             sess.out += sess.proto.start()
-            due = self._now + self.idle_timeout
+            due = self._now + min(self.idle_timeout, self.message_timeout)
             if due < self._idle_due:
                 self._idle_due = due
             self._flush(sess)
@@ -858,7 +938,7 @@ class IngestServer:
                 sock.send(_LMTP_BUSY, _SEND_FLAGS)
             sock.close()
         else:
-            self._refuse_busy(sock)
+            self._refuse_busy(sock, lst.kind, lst.limit)
 
     def _session_event(self, sess: _Session, mask: int) -> None:
         if mask & selectors.EVENT_WRITE and not self._flush(sess):
@@ -933,7 +1013,8 @@ class IngestServer:
         if sess.events:
             self._sel.unregister(sess.fd)
             sess.events = 0
-        self._sessions.pop(sess.fd, None)
+        if self._sessions.pop(sess.fd, None) is not None:
+            sess.lst.active -= 1
         sess.sock.close()
 
     def _end_session(self, sess: _Session, last: bytes) -> None:
@@ -952,6 +1033,7 @@ class IngestServer:
         msg = sess.msg
         assert msg is not None
         sess.msg = None
+        sess.started = self._now
         line = self._complete(msg)
         if line is _LINE_TOO_LARGE:
             return Outcome.TOO_LARGE, line
@@ -968,6 +1050,7 @@ class IngestServer:
         if msg is None:
             return
         sess.msg = None
+        sess.started = self._now
         self._discard(msg)
         self._tally[_BYTES_IN] += msg.size
         self._tally[_REFUSED_TEMP] += 1
@@ -976,25 +1059,48 @@ class IngestServer:
     # -- timers and shutdown ---------------------------------------------------
 
     def _expire_idle(self, now: float) -> None:
+        """Close what has been silent for the idle timeout or busy past the total deadline.
+
+        Each byte resets the first, nothing resets the second, so a client
+        trickling a byte at a time holds its slot for ``message_timeout`` at most.
+        """
         limit = self.idle_timeout
+        total = self.message_timeout
         due = float("inf")
         for conn in list(self._conns.values()):
-            expires = conn.last + limit
-            if expires <= now:
+            idle = conn.last + limit
+            late = conn.started + total
+            if late <= now:
+                log.info("%s: not finished after %.1f s (%d bytes): closing it",
+                         conn.msgid, total, conn.size)
+                self._tally[_IDLE_TIMEOUTS] += 1
+                self._abandon(conn, _LINE_EXPIRED)
+            elif idle <= now:
                 log.info("%s: idle for %.1f s after %d bytes", conn.msgid, limit, conn.size)
                 self._tally[_IDLE_TIMEOUTS] += 1
                 self._abandon(conn, _LINE_IDLE)
-            elif expires < due:
-                due = expires
+            else:
+                due = min(due, idle, late)
         for sess in list(self._sessions.values()):
-            expires = sess.last + limit
-            if expires <= now:
-                log.info("session idle for %.1f s: closing it", limit)
+            idle = sess.last + limit
+            late = sess.started + total
+            if late <= now or idle <= now:
+                if late <= now:
+                    log.info("%s session busy for %.1f s without finishing a message: closing it",
+                             sess.lst.kind, total)
+                else:
+                    log.info("%s session idle for %.1f s: closing it", sess.lst.kind, limit)
                 self._tally[_IDLE_TIMEOUTS] += 1
                 # one that has answered and only waits for its client to read gets nothing more
-                self._end_session(sess, b"" if sess.proto.closing else sess.proto.timeout())
-            elif expires < due:
-                due = expires
+                if sess.proto.closing:
+                    last = b""
+                elif late <= now:
+                    last = sess.proto.expired()
+                else:
+                    last = sess.proto.timeout()
+                self._end_session(sess, last)
+            else:
+                due = min(due, idle, late)
         self._idle_due = due
 
     def _housekeeping(self, now: float) -> None:
@@ -1230,6 +1336,9 @@ def _serve_child(
         max_message_bytes=ing.max_message_bytes,
         idle_timeout=ing.idle_timeout,
         max_connections=ing.max_connections,
+        message_timeout=ing.message_timeout,
+        submit_max_connections=ing.submit_max_connections,
+        lmtp_max_connections=ing.lmtp_max_connections,
         row=row,
         submit_listener=submit,
         lmtp_listener=lmtp,
@@ -1264,9 +1373,12 @@ __all__ = [
     "REASON_OVERFLOW_FULL",
     "REASON_SHUTTING_DOWN",
     "REASON_STORE_FAILED",
+    "REASON_TIMEOUT",
     "REASON_TOO_LARGE",
     "TEMPFAIL",
+    "Gate",
     "IngestServer",
+    "OverflowGate",
     "Store",
     "Stored",
     "bind_socket",

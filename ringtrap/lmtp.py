@@ -15,7 +15,8 @@ since the message is stored once with every recipient in its envelope:
     552 5.3.4   larger than the SIZE advertised (a client that ignored it)
 
 5xx replies are kept for protocol errors, so an MTA never bounces trap mail
-over a condition that passes.  Messages are stored as sent, CRLF line ends
+over a condition that passes.  A control character (C0 or DEL: NUL, a bare
+CR...) in MAIL, RCPT or an XFORWARD value is one: 501.  Messages are stored as sent, CRLF line ends
 included, with the dot-stuffing removed.
 
 Limits: command lines of at most :data:`MAX_COMMAND` bytes, at most
@@ -48,6 +49,9 @@ _LF = 0x0A
 _CR = 0x0D
 
 _PATH = re.compile(rb"\s*<([^<>]*)>(.*)\Z", re.S)
+# C0 controls and DEL; a tab may only separate parameters
+_CONTROL = re.compile(rb"[\x00-\x1f\x7f]")
+_CONTROL_BUT_TAB = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _XTEXT = re.compile(rb"\+([0-9A-Fa-f]{2})")
 
 R_BYE = b"221 2.0.0 Bye\r\n"
@@ -66,6 +70,7 @@ R_UNKNOWN = b"500 5.5.2 Error: command not recognized\r\n"
 R_LINE_TOO_LONG = b"500 5.5.2 Error: line too long\r\n"
 R_USE_LHLO = b"500 5.5.1 Error: this is LMTP, send LHLO\r\n"
 R_SYNTAX = b"501 5.5.4 Syntax error in parameters or arguments\r\n"
+R_CONTROL = b"501 5.5.4 Error: control character in the envelope\r\n"
 R_NEED_LHLO = b"503 5.5.1 Error: send LHLO first\r\n"
 R_NESTED_MAIL = b"503 5.5.1 Error: nested MAIL command\r\n"
 R_NEED_MAIL = b"503 5.5.1 Error: need MAIL command\r\n"
@@ -148,6 +153,10 @@ class LmtpSession:
         return b""
 
     def timeout(self) -> bytes:
+        self._abort()
+        return R_TIMEOUT
+
+    def expired(self) -> bytes:
         self._abort()
         return R_TIMEOUT
 
@@ -240,7 +249,10 @@ class LmtpSession:
             key = name.upper().decode("ascii", "replace")
             if not eq or key not in XFORWARD_ATTRS:
                 return self._error(R_SYNTAX)
-            attrs[key] = xtext_decode(value).decode("utf-8", "replace")
+            decoded = xtext_decode(value)
+            if _CONTROL.search(decoded):
+                return self._error(R_CONTROL)
+            attrs[key] = decoded.decode("utf-8", "replace")
         if not attrs:
             return self._error(R_SYNTAX)
         self._xforward.update(attrs)
@@ -251,10 +263,14 @@ class LmtpSession:
             return self._error(R_NEED_LHLO)
         if self._state is not _State.READY:
             return self._error(R_NESTED_MAIL)
+        if _CONTROL_BUT_TAB.search(arg):
+            return self._error(R_CONTROL)
         path = _path(arg, b"FROM:")
         if path is None:
             return self._error(R_SYNTAX)
         address, params = path
+        if "\t" in address:
+            return self._error(R_CONTROL)
         for param in params:
             key, _, value = param.partition(b"=")
             key = key.upper()
@@ -278,10 +294,14 @@ class LmtpSession:
             return self._error(R_NEED_LHLO)
         if self._state is not _State.MAIL:
             return self._error(R_NEED_MAIL)
+        if _CONTROL_BUT_TAB.search(arg):
+            return self._error(R_CONTROL)
         path = _path(arg, b"TO:")
         if path is None or not path[0]:
             return self._error(R_SYNTAX)
         address, params = path
+        if "\t" in address:
+            return self._error(R_CONTROL)
         for param in params:
             # delivery status notification parameters: accepted, nothing to do
             if param.partition(b"=")[0].upper() not in (b"ORCPT", b"NOTIFY"):

@@ -13,6 +13,9 @@ a reader never sees a partial message)::
     failed/  <msgid>,S=<size>,A=<attempts>                quarantined
              <msgid>,S=<size>,A=<attempts>.reason         why (written first)
 
+failed/ has its own cap (``quarantine_max_bytes``, oldest dropped first) and
+never counts toward ``max_bytes``: a pile of poison must not refuse spills.
+
 Message ids sort by arrival, so names sort oldest first. Sizes live in the
 names so counting bytes needs no ``stat()`` per file. Owners are
 ``(pid, start)`` identities: a pid alone is reused.
@@ -48,6 +51,7 @@ log = logging.getLogger(__name__)
 
 SUBDIRS = ("tmp", "new", "cur", "failed")
 REASON_SUFFIX = ".reason"
+DEFAULT_QUARANTINE_MAX = 64 << 20
 
 # How many of the oldest ready names one listing keeps for claim(). A window
 # bounds each worker's memory at any depth; the listing it costs is amortised
@@ -133,8 +137,8 @@ class OverflowStats(NamedTuple):
 
     @property
     def total_bytes(self) -> int:
-        """Bytes counted toward the cap (reason sidecars are not counted)."""
-        return self.ready_bytes + self.claimed_bytes + self.failed_bytes + self.writing_bytes
+        """Bytes counted toward the cap: quarantine (failed/) has a cap of its own."""
+        return self.ready_bytes + self.claimed_bytes + self.writing_bytes
 
 
 class PurgeResult(NamedTuple):
@@ -142,6 +146,19 @@ class PurgeResult(NamedTuple):
 
     count: int
     bytes: int
+
+
+class Quarantined(NamedTuple):
+    """Where a quarantined message went.
+
+    ``kept`` is False when the message alone is larger than the quarantine
+    cap: it was dropped, and ``path`` is where it would have been.
+    ``dropped`` is what older quarantined messages were removed to make room.
+    """
+
+    path: Path
+    kept: bool
+    dropped: PurgeResult
 
 
 class _Summary(NamedTuple):
@@ -238,6 +255,7 @@ class Overflow:
         *,
         mode: int = 0o700,
         create: bool = True,
+        quarantine_max_bytes: int = DEFAULT_QUARANTINE_MAX,
         refresh_interval: float = 1.0,
         is_alive: Callable[[Identity], bool] = proc.is_alive,
         clock: Callable[[], float] = time.monotonic,
@@ -247,6 +265,7 @@ class Overflow:
             raise ValueError(f"overflow max_bytes must be positive, got {max_bytes}")
         self.path = Path(path)
         self.max_bytes = max_bytes
+        self.quarantine_max_bytes = quarantine_max_bytes
         self.refresh_interval = refresh_interval
         self._is_alive = is_alive
         self._clock = clock
@@ -277,6 +296,7 @@ class Overflow:
         self._bogo_ok: bool | None = None if self._fstype == "tmpfs" else False
         self._summaries: dict[str, _Cached] = {}
         self._lock = threading.Lock()
+        self._quarantine_lock = threading.Lock()
         self._claim_cache: list[str] = []  # sorted newest first; pop() gives the oldest
         self._own_tmp: set[str] = set()  # tmp names of this instance's open writers
         self._inflight = 0  # bytes reserved by open writers
@@ -290,6 +310,7 @@ class Overflow:
         # The child owns none of the parent's writers, and a lock held by
         # another thread at fork time would never be released here.
         self._lock = threading.Lock()
+        self._quarantine_lock = threading.Lock()
         self._own_tmp = set()
         self._inflight = 0
         self._tag = ""
@@ -314,7 +335,6 @@ class Overflow:
         total = (
             self._summary("new").nbytes
             + self._summary("cur").nbytes
-            + self._summary("failed").nbytes
             + self._tmp_bytes(exclude=self._own_tmp)
         )
         self._used = total
@@ -547,45 +567,93 @@ class Overflow:
         os.rename(tmp, dst)
         return dst
 
-    def quarantine(self, claim: OverflowClaim, reason: str) -> Path:
-        """Move a claimed message into failed/ beside a ``.reason`` file; return its path.
+    def quarantine_path(self, msgid: str, size: int, attempts: int) -> Path:
+        """Where a quarantined message of ``size`` payload bytes lives in failed/."""
+        return self._dirs["failed"] / ready_name(msgid, size, attempts)
 
+    def keeps(self, size: int) -> bool:
+        """True if a quarantined message of ``size`` bytes is kept (fits the quarantine cap)."""
+        return size <= self.quarantine_max_bytes
+
+    def _make_room(self, size: int) -> PurgeResult:
+        """Drop the oldest quarantined messages until ``size`` more bytes fit the cap.
+
+        Quarantines are rare, so failed/ is listed each time. Processes that
+        race here may both drop a message: the cap errs toward less.
+        """
+        d = self._dirs["failed"]
+        with self._quarantine_lock:
+            held = [(name, p[1]) for name in sorted(os.listdir(d))
+                    if (p := parse_ready(name)) is not None]
+            used = sum(n for _, n in held)
+            count = nbytes = 0
+            for name, n in held:  # oldest first: names sort by arrival
+                if used + size <= self.quarantine_max_bytes:
+                    break
+                used -= n
+                _unlink_quietly(d / (name + REASON_SUFFIX))
+                if _unlink_quietly(d / name):
+                    count += 1
+                    nbytes += n
+        if count:
+            log.warning("overflow %s: dropped the %d oldest quarantined message(s), %d bytes,"
+                        " to stay under the quarantine cap %d", self.path, count, nbytes,
+                        self.quarantine_max_bytes)
+        return PurgeResult(count, nbytes)
+
+    def quarantine(self, claim: OverflowClaim, reason: str) -> Quarantined:
+        """Move a claimed message into failed/ beside a ``.reason`` file.
+
+        The oldest quarantined messages make room under the quarantine cap; a
+        message larger than the whole cap is dropped instead (``kept`` False).
         The reason is renamed in first, then the message; dying between the
         two leaves a reason without a message (removed by purge_failed) and the
         claim in cur/ for recovery. Raises OverflowClaimLost if the claim is gone.
         """
-        name = ready_name(claim.msgid, claim.size, claim.attempts)
-        reason_path = self._write_reason(name, reason)
-        dst = self._dirs["failed"] / name
+        dst = self.quarantine_path(claim.msgid, claim.size, claim.attempts)
+        if not self.keeps(claim.size):
+            try:
+                os.unlink(claim.path)
+            except FileNotFoundError:
+                raise OverflowClaimLost(f"{claim.msgid}: claim no longer in cur/") from None
+            log.warning("%s: quarantined and dropped, %d bytes over the quarantine cap %d: %s",
+                        claim.msgid, claim.size, self.quarantine_max_bytes, reason)
+            return Quarantined(dst, False, PurgeResult(0, 0))
+        dropped = self._make_room(claim.size)
+        reason_path = self._write_reason(dst.name, reason)
         try:
             os.rename(claim.path, dst)
         except FileNotFoundError:
             _unlink_quietly(reason_path)
             raise OverflowClaimLost(f"{claim.msgid}: claim no longer in cur/") from None
         log.warning("%s: quarantined after %d attempt(s): %s", claim.msgid, claim.attempts, reason)
-        return dst
+        return Quarantined(dst, True, dropped)
 
-    def quarantine_bytes(self, msgid: str, data: bytes, attempts: int, reason: str) -> Path:
+    def quarantine_bytes(self, msgid: str, data: bytes, attempts: int,
+                         reason: str) -> Quarantined:
         """Store ``data`` straight into failed/ (a ring message at its attempt limit).
 
-        Not refused by the cap: the bytes leave the ring for tmpfs, so RAM use
-        does not grow, and refusing would lose an accepted message. Dying
-        midway leaves a tmp file or a lone reason, never a partial message.
+        Not refused by ``max_bytes``: the bytes leave the ring for tmpfs, so
+        RAM use does not grow, and only the quarantine cap applies (as in
+        :meth:`quarantine`). Dying midway leaves a tmp file or a lone reason,
+        never a partial message.
         """
         _check_id(msgid, attempts)
-        name = ready_name(msgid, len(data), attempts)
+        dst = self.quarantine_path(msgid, len(data), attempts)
+        if not self.keeps(len(data)):
+            log.warning("%s: quarantined and dropped, %d bytes over the quarantine cap %d: %s",
+                        msgid, len(data), self.quarantine_max_bytes, reason)
+            return Quarantined(dst, False, PurgeResult(0, 0))
+        dropped = self._make_room(len(data))
         tmp = self._write_tmp(msgid, data)
         try:
-            self._write_reason(name, reason)
+            self._write_reason(dst.name, reason)
         except BaseException:
             _unlink_quietly(tmp)
             raise
-        dst = self._dirs["failed"] / name
         os.rename(tmp, dst)
-        with self._lock:
-            self._used += len(data)
         log.warning("%s: quarantined after %d attempt(s): %s", msgid, attempts, reason)
-        return dst
+        return Quarantined(dst, True, dropped)
 
     # -- purging -------------------------------------------------------------
 
@@ -617,6 +685,16 @@ class Overflow:
         if result.count:
             log.info("purged %d quarantined message(s), %d bytes", result.count, result.bytes)
         return result
+
+    def purge_quarantine(self, retention_days: int, now: float) -> PurgeResult:
+        """The daily purge's share of failed/ under ``overflow.quarantine_retention_days``.
+
+        Drops what arrived more than ``retention_days - 1`` days before ``now``
+        (wall-clock seconds): 1 drops every quarantined message, 0 none.
+        """
+        if retention_days <= 0:
+            return PurgeResult(0, 0)
+        return self.purge_failed(older_than=now - (retention_days - 1) * 86400.0)
 
     def _purge_dir(self, sub: str, older_than: float | None, *, reasons: bool,
                    dropped: list[str] | None = None) -> PurgeResult:
@@ -872,6 +950,7 @@ __all__ = [
     "OverflowFull",
     "OverflowStats",
     "PurgeResult",
+    "Quarantined",
     "SpillWriter",
     "fs_type",
     "parse_owner",

@@ -80,6 +80,26 @@ def is_alive(ident: Identity | tuple[int, int]) -> bool:
     return start_ticks(pid) == start
 
 
+def is_stopped(ident: Identity | tuple[int, int]) -> bool:
+    """True if ``ident`` is alive and stopped (SIGSTOP, job control, a tracer).
+
+    Such a process makes no progress until someone resumes it, whatever it holds.
+    """
+    pid, start = ident
+    if pid <= 0:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return False
+    rest = raw[raw.rfind(b")") + 2 :].split()
+    try:
+        return rest[0] in (b"T", b"t") and int(rest[19]) == start
+    except (IndexError, ValueError):
+        return False
+
+
 def private_rss(pid: int) -> int | None:
     """Resident bytes of ``pid`` that are its own: RSS less shared memory.
 

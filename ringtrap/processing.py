@@ -47,7 +47,7 @@ RECORD_KEYS = (
     "from", "subject", "message_id", "scanned_ms", "attempts", "envelope",
     "relay_ip", "relay_helo", "relay_source", "from_domain", "reply_to_domain",
     "return_path_domain", "date", "urls", "url_domains", "attachments", "body_sha256",
-    "fingerprint", "duplicate_of", "defects", "archived", "timings_ms",
+    "fingerprint", "duplicate_of", "defects", "archived", "timings_ms", "quarantine",
 )
 
 VERDICTS = (
@@ -145,7 +145,9 @@ class Processor:
         """The record's fields that need no scan, with the verdict still "not_scanned"."""
         heads = {key: msg.get(name) for name, key in _WANTED.items()}
         if env.client_address:
-            relay_ip, relay_helo, source = env.client_address, env.client_helo, "mta"
+            # the MTA's value stays as given in the envelope; only an address is a relay_ip
+            relay_ip, relay_helo = envelope.relay_address(env.client_address), env.client_helo
+            source = "mta" if relay_ip else "mta_invalid"
         else:
             relay_ip, relay_helo = extract.first_untrusted_relay(msg, self.trusted_networks)
             source = "received" if relay_ip else None

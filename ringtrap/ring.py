@@ -14,10 +14,14 @@ Segment layout (native byte order, every field a 64-bit word unless noted)::
                     104 lock owner       105 lock acquisitions
                     106 tail (next seq to claim; consumers', under the lock)
                     107 stray (READY slots behind tail: requeued or released)
+                    108..123 guest lock intents, 8 pairs (token, try), for
+                        processes without a row (see "The lock" below)
     ROWS            process table, ROW_WORDS words per row
                       0 pid  1 role  2 start  3 state  4 index
                       5 heartbeat (monotonic ns)  6 state since (monotonic ns)
                       8..11 current message id (32 bytes)
+                     12 lock intent (owner token while waiting for or
+                        entering the lock)  13 lock tries (+1 per wait given up)
                      16..79 counters (see ringtrap.counters)
     DESCS           DESC_WORDS words per slot, cache-line aligned
                       0 state  1 owner  2 seq  3 length  4 attempts
@@ -48,6 +52,22 @@ stay below 2**22), so an owner is written and read whole.  The supervisor
 recovers exactly what a dead process held and breaks a lock whose holder is
 gone, and no live process is ever robbed because its pid once belonged to
 another.
+
+The lock: a process announces itself in its row's intent word (a process
+without a row: a guest pair picked by pid) before it waits on the semaphore,
+records itself as holder right after the wait succeeds, then clears the
+intent.  No wait is unbounded: each lasts at most ``_LOCK_SLICE`` and one
+given up bumps the tries word, so a waiter's (intent, tries) pair changes at
+least that often while the lock stays held.  The supervisor (the owner) breaks
+a lock whose recorded holder is dead.  A lock held with no recorded holder was
+taken by a process between its wait and its record: it is broken only when the
+acquisition count has not moved for ``_ORPHAN_LOCK_SECONDS`` *and* no live
+process kept the same intent pair through that window (the taker, dead, or
+alive but not making progress, keeps it; a waiter's changes), so a live
+process inside that window is never robbed, however long it stalls.  A live
+holder, recorded or suspected, that is stopped (SIGSTOP) or makes no progress
+for ``_LOCK_STUCK_SECONDS`` is reported as hung for the supervisor to kill;
+once it is dead its lock is broken.
 """
 
 from __future__ import annotations
@@ -88,9 +108,11 @@ H_LOCK, H_LOCK_COUNT = 104, 105
 H_HEAD, H_TAIL, H_STRAY = 96, 106, 107
 H_GENERATION, H_LOCK_BREAKS, H_REQUEUED, H_FREED = 15, 16, 17, 18
 H_RETIRED = 32
+H_GUESTS, GUESTS = 108, 8
 # row words
 R_PID, R_ROLE, R_START, R_STATE, R_INDEX, R_BEAT, R_SINCE = range(7)
 R_ID = 8
+R_INTENT = 12  # R_INTENT + 1: tries
 R_COUNTERS = 16
 # descriptor words
 D_STATE, D_OWNER, D_SEQ, D_LEN, D_ATTEMPTS, D_ENQ, D_RELEASES = range(7)
@@ -113,9 +135,21 @@ _MAX_SKIP = 8
 # slot empty for a whole lap once it is acked, so a scan that is merely in
 # progress is waited for (the message spills); a stuck one is stepped over
 _SKIP_CLAIMS_OLDER_NS = 5_000_000_000
-# a lock held with no recorded owner and no progress for this long was taken
-# by a process killed between sem_wait and recording itself
+# a lock held with no recorded owner and no progress for this long, while no
+# live process kept one intent throughout, was taken by a process killed
+# between sem_wait and recording itself
 _ORPHAN_LOCK_SECONDS = 2.0
+# the longest single wait on the lock semaphore: a longer wait is several, each
+# announced afresh, so a waiter cannot be mistaken for a taker that stalled
+_LOCK_SLICE = 0.5
+# a live holder that is stopped and has held the lock this long is hung ...
+_LOCK_STOPPED_SECONDS = 1.0
+# ... and so is one that has held it this long whatever its state (the lock
+# guards a few hundred word stores: microseconds, a scan of every slot at most)
+_LOCK_STUCK_SECONDS = 10.0
+# how long the owner waits for the lock before an operation gives up with
+# RingBusy (set by the supervisor once it runs: it must never block on it)
+OWNER_PATIENCE = 30.0
 # sched_yield() rounds a consumer spins on an empty ring before it blocks
 _SPIN = 20
 _LOCK_SPIN = 50
@@ -135,6 +169,10 @@ class RingMissing(RingError):
 
 class RingLayoutError(RingError):
     """The segment is not a ringtrap ring of this layout or geometry."""
+
+
+class RingBusy(RingError):
+    """The lock could not be had before the deadline; nothing was changed."""
 
 
 class RingOwnershipError(RingError):
@@ -172,6 +210,18 @@ class Claim:
 class RecoverResult(NamedTuple):
     requeued: int  # CLAIMED slots made READY again (attempts + 1)
     freed: int  # FILLING slots (half-copied, never acknowledged) made FREE
+
+
+class LockCheck(NamedTuple):
+    """What :meth:`Ring.check_lock` found."""
+
+    broken: bool  # a dead holder's lock was released
+    hung: Identity | None  # a live process that holds (or may hold) it and is stuck
+    stopped: bool  # ... and is stopped (SIGSTOP), rather than merely slow
+
+
+_LOCK_FINE = LockCheck(False, None, False)
+_LOCK_BROKEN = LockCheck(True, None, False)
 
 
 class RowSnapshot(NamedTuple):
@@ -345,7 +395,14 @@ class Ring:
         self._me = proc.self_identity()
         self._tok = owner_token(self._me)
         self._descs_off = descs_off
-        self._orphan_seen: tuple[int, float] | None = None
+        # the lock as check_lock() last saw it: (holder, count, since) ...
+        self._lock_seen: tuple[int, int, float] | None = None
+        # ... and each intent word -> ((token, tries), first seen unchanged)
+        self._intents_seen: dict[int, tuple[tuple[int, int], float]] = {}
+        # this process's intent word: a guest pair until it registers a row
+        self._iw = H_GUESTS + 2 * (self._me.pid % GUESTS)
+        # how long a control operation waits for the lock (see _acquire_patiently)
+        self.patience = OWNER_PATIENCE
         # claims that blocked a put (see _claim_key) -> when first seen
         self._blocked_by: dict[tuple[int, ...], int] = {}
 
@@ -487,41 +544,81 @@ class Ring:
     # the lock ----------------------------------------------------------------
 
     def _acquire(self, timeout: float | None) -> bool:
-        try:
-            if timeout is None:
-                self._lock_sem.acquire()
-            else:
-                self._lock_sem.acquire(timeout)
-        except (posix_ipc.BusyError, posix_ipc.SignalError):
-            return False
+        """Take the lock within ``timeout`` seconds (0: one try; None: the
+        patience); False if not had, or on an interrupting signal.
+
+        The stores follow the protocol of the module docstring: intent, wait,
+        holder and count, intent cleared.  Dying anywhere in it leaves at worst
+        a lock held by a dead process, which the owner breaks.
+        """
         q = self._q
-        # A process killed between sem_wait and this store leaves the lock held
-        # with no owner; break_lock_if_dead() recognises that by lack of progress.
+        iw = self._iw
+        q[iw] = self._tok
+        try:
+            self._lock_sem.acquire(0)
+        except posix_ipc.BusyError:
+            if not self._wait_lock(self.patience if timeout is None else timeout):
+                return False
         q[H_LOCK] = self._tok
         q[H_LOCK_COUNT] += 1
+        q[iw] = 0
         return True
+
+    def _wait_lock(self, timeout: float) -> bool:
+        """The slow path of a lock taker whose intent is written: wait in slices.
+
+        Returns True holding the semaphore (the caller records itself and
+        clears the intent); False with the intent cleared.
+        """
+        q = self._q
+        iw = self._iw
+        sem = self._lock_sem
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                if left > 0:
+                    sem.acquire(min(left, _LOCK_SLICE))
+                    return True
+            except posix_ipc.BusyError:
+                pass
+            except posix_ipc.SignalError:
+                q[iw] = 0
+                return False
+            # a wait given up: the pair (intent, tries) changes, so the owner
+            # can tell this waiter from a taker stalled before its record
+            q[iw + 1] += 1
+            if left <= _LOCK_SLICE:
+                q[iw] = 0
+                return False
 
     def _release(self) -> None:
         self._q[H_LOCK] = 0
         self._lock_sem.release()
 
-    def _acquire_patiently(self, give_up_after: float = 30.0) -> None:
-        """For control operations: wait for the lock.
+    def _acquire_patiently(self) -> None:
+        """For control operations: wait up to :attr:`patience` seconds for the
+        lock, then raise :class:`RingBusy` (nothing changed).
 
-        Only the ring's owner (the supervisor) breaks a dead holder's lock:
-        two processes breaking the same lock would each post it and let two
-        holders in.  Anyone else waits, and gives up after ``give_up_after``
-        seconds with RingError rather than hang with no supervisor running.
+        Only the ring's owner (the supervisor) breaks a dead holder's lock, as
+        it waits: two processes breaking the same lock would each post it and
+        let two holders in.  The supervisor sets a short patience once it
+        runs, so that it never blocks on a live holder: it kills a hung one
+        (see :meth:`check_lock`) and tries again on a later turn.
         """
-        deadline = time.monotonic() + give_up_after
-        while not self._acquire(1.0):
-            if self.owner == self._me:
-                self.break_lock_if_dead()
-            elif time.monotonic() > deadline:
+        owner = self.owner == self._me
+        deadline = time.monotonic() + self.patience
+        while True:
+            if self._acquire(max(0.0, min(_LOCK_SLICE, deadline - time.monotonic()))):
+                return
+            if owner and self.break_lock_if_dead():
+                continue
+            if time.monotonic() >= deadline:
                 holder = self.lock_holder()
                 who = f"pid {holder.pid}" if holder else "an unrecorded process"
-                raise RingError(f"ring {self.name!r} lock held by {who} for over "
-                                f"{give_up_after:.0f} s; is the supervisor running?")
+                raise RingBusy(f"ring {self.name!r} lock held by {who} for over "
+                               f"{self.patience:g} s"
+                               + ("" if owner else "; is the supervisor running?"))
 
     def lock_holder(self) -> Identity | None:
         """Who holds the lock, as recorded; None when free or unrecorded."""
@@ -529,47 +626,98 @@ class Ring:
         return token_identity(tok) if tok else None
 
     def break_lock_if_dead(self) -> bool:
-        """Release the lock if its recorded holder is dead; True if broken.
+        """:meth:`check_lock` for callers that only break: True if broken.  Owner only."""
+        return self.check_lock().broken
 
-        A lock held with no recorded owner and no progress for a few seconds
-        (its holder died between taking it and recording itself) is broken
-        too; call this about once a second so that clock runs.  Owner only.
+    def check_lock(self, now: float | None = None) -> LockCheck:
+        """Break the lock if its holder is dead; name a live holder that is hung.
+
+        Owner only; call about once a second (``now``: the caller's monotonic
+        clock), so the clocks below run.  A recorded holder that is dead is
+        broken at once.  A lock held with no recorded holder is broken once
+        the acquisition count has stood still for ``_ORPHAN_LOCK_SECONDS``
+        and no live process kept the same intent since before that: the
+        taker, if alive, is one that kept it (see the module docstring).  A
+        live holder, or a live process that may be the unrecorded taker, is
+        returned as ``hung`` once it has been stopped for
+        ``_LOCK_STOPPED_SECONDS`` or has not moved for
+        ``_LOCK_STUCK_SECONDS``: the caller kills it, and a later call
+        breaks its lock.  Nothing here signals a process.
         """
         q = self._q
+        if now is None:
+            now = time.monotonic()
         if self._lock_sem.value > 0:
-            self._orphan_seen = None
-            return False
-        holder = self.lock_holder()
-        if holder is not None:
-            self._orphan_seen = None
-            count = int(q[H_LOCK_COUNT])
+            self._lock_seen = None
+            return _LOCK_FINE
+        tok = int(q[H_LOCK])
+        count = int(q[H_LOCK_COUNT])
+        seen = self._lock_seen
+        if seen is None or seen[0] != tok or seen[1] != count:
+            seen = self._lock_seen = (tok, count, now)
+            self._intents_seen.clear()
+        held_for = now - seen[2]
+        if tok:
+            holder = token_identity(tok)
             if proc.is_alive(holder):
-                return False
+                return self._judge(holder, held_for)
             # The holder may have released normally and died since we read it,
             # and another process taken the lock: then the word or the count
             # has moved on, and the lock is not ours to break.
-            if q[H_LOCK] != owner_token(holder) or q[H_LOCK_COUNT] != count:
-                return False
+            if q[H_LOCK] != tok or q[H_LOCK_COUNT] != count:
+                return _LOCK_FINE
             # clear the owner before posting, or we could erase the next holder's
             q[H_LOCK] = 0
-            self._lock_sem.release()
-            q[H_LOCK_BREAKS] += 1
-            log.warning("broke ring lock held by dead pid %d", holder.pid,
-                        extra={"event": "lock_break", "holder_pid": holder.pid})
-            return True
-        count = int(q[H_LOCK_COUNT])
-        now = time.monotonic()
-        if self._orphan_seen is None or self._orphan_seen[0] != count:
-            self._orphan_seen = (count, now)
-            return False
-        if now - self._orphan_seen[1] < _ORPHAN_LOCK_SECONDS:
-            return False
-        self._orphan_seen = None
+            self._break(f"dead pid {holder.pid}", holder.pid)
+            return _LOCK_BROKEN
+        # No recorded holder: the taker is between its wait and its record.
+        # Its intent was in place before the count stood still, and stays.
+        suspects = [ident for ident, first in self._watch_intents(now)
+                    if first <= seen[2] and proc.is_alive(ident)]
+        for ident in suspects:
+            verdict = self._judge(ident, held_for)
+            if verdict.hung is not None:
+                return verdict
+        if suspects or held_for < _ORPHAN_LOCK_SECONDS:
+            return _LOCK_FINE
+        # read after the intents: a taker that recorded itself meanwhile
+        # moved the count
+        if q[H_LOCK] or q[H_LOCK_COUNT] != count or self._lock_sem.value > 0:
+            return _LOCK_FINE
+        self._break("an unrecorded owner", 0)
+        return _LOCK_BROKEN
+
+    def _judge(self, ident: Identity, held_for: float) -> LockCheck:
+        stopped = proc.is_stopped(ident)
+        if held_for >= _LOCK_STUCK_SECONDS or (stopped and held_for >= _LOCK_STOPPED_SECONDS):
+            return LockCheck(False, ident, stopped)
+        return _LOCK_FINE
+
+    def _watch_intents(self, now: float) -> list[tuple[Identity, float]]:
+        """Every announced intent and when this owner first saw it unchanged."""
+        q = self._q
+        words = [self._rows_w + row * ROW_WORDS + R_INTENT for row in range(self.rows)]
+        words.extend(H_GUESTS + 2 * g for g in range(GUESTS))
+        seen = self._intents_seen
+        out = []
+        for w in words:
+            tok = int(q[w])
+            if not tok:
+                seen.pop(w, None)
+                continue
+            key = (tok, int(q[w + 1]))
+            first = seen.get(w)
+            if first is None or first[0] != key:
+                first = seen[w] = (key, now)
+            out.append((token_identity(tok), first[1]))
+        return out
+
+    def _break(self, whose: str, pid: int) -> None:
+        self._lock_seen = None
         self._lock_sem.release()
-        q[H_LOCK_BREAKS] += 1
-        log.warning("broke ring lock held by an unrecorded owner",
-                    extra={"event": "lock_break"})
-        return True
+        self._q[H_LOCK_BREAKS] += 1
+        log.warning("broke ring lock held by %s", whose,
+                    extra={"event": "lock_break", "holder_pid": pid})
 
     # producer ------------------------------------------------------------------
 
@@ -671,7 +819,9 @@ class Ring:
 
         Waits up to ``timeout`` seconds (None: forever) for a post of "ready",
         then looks anyway, so a post lost by a crash costs one timeout.  An
-        interrupting signal returns None so the caller can check its flags.
+        interrupting signal returns None so the caller can check its flags,
+        and so does a lock not had within ``timeout`` (at least
+        ``_LOCK_SLICE``): its holder is the supervisor's to deal with.
         If the claimer dies holding the claim, :meth:`recover` requeues it.
         """
         ready = self._ready_sem
@@ -684,20 +834,27 @@ class Ring:
         q = self._q
         states = self._states
         lock = self._lock_sem
-        # Blocking is safe: a dead holder's lock is broken by the supervisor.
         # The lock is held for a microsecond: look again a few times before
         # sleeping on it, as a futex sleep and wake cost more than the wait.
         spin = _LOCK_SPIN
         while spin and not lock.value:
             spin -= 1
+        # _acquire() inline (the protocol of the module docstring): the intent
+        # before the wait, the holder right after it
+        iw = self._iw
+        q[iw] = self._tok
         try:
-            lock.acquire()
-        except posix_ipc.SignalError:
-            return None
-        # A process killed between sem_wait and this store leaves the lock held
-        # with no owner; break_lock_if_dead() recognises that by lack of progress.
-        q[H_LOCK] = tok
+            lock.acquire(0)
+        except posix_ipc.BusyError:
+            # a wait with a deadline: a holder that is stopped or stuck is the
+            # supervisor's to kill, and this worker must keep beating meanwhile
+            if not self._wait_lock(_LOCK_SLICE if not timeout or timeout < _LOCK_SLICE
+                                   else timeout):
+                ready.release()  # the post taken above is another consumer's now
+                return None
+        q[H_LOCK] = self._tok
         q[H_LOCK_COUNT] += 1
+        q[iw] = 0
         try:
             # the common case inline: the slot at tail holds the next message
             tail = q[H_TAIL]
@@ -816,16 +973,21 @@ class Ring:
             self._check_owner(claim, owner)  # raises with the details
         self._states[slot] = FREE
 
-    def release(self, claim: Claim, owner: Identity | None = None) -> None:
-        """Give a claimed message back unprocessed, attempts unchanged."""
+    def release(self, claim: Claim, owner: Identity | None = None, *,
+                count_attempt: bool = False) -> None:
+        """Give a claimed message back unprocessed, attempts unchanged unless
+        ``count_attempt`` (the message itself failed, e.g. timed out spamd)."""
         self._acquire_patiently()
         try:
             self._check_owner(claim, owner)
+            d = self._descs_w + claim.slot * DESC_WORDS
+            if count_attempt:
+                self._q[d + D_ATTEMPTS] += 1
             # counted before it is READY: a death between the two stores
             # leaves a count too high (healed by the next scan), never a
             # READY slot behind tail that nothing will look for
             self._q[H_STRAY] += 1
-            self._q[self._descs_w + claim.slot * DESC_WORDS + D_RELEASES] += 1
+            self._q[d + D_RELEASES] += 1
             self._states[claim.slot] = READY
         finally:
             self._release()
@@ -950,22 +1112,27 @@ class Ring:
         a dead process's row stays taken until the supervisor retires it.
         """
         me = self._me
+        if row is not None and not 0 <= row < self.rows:
+            raise RingError(f"process row {row} out of range 0..{self.rows - 1}")
+        if row is not None:
+            # the row's intent word is the one process's that registers there
+            self._iw = self._rows_w + row * ROW_WORDS + R_INTENT
         self._acquire_patiently()
         try:
             if row is None:
                 row = self._free_row()
-            if not 0 <= row < self.rows:
-                raise RingError(f"process row {row} out of range 0..{self.rows - 1}")
             b = self._rows_w + row * ROW_WORDS
             q = self._q
             for i in range(ROW_WORDS):
-                q[b + i] = 0
+                if i not in (R_INTENT, R_INTENT + 1):
+                    q[b + i] = 0
             q[b + R_ROLE] = role
             q[b + R_INDEX] = index
             q[b + R_START] = me.start
             q[b + R_PID] = me.pid
         finally:
             self._release()
+        self._iw = b + R_INTENT
         handle = ProcRow(self, row)
         handle.set_state(ProcState.STARTING)
         return handle
@@ -989,10 +1156,13 @@ class Ring:
         finally:
             self._release()
 
-    def retire_row(self, row: int) -> None:
+    def retire_row(self, row: int, ident: Identity | None = None) -> None:
         """Fold a row's counters into the retired block and clear it (owner only).
 
-        Call after the row's process has exited, before its row is reused.
+        Call after the row's process has exited, before its row is reused;
+        with ``ident``, only if the row is still that process's (a retry
+        after :class:`RingBusy` must not fold a successor's row).  The lock
+        intent words stay: they are whoever registers there next's.
         """
         self._acquire_patiently()
         try:
@@ -1000,11 +1170,14 @@ class Ring:
             b = self._rows_w + row * ROW_WORDS
             if q[b + R_PID] == 0:
                 return
+            if ident is not None and (q[b + R_PID], q[b + R_START]) != tuple(ident):
+                return
             for i in range(NCOUNTERS):
                 q[H_RETIRED + i] += q[b + R_COUNTERS + i]
                 q[b + R_COUNTERS + i] = 0
             for i in range(R_COUNTERS):
-                q[b + i] = 0
+                if i not in (R_INTENT, R_INTENT + 1):
+                    q[b + i] = 0
         finally:
             self._release()
 

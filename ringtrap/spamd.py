@@ -33,6 +33,8 @@ PROTOCOL = b"SPAMC/1.5"
 # among them: spamd uses it for TELL without --allow-tell and for a bad
 # compressed body, which repeat on every retry.
 RETRYABLE_CODES = frozenset({71, 74, 75, 79})
+# spamd's answer when its child gave up on a message (--timeout-child)
+EX_TIMEOUT = 79
 
 # Below this size the header block and the message go out in one write; the
 # copy costs less than a second system call.
@@ -287,9 +289,14 @@ class SpamdClient:
     def __repr__(self) -> str:
         return f"SpamdClient({self.address!r})"
 
-    def ping(self) -> None:
-        """Check that spamd answers; raises a SpamdError if it does not."""
-        parse_ping_reply(self._call("PING", b"PING " + PROTOCOL + b"\r\n\r\n", None))
+    def ping(self, timeout: float | None = None) -> None:
+        """Check that spamd answers; raises a SpamdError if it does not.
+
+        ``timeout`` shortens this call's deadline (never lengthens it): a
+        PING is answered by spamd's parent at once, however busy the children.
+        """
+        parse_ping_reply(self._call("PING", b"PING " + PROTOCOL + b"\r\n\r\n", None,
+                                    timeout=timeout))
 
     def check(self, message: bytes | bytearray | memoryview) -> SpamdResult:
         """Score ``message`` (CHECK); ``rules`` is empty and ``report`` None."""
@@ -338,10 +345,11 @@ class SpamdClient:
         head = self._prefix[verb] + extra + b"Content-length: %d\r\n\r\n" % size
         return self._call(verb, head, message)
 
-    def _call(self, verb: str, head: bytes, body: bytes | bytearray | memoryview | None) -> bytes:
+    def _call(self, verb: str, head: bytes, body: bytes | bytearray | memoryview | None,
+              timeout: float | None = None) -> bytes:
         """Send one request and return the raw reply, read to EOF."""
         now = time.monotonic()
-        deadline = now + self._timeout
+        deadline = now + (self._timeout if timeout is None else min(timeout, self._timeout))
         try:
             sock = self._connect(min(deadline, now + self._connect_timeout))
             try:

@@ -27,7 +27,6 @@ nothing), so a repeat costs a call, never a double count in Bayes.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import signal
@@ -35,13 +34,14 @@ import time
 from types import FrameType
 
 from ringtrap import config as configmod
-from ringtrap import proc
+from ringtrap import envelope, proc, quarantine
 from ringtrap.config import Config
 from ringtrap.counters import C
 from ringtrap.overflow import Overflow, OverflowClaim, OverflowClaimLost
 from ringtrap.processing import split_payload
+from ringtrap.results import ResultSink
 from ringtrap.ring import ProcRow, Ring, RingError
-from ringtrap.spamd import SpamdClient, SpamdError
+from ringtrap.spamd import SpamdClient, SpamdError, TellResult
 from ringtrap.states import ProcState, Role
 from ringtrap.titles import set_title
 
@@ -62,7 +62,8 @@ BACKOFF_MAX = 60.0
 
 def open_store(cfg: Config, *, create: bool = True) -> Overflow:
     """The stage's spill directory for ``cfg`` (created unless ``create`` is False)."""
-    return Overflow(configmod.stage_dir(cfg), cfg.stage.max_bytes, create=create)
+    return Overflow(configmod.stage_dir(cfg), cfg.stage.max_bytes, create=create,
+                    quarantine_max_bytes=cfg.overflow.quarantine_max_bytes)
 
 
 def spamd_address(cfg: Config, scanning: str | None) -> str | None:
@@ -75,15 +76,17 @@ def spamd_address(cfg: Config, scanning: str | None) -> str | None:
 class StageWorker:
     """The claim -> TELL -> ack loop of one stage process.
 
-    ``row`` (this process's process-table row) may be None in tools and tests.
+    ``row`` (this process's process-table row) may be None in tools and tests;
+    ``sink`` receives the record of each message the stage quarantines.
     """
 
     def __init__(self, cfg: Config, store: Overflow, client: SpamdClient, row: ProcRow | None,
                  index: int, *, parent_pid: int | None = None,
                  backoff_initial: float = BACKOFF_INITIAL,
-                 backoff_max: float = BACKOFF_MAX) -> None:
+                 backoff_max: float = BACKOFF_MAX, sink: ResultSink | None = None) -> None:
         self.cfg = cfg
         self.store = store
+        self.sink = sink
         self.client = client
         self.row = row
         self.index = index
@@ -97,6 +100,7 @@ class StageWorker:
         self._ppid = os.getppid() if parent_pid is None else parent_pid
         self._role = f"stage {index}"
         self._stop = False  # set from signal handlers: a plain store only
+        self._warned_not_learned = False
 
     def stop(self) -> None:
         """Ask the loop to return after the current call; safe in a signal handler."""
@@ -132,9 +136,8 @@ class StageWorker:
         """Learn from and/or report one claimed message, then ack, release or quarantine it."""
         limit = self.cfg.overflow.max_attempts
         if claim.attempts >= limit:
-            with contextlib.suppress(OverflowClaimLost):
-                self.store.quarantine(claim, f"attempts {claim.attempts} reached the limit"
-                                             f" {limit} (a stage worker died holding it)")
+            self._quarantine(claim, f"attempts {claim.attempts} reached the limit {limit}"
+                                    " (a stage worker died holding it each time)")
             return
         try:
             payload = claim.read()
@@ -144,11 +147,12 @@ class StageWorker:
         self._state(ProcState.BUSY, claim.msgid)
         set_title(self._role, f"telling {claim.msgid} ({self.done} done)")
         started = time.monotonic()
+        told = TellResult(did_set=(), did_remove=())
         try:
             if self.learn:
-                self.client.tell(message, "spam", set_local=True, set_remote=self.report)
+                told = self.client.tell(message, "spam", set_local=True, set_remote=self.report)
             elif self.report:
-                self.client.tell(message, "spam", set_local=False, set_remote=True)
+                told = self.client.tell(message, "spam", set_local=False, set_remote=True)
         except SpamdError as exc:
             if exc.retryable:
                 # spamd down or slow: not the message's fault; give it back, pause
@@ -163,15 +167,65 @@ class StageWorker:
         self.store.ack(claim)
         self.done += 1
         self._delay = 0.0
-        if self.learn:
+        learned = self.learn and "local" in told.did_set
+        if learned:
             self._count(C.STAGE_LEARNED)
+        elif self.learn:
+            self._not_learned(claim.msgid)
         if self.report:
             self._count(C.STAGE_REPORTED)
         log.info("%s: %s in %.1f ms", claim.msgid,
-                 " and ".join(w for w, on in (("learned", self.learn),
+                 " and ".join(w for w, on in (("learned", learned),
+                                              ("not learned", self.learn and not learned),
                                               ("reported", self.report)) if on),
                  (time.monotonic() - started) * 1000.0)
         self._idle()
+
+    def _not_learned(self, msgid: str) -> None:
+        """Count a TELL that answered without ``DidSet: local``; warn the first time."""
+        self._count(C.STAGE_NOT_LEARNED)
+        if self._warned_not_learned:
+            return
+        self._warned_not_learned = True
+        log.warning(
+            "%s: spamd learned nothing (TELL answered without DidSet: local); counted as"
+            " stage_not_learned. Unless the message was learned before, spamd has no writable"
+            " Bayes database (a managed spamd uses spamd.bayes_dir; another needs bayes_path"
+            " writable by its user) or runs without --allow-tell. Warned once per stage"
+            " worker.", msgid, extra={"event": "not_learned", "msgid": msgid})
+
+    def _quarantine(self, claim: OverflowClaim, reason: str, *, readable: bool = True) -> None:
+        """Record ``claim`` as quarantined (store "stage"), then move it into failed/.
+
+        As in the scan worker, the record comes first: dying before the move
+        means a second quarantine and a second record, never none.
+        """
+        head = None
+        if readable:
+            try:
+                with claim.open() as f:
+                    head = f.read(envelope.MAX_LINE)
+            except OSError:
+                head = None
+        if self.sink is not None:
+            rec = quarantine.record(
+                claim.msgid, claim.received, claim.attempts, reason, store="stage",
+                kept=self.store.keeps(claim.size),
+                path=self.store.quarantine_path(claim.msgid, claim.size, claim.attempts),
+                payload_size=claim.size, head=head)
+            try:
+                self.sink.write(rec)
+            except OSError as exc:
+                log.warning("%s: cannot record the quarantine (%s); released", claim.msgid, exc)
+                self.store.release(claim)
+                self._sleep(self.backoff_max)
+                return
+        try:
+            done = self.store.quarantine(claim, reason)
+        except OverflowClaimLost:
+            return
+        self._count(C.QUARANTINED)
+        self._count(C.QUARANTINE_DROPPED, done.dropped.count + (not done.kept))
 
     def _backoff(self, msgid: str, exc: SpamdError) -> None:
         self._delay = (self.backoff_initial if self._delay == 0.0
@@ -237,11 +291,12 @@ def child_main(cfg: Config, index: int, row_index: int, scanning_address: str | 
     try:
         try:
             store = open_store(cfg)
+            sink = ResultSink(cfg.results.dir, retention_days=cfg.results.retention_days)
             row = ring.register(Role.STAGE, index, row=row_index)
         except (OSError, RingError) as exc:
             log.error("stage %d: cannot start: %s", index, exc)
             return EXIT_SETUP
-        worker = StageWorker(cfg, store, client, row, index, parent_pid=parent)
+        worker = StageWorker(cfg, store, client, row, index, parent_pid=parent, sink=sink)
 
         def stop(signum: int, frame: FrameType | None) -> None:
             worker.stop()

@@ -5,11 +5,13 @@ gave on the command line, waits for the ingest's reply line and exits so
 that the MTA never bounces trap mail and never counts a lost message as
 delivered:
 
-    0   ``OK <id>`` (stored) or ``ERR <reason>`` (refused for good: a trap
-        never bounces, so the MTA should drop the message)
-    75  anything temporary (EX_TEMPFAIL: the MTA defers and retries): no
-        socket, connection refused, ``TEMPFAIL``, no reply, timeout, a usage
-        error in the MTA's configuration
+    0   ``OK <id>`` (stored) or ``ERR message too large`` / ``ERR empty
+        message`` (refused for good: a trap never bounces, so the MTA should
+        drop the message)
+    75  anything else (EX_TEMPFAIL: the MTA defers and retries): no socket,
+        connection refused, ``TEMPFAIL``, any other ``ERR`` (a message not
+        stored for a reason that is not the message's own), no reply,
+        timeout, a usage error in the MTA's configuration
 
 It never exits 1: Postfix's pipe(8) bounces on every status but 75 and 71.
 
@@ -56,8 +58,14 @@ import time
 MAGIC = b"SUBMIT ringtrap/1\n"
 TRAILER = b"END "
 KEYS = ("sender", "recipient", "client_address", "client_helo", "queue_id")
-# the envelope block, magic line and blank line included, is at most this long
+# The ingest keeps this many bytes of recipients (as stored) and this many
+# recipients; it leaves the rest out, counts them in the record's
+# envelope.recipients_dropped and keeps the message.  The block may be longer.
 MAX_HEADER = 16 * 1024
+MAX_RECIPIENTS = 1000
+# the ERR reasons that refuse a message for good (delivery.REASON_TOO_LARGE and
+# REASON_EMPTY, spelled out: importing them would cost every delivery)
+_FINAL_REFUSALS = (b"ERR message too large", b"ERR empty message")
 
 # exit codes (sysexits)
 EX_OK = 0
@@ -73,8 +81,9 @@ usage: ringtrap submit [--socket PATH | -c FILE] [--timeout SECONDS]
                        [--client-address IP] [--client-helo NAME] [--queue-id ID]
 
 Deliver the message on standard input to ringtrap's submit socket.
-Exit 0 when ringtrap stored it (OK) or refused it for good (ERR), 75 on
-anything temporary, so the MTA defers instead of bouncing.
+Exit 0 when ringtrap stored it (OK) or refused it for good (ERR message too
+large, ERR empty message), 75 on anything else, so the MTA defers instead of
+bouncing or losing it.
 
   --socket PATH         the submit socket (default: submit.sock in ringtrap's
                         runtime directory, /run/ringtrap as root)
@@ -138,7 +147,9 @@ def envelope_block(opts: dict[str, list[str]]) -> bytes:
     """The magic line, the envelope lines and the blank line that ends them.
 
     A value cannot hold a line break (it would end the line early); MTAs
-    never put one in an address, so one is replaced by a space.
+    never put one in an address, so one is replaced by a space.  However
+    many recipients there are, the block is sent whole: the ingest keeps
+    what fits and counts the rest.
     """
     lines = [MAGIC]
     for key in KEYS:
@@ -146,10 +157,7 @@ def envelope_block(opts: dict[str, list[str]]) -> bytes:
             raw = os.fsencode(value).replace(b"\r", b" ").replace(b"\n", b" ")
             lines.append(key.encode() + b" " + raw + b"\n")
     lines.append(b"\n")
-    block = b"".join(lines)
-    if len(block) > MAX_HEADER:
-        raise UsageError(f"the envelope is longer than {MAX_HEADER} bytes")
-    return block
+    return b"".join(lines)
 
 
 def default_socket() -> str:
@@ -236,8 +244,8 @@ def deliver(path: str, block: bytes, stdin_fd: int, timeout: float) -> bytes:
 
 
 def exit_code(reply: bytes) -> int:
-    """0 for OK and ERR (stored, or refused for good), 75 for everything else."""
-    if reply.startswith((b"OK ", b"ERR ")) and reply.endswith(b"\n"):
+    """0 for OK (stored) and the ERRs that refuse a message for good, 75 for the rest."""
+    if reply.startswith((b"OK ", *_FINAL_REFUSALS)) and reply.endswith(b"\n"):
         return EX_OK
     return EX_TEMPFAIL
 

@@ -14,26 +14,40 @@ writes when it has copied everything (what ``ringtrap-deliver`` sends, see
 or with one whose length is not the number of bytes received, comes from a
 client that died midway: the message is dropped and the reply is
 ``TEMPFAIL truncated message``, so an MTA whose client is still alive retries.
+
+The envelope block is read line by line as it arrives and never buffered
+whole: the ingest keeps at most :data:`~ringtrap.submit.MAX_HEADER` bytes of
+it (as stored) and :data:`~ringtrap.submit.MAX_RECIPIENTS` recipients.  The
+recipients past either are left out and counted in the envelope's
+``recipients_dropped``; the message itself is always kept.  A line longer
+than :data:`MAX_LINE` is no envelope value: it is skipped (a recipient one is
+counted as dropped).  Control characters in values are escaped
+(:func:`~ringtrap.envelope.escape_controls`).  Only a stream that is not a
+submit stream, or a block no submit client writes (a line without a value, a
+single-valued key twice), is refused, with ``TEMPFAIL bad request``: the
+MTA keeps such a message queued, where an operator sees it, instead of
+losing it.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from enum import Enum
 
 from ringtrap.delivery import (
-    ERR,
     REASON_BAD_REQUEST,
     REASON_IDLE,
     REASON_SHUTTING_DOWN,
+    REASON_TIMEOUT,
     REASON_TRUNCATED,
     TEMPFAIL,
     Sink,
     reply_line,
 )
-from ringtrap.envelope import Envelope
-from ringtrap.submit import KEYS, MAGIC, MAX_HEADER, TRAILER
+from ringtrap.envelope import Envelope, escape_controls
+from ringtrap.submit import KEYS, MAGIC, MAX_HEADER, MAX_RECIPIENTS, TRAILER
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +62,14 @@ _DD_REPORT = re.compile(rb"\d{1,20}\+\d{1,20} records in\n\d{1,20}\+\d{1,20} rec
                         rb"(\d{1,20}) bytes? [^\n]*\n")
 _SINGLE = frozenset(k for k in KEYS if k != "recipient")
 _KNOWN = frozenset(KEYS)
+# an envelope line longer than this holds no address, HELO or queue id; with
+# at most four single values of this size the stored envelope line stays far
+# below envelope.MAX_LINE however its characters are escaped
+MAX_LINE = 1024
 
 LINE_TRUNCATED = reply_line(TEMPFAIL, REASON_TRUNCATED)
 LINE_IDLE = reply_line(TEMPFAIL, REASON_IDLE)
+LINE_EXPIRED = reply_line(TEMPFAIL, REASON_TIMEOUT)
 LINE_SHUTTING_DOWN = reply_line(TEMPFAIL, REASON_SHUTTING_DOWN)
 
 
@@ -65,39 +84,80 @@ class BadRequest(ValueError):
     """The envelope block is not one a submit client writes."""
 
 
-def parse_block(block: bytes) -> Envelope:
-    """The envelope of a complete block (magic line through the blank line).
+class EnvelopeReader:
+    """Collects an envelope from its lines (the magic line and blank line excluded).
 
     Values are everything after the key's space up to the line feed, decoded
-    as UTF-8 (undecodable bytes replaced).  Unknown keys are skipped so an
-    older ingest accepts a newer client; a repeated single-valued key is an
-    error.
+    as UTF-8 (undecodable bytes replaced), control characters escaped.
+    Unknown keys are skipped so an older ingest accepts a newer client; a
+    repeated single-valued key is an error.  Keeps what fits the budgets of
+    the module docstring and counts the recipients it leaves out.
     """
-    if not block.startswith(MAGIC) or not block.endswith(b"\n\n"):
-        raise BadRequest("not a submit stream")
-    values: dict[str, str] = {}
-    recipients: list[str] = []
-    for raw in block[len(MAGIC) : -2].split(b"\n") if len(block) > len(MAGIC) + 1 else ():
+
+    __slots__ = ("_kept", "_recipients", "_values", "dropped", "skipped")
+
+    def __init__(self) -> None:
+        self._values: dict[str, str] = {}
+        self._recipients: list[str] = []
+        self._kept = 0  # bytes of kept values as the stored JSON holds them
+        self.dropped = 0  # recipients left out
+        self.skipped = 0  # lines over MAX_LINE left out
+
+    def line(self, raw: bytes) -> None:
+        """Take one envelope line (no line feed); raises BadRequest."""
         key_b, sep, value_b = raw.partition(b" ")
         if not sep:
             raise BadRequest(f"envelope line without a value: {raw[:40]!r}")
         key = key_b.decode("ascii", "replace")
         if key not in _KNOWN:
-            continue
-        value = value_b.decode("utf-8", "replace")
-        if key == "recipient":
-            recipients.append(value)
-        elif key in values:
+            return
+        if key != "recipient" and key in self._values:
             raise BadRequest(f"{key} given twice")
+        if len(raw) > MAX_LINE:
+            self.skip(raw[:40])
+            return
+        value = escape_controls(value_b.decode("utf-8", "replace"))
+        if key == "recipient":
+            cost = len(json.dumps(value)) + 1
+            if len(self._recipients) < MAX_RECIPIENTS and self._kept + cost <= MAX_HEADER:
+                self._recipients.append(value)
+                self._kept += cost
+            else:
+                self.dropped += 1
         else:
-            values[key] = value
-    return Envelope(
-        sender=values.get("sender"),
-        recipients=tuple(recipients),
-        client_address=values.get("client_address") or None,
-        client_helo=values.get("client_helo") or None,
-        queue_id=values.get("queue_id") or None,
-    )
+            self._values[key] = value
+
+    def skip(self, start: bytes) -> None:
+        """A line over :data:`MAX_LINE` starting with ``start`` is left out."""
+        self.skipped += 1
+        if start.partition(b" ")[0] == b"recipient":
+            self.dropped += 1
+
+    def envelope(self) -> Envelope:
+        """The envelope collected; one warning if anything was left out."""
+        if self.dropped or self.skipped:
+            log.warning("submit: kept %d recipients, left out %d that did not fit the envelope"
+                        " (%d lines over %d bytes)", len(self._recipients), self.dropped,
+                        self.skipped, MAX_LINE)
+        values = self._values
+        return Envelope(
+            sender=values.get("sender"),
+            recipients=tuple(self._recipients),
+            client_address=values.get("client_address") or None,
+            client_helo=values.get("client_helo") or None,
+            queue_id=values.get("queue_id") or None,
+            recipients_dropped=self.dropped,
+        )
+
+
+def parse_block(block: bytes) -> Envelope:
+    """The envelope of a complete block (magic line through the blank line)."""
+    if not block.startswith(MAGIC) or not block.endswith(b"\n\n"):
+        raise BadRequest("not a submit stream")
+    reader = EnvelopeReader()
+    for raw in block[len(MAGIC) : -2].split(b"\n") if len(block) > len(MAGIC) + 1 else ():
+        reader.line(raw)
+    return reader.envelope()
 
 
 def dd_report_start(tail: bytes, before: int) -> int:
@@ -123,12 +183,18 @@ def dd_report_start(tail: bytes, before: int) -> int:
 class SubmitSession:
     """One submit connection: see the module docstring.  Implements ``delivery.Session``."""
 
-    __slots__ = ("_head", "_problem", "_sink", "_state", "_tail", "_written", "closing")
+    __slots__ = (
+        "_head", "_magic", "_problem", "_reader", "_sink", "_skipping", "_state", "_tail",
+        "_written", "closing",
+    )
 
     def __init__(self, sink: Sink) -> None:
         self._sink = sink
         self._state = _State.HEADER
-        self._head = bytearray()
+        self._head = bytearray()  # the envelope line being received
+        self._magic = False  # the magic line has been seen
+        self._skipping = False  # inside a line over MAX_LINE: dropped to its end
+        self._reader = EnvelopeReader()
         self._tail = b""
         self._written = 0  # message bytes handed to the sink
         self._problem = ""
@@ -149,29 +215,47 @@ class SubmitSession:
         return b""
 
     def _header(self, data: bytes) -> None:
+        """Take envelope lines as they complete; begin the message at the blank line."""
         head = self._head
-        start = max(0, len(head) - 1)  # a "\n\n" may straddle two receives
         head += data
-        if not head.startswith(MAGIC[: len(head)]):
-            self._bad("not a submit stream")
-            return
-        end = head.find(b"\n\n", start)
-        if end < 0:
-            if len(head) > MAX_HEADER:
-                self._bad(f"envelope block over {MAX_HEADER} bytes")
-            return
-        end += 2
-        if end > MAX_HEADER:
-            self._bad(f"envelope block over {MAX_HEADER} bytes")
-            return
-        try:
-            env = parse_block(bytes(head[:end]))
-        except BadRequest as e:
-            self._bad(str(e))
-            return
-        rest = bytes(head[end:])
+        if not self._magic:
+            if not head.startswith(MAGIC[: len(head)]):
+                self._bad("not a submit stream")
+                return
+            if len(head) < len(MAGIC):
+                return
+            del head[: len(MAGIC)]
+            self._magic = True
+        pos = 0
+        reader = self._reader
+        while True:
+            end = head.find(b"\n", pos)
+            if self._skipping:
+                if end < 0:
+                    head.clear()
+                    return
+                self._skipping = False
+                pos = end + 1
+                continue
+            if end < 0:
+                if len(head) - pos > MAX_LINE:
+                    reader.skip(bytes(head[pos : pos + 40]))
+                    self._skipping = True
+                    head.clear()
+                else:
+                    del head[:pos]
+                return
+            if end == pos:
+                break  # the blank line: the message follows
+            try:
+                reader.line(bytes(head[pos:end]))
+            except BadRequest as e:
+                self._bad(str(e))
+                return
+            pos = end + 1
+        rest = bytes(head[pos + 1 :])
         self._head = bytearray()
-        self._sink.begin(env)
+        self._sink.begin(reader.envelope())
         self._state = _State.BODY
         if rest:
             self._body(rest)
@@ -200,8 +284,8 @@ class SubmitSession:
             return self._finish()
         if state is _State.DISCARD:
             log.warning("submit: refused a bad request: %s", self._problem)
-            return reply_line(ERR, REASON_BAD_REQUEST + b": " + self._problem.encode())
-        if state is _State.HEADER and self._head:
+            return reply_line(TEMPFAIL, REASON_BAD_REQUEST + b": " + self._problem.encode())
+        if state is _State.HEADER and (self._head or self._magic or self._skipping):
             log.info("submit: stream ended inside the envelope block")
             return LINE_TRUNCATED
         return b""  # connected and left without a byte: nothing to answer
@@ -225,6 +309,10 @@ class SubmitSession:
     def timeout(self) -> bytes:
         self._drop()
         return LINE_IDLE
+
+    def expired(self) -> bytes:
+        self._drop()
+        return LINE_EXPIRED
 
     def shutdown(self) -> bytes:
         self._drop()

@@ -66,6 +66,9 @@ BOOT_GRACE = 30.0
 INGEST_HEARTBEAT_TIMEOUT = 30.0
 # after SIGABRT for a stalled heartbeat, SIGKILL if still alive this much later
 ABORT_GRACE = 5.0
+# the longest a turn of the loop waits for the ring lock: a live holder is
+# killed if it is hung (Ring.check_lock), and what needed the lock is retried
+RING_LOCK_PATIENCE = 0.2
 SPAMD_PING_INTERVAL = 30.0
 SPAMD_PING_FAILURES = 3
 
@@ -194,6 +197,10 @@ def spamd_answers_as(path: Path, pid: int, timeout: float = 1.0) -> bool:
     return reply.startswith(b"SPAMD/") and b"PONG" in reply
 
 
+# The user a managed spamd started by root switches to (without service.user).
+SPAMD_ROOT_USER = "nobody"
+
+
 def managed_spamd_socket(cfg: Config) -> Path:
     """Where a managed spamd listens: beside the ingest socket."""
     return cfg.ingest.socket.parent / "spamd.sock"
@@ -259,6 +266,8 @@ class Supervisor:
         # WATCHDOG=1 is sent from housekeeping only, so it stops when the loop stalls
         self.watchdog_every = systemd.watchdog_interval()
         self.last_watchdog = 0.0
+        # dead children whose recovery found the ring lock held: retried each turn
+        self.pending_recovery: list[tuple[Child, Identity, bool]] = []
 
     # -- signals -------------------------------------------------------------
 
@@ -359,7 +368,8 @@ class Supervisor:
             d.mkdir(parents=True, exist_ok=True)
         self._made_dirs += _absent(cfg.overflow.dir)
         try:
-            self.overflow = Overflow(cfg.overflow.dir, cfg.overflow.max_bytes)
+            self.overflow = Overflow(cfg.overflow.dir, cfg.overflow.max_bytes,
+                                     quarantine_max_bytes=cfg.overflow.quarantine_max_bytes)
         except OSError as e:
             raise SetupError(f"overflow.dir {cfg.overflow.dir}: {e}") from None
         self.ring = self._open_ring()
@@ -399,6 +409,8 @@ class Supervisor:
         # its pidfile: written only now, a start refused above leaves another's alone)
         self._stop_orphan_spamd()
         self._write_pidfile()
+        if configmod.managed_spamd_learns(cfg):
+            self._prepare_bayes_dir(target)
         if target is not None:
             self._become(target, created)
         if cfg.metrics.listen is not None:
@@ -412,7 +424,28 @@ class Supervisor:
             # stage rows count down from the last, clear of a pool that grows on reload
             self.children.append(Child(Kind.STAGE, i, self.ring.rows - 1 - i))
         self.next_purge_at = next_purge(self.os.time(), cfg.overflow.purge_at)
+        # from now on a turn never waits long on the ring lock (see housekeeping)
+        self.ring.patience = RING_LOCK_PATIENCE
         self.reconcile()
+
+    def _prepare_bayes_dir(self, t: Target | None) -> None:
+        """Create spamd.bayes_dir for the user the managed spamd will run as.
+
+        Before dropping root: spamd runs as ``t`` (service.user), as
+        :data:`SPAMD_ROOT_USER` when started as root without one, or as us.
+        Without a directory that user can write, TELL answers "did nothing".
+        """
+        d = self.cfg.spamd.bayes_dir
+        try:
+            d.mkdir(mode=0o750, parents=True, exist_ok=True)
+            owner = t
+            if owner is None and os.geteuid() == 0:
+                owner = privileges.resolve(SPAMD_ROOT_USER)
+            if owner is not None:
+                privileges.chown_path(d, owner)
+        except (OSError, PrivilegeError) as e:
+            raise SetupError(f"spamd.bayes_dir {d}: {e}") from None
+        log.info("the managed spamd learns into %s", d)
 
     def _become(self, t: Target, created: set[Path]) -> None:
         """Hand the trap's files to ``t``, load what children run, drop root for good."""
@@ -631,6 +664,9 @@ class Supervisor:
         self._stop_metrics()
         ring = self.ring
         if ring is not None and self.overflow is not None:
+            # every child is gone: a held lock is a dead one's (or a foreign
+            # process's), and waiting for it is all that is left to do
+            ring.patience = ringmod.OWNER_PATIENCE
             res = ring.recover_dead()
             if res.requeued and self.row:
                 self.row.add(C.RECOVERED_RING, res.requeued)
@@ -775,8 +811,11 @@ class Supervisor:
     def housekeeping(self) -> None:
         self.reap()
         if self.ring is not None:
-            if self.ring.break_lock_if_dead() and self.row:
-                self.row.add(C.LOCK_BREAKS)
+            self.check_ring_lock()
+            if self.pending_recovery:
+                pending, self.pending_recovery = self.pending_recovery, []
+                for c, ident, count_attempt in pending:
+                    self._recover(c, ident, count_attempt)
             if self.row:
                 self.row.beat()
         now = self.os.monotonic()
@@ -800,6 +839,40 @@ class Supervisor:
             # only here, at the end of a full turn: a stuck loop stops the pings
             self.last_watchdog = now
             systemd.notify(watchdog=1)
+
+    def check_ring_lock(self) -> None:
+        """Break the ring lock of a dead holder; kill a live holder that is hung.
+
+        A holder that is stopped or has held the lock far longer than any
+        critical section takes makes no progress and never will by itself:
+        it is killed (a child of ours is then reaped and recovered as hung),
+        and a later turn breaks its lock.  Nothing here waits on the lock.
+        """
+        assert self.ring is not None
+        check = self.ring.check_lock(self.os.monotonic())
+        if check.broken and self.row:
+            self.row.add(C.LOCK_BREAKS)
+        hung = check.hung
+        if hung is None or hung.pid == os.getpid():
+            return
+        c = next((c for c in self.children if c.ident is not None
+                  and tuple(c.ident) == tuple(hung)), None)
+        name = c.name if c is not None else "a process outside the trap"
+        log.error("%s (pid %d) holds the ring lock and is %s: killing it", name, hung.pid,
+                  "stopped" if check.stopped else "stuck",
+                  extra={"event": "lock_holder_kill", "holder_pid": hung.pid})
+        if c is not None:
+            if not c.abort_sent:
+                c.abort_sent = self.os.monotonic()
+            self._signal(c, signal.SIGKILL)
+        elif proc.is_alive(hung):  # a pid is not an identity: only that process
+            try:
+                self.os.kill(hung.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError) as e:
+                log.error("cannot kill pid %d: %s", hung.pid, e)
+                return
+        if self.row:
+            self.row.add(C.LOCK_HOLDER_KILLS)
 
     def progress_shutdown(self, now: float) -> None:
         ingest_running = any(c.kind is Kind.INGEST and c.state in
@@ -904,6 +977,8 @@ class Supervisor:
             self.stage_store.recover_dead()
             staged = self.stage_store.purge()
             log.info("dropped %d stage messages (%d bytes)", staged.count, staged.bytes)
+        if scheduled:
+            self._purge_quarantine()
         if self.row:
             self.row.add(C.PURGED_FILES, res.count)
             self.row.add(C.PURGED_BYTES, res.bytes)
@@ -911,6 +986,18 @@ class Supervisor:
                  "daily" if scheduled else "requested", res.count, res.bytes,
                  extra={"event": "purge", "dropped": res.count, "dropped_bytes": res.bytes})
         return res.count, res.bytes
+
+    def _purge_quarantine(self) -> None:
+        """The daily purge's share of failed/, by overflow.quarantine_retention_days."""
+        assert self.overflow is not None
+        days, now = self.cfg.overflow.quarantine_retention_days, self.os.time()
+        gone = self.overflow.purge_quarantine(days, now).count
+        if self.stage_store is not None:
+            gone += self.stage_store.purge_quarantine(days, now).count
+        if self.row:
+            self.row.add(C.PURGED_QUARANTINED, gone)
+        if gone:
+            log.info("daily purge: dropped %d quarantined messages", gone)
 
     # -- children ----------------------------------------------------------------
 
@@ -996,7 +1083,11 @@ class Supervisor:
                 f"--max-children={children}", f"--min-children={children}",
                 "--round-robin", "--syslog=stderr", "--nouser-config"]
         if os.geteuid() == 0:
-            argv.append("--username=nobody")
+            argv.append(f"--username={SPAMD_ROOT_USER}")
+        if configmod.managed_spamd_tells(cfg):
+            argv.append("--allow-tell")
+        if configmod.managed_spamd_learns(cfg):
+            argv.append(f"--cf=bayes_path {cfg.spamd.bayes_dir / 'bayes'}")
         argv.extend(cfg.spamd.extra_args)
         return argv
 
@@ -1156,7 +1247,14 @@ class Supervisor:
         """
         if self.ring is None or self.overflow is None or ident is None:
             return 0
-        res = self.ring.recover(ident, count_attempt=count_attempt)
+        try:
+            res = self.ring.recover(ident, count_attempt=count_attempt)
+        except ringmod.RingBusy as e:
+            # a live process holds the lock: never wait for it here (the next
+            # turns kill it if it is hung); the dead child's claims keep
+            log.warning("%s: recovery waits for the ring lock (%s)", c.name, e)
+            self.pending_recovery.append((c, ident, count_attempt))
+            return 0
         n = self.overflow.recover(ident, count_attempt=count_attempt)
         if self.stage_store is not None:
             # a stage worker's claims, and a scan worker's half-written hand-off
@@ -1172,7 +1270,9 @@ class Supervisor:
         rows = {r.row: r for r in self.ring.read_rows()}
         r = rows.get(c.row)
         if r is not None and (r.pid, r.start) == tuple(ident):
-            self.ring.retire_row(c.row)
+            # on RingBusy the row is left to its next occupant's death, or adopt()
+            with contextlib.suppress(ringmod.RingBusy):
+                self.ring.retire_row(c.row, ident)
         return res.requeued + n
 
     # -- status -----------------------------------------------------------------

@@ -4,8 +4,10 @@
 directory under a temporary directory, listens for SMTP on 127.0.0.1 only (a
 free port), logs to a file (``maillog_file``, no syslog), and is started and
 stopped with ``postfix -c DIR``.  Every service runs unchrooted, so socket
-paths mean what they say.  The caller adds its transports to ``main.cf``,
-``master.cf`` and the maps before :meth:`start`.
+paths mean what they say.  Relay and recipient restrictions are Postfix's
+defaults, and the test client is not in ``mynetworks``: only what the caller
+adds to ``main.cf``, ``master.cf`` and the maps before :meth:`start` makes a
+domain one Postfix accepts mail for.
 """
 
 from __future__ import annotations
@@ -90,11 +92,12 @@ class PostfixInstance:
             "myhostname": "mta.trap.test",
             "mydomain": "trap.test",
             "mydestination": "",
-            "mynetworks": "127.0.0.0/8",
-            "smtpd_recipient_restrictions": "permit_mynetworks, reject_unauth_destination",
+            # the test's SMTP client (127.0.0.1) is a stranger, as a trap's senders are:
+            # relaying for it is refused unless the snippets make the domain one Postfix
+            # accepts (the default smtpd_relay_restrictions end in defer_unauth_destination)
+            "mynetworks": "127.0.0.2/32",
             "alias_maps": "",
             "alias_database": "",
-            "local_recipient_maps": "",
             "biff": "no",
             "maillog_file": str(self.maillog),
             "maillog_file_prefixes": str(root),

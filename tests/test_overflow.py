@@ -29,6 +29,7 @@ from ringtrap.overflow import (
     OverflowFull,
     OverflowStats,
     PurgeResult,
+    Quarantined,
 )
 from ringtrap.proc import Identity
 
@@ -473,8 +474,9 @@ def test_quarantine_moves_claim_with_reason(store: Overflow, me: Identity) -> No
     store.spill(m, b"poison", attempts=4)
     c = store.claim(me)
     assert c is not None
-    path = store.quarantine(c, "killed its worker 4 times")
-    assert path == store.path / "failed" / f"{m},S=6,A=4"
+    q = store.quarantine(c, "killed its worker 4 times")
+    path = q.path
+    assert q == Quarantined(store.path / "failed" / f"{m},S=6,A=4", True, PurgeResult(0, 0))
     assert path.read_bytes() == b"poison"
     reason = Path(f"{path}.reason").read_text()
     assert "killed its worker 4 times" in reason
@@ -496,18 +498,73 @@ def test_quarantine_of_a_lost_claim_raises_and_leaves_no_reason(
     assert names(store, "failed") == []
 
 
-def test_quarantine_bytes_ignores_the_cap(shm_dir: Path) -> None:
+def test_quarantine_bytes_ignores_the_cap_and_does_not_count_toward_it(shm_dir: Path) -> None:
     s = Overflow(shm_dir / "ovf", 10)
     m = ids.new_id()
-    path = s.quarantine_bytes(m, b"ring message", 5, "attempt limit")
-    assert path.name == f"{m},S=12,A=5"
+    q = s.quarantine_bytes(m, b"ring message", 5, "attempt limit")
+    path = q.path
+    assert q.kept and path.name == f"{m},S=12,A=5"
     assert path.read_bytes() == b"ring message"
     assert Path(f"{path}.reason").read_text().strip() == "attempt limit"
     assert names(s, "tmp") == []
     st_ = s.stats()
-    assert (st_.failed, st_.failed_bytes) == (1, 12)
-    with pytest.raises(OverflowFull):  # it still counts toward the cap
+    assert (st_.failed, st_.failed_bytes, st_.total_bytes) == (1, 12, 0)
+    s.spill(ids.new_id(), b"x" * 10)  # the whole cap is still free for spills
+    with pytest.raises(OverflowFull):
         s.spill(ids.new_id(), b"x")
+
+
+def test_a_quarantine_near_the_cap_lets_spills_through(shm_dir: Path, me: Identity) -> None:
+    # 26 MiB quarantined under a 28 MiB cap once answered every spill TEMPFAIL
+    cap, mib = 28 << 20, 1 << 20
+    ticks = iter(range(1_000_000))
+    poisons = Overflow(shm_dir / "ovf", cap, quarantine_max_bytes=32 * mib,
+                       clock=lambda: float(next(ticks)))  # each refusal may list again
+    for _ in range(13):
+        poisons.spill(ids.new_id(), b"p" * (2 * mib), attempts=3)
+        c = poisons.claim(me)
+        assert c is not None
+        assert poisons.quarantine(c, "attempt limit").kept
+    assert poisons.stats().failed_bytes == 26 * mib
+    ingest = Overflow(shm_dir / "ovf", cap)  # a fresh process counts from the listing
+    for store in (ingest, poisons):
+        spilled = [store.spill(ids.new_id(), b"m" * mib) for _ in range(4)]
+        assert len(spilled) == 4
+        assert store.purge().count == 4
+    assert ingest.stats().failed_bytes == 26 * mib
+
+
+def test_the_quarantine_cap_drops_the_oldest_first(shm_dir: Path, me: Identity) -> None:
+    s = Overflow(shm_dir / "ovf", 1 << 20, quarantine_max_bytes=1000)
+    held = []
+    for _ in range(4):
+        m = ids.new_id()
+        s.spill(m, b"q" * 300, attempts=3)
+        c = s.claim(me)
+        assert c is not None
+        held.append((m, s.quarantine(c, "limit")))
+    assert [q.dropped for _, q in held] == [PurgeResult(0, 0)] * 3 + [PurgeResult(1, 300)]
+    kept = sorted(n.split(",")[0] for n in names(s, "failed") if not n.endswith(".reason"))
+    assert kept == [m for m, _ in held[1:]]
+    assert len(names(s, "failed")) == 6  # each kept message has its reason, no stray reason
+    assert s.stats().failed_bytes == 900
+
+
+def test_a_message_over_the_whole_quarantine_cap_is_not_kept(
+    shm_dir: Path, me: Identity
+) -> None:
+    s = Overflow(shm_dir / "ovf", 1 << 20, quarantine_max_bytes=100)
+    s.quarantine_bytes(ids.new_id(), b"small", 3, "limit")
+    m = ids.new_id()
+    s.spill(m, b"b" * 101, attempts=3)
+    c = s.claim(me)
+    assert c is not None
+    q = s.quarantine(c, "limit")
+    assert (q.kept, q.dropped, q.path.name) == (False, PurgeResult(0, 0), f"{m},S=101,A=3")
+    r = s.quarantine_bytes(ids.new_id(), b"r" * 101, 3, "limit")
+    assert not r.kept and not r.path.exists()
+    st_ = s.stats()
+    assert (st_.failed, st_.claimed, st_.ready, st_.writing) == (1, 0, 0, 0)
 
 
 # -- purge -----------------------------------------------------------------------
@@ -589,6 +646,21 @@ def test_purge_failed(store: Overflow) -> None:
     assert names(store, "failed") == []
 
 
+def test_purge_quarantine_follows_the_retention(store: Overflow) -> None:
+    now = time.time()
+    day = 86400.0
+    ages = {msgid_at(now - d * day - 60): d for d in (2.5, 0.5, 0)}
+    for m in ages:
+        store.quarantine_bytes(m, b"q", 3, "limit")
+    assert store.purge_quarantine(0, now) == PurgeResult(0, 0)  # 0: never by age
+    assert store.purge_quarantine(4, now) == PurgeResult(0, 0)  # nothing 3 days old
+    assert store.purge_quarantine(3, now) == PurgeResult(1, 1)  # more than 2 days old
+    left = {n.split(",")[0] for n in names(store, "failed") if not n.endswith(".reason")}
+    assert {ages[m] for m in left} == {0.5, 0}
+    assert store.purge_quarantine(1, now) == PurgeResult(2, 2)  # 1: everything, daily
+    assert names(store, "failed") == []
+
+
 # -- stats -------------------------------------------------------------------
 
 
@@ -610,7 +682,7 @@ def test_stats_numbers(store: Overflow, me: Identity) -> None:
     after = time.time()
     assert s[:7] == (2, 70, 1, 10, 1, 20, 1)
     assert s.writing_bytes == 5
-    assert s.total_bytes == 105
+    assert s.total_bytes == 85  # quarantine (20 bytes) has a cap of its own
     assert s.oldest_age is not None  # the oldest still ready arrived 40 s ago
     assert before - ids.id_time(msgid_at(now - 40)) <= s.oldest_age
     assert s.oldest_age <= after - ids.id_time(msgid_at(now - 40))

@@ -1,13 +1,16 @@
-"""Real Postfix to a real trap, through the README's own snippets.
+"""Real Postfix to a real trap, through the shipped snippets and nothing more.
 
 Debian's Postfix runs as a private instance (``postfix_fixture``) on
 127.0.0.1; mail for four trap domains goes out by every documented way:
 
-    pipe.trap.test    pipe(8) running ``ringtrap submit``        (README snippet)
+    pipe.trap.test    pipe(8) running ``ringtrap submit``        (contrib/postfix/*-pipe)
     sh.trap.test      pipe(8) running ``ringtrap-deliver``       (the same, one word swapped)
-    lmtp.trap.test    ``lmtp:unix:`` to ringtrap's LMTP socket   (README snippets)
-    local.trap.test   an alias ``|ringtrap-deliver ...``         (README snippet)
+    lmtp.trap.test    ``lmtp:unix:`` to ringtrap's LMTP socket   (contrib/postfix/*-lmtp)
+    local.trap.test   an alias ``|ringtrap-deliver ...``         (contrib/postfix/*alias*)
 
+The README shows these files (tests/test_docs.py holds it to them); the
+private Postfix starts from Postfix's defaults, and the only settings that
+make a trap domain accepted are the snippets' own.
 The test sends over SMTP with smtplib, checks that every message is recorded
 with the envelope Postfix knew and that Postfix logged it sent and bounced
 nothing; then stops ringtrap, sends again, sees Postfix defer every route
@@ -36,16 +39,13 @@ from trap_fixture import Trap, wait_until
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
-README = ROOT / "README.md"
+SNIPPETS = ROOT / "contrib" / "postfix"
 SYSTEM_PYTHON = "/usr/bin/python3"
 
 
 def snippet(name: str) -> str:
-    """The code block under ``<!-- snippet: name -->`` in the README."""
-    text = README.read_text()
-    m = re.search(r"<!-- snippet: " + re.escape(name) + r" -->\n```\n(.*?)```\n", text, re.S)
-    assert m is not None, f"README has no snippet {name!r}"
-    return m.group(1)
+    """One of the shipped Postfix snippets, ``contrib/postfix/<name>``."""
+    return (SNIPPETS / name).read_text()
 
 
 def main_cf(text: str) -> dict[str, str]:
@@ -92,7 +92,7 @@ def install_clients(root: Path) -> Path:
 
 
 def configure(pf: PostfixInstance, trap: Trap, bin_: Path) -> None:
-    """The README's snippets, with this test's paths, users and domains."""
+    """The shipped snippets, with this test's paths, users and domains."""
     run = f"{trap.rundir}/"
 
     def local(text: str) -> str:
@@ -101,29 +101,36 @@ def configure(pf: PostfixInstance, trap: Trap, bin_: Path) -> None:
                 .replace("user=ringtrap", "user=nobody")
                 .replace("hash:/etc/postfix/", f"texthash:{pf.etc}/"))
 
-    pipe_master = local(snippet("postfix-pipe-master.cf"))
+    pipe_master = local(snippet("master.cf-pipe"))
     sh_master = (pipe_master.replace("ringtrap  unix", "ringtrapsh unix", 1)
                  .replace(f"argv={bin_}/ringtrap submit", f"argv={bin_}/ringtrap-deliver"))
     assert sh_master != pipe_master and "ringtrap-deliver" in sh_master
-    lmtp_line = snippet("postfix-lmtp-master.cf")
+    lmtp_line = snippet("master.cf-lmtp")
     pf.master = re.sub(r"(?m)^lmtp .*\n", lmtp_line, pf.master) + pipe_master + sh_master
-    pipe_main = main_cf(local(snippet("postfix-pipe-main.cf")))
-    lmtp_main = main_cf(local(snippet("postfix-lmtp-main.cf")))
+
+    def domain(text: str, name: str) -> str:
+        return text.replace("trap.example.org", name)
+
+    pipe_main = main_cf(local(snippet("main.cf-pipe")))
+    sh_main = main_cf(domain(local(snippet("main.cf-pipe")), "sh.trap.test"))
+    lmtp_main = main_cf(domain(local(snippet("main.cf-lmtp")), "lmtp.trap.test"))
+    alias_main = main_cf(domain(local(snippet("main.cf-alias")), "local.trap.test"))
     assert pipe_main["transport_maps"] == lmtp_main["transport_maps"]
-    pf.main.update(pipe_main)
-    pf.main.update(lmtp_main)
+    relay = [domain(pipe_main["relay_domains"], "pipe.trap.test"), sh_main["relay_domains"],
+             lmtp_main["relay_domains"]]
+    for settings in (pipe_main, lmtp_main, alias_main):
+        pf.main.update(settings)
     pf.main.update({k.replace("ringtrap_", "ringtrapsh_"): v for k, v in pipe_main.items()
                     if k.startswith("ringtrap_")})
-    pf.main.update({"relay_domains": "pipe.trap.test, sh.trap.test, lmtp.trap.test",
-                    "mydestination": "local.trap.test",
-                    "alias_maps": f"hash:{pf.etc}/aliases"})
-    pipe_route = local(snippet("postfix-pipe-transport"))
-    lmtp_route = local(snippet("postfix-lmtp-transport"))
-    pf.files["transport"] = (pipe_route.replace("trap.example.org", "pipe.trap.test")
-                             + pipe_route.replace("trap.example.org", "sh.trap.test")
-                             .replace("ringtrap:", "ringtrapsh:")
-                             + lmtp_route.replace("trap.example.org", "lmtp.trap.test"))
-    pf.files["aliases"] = local(snippet("alias"))
+    # three routes' domains where an operator has one: the snippet's line, once per route
+    pf.main["relay_domains"] = ", ".join(relay)
+    pf.main["alias_maps"] = alias_main["alias_maps"].replace("/etc/aliases", f"{pf.etc}/aliases")
+    pipe_route = local(snippet("transport-pipe"))
+    lmtp_route = local(snippet("transport-lmtp"))
+    sh_route = domain(pipe_route, "sh.trap.test").replace("ringtrap:", "ringtrapsh:")
+    pf.files["transport"] = (domain(pipe_route, "pipe.trap.test") + sh_route
+                             + domain(lmtp_route, "lmtp.trap.test"))
+    pf.files["aliases"] = local(snippet("aliases"))
     pf.alias_files.append("aliases")
 
 

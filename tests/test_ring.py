@@ -14,7 +14,7 @@ import stat
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from uuid import uuid4
 
@@ -30,6 +30,7 @@ from ringtrap.ring import (
     PutResult,
     RecoverResult,
     Ring,
+    RingBusy,
     RingError,
     RingExists,
     RingLayoutError,
@@ -817,6 +818,135 @@ def test_release_waits_out_and_breaks_a_dead_holders_lock(r: Ring, me: Identity)
     assert lock_is_free(r)
     again = r.claim(timeout=0)
     assert again is not None and (again.msgid, again.attempts) == (mid(1), 0)
+
+
+def announce_and_enter(r: Ring, who: Identity, row: int) -> None:
+    """Leave the lock as a taker ``who`` (its row ``row``) stalled between its
+    wait and its record would: intent announced, semaphore taken, no holder.
+
+    Test-only: the stores of :meth:`Ring._acquire` up to the wait.
+    """
+    r._q[r._rows_w + row * ringmod.ROW_WORDS + ringmod.R_INTENT] = owner_token(who)
+    r._lock_sem.acquire()
+
+
+def in_thread(fn: Callable[[], object], timeout: float) -> list[object]:
+    """Run ``fn`` in a daemon thread; fail if it has not returned in ``timeout`` s."""
+    out: list[object] = []
+
+    def run() -> None:
+        try:
+            out.append(fn())
+        except Exception as e:
+            out.append(e)
+
+    t = threading.Thread(target=run, daemon=True)  # a hang must not hold up the run
+    t.start()
+    t.join(timeout)
+    assert not t.is_alive(), f"still waiting after {timeout} s"
+    return out
+
+
+def test_a_claim_waits_a_bounded_time_for_a_held_lock(r: Ring, me: Identity) -> None:
+    r.put(mid(1), b"behind a stopped holder")
+    hold_lock_as(r, me)
+    try:
+        t0 = time.monotonic()
+        assert in_thread(lambda: r.claim(timeout=0), 10) == [None]
+        assert time.monotonic() - t0 >= ringmod._LOCK_SLICE * 0.9
+    finally:
+        r._release()
+    # nothing was taken and the post it consumed was given back
+    assert r._ready_sem.value == 1
+    c = r.claim(timeout=0)
+    assert c is not None and c.msgid == mid(1)
+
+
+def test_owner_operations_give_up_on_a_live_holder(r: Ring, me: Identity) -> None:
+    r.put(mid(1), b"x")
+    c = r.claim(timeout=0, owner=reused_pid(me))
+    assert c is not None
+    r.patience = 0.2
+    hold_lock_as(r, me)  # alive: not to be broken
+    try:
+        got = in_thread(lambda: r.recover(reused_pid(me)), 10)
+        assert len(got) == 1 and isinstance(got[0], RingBusy)
+        got = in_thread(lambda: r.retire_row(3), 10)
+        assert len(got) == 1 and isinstance(got[0], RingBusy)
+    finally:
+        r._release()
+    assert counts(r) == (SLOTS - 1, 0, 0, 1)  # nothing changed
+    assert r.recover(reused_pid(me)) == RecoverResult(1, 0)
+
+
+def test_a_live_taker_stalled_before_its_record_is_never_robbed(
+    r: Ring, me: Identity, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    taker = reused_pid(me)  # made alive below: a live process of another start time
+    state = {"alive": True, "stopped": False}
+    real_alive = proc.is_alive
+    monkeypatch.setattr(ringmod.proc, "is_alive",
+                        lambda i: state["alive"] if tuple(i) == taker else real_alive(i))
+    monkeypatch.setattr(ringmod.proc, "is_stopped",
+                        lambda i: state["stopped"] and tuple(i) == taker)
+    announce_and_enter(r, taker, row=2)
+    t = 1000.0
+    for _ in range(int(ringmod._LOCK_STUCK_SECONDS / 0.5) - 1):
+        assert r.check_lock(t) == (False, None, False)
+        t += 0.5
+    assert r._lock_sem.value == 0
+    # stuck for long: reported to be killed, never broken under it
+    assert r.check_lock(t + 0.5) == (False, taker, False)
+    state["stopped"] = True
+    assert r.check_lock(t + 0.6) == (False, taker, True)
+    assert r._lock_sem.value == 0
+    state["alive"] = False  # killed
+    assert r.check_lock(t + 0.7).broken
+    assert lock_is_free(r)
+    assert r.snapshot().lock_breaks == 1
+
+
+def test_a_stopped_taker_is_reported_hung_soon(
+    r: Ring, me: Identity, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    holder = reused_pid(me)
+    monkeypatch.setattr(ringmod.proc, "is_alive", lambda i: True)
+    monkeypatch.setattr(ringmod.proc, "is_stopped", lambda i: tuple(i) == holder)
+    hold_lock_as(r, holder)
+    assert r.check_lock(50.0) == (False, None, False)
+    assert r.check_lock(50.0 + ringmod._LOCK_STOPPED_SECONDS) == (False, holder, True)
+    assert r._lock_sem.value == 0
+
+
+def test_waiters_do_not_shield_an_orphaned_lock(
+    r: Ring, me: Identity, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Live waiters announce themselves too; each wait they give up changes
+    their intent, so the lock of a taker killed before its record is broken."""
+    waiter = reused_pid(me)
+    monkeypatch.setattr(ringmod.proc, "is_alive", lambda i: tuple(i) == waiter)
+    monkeypatch.setattr(ringmod.proc, "is_stopped", lambda i: False)
+    announce_and_enter(r, Identity(me.pid, me.start + 2), row=2)  # killed after sem_wait
+    w = r._rows_w + 3 * ringmod.ROW_WORDS + ringmod.R_INTENT
+    r._q[w] = owner_token(waiter)
+    t = 0.0
+    broken = False
+    while not broken:
+        assert t < ringmod._ORPHAN_LOCK_SECONDS + 2, "orphaned lock never broken"
+        broken = r.check_lock(t).broken
+        r._q[w + 1] += 1  # the waiter's slice ran out: it waits again
+        t += ringmod._LOCK_SLICE
+    assert t > ringmod._ORPHAN_LOCK_SECONDS
+    assert r._lock_sem.value == 1
+
+
+def test_retire_row_of_a_given_process_only(r: Ring, me: Identity) -> None:
+    w = r.register(Role.WORKER, index=1)
+    w.add(C.PROCESSED, 4)
+    r.retire_row(w.row, reused_pid(me))  # a successor's row: kept
+    assert [x.row for x in r.read_rows()] == [w.row]
+    r.retire_row(w.row, me)
+    assert r.read_rows() == [] and r.snapshot().retired[C.PROCESSED] == 4
 
 
 # -- the process table ---------------------------------------------------------

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -28,9 +29,13 @@ from trap_fixture import reply_id, running_trap, wait_until
 
 from ringtrap import config as configmod
 from ringtrap import envelope
+from ringtrap.counters import C
 from ringtrap.overflow import Overflow
+from ringtrap.results import ResultSink, read_results
+from ringtrap.ring import Ring, unlink_name
 from ringtrap.spamd import SpamdClient
 from ringtrap.stage import StageWorker
+from ringtrap.states import Role
 
 
 def unique_spam() -> bytes:
@@ -186,13 +191,47 @@ def test_learn_and_report_switches(tmp_path: Path, learn: bool, report: bool,
         fake.close()
 
 
-def test_message_at_the_attempt_limit_is_quarantined(tmp_path: Path) -> None:
+def test_message_at_the_attempt_limit_is_quarantined_with_a_record(tmp_path: Path) -> None:
     store = Overflow(tmp_path / "stage", 1 << 24)
-    store.spill("0000000000001-000001", envelope.frame(mb.plain()), attempts=3)
-    worker = StageWorker(stage_cfg(), store, SpamdClient("unix:/nonexistent"), None, 0,
-                         parent_pid=os.getppid())
-    worker.run(max_messages=1)
+    env = envelope.Envelope(sender="s@example.org", recipients=("trap@example.net",))
+    message = mb.plain()
+    payload = envelope.frame(message, env)
+    msgid = "0000000000001-000001"
+    store.spill(msgid, payload, attempts=3)
+    with ResultSink(tmp_path / "results") as sink:
+        worker = StageWorker(stage_cfg(), store, SpamdClient("unix:/nonexistent"), None, 0,
+                             parent_pid=os.getppid(), sink=sink)
+        worker.run(max_messages=1)
     assert store.stats().failed == 1 and worker.done == 0
+    [rec] = read_results(tmp_path / "results")
+    assert (rec["id"], rec["verdict"], rec["attempts"], rec["size"]) == (
+        msgid, "quarantined", 3, len(message))
+    assert rec["envelope"] == env.to_dict()
+    assert rec["quarantine"] == {
+        "store": "stage", "kept": True,
+        "path": str(store.path / "failed" / f"{msgid},S={len(payload)},A=3")}
+    assert "a stage worker died holding it" in rec["reason"]
+
+
+def test_a_tell_without_didset_is_not_counted_as_learned(tmp_path: Path) -> None:
+    # what spamd answers when its user has no writable Bayes database
+    fake = FakeTell(0.0, b"SPAMD/1.1 0 EX_OK\r\n\r\n")
+    name = f"rt-stage-{uuid.uuid4().hex[:8]}"
+    ring = Ring.create(name, 4, 4096)
+    try:
+        store = Overflow(tmp_path / "stage", 1 << 24)
+        for n in range(3):
+            store.spill(f"000000000000{n + 1}-000001", envelope.frame(unique_spam()))
+        worker = StageWorker(stage_cfg(), store, SpamdClient(fake.address, timeout=5.0),
+                             ring.register(Role.STAGE, 0), 0, parent_pid=os.getppid())
+        worker.run(max_messages=3)
+        (row,) = [r for r in ring.read_rows() if r.pid == os.getpid()]
+        assert (worker.done, fake.calls) == (3, 3)
+        assert (row.counters[C.STAGE_LEARNED], row.counters[C.STAGE_NOT_LEARNED]) == (0, 3)
+    finally:
+        fake.close()
+        ring.close()
+        unlink_name(name)
 
 
 # -- the stage inside a running trap ---------------------------------------------------
@@ -218,6 +257,36 @@ def test_trap_learns_what_it_scans(tmp_path: Path, spamd_server: SpamdProcess) -
         assert [p["role"] for p in st["processes"] if p["alive"]].count("stage") == 1
         assert st["stage"]["ready"] == 0
     assert bayes_nspam(spamd_server) == before + 5
+
+
+@pytest.mark.slow
+@pytest.mark.spamd
+def test_the_managed_spamd_learns_into_its_bayes_dir(tmp_path: Path) -> None:
+    # spamd as nobody (started as root) must reach the directory: not under pytest's 0700 tmp
+    top = Path(tempfile.mkdtemp(prefix="rt-bayes-"))
+    top.chmod(0o755)
+    bayes = top / "bayes"
+    settings = {"spamd": {"address": "managed", "extra_args": ["--local"],
+                          "bayes_dir": str(bayes)},
+                "stage": {"workers": 1, "verdicts": ["spam", "ham"]}}
+    try:
+        with running_trap(tmp_path, settings) as trap:
+            ids = {reply_id(trap.send(unique_spam())) for _ in range(3)}
+            trap.wait_records(ids, timeout=180)
+
+            def told() -> int:
+                t = (trap.status() or {"totals": {}})["totals"]
+                return sum(t.get(k, 0) for k in ("stage_learned", "stage_not_learned",
+                                                 "stage_errors"))
+
+            wait_until(lambda: told() >= 3, 120, "the stage to tell 3 messages", step=0.2)
+            st = trap.status()
+            assert st is not None
+            t = st["totals"]
+            assert (t["stage_learned"], t["stage_not_learned"], t["stage_errors"]) == (3, 0, 0)
+        assert (bayes / "bayes_toks").exists()
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
 
 
 @pytest.mark.slow

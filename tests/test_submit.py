@@ -22,7 +22,7 @@ import pytest
 from delivery_harness import DELIVER, SUBMIT, Server, servers, temp_base, wait_for
 
 from ringtrap import submit
-from ringtrap.delivery import ERR, OK, REASON_BAD_REQUEST, REASON_TRUNCATED, TEMPFAIL
+from ringtrap.delivery import OK, REASON_BAD_REQUEST, REASON_TRUNCATED, TEMPFAIL
 from ringtrap.envelope import Envelope
 from ringtrap.submit_session import SubmitSession, dd_report_start
 
@@ -159,14 +159,15 @@ def test_a_dd_report_that_does_not_end_the_stream_is_no_trailer() -> None:
     assert dd_report_start(b"hello" + report.replace(b"records out\n", b""), 0) == -1
 
 
-def test_not_a_submit_stream_gets_err_and_is_read_to_its_end(
+def test_not_a_submit_stream_gets_tempfail_and_is_read_to_its_end(
     serve: Callable[..., Server],
 ) -> None:
+    # not stored, and not the message's fault: the MTA keeps it queued, where it is seen
     s = serve()
     reply = exchange(s.submit_path, MSG * 10_000)  # a raw client on the wrong socket
-    assert reply.startswith(ERR + b" " + REASON_BAD_REQUEST + b": not a submit stream"), reply
+    assert reply.startswith(TEMPFAIL + b" " + REASON_BAD_REQUEST + b": not a submit stream"), reply
     bad = exchange(s.submit_path, submit.MAGIC + b"sender a\nsender b\n\n" + MSG + b"END 5\n")
-    assert bad.startswith(ERR + b" " + REASON_BAD_REQUEST + b": sender given twice"), bad
+    assert bad.startswith(TEMPFAIL + b" " + REASON_BAD_REQUEST + b": sender given twice"), bad
     assert s.stored() == {}
 
 

@@ -454,10 +454,26 @@ def test_messages_at_the_attempt_limit_are_quarantined_not_processed(
 
     worker = local_worker(cfg, ring, overflow, offline_processor(),
                           ResultSink(cfg.results.dir))
-    run_until(worker, lambda: overflow.stats().failed == 2 and len(records(cfg, False)) == 1)
+    run_until(worker, lambda: overflow.stats().failed == 2 and len(records(cfg, False)) == 3)
 
-    got = records(cfg)
-    assert [(r["id"], r["attempts"]) for r in got] == [(last_chance, MAX_ATTEMPTS - 1)]
+    got = {r["id"]: r for r in records(cfg)}
+    assert len(got) == 3
+    assert (got[last_chance]["verdict"], got[last_chance]["attempts"]) == (
+        "not_scanned", MAX_ATTEMPTS - 1)
+    assert got[last_chance]["quarantine"] is None
+    for msgid, where, n, message in ((doomed_ring, "ring", 1, SPAM),
+                                     (doomed_overflow, "overflow", 3, HAM)):
+        rec = got[msgid]
+        stored = len(envelope.frame(message, env_for(n)))
+        assert (rec["verdict"], rec["attempts"], rec["size"]) == (
+            "quarantined", MAX_ATTEMPTS, len(message))
+        assert rec["reason"] == (f"attempts {MAX_ATTEMPTS} reached the limit {MAX_ATTEMPTS}"
+                                 " (a worker died holding it each time)")
+        assert rec["envelope"] == env_for(n).to_dict()
+        assert rec["quarantine"] == {
+            "store": where, "kept": True,
+            "path": str(overflow.path / "failed" / f"{msgid},S={stored},A={MAX_ATTEMPTS}")}
+        assert rec["score"] is None and rec["scanned_ms"] is None
     failed = {parse_ready(n) for n in os.listdir(overflow.path / "failed")
               if not n.endswith(".reason")}
     assert failed == {
@@ -517,6 +533,92 @@ def test_spamd_down_releases_without_counting_attempts_then_resumes(
     [record] = records(cfg)
     assert (record["id"], record["verdict"], record["attempts"]) == (msgid, "spam", 0)
     assert_drained(ring, overflow)
+
+
+STALL_MARKER = b"X-Stall-Spamd: this one"
+
+
+class StallingSpamd:
+    """A Unix socket in front of the real spamd that never answers a request
+    carrying :data:`STALL_MARKER` (spamd busy on it past any deadline) and
+    passes everything else, PING included, through to spamd."""
+
+    def __init__(self, path: Path, spamd: Path) -> None:
+        self.path = path
+        self.spamd = spamd
+        self.stalled = 0
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(str(path))
+        self.sock.listen(16)
+        self.done = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self.done.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn:
+            request = b""
+            while chunk := conn.recv(65536):
+                request += chunk
+            if STALL_MARKER in request:
+                self.stalled += 1
+                self.done.wait()  # until the test ends: the client gives up first
+                return
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as up:
+                up.connect(str(self.spamd))
+                up.sendall(request)
+                up.shutdown(socket.SHUT_WR)
+                while chunk := up.recv(65536):
+                    conn.sendall(chunk)
+
+    def close(self) -> None:
+        self.done.set()
+        self.sock.close()
+
+
+@pytest.mark.slow
+@pytest.mark.spamd
+@pytest.mark.parametrize("where", ["ring", "overflow"])
+def test_a_message_that_times_out_spamd_alone_is_quarantined(
+    tmp_path: Path, ring: Ring, spamd_server: SpamdProcess, short_dir: Path, where: str,
+) -> None:
+    stall = StallingSpamd(short_dir / "stall.sock", spamd_server.socket_path)
+    try:
+        cfg = make_cfg(tmp_path, ring.name, f"unix:{stall.path}")
+        overflow = open_overflow(cfg)
+        normal = [put(ring, overflow, SPAM if n % 2 else HAM, n, where) for n in range(4)]
+        slow = STALL_MARKER + b"\n" + SPAM
+        doomed = put(ring, overflow, slow, 9, where)
+        normal += [put(ring, overflow, HAM, n, where) for n in range(10, 13)]
+        client = SpamdClient(f"unix:{stall.path}", connect_timeout=5.0, timeout=1.0)
+        worker = local_worker(cfg, ring, overflow,
+                              Processor(spamd=client, scan_limit_bytes=1 << 20),
+                              ResultSink(cfg.results.dir), backoff_initial=0.05,
+                              backoff_max=0.2)
+        run_until(worker, lambda: overflow.stats().failed == 1
+                  and len(records(cfg, False)) == len(normal), timeout=60)
+    finally:
+        stall.close()
+    got = records(cfg)
+    assert sorted(r["id"] for r in got) == sorted(normal)
+    assert {r["verdict"] for r in got} == {"spam", "ham"}
+    # one timeout per attempt, up to the limit: spamd answered PING each time
+    assert stall.stalled == MAX_ATTEMPTS
+    [name] = [n for n in os.listdir(overflow.path / "failed") if not n.endswith(".reason")]
+    quarantined = parse_ready(name)
+    assert quarantined is not None and quarantined[0] == doomed
+    assert quarantined[2] == MAX_ATTEMPTS
+    assert_drained(ring, overflow)
+    row = row_of(ring, os.getpid())
+    assert row is not None
+    assert counters(row)[C.QUARANTINED] == 1
+    assert counters(row)[C.SPAMD_ERRORS] == MAX_ATTEMPTS
 
 
 # -- a worker killed mid-scan ----------------------------------------------------------------

@@ -91,6 +91,8 @@ class Trap:
         self.config_path = workdir / "ringtrap.toml"
         self.write_config()
         self.proc: subprocess.Popen[bytes] | None = None
+        # the program started as ``<command> run -c <config>``: an installed one may replace it
+        self.command = [sys.executable, "-m", "ringtrap.cli"]
 
     # -- configuration -------------------------------------------------------
 
@@ -123,7 +125,7 @@ class Trap:
         env.pop("WATCHDOG_PID", None)
         env.update(env_extra or {})
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "ringtrap.cli", "run", "-c", str(self.config_path)],
+            [*self.command, "run", "-c", str(self.config_path)],
             stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=ROOT, env=env,
         )
         log.close()

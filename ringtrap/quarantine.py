@@ -1,0 +1,90 @@
+"""The result record of a quarantined message.
+
+A quarantined message is one the trap gave up on: it killed its worker
+``overflow.max_attempts`` times, or it is a spill file the trap will not
+read (a symlink, a FIFO, a file someone else owns).  It still gets a record,
+so reports count it and an operator can find it: verdict
+:data:`QUARANTINED`, the reason, the attempts, and what is known without
+parsing the message: its size and, when its envelope line could be read,
+the envelope.  The message itself is never parsed here; it is what killed
+the worker.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from ringtrap import envelope
+from ringtrap.processing import RECORD_KEYS, iso_utc
+
+QUARANTINED = "quarantined"
+
+Store = Literal["ring", "overflow", "stage"]
+
+
+def peek_envelope(head: bytes) -> tuple[dict[str, Any], int] | None:
+    """The envelope (as a record holds it) and the envelope line's length, from a payload's start.
+
+    ``head`` needs only the first :data:`ringtrap.envelope.MAX_LINE` bytes of
+    the payload.  None when it does not start with an envelope line the
+    ingest wrote.
+    """
+    end = head.find(b"\n", 0, envelope.MAX_LINE)
+    if end < 0:
+        return None
+    try:
+        env, _ = envelope.unframe(head[: end + 1])
+    except (envelope.FrameError, RecursionError):
+        return None
+    return env.to_dict(), end + 1
+
+
+def record(
+    msgid: str,
+    received: float,
+    attempts: int,
+    reason: str,
+    *,
+    store: Store,
+    kept: bool,
+    path: Path | None,
+    payload_size: int,
+    head: bytes | None,
+) -> dict[str, Any]:
+    """The record of one quarantined message.
+
+    ``payload_size`` is the stored payload's size, envelope line included;
+    the record's ``size`` is the message's, as in every other record, when
+    ``head`` (the payload's start) shows the envelope line, else the
+    payload's.  ``path`` is the quarantined copy in failed/ (None when it was
+    not kept).
+    """
+    env: dict[str, Any] | None = None
+    size = payload_size
+    peeked = peek_envelope(head) if head is not None else None
+    if peeked is not None:
+        env, line = peeked
+        size = max(0, payload_size - line)
+    out: dict[str, Any] = dict.fromkeys(RECORD_KEYS)
+    out.update(
+        {
+            "id": msgid,
+            "received": iso_utc(received),
+            "size": size,
+            "verdict": QUARANTINED,
+            "reason": reason,
+            "rules": [],
+            "attempts": attempts,
+            "envelope": env,
+            "quarantine": {
+                "store": store,
+                "kept": kept,
+                "path": str(path) if kept and path is not None else None,
+            },
+        }
+    )
+    return out
+
+
+__all__ = ["QUARANTINED", "Store", "peek_envelope", "record"]

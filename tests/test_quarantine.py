@@ -1,0 +1,126 @@
+"""Quarantine in a running trap: its own cap, a record per message, purged on demand.
+
+The trap starts on an overflow whose failed/ already holds 26 MiB (under a
+28 MiB ``overflow.max_bytes``) and whose new/ holds a message at its attempt
+limit; spills must still be taken, the poison must get a record, and
+``ringtrap purge --quarantine`` must empty failed/ and count it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from trap_fixture import Trap, message, reply_id
+
+from ringtrap import envelope, ids
+from ringtrap.overflow import SUBDIRS, ready_name
+
+MiB = 1 << 20
+
+
+def plant(overflow_dir: Path, sub: str, payload: bytes, attempts: int) -> str:
+    """A file as the trap would have left it in ``sub``; returns its id."""
+    for d in ("", *SUBDIRS):
+        (overflow_dir / d).mkdir(mode=0o700, exist_ok=True)
+    msgid = ids.new_id()
+    (overflow_dir / sub / ready_name(msgid, len(payload), attempts)).write_bytes(payload)
+    return msgid
+
+
+def cli(trap: Trap, *args: str) -> str:
+    return subprocess.run(
+        [sys.executable, "-m", "ringtrap.cli", *args, "-c", str(trap.config_path)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+
+
+def test_quarantine_never_blocks_spills_and_every_poison_is_recorded(tmp_path: Path) -> None:
+    trap = Trap(
+        tmp_path,
+        {
+            "overflow": {"max_bytes": "28M", "max_attempts": 3, "quarantine_max_bytes": "32M"},
+            "ring": {"slots": 8},
+            "ingest": {"max_message_bytes": "1M"},
+        },
+    )
+    try:
+        old = [plant(trap.overflow_dir, "failed", b"q" * (2 * MiB), 3) for _ in range(13)]
+        env = envelope.Envelope(
+            sender="poison@example.org",
+            recipients=("trap@example.net",),
+            client_address="192.0.2.7",
+        )
+        poison_msg = message(0)
+        poison = plant(trap.overflow_dir, "new", envelope.frame(poison_msg, env), 3)
+        trap.start()
+        [rec] = trap.wait_records({poison}, timeout=60)
+        assert (rec["verdict"], rec["attempts"], rec["size"]) == ("quarantined", 3, len(poison_msg))
+        assert rec["envelope"] == env.to_dict()
+        stored = len(envelope.frame(poison_msg, env))
+        assert rec["quarantine"] == {
+            "store": "overflow",
+            "kept": True,
+            "path": str(trap.overflow_dir / "failed" / ready_name(poison, stored, 3)),
+        }
+        st = trap.status()
+        assert st is not None
+        assert st["overflow"]["failed"] == 14 and st["totals"]["quarantined"] == 1
+
+        workers = trap.child_pids("worker")
+        for pid in workers:
+            os.kill(pid, signal.SIGSTOP)  # everything sent now has to be spilled
+        try:
+            sent = {reply_id(trap.send(message(i, size=100_000))) for i in range(1, 41)}
+        finally:
+            for pid in workers:
+                os.kill(pid, signal.SIGCONT)
+        trap.wait_records(sent, timeout=120)
+
+        out = cli(trap, "purge", "--quarantine")
+        assert out.startswith("dropped 14 quarantined messages"), out
+        assert [n for n in os.listdir(trap.overflow_dir / "failed")] == []
+        st = trap.status()
+        assert st is not None and st["totals"]["purged_quarantined"] == 14
+        assert st["totals"]["refused_temp"] == 0
+        report = json.loads(cli(trap, "report", "--json"))
+        assert report["verdicts"]["quarantined"] == 1
+        assert "quarantined" in cli(trap, "report")
+        assert {r["id"] for r in trap.records()}.isdisjoint(old)
+    finally:
+        trap.close()
+
+
+def test_the_daily_purge_drops_the_quarantine_by_its_retention(tmp_path: Path) -> None:
+    from ringtrap import config as configmod
+    from ringtrap.overflow import Overflow
+    from ringtrap.supervisor import OS, Supervisor
+
+    now = 1_800_000_000.0
+    cfg = configmod.override(
+        configmod.defaults(),
+        {
+            "spamd.address": "off",
+            "overflow.dir": str(tmp_path / "ovf"),
+            "overflow.quarantine_retention_days": 2,
+        },
+    )
+    sup = Supervisor(cfg, None, OS(time=lambda: now))
+    sup.overflow = Overflow(cfg.overflow.dir, cfg.overflow.max_bytes)
+    old, young = (f"{round((now - age) * 1e6):013x}-000001" for age in (1.5 * 86400, 3600))
+    for msgid in (old, young):
+        sup.overflow.quarantine_bytes(msgid, b"poison", 3, "limit")
+    sup.overflow.spill(ids.new_id(), b"backlog")
+    sup.purge(scheduled=False)  # 'ringtrap purge' keeps the quarantine
+    st = sup.overflow.stats()
+    assert (st.ready, st.failed) == (0, 2)
+    sup.purge(scheduled=True)  # the daily purge keeps one day of it
+    kept = [n for n in os.listdir(cfg.overflow.dir / "failed") if not n.endswith(".reason")]
+    assert [n.split(",")[0] for n in kept] == [young]
