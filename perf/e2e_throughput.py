@@ -26,6 +26,32 @@ from ringtrap.spamd import SpamdClient, SpamdError  # noqa: E402
 from ringtrap.supervisor import managed_spamd_socket  # noqa: E402
 
 
+def cpu_by_role(trap: Trap) -> dict[str, float]:
+    """CPU seconds so far of the trap's ingest, workers and spamd (its reaped children too)."""
+    import psutil
+
+    out = {"ingest": 0.0, "workers": 0.0, "spamd": 0.0}
+    for p in psutil.Process(trap.pid).children():
+        try:
+            cmd = " ".join(p.cmdline())
+            t = p.cpu_times()
+            own = t.user + t.system
+            if "spamd" in cmd:
+                # spamd recycles its children; the ones it reaped count in its own times
+                own += t.children_user + t.children_system
+                for kid in p.children(recursive=True):
+                    kt = kid.cpu_times()
+                    own += kt.user + kt.system
+                out["spamd"] += own
+            elif "ingest" in cmd:
+                out["ingest"] += own
+            elif "worker" in cmd:
+                out["workers"] += own
+        except psutil.Error:
+            pass
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-n", type=int, default=300, help="messages per client (default 300)")
@@ -45,6 +71,7 @@ def main() -> int:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.2)
+        cpu0 = cpu_by_role(trap)
         ids = set()
         t0 = time.monotonic()
         for i in range(args.n):
@@ -62,6 +89,15 @@ def main() -> int:
               f"{len(records) / t_all:.1f} msgs/s end to end")
         accepted = tot.get("accepted_ring", 0) + tot.get("accepted_overflow", 0)
         print(f"status:       accepted {accepted}, processed {tot.get('processed')}")
+        cpu1 = cpu_by_role(trap)
+        per = {role: 1000 * (cpu1.get(role, 0.0) - cpu0.get(role, 0.0)) / len(ids)
+               for role in cpu1}
+        print("CPU per msg:  " + ", ".join(f"{role} {ms:.1f} ms" for role, ms in per.items()))
+        scan = per.get("spamd", 0.0) + per.get("workers", 0.0)
+        if scan:
+            print(f"per core:     about {1000 / scan:.0f} msgs/s scanned (spamd + worker),"
+                  f" about {1000 / max(per.get('ingest', 0.0), 0.001):.0f} msgs/s taken in"
+                  " (ingest)")
         trap.signal(signal.SIGTERM)
         trap.wait_exit(60)
     finally:

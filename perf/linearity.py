@@ -61,6 +61,21 @@ def _attachment(body: bytes) -> bytes:
             b"Content-Transfer-Encoding: base64\r\n\r\n" + body + b"\r\n--b1--\r\n")
 
 
+def _multipart(body: bytes, boundary: bytes = b"b1") -> bytes:
+    return _text(b"--" + boundary + b"\r\nContent-Type: text/plain\r\n\r\n" + body +
+                 b"\r\n--" + boundary + b"--\r\n",
+                 ctype=b"multipart/mixed; boundary=" + boundary)
+
+
+def _nested(depth: int, body: bytes) -> bytes:
+    part = b"Content-Type: text/plain\r\n\r\n" + body
+    for level in reversed(range(depth)):
+        b = b"n%d" % level
+        part = (b"Content-Type: multipart/mixed; boundary=" + b + b"\r\n\r\n--" + b + b"\r\n"
+                + part + b"\r\n--" + b + b"--\r\n")
+    return HEAD + b"MIME-Version: 1.0\r\n" + part
+
+
 # name -> (message of about n bytes, the size n the test and the table use)
 SHAPES: dict[str, Callable[[int], bytes]] = {
     # one token without a digit: the digit-token search backtracked over it
@@ -87,7 +102,8 @@ SHAPES: dict[str, Callable[[int], bytes]] = {
     "encoded words in Subject": lambda n: _subject(_run(b"=?utf-8?q?ab?= ", n)),
     "; repeated in Content-Type": lambda n: _text(b"x", ctype=b"text/plain" + _run(b"; a", n)),
     "base64 junk attachment": lambda n: _attachment(b"!" * n),
-    "boundary-like lines": lambda n: _text(_run(b"--b1x\r\n", n)),
+    "boundary-like lines": lambda n: _multipart(_run(b"--b1x\r\n", n)),
+    "multiparts nested 16 deep": lambda n: _nested(16, _run(b"word ", n)),
     "5 MB single line": lambda n: _text(b"a" * n),
 }
 # the sizes n used for each shape (8n is timed too); the 5 MB line is 8n = 5 MB
@@ -124,24 +140,27 @@ def measure(name: str, n: int, reps: int = 3, budget: float = 60.0,
             min_time: float = 0.02) -> dict[str, object]:
     """Times of ``name`` at n and 8n and their ratio (None when 8n was not run).
 
-    A fast step is called in a loop until a run at n takes ``min_time``, and
-    8n gets the same number of calls, so timer noise does not make the ratio.
+    A fast step is called in a loop until a run takes about ``min_time``, so
+    timer noise does not make the ratio; the times are per call.
     """
     fn = fn or step()
     build = SHAPES[name]
     small, big = build(n), build(8 * n)
+
+    def loops(once: float) -> int:
+        return max(1, min(1000, int(min_time / max(once, 1e-6)) + 1))
+
     try:
         fn(small)  # warm-up: the suffix list, regex caches
-        t1 = cpu_time(fn, small, 1)
-        loops = max(1, min(1000, int(min_time / max(t1, 1e-6)) + 1))
-        t1 = cpu_time(fn, small, reps, loops)
+        t1 = cpu_time(fn, small, reps, loops(cpu_time(fn, small, 1)))
     except Exception as exc:  # a step that raises would crash its worker
         return {"shape": name, "n": n, "t_n": None, "t_8n": None, "ratio": None,
                 "error": type(exc).__name__}
-    if t1 * 64 * loops > budget:
+    if t1 * 64 > budget:
         return {"shape": name, "n": n, "t_n": t1, "t_8n": None, "ratio": None}
     try:
-        t8 = cpu_time(fn, big, reps, loops)
+        once = cpu_time(fn, big, 1)
+        t8 = once if once * reps > budget else cpu_time(fn, big, reps, loops(once))
     except Exception as exc:
         return {"shape": name, "n": n, "t_n": t1, "t_8n": None, "ratio": None,
                 "error": type(exc).__name__}

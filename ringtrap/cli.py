@@ -26,6 +26,14 @@ EX_UNAVAILABLE = 69
 EX_CONFIG = 78
 
 
+def _hint(args: argparse.Namespace) -> str:
+    """For a command that found nothing: a trap run with -c is found only with the same -c."""
+    if getattr(args, "config", None):
+        return ""
+    return ("; without -c this looks where the built-in defaults put things: give it the"
+            " -c FILE the trap runs with")
+
+
 def _load(path: str | None) -> configmod.Config:
     if path is None:
         return configmod.defaults()
@@ -193,10 +201,16 @@ def cmd_status(args: argparse.Namespace) -> int:
         return cmd_top(args)
     st = gather_status(cfg)
     if st is None:
-        print(f"ringtrap: not running (no ring {cfg.ring.name!r} in /dev/shm)", file=sys.stderr)
+        reason = f"no ring {cfg.ring.name!r} in /dev/shm"
+        if args.json:
+            # scripts get an object either way: "running" says which
+            json.dump({"running": False, "version": __version__, "ring": {"name": cfg.ring.name},
+                       "reason": reason}, sys.stdout, indent=2)
+            print()
+        print(f"ringtrap: not running ({reason}){_hint(args)}", file=sys.stderr)
         return EX_UNAVAILABLE
     if args.json:
-        json.dump(st, sys.stdout, indent=2)
+        json.dump({"running": True, **st}, sys.stdout, indent=2)
         print()
     else:
         print_status(st)
@@ -219,7 +233,8 @@ def cmd_purge(args: argparse.Namespace) -> int:
     try:
         o = Overflow(cfg.overflow.dir, cfg.overflow.max_bytes, create=False)
     except FileNotFoundError:
-        print(f"ringtrap: no overflow directory {cfg.overflow.dir}; nothing to purge")
+        print(f"ringtrap: no overflow directory {cfg.overflow.dir}; nothing to purge"
+              f"{_hint(args)}")
         return 0
     if args.quarantine:
         return _purge_quarantine(cfg, o)
@@ -296,7 +311,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         return EX_USAGE
     path = report.day_file(cfg.results.dir, day)
     if not path.exists():
-        print(f"ringtrap: no records for {day} ({path} does not exist)", file=sys.stderr)
+        print(f"ringtrap: no records for {day} ({path} does not exist){_hint(args)}",
+              file=sys.stderr)
         return EX_NOINPUT
     summary = report.summarize(report.read_day(path), top=args.top)
     if args.json:

@@ -750,15 +750,22 @@ class _Setting:
     kind: _Kind
     help: str
     varies: str  # for the docs: how a host-dependent default is chosen
+    # a HUP does not change it: what it sets up (a socket, the ring, a
+    # directory handed to the service user, the log) lives as long as the trap
+    restart: bool = False
 
 
-def _about(kind: _Kind, help: str, *, varies: str = "") -> dict[str, _Setting]:
+def _about(
+    kind: _Kind, help: str, *, varies: str = "", restart: bool = False
+) -> dict[str, _Setting]:
     """Field metadata declaring one key.
 
     ``varies`` must describe a default computed by a ``default_factory``:
     the docs table shows that text, so it is the same on every host.
+    ``restart``: the key takes effect at the next start only; every other key
+    takes effect in every process on HUP.
     """
-    return {_META: _Setting(kind, help, varies)}
+    return {_META: _Setting(kind, help, varies, restart)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -772,12 +779,15 @@ class IngestConfig:
             "Unix socket of the raw protocol: socat or nc -U hand over a bare message, no"
             " envelope (MTAs should use the submit or LMTP socket).",
             varies="`<runtime>/ingest.sock`",
+            restart=True,
         ),
     )
     socket_mode: int = field(
         default=0o660,
         metadata=_about(
-            _Mode(), "Permissions of the ingest socket; a client needs write permission to connect."
+            _Mode(),
+            "Permissions of the ingest socket; a client needs write permission to connect.",
+            restart=True,
         ),
     )
     socket_group: str = field(
@@ -786,6 +796,7 @@ class IngestConfig:
             _Account("group", _getgrnam),
             "Group owning the ingest socket, to let the MTA's delivery user in;"
             ' "" keeps the group of the ringtrap process.',
+            restart=True,
         ),
     )
     max_message_bytes: int = field(
@@ -833,6 +844,7 @@ class IngestConfig:
             " (sender, recipients, client, queue id) comes with each message, and a message"
             ' cut short is refused; same mode and group as ingest.socket; "" = off.',
             varies="`submit.sock` beside `ingest.socket`",
+            restart=True,
         ),
     )
     lmtp_socket: Path | None = field(
@@ -841,6 +853,7 @@ class IngestConfig:
             _Path(optional=True, unix_socket=True),
             "Unix socket speaking LMTP (RFC 2033) for Postfix's lmtp client or Exim's lmtp"
             ' transport; same mode and group as ingest.socket; "" = off.',
+            restart=True,
         ),
     )
 
@@ -861,6 +874,7 @@ class RingConfig:
             "Name of the POSIX shared-memory segment, also the prefix of its semaphores;"
             " two traps on one host need different names.",
             varies='`"ringtrap"` as root, else `"ringtrap-<uid>"`',
+            restart=True,
         ),
     )
     slots: int = field(
@@ -869,6 +883,7 @@ class RingConfig:
             _Integer(lo=1, hi=1_000_000),
             "Number of slots: how many messages the ring holds before the ingest spills"
             " to the overflow directory.",
+            restart=True,
         ),
     )
     slot_bytes: int = field(
@@ -876,12 +891,14 @@ class RingConfig:
         metadata=_about(
             _Size(lo=KiB, hi=64 * MiB),
             "Size of one slot; a larger message skips the ring and goes to the overflow directory.",
+            restart=True,
         ),
     )
     mode: int = field(
         default=0o600,
         metadata=_about(
-            _Mode(owner_rw=True), "Permissions of the shared-memory segment and its semaphores."
+            _Mode(owner_rw=True), "Permissions of the shared-memory segment and its semaphores.",
+            restart=True,
         ),
     )
 
@@ -897,6 +914,7 @@ class OverflowConfig:
             "Spill directory for messages that find the ring full or do not fit a slot;"
             " keep it on tmpfs.",
             varies="`/dev/shm/ringtrap.overflow` as root, else `/dev/shm/ringtrap-<uid>.overflow`",
+            restart=True,
         ),
     )
     max_bytes: int = field(
@@ -993,6 +1011,7 @@ class SpamdConfig:
             ' "off": record messages without a spamd score.',
             varies='`"managed"` if spamd is installed (on `PATH`, in `/usr/sbin` or'
             ' `/usr/local/sbin`), else `"off"`',
+            restart=True,
         ),
     )
     timeout: float = field(
@@ -1013,11 +1032,14 @@ class SpamdConfig:
         metadata=_about(
             _Integer(lo=0, hi=1024),
             "Children of a managed spamd (--max-children); 0 = one per worker (workers.count).",
+            restart=True,
         ),
     )
     extra_args: tuple[str, ...] = field(
         default=(),
-        metadata=_about(_TextList(), "Further command-line arguments for a managed spamd."),
+        metadata=_about(
+            _TextList(), "Further command-line arguments for a managed spamd.", restart=True
+        ),
     )
     command: str = field(
         default="spamd",
@@ -1025,6 +1047,7 @@ class SpamdConfig:
             _Text(),
             "Program run as a managed spamd: a path, or a name looked up on PATH and then"
             " in /usr/sbin and /usr/local/sbin.",
+            restart=True,
         ),
     )
     bayes_dir: Path = field(
@@ -1053,6 +1076,7 @@ class ResultsConfig:
             varies="`/var/lib/ringtrap/results` as root, else"
             " `$XDG_STATE_HOME/ringtrap/results` (`~/.local/state/ringtrap/results`"
             " when unset)",
+            restart=True,
         ),
     )
     retention_days: int = field(
@@ -1097,8 +1121,8 @@ class PrefilterConfig:
         metadata=_about(
             _ChoiceList(("virus", "bounce", "autoreply")),
             "Prefilters in force: mail they match is recorded with that verdict and not sent"
-            " to spamd. Oversize (workers.scan_limit_bytes) and unparseable mail are never"
-            " scanned.",
+            " to spamd. Oversize mail (workers.scan_limit_bytes) is never scanned; mail"
+            " ringtrap cannot parse is scanned, with a parse_error in its record.",
         ),
     )
 
@@ -1142,6 +1166,7 @@ class ArchiveConfig:
             _Path(optional=True),
             "Directory of the Maildir archive, one Maildir per UTC day and verdict"
             ' (<dir>/YYYY-MM-DD/<verdict>/new/); "" = no archive.',
+            restart=True,
         ),
     )
     verdicts: tuple[str, ...] = field(
@@ -1171,6 +1196,7 @@ class StageConfig:
             _Integer(lo=0, hi=64),
             "Processes of the slower stage (learning, reporting); 0 = no stage. Scan workers"
             " hand messages to it through its own spill directory and never wait for it.",
+            restart=True,
         ),
     )
     learn: bool = field(
@@ -1219,6 +1245,7 @@ class StageConfig:
             _Path(optional=True),
             'Spill directory the scan workers hand messages on through; "" ='
             ' "<overflow.dir>-stage2". Keep it on tmpfs; it is purged with the overflow.',
+            restart=True,
         ),
     )
     max_bytes: int = field(
@@ -1262,19 +1289,23 @@ class SupervisorConfig:
     )
     pidfile: Path | None = field(
         default=None,
-        metadata=_about(_Path(optional=True), 'File holding the supervisor\'s pid; "" = none.'),
+        metadata=_about(
+            _Path(optional=True), 'File holding the supervisor\'s pid; "" = none.', restart=True
+        ),
     )
     log_file: Path | None = field(
         default=None,
         metadata=_about(
             _Path(optional=True),
             'Log file, reopened on SIGUSR1; "" = standard error (the journal under systemd).',
+            restart=True,
         ),
     )
     log_level: str = field(
         default="info",
         metadata=_about(
-            _Choice(("debug", "info", "warning", "error")), "Least severe level that is logged."
+            _Choice(("debug", "info", "warning", "error")), "Least severe level that is logged.",
+            restart=True,
         ),
     )
     log_format: str = field(
@@ -1284,6 +1315,7 @@ class SupervisorConfig:
             'Log line format: "human" (one readable line) or "json" (one JSON object per'
             " line with the message id, verdict, score and event as keys);"
             " `ringtrap run --log-format` overrides it.",
+            restart=True,
         ),
     )
 
@@ -1298,6 +1330,7 @@ class MetricsConfig:
             _Listen(),
             "Address of the Prometheus metrics endpoint the supervisor serves"
             ' (e.g. "127.0.0.1:9809"); "" = off.',
+            restart=True,
         ),
     )
 
@@ -1313,6 +1346,7 @@ class ServiceConfig:
             "Started as root, the supervisor prepares its directories, ring and socket,"
             " then drops to this user before starting any child;"
             ' "" = keep running as the starting user.',
+            restart=True,
         ),
     )
     group: str = field(
@@ -1320,6 +1354,7 @@ class ServiceConfig:
         metadata=_about(
             _Account("group", _getgrnam),
             'Group to run as with service.user; "" = that user\'s primary group.',
+            restart=True,
         ),
     )
 
@@ -1353,6 +1388,42 @@ def _sections() -> Iterator[tuple[str, type]]:
 def _keys(section_cls: type) -> Iterator[tuple[str, _Setting]]:
     for f in fields(section_cls):
         yield f.name, f.metadata[_META]
+
+
+def restart_only() -> frozenset[str]:
+    """The keys (``section.key``) declared to take effect at the next start only."""
+    return frozenset(
+        f"{section}.{key}"
+        for section, cls in _sections()
+        for key, setting in _keys(cls)
+        if setting.restart
+    )
+
+
+def changed_keys(old: "Config", new: "Config") -> list[str]:
+    """The keys (``section.key``) whose values differ between ``old`` and ``new``."""
+    return [
+        f"{section}.{key}"
+        for section, cls in _sections()
+        for key, _ in _keys(cls)
+        if getattr(getattr(old, section), key) != getattr(getattr(new, section), key)
+    ]
+
+
+def keep_restart_only(new: "Config", old: "Config") -> "Config":
+    """``new`` with every restart-only key set back to its value in ``old``.
+
+    What a HUP applies: the running trap keeps what it set up at its start.
+    """
+    import dataclasses
+
+    sections = {}
+    for section, cls in _sections():
+        fixed = {key: getattr(getattr(old, section), key)
+                 for key, setting in _keys(cls) if setting.restart}
+        if fixed:
+            sections[section] = dataclasses.replace(getattr(new, section), **fixed)
+    return dataclasses.replace(new, **sections)
 
 
 def _spamd_child_timeout(spamd: SpamdConfig) -> float:

@@ -73,7 +73,7 @@ class C(IntEnum):
     VERDICT_AUTOREPLY = 47
     VERDICT_VIRUS = 48
     VERDICT_OVERSIZE = 49  # over workers.scan_limit_bytes
-    VERDICT_UNPARSEABLE = 50
+    VERDICT_UNPARSEABLE = 50  # no longer given: a parse failure is scanned (record parse_error)
     VERDICT_DUPLICATE = 51  # a campaign repeat recorded from its first scan, not scanned
     DEDUPE_HITS = 52  # repeats recognised (scanned again or not)
     ARCHIVED = 53  # messages written to the Maildir archive

@@ -29,6 +29,8 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
+from ringtrap import modes
+
 log = logging.getLogger(__name__)
 
 FILE_NAME = "dedupe.sqlite"
@@ -93,6 +95,9 @@ class DedupeStore:
             except sqlite3.Error:
                 conn.close()
                 raise
+            # SQLite gives -wal and -shm the database's mode; older versions left it 0644
+            modes.tighten_all(*(self.path.with_name(self.path.name + s)
+                                for s in ("", "-wal", "-shm")))
             self._conn, self._pid = conn, os.getpid()
         return self._conn
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from io import BytesIO
 from typing import Any
 
-from ringtrap.mime import MAX_PARSE_BYTES, Message, Part
+from ringtrap.mime import MAX_PARSE_BYTES, Message, Part, iter_full_body
 
 # At most this many URLs, URL domains and attachments are recorded per message.
 MAX_URLS = 100
@@ -247,33 +247,63 @@ def url_domains(found: Iterable[str]) -> list[str]:
 
 @dataclass(frozen=True, slots=True)
 class Attachment:
-    """One attached file as recorded, with what the virus check needs."""
+    """One attached file as recorded, with what the virus check needs.
+
+    ``size`` and ``sha256`` are None when the file could not be read whole
+    (``truncated``): a prefix's hash would name a file nobody sent.
+    """
 
     name: str | None
     type: str
-    size: int
-    sha256: str
+    size: int | None
+    sha256: str | None
     executable: str | None  # why it counts as an executable, or None
 
+    @property
+    def truncated(self) -> bool:
+        return self.sha256 is None
+
     def to_dict(self) -> dict[str, Any]:
+        if self.truncated:
+            return {"name": self.name, "type": self.type, "truncated": True}
         return {"name": self.name, "type": self.type, "size": self.size, "sha256": self.sha256}
 
 
 def attachments(msg: Message) -> list[Attachment]:
-    """Every attachment leaf (at most :data:`MAX_ATTACHMENTS`), decoded, hashed and sniffed."""
+    """Every attachment leaf (at most :data:`MAX_ATTACHMENTS`), decoded, hashed and sniffed.
+
+    One that runs past the walked window is hashed by streaming the rest of
+    the message (bounded memory); the virus check sniffs its walked start.
+    """
     out = []
     for part in msg.parts:
         if not part.is_attachment:
             continue
         data = part.decoded(ATTACHMENT_LIMIT)
+        size: int | None = len(data)
+        digest: str | None = hashlib.sha256(data).hexdigest()
+        if part.cut:
+            size, digest = _stream_hash(msg, part)
         out.append(Attachment(
-            name=part.filename, type=part.content_type, size=len(data),
-            sha256=hashlib.sha256(data).hexdigest(),
+            name=part.filename, type=part.content_type, size=size, sha256=digest,
             executable=executable_reason(part.filename, data),
         ))
         if len(out) >= MAX_ATTACHMENTS:
             break
     return out
+
+
+def _stream_hash(msg: Message, part: Part) -> tuple[int | None, str | None]:
+    """(size, SHA-256) of a part's whole decoded body, (None, None) if it cannot be streamed."""
+    pieces = iter_full_body(msg, part)
+    if pieces is None:
+        return None, None
+    h = hashlib.sha256()
+    size = 0
+    for piece in pieces:
+        h.update(piece)
+        size += len(piece)
+    return size, h.hexdigest()
 
 
 def _extension(name: str | None) -> str:
@@ -429,6 +459,6 @@ def fingerprint(texts: list[tuple[Part, str]], files: list[Attachment]) -> str |
     if len(norm) < MIN_FINGERPRINT_CHARS and not files:
         return None
     h = hashlib.sha256(norm.encode("utf-8", "surrogatepass"))
-    for digest in sorted(f.sha256 for f in files):
+    for digest in sorted(f.sha256 or "truncated" for f in files):
         h.update(b"\0" + digest.encode())
     return h.hexdigest()[:32]

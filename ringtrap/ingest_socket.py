@@ -57,6 +57,7 @@ from enum import IntEnum
 from pathlib import Path
 from types import FrameType
 
+from ringtrap import config as configmod
 from ringtrap import envelope, logs, titles
 from ringtrap.config import Config
 from ringtrap.counters import C
@@ -482,6 +483,36 @@ class IngestServer:
             row.set_state(ProcState.IDLE)
 
     # -- control ---------------------------------------------------------------
+
+    def reconfigure(self, cfg: Config) -> None:
+        """Take the reloadable settings of ``cfg`` (a HUP); see :data:`RELOADED`.
+
+        Connections in progress keep their messages; the new limits apply
+        from the next byte, the budgets from the next accept.
+        """
+        ing = cfg.ingest
+        self.max_message_bytes = ing.max_message_bytes
+        self.idle_timeout = ing.idle_timeout
+        self.message_timeout = ing.message_timeout
+        self.max_connections = ing.max_connections
+        for lst in self._side:
+            lst.limit = ing.submit_max_connections if lst.kind == "submit" else (
+                ing.lmtp_max_connections)
+        self.store.overflow.max_bytes = cfg.overflow.max_bytes
+        self._idle_due = float("-inf")  # the timers are looked at again next turn
+
+    def settings(self) -> dict[str, object]:
+        """The values of the :data:`RELOADED` keys this server now works with."""
+        budgets = {lst.kind: lst.limit for lst in self._side}
+        return {
+            "ingest.max_message_bytes": self.max_message_bytes,
+            "ingest.idle_timeout": self.idle_timeout,
+            "ingest.message_timeout": self.message_timeout,
+            "ingest.max_connections": self.max_connections,
+            "ingest.submit_max_connections": budgets.get("submit"),
+            "ingest.lmtp_max_connections": budgets.get("lmtp"),
+            "overflow.max_bytes": self.store.overflow.max_bytes,
+        }
 
     @property
     def wakeup_fd(self) -> int:
@@ -1240,7 +1271,7 @@ class _ChildSignals:
     action; a stop asked before the server exists is applied once it does.
     """
 
-    __slots__ = ("drain", "reopen", "server", "stop_graceful", "stop_now")
+    __slots__ = ("drain", "reload", "reopen", "server", "stop_graceful", "stop_now")
 
     def __init__(self, drain: float) -> None:
         self.drain = drain
@@ -1248,14 +1279,15 @@ class _ChildSignals:
         self.stop_graceful = False
         self.stop_now = False
         self.reopen = False
+        self.reload = False
 
     def install(self) -> None:
         signal.signal(signal.SIGTERM, self._term)
         signal.signal(signal.SIGINT, self._quit)
         signal.signal(signal.SIGQUIT, self._quit)
         signal.signal(signal.SIGUSR1, self._usr1)
-        # reload belongs to the supervisor; the default action would kill the ingest
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        # the supervisor forwards a reload it has accepted
+        signal.signal(signal.SIGHUP, self._hup)
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)
 
     def attach(self, server: IngestServer) -> None:
@@ -1278,6 +1310,9 @@ class _ChildSignals:
     def _usr1(self, signum: int, frame: FrameType | None) -> None:
         self.reopen = True  # the loop reopens the log file (logrotate)
 
+    def _hup(self, signum: int, frame: FrameType | None) -> None:
+        self.reload = True  # the loop loads the configuration again
+
 
 def child_main(
     cfg: Config,
@@ -1286,6 +1321,7 @@ def child_main(
     *,
     submit: socket.socket | None = None,
     lmtp: socket.socket | None = None,
+    config_path: Path | None = None,
 ) -> int:
     """Run the ingest in a forked child; return its exit code (0: clean stop).
 
@@ -1294,14 +1330,15 @@ def child_main(
 
     Expects the parent's fork hygiene to have run (signals reset, foreign fds
     closed, title set).  TERM stops gracefully, INT and QUIT at once, USR1
-    reopens the log file, HUP is ignored; the loop also stops gracefully when
+    reopens the log file, HUP loads ``config_path`` again and applies its
+    reloadable keys (the supervisor sends it once it has accepted the file;
+    without a file HUP does nothing); the loop also stops gracefully when
     the parent is gone.  If this process dies at any point, nothing it
     answered OK is lost and the rest is recovered as the module docstring
     says; a failure to start is logged and returns 1.
     """
     ppid = os.getppid()
-    # well inside the supervisor's own deadline, so clients still get an answer
-    signals = _ChildSignals(min(10.0, cfg.supervisor.graceful_timeout / 2))
+    signals = _ChildSignals(_drain_timeout(cfg))
     signals.install()
     try:
         ring = Ring.attach(cfg.ring.name)
@@ -1309,7 +1346,8 @@ def child_main(
         log.exception("ingest cannot attach the ring %r", cfg.ring.name)
         return 1
     try:
-        return _serve_child(cfg, (listener, submit, lmtp), ring, row_index, signals, ppid)
+        return _serve_child(cfg, (listener, submit, lmtp), ring, row_index, signals, ppid,
+                            config_path)
     except Exception:
         log.exception("ingest failed")
         return 1
@@ -1324,6 +1362,7 @@ def _serve_child(
     row_index: int,
     signals: _ChildSignals,
     ppid: int,
+    config_path: Path | None = None,
 ) -> int:
     ing = cfg.ingest
     overflow = Overflow(cfg.overflow.dir, cfg.overflow.max_bytes)
@@ -1354,6 +1393,9 @@ def _serve_child(
             if signals.reopen:
                 signals.reopen = False
                 logs.reopen()
+            if signals.reload:
+                signals.reload = False
+                cfg = _reload(cfg, config_path, server, signals)
             if not orphaned and os.getppid() != ppid:
                 orphaned = True
                 log.warning("supervisor (pid %d) is gone: finishing and exiting", ppid)
@@ -1362,6 +1404,47 @@ def _serve_child(
         signal.set_wakeup_fd(-1)
         server.close()
     return 0
+
+
+# The keys the running ingest takes on HUP; every other key it reads is
+# restart-only (config.restart_only()), which a test checks.
+RELOADED = frozenset({
+    "ingest.max_message_bytes",
+    "ingest.idle_timeout",
+    "ingest.message_timeout",
+    "ingest.max_connections",
+    "ingest.submit_max_connections",
+    "ingest.lmtp_max_connections",
+    "overflow.max_bytes",
+    "supervisor.graceful_timeout",
+})
+
+
+def _drain_timeout(cfg: Config) -> float:
+    # well inside the supervisor's own deadline, so clients still get an answer
+    return min(10.0, cfg.supervisor.graceful_timeout / 2)
+
+
+def _reload(
+    cfg: Config, path: Path | None, server: IngestServer, signals: _ChildSignals
+) -> Config:
+    """Load ``path`` again and apply it; the configuration now in force.
+
+    The file is the one the supervisor has just accepted; a file that fails
+    to load now (edited again in between) leaves everything as it was.
+    """
+    if path is None:
+        return cfg
+    try:
+        new = configmod.keep_restart_only(configmod.load(path), cfg)
+    except (configmod.ConfigError, OSError) as e:
+        log.error("HUP: configuration refused, keeping the running one:\n%s", e)
+        return cfg
+    server.reconfigure(new)
+    signals.drain = _drain_timeout(new)
+    changed = [key for key in configmod.changed_keys(cfg, new) if key in RELOADED]
+    log.info("HUP: ingest applied %s", ", ".join(changed) or "no changes")
+    return new
 
 
 __all__ = [
@@ -1375,6 +1458,7 @@ __all__ = [
     "REASON_STORE_FAILED",
     "REASON_TIMEOUT",
     "REASON_TOO_LARGE",
+    "RELOADED",
     "TEMPFAIL",
     "Gate",
     "IngestServer",

@@ -22,6 +22,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from ringtrap import modes
+
 _role = "supervisor"
 _FORMAT = "%(asctime)s ringtrap[%(process)d] %(role)s %(levelname)s %(name)s: %(message)s"
 
@@ -121,6 +123,7 @@ def setup(level: str = "info", log_file: Path | None = None, fmt: str = "human")
     else:
         log_file.parent.mkdir(parents=True, exist_ok=True)
         handler = logging.FileHandler(log_file, encoding="utf-8")
+        modes.tighten(log_file)  # the log names senders: not for other users
     handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(_FORMAT))
     handler.addFilter(_RoleFilter())
     root.addHandler(handler)

@@ -13,7 +13,9 @@ before it is asked to decode one, and never raises on any input:
 * a header block is read up to :data:`HEADER_WINDOW` bytes and
   :data:`MAX_HEADERS` fields;
 * at most :data:`MAX_PARTS` parts, nested at most :data:`MAX_DEPTH` deep;
-* a part decodes to at most the ``limit`` its caller passes.
+* a part decodes to at most the ``limit`` its caller passes;
+  :func:`iter_full_body` streams one that runs past the walked window, in
+  bounded pieces, for its size and hash.
 
 What a limit cut short is noted in :attr:`Message.defects`; what cannot be
 read as a message at all (empty, no header fields, nested deeper than
@@ -24,7 +26,9 @@ here writes anything: a process that dies in the middle leaves nothing behind.
 from __future__ import annotations
 
 import binascii
+import itertools
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 # Only this much of a message is walked; the rest is counted, not read.
@@ -54,6 +58,8 @@ _PARAM = re.compile(
 )
 _RFC2231_INDEX = re.compile(r"(.+?)\*(\d{1,3})(\*?)$")
 _PERCENT = re.compile(r"%([0-9A-Fa-f]{2})")
+# A part past the walked window is streamed in pieces of about this size.
+STREAM_CHUNK = 1024 * 1024
 
 
 @dataclass(slots=True)
@@ -75,6 +81,11 @@ class Part:
     body: memoryview
     is_container: bool = False  # multipart/* or message/rfc822: its children follow it
     _decoded: tuple[int, bytes] | None = None  # (limit, result) of the last decode
+    offset: int = 0  # where the body starts in the whole message
+    # the body runs past the walked window: ``body`` is only its start
+    cut: bool = False
+    # the delimiter line ("--boundary") of the nearest multipart around it; b"" if none
+    closing: bytes = b""
 
     @property
     def maintype(self) -> str:
@@ -115,6 +126,7 @@ class Message:
     defects: list[str] = field(default_factory=list)
     unparseable: str | None = None  # why this is not a message, or None
     window: bytes = b""  # the walked start of the message (MAX_PARSE_BYTES), one copy
+    data: memoryview = field(default_factory=lambda: memoryview(b""))  # the whole message
 
     def raw(self, name: str) -> bytes | None:
         """The first ``name`` field's raw value (``name`` in lower case), or None."""
@@ -162,7 +174,7 @@ def _parse(view: memoryview) -> Message:
     # one copy of the walked window; every part is a range of it
     buf = bytes(view[:MAX_PARSE_BYTES])
     headers, offset, defects = parse_header_block(buf, 0, len(buf))
-    msg = Message(headers=headers, body=view[offset:], defects=defects, window=buf)
+    msg = Message(headers=headers, body=view[offset:], defects=defects, window=buf, data=view)
     if not headers:
         msg.unparseable = "no header fields"
         return msg
@@ -177,17 +189,20 @@ def _parse(view: memoryview) -> Message:
 def _walk(msg: Message, buf: bytes, top_headers: list[tuple[str, bytes]], offset: int) -> None:
     """Fill ``msg.parts`` depth first with an explicit stack (no Python recursion)."""
     whole = memoryview(buf)
-    # (headers, body start, body end, depth, default type); children are pushed
-    # in reverse so they come off in document order
-    stack: list[tuple[list[tuple[str, bytes]], int, int, int, str]] = [
-        (top_headers, offset, len(buf), 0, "text/plain")
+    # a range that reaches the window's end goes on in the rest of the message
+    cut_at = len(buf) if msg.data.nbytes > len(buf) else -1
+    # (headers, body start, body end, depth, default type, closing delimiter);
+    # children are pushed in reverse so they come off in document order
+    stack: list[tuple[list[tuple[str, bytes]], int, int, int, str, bytes]] = [
+        (top_headers, offset, len(buf), 0, "text/plain", b"")
     ]
     while stack:
-        headers, start, end, depth, default = stack.pop()
+        headers, start, end, depth, default, closing = stack.pop()
         if len(msg.parts) >= MAX_PARTS:
             msg.defects.append(f"more than {MAX_PARTS} parts; the rest not walked")
             return
         part = _make_part(len(msg.parts), depth, headers, whole[start:end], default)
+        part.offset, part.cut, part.closing = start, end == cut_at, closing
         msg.parts.append(part)
         if part.maintype == "multipart":
             if depth >= MAX_DEPTH:
@@ -203,11 +218,12 @@ def _walk(msg: Message, buf: bytes, top_headers: list[tuple[str, bytes]], offset
                                        msg.defects)
             child_default = ("message/rfc822" if part.content_type == "multipart/digest"
                              else "text/plain")
+            delim = b"--" + boundary.encode("utf-8", "replace")
             for c_start, c_end in reversed(children):
                 c_headers, c_off, defects = parse_header_block(buf, c_start, c_end,
                                                                allow_empty=True)
                 msg.defects.extend(defects)
-                stack.append((c_headers, c_off, c_end, depth + 1, child_default))
+                stack.append((c_headers, c_off, c_end, depth + 1, child_default, delim))
         elif part.content_type == "message/rfc822" and part.encoding in ("", "7bit", "8bit",
                                                                          "binary"):
             if depth >= MAX_DEPTH:
@@ -217,7 +233,7 @@ def _walk(msg: Message, buf: bytes, top_headers: list[tuple[str, bytes]], offset
             msg.defects.extend(defects)
             if i_headers:
                 part.is_container = True
-                stack.append((i_headers, i_off, end, depth + 1, "text/plain"))
+                stack.append((i_headers, i_off, end, depth + 1, "text/plain", closing))
 
 
 def _make_part(index: int, depth: int, headers: list[tuple[str, bytes]], body: memoryview,
@@ -413,6 +429,64 @@ def decode_body(body: bytes | memoryview, encoding: str, limit: int) -> bytes:
         except (binascii.Error, ValueError):
             return bytes(body[:limit])
     return bytes(body[:limit])
+
+
+def iter_full_body(msg: Message, part: Part) -> Iterator[bytes] | None:
+    """The whole decoded body of a ``part`` cut by the walk, in pieces; None if not streamable.
+
+    The body ends where split_multipart would have ended it had the window
+    been larger: at the line break before the next ``part.closing``
+    delimiter line, or at the end of the message.  The pieces are decoded
+    from :data:`STREAM_CHUNK`-sized slices of the message, so memory stays
+    bounded whatever the size.  None: a quoted-printable line longer than a
+    slice (it cannot be cut without changing what it decodes to) or a
+    message that was not kept whole.
+    """
+    data = msg.data
+    if not data.nbytes:
+        return None
+    end = data.nbytes
+    if part.closing:
+        line = re.compile(rb"\n" + re.escape(part.closing) + rb"(?:--)?[ \t\r\x0b\x0c]*(?:\n|\Z)")
+        m = line.search(data, max(0, part.offset - 1))
+        if m is not None:
+            end = max(part.offset, m.start() - (data[m.start() - 1 : m.start()] == b"\r"))
+    body = data[part.offset : end]
+    if part.encoding == "base64":
+        return _iter_base64(body)
+    if part.encoding == "quoted-printable":
+        return _iter_qp(body)
+    return (bytes(body[i : i + STREAM_CHUNK]) for i in range(0, body.nbytes, STREAM_CHUNK))
+
+
+def _iter_base64(body: memoryview) -> Iterator[bytes]:
+    """What :func:`_unbase64` makes of ``body``, one slice at a time."""
+    carry = b""
+    for i in range(0, body.nbytes, STREAM_CHUNK):
+        text = carry + _NOT_BASE64.sub(b"", body[i : i + STREAM_CHUNK])
+        whole = len(text) - len(text) % 4
+        carry = text[whole:]
+        yield binascii.a2b_base64(text[:whole])
+    if len(carry) % 4 != 1:  # a lone trailing character carries no whole byte
+        yield binascii.a2b_base64(carry + b"=" * (-len(carry) % 4))
+
+
+def _iter_qp(body: memoryview) -> Iterator[bytes] | None:
+    """What ``binascii.a2b_qp`` makes of ``body``, decoded line-aligned slice by slice.
+
+    After every line feed a2b_qp starts afresh (a soft break or an escape
+    never spans one), so slices that end after one decode to the same bytes;
+    None when a line is longer than a slice.
+    """
+    cuts = [0]
+    while body.nbytes - cuts[-1] > STREAM_CHUNK:
+        start = cuts[-1]
+        nl = bytes(body[start : start + STREAM_CHUNK]).rfind(b"\n")
+        if nl < 0:
+            return None
+        cuts.append(start + nl + 1)
+    cuts.append(body.nbytes)
+    return (binascii.a2b_qp(bytes(body[a:b])) for a, b in itertools.pairwise(cuts))
 
 
 def clean(text: str) -> str:

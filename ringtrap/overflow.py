@@ -35,6 +35,7 @@ import errno
 import logging
 import os
 import re
+import stat
 import threading
 import time
 import weakref
@@ -102,6 +103,70 @@ class OverflowClaimLost(OverflowError):
     """A claimed file is no longer in cur/ (it was recovered by someone else)."""
 
 
+class UntrustedFile(OverflowError):
+    """A spill file the trap will not read; ``reason`` says why, ``size`` is lstat's."""
+
+    def __init__(self, path: Path, reason: str, size: int) -> None:
+        self.path = path
+        self.reason = reason
+        self.size = size
+        super().__init__(f"{path}: {reason}")
+
+
+_KINDS = ((stat.S_ISLNK, "a symlink"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+          (stat.S_ISDIR, "a directory"))
+
+
+def _kind(mode: int) -> str:
+    return next((name for test, name in _KINDS if test(mode)), "not a regular file")
+
+
+def open_trusted(path: Path, size: int | None = None, uid: int | None = None) -> BinaryIO:
+    """Open a spill file for reading only if the trap itself could have written it.
+
+    It must be a regular file (no symlink, FIFO, device...), owned by ``uid``
+    (default: this process's effective uid), with one link (a hard link
+    could expose any file of that user), and ``size`` bytes long when given
+    (the size its name claims). Anything else raises :class:`UntrustedFile`
+    without a byte read: the file is looked at with lstat() first and opened
+    with O_NOFOLLOW | O_NONBLOCK | O_NOCTTY, so neither a swapped-in link nor
+    a FIFO without a writer can make the open follow or block.
+    FileNotFoundError passes through (the claim was recovered meanwhile).
+    """
+    want = os.geteuid() if uid is None else uid
+    st = os.lstat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise UntrustedFile(path, _kind(st.st_mode), st.st_size)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY
+                     | os.O_CLOEXEC)
+    except OSError as e:
+        if e.errno == errno.ENOENT:
+            raise
+        why = "a symlink" if e.errno == errno.ELOOP else f"cannot be opened ({e.strerror})"
+        raise UntrustedFile(path, why, st.st_size) from None
+    try:
+        fst = os.fstat(fd)
+        why = ""
+        if (fst.st_dev, fst.st_ino) != (st.st_dev, st.st_ino):
+            why = "replaced while being opened"
+        elif not stat.S_ISREG(fst.st_mode):
+            why = _kind(fst.st_mode)
+        elif fst.st_uid != want:
+            why = f"owned by uid {fst.st_uid}, not the trap's uid {want}"
+        elif fst.st_nlink != 1:
+            why = f"{fst.st_nlink} hard links"
+        elif size is not None and fst.st_size != size:
+            why = f"{fst.st_size} bytes, not the {size} its name says"
+        if why:
+            raise UntrustedFile(path, why, fst.st_size)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 @dataclass(frozen=True, slots=True)
 class OverflowClaim:
     """A ready message moved into cur/ under ``owner``; ack, release or quarantine it."""
@@ -114,12 +179,13 @@ class OverflowClaim:
     owner: Identity
 
     def read(self) -> bytes:
-        """Return the whole message."""
-        return self.path.read_bytes()
+        """Return the whole message; UntrustedFile if it is not one the trap wrote."""
+        with self.open() as f:
+            return f.read()
 
     def open(self) -> BinaryIO:
-        """Open the message for reading (the caller closes it)."""
-        return open(self.path, "rb")
+        """Open the message for reading (the caller closes it); see :func:`open_trusted`."""
+        return open_trusted(self.path, self.size)
 
 
 class OverflowStats(NamedTuple):
@@ -445,7 +511,13 @@ class Overflow:
         names = os.listdir(self._dirs["new"])
         # Listings come back nearly ordered, which timsort handles in linear time.
         names.sort(reverse=True)
-        self._claim_cache = names[-CLAIM_WINDOW:]
+        window = names[-CLAIM_WINDOW:]
+        # A message attempted before (a worker died on it) may kill the next
+        # one too: within the window it comes after the fresh ones, so a
+        # replacement worker does not take it first, and before the next
+        # listing, so it is not put off for ever.
+        self._claim_cache = ([n for n in window if not n.endswith(",A=0")]
+                             + [n for n in window if n.endswith(",A=0")])
         return len(names) <= CLAIM_WINDOW
 
     def _requeue_into_cache(self, name: str) -> None:
@@ -454,7 +526,7 @@ class Overflow:
         # names left out of a truncated window are not overtaken.
         with self._lock:
             cache = self._claim_cache
-            if cache and name < cache[0]:
+            if cache and _claim_key(name) < _claim_key(cache[0]):
                 _insort_desc(cache, name)
 
     def claim(self, owner: Identity) -> OverflowClaim | None:
@@ -591,8 +663,8 @@ class Overflow:
                 if used + size <= self.quarantine_max_bytes:
                     break
                 used -= n
-                _unlink_quietly(d / (name + REASON_SUFFIX))
-                if _unlink_quietly(d / name):
+                _drop(d / (name + REASON_SUFFIX))
+                if _drop(d / name):
                     count += 1
                     nbytes += n
         if count:
@@ -616,9 +688,12 @@ class Overflow:
                 os.unlink(claim.path)
             except FileNotFoundError:
                 raise OverflowClaimLost(f"{claim.msgid}: claim no longer in cur/") from None
-            log.warning("%s: quarantined and dropped, %d bytes over the quarantine cap %d: %s",
-                        claim.msgid, claim.size, self.quarantine_max_bytes, reason)
-            return Quarantined(dst, False, PurgeResult(0, 0))
+            except OSError:
+                pass  # not unlinkable (a planted directory): moved into failed/ below
+            else:
+                log.warning("%s: quarantined and dropped, %d bytes over the quarantine cap %d:"
+                            " %s", claim.msgid, claim.size, self.quarantine_max_bytes, reason)
+                return Quarantined(dst, False, PurgeResult(0, 0))
         dropped = self._make_room(claim.size)
         reason_path = self._write_reason(dst.name, reason)
         try:
@@ -709,12 +784,12 @@ class Overflow:
             if cutoff is not None and name[:13] >= cutoff:
                 continue
             if reasons and name.endswith(REASON_SUFFIX):
-                _unlink_quietly(d / name)
+                _drop(d / name)
                 continue
             parsed = parse_ready(name)
             if parsed is None:
                 continue
-            if _unlink_quietly(d / name):
+            if _drop(d / name):
                 count += 1
                 nbytes += parsed[1]
                 if dropped is not None:
@@ -930,12 +1005,27 @@ def _unlink_quietly(path: str | Path) -> bool:
     return True
 
 
+def _drop(path: Path) -> bool:
+    """Unlink for a purge: a planted directory (or any other refusal) is logged, never raised."""
+    try:
+        return _unlink_quietly(path)
+    except OSError as e:
+        log.warning("%s: cannot remove (%s); left in place", path, e.strerror)
+        return False
+
+
+def _claim_key(name: str) -> tuple[bool, str]:
+    """The claim order: fresh names first, each part oldest first."""
+    return (not name.endswith(",A=0"), name)
+
+
 def _insort_desc(names: list[str], name: str) -> None:
-    # The cache is sorted newest first; bisect on the negated order.
+    # The cache is in reverse claim order (popped from the end); bisect on it.
+    key = _claim_key(name)
     lo, hi = 0, len(names)
     while lo < hi:
         mid = (lo + hi) // 2
-        if names[mid] > name:
+        if _claim_key(names[mid]) > key:
             lo = mid + 1
         else:
             hi = mid
@@ -952,7 +1042,9 @@ __all__ = [
     "PurgeResult",
     "Quarantined",
     "SpillWriter",
+    "UntrustedFile",
     "fs_type",
+    "open_trusted",
     "parse_owner",
     "parse_ready",
     "ready_name",

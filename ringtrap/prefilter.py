@@ -1,10 +1,12 @@
 """Cheap checks before spamd: what a trap records but never needs to scan.
 
-Bounces and delivery reports, auto-replies, virus-like mail, oversize mail
-and messages that cannot be parsed are recorded with their verdict and a
-reason and are not sent to spamd: they are backscatter or malware, not the
-spam the trap exists to study, and scanning them costs a spamd child the
-time of a real message.  :func:`check` runs the enabled checks in a fixed
+Bounces and delivery reports, auto-replies, virus-like mail and oversize
+mail are recorded with their verdict and a reason and are not sent to spamd:
+they are backscatter or malware, not the spam the trap exists to study, and
+scanning them costs a spamd child the time of a real message.  Mail that
+ringtrap cannot parse is not among them: spamd copes with it (a BSMTP
+stream, a body without header fields), so it is scanned, and the parse
+failure is only noted in its record.  :func:`check` runs the enabled checks in a fixed
 order (the first that matches decides) and never raises.  Nothing here
 writes anything.
 """
@@ -17,14 +19,16 @@ from ringtrap.envelope import Envelope
 from ringtrap.extract import Attachment, address_local, contains_eicar
 from ringtrap.mime import Message
 
-# Verdicts the prefilters give, in the order they are checked (after "unparseable").
+# Verdicts the prefilters give, in the order they are checked.
 BOUNCE = "bounce"
 AUTOREPLY = "autoreply"
 VIRUS = "virus"
 OVERSIZE = "oversize"
+# No longer given (a parse failure is scanned and noted as "parse_error"):
+# kept because older records and configurations name it.
 UNPARSEABLE = "unparseable"
-# The checks an operator can turn off (prefilter.checks); oversize and
-# unparseable always apply: neither can be scanned meaningfully.
+# The checks an operator can turn off (prefilter.checks); oversize always
+# applies: spamd reads only the start of a large message.
 CHECKS = (VIRUS, BOUNCE, AUTOREPLY)
 
 BOUNCE_SENDERS = frozenset({"mailer-daemon", "postmaster"})
@@ -43,11 +47,11 @@ def check(msg: Message, raw: bytes | memoryview, env: Envelope, size: int,
 
     ``raw`` is the message as received, ``size`` its length, ``files`` its
     attachments as :func:`ringtrap.extract.attachments` found them.  Order:
-    unparseable, virus, bounce, autoreply, oversize — a virus that comes back
-    inside a bounce is a virus, and a bounce is a bounce at any size.
+    virus, bounce, autoreply, oversize — a virus that comes back inside a
+    bounce is a virus, and a bounce is a bounce at any size.  A message the
+    walk could not parse goes through the same checks on what is known (the
+    raw bytes, the envelope).
     """
-    if msg.unparseable:
-        return UNPARSEABLE, msg.unparseable
     if VIRUS in checks:
         why = virus_reason(msg, raw, files)
         if why:

@@ -48,8 +48,10 @@ RECORD_KEYS = (
     "relay_ip", "relay_helo", "relay_source", "from_domain", "reply_to_domain",
     "return_path_domain", "date", "urls", "url_domains", "attachments", "body_sha256",
     "fingerprint", "duplicate_of", "defects", "archived", "timings_ms", "quarantine",
+    "parse_error",
 )
 
+# "unparseable" is found only in records written before parse failures were scanned
 VERDICTS = (
     "spam", "ham", "not_scanned", "error", prefilter.BOUNCE, prefilter.AUTOREPLY,
     prefilter.VIRUS, prefilter.OVERSIZE, prefilter.UNPARSEABLE, "duplicate",
@@ -116,7 +118,7 @@ class Processor:
         msg = mime.parse(message)
         clock.lap("parse")
         record = self._describe(msgid, received, attempts, size, env, msg)
-        files = [] if msg.unparseable else extract.attachments(msg)
+        files = extract.attachments(msg)
         texts = extract.text_parts(msg)
         found = extract.urls(text for _, text in texts)
         record["urls"] = found
@@ -170,6 +172,8 @@ class Processor:
             "return_path_domain": extract.address_domain(return_path),
             "date": msg.get("date"),
             "defects": msg.defects,
+            # why the walk could not read it as a message; it is scanned all the same
+            "parse_error": msg.unparseable,
         })
         return record
 

@@ -90,7 +90,7 @@ def summarize(records: Iterable[dict[str, Any]], top: int = TOP) -> dict[str, An
     sizes: list[float] = []
     scan_ms: list[float] = []
     size_hist = [0] * (len(SIZE_BUCKETS) + 1)
-    total = duplicates_seen = 0
+    total = duplicates_seen = parse_errors = 0
     for r in records:
         total += 1
         verdict = str(r.get("verdict"))
@@ -115,6 +115,8 @@ def summarize(records: Iterable[dict[str, Any]], top: int = TOP) -> dict[str, An
             hours[int(received[11:13])] += 1
         if r.get("duplicate_of"):
             duplicates_seen += 1
+        if r.get("parse_error"):
+            parse_errors += 1
         fp = r.get("fingerprint")
         if isinstance(fp, str):
             c = campaigns.setdefault(fp, {"fingerprint": fp, "messages": 0, "first": r.get("id"),
@@ -131,6 +133,8 @@ def summarize(records: Iterable[dict[str, Any]], top: int = TOP) -> dict[str, An
     return {
         "messages": total,
         "verdicts": dict(verdicts.most_common()),
+        # scanned (or prefiltered) all the same: a note, not a verdict
+        "parse_errors": parse_errors,
         "top_rules": rules.most_common(top),
         "top_relays": relays.most_common(top),
         "top_networks": networks.most_common(top),
@@ -199,13 +203,17 @@ def render_text(summary: dict[str, Any], day: str) -> str:
 
     lines += _table("Verdicts", ("verdict", "messages", "share"),
                     [(v, n, pct(n)) for v, n in summary["verdicts"].items()])
+    lines += ["", f"Parse errors: {summary['parse_errors']} messages ringtrap could not parse"
+                  " (scanned all the same; the record's parse_error says why)"]
     lines += _table("Top rules", ("rule", "hits"), summary["top_rules"])
     lines += _table("Top relay IPs", ("relay", "messages"), summary["top_relays"])
     lines += _table("Top relay networks", ("network", "messages"), summary["top_networks"])
     lines += _table("Top URL domains", ("domain", "messages"), summary["top_url_domains"])
     c = summary["campaigns"]
-    lines += ["", f"Campaigns: {c['groups']} groups of repeated bodies hold"
-                  f" {c['messages_in_groups']} messages ({c['repeats']} repeats);"
+    hold = "holds" if c["groups"] == 1 else "hold"
+    lines += ["", f"Campaigns: {_count(c['groups'], 'group')} of repeated bodies {hold}"
+                  f" {_count(c['messages_in_groups'], 'message')}"
+                  f" ({_count(c['repeats'], 'repeat')});"
                   f" {c['recognised_repeats']} recognised as repeats when they arrived,"
                   f" {c['scans_saved']} scans saved"]
     lines += _table("Largest campaigns", ("fingerprint", "messages", "relays", "verdicts",
@@ -223,6 +231,27 @@ def render_text(summary: dict[str, Any], day: str) -> str:
     lines += _table("Scan times (ms, spamd)", ("scans", "mean", "median", "p95", "max"),
                     [(t["count"], t["mean"], t["median"], t["p95"], t["max"])])
     return "\n".join(lines) + "\n"
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def draw_bars(ax: Any, labels: list[str], values: list[float], horizontal: bool) -> None:
+    """One chart's bars, each with its value: a 1 beside a 400 stays readable."""
+    if horizontal:
+        bars = ax.barh(labels[::-1], values[::-1])
+        shown = values[::-1]
+    else:
+        bars = ax.bar(labels, values)
+        ax.tick_params(axis="x", labelrotation=45 if len(labels) > 8 else 0)
+        shown = values
+    ax.bar_label(bars, labels=[f"{v:g}" if v else "" for v in shown], padding=2, fontsize=8)
+    # room for the label of the longest bar
+    if horizontal:
+        ax.margins(x=0.1)
+    else:
+        ax.margins(y=0.1)
 
 
 def render_charts(summary: dict[str, Any], day: str, outdir: Path) -> list[Path]:
@@ -251,11 +280,7 @@ def render_charts(summary: dict[str, Any], day: str, outdir: Path) -> list[Path]
     for name, title, labels, values, horizontal in charts:
         fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
         try:
-            if horizontal:
-                ax.barh(labels[::-1], values[::-1])
-            else:
-                ax.bar(labels, values)
-                ax.tick_params(axis="x", labelrotation=45 if len(labels) > 8 else 0)
+            draw_bars(ax, labels, values, horizontal)
             ax.set_title(f"{title} — {day}")
             fig.tight_layout()
             path = outdir / f"ringtrap-{day}-{name}.png"

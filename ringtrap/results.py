@@ -25,6 +25,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from ringtrap import modes
+
 log = logging.getLogger(__name__)
 
 PREFIX = "results-"
@@ -117,6 +119,7 @@ class ResultSink:
         self.directory = Path(directory)
         self.retention_days = retention_days
         self.directory.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+        modes.tighten(self.directory)  # one an older version made 0755
         self._clock = clock
         self._mode = mode
         self._fd = -1

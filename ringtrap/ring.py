@@ -16,6 +16,8 @@ Segment layout (native byte order, every field a 64-bit word unless noted)::
                     107 stray (READY slots behind tail: requeued or released)
                     108..123 guest lock intents, 8 pairs (token, try), for
                         processes without a row (see "The lock" below)
+                    124 passed (fresh claims taken while an attempted
+                        message waited behind tail)
     ROWS            process table, ROW_WORDS words per row
                       0 pid  1 role  2 start  3 state  4 index
                       5 heartbeat (monotonic ns)  6 state since (monotonic ns)
@@ -44,7 +46,12 @@ Consumers wait on "ready" with a timeout (a post lost or doubled by a crash
 costs at most one poll), then under the lock take the slot at ``tail`` if it
 is READY with ``seq == tail`` and otherwise step over it.  Slots made READY
 again behind ``tail`` (a dead consumer's claim, a released one) are counted
-in ``stray`` and found by a scan, oldest first.
+in ``stray`` and found by a scan, oldest first.  A stray that was attempted
+before (a worker died holding it, or it timed out spamd) may be what kills
+workers: fresh messages go first, and it is taken when none is left or
+after every ``_SUSPECT_EVERY`` fresh claims, so it is still processed (and
+quarantined at its attempt limit) without every replacement worker dying
+on it first.
 
 Every FILLING or CLAIMED slot and the lock carry an owner identity
 (:mod:`ringtrap.proc`) packed into one word, ``start << 22 | pid`` (Linux pids
@@ -109,6 +116,7 @@ H_HEAD, H_TAIL, H_STRAY = 96, 106, 107
 H_GENERATION, H_LOCK_BREAKS, H_REQUEUED, H_FREED = 15, 16, 17, 18
 H_RETIRED = 32
 H_GUESTS, GUESTS = 108, 8
+H_PASSED = 124
 # row words
 R_PID, R_ROLE, R_START, R_STATE, R_INDEX, R_BEAT, R_SINCE = range(7)
 R_ID = 8
@@ -150,6 +158,8 @@ _LOCK_STUCK_SECONDS = 10.0
 # how long the owner waits for the lock before an operation gives up with
 # RingBusy (set by the supervisor once it runs: it must never block on it)
 OWNER_PATIENCE = 30.0
+# fresh claims taken while an attempted message waits, before it is taken
+_SUSPECT_EVERY = 8
 # sched_yield() rounds a consumer spins on an empty ring before it blocks
 _SPIN = 20
 _LOCK_SPIN = 50
@@ -908,10 +918,14 @@ class Ring:
     def _take_locked(self, tok: int) -> int:
         q = self._q
         states = self._states
+        suspect = -1
         if q[H_STRAY]:
-            idx = self._take_stray(tok)
+            idx, suspect = self._find_strays()
             if idx >= 0:
-                return idx
+                return self._take_stray(idx, tok)
+            if suspect >= 0 and q[H_PASSED] >= _SUSPECT_EVERY:
+                q[H_PASSED] = 0
+                return self._take_stray(suspect, tok)
         tail = q[H_TAIL]
         head = q[H_HEAD]
         nslots = self.slots
@@ -923,30 +937,48 @@ class Ring:
                 q[d + D_OWNER] = tok
                 states[idx] = CLAIMED
                 q[H_TAIL] = tail + 1
+                if suspect >= 0:
+                    q[H_PASSED] += 1
                 return idx
             # a sequence number the producer stepped over, or a slot whose
             # message is behind tail (a stray): nothing to take here
             tail += 1
             q[H_TAIL] = tail
+        if suspect >= 0:
+            q[H_PASSED] = 0
+            return self._take_stray(suspect, tok)
         return -1
 
-    def _take_stray(self, tok: int) -> int:
+    def _find_strays(self) -> tuple[int, int]:
+        """The oldest READY slot behind tail that was never attempted, and the
+        oldest that was (a message a worker died on, or that timed out spamd);
+        -1 for none."""
         q = self._q
-        states = self._states
         tail = q[H_TAIL]
-        best, best_seq = -1, 0
-        for idx, st in enumerate(states):
+        descs_w = self._descs_w
+        clean = suspect = -1
+        clean_seq = suspect_seq = 0
+        for idx, st in enumerate(self._states):
             if st == READY:
-                seq = q[self._descs_w + idx * DESC_WORDS + D_SEQ]
-                if seq < tail and (best < 0 or seq < best_seq):
-                    best, best_seq = idx, seq
-        if best < 0:
+                d = descs_w + idx * DESC_WORDS
+                seq = q[d + D_SEQ]
+                if seq >= tail:
+                    continue
+                if q[d + D_ATTEMPTS]:
+                    if suspect < 0 or seq < suspect_seq:
+                        suspect, suspect_seq = idx, seq
+                elif clean < 0 or seq < clean_seq:
+                    clean, clean_seq = idx, seq
+        if clean < 0 and suspect < 0:
             q[H_STRAY] = 0  # the count was stale (e.g. a crash mid-update)
-            return -1
-        q[self._descs_w + best * DESC_WORDS + D_OWNER] = tok
-        states[best] = CLAIMED
+        return clean, suspect
+
+    def _take_stray(self, idx: int, tok: int) -> int:
+        q = self._q
+        q[self._descs_w + idx * DESC_WORDS + D_OWNER] = tok
+        self._states[idx] = CLAIMED
         q[H_STRAY] -= 1
-        return best
+        return idx
 
     def _check_owner(self, claim: Claim, owner: Identity | None) -> None:
         tok = self._tok if owner is None else owner_token(owner)

@@ -37,7 +37,7 @@ from ringtrap import config as configmod
 from ringtrap import envelope, proc, quarantine
 from ringtrap.config import Config
 from ringtrap.counters import C
-from ringtrap.overflow import Overflow, OverflowClaim, OverflowClaimLost
+from ringtrap.overflow import Overflow, OverflowClaim, OverflowClaimLost, UntrustedFile
 from ringtrap.processing import split_payload
 from ringtrap.results import ResultSink
 from ringtrap.ring import ProcRow, Ring, RingError
@@ -143,6 +143,10 @@ class StageWorker:
             payload = claim.read()
         except FileNotFoundError:
             return  # recovered by the supervisor meanwhile: someone else's now
+        except UntrustedFile as exc:
+            self._quarantine(claim, f"untrusted spill file, not read: {exc.reason}",
+                             readable=False, size=exc.size)
+            return
         _, message = split_payload(payload)
         self._state(ProcState.BUSY, claim.msgid)
         set_title(self._role, f"telling {claim.msgid} ({self.done} done)")
@@ -194,7 +198,8 @@ class StageWorker:
             " writable by its user) or runs without --allow-tell. Warned once per stage"
             " worker.", msgid, extra={"event": "not_learned", "msgid": msgid})
 
-    def _quarantine(self, claim: OverflowClaim, reason: str, *, readable: bool = True) -> None:
+    def _quarantine(self, claim: OverflowClaim, reason: str, *, readable: bool = True,
+                    size: int | None = None) -> None:
         """Record ``claim`` as quarantined (store "stage"), then move it into failed/.
 
         As in the scan worker, the record comes first: dying before the move
@@ -205,14 +210,14 @@ class StageWorker:
             try:
                 with claim.open() as f:
                     head = f.read(envelope.MAX_LINE)
-            except OSError:
+            except (OSError, UntrustedFile):
                 head = None
         if self.sink is not None:
             rec = quarantine.record(
                 claim.msgid, claim.received, claim.attempts, reason, store="stage",
                 kept=self.store.keeps(claim.size),
                 path=self.store.quarantine_path(claim.msgid, claim.size, claim.attempts),
-                payload_size=claim.size, head=head)
+                payload_size=claim.size if size is None else size, head=head)
             try:
                 self.sink.write(rec)
             except OSError as exc:

@@ -34,7 +34,7 @@ from enum import Enum
 from pathlib import Path
 
 from ringtrap import config as configmod
-from ringtrap import logs, privileges, proc, systemd
+from ringtrap import logs, modes, privileges, proc, systemd
 from ringtrap import metrics as metricsmod
 from ringtrap import ring as ringmod
 from ringtrap.config import Config
@@ -366,6 +366,7 @@ class Supervisor:
                 created.add(d)
             self._made_dirs += _absent(d)
             d.mkdir(parents=True, exist_ok=True)
+        self._restrict_runtime_dir(created)
         self._made_dirs += _absent(cfg.overflow.dir)
         try:
             self.overflow = Overflow(cfg.overflow.dir, cfg.overflow.max_bytes,
@@ -408,9 +409,9 @@ class Supervisor:
         # the sockets are ours now, so no live trap uses this runtime directory (or
         # its pidfile: written only now, a start refused above leaves another's alone)
         self._stop_orphan_spamd()
-        self._write_pidfile()
         if configmod.managed_spamd_learns(cfg):
             self._prepare_bayes_dir(target)
+        self._write_pidfile()
         if target is not None:
             self._become(target, created)
         if cfg.metrics.listen is not None:
@@ -428,6 +429,28 @@ class Supervisor:
         self.ring.patience = RING_LOCK_PATIENCE
         self.reconcile()
 
+    def _runtime_dir_is_ours(self, created: set[Path]) -> bool:
+        runtime = self.cfg.ingest.socket.parent
+        return runtime in created or str(runtime) == os.environ.get("RUNTIME_DIRECTORY")
+
+    def _restrict_runtime_dir(self, created: set[Path]) -> None:
+        """The sockets' directory, when it is ours: 0750, group ingest.socket_group.
+
+        The group lets the MTA's delivery user through; a socket_mode that
+        grants others (an alias run as nobody) grants them search (x) only.
+        """
+        cfg = self.cfg
+        if not self._runtime_dir_is_ours(created):
+            return
+        runtime = cfg.ingest.socket.parent
+        mode = 0o750 | (0o001 if cfg.ingest.socket_mode & 0o002 else 0)
+        try:
+            os.chmod(runtime, mode)
+            if cfg.ingest.socket_group:
+                os.chown(runtime, -1, grp.getgrnam(cfg.ingest.socket_group).gr_gid)
+        except (OSError, KeyError) as e:
+            raise SetupError(f"ingest.socket {runtime}: {e}") from None
+
     def _prepare_bayes_dir(self, t: Target | None) -> None:
         """Create spamd.bayes_dir for the user the managed spamd will run as.
 
@@ -436,6 +459,7 @@ class Supervisor:
         Without a directory that user can write, TELL answers "did nothing".
         """
         d = self.cfg.spamd.bayes_dir
+        new = [p for p in (d, *d.parents) if not p.exists()]
         try:
             d.mkdir(mode=0o750, parents=True, exist_ok=True)
             owner = t
@@ -443,8 +467,18 @@ class Supervisor:
                 owner = privileges.resolve(SPAMD_ROOT_USER)
             if owner is not None:
                 privileges.chown_path(d, owner)
+                for p in new[1:]:  # made just now under our umask: let spamd pass, not list
+                    os.chmod(p, os.stat(p).st_mode & 0o7777 | 0o001)
         except (OSError, PrivilegeError) as e:
             raise SetupError(f"spamd.bayes_dir {d}: {e}") from None
+        if owner is not None:
+            for p in d.parents:
+                st = os.stat(p)
+                if not (st.st_mode & 0o001 or st.st_uid == owner.uid
+                        or (st.st_mode & 0o010 and st.st_gid == owner.gid)):
+                    log.warning("spamd.bayes_dir %s: %s is not searchable by %s, the managed"
+                                " spamd's user: it will learn nothing", d, p, owner.user)
+                    break
         log.info("the managed spamd learns into %s", d)
 
     def _become(self, t: Target, created: set[Path]) -> None:
@@ -454,8 +488,11 @@ class Supervisor:
         try:
             runtime = cfg.ingest.socket.parent
             # the socket's directory only when it is ours: made now, or by systemd for us
-            if runtime in created or str(runtime) == os.environ.get("RUNTIME_DIRECTORY"):
+            if self._runtime_dir_is_ours(created):
                 privileges.own_dir(runtime, t)
+                group = cfg.ingest.socket_group  # the MTA still passes through
+                if group:
+                    privileges.chown_path(runtime, t, gid=grp.getgrnam(group).gr_gid)
             privileges.own_dir(cfg.results.dir, t)
             for f in cfg.results.dir.iterdir():
                 privileges.chown_path(f, t)
@@ -743,11 +780,15 @@ class Supervisor:
 
     # -- reload ----------------------------------------------------------------
 
-    def reload(self) -> None:
-        """HUP: load the configuration again; replace workers one at a time."""
+    def reload(self) -> list[str]:
+        """HUP: load the configuration again; replace workers and stages one at a time.
+
+        Returns the changed keys that are restart-only: they keep their
+        running values until the next start, and the log says so.
+        """
         if self.config_path is None:
             log.info("HUP: no configuration file; nothing to reload")
-            return
+            return []
         systemd.notify(reloading=1, status="reloading",
                        monotonic_usec=time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000)
         try:
@@ -755,27 +796,27 @@ class Supervisor:
         except (configmod.ConfigError, OSError) as e:
             log.error("HUP: configuration refused, keeping the running one:\n%s", e)
             systemd.notify(ready=1, status=self.status_line())
-            return
+            return []
         old = self.cfg
-        fixed = []
-        if (new.ring.name, new.ring.slots, new.ring.slot_bytes) != (
-            old.ring.name, old.ring.slots, old.ring.slot_bytes
-        ):
-            fixed.append("ring")
-        if new.overflow.dir != old.overflow.dir:
-            fixed.append("overflow.dir")
-        if new.ingest.socket != old.ingest.socket:
-            fixed.append("ingest.socket")
-        for key in ("submit_socket", "lmtp_socket"):
-            if getattr(new.ingest, key) != getattr(old.ingest, key):
-                fixed.append(f"ingest.{key}")
-        if new.spamd.address != old.spamd.address:
-            fixed.append("spamd.address")
-        if fixed:
-            log.warning("HUP: %s changes take effect at the next start", ", ".join(fixed))
-            new = _keep_fixed(new, old)
+        changed = configmod.changed_keys(old, new)
+        restart_only = configmod.restart_only()
+        waiting = [key for key in changed if key in restart_only]
+        if waiting:
+            log.warning("HUP: %s changed: restart-only, takes effect at the next start",
+                        ", ".join(waiting))
+            new = configmod.keep_restart_only(new, old)
+        applied = [key for key in changed if key not in restart_only]
+        managed = new.spamd.address.kind == "managed"
+        spamd_before = self._spamd_argv() if managed else []
         self.cfg = new
         self.generation += 1
+        if managed and self._spamd_argv() != spamd_before:
+            # --max-children follows workers.count: a pool resized needs a spamd resized
+            for c in self.children:
+                if c.kind is Kind.SPAMD and c.state is ChildState.RUNNING:
+                    log.info("HUP: restarting the managed spamd: %s",
+                             " ".join(self._spamd_argv()[1:]))
+                    self._stop_child(c, signal.SIGTERM)
         if self.overflow is not None:
             self.overflow.max_bytes = new.overflow.max_bytes
         self.next_purge_at = next_purge(self.os.time(), new.overflow.purge_at)
@@ -791,13 +832,25 @@ class Supervisor:
             if i not in used:
                 self.children.append(Child(Kind.WORKER, i, FIRST_WORKER_ROW + i,
                                            generation=self.generation))
-        log.info("HUP: configuration %s loaded (generation %d, %d workers)",
-                 self.config_path, self.generation, new.workers.count)
+        log.info("HUP: configuration %s loaded (generation %d, %d workers); applied: %s",
+                 self.config_path, self.generation, new.workers.count,
+                 ", ".join(applied) or "no changes")
         systemd.notify(ready=1, status=self.status_line())
+        return waiting
 
     def _roll_workers(self) -> None:
-        """Replace one worker of an older config generation at a time."""
-        workers = [c for c in self.children if c.kind is Kind.WORKER]
+        """Bring the children to the current config generation.
+
+        Workers and stages are replaced one at a time; the ingest keeps its
+        connections and is told to reload (HUP) once it has registered, so
+        one that was still booting with the old configuration hears it too.
+        """
+        for c in self.children:
+            if (c.kind is Kind.INGEST and c.state is ChildState.RUNNING
+                    and c.generation < self.generation and self._registered(c)):
+                c.generation = self.generation
+                self._signal(c, signal.SIGHUP)
+        workers = [c for c in self.children if c.kind in (Kind.WORKER, Kind.STAGE)]
         if any(c.state is ChildState.STOPPING and not c.retire for c in workers):
             return  # one replacement in flight
         for c in workers:
@@ -805,6 +858,12 @@ class Supervisor:
                 log.info("replacing %s with the new configuration", c.name)
                 self._stop_child(c, signal.SIGTERM)
                 return
+
+    def _registered(self, c: Child) -> bool:
+        """True once ``c`` holds its process-table row: its own signal handlers are in place."""
+        if self.ring is None:
+            return False
+        return any(r.row == c.row and r.pid == c.pid for r in self.ring.read_rows())
 
     # -- housekeeping ----------------------------------------------------------
 
@@ -1009,8 +1068,11 @@ class Supervisor:
 
     def spawn(self, c: Child) -> None:
         """Fork one child; its boot runs in a fixed order (see _child_boot)."""
+        log_pipe: tuple[int, int] | None = None
         if c.kind is Kind.SPAMD:
             argv = self._spamd_argv()
+            # spamd's stdout and stderr: relogged where the trap's own lines go
+            log_pipe = os.pipe()
         listener = self.listener
         parent = os.getpid()
         pid = self.os.fork()
@@ -1018,12 +1080,20 @@ class Supervisor:
             code = EX_SOFTWARE
             try:
                 _die_with_parent(parent)
+                if log_pipe is not None:
+                    os.dup2(log_pipe[1], 1)
+                    os.dup2(log_pipe[1], 2)
                 code = self._child_boot(c, listener,
                                         argv if c.kind is Kind.SPAMD else None)
             except BaseException:
                 logging.getLogger(__name__).exception("%s failed", c.name)
             finally:
                 os._exit(code)
+        if log_pipe is not None:
+            from ringtrap import spamd_log
+
+            os.close(log_pipe[1])
+            spamd_log.start(log_pipe[0])
         c.pid = pid
         c.ident = self.os.identity(pid)
         c.started = self.os.monotonic()
@@ -1065,7 +1135,8 @@ class Supervisor:
             assert listener is not None
             return ingest_socket.child_main(self.cfg, listener, c.row,
                                             submit=self.side_listeners.get("submit"),
-                                            lmtp=self.side_listeners.get("lmtp"))
+                                            lmtp=self.side_listeners.get("lmtp"),
+                                            config_path=self.config_path)
         if c.kind is Kind.STAGE:
             from ringtrap import stage
 
@@ -1331,20 +1402,6 @@ class SetupError(Exception):
     """The trap cannot start; the message says why and what to do."""
 
 
-def _keep_fixed(new: Config, old: Config) -> Config:
-    import dataclasses
-
-    return dataclasses.replace(
-        new,
-        ring=old.ring,
-        overflow=dataclasses.replace(new.overflow, dir=old.overflow.dir),
-        ingest=dataclasses.replace(new.ingest, socket=old.ingest.socket,
-                                   submit_socket=old.ingest.submit_socket,
-                                   lmtp_socket=old.ingest.lmtp_socket),
-        spamd=dataclasses.replace(new.spamd, address=old.spamd.address),
-    )
-
-
 def _side_sockets(cfg: Config) -> list[tuple[str, Path]]:
     """The ingest's configured session sockets as (kind, path): submit, then LMTP."""
     ing = cfg.ingest
@@ -1409,6 +1466,7 @@ def _close_fds_except(keep: set[int]) -> None:  # pragma: no cover - child
 
 def run(cfg: Config, config_path: Path | None = None) -> int:
     """Run the trap in the foreground until stopped; the exit code for the shell."""
+    modes.restrict_umask()  # before the log file: nothing the trap writes is for others
     logs.setup(cfg.supervisor.log_level, cfg.supervisor.log_file, cfg.supervisor.log_format)
     try:
         return Supervisor(cfg, config_path).run()

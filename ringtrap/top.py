@@ -126,8 +126,50 @@ def fill_bar(used: int, total: int, width: int = BAR_WIDTH) -> Text:
     return bar
 
 
-def render(cur: Reading, prev: Reading | None, cfg: configmod.Config) -> RenderableType:
-    """The whole screen for reading ``cur``, with rates since ``prev``."""
+# the process table's columns in display order; ROLE stands in for the title when
+# the title does not fit
+_COLUMNS = ("PID", "ROLE", "TITLE", "STATE", "MESSAGE", "DONE", "RSS", "CPU")
+_JUSTIFY: dict[str, JustifyMethod] = {
+    "PID": "right", "ROLE": "left", "TITLE": "left", "STATE": "left", "MESSAGE": "left",
+    "DONE": "right", "RSS": "right", "CPU": "right"}
+# below this the title is not worth a column
+_MIN_TITLE = 16
+
+
+def process_columns(rows: list[dict[str, str]], width: int | None) -> list[str]:
+    """The columns that fit ``width`` cells, in display order; all of them when None.
+
+    Every column but the title needs its widest cell (a pid or a state cut
+    short misleads), so columns are dropped whole, least useful first: the
+    title (its role stays as a short column), then RSS, CPU, DONE, MESSAGE.
+    PID, the role and STATE always stay.
+    """
+    shown = [c for c in _COLUMNS if c != "ROLE"]
+    if width is None:
+        return shown
+    need = {c: max([len(c), *(len(r[c]) for r in rows)]) for c in _COLUMNS}
+    need["TITLE"] = _MIN_TITLE
+
+    def fits() -> bool:
+        # two cells between columns: the table pads each cell by one on either side
+        return sum(need[c] for c in shown) + 2 * (len(shown) - 1) <= width
+
+    if fits():
+        return shown
+    shown = [c for c in _COLUMNS if c != "TITLE"]
+    for drop in ("RSS", "CPU", "DONE", "MESSAGE"):
+        if fits():
+            break
+        shown.remove(drop)
+    return shown
+
+
+def render(cur: Reading, prev: Reading | None, cfg: configmod.Config,
+           width: int | None = None) -> RenderableType:
+    """The whole screen for reading ``cur``, with rates since ``prev``.
+
+    ``width``: the terminal's, to fit the process table into (None: every column).
+    """
     st = cur.status
     if st is None:
         return Text(f"ringtrap: not running (no ring {cfg.ring.name!r} in /dev/shm);"
@@ -173,31 +215,40 @@ def render(cur: Reading, prev: Reading | None, cfg: configmod.Config) -> Rendera
         f"{' (' + verdicts + ')' if verdicts else ''}, quarantined {t['quarantined']}, "
         f"purged {t['purged_files']}, restarts {t['restarts']}"))
 
-    procs = Table(box=None, pad_edge=False, header_style="bold reverse", expand=False)
-    columns: tuple[tuple[str, JustifyMethod], ...] = (
-        ("PID", "right"), ("TITLE", "left"), ("STATE", "left"), ("MESSAGE", "left"),
-        ("DONE", "right"), ("RSS", "right"), ("CPU", "right"))
-    for name, justify in columns:
-        # only the title gives way on a narrow terminal; numbers and ids never do
-        procs.add_column(name, justify=justify, no_wrap=True,
-                         overflow="ellipsis" if name == "TITLE" else "fold",
-                         max_width=60 if name == "TITLE" else None,
-                         min_width=None if name == "TITLE" else len(name))
     cpu_before = {p["pid"]: p["cpu_s"] for p in (before or {}).get("processes", [])}
+    rows = []
     for p in st["processes"]:
         title = p.get("title") or p["role"]
         title = title.removeprefix("ringtrap: ")
         cpu = "-"
         if p["cpu_s"] is not None and cpu_before.get(p["pid"]) is not None and dt > 0:
             cpu = f"{100 * max(0.0, p['cpu_s'] - cpu_before[p['pid']]) / dt:.0f}%"
+        role = p["role"] + (f" {p['index']}" if p["role"] in ("worker", "stage") else "")
+        rss = "-" if p.get("private_bytes") is None else _bytes(p["private_bytes"])
+        rows.append(({"PID": str(p["pid"]), "ROLE": role, "STATE": p["state"],
+                      "MESSAGE": p["message"] or "-", "DONE": str(p["done"]), "RSS": rss,
+                      "CPU": cpu, "TITLE": title}, p))
+    shown = process_columns([cells for cells, _ in rows], width)
+    procs = Table(box=None, pad_edge=False, header_style="bold reverse", expand=False)
+    whole = {n: max([len(n), *(len(cells[n]) for cells, _ in rows)]) for n in shown}
+    # what is left for the title once every other column has its widest cell
+    title_width = None
+    if width is not None and "TITLE" in shown:
+        others = sum(w for n, w in whole.items() if n != "TITLE") + 2 * (len(shown) - 1)
+        title_width = max(_MIN_TITLE, min(60, whole["TITLE"], width - others))
+    for name in shown:
+        # only the title gives way; pids, states and ids are shown whole or not at all
+        procs.add_column(name, justify=_JUSTIFY[name], no_wrap=True,
+                         overflow="ellipsis" if name == "TITLE" else "fold",
+                         max_width=60 if name == "TITLE" else None,
+                         width=title_width if name == "TITLE" else None,
+                         min_width=None if name == "TITLE" else whole[name])
+    for cells, p in rows:
         state_style = {"scanning": "cyan", "busy": "cyan", "backoff": "bold red",
                        "draining": "yellow", "stopped": "dim"}.get(p["state"], "")
-        procs.add_row(
-            str(p["pid"]), title, Text(p["state"], style=state_style),
-            p["message"] or "-", str(p["done"]),
-            "-" if p.get("private_bytes") is None else _bytes(p["private_bytes"]), cpu,
-            style="" if p["alive"] else "dim strike",
-        )
+        procs.add_row(*(Text(cells[n], style=state_style) if n == "STATE" else cells[n]
+                        for n in shown),
+                      style="" if p["alive"] else "dim strike")
     return Group(head, Text(""), grid, Text(""), procs,
                  Text("\nrefreshed every second; Ctrl-C quits", style="dim"))
 
@@ -213,7 +264,7 @@ def watch(cfg: configmod.Config, interval: float = 1.0, console: Console | None 
         with Live(console=console, auto_refresh=False, transient=False) as live:
             while frames is None or drawn < frames:
                 cur = sampler.sample()
-                live.update(render(cur, prev, cfg), refresh=True)
+                live.update(render(cur, prev, cfg, console.width), refresh=True)
                 drawn += 1
                 prev = cur
                 if frames is None or drawn < frames:

@@ -33,7 +33,13 @@ from ringtrap import config as configmod
 from ringtrap import envelope, logs, proc, quarantine
 from ringtrap.config import Config
 from ringtrap.counters import C, scan_bucket
-from ringtrap.overflow import Overflow, OverflowClaim, OverflowClaimLost, OverflowFull
+from ringtrap.overflow import (
+    Overflow,
+    OverflowClaim,
+    OverflowClaimLost,
+    OverflowFull,
+    UntrustedFile,
+)
 from ringtrap.processing import Processor
 from ringtrap.results import ResultSink
 from ringtrap.ring import Claim, ProcRow, Ring, RingError, RingOwnershipError
@@ -202,6 +208,11 @@ class Worker:
                 # recovered by the supervisor meanwhile: it is someone else's now
                 log.warning("%s: claimed overflow file vanished before reading", msgid)
                 return
+            except UntrustedFile as exc:
+                # planted by someone else: kept unread, with a record saying why
+                self._quarantine_as(claim, f"untrusted spill file, not read: {exc.reason}",
+                                    readable=False, size=exc.size)
+                return
         self._state(ProcState.SCANNING, msgid)
         set_title(self._role, f"scanning {msgid} ({self.done} done)")
         started = time.monotonic()
@@ -352,23 +363,24 @@ class Worker:
                       " (a worker died holding it each time)")
         self._quarantine_as(claim, reason)
 
-    def _quarantine_as(self, claim: AnyClaim, reason: str, *, readable: bool = True) -> None:
+    def _quarantine_as(self, claim: AnyClaim, reason: str, *, readable: bool = True,
+                       size: int | None = None) -> None:
         """Record ``claim`` as quarantined, move it into failed/, then let go of it.
 
         The record comes first, so a worker dying before the move leaves a
         claim that is recovered and quarantined again (a second record, as
         at-least-once allows), never a quarantined message without one.
-        ``readable`` False: the file is not to be opened (see open_trusted).
+        ``readable`` False: the file is not to be opened (see open_trusted), and
+        ``size`` is what lstat() says, not what its name claims.
         """
         in_ring = isinstance(claim, Claim)
-        size = claim.size
         head = claim.data[:envelope.MAX_LINE] if isinstance(claim, Claim) else (
             self._peek(claim) if readable else None)
-        kept = self.overflow.keeps(size)
-        path = self.overflow.quarantine_path(claim.msgid, size, claim.attempts)
+        kept = self.overflow.keeps(claim.size)
+        path = self.overflow.quarantine_path(claim.msgid, claim.size, claim.attempts)
         rec = quarantine.record(claim.msgid, claim.received, claim.attempts, reason,
                                 store="ring" if in_ring else "overflow", kept=kept, path=path,
-                                payload_size=size, head=head)
+                                payload_size=claim.size if size is None else size, head=head)
         try:
             self.sink.write(rec)
         except OSError as exc:
@@ -406,7 +418,7 @@ class Worker:
         try:
             with claim.open() as f:
                 return f.read(envelope.MAX_LINE)
-        except OSError:
+        except (OSError, UntrustedFile):
             return None
 
     # -- dependencies and backoff -----------------------------------------------

@@ -67,13 +67,13 @@ def test_results_retention(tmp_path: Path) -> None:
 
 
 def test_processor_archives_by_verdict_and_records_the_path(tmp_path: Path) -> None:
-    archive = MaildirArchive(tmp_path, ["bounce", "unparseable"], 30, clock=lambda: T0)
+    archive = MaildirArchive(tmp_path, ["bounce", "virus"], 30, clock=lambda: T0)
     proc = Processor(spamd=None, scan_limit_bytes=1 << 20, archive=archive)
     r = proc.process("m1", envelope.frame(mb.dsn(), envelope.Envelope(sender="")), T0, 0)
     assert r["verdict"] == "bounce"
     assert (tmp_path / r["archived"]).read_bytes() == mb.dsn()  # no envelope line
-    r = proc.process("m2", b"\x00garbage", T0, 0)
-    assert r["verdict"] == "unparseable" and r["archived"].startswith("2027-01-15/unparseable/")
+    r = proc.process("m2", b"\x00garbage" + mb.EICAR, T0, 0)
+    assert r["verdict"] == "virus" and r["archived"].startswith("2027-01-15/virus/")
     r = proc.process("m3", envelope.frame(mb.plain()), T0, 0)
     assert r["verdict"] == "not_scanned" and r["archived"] is None
     assert r["timings_ms"]["archive"] >= 0

@@ -1,7 +1,8 @@
-"""The ``ringtrap`` command line: config tooling, usage errors, the README's tables."""
+"""The ``ringtrap`` command line: config tooling, usage errors, the reference tables."""
 
 from __future__ import annotations
 
+import json
 import tomllib
 import uuid
 from pathlib import Path
@@ -65,18 +66,18 @@ def test_config_check_of_a_missing_file_fails(tmp_path: Path,
     assert code == cli.EX_CONFIG and "none.toml" in err
 
 
-def test_readme_settings_table_is_the_generated_one(capsys: pytest.CaptureFixture[str]) -> None:
+def test_reference_settings_table_is_the_generated_one(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys, "config", "--docs")
     assert code == 0
     assert out == configmod.docs_table() + "\n"
-    readme = (ROOT / "README.md").read_text()
-    assert configmod.docs_table() in readme, "regenerate it: ringtrap config --docs"
+    reference = (ROOT / "docs" / "reference.md").read_text()
+    assert configmod.docs_table() in reference, "regenerate it: scripts/regen-docs"
 
 
-def test_readme_metrics_table_lists_every_metric() -> None:
+def test_reference_metrics_table_lists_every_metric() -> None:
     from ringtrap import metrics
 
-    readme = (ROOT / "README.md").read_text()
+    readme = (ROOT / "docs" / "reference.md").read_text()
     names = {n for n, *_ in metrics._LABELLED_COUNTERS} | {
         n for n, *_ in metrics._PLAIN_COUNTERS}
     names = {f"{n}_total" for n in names} | {
@@ -102,7 +103,29 @@ def test_status_of_a_trap_that_is_not_running(tmp_path: Path,
     conf = tmp_path / "t.toml"
     conf.write_text(f'[ring]\nname = "rt-cli-{uuid.uuid4().hex[:8]}"\n')
     code, out, err = run(capsys, "status", "--json", "-c", str(conf))
-    assert code == cli.EX_UNAVAILABLE and out == "" and "not running" in err
+    assert code == cli.EX_UNAVAILABLE and "not running" in err
+    # still an object on stdout, for the scripts that read it
+    down = json.loads(out)
+    assert down["running"] is False and down["ring"]["name"].startswith("rt-cli-")
+    # the same -c is given: no hint to give it
+    assert " -c " not in err
+
+
+def test_commands_that_find_nothing_without_c_hint_at_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # the defaults point nowhere this test's trap-less host has anything
+    tag = uuid.uuid4().hex[:8]
+    plain = configmod.defaults()
+    empty = configmod.override(plain, {"ring.name": f"rt-cli-{tag}",
+                                       "overflow.dir": str(tmp_path / "none"),
+                                       "results.dir": str(tmp_path / "results")})
+    monkeypatch.setattr(configmod, "defaults", lambda: empty)
+    for argv in (["status"], ["status", "--json"], ["report"]):
+        code, _, err = run(capsys, *argv)
+        assert code in (cli.EX_UNAVAILABLE, cli.EX_NOINPUT) and "-c FILE" in err, argv
+    code, out, _ = run(capsys, "purge")
+    assert code == 0 and "nothing to purge" in out and "-c FILE" in out
 
 
 def test_live_view_refuses_a_useless_interval(tmp_path: Path,

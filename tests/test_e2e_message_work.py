@@ -16,7 +16,7 @@ from pathlib import Path
 
 import mailbuild as mb
 import pytest
-from spamd_fixture import SpamdProcess
+from spamd_fixture import SPAMC, SpamdProcess, spamc_missing_reason
 from trap_fixture import reply_id, running_trap, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.spamd]
@@ -32,8 +32,7 @@ def test_message_work_through_the_service(tmp_path: Path, spamd_server: SpamdPro
         "spamd": {"address": spamd_server.unix_address},
         "workers": {"count": 2, "heartbeat_timeout": 400, "scan_limit_bytes": "64K"},
         "dedupe": {"skip_scan": True},
-        "archive": {"dir": str(archive), "verdicts": ["spam", "ham", "duplicate", "virus",
-                                                      "unparseable"]},
+        "archive": {"dir": str(archive), "verdicts": ["spam", "ham", "duplicate", "virus"]},
     }
     expected = {
         "spam": mb.SPAM.read_bytes(),
@@ -41,24 +40,28 @@ def test_message_work_through_the_service(tmp_path: Path, spamd_server: SpamdPro
         "bounce": mb.dsn(),
         "autoreply": mb.autoreply(),
         "virus": mb.with_attachment("eicar.com", mb.EICAR, "text/plain"),
-        "unparseable": os.urandom(3000).replace(b":", b"").replace(b"\n", b"") ,
         "oversize": mb.plain("padding line\n" * 6000),
     }
+    # no header fields: scanned all the same, the parse failure noted
+    garbage = os.urandom(3000).replace(b":", b"").replace(b"\n", b"")
     zipped = mb.with_attachment("docs.zip", mb.zip_bytes({"invoice.exe": mb.PE_HEAD}))
     with running_trap(tmp_path, settings) as trap:
         ids = {verdict: reply_id(trap.send(data)) for verdict, data in expected.items()}
         zip_id = reply_id(trap.send(zipped))
+        garbage_id = reply_id(trap.send(garbage))
         # the campaign's first copy is scanned before the repeats arrive
         first = reply_id(trap.send(mb.campaign_copy(0)))
         trap.wait_records({first})
         repeats = {reply_id(trap.send(mb.campaign_copy(n))) for n in range(1, COPIES)}
         records = {r["id"]: r for r in trap.wait_records(
-            set(ids.values()) | {zip_id, first} | repeats)}
+            set(ids.values()) | {zip_id, garbage_id, first} | repeats)}
 
         for verdict, msgid in ids.items():
             assert records[msgid]["verdict"] == verdict, records[msgid]
         assert records[zip_id]["verdict"] == "virus"
         assert records[zip_id]["reason"] == "executable 'invoice.exe' in archive 'docs.zip'"
+        assert records[garbage_id]["verdict"] in ("spam", "ham")
+        assert records[garbage_id]["parse_error"] == "no header fields"
         spam = records[ids["spam"]]
         assert "GTUBE" in spam["rules"] and spam["score"] >= spam["required"]
         assert spam["from_domain"] == "example.net" and spam["fingerprint"]
@@ -76,8 +79,7 @@ def test_message_work_through_the_service(tmp_path: Path, spamd_server: SpamdPro
 
         # archive: exactly the configured verdicts, each message whole
         archived = {r["id"]: r["archived"] for r in records.values() if r["archived"]}
-        assert {records[i]["verdict"] for i in archived} == {
-            "spam", "ham", "duplicate", "virus", "unparseable"}
+        assert {records[i]["verdict"] for i in archived} == {"spam", "ham", "duplicate", "virus"}
         assert len(archived) == len(records) - 3  # not bounce, autoreply, oversize
         assert (archive / archived[ids["spam"]]).read_bytes() == expected["spam"]
         new_files = [p for p in archive.glob("*/*/new/*")]
@@ -93,7 +95,7 @@ def test_message_work_through_the_service(tmp_path: Path, spamd_server: SpamdPro
         t = totals()
         assert t["verdict_duplicate"] == COPIES - 1 == t["dedupe_hits"]
         assert (t["verdict_bounce"], t["verdict_autoreply"], t["verdict_virus"],
-                t["verdict_oversize"], t["verdict_unparseable"]) == (1, 1, 2, 1, 1)
+                t["verdict_oversize"], t["verdict_unparseable"]) == (1, 1, 2, 1, 0)
         assert t["archived"] == len(archived) and t["archive_errors"] == 0
 
         report = subprocess.run(
@@ -105,3 +107,44 @@ def test_message_work_through_the_service(tmp_path: Path, spamd_server: SpamdPro
         assert summary["verdicts"]["duplicate"] == COPIES - 1
         assert summary["campaigns"]["top"][0]["messages"] == COPIES
         assert summary["campaigns"]["scans_saved"] == COPIES - 1
+        assert summary["parse_errors"] == 1
+
+
+GTUBE = b"XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
+# what ringtrap's walk cannot read as a message, though spamd scores it
+UNPARSEABLE = {
+    "bsmtp": b"HELO relay.example.org\r\nMAIL FROM:<s@example.com>\r\nRCPT TO:<t@example.org>"
+             b"\r\nDATA\r\nSubject: hi\r\n\r\n" + GTUBE + b"\r\n.\r\nQUIT\r\n",
+    "lone newline": b"\n",
+    "body without header": b"Cheap watches, best prices in town.\r\n\r\n" + GTUBE + b"\r\n",
+}
+
+
+def spamc_score(spamd: SpamdProcess, message: bytes) -> tuple[float, float]:
+    """(score, required) as the spamc binary gets them from ``spamd``."""
+    assert SPAMC is not None
+    # -x: fail instead of spamc's "0/0" safe fallback
+    out = subprocess.run([SPAMC, "-U", str(spamd.socket_path), "-x", "-c"], input=message,
+                         capture_output=True, timeout=60)
+    assert out.returncode in (0, 1), out
+    score, required = out.stdout.decode().strip().split("/")
+    return float(score), float(required)
+
+
+def test_what_cannot_be_parsed_is_scanned_as_spamc_scans_it(
+        tmp_path: Path, spamd_server: SpamdProcess) -> None:
+    # before: recorded "unparseable" without a score, spamd never asked
+    reason = spamc_missing_reason()
+    if reason:
+        pytest.skip(reason)
+    settings = {"spamd": {"address": spamd_server.unix_address}}
+    with running_trap(tmp_path, settings) as trap:
+        ids = {name: reply_id(trap.send(data)) for name, data in UNPARSEABLE.items()}
+        records = {r["id"]: r for r in trap.wait_records(set(ids.values()), timeout=60)}
+    for name, msgid in ids.items():
+        r = records[msgid]
+        score, required = spamc_score(spamd_server, UNPARSEABLE[name])
+        assert (r["score"], r["required"]) == (score, required), (name, r)
+        assert r["verdict"] == ("spam" if score >= required else "ham"), (name, r)
+        assert r["parse_error"] == "no header fields", (name, r)
+    assert records[ids["bsmtp"]]["verdict"] == "spam"

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import binascii
 import hashlib
 import ipaddress
+import os
+from unittest import mock
 
 import mailbuild as mb
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 from ringtrap import extract, mime
 
@@ -124,3 +129,77 @@ def test_html_and_plain_versions_normalise_alike() -> None:
 def test_too_little_text_gives_no_fingerprint() -> None:
     assert fp(mb.plain("hi\n")) is None
     assert fp(mb.with_attachment("a.bin", b"\x01\x02")) is not None
+
+
+# -- attachments past the walked window (the first 4 MiB) ----------------------------
+
+BIG = 15 * 1024 * 1024
+
+
+def _offline_record(message: bytes) -> dict[str, object]:
+    from ringtrap.processing import Processor
+
+    return Processor(spamd=None, scan_limit_bytes=500 * 1024).process(
+        "0640c3f1a2b3c-0004d2", message, 0.0, 0)
+
+
+def test_a_15_mib_attachment_is_hashed_whole() -> None:
+    # before: recorded as 3,064,803 bytes with the hash of that prefix
+    data = os.urandom(BIG)
+    message = mb.multipart([mb.text_part("See the file.\n"), mb.attachment("big.bin", data),
+                            mb.text_part("A part after it.\n")])
+    assert len(message) > mime.MAX_PARSE_BYTES
+    rec = _offline_record(message)
+    assert rec["attachments"] == [{"name": "big.bin", "type": "application/octet-stream",
+                                   "size": BIG, "sha256": hashlib.sha256(data).hexdigest()}]
+
+
+def test_a_large_unencoded_body_is_hashed_whole() -> None:
+    data = bytes(range(256)) * (6 * 1024 * 1024 // 256)
+    message = mb.crlf(mb.headers() + "Content-Type: application/octet-stream\n"
+                      "Content-Transfer-Encoding: binary\n\n") + data
+    (found,) = extract.attachments(mime.parse(message))
+    assert (found.size, found.sha256) == (len(data), hashlib.sha256(data).hexdigest())
+
+
+def _qp_message(encoded: bytes) -> bytes:
+    head = mb.crlf(mb.headers() + 'MIME-Version: 1.0\nContent-Type: multipart/mixed; boundary="b"'
+                   '\n\n--b\nContent-Type: text/plain\n\nhi\n--b\nContent-Type: text/csv; '
+                   'name="a.csv"\nContent-Transfer-Encoding: quoted-printable\n\n')
+    return head + encoded + b"\r\n--b--\r\n"
+
+
+def test_a_large_quoted_printable_attachment_is_hashed_whole() -> None:
+    encoded = b"caf=C3=A9;price=3D12;a long value that goes on and on=\r\n and on\r\n" * 100_000
+    (found,) = extract.attachments(mime.parse(_qp_message(encoded)))
+    decoded = binascii.a2b_qp(encoded)
+    assert (found.size, found.sha256) == (len(decoded), hashlib.sha256(decoded).hexdigest())
+
+
+def test_a_file_that_cannot_be_read_whole_is_marked_truncated() -> None:
+    # one quoted-printable line longer than a streamed slice cannot be cut
+    (found,) = extract.attachments(mime.parse(_qp_message(b"=41" * (2 * 1024 * 1024))))
+    assert found.to_dict() == {"name": "a.csv", "type": "text/csv", "truncated": True}
+    assert extract.fingerprint([], [found])  # still fingerprinted, by its being there
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300), st.integers(1, 40))
+def test_streamed_base64_decodes_as_the_whole(raw: bytes, chunk: int) -> None:
+    junk = raw.replace(b"\x00", b"QUJD").replace(b"\x01", b"=\r\n")
+    with mock.patch.object(mime, "STREAM_CHUNK", chunk):
+        assert b"".join(mime._iter_base64(memoryview(junk))) == mime._unbase64(junk)
+
+
+QP_PIECES = [b"a", b"=", b"==", b"=41", b"=4", b"=\r\n", b"=\n", b"=\r", b"\r\n", b"\n", b"\r",
+             b" ", b"\t", b"=zz", b"_", b"\xff"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(QP_PIECES), max_size=80), st.integers(4, 40))
+def test_streamed_quoted_printable_decodes_as_the_whole(pieces: list[bytes], chunk: int) -> None:
+    encoded = b"".join(pieces)
+    with mock.patch.object(mime, "STREAM_CHUNK", chunk):
+        streamed = mime._iter_qp(memoryview(encoded))
+    assume(streamed is not None)
+    assert b"".join(streamed) == binascii.a2b_qp(encoded)

@@ -5,13 +5,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import pwd
 import re
 import shutil
 import signal
 import stat
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,8 @@ from ringtrap.overflow import (
     OverflowStats,
     PurgeResult,
     Quarantined,
+    UntrustedFile,
+    open_trusted,
 )
 from ringtrap.proc import Identity
 
@@ -442,16 +445,45 @@ def test_ack_of_a_lost_claim_warns(
 
 
 def test_release_keeps_attempts_and_order(store: Overflow, me: Identity) -> None:
-    m1, m2 = ids.new_id(), ids.new_id()
+    m0, m1, m2 = ids.new_id(), ids.new_id(), ids.new_id()
+    store.spill(m0, b"zero")
     store.spill(m1, b"one", attempts=3)
     store.spill(m2, b"two")
     c = store.claim(me)
-    assert c is not None and c.msgid == m1
+    assert c is not None and c.msgid == m0
     store.release(c)
-    assert names(store, "new")[0] == f"{m1},S=3,A=3"
+    assert names(store, "new")[0] == f"{m0},S=4,A=0"
     again = store.claim(me)
     assert again is not None
-    assert (again.msgid, again.attempts, again.read()) == (m1, 3, b"one")
+    assert (again.msgid, again.attempts, again.read()) == (m0, 0, b"zero")
+    store.ack(again)
+    # the attempted message after the fresh one, its attempts kept through a release
+    c = store.claim(me)
+    assert c is not None and c.msgid == m2
+    store.ack(c)
+    c = store.claim(me)
+    assert c is not None and (c.msgid, c.attempts) == (m1, 3)
+    store.release(c)
+    again = store.claim(me)
+    assert again is not None and (again.msgid, again.attempts, again.read()) == (m1, 3, b"one")
+
+
+def test_attempted_messages_wait_behind_fresh_ones_but_not_past_the_window(
+    store: Overflow, me: Identity, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A message a worker died on is not what its replacement takes first; it
+    is still taken before anything listed after its window."""
+    monkeypatch.setattr(overflow, "CLAIM_WINDOW", 4)
+    poison = ids.new_id()
+    store.spill(poison, b"poison", attempts=1)
+    fresh = [ids.new_id() for _ in range(5)]
+    for m in fresh:
+        store.spill(m, b"fresh")
+    order = []
+    while (c := store.claim(me)) is not None:
+        order.append(c.msgid)
+        store.ack(c)
+    assert order == [*fresh[:3], poison, *fresh[3:]]
 
 
 def test_release_by_one_claimer_is_seen_by_another(shm_dir: Path, me: Identity) -> None:
@@ -565,6 +597,59 @@ def test_a_message_over_the_whole_quarantine_cap_is_not_kept(
     assert not r.kept and not r.path.exists()
     st_ = s.stats()
     assert (st_.failed, st_.claimed, st_.ready, st_.writing) == (1, 0, 0, 0)
+
+
+# -- planted files ---------------------------------------------------------------
+
+
+def plant(store: Overflow, make: Callable[[Path], None], size: int = 6) -> str:
+    """Make something named like a ready message in new/; returns its id."""
+    m = ids.new_id()
+    make(store.path / "new" / f"{m},S={size},A=0")
+    return m
+
+
+def test_open_trusted_takes_only_files_the_trap_wrote(shm_dir: Path, me: Identity) -> None:
+    store = Overflow(shm_dir / "ovf", 1 << 20)
+    secret = shm_dir / "secret"
+    secret.write_bytes(b"shadow")
+    nobody = pwd.getpwnam("nobody")
+
+    def foreign(p: Path) -> None:
+        p.write_bytes(b"theirs")
+        os.chown(p, nobody.pw_uid, nobody.pw_gid)
+
+    planted = {
+        plant(store, lambda p: p.symlink_to(secret)): "a symlink",
+        plant(store, lambda p: os.mkfifo(p)): "a FIFO",
+        plant(store, lambda p: os.link(secret, p)): "2 hard links",
+        plant(store, lambda p: p.mkdir()): "a directory",
+        plant(store, lambda p: p.write_bytes(b"longer than named")): "17 bytes, not the 6",
+    }
+    if os.geteuid() == 0:  # only root can give a file away or make a device
+        planted[plant(store, foreign)] = f"owned by uid {nobody.pw_uid}, not the trap's uid 0"
+        null = plant(store, lambda p: os.mknod(p, 0o600 | stat.S_IFCHR, os.makedev(1, 3)))
+        planted[null] = "a character device"
+    good = ids.new_id()
+    store.spill(good, b"honest")
+    seen = {}
+    while (c := store.claim(me)) is not None:
+        try:
+            seen[c.msgid] = c.read()
+            store.ack(c)
+        except UntrustedFile as e:
+            seen[c.msgid] = e.reason
+            q = store.quarantine(c, e.reason)
+            assert q.kept and Path(f"{q.path}.reason").read_text().strip() == e.reason
+    assert seen.pop(good) == b"honest"
+    assert set(seen) == set(planted)
+    for m, why in planted.items():
+        assert str(seen[m]).startswith(why), (seen[m], why)
+    assert secret.read_bytes() == b"shadow" and os.stat(secret).st_nlink == 2
+    assert names(store, "new") == names(store, "cur") == []
+    assert store.purge_failed().count == len(planted) - 1  # the planted directory stays
+    with pytest.raises(UntrustedFile, match="not the trap's uid 4242"):
+        open_trusted(secret, uid=4242)
 
 
 # -- purge -----------------------------------------------------------------------

@@ -153,8 +153,11 @@ def test_oversize_is_not_scanned() -> None:
     assert verdict == "oversize" and reason.startswith(f"{len(data)} bytes")
 
 
-def test_unparseable_comes_first() -> None:
-    assert judge(b"\x00\x01 binary garbage" + mb.EICAR) == ("unparseable", "no header fields")
+def test_what_cannot_be_parsed_is_judged_like_the_rest() -> None:
+    # a parse failure is no reason to keep a message from spamd
+    assert judge(b"\x00\x01 binary garbage") is None
+    assert judge(b"\x00\x01 binary garbage" + mb.EICAR) == ("virus", "EICAR test string")
+    assert judge(b"\n", Envelope(sender="")) == ("bounce", "null envelope sender")
 
 
 def test_a_virus_in_a_bounce_is_a_virus() -> None:

@@ -299,6 +299,28 @@ def test_garbage_bytes_give_a_record() -> None:
     check_shape(record)
     assert record["size"] == len(garbage)
     assert record["subject"] is None
+    assert (record["verdict"], record["reason"], record["parse_error"]) == (
+        "not_scanned", REASON_SPAMD_OFF, "no header fields")
+
+
+GTUBE = b"XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
+UNPARSEABLE = {
+    "bsmtp": b"HELO relay.example.org\r\nMAIL FROM:<s@example.com>\r\nRCPT TO:<t@example.org>"
+             b"\r\nDATA\r\nSubject: hi\r\n\r\n" + GTUBE + b"\r\n.\r\nQUIT\r\n",
+    "lone newline": b"\n",
+    "body without header": b"Cheap watches, best prices in town.\r\n\r\n" + GTUBE + b"\r\n",
+}
+
+
+@pytest.mark.spamd
+@pytest.mark.parametrize("name", sorted(UNPARSEABLE))
+def test_what_cannot_be_parsed_is_scanned(name: str, scanner: Processor) -> None:
+    record = scanner.process(MSGID, envelope.frame(UNPARSEABLE[name], ENV), RECEIVED, 0)
+    assert record["parse_error"] == "no header fields"
+    assert record["verdict"] in ("spam", "ham") and record["score"] is not None, record
+    assert (record["verdict"] == "spam") == (record["score"] >= record["required"])
+    if GTUBE in UNPARSEABLE[name]:
+        assert "GTUBE" in record["rules"]
 
 
 def test_ten_thousand_headers_are_capped() -> None:

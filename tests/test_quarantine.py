@@ -8,11 +8,13 @@ limit; spills must still be taken, the poison must get a record, and
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 from trap_fixture import Trap, message, reply_id
@@ -124,3 +126,100 @@ def test_the_daily_purge_drops_the_quarantine_by_its_retention(tmp_path: Path) -
     sup.purge(scheduled=True)  # the daily purge keeps one day of it
     kept = [n for n in os.listdir(cfg.overflow.dir / "failed") if not n.endswith(".reason")]
     assert [n.split(",")[0] for n in kept] == [young]
+
+
+def test_planted_spill_files_are_quarantined_unread_and_nothing_stalls(tmp_path: Path) -> None:
+    import pwd
+    import tempfile
+
+    trap = Trap(tmp_path)
+    secret_dir = Path(tempfile.mkdtemp(prefix="rt-secret-", dir="/dev/shm"))  # hard-linkable
+    try:
+        secret = secret_dir / "shadow"
+        secret.write_bytes(b"Subject: root:SECRET-HASH\r\n\r\nroot:$6$SECRET-HASH:19000\r\n")
+        nobody = pwd.getpwnam("nobody")
+        new = trap.overflow_dir / "new"
+        for d in ("", *SUBDIRS):
+            (trap.overflow_dir / d).mkdir(mode=0o700)
+        planted: dict[str, str] = {}
+
+        def name(why: str, size: int) -> Path:
+            msgid = ids.new_id()
+            planted[msgid] = why
+            return new / ready_name(msgid, size, 0)
+
+        name("a symlink", 60).symlink_to(secret)
+        os.mkfifo(name("a FIFO", 60))  # opening it for reading would block
+        os.link(secret, name("2 hard links", secret.stat().st_size))
+        theirs = name(f"owned by uid {nobody.pw_uid}", 6)
+        theirs.write_bytes(b"theirs")
+        os.chown(theirs, nobody.pw_uid, nobody.pw_gid)
+        trap.start()
+        normal = {reply_id(trap.send(message(i))) for i in range(5)}
+        records = {r["id"]: r for r in trap.wait_records(normal | set(planted), timeout=60)}
+        for msgid, why in planted.items():
+            rec = records[msgid]
+            assert rec["verdict"] == "quarantined", rec
+            assert rec["reason"].startswith(f"untrusted spill file, not read: {why}"), rec
+            assert rec["envelope"] is None and rec["quarantine"]["kept"] is True
+            assert os.path.lexists(rec["quarantine"]["path"])
+            assert Path(rec["quarantine"]["path"] + ".reason").exists()
+        assert all(records[m]["verdict"] == "not_scanned" for m in normal)
+        assert "SECRET-HASH" not in "".join(p.read_text() for p in trap.results_dir.glob("*.jsonl"))
+        assert secret.stat().st_nlink == 2  # the link was moved, never followed
+        st = trap.status()
+        assert st is not None
+        assert st["totals"]["quarantined"] == 4 and st["totals"]["restarts"] == 0
+        assert all(p["state"] == "idle" for p in st["processes"] if p["role"] == "worker")
+    finally:
+        trap.close()
+        import shutil
+
+        shutil.rmtree(secret_dir, ignore_errors=True)
+
+
+def test_the_stage_quarantines_planted_files_unread(tmp_path: Path) -> None:
+    from ringtrap import config as configmod
+    from ringtrap.overflow import Overflow
+    from ringtrap.results import ResultSink, read_results
+    from ringtrap.spamd import SpamdClient
+    from ringtrap.stage import StageWorker
+
+    store = Overflow(tmp_path / "stage", 1 << 24)
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"Subject: SECRET\r\n\r\nSECRET\r\n")
+    fifo = ids.new_id()
+    os.mkfifo(store.path / "new" / ready_name(fifo, 10, 0))
+    link = ids.new_id()
+    (store.path / "new" / ready_name(link, 10, 0)).symlink_to(secret)
+    cfg = configmod.from_dict(
+        {"spamd": {"address": "off"}, "stage": {"workers": 1, "address": "unix:/nonexistent"}}
+    )
+    with ResultSink(tmp_path / "results") as sink:
+        # a TELL would fail to connect: the planted files must never get that far
+        worker = StageWorker(
+            cfg,
+            store,
+            SpamdClient("unix:/nonexistent"),
+            None,
+            0,
+            parent_pid=os.getppid(),
+            sink=sink,
+        )
+        runner = threading.Thread(target=worker.run, kwargs={"max_messages": 2})
+        runner.start()
+        runner.join(30)
+        blocked = runner.is_alive()
+        if blocked:  # a writer releases a reader stuck opening the FIFO
+            for p in (store.path / "cur").iterdir():
+                with contextlib.suppress(OSError):
+                    os.close(os.open(p, os.O_WRONLY | os.O_NONBLOCK))
+            runner.join(30)
+        assert not blocked, "the stage worker blocked on a planted FIFO"
+    got = {r["id"]: r for r in read_results(tmp_path / "results")}
+    assert set(got) == {fifo, link}
+    assert got[fifo]["reason"] == "untrusted spill file, not read: a FIFO"
+    assert got[link]["reason"] == "untrusted spill file, not read: a symlink"
+    assert {r["quarantine"]["store"] for r in got.values()} == {"stage"}
+    st = store.stats()
+    assert (st.ready, st.claimed, st.failed, worker.done) == (0, 0, 2, 0)

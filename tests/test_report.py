@@ -63,7 +63,7 @@ def test_text_report_has_every_table() -> None:
                   "Top URL domains", "Largest campaigns", "Sizes", "Scan times"):
         assert f"\n{title}" in text
     assert "  duplicate         5  62.5%" in text
-    assert "1 groups of repeated bodies hold 6 messages (5 repeats)" in text
+    assert "1 group of repeated bodies holds 6 messages (5 repeats)" in text
 
 
 def test_empty_day() -> None:
@@ -117,3 +117,21 @@ def test_charts_are_png_files(tmp_path: Path) -> None:
                            ("verdicts", "rules", "relays", "url-domains", "hours", "sizes"))
     for name in files:
         assert (charts / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_every_bar_carries_its_value() -> None:
+    pytest.importorskip("matplotlib")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    for horizontal in (False, True):
+        fig, ax = plt.subplots()
+        try:
+            report.draw_bars(ax, ["a", "b", "c"], [400, 1, 0], horizontal)
+            texts = sorted(t.get_text() for t in ax.texts if t.get_text())
+        finally:
+            plt.close(fig)
+        # the one-message bar beside the 400 one is labelled; an empty one is not
+        assert texts == ["1", "400"], (horizontal, texts)

@@ -70,6 +70,7 @@ class Msg:
     attempts: int  # deaths of a claimer while it held the message
     claimer: Identity | None = None
     claim: Claim | None = None
+    taken_before: bool = False  # claimed once: now behind tail, a "stray" when ready
 
 
 class RingMachine(RuleBasedStateMachine):
@@ -87,6 +88,7 @@ class RingMachine(RuleBasedStateMachine):
         self.puts = 0
         self.requeued = 0
         self.adoptions = 0
+        self.passed = 0  # fresh claims taken while an attempted message waited
         for _ in range(2):
             self.spawn()
 
@@ -103,6 +105,23 @@ class RingMachine(RuleBasedStateMachine):
     def ready(self) -> list[str]:
         return sorted((m for m, h in self.msgs.items() if h.claimer is None),
                       key=lambda m: self.msgs[m].order)
+
+    def next_claim(self) -> str:
+        """What the ring hands out next: a message given back unattempted, then
+        fresh ones before any that was attempted (it may kill its claimer), but
+        that one at least once every _SUSPECT_EVERY fresh claims."""
+        ready = [(m, self.msgs[m]) for m in self.ready()]
+        clean = [m for m, h in ready if h.taken_before and h.attempts == 0]
+        suspects = [m for m, h in ready if h.taken_before and h.attempts > 0]
+        fresh = [m for m, h in ready if not h.taken_before]
+        if clean:
+            return clean[0]
+        if suspects and (self.passed >= ringmod._SUSPECT_EVERY or not fresh):
+            self.passed = 0
+            return suspects[0]
+        if suspects:
+            self.passed += 1
+        return fresh[0]
 
     def held_by(self, ident: Identity) -> list[str]:
         return [m for m, h in self.msgs.items() if h.claimer == ident]
@@ -158,11 +177,12 @@ class RingMachine(RuleBasedStateMachine):
             assert c is None
             return None
         assert c is not None, f"claim found nothing with {len(ready)} ready"
-        assert c.msgid == ready[0], "not the oldest ready message"
+        assert c.msgid == self.next_claim(), "not the message the claim order says"
         h = self.msgs[c.msgid]
         assert h.claimer is None, f"{c.msgid} handed to {who} while {h.claimer} holds it"
         assert (c.data, c.attempts) == (body(c.msgid, h.size), h.attempts)
         h.claimer, h.claim = who, c
+        h.taken_before = True
         return c
 
     @rule(size=st.integers(0, SLOT_BYTES + 8))
