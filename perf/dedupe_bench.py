@@ -41,10 +41,10 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 
 from spamd_fixture import SpamdProcess  # noqa: E402
 
-from ringtrap import envelope  # noqa: E402
-from ringtrap.dedupe import DedupeStore  # noqa: E402
-from ringtrap.processing import Processor  # noqa: E402
-from ringtrap.spamd import SpamdClient  # noqa: E402
+from ringtrap.base import envelope  # noqa: E402
+from ringtrap.scan.dedupe import DedupeStore  # noqa: E402
+from ringtrap.scan.processing import Processor  # noqa: E402
+from ringtrap.scan.spamd import SpamdClient  # noqa: E402
 
 CTX = mp.get_context("fork")
 _TEXT = (

@@ -187,7 +187,8 @@ def submit_argv() -> tuple[list[str], str]:
     found = shutil.which("ringtrap")
     if found:
         return [found, "submit"], "ringtrap on PATH"
-    return [sys.executable, "-m", "ringtrap.cli", "submit"], "python -m ringtrap.cli (no install)"
+    return ([sys.executable, "-m", "ringtrap.command.cli", "submit"],
+            "python -m ringtrap.command.cli (no install)")
 
 
 def main() -> int:

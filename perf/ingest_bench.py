@@ -55,8 +55,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import psutil
 
 from ringtrap import ring as ringmod
+from ringtrap.base.counters import C
 from ringtrap.config import Config, IngestConfig, OverflowConfig, RingConfig
-from ringtrap.counters import C
 from ringtrap.ingest_socket import CHUNK, LISTEN_BACKLOG, child_main
 from ringtrap.ring import Ring
 

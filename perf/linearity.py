@@ -118,7 +118,7 @@ for name in ("=? repeated in Subject", "encoded words in Subject",
 
 def step() -> Callable[[bytes], object]:
     """One worker's message step without spamd (imports the ringtrap on sys.path)."""
-    from ringtrap.processing import Processor
+    from ringtrap.scan.processing import Processor
 
     proc = Processor(spamd=None, scan_limit_bytes=500 * 1024)
     return lambda message: proc.process("0640c3f1a2b3c-0004d2", message, 1714567890.0, 1)

@@ -73,7 +73,7 @@ from stress_sample import TickSampler  # noqa: E402
 from stress_trap import ResultsTail, StressSpamd, StressTrap, wait_until  # noqa: E402
 
 from ringtrap import __version__  # noqa: E402
-from ringtrap.results import read_results  # noqa: E402
+from ringtrap.scan.results import read_results  # noqa: E402
 
 KIB, MIB = 1024, 1024 * 1024
 EXIT_LOST = 1

@@ -39,11 +39,11 @@ sys.path.insert(0, str(HERE.parent))
 
 from stress_trap import group_cpu_seconds  # noqa: E402
 
-from ringtrap import ids  # noqa: E402
 from ringtrap import ring as ringmod  # noqa: E402
+from ringtrap.base import ids  # noqa: E402
+from ringtrap.base.proc import self_identity  # noqa: E402
 from ringtrap.overflow import CLAIM_WINDOW, Overflow  # noqa: E402
-from ringtrap.proc import self_identity  # noqa: E402
-from ringtrap.spamd import SpamdClient, SpamdError  # noqa: E402
+from ringtrap.scan.spamd import SpamdClient, SpamdError  # noqa: E402
 
 CTX = mp.get_context("fork")
 # spamc skips messages over 500 KB unscanned (-s 512000), ringtrap over

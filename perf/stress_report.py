@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ringtrap.counters import SCAN_BUCKETS
+from ringtrap.base.counters import SCAN_BUCKETS
 
 MIB = 1024 * 1024
 TARGET_RSS = 40 * MIB  # every ringtrap process under this, excluding the ring's shared memory

@@ -20,8 +20,8 @@ from typing import Any
 from stress_flood import OK, OUTCOMES, Delivery, percentile
 from stress_trap import ProcessMeter, StressSpamd, StressTrap
 
-from ringtrap import ids
-from ringtrap.counters import SCAN_BUCKETS
+from ringtrap.base import ids
+from ringtrap.base.counters import SCAN_BUCKETS
 
 # counters whose per-second change is charted
 RATE_KEYS = {

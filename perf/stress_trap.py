@@ -42,11 +42,11 @@ sys.path.insert(0, str(ROOT / "tests"))
 from spamd_fixture import SpamdProcess, _live_group_members  # noqa: E402
 
 from ringtrap import config as configmod  # noqa: E402
-from ringtrap import proc  # noqa: E402
 from ringtrap import ring as ringmod  # noqa: E402
-from ringtrap.cli import count_purge, gather_status  # noqa: E402
+from ringtrap.base import proc  # noqa: E402
+from ringtrap.command.cli import count_purge, gather_status  # noqa: E402
+from ringtrap.command.top import Sampler  # noqa: E402
 from ringtrap.overflow import Overflow, parse_ready  # noqa: E402
-from ringtrap.top import Sampler  # noqa: E402
 
 MIB = 1024 * 1024
 
@@ -186,7 +186,7 @@ class StressTrap:
         t0 = time.monotonic()
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "ringtrap.cli", "run", "-c", str(self.config_path)],
+                [sys.executable, "-m", "ringtrap.command.cli", "run", "-c", str(self.config_path)],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=ROOT, env=env,
             )
         self.starts += 1

@@ -26,10 +26,10 @@ The server is one process with one ``selectors`` loop.  It is the ring's only
 producer and never waits on the workers: a full ring means a spill.
 
 The same loop serves two optional session sockets, each connection driven by
-a protocol class through the same store hook (:mod:`ringtrap.delivery`): the
-submit socket (:mod:`ringtrap.submit_session`: an envelope block written by
+a protocol class through the same store hook (:mod:`ringtrap.intake.delivery`): the
+submit socket (:mod:`ringtrap.intake.submit_session`: an envelope block written by
 the MTA's client, the message, a length trailer) and an LMTP socket
-(:mod:`ringtrap.lmtp`).  Their messages get the same ids, limits, counters
+(:mod:`ringtrap.intake.lmtp`).  Their messages get the same ids, limits, counters
 and stored form as the raw socket's; only the envelope line differs.
 
 Crash model: if the process dies mid-message, its client has not had ``OK``
@@ -58,10 +58,13 @@ from pathlib import Path
 from types import FrameType
 
 from ringtrap import config as configmod
-from ringtrap import envelope, logs, titles
+from ringtrap.base import envelope, logs, titles
+from ringtrap.base.counters import C
+from ringtrap.base.envelope import Envelope
+from ringtrap.base.ids import new_id
+from ringtrap.base.states import ProcState, Role
 from ringtrap.config import Config
-from ringtrap.counters import C
-from ringtrap.delivery import (
+from ringtrap.intake.delivery import (
     ERR,
     OK,
     REASON_BUSY,
@@ -77,19 +80,16 @@ from ringtrap.delivery import (
     Session,
     reply_line,
 )
-from ringtrap.envelope import Envelope
-from ringtrap.ids import new_id
-from ringtrap.lmtp import R_BUSY as _LMTP_BUSY
-from ringtrap.lmtp import LmtpSession
+from ringtrap.intake.lmtp import R_BUSY as _LMTP_BUSY
+from ringtrap.intake.lmtp import LmtpSession
+from ringtrap.intake.submit_session import SubmitSession
 from ringtrap.overflow import Overflow, OverflowFull, SpillWriter
 from ringtrap.ring import ProcRow, PutResult, Ring
-from ringtrap.states import ProcState, Role
-from ringtrap.submit_session import SubmitSession
 
 log = logging.getLogger(__name__)
 
 # The reply prefixes and reasons (OK, ERR, TEMPFAIL, REASON_*) and reply_line
-# live in ringtrap.delivery, shared with the session protocols.
+# live in ringtrap.intake.delivery, shared with the session protocols.
 
 LISTEN_BACKLOG = 1024
 # bytes asked of one recv; the one receive buffer is reused by every connection
@@ -324,7 +324,7 @@ class _Listener:
 class _Session:
     """A connection on a session socket: its protocol, its message, its pending output.
 
-    It is also the protocol's :class:`~ringtrap.delivery.Sink`: each call goes to
+    It is also the protocol's :class:`~ringtrap.intake.delivery.Sink`: each call goes to
     the server's store, limits and counters, the raw socket's own.
     """
 

@@ -45,8 +45,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO, NamedTuple
 
-from ringtrap import ids, proc
-from ringtrap.proc import Identity
+from ringtrap.base import ids, proc
+from ringtrap.base.proc import Identity
 
 log = logging.getLogger(__name__)
 
@@ -310,7 +310,7 @@ class Overflow:
     """The spill directory at ``path``, capped at ``max_bytes`` of messages.
 
     ``is_alive`` and ``clock`` are seams for tests: owner liveness (default
-    :func:`ringtrap.proc.is_alive`) and the monotonic clock that paces refreshes
+    :func:`ringtrap.base.proc.is_alive`) and the monotonic clock that paces refreshes
     of the byte-cap estimate.
     """
 

@@ -24,7 +24,7 @@ Segment layout (native byte order, every field a 64-bit word unless noted)::
                       8..11 current message id (32 bytes)
                      12 lock intent (owner token while waiting for or
                         entering the lock)  13 lock tries (+1 per wait given up)
-                     16..79 counters (see ringtrap.counters)
+                     16..79 counters (see ringtrap.base.counters)
     DESCS           DESC_WORDS words per slot, cache-line aligned
                       0 state  1 owner  2 seq  3 length  4 attempts
                       5 enqueued (wall us)  6 releases (give-backs)  7 reserved
@@ -54,7 +54,7 @@ quarantined at its attempt limit) without every replacement worker dying
 on it first.
 
 Every FILLING or CLAIMED slot and the lock carry an owner identity
-(:mod:`ringtrap.proc`) packed into one word, ``start << 22 | pid`` (Linux pids
+(:mod:`ringtrap.base.proc`) packed into one word, ``start << 22 | pid`` (Linux pids
 stay below 2**22), so an owner is written and read whole.  The supervisor
 recovers exactly what a dead process held and breaks a lock whose holder is
 gone, and no live process is ever robbed because its pid once belonged to
@@ -92,10 +92,10 @@ from typing import NamedTuple
 
 import posix_ipc
 
-from ringtrap import proc
-from ringtrap.counters import NCOUNTERS
-from ringtrap.proc import Identity
-from ringtrap.states import ProcState, Role, SlotState
+from ringtrap.base import proc
+from ringtrap.base.counters import NCOUNTERS
+from ringtrap.base.proc import Identity
+from ringtrap.base.states import ProcState, Role, SlotState
 
 log = logging.getLogger(__name__)
 

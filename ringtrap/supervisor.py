@@ -34,17 +34,17 @@ from enum import Enum
 from pathlib import Path
 
 from ringtrap import config as configmod
-from ringtrap import logs, modes, privileges, proc, systemd
-from ringtrap import metrics as metricsmod
 from ringtrap import ring as ringmod
+from ringtrap.base import logs, modes, privileges, proc, systemd
+from ringtrap.base.counters import C
+from ringtrap.base.privileges import PrivilegeError, Target
+from ringtrap.base.proc import Identity
+from ringtrap.base.states import ChildState, ExitCause, ProcState, Role
+from ringtrap.base.titles import set_title
 from ringtrap.config import Config
-from ringtrap.counters import C
+from ringtrap.control import metrics as metricsmod
 from ringtrap.overflow import Overflow, OverflowFull
-from ringtrap.privileges import PrivilegeError, Target
-from ringtrap.proc import Identity
 from ringtrap.ring import ProcRow, Ring
-from ringtrap.states import ChildState, ExitCause, ProcState, Role
-from ringtrap.titles import set_title
 
 log = logging.getLogger(__name__)
 
@@ -381,7 +381,7 @@ class Supervisor:
             log.info("requeued %d overflow messages held by processes that died", n)
             self.row.add(C.RECOVERED_OVERFLOW, n)
         if cfg.stage.workers:
-            from ringtrap import stage
+            from ringtrap.work import stage
 
             self._made_dirs += _absent(configmod.stage_dir(cfg))
             try:
@@ -1012,7 +1012,7 @@ class Supervisor:
         if now - c.started < 60.0:
             return  # still loading its rules
         self.spamd_next_ping = now + SPAMD_PING_INTERVAL
-        from ringtrap.spamd import SpamdClient, SpamdError
+        from ringtrap.scan.spamd import SpamdClient, SpamdError
 
         try:
             SpamdClient(f"unix:{managed_spamd_socket(self.cfg)}", connect_timeout=2.0,
@@ -1091,7 +1091,7 @@ class Supervisor:
             finally:
                 os._exit(code)
         if log_pipe is not None:
-            from ringtrap import spamd_log
+            from ringtrap.control import spamd_log
 
             os.close(log_pipe[1])
             spamd_log.start(log_pipe[0])
@@ -1139,7 +1139,7 @@ class Supervisor:
                                             lmtp=self.side_listeners.get("lmtp"),
                                             config_path=self.config_path)
         if c.kind is Kind.STAGE:
-            from ringtrap import stage
+            from ringtrap.work import stage
 
             return stage.child_main(self.cfg, c.index, c.row, spamd_address(self.cfg))
         from ringtrap import worker

@@ -2,8 +2,8 @@
 
 One :class:`Worker` runs in each worker process.  It takes from the ring
 first and from the overflow directory when the ring has nothing, hands the
-payload to :class:`~ringtrap.processing.Processor`, appends the record through
-:class:`~ringtrap.results.ResultSink` and only then acknowledges the claim,
+payload to :class:`~ringtrap.scan.processing.Processor`, appends the record through
+:class:`~ringtrap.scan.results.ResultSink` and only then acknowledges the claim,
 so a worker that dies at any instant leaves its message claimed for the
 supervisor to requeue (at least once, never lost).
 
@@ -30,9 +30,11 @@ from typing import Any
 import psutil
 
 from ringtrap import config as configmod
-from ringtrap import envelope, logs, proc, quarantine
+from ringtrap.base import envelope, logs, proc
+from ringtrap.base.counters import C, scan_bucket
+from ringtrap.base.states import ProcState, Role
+from ringtrap.base.titles import set_title
 from ringtrap.config import Config
-from ringtrap.counters import C, scan_bucket
 from ringtrap.overflow import (
     Overflow,
     OverflowClaim,
@@ -40,12 +42,17 @@ from ringtrap.overflow import (
     OverflowFull,
     UntrustedFile,
 )
-from ringtrap.processing import Processor
-from ringtrap.results import ResultSink
 from ringtrap.ring import Claim, ProcRow, Ring, RingError, RingOwnershipError
-from ringtrap.spamd import EX_TIMEOUT, SpamdClient, SpamdError, SpamdResponseError, SpamdTimeout
-from ringtrap.states import ProcState, Role
-from ringtrap.titles import set_title
+from ringtrap.scan import quarantine
+from ringtrap.scan.processing import Processor
+from ringtrap.scan.results import ResultSink
+from ringtrap.scan.spamd import (
+    EX_TIMEOUT,
+    SpamdClient,
+    SpamdError,
+    SpamdResponseError,
+    SpamdTimeout,
+)
 
 log = logging.getLogger(__name__)
 

@@ -19,18 +19,18 @@ from pathlib import Path
 
 import pytest
 
-from ringtrap import envelope, titles
 from ringtrap import ring as ringmod
-from ringtrap.counters import C
-from ringtrap.envelope import Envelope
+from ringtrap.base import envelope, titles
+from ringtrap.base.counters import C
+from ringtrap.base.envelope import Envelope
+from ringtrap.base.states import Role
 from ringtrap.ingest_socket import IngestServer, bind_socket
 from ringtrap.overflow import Overflow
 from ringtrap.ring import ProcRow, Ring
-from ringtrap.states import Role
 
 ROOT = Path(__file__).resolve().parent.parent
 DELIVER = ROOT / "scripts" / "ringtrap-deliver"
-SUBMIT = [sys.executable, "-m", "ringtrap.cli", "submit"]
+SUBMIT = [sys.executable, "-m", "ringtrap.command.cli", "submit"]
 
 
 def wait_for(cond: Callable[[], object], timeout: float = 5.0, what: str = "condition") -> None:

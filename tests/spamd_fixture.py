@@ -61,7 +61,7 @@ def free_tcp_port() -> int:
 def ping(family: int, address: str | tuple[str, int], timeout: float = 2.0) -> bool:
     """True if a SPAMC PING at ``address`` gets a PONG.
 
-    Deliberately independent of ``ringtrap.spamd`` so a broken client cannot
+    Deliberately independent of ``ringtrap.scan.spamd`` so a broken client cannot
     make the fixture look broken, or the other way round.
     """
     try:
@@ -116,12 +116,12 @@ class SpamdProcess:
 
     @property
     def unix_address(self) -> str:
-        """``unix:/path`` for :class:`ringtrap.spamd.SpamdClient`."""
+        """``unix:/path`` for :class:`ringtrap.scan.spamd.SpamdClient`."""
         return f"unix:{self.socket_path}"
 
     @property
     def tcp_address(self) -> str:
-        """``tcp:127.0.0.1:PORT`` for :class:`ringtrap.spamd.SpamdClient`."""
+        """``tcp:127.0.0.1:PORT`` for :class:`ringtrap.scan.spamd.SpamdClient`."""
         return f"tcp:127.0.0.1:{self.port}"
 
     @property

@@ -1,4 +1,4 @@
-"""The Maildir archive (ringtrap.archive) and the retention of days and result files."""
+"""The Maildir archive (ringtrap.scan.archive) and the retention of days and result files."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from pathlib import Path
 import mailbuild as mb
 import pytest
 
-from ringtrap import envelope
-from ringtrap.archive import MaildirArchive
-from ringtrap.processing import Processor
-from ringtrap.results import ResultSink, prune_days
+from ringtrap.base import envelope
+from ringtrap.scan.archive import MaildirArchive
+from ringtrap.scan.processing import Processor
+from ringtrap.scan.results import ResultSink, prune_days
 
 DAY = 86400.0
 T0 = 1_800_000_000.0  # 2027-01-15

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from ringtrap import cli
 from ringtrap import config as configmod
+from ringtrap.command import cli
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -75,7 +75,7 @@ def test_reference_settings_table_is_the_generated_one(capsys: pytest.CaptureFix
 
 
 def test_reference_metrics_table_lists_every_metric() -> None:
-    from ringtrap import metrics
+    from ringtrap.control import metrics
 
     readme = (ROOT / "docs" / "reference.md").read_text()
     names = {n for n, *_ in metrics._LABELLED_COUNTERS} | {

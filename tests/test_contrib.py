@@ -140,7 +140,7 @@ def test_the_unit_makes_the_documented_paths_writable(monkeypatch: pytest.Monkey
 def test_the_man_page_renders_without_warnings_and_lists_every_setting(tmp_path: Path) -> None:
     if shutil.which("man") is None:
         pytest.skip("man is missing (dev.sh installs man-db)")
-    from ringtrap import manpage
+    from ringtrap.config import manpage
 
     page = tmp_path / "ringtrap.8"
     page.write_text(manpage.man_page())

@@ -1,4 +1,4 @@
-"""The shared dedupe store (ringtrap.dedupe) and repeats through the Processor."""
+"""The shared dedupe store (ringtrap.scan.dedupe) and repeats through the Processor."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import mailbuild as mb
 import pytest
 from spamd_fixture import SpamdProcess
 
-from ringtrap import envelope
-from ringtrap.dedupe import FILE_NAME, DedupeStore, First
-from ringtrap.processing import Processor
-from ringtrap.spamd import SpamdClient
+from ringtrap.base import envelope
+from ringtrap.scan.dedupe import FILE_NAME, DedupeStore, First
+from ringtrap.scan.processing import Processor
+from ringtrap.scan.spamd import SpamdClient
 
 T0 = 1_800_000_000.0
 

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from ringtrap import cli
 from ringtrap import config as configmod
+from ringtrap.command import cli
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -94,7 +94,7 @@ def test_ringtrap_commands_shown_parse() -> None:
 
 def test_client_options_shown_exist() -> None:
     deliver = (ROOT / "scripts" / "ringtrap-deliver").read_text()
-    submit = (ROOT / "ringtrap" / "submit.py").read_text()
+    submit = (ROOT / "ringtrap" / "command" / "submit.py").read_text()
     shown = commands("ringtrap-deliver ") + commands("ringtrap submit ")
     assert shown
     for doc, line in shown:

@@ -52,7 +52,7 @@ def test_socat_and_nc_deliver_600_with_managed_spamd(tmp_path: Path) -> None:
         assert all(isinstance(r["score"], float) for r in records), "every message scanned"
         assert {r["verdict"] for r in records} <= {"spam", "ham"}
         st = json.loads(subprocess.run(
-            [sys.executable, "-m", "ringtrap.cli", "status", "--json", "-c",
+            [sys.executable, "-m", "ringtrap.command.cli", "status", "--json", "-c",
              str(trap.config_path)], capture_output=True, check=True).stdout)
         t = st["totals"]
         assert t["accepted_ring"] + t["accepted_overflow"] == 600
@@ -332,7 +332,8 @@ def test_purge_drops_the_backlog_and_counts_it(tmp_path: Path) -> None:
             for i in range(30):
                 reply_id(trap.send(message(i)))
             out = subprocess.run(
-                [sys.executable, "-m", "ringtrap.cli", "purge", "-c", str(trap.config_path)],
+                [sys.executable, "-m", "ringtrap.command.cli", "purge", "-c",
+                 str(trap.config_path)],
                 capture_output=True, text=True, check=True).stdout
             assert out.startswith("dropped 22 messages"), out
             st = trap.status()

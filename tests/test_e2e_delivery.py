@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
 DELIVER = ROOT / "scripts" / "ringtrap-deliver"
-SUBMIT = [sys.executable, "-m", "ringtrap.cli", "submit"]
+SUBMIT = [sys.executable, "-m", "ringtrap.command.cli", "submit"]
 
 
 def test_trap_serves_submit_and_lmtp_and_removes_them_on_stop(tmp_path: Path) -> None:

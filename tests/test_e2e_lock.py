@@ -20,11 +20,11 @@ from forking import Children, read_line, report
 from test_ops import NotifyListener
 from trap_fixture import Trap, message, reply_id, wait_until
 
-from ringtrap import proc
 from ringtrap import ring as ringmod
-from ringtrap.counters import C
+from ringtrap.base import proc
+from ringtrap.base.counters import C
+from ringtrap.base.states import Role
 from ringtrap.ring import Ring, owner_token
-from ringtrap.states import Role
 
 pytestmark = pytest.mark.slow
 

@@ -99,7 +99,7 @@ def test_message_work_through_the_service(tmp_path: Path, spamd_server: SpamdPro
         assert t["archived"] == len(archived) and t["archive_errors"] == 0
 
         report = subprocess.run(
-            [sys.executable, "-m", "ringtrap.cli", "report", "--json", "-c",
+            [sys.executable, "-m", "ringtrap.command.cli", "report", "--json", "-c",
              str(trap.config_path), "--day", records[first]["received"][:10]],
             capture_output=True, check=True, timeout=60)
         summary = json.loads(report.stdout)

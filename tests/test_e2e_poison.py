@@ -22,7 +22,7 @@ from spamd_fixture import SpamdProcess
 from test_worker import STALL_MARKER, StallingSpamd
 from trap_fixture import Trap, message, reply_id, wait_until
 
-from ringtrap.counters import C
+from ringtrap.base.counters import C
 from ringtrap.ring import Ring
 
 pytestmark = [pytest.mark.slow, pytest.mark.spamd]

@@ -18,11 +18,13 @@ from pathlib import Path
 import pytest
 from delivery_harness import DELIVER, SUBMIT, Server, servers, temp_base
 
-from ringtrap import envelope, lmtp, submit
-from ringtrap.delivery import Outcome
-from ringtrap.envelope import Envelope
-from ringtrap.processing import Processor
-from ringtrap.submit_session import MAX_LINE, SubmitSession, parse_block
+from ringtrap.base import envelope
+from ringtrap.base.envelope import Envelope
+from ringtrap.command import submit
+from ringtrap.intake import lmtp
+from ringtrap.intake.delivery import Outcome
+from ringtrap.intake.submit_session import MAX_LINE, SubmitSession, parse_block
+from ringtrap.scan.processing import Processor
 
 MSG = b"From: a@example.org\r\nSubject: envelope\r\n\r\nbody\r\n"
 

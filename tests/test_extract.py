@@ -1,4 +1,5 @@
-"""Extractors (ringtrap.extract): relay, addresses, URLs, domains, attachments, fingerprints."""
+"""Extractors (ringtrap.scan.extract): relay, addresses, URLs, domains, attachments,
+fingerprints."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from ringtrap import extract, mime
+from ringtrap.scan import extract, mime
 
 
 def test_relay_of_the_nonspam_sample_is_its_first_external_hop() -> None:
@@ -137,7 +138,7 @@ BIG = 15 * 1024 * 1024
 
 
 def _offline_record(message: bytes) -> dict[str, object]:
-    from ringtrap.processing import Processor
+    from ringtrap.scan.processing import Processor
 
     return Processor(spamd=None, scan_limit_bytes=500 * 1024).process(
         "0640c3f1a2b3c-0004d2", message, 0.0, 0)

@@ -10,7 +10,7 @@ import pytest
 from spamd_fixture import SpamdProcess
 from trap_fixture import Trap, message, reply_id
 
-from ringtrap import modes
+from ringtrap.base import modes
 
 
 def too_open(top: Path) -> list[str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 
-from ringtrap import ids
+from ringtrap.base import ids
 
 
 def test_ids_are_valid_unique_and_increasing() -> None:

@@ -27,10 +27,12 @@ from typing import Any
 import pytest
 from delivery_harness import Server
 
-from ringtrap import envelope, ids, ingest_socket, proc, titles
+from ringtrap import ingest_socket
 from ringtrap import ring as ringmod
+from ringtrap.base import envelope, ids, proc, titles
+from ringtrap.base.counters import C
+from ringtrap.base.states import ProcState
 from ringtrap.config import Config, IngestConfig, OverflowConfig, RingConfig
-from ringtrap.counters import C
 from ringtrap.ingest_socket import (
     CHUNK,
     ERR,
@@ -48,7 +50,6 @@ from ringtrap.ingest_socket import (
 )
 from ringtrap.overflow import Overflow, SpillWriter
 from ringtrap.ring import Ring
-from ringtrap.states import ProcState
 
 HEADER = envelope.header(None)
 INGEST_COUNTERS = (

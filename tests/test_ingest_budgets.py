@@ -21,15 +21,15 @@ from pathlib import Path
 import pytest
 from delivery_harness import SUBMIT, Server, servers, temp_base, wait_for
 
-from ringtrap import lmtp
-from ringtrap.delivery import (
+from ringtrap.ingest_socket import Gate, OverflowGate
+from ringtrap.intake import lmtp
+from ringtrap.intake.delivery import (
     REASON_BUSY,
     REASON_OVERFLOW_FULL,
     REASON_TIMEOUT,
     TEMPFAIL,
     reply_line,
 )
-from ringtrap.ingest_socket import Gate, OverflowGate
 from ringtrap.overflow import Overflow, OverflowFull
 
 MSG = b"From: a@example.org\r\nSubject: budgets\r\n\r\nbody\r\n"

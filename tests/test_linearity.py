@@ -23,8 +23,8 @@ from hypothesis import strategies as st
 from spamd_fixture import SpamdProcess
 from trap_fixture import reply_id, running_trap
 
-from ringtrap import extract
-from ringtrap.processing import Processor
+from ringtrap.scan import extract
+from ringtrap.scan.processing import Processor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "perf"))
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from delivery_harness import Server, servers, temp_base, wait_for
 
-from ringtrap import lmtp
-from ringtrap.envelope import Envelope
+from ringtrap.base.envelope import Envelope
+from ringtrap.intake import lmtp
 
 MSG = b"From: a@example.org\r\nSubject: lmtp\r\n\r\nbody\r\n"
 

@@ -1,4 +1,4 @@
-"""The bounded MIME walk (ringtrap.mime) on real, built and hostile messages."""
+"""The bounded MIME walk (ringtrap.scan.mime) on real, built and hostile messages."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ringtrap import mime
+from ringtrap.scan import mime
 
 
 def test_sample_messages_are_single_text_parts() -> None:

@@ -33,7 +33,7 @@ from spamd_fixture import SpamdProcess
 from trap_fixture import ROOT, Trap, message, reply_id, running_trap, wait_until
 
 from ringtrap import ring as ringmod
-from ringtrap import top
+from ringtrap.command import top
 from ringtrap.supervisor import MIN_UPTIME
 
 pytestmark = pytest.mark.slow
@@ -308,7 +308,8 @@ def test_live_view_renders_a_running_trap_and_status_json_stays_stable(
         assert all("done)" in line for line in worker_rows)  # the process title
 
         # status --json: the keys scripts rely on
-        out = subprocess.run([sys.executable, "-m", "ringtrap.cli", "status", "--json", "-c",
+        out = subprocess.run([sys.executable, "-m", "ringtrap.command.cli", "status", "--json",
+                              "-c",
                               str(trap.config_path)], capture_output=True, check=True,
                              cwd=ROOT).stdout
         st = json.loads(out)
@@ -419,11 +420,11 @@ def test_the_systemd_unit_verifies_and_says_what_the_supervisor_needs(tmp_path: 
     # verify against what is installed here: the real command instead of /usr/local/bin
     installed = shutil.which("ringtrap") or shutil.which("ringtrap", path=os.path.dirname(
         sys.executable))
-    real = installed or f"{sys.executable} -m ringtrap.cli"
+    real = installed or f"{sys.executable} -m ringtrap.command.cli"
     unit = tmp_path / "ringtrap.service"
     unit.write_text(text.replace("ExecStart=/usr/local/bin/ringtrap", f"ExecStart={real}"))
     # verify runs man for Documentation=man:ringtrap(8): the page the install writes
-    from ringtrap import manpage
+    from ringtrap.config import manpage
 
     (tmp_path / "man" / "man8").mkdir(parents=True)
     (tmp_path / "man" / "man8" / "ringtrap.8").write_text(manpage.man_page())

@@ -19,11 +19,12 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from ringtrap import config as configmod
-from ringtrap import logs, metrics, privileges, systemd
 from ringtrap import ring as ringmod
-from ringtrap.counters import SCAN_BUCKETS, C, scan_bucket
+from ringtrap.base import logs, privileges, systemd
+from ringtrap.base.counters import SCAN_BUCKETS, C, scan_bucket
+from ringtrap.base.states import ChildState, Role
+from ringtrap.control import metrics
 from ringtrap.overflow import Overflow
-from ringtrap.states import ChildState, Role
 from ringtrap.supervisor import MIN_UPTIME, Child, Kind, Supervisor
 
 from test_supervisor_logic import FakeOS, exit_status, signal_status  # isort: skip
@@ -335,8 +336,8 @@ class EventRecords(logging.Handler):
 def test_a_spamd_outage_is_logged_once_per_backoff_period(tmp_path: Path) -> None:
     from test_worker import local_worker, make_cfg, open_overflow, put, run_until
 
-    from ringtrap.processing import Processor
-    from ringtrap.results import ResultSink
+    from ringtrap.scan.processing import Processor
+    from ringtrap.scan.results import ResultSink
     from ringtrap.worker import spamd_client
 
     name = f"rt-ops-w-{uuid.uuid4().hex[:8]}"

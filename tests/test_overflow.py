@@ -22,7 +22,9 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from ringtrap import ids, overflow, proc
+from ringtrap import overflow
+from ringtrap.base import ids, proc
+from ringtrap.base.proc import Identity
 from ringtrap.overflow import (
     Overflow,
     OverflowClaimLost,
@@ -34,7 +36,6 @@ from ringtrap.overflow import (
     UntrustedFile,
     open_trusted,
 )
-from ringtrap.proc import Identity
 
 SHM = Path("/dev/shm")
 NEW_NAME = re.compile(r"^[0-9a-f]{13}-[0-9a-f]{6},S=(\d+),A=(\d+)$")

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from forking import Children, body, read_line, report
 
-from ringtrap import ids, proc
+from ringtrap.base import ids, proc
 from ringtrap.overflow import Overflow, parse_ready
 
 pytestmark = pytest.mark.slow

@@ -79,7 +79,7 @@ def install_clients(root: Path) -> Path:
     launcher = bin_ / "ringtrap"
     # what an installed console script does, minus the site packages submit never needs
     launcher.write_text(f"#!{SYSTEM_PYTHON} -S\nimport sys\nsys.path.insert(0, {str(lib)!r})\n"
-                        "from ringtrap.launcher import main\nsys.exit(main())\n")
+                        "from ringtrap.command.launcher import main\nsys.exit(main())\n")
     shutil.copy(ROOT / "scripts" / "ringtrap-deliver", bin_ / "ringtrap-deliver")
     for p in (launcher, bin_ / "ringtrap-deliver"):
         p.chmod(0o755)

@@ -1,12 +1,12 @@
-"""Prefilters (ringtrap.prefilter) on real messages and on messages the tests build."""
+"""Prefilters (ringtrap.scan.prefilter) on real messages and on messages the tests build."""
 
 from __future__ import annotations
 
 import mailbuild as mb
 import pytest
 
-from ringtrap import extract, mime, prefilter
-from ringtrap.envelope import Envelope
+from ringtrap.base.envelope import Envelope
+from ringtrap.scan import extract, mime, prefilter
 
 LIMIT = 500 * 1024
 

@@ -13,7 +13,7 @@ import uuid
 import posix_ipc
 import psutil
 
-from ringtrap import proc
+from ringtrap.base import proc
 
 
 def test_identity_tells_a_reused_pid_from_the_original() -> None:

@@ -1,4 +1,4 @@
-"""Tests of message work (ringtrap.processing): records, header parsing, scanning.
+"""Tests of message work (ringtrap.scan.processing): records, header parsing, scanning.
 
 The two sample messages Debian ships are scanned by a real private spamd (the
 session's ``spamd_server`` from conftest); the parsing tests run without one
@@ -20,9 +20,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from spamd_fixture import SpamdProcess
 
-from ringtrap import envelope
-from ringtrap.envelope import Envelope
-from ringtrap.processing import (
+from ringtrap.base import envelope
+from ringtrap.base.envelope import Envelope
+from ringtrap.scan.processing import (
     HEADER_WINDOW,
     MAX_HEADERS,
     MAX_VALUE_CHARS,
@@ -32,7 +32,7 @@ from ringtrap.processing import (
     decode_words,
     parse_headers,
 )
-from ringtrap.spamd import SpamdClient, SpamdConnectionError
+from ringtrap.scan.spamd import SpamdClient, SpamdConnectionError
 
 EXAMPLES = Path("/usr/share/doc/spamassassin/examples")
 SPAM = EXAMPLES / "sample-spam.txt"

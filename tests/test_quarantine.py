@@ -19,7 +19,7 @@ from pathlib import Path
 
 from trap_fixture import Trap, message, reply_id
 
-from ringtrap import envelope, ids
+from ringtrap.base import envelope, ids
 from ringtrap.overflow import SUBDIRS, ready_name
 
 MiB = 1 << 20
@@ -36,7 +36,7 @@ def plant(overflow_dir: Path, sub: str, payload: bytes, attempts: int) -> str:
 
 def cli(trap: Trap, *args: str) -> str:
     return subprocess.run(
-        [sys.executable, "-m", "ringtrap.cli", *args, "-c", str(trap.config_path)],
+        [sys.executable, "-m", "ringtrap.command.cli", *args, "-c", str(trap.config_path)],
         capture_output=True,
         text=True,
         check=True,
@@ -181,9 +181,9 @@ def test_planted_spill_files_are_quarantined_unread_and_nothing_stalls(tmp_path:
 def test_the_stage_quarantines_planted_files_unread(tmp_path: Path) -> None:
     from ringtrap import config as configmod
     from ringtrap.overflow import Overflow
-    from ringtrap.results import ResultSink, read_results
-    from ringtrap.spamd import SpamdClient
-    from ringtrap.stage import StageWorker
+    from ringtrap.scan.results import ResultSink, read_results
+    from ringtrap.scan.spamd import SpamdClient
+    from ringtrap.work.stage import StageWorker
 
     store = Overflow(tmp_path / "stage", 1 << 24)
     secret = tmp_path / "secret"

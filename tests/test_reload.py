@@ -22,8 +22,8 @@ from trap_fixture import running_trap, wait_until
 
 from ringtrap import config as configmod
 from ringtrap import ingest_socket
+from ringtrap.base.states import ChildState
 from ringtrap.config import Config, MiB
-from ringtrap.states import ChildState
 from ringtrap.supervisor import Child, Kind, Supervisor
 
 ROOT = Path(__file__).resolve().parent.parent

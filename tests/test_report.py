@@ -1,4 +1,4 @@
-"""The daily report (ringtrap.report and ``ringtrap report``)."""
+"""The daily report (ringtrap.command.report and ``ringtrap report``)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from ringtrap import report
-from ringtrap.cli import EX_NOINPUT, EX_USAGE, main
-from ringtrap.results import ResultSink
+from ringtrap.command import report
+from ringtrap.command.cli import EX_NOINPUT, EX_USAGE, main
+from ringtrap.scan.results import ResultSink
 
 T0 = 1_800_000_000.0  # 2027-01-15 08:00 UTC
 DAY = "2027-01-15"

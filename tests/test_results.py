@@ -1,4 +1,4 @@
-"""Tests of the results sink (ringtrap.results): lines, modes, rotation, concurrency."""
+"""Tests of the results sink (ringtrap.scan.results): lines, modes, rotation, concurrency."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from ringtrap.results import ResultSink, encode, file_name, read_results, result_files
+from ringtrap.scan.results import ResultSink, encode, file_name, read_results, result_files
 
 # 2024-05-01 12:00:00 UTC
 NOON = float(calendar.timegm((2024, 5, 1, 12, 0, 0)))

@@ -21,10 +21,11 @@ from uuid import uuid4
 import posix_ipc
 import pytest
 
-from ringtrap import proc
 from ringtrap import ring as ringmod
-from ringtrap.counters import NCOUNTERS, C
-from ringtrap.proc import Identity
+from ringtrap.base import proc
+from ringtrap.base.counters import NCOUNTERS, C
+from ringtrap.base.proc import Identity
+from ringtrap.base.states import ProcState, Role, SlotState
 from ringtrap.ring import (
     Claim,
     PutResult,
@@ -39,7 +40,6 @@ from ringtrap.ring import (
     owner_token,
     token_identity,
 )
-from ringtrap.states import ProcState, Role, SlotState
 
 SHM = Path("/dev/shm")
 PREFIX = f"rt-test-{os.getpid()}-unit-"

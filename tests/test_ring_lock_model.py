@@ -30,9 +30,9 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from ringtrap import proc
 from ringtrap import ring as ringmod
-from ringtrap.proc import Identity
+from ringtrap.base import proc
+from ringtrap.base.proc import Identity
 from ringtrap.ring import Ring, owner_token
 
 SHM = Path("/dev/shm")

@@ -24,11 +24,11 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from ringtrap import ids, proc
 from ringtrap import ring as ringmod
-from ringtrap.proc import Identity
+from ringtrap.base import ids, proc
+from ringtrap.base.proc import Identity
+from ringtrap.base.states import SlotState
 from ringtrap.ring import Claim, PutResult, RecoverResult, Ring, RingOwnershipError
-from ringtrap.states import SlotState
 
 SHM = Path("/dev/shm")
 PREFIX = f"rt-test-{os.getpid()}-model-"

@@ -19,12 +19,12 @@ from uuid import uuid4
 import pytest
 from forking import Children, body, read_all, read_line, report
 
-from ringtrap import proc
 from ringtrap import ring as ringmod
-from ringtrap.counters import C
-from ringtrap.proc import Identity
+from ringtrap.base import proc
+from ringtrap.base.counters import C
+from ringtrap.base.proc import Identity
+from ringtrap.base.states import Role, SlotState
 from ringtrap.ring import PutResult, RecoverResult, Ring
-from ringtrap.states import Role, SlotState
 
 pytestmark = pytest.mark.slow
 

@@ -1,4 +1,4 @@
-"""Tests of the SPAMC/1.5 client (ringtrap.spamd).
+"""Tests of the SPAMC/1.5 client (ringtrap.scan.spamd).
 
 Three parts: the reply parsers and address parsing on bytes and strings; the
 error paths against tiny fake servers (the only place a fake spamd is used);
@@ -30,7 +30,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from spamd_fixture import SPAMC, SpamdProcess, spamc_missing_reason, spamd_missing_reason
 
-from ringtrap.spamd import (
+from ringtrap.scan.spamd import (
     RETRYABLE_CODES,
     SpamdClient,
     SpamdConnectionError,

@@ -1,4 +1,4 @@
-"""The slower stage (ringtrap.stage): learning with a real spamd, a slow or failing backend.
+"""The slower stage (ringtrap.work.stage): learning with a real spamd, a slow or failing backend.
 
 The unit tests drive a :class:`StageWorker` over its spill directory; the
 end-to-end tests run a whole trap with a stage pool, once against the real
@@ -28,14 +28,14 @@ from spamd_fixture import SpamdProcess
 from trap_fixture import reply_id, running_trap, wait_until
 
 from ringtrap import config as configmod
-from ringtrap import envelope
-from ringtrap.counters import C
+from ringtrap.base import envelope
+from ringtrap.base.counters import C
+from ringtrap.base.states import Role
 from ringtrap.overflow import Overflow
-from ringtrap.results import ResultSink, read_results
 from ringtrap.ring import Ring, unlink_name
-from ringtrap.spamd import SpamdClient
-from ringtrap.stage import StageWorker
-from ringtrap.states import Role
+from ringtrap.scan.results import ResultSink, read_results
+from ringtrap.scan.spamd import SpamdClient
+from ringtrap.work.stage import StageWorker
 
 
 def unique_spam() -> bytes:
@@ -309,7 +309,8 @@ def test_slow_stage_never_slows_scanning(tmp_path: Path, spamd_server: SpamdProc
             backlog = st["stage"]["ready"] + st["stage"]["claimed"]
             assert backlog == n - t["stage_learned"] and backlog > n // 2
             text = subprocess.run(
-                [sys.executable, "-m", "ringtrap.cli", "status", "-c", str(trap.config_path)],
+                [sys.executable, "-m", "ringtrap.command.cli", "status", "-c",
+                 str(trap.config_path)],
                 capture_output=True, text=True, check=True, timeout=30).stdout
             assert re.search(r"^stage    \S+: \d+ waiting", text, re.MULTILINE), text
             assert f"handed on {n}," in text
@@ -341,7 +342,7 @@ def test_full_stage_drops_hand_offs_and_scanning_goes_on(tmp_path: Path) -> None
 
 def test_purge_drops_the_stage_backlog_too(tmp_path: Path,
                                            capsys: pytest.CaptureFixture[str]) -> None:
-    from ringtrap.cli import main
+    from ringtrap.command.cli import main
 
     stage_dir = tmp_path / "stage"
     config = tmp_path / "trap.toml"

@@ -21,10 +21,10 @@ import psutil
 import pytest
 from delivery_harness import DELIVER, SUBMIT, Server, servers, temp_base, wait_for
 
-from ringtrap import submit
-from ringtrap.delivery import OK, REASON_BAD_REQUEST, REASON_TRUNCATED, TEMPFAIL
-from ringtrap.envelope import Envelope
-from ringtrap.submit_session import SubmitSession, dd_report_start
+from ringtrap.base.envelope import Envelope
+from ringtrap.command import submit
+from ringtrap.intake.delivery import OK, REASON_BAD_REQUEST, REASON_TRUNCATED, TEMPFAIL
+from ringtrap.intake.submit_session import SubmitSession, dd_report_start
 
 
 @pytest.fixture
@@ -362,7 +362,7 @@ def test_submit_parses_the_postfix_argument_forms() -> None:
 
 def test_submit_imports_nothing_heavy() -> None:
     # the MTA starts it per message: the interpreter's own start is the floor
-    code = ("import sys; import ringtrap.submit;"
+    code = ("import sys; import ringtrap.command.submit;"
             " heavy = {'socket', 'json', 'argparse', 'ringtrap.config', 'psutil', 'posix_ipc'};"
             " print(sorted(heavy & set(sys.modules)))")
     out = subprocess.run([*SUBMIT[:1], "-S", "-c", code], capture_output=True, text=True,

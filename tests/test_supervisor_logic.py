@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from ringtrap import config as configmod
-from ringtrap.proc import Identity
-from ringtrap.states import ChildState, ExitCause
+from ringtrap.base.proc import Identity
+from ringtrap.base.states import ChildState, ExitCause
 from ringtrap.supervisor import (
     MAX_BOOT_FAILURES,
     OS,

@@ -9,8 +9,8 @@ import pytest
 from rich.console import Console
 
 from ringtrap import config as configmod
-from ringtrap import top
-from ringtrap.counters import C
+from ringtrap.base.counters import C
+from ringtrap.command import top
 
 
 def status(pids: list[int]) -> dict[str, object]:

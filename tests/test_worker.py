@@ -29,16 +29,17 @@ import pytest
 from forking import Reaper
 from spamd_fixture import SpamdProcess
 
-from ringtrap import config, envelope, ids, proc
+from ringtrap import config
+from ringtrap.base import envelope, ids, proc
+from ringtrap.base.counters import C
+from ringtrap.base.envelope import Envelope
+from ringtrap.base.states import ProcState, Role, SlotState
 from ringtrap.config import Config
-from ringtrap.counters import C
-from ringtrap.envelope import Envelope
 from ringtrap.overflow import Overflow, parse_ready
-from ringtrap.processing import Processor
-from ringtrap.results import ResultSink, read_results
 from ringtrap.ring import PutResult, Ring, RowSnapshot, unlink_name
-from ringtrap.spamd import SpamdClient
-from ringtrap.states import ProcState, Role, SlotState
+from ringtrap.scan.processing import Processor
+from ringtrap.scan.results import ResultSink, read_results
+from ringtrap.scan.spamd import SpamdClient
 from ringtrap.worker import EXIT_OK, EXIT_SETUP, Worker, child_main, spamd_client
 
 EXAMPLES = Path("/usr/share/doc/spamassassin/examples")

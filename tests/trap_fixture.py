@@ -28,9 +28,9 @@ from typing import Any
 import psutil
 
 from ringtrap import config as configmod
-from ringtrap import proc
 from ringtrap import ring as ringmod
-from ringtrap.cli import gather_status
+from ringtrap.base import proc
+from ringtrap.command.cli import gather_status
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -92,7 +92,7 @@ class Trap:
         self.write_config()
         self.proc: subprocess.Popen[bytes] | None = None
         # the program started as ``<command> run -c <config>``: an installed one may replace it
-        self.command = [sys.executable, "-m", "ringtrap.cli"]
+        self.command = [sys.executable, "-m", "ringtrap.command.cli"]
 
     # -- configuration -------------------------------------------------------
 

@@ -1,6 +1,6 @@
 """What a trap operator mines from a message: addresses, relay, URLs, attachments, hashes.
 
-Every function takes a walked :class:`~ringtrap.mime.Message` (or plain
+Every function takes a walked :class:`~ringtrap.scan.mime.Message` (or plain
 values), returns JSON-ready data, caps what it returns and never raises on
 any input.  Registered domains come from the Public Suffix List shipped in
 the ``publicsuffixlist`` package: it works offline (the list is inside the
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from io import BytesIO
 from typing import Any
 
-from ringtrap.mime import MAX_PARSE_BYTES, Message, Part, iter_full_body
+from ringtrap.scan.mime import MAX_PARSE_BYTES, Message, Part, iter_full_body
 
 # At most this many URLs, URL domains and attachments are recorded per message.
 MAX_URLS = 100

@@ -126,9 +126,9 @@ def preload_package() -> None:
     """
     import ringtrap
 
-    for info in pkgutil.iter_modules(ringtrap.__path__, "ringtrap."):
-        if info.name in ("ringtrap.cli", "ringtrap.top", "ringtrap.__main__"):
-            continue  # the command line and the terminal view never run in the trap
+    for info in pkgutil.walk_packages(ringtrap.__path__, "ringtrap."):
+        if info.name.startswith("ringtrap.command"):
+            continue  # the commands never run in the trap
         try:
             module = importlib.import_module(info.name)
         except ImportError as e:  # an optional dependency: its feature reports it when used

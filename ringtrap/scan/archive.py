@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Collection
 from pathlib import Path
 
-from ringtrap.results import day_name, prune_days
+from ringtrap.scan.results import day_name, prune_days
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from ringtrap import modes
+from ringtrap.base import modes
 
 _role = "supervisor"
 _FORMAT = "%(asctime)s ringtrap[%(process)d] %(role)s %(levelname)s %(name)s: %(message)s"

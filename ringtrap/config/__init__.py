@@ -1090,7 +1090,7 @@ class ResultsConfig:
     )
 
 
-# The verdicts of a record (ringtrap.processing.VERDICTS, which this leaf
+# The verdicts of a record (ringtrap.scan.processing.VERDICTS, which this leaf
 # module cannot import: processing needs the spamd client and the parsers).
 VERDICT_NAMES = (
     "spam", "ham", "not_scanned", "error", "bounce", "autoreply", "virus", "oversize",
@@ -1847,7 +1847,7 @@ def docs_table() -> str:
     rows = [
         "## Configuration",
         "",
-        "ringtrap reads one TOML file; every key is optional. `ringtrap/config.py`"
+        "ringtrap reads one TOML file; every key is optional. `ringtrap/config/__init__.py`"
         " declares each setting once and generates this table and the sample file.",
         "",
         "| section.key | type | default | meaning |",

@@ -67,9 +67,9 @@ def gather_status(cfg: configmod.Config, ring: Any = None,
     """
     import psutil
 
-    from ringtrap import proc
     from ringtrap import ring as ringmod
-    from ringtrap.counters import C
+    from ringtrap.base import proc
+    from ringtrap.base.counters import C
 
     if ring is not None:
         snap = ring.snapshot()
@@ -221,7 +221,7 @@ def cmd_top(args: argparse.Namespace) -> int:
     if args.interval <= 0:
         print("ringtrap: --interval must be a positive number of seconds", file=sys.stderr)
         return EX_USAGE
-    from ringtrap import top
+    from ringtrap.command import top
 
     return top.watch(_load(args.config), interval=args.interval)
 
@@ -261,7 +261,7 @@ def _purge_quarantine(cfg: configmod.Config, o: Overflow) -> int:
     import contextlib
 
     from ringtrap import ring as ringmod
-    from ringtrap.counters import C
+    from ringtrap.base.counters import C
     from ringtrap.overflow import Overflow
 
     stores = [(cfg.overflow.dir, o)]
@@ -287,7 +287,7 @@ def _purge_quarantine(cfg: configmod.Config, o: Overflow) -> int:
 def count_purge(ring_name: str, count: int, nbytes: int) -> None:
     """Count a purge where status and metrics read it, if the trap's ring exists."""
     from ringtrap import ring as ringmod
-    from ringtrap.counters import C
+    from ringtrap.base.counters import C
 
     try:
         ring = ringmod.Ring.attach(ring_name)
@@ -300,7 +300,7 @@ def count_purge(ring_name: str, count: int, nbytes: int) -> None:
 def cmd_report(args: argparse.Namespace) -> int:
     import datetime
 
-    from ringtrap import report
+    from ringtrap.command import report
 
     cfg = _load(args.config)
     day = args.day or time.strftime("%Y-%m-%d", time.gmtime())
@@ -349,7 +349,7 @@ def cmd_config(args: argparse.Namespace) -> int:
         print(configmod.docs_table())
         return 0
     if args.man:
-        from ringtrap import manpage
+        from ringtrap.config import manpage
 
         print(manpage.man_page(), end="")
         return 0
@@ -406,7 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--charts", metavar="DIR",
                    help="also write PNG charts into DIR (needs the 'report' extra: matplotlib)")
     p.set_defaults(func=cmd_report)
-    # listed for --help only: main() hands "submit" to ringtrap.submit before argparse
+    # listed for --help only: main() hands "submit" to ringtrap.command.submit before argparse
     sub.add_parser("submit", help="deliver the message on stdin with its envelope (the MTA's"
                    " pipe client; exit 0 or 75, see 'ringtrap submit --help')", add_help=False)
     p = sub.add_parser("config", help="print a sample configuration or check one")
@@ -424,7 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args_in = sys.argv[1:] if argv is None else argv
     if args_in[:1] == ["submit"]:
-        from ringtrap import submit
+        from ringtrap.command import submit
 
         return submit.main(args_in[1:])
     ap = build_parser()

@@ -15,8 +15,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from ringtrap import envelope
-from ringtrap.processing import RECORD_KEYS, iso_utc
+from ringtrap.base import envelope
+from ringtrap.scan.processing import RECORD_KEYS, iso_utc
 
 QUARANTINED = "quarantined"
 
@@ -26,7 +26,7 @@ Store = Literal["ring", "overflow", "stage"]
 def peek_envelope(head: bytes) -> tuple[dict[str, Any], int] | None:
     """The envelope (as a record holds it) and the envelope line's length, from a payload's start.
 
-    ``head`` needs only the first :data:`ringtrap.envelope.MAX_LINE` bytes of
+    ``head`` needs only the first :data:`ringtrap.base.envelope.MAX_LINE` bytes of
     the payload.  None when it does not start with an envelope line the
     ingest wrote.
     """

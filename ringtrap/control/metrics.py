@@ -1,7 +1,7 @@
 """Prometheus metrics: one collector over the counters in shared memory.
 
 Every ringtrap process counts into its own row of the ring's process table
-(:mod:`ringtrap.counters`); the supervisor folds the rows of exited
+(:mod:`ringtrap.base.counters`); the supervisor folds the rows of exited
 processes into the header.  A scrape therefore needs no cooperation from
 any process: :class:`TrapCollector` reads a :meth:`Ring.snapshot` and
 :meth:`Overflow.stats` (cached for a second, so a burst of scrapes costs one
@@ -27,10 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from ringtrap import __version__
-from ringtrap.counters import SCAN_BUCKETS, C
+from ringtrap.base.counters import SCAN_BUCKETS, C
+from ringtrap.base.states import ProcState, Role
 from ringtrap.overflow import Overflow, OverflowStats
 from ringtrap.ring import Ring, RingError, RingSnapshot
-from ringtrap.states import ProcState, Role
 
 CACHE_SECONDS = 1.0
 

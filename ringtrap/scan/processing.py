@@ -1,11 +1,11 @@
 """Message work: turn one stored payload into one result record.
 
 :class:`Processor` splits off the envelope line, walks the message within
-fixed bounds (:mod:`ringtrap.mime`), extracts what an operator mines from it
-(:mod:`ringtrap.extract`), runs the cheap prefilters (:mod:`ringtrap.prefilter`),
+fixed bounds (:mod:`ringtrap.scan.mime`), extracts what an operator mines from it
+(:mod:`ringtrap.scan.extract`), runs the cheap prefilters (:mod:`ringtrap.scan.prefilter`),
 looks the body's fingerprint up among recent campaigns
-(:mod:`ringtrap.dedupe`), asks spamd for a verdict, archives the message
-(:mod:`ringtrap.archive`) and builds the record the worker writes to the
+(:mod:`ringtrap.scan.dedupe`), asks spamd for a verdict, archives the message
+(:mod:`ringtrap.scan.archive`) and builds the record the worker writes to the
 results.  It knows nothing of queues: the caller claims, records and
 acknowledges.
 
@@ -25,13 +25,14 @@ import time
 from collections.abc import Collection, Iterable
 from typing import Any
 
-from ringtrap import envelope, extract, mime, prefilter
-from ringtrap.archive import MaildirArchive
+from ringtrap.base import envelope
+from ringtrap.base.envelope import Envelope
 from ringtrap.config import Config
-from ringtrap.dedupe import DedupeStore, First
-from ringtrap.envelope import Envelope
-from ringtrap.mime import HEADER_WINDOW, MAX_HEADERS, MAX_VALUE_CHARS, decode_words
-from ringtrap.spamd import SpamdClient, SpamdError
+from ringtrap.scan import extract, mime, prefilter
+from ringtrap.scan.archive import MaildirArchive
+from ringtrap.scan.dedupe import DedupeStore, First
+from ringtrap.scan.mime import HEADER_WINDOW, MAX_HEADERS, MAX_VALUE_CHARS, decode_words
+from ringtrap.scan.spamd import SpamdClient, SpamdError
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 class Processor:
     """Parses, filters and scans messages; one instance per worker process.
 
-    ``checks`` are the prefilters in force (:data:`ringtrap.prefilter.CHECKS`);
+    ``checks`` are the prefilters in force (:data:`ringtrap.scan.prefilter.CHECKS`);
     ``trusted_networks`` the trap's own relays, skipped when the relay is
     read from Received fields.  ``dedupe`` recognises campaign repeats and,
     with ``skip_duplicates``, records a repeat from the first message's scan
@@ -107,7 +108,7 @@ class Processor:
     def process(self, msgid: str, payload: bytes, received: float, attempts: int) -> dict[str, Any]:
         """Build the result record of one stored payload.
 
-        Raises a retryable :class:`~ringtrap.spamd.SpamdError` unchanged (the
+        Raises a retryable :class:`~ringtrap.scan.spamd.SpamdError` unchanged (the
         caller gives the message back and retries later); a non-retryable one
         is recorded as verdict "error" with the reason.  ``received`` is
         wall-clock seconds since the epoch.

@@ -17,7 +17,7 @@ from __future__ import annotations
 from enum import IntEnum
 from typing import Protocol
 
-from ringtrap.envelope import Envelope
+from ringtrap.base.envelope import Envelope
 
 # The one-line replies of the raw and submit sockets: prefixes, then reasons.
 OK = b"OK"

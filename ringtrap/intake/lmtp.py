@@ -3,7 +3,7 @@
 :class:`LmtpSession` is one connection's state machine — LHLO, XFORWARD,
 MAIL, RCPT, DATA, RSET, NOOP, QUIT — with no I/O of its own: ``feed`` takes
 received bytes and returns the replies; messages go to the
-:class:`~ringtrap.delivery.Sink` the ingest gives it, which stores them in
+:class:`~ringtrap.intake.delivery.Sink` the ingest gives it, which stores them in
 the ring or the overflow exactly as the raw socket does.
 
 Replies after DATA, one per accepted recipient (RFC 2033), all the same
@@ -31,8 +31,8 @@ import logging
 import re
 from enum import Enum
 
-from ringtrap.delivery import Outcome, Sink
-from ringtrap.envelope import Envelope
+from ringtrap.base.envelope import Envelope
+from ringtrap.intake.delivery import Outcome, Sink
 
 log = logging.getLogger(__name__)
 

@@ -46,7 +46,7 @@ Start-up cost matters: the MTA runs this once per message.  The module
 imports nothing beyond ``_socket`` (the ``socket`` module and argparse would
 each double the interpreter's start-up), does not import the rest of the
 package unless ``-c FILE`` asks for a configuration, and runs as a plain
-script too (``python3 -S .../ringtrap/submit.py``).
+script too (``python3 -S .../ringtrap/command/submit.py``).
 """
 
 import _socket

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from ringtrap.results import PREFIX, SUFFIX
+from ringtrap.scan.results import PREFIX, SUFFIX
 
 log = logging.getLogger(__name__)
 

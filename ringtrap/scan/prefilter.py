@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 
-from ringtrap.envelope import Envelope
-from ringtrap.extract import Attachment, address_local, contains_eicar
-from ringtrap.mime import Message
+from ringtrap.base.envelope import Envelope
+from ringtrap.scan.extract import Attachment, address_local, contains_eicar
+from ringtrap.scan.mime import Message
 
 # Verdicts the prefilters give, in the order they are checked.
 BOUNCE = "bounce"
@@ -46,7 +46,7 @@ def check(msg: Message, raw: bytes | memoryview, env: Envelope, size: int,
     """(verdict, reason) if a prefilter takes the message, else None (scan it).
 
     ``raw`` is the message as received, ``size`` its length, ``files`` its
-    attachments as :func:`ringtrap.extract.attachments` found them.  Order:
+    attachments as :func:`ringtrap.scan.extract.attachments` found them.  Order:
     virus, bounce, autoreply, oversize — a virus that comes back inside a
     bounce is a virus, and a bounce is a bounce at any size.  A message the
     walk could not parse goes through the same checks on what is known (the

@@ -71,7 +71,7 @@ class Sampler:
 
     def sample(self) -> Reading:
         """A reading now; its status is None when no trap is running."""
-        from ringtrap.cli import gather_status
+        from ringtrap.command.cli import gather_status
 
         ring = self._current_ring()
         if self._overflow is None:

@@ -1,8 +1,8 @@
 """The ingest's side of the submit socket: envelope block, message, length trailer.
 
-The wire format is described in :mod:`ringtrap.submit` (the client).  This
+The wire format is described in :mod:`ringtrap.command.submit` (the client).  This
 class parses it without doing any I/O: :meth:`SubmitSession.feed` takes what
-arrived, hands the message's bytes to the :class:`~ringtrap.delivery.Sink`
+arrived, hands the message's bytes to the :class:`~ringtrap.intake.delivery.Sink`
 and returns nothing until the client has finished; :meth:`eof` then checks
 the trailer and returns the one reply line.
 
@@ -16,13 +16,13 @@ client that died midway: the message is dropped and the reply is
 ``TEMPFAIL truncated message``, so an MTA whose client is still alive retries.
 
 The envelope block is read line by line as it arrives and never buffered
-whole: the ingest keeps at most :data:`~ringtrap.submit.MAX_HEADER` bytes of
-it (as stored) and :data:`~ringtrap.submit.MAX_RECIPIENTS` recipients.  The
+whole: the ingest keeps at most :data:`~ringtrap.command.submit.MAX_HEADER` bytes of
+it (as stored) and :data:`~ringtrap.command.submit.MAX_RECIPIENTS` recipients.  The
 recipients past either are left out and counted in the envelope's
 ``recipients_dropped``; the message itself is always kept.  A line longer
 than :data:`MAX_LINE` is no envelope value: it is skipped (a recipient one is
 counted as dropped).  Control characters in values are escaped
-(:func:`~ringtrap.envelope.escape_controls`).  Only a stream that is not a
+(:func:`~ringtrap.base.envelope.escape_controls`).  Only a stream that is not a
 submit stream, or a block no submit client writes (a line without a value, a
 single-valued key twice), is refused, with ``TEMPFAIL bad request``: the
 MTA keeps such a message queued, where an operator sees it, instead of
@@ -36,7 +36,9 @@ import logging
 import re
 from enum import Enum
 
-from ringtrap.delivery import (
+from ringtrap.base.envelope import Envelope, escape_controls
+from ringtrap.command.submit import KEYS, MAGIC, MAX_HEADER, MAX_RECIPIENTS, TRAILER
+from ringtrap.intake.delivery import (
     REASON_BAD_REQUEST,
     REASON_IDLE,
     REASON_SHUTTING_DOWN,
@@ -46,8 +48,6 @@ from ringtrap.delivery import (
     Sink,
     reply_line,
 )
-from ringtrap.envelope import Envelope, escape_controls
-from ringtrap.submit import KEYS, MAGIC, MAX_HEADER, MAX_RECIPIENTS, TRAILER
 
 log = logging.getLogger(__name__)
 

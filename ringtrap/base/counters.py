@@ -68,7 +68,7 @@ class C(IntEnum):
     SCAN_BUCKET_11 = 43
     SCAN_BUCKET_12 = 44  # slower than the last bound
     VERDICT_ERROR = 45  # recorded with verdict "error" (spamd answered with an error)
-    # workers: verdicts of the prefilters and the dedupe (ringtrap.processing.VERDICTS)
+    # workers: verdicts of the prefilters and the dedupe (ringtrap.scan.processing.VERDICTS)
     VERDICT_BOUNCE = 46
     VERDICT_AUTOREPLY = 47
     VERDICT_VIRUS = 48

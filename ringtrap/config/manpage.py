@@ -80,7 +80,7 @@ def _commands(parser: argparse.ArgumentParser) -> list[tuple[str, str]]:
 
 
 def man_page() -> str:
-    from ringtrap.cli import build_parser
+    from ringtrap.command.cli import build_parser
 
     lines = [
         f'.TH RINGTRAP 8 "" "ringtrap {__version__}" "System Administration"',

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from ringtrap import modes
+from ringtrap.base import modes
 
 log = logging.getLogger(__name__)
 

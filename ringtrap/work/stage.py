@@ -34,16 +34,17 @@ import time
 from types import FrameType
 
 from ringtrap import config as configmod
-from ringtrap import envelope, proc, quarantine
+from ringtrap.base import envelope, proc
+from ringtrap.base.counters import C
+from ringtrap.base.states import ProcState, Role
+from ringtrap.base.titles import set_title
 from ringtrap.config import Config
-from ringtrap.counters import C
 from ringtrap.overflow import Overflow, OverflowClaim, OverflowClaimLost, UntrustedFile
-from ringtrap.processing import split_payload
-from ringtrap.results import ResultSink
 from ringtrap.ring import ProcRow, Ring, RingError
-from ringtrap.spamd import SpamdClient, SpamdError, TellResult
-from ringtrap.states import ProcState, Role
-from ringtrap.titles import set_title
+from ringtrap.scan import quarantine
+from ringtrap.scan.processing import split_payload
+from ringtrap.scan.results import ResultSink
+from ringtrap.scan.spamd import SpamdClient, SpamdError, TellResult
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
-from ringtrap import modes
+from ringtrap.base import modes
 
 log = logging.getLogger(__name__)
 
