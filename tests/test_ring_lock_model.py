@@ -273,6 +273,7 @@ def model_processes(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(ringmod.proc, "is_alive", is_alive)
     monkeypatch.setattr(ringmod.proc, "stop_mark", stop_mark)
+    monkeypatch.setattr(ringmod.proc, "is_stopped", lambda i: stop_mark(i) is not None)
 
 
 LockMachine.TestCase.settings = settings(
