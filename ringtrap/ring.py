@@ -150,7 +150,7 @@ _ORPHAN_LOCK_SECONDS = 2.0
 # the longest single wait on the lock semaphore: a longer wait is several, each
 # announced afresh, so a waiter cannot be mistaken for a taker that stalled
 _LOCK_SLICE = 0.5
-# a live holder that is stopped and has held the lock this long is hung ...
+# a live holder seen stopped this long, never resumed in between, is hung ...
 _LOCK_STOPPED_SECONDS = 1.0
 # ... and so is one that has held it this long whatever its state (the lock
 # guards a few hundred word stores: microseconds, a scan of every slot at most)
@@ -409,6 +409,8 @@ class Ring:
         self._lock_seen: tuple[int, int, float] | None = None
         # ... and each intent word -> ((token, tries), first seen unchanged)
         self._intents_seen: dict[int, tuple[tuple[int, int], float]] = {}
+        # ... and each holder or suspect seen stopped -> (stop mark, first seen)
+        self._stops_seen: dict[Identity, tuple[int, float]] = {}
         # this process's intent word: a guest pair until it registers a row
         self._iw = H_GUESTS + 2 * (self._me.pid % GUESTS)
         # how long a control operation waits for the lock (see _acquire_patiently)
@@ -666,11 +668,12 @@ class Ring:
         if seen is None or seen[0] != tok or seen[1] != count:
             seen = self._lock_seen = (tok, count, now)
             self._intents_seen.clear()
+            self._stops_seen.clear()
         held_for = now - seen[2]
         if tok:
             holder = token_identity(tok)
             if proc.is_alive(holder):
-                return self._judge(holder, held_for)
+                return self._judge(holder, held_for, now)
             # The holder may have released normally and died since we read it,
             # and another process taken the lock: then the word or the count
             # has moved on, and the lock is not ours to break.
@@ -685,7 +688,7 @@ class Ring:
         suspects = [ident for ident, first in self._watch_intents(now)
                     if first <= seen[2] and proc.is_alive(ident)]
         for ident in suspects:
-            verdict = self._judge(ident, held_for)
+            verdict = self._judge(ident, held_for, now)
             if verdict.hung is not None:
                 return verdict
         if suspects or held_for < _ORPHAN_LOCK_SECONDS:
@@ -697,9 +700,22 @@ class Ring:
         self._break("an unrecorded owner", 0)
         return _LOCK_BROKEN
 
-    def _judge(self, ident: Identity, held_for: float) -> LockCheck:
-        stopped = proc.is_stopped(ident)
-        if held_for >= _LOCK_STUCK_SECONDS or (stopped and held_for >= _LOCK_STOPPED_SECONDS):
+    def _judge(self, ident: Identity, held_for: float, now: float) -> LockCheck:
+        # The stop is timed from the first check that saw this same stop, not
+        # from when the lock was first seen held: a holder slow for a second
+        # and stopped an instant ago (a tracer's pause, a STOP soon followed
+        # by a CONT) is not hung yet.
+        mark = proc.stop_mark(ident)
+        stopped_for = 0.0
+        if mark is None:
+            self._stops_seen.pop(ident, None)
+        else:
+            first = self._stops_seen.get(ident)
+            if first is None or first[0] != mark:
+                first = self._stops_seen[ident] = (mark, now)
+            stopped_for = now - first[1]
+        stopped = mark is not None
+        if held_for >= _LOCK_STUCK_SECONDS or stopped_for >= _LOCK_STOPPED_SECONDS:
             return LockCheck(False, ident, stopped)
         return _LOCK_FINE
 

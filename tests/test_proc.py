@@ -123,3 +123,40 @@ def test_stop_session_finds_what_outlived_its_leader_and_never_a_reused_pid() ->
         if leader.poll() is None:
             leader.kill()
             leader.wait()
+
+
+def wait_state(pid: int, states: bytes) -> None:
+    for _ in range(500):
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read()
+        if raw[raw.rfind(b")") + 2 :].split()[0] in states.split():
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"pid {pid} never reached {states!r}")
+
+
+def test_stop_mark_holds_through_one_stop_and_moves_with_a_resume() -> None:
+    child = subprocess.Popen(["sleep", "60"])
+    try:
+        ident = proc.Identity(child.pid, proc.start_ticks(child.pid) or -1)
+        wait_state(child.pid, b"S")
+        assert proc.stop_mark(ident) is None
+        os.kill(child.pid, signal.SIGSTOP)
+        wait_state(child.pid, b"T")
+        first = proc.stop_mark(ident)
+        assert first is not None and proc.is_stopped(ident)
+        time.sleep(0.2)
+        assert proc.stop_mark(ident) == first  # still the same stop
+        assert proc.stop_mark((ident.pid, ident.start + 1)) is None  # a pid is not an identity
+        # resumed and stopped again between two looks: a new stop
+        os.kill(child.pid, signal.SIGCONT)
+        os.kill(child.pid, signal.SIGSTOP)
+        wait_state(child.pid, b"T")
+        again = proc.stop_mark(ident)
+        assert again is not None and again != first
+        os.kill(child.pid, signal.SIGCONT)
+        wait_state(child.pid, b"S")
+        assert proc.stop_mark(ident) is None and not proc.is_stopped(ident)
+    finally:
+        child.kill()
+        child.wait()

@@ -888,8 +888,8 @@ def test_a_live_taker_stalled_before_its_record_is_never_robbed(
     real_alive = proc.is_alive
     monkeypatch.setattr(ringmod.proc, "is_alive",
                         lambda i: state["alive"] if tuple(i) == taker else real_alive(i))
-    monkeypatch.setattr(ringmod.proc, "is_stopped",
-                        lambda i: state["stopped"] and tuple(i) == taker)
+    monkeypatch.setattr(ringmod.proc, "stop_mark",
+                        lambda i: 1 if state["stopped"] and tuple(i) == taker else None)
     announce_and_enter(r, taker, row=2)
     t = 1000.0
     for _ in range(int(ringmod._LOCK_STUCK_SECONDS / 0.5) - 1):
@@ -912,7 +912,7 @@ def test_a_stopped_taker_is_reported_hung_soon(
 ) -> None:
     holder = reused_pid(me)
     monkeypatch.setattr(ringmod.proc, "is_alive", lambda i: True)
-    monkeypatch.setattr(ringmod.proc, "is_stopped", lambda i: tuple(i) == holder)
+    monkeypatch.setattr(ringmod.proc, "stop_mark", lambda i: 1 if tuple(i) == holder else None)
     hold_lock_as(r, holder)
     assert r.check_lock(50.0) == (False, None, False)
     assert r.check_lock(50.0 + ringmod._LOCK_STOPPED_SECONDS) == (False, holder, True)
@@ -926,7 +926,7 @@ def test_waiters_do_not_shield_an_orphaned_lock(
     their intent, so the lock of a taker killed before its record is broken."""
     waiter = reused_pid(me)
     monkeypatch.setattr(ringmod.proc, "is_alive", lambda i: tuple(i) == waiter)
-    monkeypatch.setattr(ringmod.proc, "is_stopped", lambda i: False)
+    monkeypatch.setattr(ringmod.proc, "stop_mark", lambda i: None)
     announce_and_enter(r, Identity(me.pid, me.start + 2), row=2)  # killed after sem_wait
     w = r._rows_w + 3 * ringmod.ROW_WORDS + ringmod.R_INTENT
     r._q[w] = owner_token(waiter)

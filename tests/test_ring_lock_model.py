@@ -5,7 +5,7 @@ protocol one store at a time, as :meth:`Ring._acquire` makes them (intent,
 wait, holder and count, intent cleared), so the owner's
 :meth:`Ring.check_lock` runs between any two of them.  Whether each one is
 alive or stopped is the model's to say: ``proc.is_alive`` and
-``proc.is_stopped`` are answered from it.  The clock is the model's too: a
+``proc.stop_mark`` are answered from it.  The clock is the model's too: a
 tick advances it by at most ``_LOCK_SLICE`` and ends each running waiter's
 timed wait that ran out, as the semaphore's timeout would.
 
@@ -51,6 +51,7 @@ class Fake:
     phase: str = IDLE  # INSIDE: the semaphore taken, the holder not yet recorded
     alive: bool = True
     stopped_at: float | None = None  # model time of its SIGSTOP
+    stops: int = 0  # SIGSTOPs that stopped it: /proc's mark of each stop
     moved_at: float = 0.0  # model time of its last step
     wait_until: float = 0.0  # when its current timed wait runs out
 
@@ -178,6 +179,7 @@ class LockMachine(RuleBasedStateMachine):
         p = self.procs[i]
         if p.running:
             p.stopped_at = self.now
+            p.stops += 1
 
     @rule(i=st.integers(0, 3))
     def sigcont(self, i: int) -> None:
@@ -265,12 +267,13 @@ def model_processes(monkeypatch: pytest.MonkeyPatch) -> None:
         p = _fake(ident)
         return real(ident) if p is None else p.alive
 
-    def is_stopped(ident: Identity | tuple[int, int]) -> bool:
+    def stop_mark(ident: Identity | tuple[int, int]) -> int | None:
         p = _fake(ident)
-        return p is not None and p.alive and p.stopped_at is not None
+        return p.stops if p is not None and p.alive and p.stopped_at is not None else None
 
     monkeypatch.setattr(ringmod.proc, "is_alive", is_alive)
-    monkeypatch.setattr(ringmod.proc, "is_stopped", is_stopped)
+    monkeypatch.setattr(ringmod.proc, "stop_mark", stop_mark)
+    monkeypatch.setattr(ringmod.proc, "is_stopped", lambda i: stop_mark(i) is not None)
 
 
 LockMachine.TestCase.settings = settings(
@@ -283,3 +286,47 @@ test_ring_lock_model = LockMachine.TestCase
 def no_leftovers() -> Iterator[None]:
     yield
     assert sorted(n for n in os.listdir(SHM) if n.removeprefix("sem.").startswith(PREFIX)) == []
+
+
+def run_steps(steps: list[tuple[str, dict[str, object]]]) -> None:
+    m = LockMachine()
+    try:
+        for name, kw in steps:
+            getattr(m, name)(**kw)
+            m.breaks_are_counted()
+            m.one_live_holder_at_most()
+    finally:
+        m.teardown()
+
+
+def test_a_holder_stopped_for_less_than_the_bound_is_not_hung() -> None:
+    """Found by the model: the lock seen held for a second, its taker
+    stopped only half a second ago, must not be called hung."""
+    run_steps(
+        [("want_lock", {"i": 0})]
+        + [("sigcont", {"i": 0})] * 5
+        + [
+            ("tick", {"check": True, "dt": 0.5}),
+            ("tick", {"check": False, "dt": 0.5}),
+            ("sigcont", {"i": 0}),
+            ("sigstop", {"i": 0}),
+            ("tick", {"check": True, "dt": 0.5}),
+        ]
+    )
+
+
+def test_a_holder_resumed_and_stopped_again_between_checks_is_not_hung() -> None:
+    """Seen stopped at two checks a second apart, but resumed in between:
+    it has not been stopped for that second."""
+    run_steps(
+        [
+            ("want_lock", {"i": 0}),
+            ("sigstop", {"i": 0}),
+            ("tick", {"check": True, "dt": 0.5}),
+            ("tick", {"check": False, "dt": 0.4}),
+            ("sigcont", {"i": 0}),
+            ("sigstop", {"i": 0}),
+            ("tick", {"check": True, "dt": 0.1}),
+            ("tick", {"check": True, "dt": 0.5}),
+        ]
+    )

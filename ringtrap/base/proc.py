@@ -85,19 +85,36 @@ def is_stopped(ident: Identity | tuple[int, int]) -> bool:
 
     Such a process makes no progress until someone resumes it, whatever it holds.
     """
+    return stop_mark(ident) is not None
+
+
+def stop_mark(ident: Identity | tuple[int, int]) -> int | None:
+    """None unless ``ident`` is alive and stopped; then a mark of this stop.
+
+    The mark is the process's count of context switches, which stands still
+    while it stays stopped and moves if it was resumed and stopped again: two
+    equal marks seen a second apart mean a second stopped, where the state
+    alone, sampled twice, would hide the run between.
+    """
     pid, start = ident
     if pid <= 0:
-        return False
+        return None
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             raw = f.read()
-    except OSError:
-        return False
-    rest = raw[raw.rfind(b")") + 2 :].split()
-    try:
-        return rest[0] in (b"T", b"t") and int(rest[19]) == start
-    except (IndexError, ValueError):
-        return False
+        rest = raw[raw.rfind(b")") + 2 :].split()
+        if rest[0] not in (b"T", b"t") or int(rest[19]) != start:
+            return None
+        with open(f"/proc/{pid}/status", "rb") as f:
+            status = f.read()
+    except (OSError, IndexError, ValueError):
+        return None
+    mark = 0
+    for line in status.splitlines():
+        if b"ctxt_switches:" in line:
+            with contextlib.suppress(ValueError):
+                mark += int(line.split()[1])
+    return mark
 
 
 def private_rss(pid: int) -> int | None:
