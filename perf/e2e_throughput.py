@@ -22,8 +22,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from trap_fixture import Trap, message, reply_id  # noqa: E402
 
+from ringtrap.control.managed_spamd import managed_spamd_socket  # noqa: E402
 from ringtrap.scan.spamd import SpamdClient, SpamdError  # noqa: E402
-from ringtrap.supervisor import managed_spamd_socket  # noqa: E402
 
 
 def cpu_by_role(trap: Trap) -> dict[str, float]:

@@ -20,7 +20,7 @@ import pytest
 from spamd_fixture import SpamdProcess
 from trap_fixture import Trap, message, reply_id, running_trap, shm_leftovers, wait_until
 
-from ringtrap.supervisor import MAX_BOOT_FAILURES
+from ringtrap.control.child import MAX_BOOT_FAILURES
 
 pytestmark = pytest.mark.slow
 
@@ -151,7 +151,7 @@ def session_alive(pid: int) -> list[int]:
 def test_a_managed_spamd_left_by_a_sigkilled_supervisor_is_stopped_by_the_next(
     tmp_path: Path,
 ) -> None:
-    from ringtrap.supervisor import spamd_answers_as
+    from ringtrap.control.managed_spamd import spamd_answers_as
 
     settings = {"spamd": {"address": "managed", "extra_args": ["--local"]}}
     trap = Trap(tmp_path, settings)

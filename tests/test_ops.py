@@ -34,7 +34,7 @@ from trap_fixture import ROOT, Trap, message, reply_id, running_trap, wait_until
 
 from ringtrap import ring as ringmod
 from ringtrap.command import top
-from ringtrap.supervisor import MIN_UPTIME
+from ringtrap.control.child import MIN_UPTIME
 
 pytestmark = pytest.mark.slow
 

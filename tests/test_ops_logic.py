@@ -24,8 +24,9 @@ from ringtrap.base import logs, privileges, systemd
 from ringtrap.base.counters import SCAN_BUCKETS, C, scan_bucket
 from ringtrap.base.states import ChildState, Role
 from ringtrap.control import metrics
+from ringtrap.control.child import MIN_UPTIME, Child
 from ringtrap.overflow import Overflow
-from ringtrap.supervisor import MIN_UPTIME, Child, Kind, Supervisor
+from ringtrap.supervisor import Supervisor
 
 from test_supervisor_logic import FakeOS, exit_status, signal_status  # isort: skip
 
@@ -121,7 +122,7 @@ def test_restarts_are_counted_by_cause(
     s, fake, _ = quiet_sup
     row = FakeRow()
     s.row = row  # type: ignore[assignment]
-    c = Child(Kind.WORKER, 0, 2)
+    c = Child(Role.WORKER, 0, 2)
     s.children = [c]
     s.reconcile()
     assert c.state is ChildState.RUNNING
@@ -140,7 +141,7 @@ def test_a_requested_exit_is_not_a_restart(
     s, fake, _ = quiet_sup
     row = FakeRow()
     s.row = row  # type: ignore[assignment]
-    c = Child(Kind.WORKER, 0, 2)
+    c = Child(Role.WORKER, 0, 2)
     s.children = [c]
     s.reconcile()
     c.booted = True  # e.g. a worker recycled over its memory limit

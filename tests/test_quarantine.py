@@ -102,8 +102,9 @@ def test_quarantine_never_blocks_spills_and_every_poison_is_recorded(tmp_path: P
 
 def test_the_daily_purge_drops_the_quarantine_by_its_retention(tmp_path: Path) -> None:
     from ringtrap import config as configmod
+    from ringtrap.control.seam import OS
     from ringtrap.overflow import Overflow
-    from ringtrap.supervisor import OS, Supervisor
+    from ringtrap.supervisor import Supervisor
 
     now = 1_800_000_000.0
     cfg = configmod.override(

@@ -22,9 +22,10 @@ from trap_fixture import running_trap, wait_until
 
 from ringtrap import config as configmod
 from ringtrap import ingest_socket
-from ringtrap.base.states import ChildState
+from ringtrap.base.states import ChildState, Role
 from ringtrap.config import Config, MiB
-from ringtrap.supervisor import Child, Kind, Supervisor
+from ringtrap.control.child import Child
+from ringtrap.supervisor import Supervisor
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -166,8 +167,8 @@ def test_reload_keeps_restart_only_keys_and_reaches_every_child(
     write(path, cfg)
     fake = FakeOS()
     s = Supervisor(configmod.load(path), path, fake.as_os())
-    ingest, worker, stage = Child(Kind.INGEST, 0, 1), Child(Kind.WORKER, 0, 2), \
-        Child(Kind.STAGE, 0, 63)
+    ingest, worker, stage = Child(Role.INGEST, 0, 1), Child(Role.WORKER, 0, 2), \
+        Child(Role.STAGE, 0, 63)
     s.children = [ingest, worker, stage]
     s.reconcile()
 

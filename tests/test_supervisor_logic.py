@@ -9,24 +9,21 @@ import socket
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from ringtrap import config as configmod
+from ringtrap import supervisor
+from ringtrap.base.counters import C
 from ringtrap.base.proc import Identity
-from ringtrap.base.states import ChildState, ExitCause
-from ringtrap.supervisor import (
-    MAX_BOOT_FAILURES,
-    OS,
-    Child,
-    Kind,
-    Phase,
-    Supervisor,
-    backoff_delay,
-    next_purge,
-    read_spamd_owner,
-    spamd_answers_as,
-)
+from ringtrap.base.states import ChildState, ExitCause, ProcState, Role
+from ringtrap.control import adopt
+from ringtrap.control.adopt import read_spamd_owner
+from ringtrap.control.child import MAX_BOOT_FAILURES, Child, backoff_delay, classify, set_state
+from ringtrap.control.managed_spamd import spamd_answers_as
+from ringtrap.control.seam import OS
+from ringtrap.supervisor import ABORT_GRACE, BOOT_GRACE, Phase, Supervisor, next_purge
 
 
 @dataclass
@@ -58,9 +55,13 @@ class FakeOS:
     def identity(self, pid: int) -> Identity | None:
         return self.alive.get(pid)
 
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
     def as_os(self) -> OS:
         return OS(fork=self.fork, kill=self.kill, killpg=self.kill, waitpid=self.waitpid,
-                  monotonic=lambda: self.now, time=lambda: self.wall, identity=self.identity)
+                  monotonic=lambda: self.now, time=lambda: self.wall, sleep=self.sleep,
+                  identity=self.identity)
 
 
 def exit_status(code: int) -> int:
@@ -76,7 +77,7 @@ def sup() -> tuple[Supervisor, FakeOS]:
     cfg = configmod.override(configmod.defaults(), {"workers.count": 2, "spamd.address": "off"})
     fake = FakeOS()
     s = Supervisor(cfg, None, fake.as_os())
-    s.children = [Child(Kind.INGEST, 0, 1), Child(Kind.WORKER, 0, 2), Child(Kind.WORKER, 1, 3)]
+    s.children = [Child(Role.INGEST, 0, 1), Child(Role.WORKER, 0, 2), Child(Role.WORKER, 1, 3)]
     return s, fake
 
 
@@ -126,7 +127,7 @@ def test_requested_stop_is_not_restarted(sup: tuple[Supervisor, FakeOS]) -> None
     w = s.children[2]
     s._stop_child(w, signal.SIGTERM, retire=True)
     assert (w.pid, signal.SIGTERM) in fake.killed
-    assert s.classify(w, exit_status(0), fake.now) is ExitCause.REQUESTED
+    assert classify(w, exit_status(0), booted=True) is ExitCause.REQUESTED
     fake.exits.append((w.pid, exit_status(0)))
     s.reap()
     s.reconcile()
@@ -141,11 +142,11 @@ def test_classify_calls_only_a_death_before_the_boot_a_boot_failure(
     w = s.children[1]
     # never booted: a boot failure, whether it exited 0, 1 or took a signal
     for status in (exit_status(0), exit_status(1), signal_status(signal.SIGKILL)):
-        assert s.classify(w, status, booted=False) is ExitCause.TOO_FAST
+        assert classify(w, status, booted=False) is ExitCause.TOO_FAST
     # booted: a clean exit is a recycle, anything else a crash, however soon
-    assert s.classify(w, exit_status(0), booted=True) is ExitCause.REQUESTED
-    assert s.classify(w, exit_status(1), booted=True) is ExitCause.CRASHED
-    assert s.classify(w, signal_status(signal.SIGKILL), booted=True) is ExitCause.CRASHED
+    assert classify(w, exit_status(0), booted=True) is ExitCause.REQUESTED
+    assert classify(w, exit_status(1), booted=True) is ExitCause.CRASHED
+    assert classify(w, signal_status(signal.SIGKILL), booted=True) is ExitCause.CRASHED
 
 
 def test_a_booted_child_killed_over_and_over_backs_off_and_is_never_given_up(
@@ -212,7 +213,7 @@ def test_illegal_transition_is_refused(sup: tuple[Supervisor, FakeOS]) -> None:
     c = s.children[0]
     c.state = ChildState.EXITED
     with pytest.raises(RuntimeError, match="illegal"):
-        s._set_state(c, ChildState.RUNNING)
+        set_state(c, ChildState.RUNNING)
 
 
 def test_backoff_grows_and_is_capped() -> None:
@@ -275,8 +276,8 @@ def test_drain_stops_the_stage_after_the_workers_that_feed_it(
     cfg = configmod.override(configmod.defaults(), {"workers.count": 1, "spamd.address": "off"})
     fake = FakeOS()
     s = Supervisor(cfg, None, fake.as_os())
-    ingest, worker, stage = Child(Kind.INGEST, 0, 1), Child(Kind.WORKER, 0, 2), \
-        Child(Kind.STAGE, 0, 63)
+    ingest, worker, stage = Child(Role.INGEST, 0, 1), Child(Role.WORKER, 0, 2), \
+        Child(Role.STAGE, 0, 63)
     s.children = [ingest, worker, stage]
     s.reconcile()
     assert stage.name == "stage 0"
@@ -302,7 +303,7 @@ def test_children_killed_at_the_stop_deadline_are_cut_not_crashed(
     s, fake = sup
     monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
     s.cfg = configmod.override(s.cfg, {"ingest.socket": str(tmp_path / "ingest.sock")})
-    spamd = Child(Kind.SPAMD, 0, -1)
+    spamd = Child(Role.SPAMD, 0, -1)
     s.children.append(spamd)
     s.reconcile()
     # the managed spamd's identity is on record for a supervisor started after a crash
@@ -311,8 +312,8 @@ def test_children_killed_at_the_stop_deadline_are_cut_not_crashed(
     for c in s.children:
         c.booted = True
     causes: list[ExitCause] = []
-    classify = s.classify
-    monkeypatch.setattr(s, "classify", lambda *a: causes.append(classify(*a)) or causes[-1])
+    monkeypatch.setattr(supervisor, "classify",
+                        lambda *a: causes.append(classify(*a)) or causes[-1])
     s.handle_term()
     # nothing stops in time: the ingest hangs on, so workers and spamd never got TERM
     fake.now = s.drain_deadline + 1
@@ -323,3 +324,73 @@ def test_children_killed_at_the_stop_deadline_are_cut_not_crashed(
     assert causes == [ExitCause.CUT] * 4
     assert s.cut_processes == 4
     assert s.phase is Phase.DONE and s.exit_code == 0
+
+
+@dataclass
+class RowsRing:
+    """The process table as the supervisor reads it, rows written by the test."""
+
+    rows: list[SimpleNamespace] = field(default_factory=list)
+
+    def read_rows(self) -> list[SimpleNamespace]:
+        return self.rows
+
+
+def test_a_stalled_heartbeat_is_aborted_then_killed_on_the_seams_clock(
+    sup: tuple[Supervisor, FakeOS],
+) -> None:
+    s, fake = sup
+    s.reconcile()
+    w = s.children[1]
+    fake.now += BOOT_GRACE + 1  # past the boot grace: only the beat counts now
+    beat = fake.now
+    ring = RowsRing([SimpleNamespace(row=w.row, pid=w.pid, start=7, state=ProcState.BUSY,
+                                     heartbeat_ns=int(beat * 1e9), msgid="m1")])
+    s.ring = ring  # type: ignore[assignment]
+    counts: dict[int, int] = {}
+    s.row = SimpleNamespace(  # type: ignore[assignment]
+        add=lambda k, n=1: counts.update({k: counts.get(k, 0) + n}))
+    limit = s.cfg.workers.heartbeat_timeout
+    fake.now = beat + limit - 1
+    s.check_heartbeats(fake.now)
+    assert fake.killed == []  # it beat within the limit
+    fake.now = beat + limit + 1
+    s.check_heartbeats(fake.now)
+    assert fake.killed == [(w.pid, signal.SIGABRT)]
+    s.check_heartbeats(fake.now + ABORT_GRACE - 1)
+    assert fake.killed == [(w.pid, signal.SIGABRT)]  # given time to dump core and die
+    fake.now += ABORT_GRACE + 1
+    s.check_heartbeats(fake.now)
+    assert fake.killed[-1] == (w.pid, signal.SIGKILL)
+    w.booted = True
+    fake.exits.append((w.pid, signal_status(signal.SIGKILL)))
+    s.reap()
+    assert counts == {C.HEARTBEAT_KILLS: 1, C.RESTARTS: 1, C.RESTARTS_HUNG: 1}
+    s.reconcile()
+    assert w.state is ChildState.RUNNING and w.abort_sent == 0.0
+
+
+def test_the_old_generation_is_termed_then_killed_on_the_seams_clock() -> None:
+    fake = FakeOS()
+    left = [Identity(501, 7), Identity(502, 7)]
+    fake.alive.update({i.pid: i for i in left})
+    fake.alive[503] = Identity(503, 9)  # the pid is reused: not the one the row names
+    ring = RowsRing([SimpleNamespace(pid=i.pid, start=i.start) for i in left]
+                    + [SimpleNamespace(pid=503, start=7)])
+    killed_at: list[float] = []
+
+    def kill(pid: int, sig: int) -> None:
+        fake.kill(pid, sig)
+        killed_at.append(fake.now)
+        if pid == 501 and sig == signal.SIGTERM:
+            fake.alive.pop(pid)  # obeys TERM
+        if sig == signal.SIGKILL:
+            fake.alive.pop(pid)
+
+    os_ = fake.as_os()
+    os_.kill = kill
+    start = fake.now
+    adopt.stop_old_generation(ring, 10.0, os_)  # type: ignore[arg-type]
+    assert fake.killed == [(501, signal.SIGTERM), (502, signal.SIGTERM), (502, signal.SIGKILL)]
+    assert killed_at[-1] - start >= 10.0  # the graceful timeout passed on the fake clock
+    assert 503 in fake.alive

@@ -19,10 +19,8 @@ from __future__ import annotations
 
 import contextlib
 import grp
-import importlib
 import logging
 import os
-import pkgutil
 import pwd
 import stat
 from dataclasses import dataclass
@@ -114,35 +112,6 @@ def own_dir(path: Path, t: Target, *, tree: bool = False) -> int:
                         os.chown(p, t.uid, t.gid, follow_symlinks=False)
                         changed += 1
     return changed
-
-
-def preload_package() -> None:
-    """Import every ringtrap module and run its ``preload()`` hook, if it has one.
-
-    Called before dropping root and before forking: children then find the
-    code they run already in memory (copy-on-write pages shared with the
-    supervisor), and nothing has to be read from places the service user may
-    not reach.  A module that loads data lazily offers a ``preload()``.
-    """
-    import ringtrap
-
-    for info in pkgutil.walk_packages(ringtrap.__path__, "ringtrap."):
-        if info.name.startswith("ringtrap.command"):
-            continue  # the commands never run in the trap
-        try:
-            module = importlib.import_module(info.name)
-        except ImportError as e:  # an optional dependency: its feature reports it when used
-            log.debug("preload: %s not loaded: %s", info.name, e)
-            continue
-        hook = getattr(module, "preload", None)
-        if callable(hook) and getattr(hook, "__module__", None) == info.name:
-            hook()
-    # loaded lazily: by the configuration on a reload, by a child after fork
-    # (ctypes, for prctl), and by the codec registry (host names go through
-    # idna in getaddrinfo)
-    for name in ("tomllib", "difflib", "textwrap", "shutil", "ctypes", "encodings.idna",
-                 "encodings.latin_1", "encodings.cp1252"):
-        importlib.import_module(name)
 
 
 def drop(t: Target) -> None:

@@ -43,7 +43,7 @@ class ProcState(IntEnum):
 
 
 class ChildState(IntEnum):
-    """The supervisor's view of one child (only Supervisor._set_state moves it)."""
+    """The supervisor's view of one child (only control.child.set_state moves it)."""
 
     WAITING = 0  # not running; started when its restart time comes
     RUNNING = 1
@@ -52,7 +52,7 @@ class ChildState(IntEnum):
 
 
 class ExitCause(IntEnum):
-    """How a child's exit was classified (one place: Supervisor.classify)."""
+    """How a child's exit was classified (one place: control.child.classify)."""
 
     REQUESTED = 0  # we asked it to stop, or it recycled itself (exit 0)
     TOO_FAST = 1  # died before its boot finished: back off, give up after a few

@@ -1,0 +1,76 @@
+"""The spamd the supervisor runs itself (``spamd.address = "managed"``).
+
+Where it listens, the command line it is started with (sized to the worker
+pool), and the probe that says it has booted: it answers PING on its socket
+as the process that bound it.  Started, stopped and restarted by the
+supervisor like any other child; its lines are relogged by ``spamd_log``.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+from pathlib import Path
+
+from ringtrap import config as configmod
+from ringtrap.config import Config
+
+# The user a managed spamd started by root switches to (without service.user).
+SPAMD_ROOT_USER = "nobody"
+
+
+def managed_spamd_socket(cfg: Config) -> Path:
+    """Where a managed spamd listens: beside the ingest socket."""
+    return cfg.ingest.socket.parent / "spamd.sock"
+
+
+def spamd_address(cfg: Config) -> str | None:
+    """The address workers use, or None when scanning is off."""
+    a = cfg.spamd.address
+    if a.kind == "off":
+        return None
+    if a.kind == "managed":
+        return f"unix:{managed_spamd_socket(cfg)}"
+    return str(a)
+
+
+def spamd_argv(cfg: Config) -> list[str]:
+    """The managed spamd's command line: one child per worker unless set, kept exact."""
+    exe = configmod.find_spamd(cfg.spamd.command) or cfg.spamd.command
+    children = cfg.spamd.children or cfg.workers.count
+    sock = managed_spamd_socket(cfg)
+    argv = [exe, f"--socketpath={sock}", "--socketmode=0600",
+            f"--max-children={children}", f"--min-children={children}",
+            "--round-robin", "--syslog=stderr", "--nouser-config"]
+    if os.geteuid() == 0:
+        argv.append(f"--username={SPAMD_ROOT_USER}")
+    if configmod.managed_spamd_tells(cfg):
+        argv.append("--allow-tell")
+    if configmod.managed_spamd_learns(cfg):
+        argv.append(f"--cf=bayes_path {cfg.spamd.bayes_dir / 'bayes'}")
+    argv.extend(cfg.spamd.extra_args)
+    return argv
+
+
+def spamd_answers_as(path: Path, pid: int, timeout: float = 1.0) -> bool:
+    """True if the spamd listening on ``path`` is process ``pid`` and answers PING.
+
+    SO_PEERCRED names the process that bound the listening socket: a spamd
+    left by an older supervisor answers PING on the same path but is not
+    ours, and ours has not booted while it holds the socket.
+    """
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        try:
+            s.connect(str(path))
+            creds = s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+            if struct.unpack("3i", creds)[0] != pid:
+                return False
+            s.sendall(b"PING SPAMC/1.5\r\n\r\n")
+            reply = b""
+            while len(reply) < 256 and (chunk := s.recv(256)):
+                reply += chunk
+        except OSError:
+            return False
+    return reply.startswith(b"SPAMD/") and b"PONG" in reply
