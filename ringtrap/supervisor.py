@@ -11,12 +11,18 @@ queue; the loop waits on that queue for at most a second, dispatches to a
 heartbeats, reconcile the children with the desired state, purge, title.
 Restarts, reloads and shutdown are all "change the desired state, let the
 next tick close the gap".
+
+The loop's parts live beside it in ``ringtrap/control``: ``child`` (one
+child's state machine and exit classification), ``liveness`` (heartbeats,
+boots, a hung ring-lock holder), ``adopt`` (the ring across supervisors,
+recovery of dead children's claims), ``setup`` (directories, pidfile, the
+drop to the service user), ``fork`` (a fresh child's boot), ``purge``,
+``managed_spamd`` and ``seam`` (the OS calls, faked by the logic tests).
 """
 
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import errno
 import logging
 import os
@@ -36,8 +42,9 @@ from ringtrap.base.proc import Identity
 from ringtrap.base.states import ChildState, ExitCause, ProcState, Role
 from ringtrap.base.titles import set_title
 from ringtrap.config import Config
-from ringtrap.control import adopt, fork
+from ringtrap.control import adopt, fork, liveness
 from ringtrap.control import metrics as metricsmod
+from ringtrap.control import purge as purgemod
 from ringtrap.control.adopt import Recovery, Stores
 from ringtrap.control.child import (
     RESTART_COUNTERS,
@@ -48,8 +55,15 @@ from ringtrap.control.child import (
     note_exit,
     restart_delay,
     set_state,
+    stop_next,
 )
-from ringtrap.control.managed_spamd import managed_spamd_socket, spamd_answers_as, spamd_argv
+from ringtrap.control.managed_spamd import (
+    PingWatch,
+    managed_spamd_socket,
+    spamd_answers_as,
+    spamd_argv,
+)
+from ringtrap.control.purge import next_purge
 from ringtrap.control.seam import OS
 from ringtrap.control.setup import (
     Runtime,
@@ -67,17 +81,9 @@ SUPERVISOR_ROW = 0
 INGEST_ROW = 1
 FIRST_WORKER_ROW = 2
 
-# a child is given this long to register and beat before its heartbeat counts
-BOOT_GRACE = 30.0
-# the ingest beats every loop turn (<= 1 s); it may not stall longer than this
-INGEST_HEARTBEAT_TIMEOUT = 30.0
-# after SIGABRT for a stalled heartbeat, SIGKILL if still alive this much later
-ABORT_GRACE = 5.0
 # the longest a turn of the loop waits for the ring lock: a live holder is
 # killed if it is hung (Ring.check_lock), and what needed the lock is retried
 RING_LOCK_PATIENCE = 0.2
-SPAMD_PING_INTERVAL = 30.0
-SPAMD_PING_FAILURES = 3
 
 EX_OK = 0
 EX_SOFTWARE = 70
@@ -91,17 +97,6 @@ class Phase(Enum):
     DRAINING = "draining"  # TERM: stop intake, finish in-flight, persist the ring
     STOPPING = "stopping"  # INT/QUIT: stop now, leave the ring for adoption
     DONE = "done"
-
-
-def next_purge(now: float, at: dt.time) -> float:
-    """Epoch seconds of the next local ``at`` strictly after ``now``."""
-    local = dt.datetime.fromtimestamp(now).astimezone()
-    candidate = local.replace(hour=at.hour, minute=at.minute, second=0, microsecond=0)
-    if candidate.timestamp() <= now:
-        candidate = (local + dt.timedelta(days=1)).replace(
-            hour=at.hour, minute=at.minute, second=0, microsecond=0
-        )
-    return candidate.timestamp()
 
 
 class Supervisor:
@@ -132,8 +127,7 @@ class Supervisor:
         self.cut_processes = 0
         self.cut_messages = 0
         self.next_purge_at = 0.0
-        self.spamd_next_ping = 0.0
-        self.spamd_ping_failures = 0
+        self.spamd_watch = PingWatch()
         self.last_title = 0.0
         self._old_handlers: dict[int, object] = {}
         self.metrics: metricsmod.MetricsServer | None = None
@@ -336,28 +330,9 @@ class Supervisor:
         """After the last child is gone: persist or keep the ring, close up."""
         systemd.notify(stopping=1, status="stopped")
         self._stop_metrics()
-        ring = self.ring
-        if ring is not None and self.overflow is not None:
-            # every child is gone: a held lock is a dead one's (or a foreign
-            # process's), and waiting for it is all that is left to do
-            ring.patience = ringmod.OWNER_PATIENCE
-            res = ring.recover_dead()
-            if res.requeued and self.row:
-                self.row.add(C.RECOVERED_RING, res.requeued)
-            if self.drained:
-                moved = adopt.evacuate(ring, self.overflow)
-                if self.row:
-                    self.row.add(C.DRAINED_TO_OVERFLOW, moved)
-                if moved:
-                    log.info("persisted %d ring messages to the overflow", moved)
-                if ring.snapshot().used == 0:
-                    ring.close()
-                    ringmod.unlink_name(self.cfg.ring.name)
-                else:  # pragma: no cover - a live foreign claimer
-                    log.warning("ring still holds claimed messages; keeping it for adoption")
-                    ring.close()
-            else:
-                ring.close()
+        if self.ring is not None and self.overflow is not None:
+            adopt.close_ring(self.cfg.ring.name, self.ring, self.overflow, self.row,
+                             persist=self.drained)
         if self.listener is not None or self.side_listeners:
             self._close_listener()
         adopt.forget_spamd(self.cfg)
@@ -532,62 +507,16 @@ class Supervisor:
             systemd.notify(watchdog=1)
 
     def check_ring_lock(self) -> None:
-        """Break the ring lock of a dead holder; kill a live holder that is hung.
-
-        A holder that is stopped or has held the lock far longer than any
-        critical section takes makes no progress and never will by itself:
-        it is killed (a child of ours is then reaped and recovered as hung),
-        and a later turn breaks its lock.  Nothing here waits on the lock.
-        """
+        """Break the ring lock of a dead holder; kill a live holder that is hung."""
         assert self.ring is not None
-        check = self.ring.check_lock(self.os.monotonic())
-        if check.broken and self.row:
-            self.row.add(C.LOCK_BREAKS)
-        hung = check.hung
-        if hung is None or hung.pid == os.getpid():
-            return
-        c = next((c for c in self.children if c.ident is not None
-                  and tuple(c.ident) == tuple(hung)), None)
-        name = c.name if c is not None else "a process outside the trap"
-        log.error("%s (pid %d) holds the ring lock and is %s: killing it", name, hung.pid,
-                  "stopped" if check.stopped else "stuck",
-                  extra={"event": "lock_holder_kill", "holder_pid": hung.pid})
-        if c is not None:
-            if not c.abort_sent:
-                c.abort_sent = self.os.monotonic()
-            self._signal(c, signal.SIGKILL)
-        elif self.os.is_alive(hung):  # a pid is not an identity: only that process
-            try:
-                self.os.kill(hung.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError) as e:
-                log.error("cannot kill pid %d: %s", hung.pid, e)
-                return
-        if self.row:
-            self.row.add(C.LOCK_HOLDER_KILLS)
+        liveness.check_ring_lock(self.ring, self.children, self.os, self._signal, self.row)
 
     def progress_shutdown(self, now: float) -> None:
-        ingest_running = any(c.role is Role.INGEST and c.state in
-                             (ChildState.RUNNING, ChildState.STOPPING) for c in self.children)
-        if self.phase is Phase.DRAINING and not ingest_running:
-            for c in self.children:
-                if c.role is Role.WORKER and c.state is ChildState.RUNNING:
-                    self._stop_child(c, signal.SIGTERM)
-        scanning = any(c.role in (Role.INGEST, Role.WORKER) and c.state in
-                       (ChildState.RUNNING, ChildState.STOPPING) for c in self.children)
-        if self.phase is Phase.DRAINING and not scanning:
-            for c in self.children:
-                if c.role is Role.STAGE and c.state is ChildState.RUNNING:
-                    self._stop_child(c, signal.SIGTERM)
-        workers_running = any(c.role is not Role.SPAMD and c.state in
-                              (ChildState.RUNNING, ChildState.STOPPING)
-                              for c in self.children)
-        if not workers_running:
-            for c in self.children:
-                if c.role is Role.SPAMD and c.state is ChildState.RUNNING:
-                    self._stop_child(c, signal.SIGTERM)
+        """Stop the children in their order; kill what still runs at the deadline."""
+        for c in stop_next(self.children, draining=self.phase is Phase.DRAINING):
+            self._stop_child(c, signal.SIGTERM)
         if now > self.drain_deadline:
-            late = [c for c in self.children if c.state in
-                    (ChildState.RUNNING, ChildState.STOPPING)]
+            late = [c for c in self.children if c.active]
             if late:
                 log.warning("shutdown deadline passed: killing %s",
                             ", ".join(c.name for c in late))
@@ -607,117 +536,32 @@ class Supervisor:
         self.children = [c for c in self.children if c.state is not ChildState.EXITED]
 
     def check_heartbeats(self, now: float) -> None:
+        """Abort children whose heartbeat stalled, kill those that outlive the abort."""
         if self.ring is None:
             return
-        rows = {r.row: r for r in self.ring.read_rows()}
-        for c in self.children:
-            if c.state is not ChildState.RUNNING or c.role is Role.SPAMD:
-                continue
-            if c.abort_sent:
-                if now - c.abort_sent > ABORT_GRACE:
-                    self._signal(c, signal.SIGKILL)
-                continue
-            r = rows.get(c.row)
-            if r is None or c.ident is None or r.pid != c.pid:
-                continue  # not registered yet
-            limit = (INGEST_HEARTBEAT_TIMEOUT if c.role is Role.INGEST
-                     else self.cfg.workers.heartbeat_timeout)
-            if now - c.started < BOOT_GRACE and r.heartbeat_ns == 0:
-                continue
-            # beats are written on the same monotonic clock the OS seam reads
-            stalled = now - r.heartbeat_ns / 1e9
-            if stalled > limit:
-                log.error("%s (pid %d) heartbeat stalled %.0f s (state %s, message %s): "
-                          "aborting it", c.name, c.pid, stalled, r.state.name, r.msgid or "-")
-                c.abort_sent = now
-                self._signal(c, signal.SIGABRT)
-                if self.row:
-                    self.row.add(C.HEARTBEAT_KILLS)
+        aborted = liveness.check_heartbeats(self.children, self.ring.read_rows(), now,
+                                            self.cfg.workers.heartbeat_timeout, self._signal)
+        if aborted and self.row:
+            self.row.add(C.HEARTBEAT_KILLS, aborted)
 
     def check_spamd(self, now: float) -> None:
-        managed = [c for c in self.children if c.role is Role.SPAMD
-                   and c.state is ChildState.RUNNING]
-        if not managed or now < self.spamd_next_ping:
-            return
-        c = managed[0]
-        if now - c.started < 60.0:
-            return  # still loading its rules
-        self.spamd_next_ping = now + SPAMD_PING_INTERVAL
-        from ringtrap.scan.spamd import SpamdClient, SpamdError
-
-        try:
-            SpamdClient(f"unix:{managed_spamd_socket(self.cfg)}", connect_timeout=2.0,
-                        timeout=5.0).ping()
-            self.spamd_ping_failures = 0
-        except SpamdError as e:
-            self.spamd_ping_failures += 1
-            log.warning("managed spamd did not answer PING (%s), %d in a row", e,
-                        self.spamd_ping_failures)
-            if self.spamd_ping_failures >= SPAMD_PING_FAILURES:
-                self.spamd_ping_failures = 0
-                log.error("restarting the managed spamd")
-                self._stop_child(c, signal.SIGTERM, retire=False)
+        """PING the managed spamd now and then; restart it after repeated misses."""
+        c = next((c for c in self.children if c.role is Role.SPAMD
+                  and c.state is ChildState.RUNNING), None)
+        if c is not None and self.spamd_watch.failed(self.cfg, c.started, now):
+            log.error("restarting the managed spamd")
+            self._stop_child(c, signal.SIGTERM, retire=False)
 
     def purge(self, scheduled: bool = False) -> tuple[int, int]:
         """Drop the overflow backlog now; returns (files, bytes) dropped."""
         assert self.overflow is not None
-        self.overflow.recover_dead()
-        res = self.overflow.purge()
-        if self.stage_store is not None:
-            # the stage's backlog is dropped daily too: it may lag, never pile up
-            self.stage_store.recover_dead()
-            staged = self.stage_store.purge()
-            log.info("dropped %d stage messages (%d bytes)", staged.count, staged.bytes)
-        if scheduled:
-            self._purge_quarantine()
-        if self.row:
-            self.row.add(C.PURGED_FILES, res.count)
-            self.row.add(C.PURGED_BYTES, res.bytes)
-        log.info("%s purge: dropped %d overflow messages (%d bytes)",
-                 "daily" if scheduled else "requested", res.count, res.bytes,
-                 extra={"event": "purge", "dropped": res.count, "dropped_bytes": res.bytes})
-        return res.count, res.bytes
-
-    def _purge_quarantine(self) -> None:
-        """The daily purge's share of failed/, by overflow.quarantine_retention_days."""
-        assert self.overflow is not None
-        days, now = self.cfg.overflow.quarantine_retention_days, self.os.time()
-        gone = self.overflow.purge_quarantine(days, now).count
-        if self.stage_store is not None:
-            gone += self.stage_store.purge_quarantine(days, now).count
-        if self.row:
-            self.row.add(C.PURGED_QUARANTINED, gone)
-        if gone:
-            log.info("daily purge: dropped %d quarantined messages", gone)
+        days = self.cfg.overflow.quarantine_retention_days if scheduled else None
+        return purgemod.purge(self.overflow, self.stage_store, self.row, days, self.os.time())
 
     def spawn(self, c: Child) -> None:
         """Fork one child; its boot runs in a fixed order (see :mod:`ringtrap.control.fork`)."""
-        log_pipe: tuple[int, int] | None = None
-        if c.role is Role.SPAMD:
-            argv = spamd_argv(self.cfg)
-            # spamd's stdout and stderr: relogged where the trap's own lines go
-            log_pipe = os.pipe()
-        listener = self.listener
-        parent = os.getpid()
-        pid = self.os.fork()
-        if pid == 0:  # pragma: no cover - runs in the child
-            code = EX_SOFTWARE
-            try:
-                fork.die_with_parent(parent)
-                if log_pipe is not None:
-                    os.dup2(log_pipe[1], 1)
-                    os.dup2(log_pipe[1], 2)
-                code = fork.boot(c, self.cfg, self.config_path, self._old_handlers, listener,
-                                 self.side_listeners, argv if c.role is Role.SPAMD else None)
-            except BaseException:
-                logging.getLogger(__name__).exception("%s failed", c.name)
-            finally:
-                os._exit(code)
-        if log_pipe is not None:
-            from ringtrap.control import spamd_log
-
-            os.close(log_pipe[1])
-            spamd_log.start(log_pipe[0])
+        pid = fork.start(self.os, c, self.cfg, self.config_path, self._old_handlers,
+                         self.listener, self.side_listeners, crash_code=EX_SOFTWARE)
         c.started_as(pid, self.os.identity(pid), self.os.monotonic(), self.generation)
         if c.role is Role.SPAMD:
             adopt.record_spamd(self.cfg, c.ident)
@@ -745,7 +589,7 @@ class Supervisor:
 
     def _kill_all(self, sig: int) -> None:
         for c in self.children:
-            if c.state in (ChildState.RUNNING, ChildState.STOPPING):
+            if c.active:
                 self._signal(c, sig)
 
     def reap(self) -> None:
@@ -772,7 +616,7 @@ class Supervisor:
 
     def on_exit(self, c: Child, status: int) -> None:
         now = self.os.monotonic()
-        booted = self._booted(c)
+        booted = liveness.booted(c, self.ring)
         cause = classify(c, status, booted)
         how = describe_status(status)
         ident = c.ident
@@ -815,27 +659,13 @@ class Supervisor:
             log.warning("restarting %s in %.1f s", c.name, delay,
                         extra={"event": "restart", "child": c.name, "delay_s": delay})
 
-    def _booted(self, c: Child) -> bool:
-        """Whether ``c`` finished its boot: remembered, or its row says so now.
-
-        A ring child has booted once its process-table row (its own pid and
-        start) has left STARTING: it attached, registered and reached its
-        loop.  Read before its row is retired.
-        """
-        if c.booted or self.ring is None or c.ident is None or c.row < 0:
-            return c.booted
-        for r in self.ring.read_rows():
-            if r.row == c.row and (r.pid, r.start) == tuple(c.ident):
-                c.booted = r.state is not ProcState.STARTING
-        return c.booted
-
     def check_boots(self, now: float) -> None:
         """Note which running children have finished their boot."""
         for c in self.children:
             if c.state is not ChildState.RUNNING or c.booted:
                 continue
             if c.role is not Role.SPAMD:
-                self._booted(c)
+                liveness.booted(c, self.ring)
             elif now - c.boot_checked >= 1.0:
                 c.boot_checked = now
                 c.booted = spamd_answers_as(managed_spamd_socket(self.cfg), c.pid)

@@ -21,9 +21,11 @@ from ringtrap.base.states import ChildState, ExitCause, ProcState, Role
 from ringtrap.control import adopt
 from ringtrap.control.adopt import read_spamd_owner
 from ringtrap.control.child import MAX_BOOT_FAILURES, Child, backoff_delay, classify, set_state
+from ringtrap.control.liveness import ABORT_GRACE, BOOT_GRACE
 from ringtrap.control.managed_spamd import spamd_answers_as
+from ringtrap.control.purge import next_purge
 from ringtrap.control.seam import OS
-from ringtrap.supervisor import ABORT_GRACE, BOOT_GRACE, Phase, Supervisor, next_purge
+from ringtrap.supervisor import Phase, Supervisor
 
 
 @dataclass

@@ -117,6 +117,33 @@ def stop_old_generation(ring: Ring, timeout: float, os_: OS) -> None:
         os_.sleep(0.05)
 
 
+def close_ring(name: str, ring: Ring, overflow: Overflow, row: ProcRow | None,
+               persist: bool) -> None:
+    """After the last child is gone: requeue what the dead held, then keep or persist the ring.
+
+    ``persist`` (a drain): every message moves to the overflow and the ring
+    is unlinked.  Otherwise the ring is left for the next start to adopt.
+    """
+    # every child is gone: a held lock is a dead one's (or a foreign
+    # process's), and waiting for it is all that is left to do
+    ring.patience = ringmod.OWNER_PATIENCE
+    res = ring.recover_dead()
+    if res.requeued and row:
+        row.add(C.RECOVERED_RING, res.requeued)
+    if persist:
+        moved = evacuate(ring, overflow)
+        if row:
+            row.add(C.DRAINED_TO_OVERFLOW, moved)
+        if moved:
+            log.info("persisted %d ring messages to the overflow", moved)
+        if ring.snapshot().used:  # pragma: no cover - a live foreign claimer
+            log.warning("ring still holds claimed messages; keeping it for adoption")
+            persist = False
+    ring.close()
+    if persist:
+        ringmod.unlink_name(name)
+
+
 def evacuate(ring: Ring, overflow: Overflow) -> int:
     """Move every READY message of ``ring`` to the overflow; returns the count.
 

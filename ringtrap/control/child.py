@@ -155,6 +155,24 @@ def crash_delay(crashes: int) -> float:
     return min(CRASH_BACKOFF_MAX, CRASH_BACKOFF_FIRST * 2 ** (crashes - 1))
 
 
+def stop_next(children: list[Child], draining: bool) -> list[Child]:
+    """The running children a shutdown stops now, so that none loses what another hands it.
+
+    A drain stops the ingest first (done by the caller), the workers once it
+    has exited, the stage once the workers that feed it have; in any stop the
+    managed spamd goes last, when nothing is left to scan with it.
+    """
+    active = {c.role for c in children if c.active}
+    roles = set()
+    if draining and Role.INGEST not in active:
+        roles.add(Role.WORKER)
+    if draining and not active & {Role.INGEST, Role.WORKER}:
+        roles.add(Role.STAGE)
+    if not active - {Role.SPAMD}:
+        roles.add(Role.SPAMD)
+    return [c for c in children if c.role in roles and c.state is ChildState.RUNNING]
+
+
 # what a restart for each unrequested cause adds to, beside C.RESTARTS
 RESTART_COUNTERS = {
     ExitCause.CRASHED: C.RESTARTS_CRASHED,

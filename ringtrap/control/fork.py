@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes  # here, not in the child: after a privilege drop the stdlib may be unreadable
+import logging
 import os
 import random
 import signal
@@ -22,8 +23,12 @@ from pathlib import Path
 from ringtrap.base import logs
 from ringtrap.base.states import Role
 from ringtrap.config import Config
+from ringtrap.control import spamd_log
 from ringtrap.control.child import Child
-from ringtrap.control.managed_spamd import spamd_address
+from ringtrap.control.managed_spamd import spamd_address, spamd_argv
+from ringtrap.control.seam import OS
+
+log = logging.getLogger(__name__)
 
 
 def die_with_parent(parent: int) -> None:  # pragma: no cover - child
@@ -39,6 +44,39 @@ def die_with_parent(parent: int) -> None:  # pragma: no cover - child
         pass
     if os.getppid() != parent:  # it died before the request took effect
         os._exit(0)
+
+
+def start(os_: OS, c: Child, cfg: Config, config_path: Path | None, handled: Iterable[int],
+          listener: socket.socket | None, side_listeners: dict[str, socket.socket],
+          crash_code: int) -> int:
+    """Fork child ``c`` through ``os_``; returns its pid.  The child never returns.
+
+    A child whose boot or main raises logs it and exits with ``crash_code``.
+    """
+    log_pipe: tuple[int, int] | None = None
+    argv: list[str] | None = None
+    if c.role is Role.SPAMD:
+        argv = spamd_argv(cfg)
+        # spamd's stdout and stderr: relogged where the trap's own lines go
+        log_pipe = os.pipe()
+    parent = os.getpid()
+    pid = os_.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        code = crash_code
+        try:
+            die_with_parent(parent)
+            if log_pipe is not None:
+                os.dup2(log_pipe[1], 1)
+                os.dup2(log_pipe[1], 2)
+            code = boot(c, cfg, config_path, handled, listener, side_listeners, argv)
+        except BaseException:
+            log.exception("%s failed", c.name)
+        finally:
+            os._exit(code)
+    if log_pipe is not None:
+        os.close(log_pipe[1])
+        spamd_log.start(log_pipe[0])
+    return pid
 
 
 def boot(c: Child, cfg: Config, config_path: Path | None, handled: Iterable[int],

@@ -8,6 +8,7 @@ supervisor like any other child; its lines are relogged by ``spamd_log``.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import struct
@@ -16,8 +17,15 @@ from pathlib import Path
 from ringtrap import config as configmod
 from ringtrap.config import Config
 
+log = logging.getLogger(__name__)
+
 # The user a managed spamd started by root switches to (without service.user).
 SPAMD_ROOT_USER = "nobody"
+# a booted spamd is sent PING this often, and restarted after this many misses in a row
+PING_INTERVAL = 30.0
+PING_FAILURES = 3
+# how long a spamd may take to load its rules before the first PING
+RULES_LOAD = 60.0
 
 
 def managed_spamd_socket(cfg: Config) -> Path:
@@ -74,3 +82,34 @@ def spamd_answers_as(path: Path, pid: int, timeout: float = 1.0) -> bool:
         except OSError:
             return False
     return reply.startswith(b"SPAMD/") and b"PONG" in reply
+
+
+class PingWatch:
+    """The running managed spamd's liveness: a PING now and then, counted misses."""
+
+    def __init__(self) -> None:
+        self.next_ping = 0.0  # monotonic
+        self.failures = 0  # missed in a row
+
+    def failed(self, cfg: Config, started: float, now: float) -> bool:
+        """True when the spamd running since ``started`` has missed too many PINGs in a row.
+
+        Sends at most one PING per call, and only when one is due.
+        """
+        if now < self.next_ping or now - started < RULES_LOAD:
+            return False
+        self.next_ping = now + PING_INTERVAL
+        from ringtrap.scan.spamd import SpamdClient, SpamdError
+
+        try:
+            SpamdClient(f"unix:{managed_spamd_socket(cfg)}", connect_timeout=2.0,
+                        timeout=5.0).ping()
+        except SpamdError as e:
+            self.failures += 1
+            log.warning("managed spamd did not answer PING (%s), %d in a row", e, self.failures)
+            if self.failures >= PING_FAILURES:
+                self.failures = 0
+                return True
+        else:
+            self.failures = 0
+        return False
