@@ -17,7 +17,7 @@ def restart_only() -> frozenset[str]:
     )
 
 
-def changed_keys(old: "Config", new: "Config") -> list[str]:
+def changed_keys(old: Config, new: Config) -> list[str]:
     """The keys (``section.key``) whose values differ between ``old`` and ``new``."""
     return [
         f"{section}.{key}"
@@ -27,7 +27,7 @@ def changed_keys(old: "Config", new: "Config") -> list[str]:
     ]
 
 
-def keep_restart_only(new: "Config", old: "Config") -> "Config":
+def keep_restart_only(new: Config, old: Config) -> Config:
     """``new`` with every restart-only key set back to its value in ``old``.
 
     What a HUP applies: the running trap keeps what it set up at its start.

@@ -28,18 +28,18 @@ def _num(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else str(x)
 
 
-def managed_spamd_tells(c: "Config") -> bool:
+def managed_spamd_tells(c: Config) -> bool:
     """True if the stage sends TELL to the managed spamd, which then needs --allow-tell."""
     return (c.spamd.address.kind == "managed" and c.stage.workers > 0
             and c.stage.address is None and (c.stage.learn or c.stage.report))
 
 
-def managed_spamd_learns(c: "Config") -> bool:
+def managed_spamd_learns(c: Config) -> bool:
     """True if the stage learns through the managed spamd: it needs spamd.bayes_dir."""
     return managed_spamd_tells(c) and c.stage.learn
 
 
-def stage_dir(c: "Config") -> Path:
+def stage_dir(c: Config) -> Path:
     """The stage's spill directory: ``stage.dir`` or ``<overflow.dir>-stage2``."""
     if c.stage.dir is not None:
         return c.stage.dir
