@@ -93,7 +93,7 @@ def docs_table() -> str:
     rows = [
         "## Configuration",
         "",
-        "ringtrap reads one TOML file; every key is optional. `ringtrap/config/__init__.py`"
+        "ringtrap reads one TOML file; every key is optional. `ringtrap/config/sections.py`"
         " declares each setting once and generates this table and the sample file.",
         "",
         "| section.key | type | default | meaning |",
