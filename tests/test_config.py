@@ -26,10 +26,12 @@ from ringtrap.config import (
     docs_table,
     format_size,
     from_dict,
+    hostdefaults,
     load,
     load_text,
     override,
     parse_size,
+    rules,
     sample_config,
     to_dict,
 )
@@ -58,7 +60,7 @@ def host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
     monkeypatch.delenv("XDG_STATE_HOME", raising=False)
     # The real /usr/sbin/spamd of this machine must not decide the outcome.
-    monkeypatch.setattr(config, "SBIN_DIRS", ())
+    monkeypatch.setattr(hostdefaults, "SBIN_DIRS", ())
     monkeypatch.setattr(os, "geteuid", lambda: USER_UID)
     return bindir
 
@@ -156,7 +158,7 @@ def test_spamd_off_when_not_installed(tmp_path: Path, monkeypatch: pytest.Monkey
 
 def test_spamd_found_in_sbin_off_path(host: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", "/nonexistent")
-    monkeypatch.setattr(config, "SBIN_DIRS", (str(host),))
+    monkeypatch.setattr(hostdefaults, "SBIN_DIRS", (str(host),))
     assert config.find_spamd("spamd") == str(host / "spamd")
     assert defaults().spamd.address.kind == "managed"
 
@@ -437,7 +439,7 @@ def test_root_defaults_survive_a_privilege_drop(monkeypatch: pytest.MonkeyPatch)
     root = config.defaults()
     monkeypatch.setattr(os, "geteuid", lambda: USER_UID)
     assert config.defaults() != root  # an ordinary user's defaults differ
-    monkeypatch.setattr(config, "_started_as_root", False)
+    monkeypatch.setattr(hostdefaults, "started_as_root", False)
     config.keep_root_defaults()
     assert config.defaults() == root
 
@@ -638,7 +640,7 @@ def test_submit_socket_follows_the_ingest_socket() -> None:
 def test_cross_field_rules_name_declared_keys() -> None:
     # A misspelt key here would stop the rule from being skipped after a bad value.
     keys = set(declared_keys())
-    for rule in config._RULES:
+    for rule in rules.RULES:
         assert set(rule.keys) <= keys, rule
 
 

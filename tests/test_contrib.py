@@ -21,6 +21,7 @@ import pytest
 from trap_fixture import message, reply_id, running_trap
 
 from ringtrap import config as configmod
+from ringtrap.config import hostdefaults
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTRIB = ROOT / "contrib"
@@ -119,7 +120,7 @@ def test_the_unit_makes_the_documented_paths_writable(monkeypatch: pytest.Monkey
     text = (CONTRIB / "ringtrap.toml").read_text().replace('user = "ringtrap"', "")
     text = text.replace("# log_file =", "log_file =")
     # the defaults the unit gets: root's, whoever runs the test
-    monkeypatch.setattr(configmod, "_started_as_root", True)
+    monkeypatch.setattr(hostdefaults, "started_as_root", True)
     cfg = configmod.load_text(text)
     paths = {
         "ingest.socket": cfg.ingest.socket,
@@ -140,10 +141,11 @@ def test_the_unit_makes_the_documented_paths_writable(monkeypatch: pytest.Monkey
 def test_the_man_page_renders_without_warnings_and_lists_every_setting(tmp_path: Path) -> None:
     if shutil.which("man") is None:
         pytest.skip("man is missing (dev.sh installs man-db)")
+    from ringtrap.command.cli import build_parser
     from ringtrap.config import manpage
 
     page = tmp_path / "ringtrap.8"
-    page.write_text(manpage.man_page())
+    page.write_text(manpage.man_page(build_parser()))
     done = subprocess.run(
         ["man", "--warnings", "-l", str(page)],
         capture_output=True,

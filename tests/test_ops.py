@@ -424,10 +424,11 @@ def test_the_systemd_unit_verifies_and_says_what_the_supervisor_needs(tmp_path: 
     unit = tmp_path / "ringtrap.service"
     unit.write_text(text.replace("ExecStart=/usr/local/bin/ringtrap", f"ExecStart={real}"))
     # verify runs man for Documentation=man:ringtrap(8): the page the install writes
+    from ringtrap.command.cli import build_parser
     from ringtrap.config import manpage
 
     (tmp_path / "man" / "man8").mkdir(parents=True)
-    (tmp_path / "man" / "man8" / "ringtrap.8").write_text(manpage.man_page())
+    (tmp_path / "man" / "man8" / "ringtrap.8").write_text(manpage.man_page(build_parser()))
     r = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True,
                        timeout=60, env={**os.environ, "MANPATH": str(tmp_path / "man")})
     # verify exits 0 on unknown keys and bad values too: its warnings must be empty

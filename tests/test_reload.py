@@ -24,6 +24,7 @@ from ringtrap import config as configmod
 from ringtrap import ingest_socket
 from ringtrap.base.states import ChildState, Role
 from ringtrap.config import Config, MiB
+from ringtrap.config.sections import each_key, each_section
 from ringtrap.control.child import Child
 from ringtrap.supervisor import Supervisor
 
@@ -71,21 +72,21 @@ APPLIED_IN: dict[str, set[str]] = {
 
 
 def all_keys() -> set[str]:
-    return {f"{s}.{k}" for s, cls in configmod._sections() for k, _ in configmod._keys(cls)}
+    return {f"{s}.{k}" for s, cls in each_section() for k, _ in each_key(cls)}
 
 
 def test_every_key_is_reloadable_or_declared_restart_only() -> None:
     restart = configmod.restart_only()
     assert not restart & APPLIED_IN.keys(), "a key cannot be both"
     assert restart | APPLIED_IN.keys() == all_keys(), (
-        "declare a new key restart=True in config.py, or say here where a HUP applies it")
+        "declare a new key restart=True in config/sections.py, or say here where a HUP applies it")
     ingest = {k for k, where in APPLIED_IN.items() if "ingest" in where}
     assert ingest == ingest_socket.RELOADED
 
 
 def keys_read(module: str) -> set[str]:
     """The keys ``ringtrap/<module>.py`` reads, as ``x.section.key`` or through an alias."""
-    sections = {s: {k for k, _ in configmod._keys(cls)} for s, cls in configmod._sections()}
+    sections = {s: {k for k, _ in each_key(cls)} for s, cls in each_section()}
     tree = ast.parse((ROOT / "ringtrap" / f"{module}.py").read_text())
     found: set[str] = set()
     for fn in ast.walk(tree):

@@ -351,7 +351,7 @@ def cmd_config(args: argparse.Namespace) -> int:
     if args.man:
         from ringtrap.config import manpage
 
-        print(manpage.man_page(), end="")
+        print(manpage.man_page(build_parser()), end="")
         return 0
     print(configmod.sample_config(), end="")
     return 0

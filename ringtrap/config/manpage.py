@@ -2,8 +2,9 @@
 
 ``ringtrap config --man`` prints it; the install writes it to
 ``/usr/local/share/man/man8/ringtrap.8``.  The commands come from the
-argument parser and the settings from :func:`ringtrap.config.declarations`,
-so the page cannot drift from the program it describes.
+argument parser the command line hands in, and the settings from
+:func:`ringtrap.config.rendering.declarations`, so the page cannot drift from
+the program it describes.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import argparse
 import re
 
 from ringtrap import __version__
-from ringtrap import config as configmod
+from ringtrap.config.rendering import DOCS_NOTES, declarations
 
 _SIGNALS = (
     (
@@ -79,9 +80,8 @@ def _commands(parser: argparse.ArgumentParser) -> list[tuple[str, str]]:
     return out
 
 
-def man_page() -> str:
-    from ringtrap.command.cli import build_parser
-
+def man_page(parser: argparse.ArgumentParser) -> str:
+    """The roff source of ringtrap(8), its COMMANDS read from ``parser``."""
     lines = [
         f'.TH RINGTRAP 8 "" "ringtrap {__version__}" "System Administration"',
         # keys and paths are looked up as written: never break them with a hyphen
@@ -105,7 +105,7 @@ def man_page() -> str:
         " it held.",
         ".SH COMMANDS",
     ]
-    for usage, help_ in _commands(build_parser()):
+    for usage, help_ in _commands(parser):
         lines += [".TP", _opt(usage), _roff(help_)]
     lines.append(".SH SIGNALS")
     lines.append("Sent to the supervisor (\\fBsystemctl reload\\fR sends HUP):")
@@ -121,10 +121,10 @@ def man_page() -> str:
         " prints them all with their help; \\fBringtrap config \\-\\-check\\fR \\fIFILE\\fR"
         " validates a file.",
     ]
-    for note in configmod.DOCS_NOTES:
+    for note in DOCS_NOTES:
         lines += [".PP", _roff(note)]
     section = ""
-    for d in configmod.declarations():
+    for d in declarations():
         head = d.key.split(".", 1)[0]
         if head != section:
             section = head

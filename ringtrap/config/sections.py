@@ -1,0 +1,686 @@
+"""The declarations: one frozen dataclass per TOML section, one field per key.
+
+A field's metadata is a ``Setting``: the key's kind (parser, validation,
+rendering), its help text, how a host-dependent default is chosen, and
+whether a HUP changes it or only the next start (``restart=True``).  The
+loader, the reload, the sample file and the docs all walk these
+declarations, so a setting is described in exactly one place.
+"""
+
+import datetime
+from collections.abc import Iterator
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from ringtrap.config.hostdefaults import (
+    BESIDE_INGEST,
+    beside_ingest,
+    default_bayes_dir,
+    default_overflow_dir,
+    default_results_dir,
+    default_ring_name,
+    default_socket,
+    default_spamd_address,
+    default_worker_count,
+)
+from ringtrap.config.values import (
+    Account,
+    Bool,
+    Choice,
+    ChoiceList,
+    FilePath,
+    GiB,
+    Integer,
+    KiB,
+    Kind,
+    Listen,
+    ListenAddress,
+    MiB,
+    Mode,
+    NetworkList,
+    Seconds,
+    ShmName,
+    Size,
+    SpamdAddress,
+    SpamdAddressKind,
+    StageAddressKind,
+    Text,
+    TextList,
+    TimeOfDay,
+    lookup_group,
+    lookup_user,
+)
+
+SETTING_META = "ringtrap.setting"
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    """What the loader, the sample file and the docs know about one key."""
+
+    kind: Kind
+    help: str
+    varies: str  # for the docs: how a host-dependent default is chosen
+    # a HUP does not change it: what it sets up (a socket, the ring, a
+    # directory handed to the service user, the log) lives as long as the trap
+    restart: bool = False
+
+
+def about(
+    kind: Kind, help: str, *, varies: str = "", restart: bool = False
+) -> dict[str, Setting]:
+    """Field metadata declaring one key.
+
+    ``varies`` must describe a default computed by a ``default_factory``:
+    the docs table shows that text, so it is the same on every host.
+    ``restart``: the key takes effect at the next start only; every other key
+    takes effect in every process on HUP.
+    """
+    return {SETTING_META: Setting(kind, help, varies, restart)}
+
+
+@dataclass(frozen=True, slots=True)
+class IngestConfig:
+    """[ingest]: the Unix socket the MTA delivers to."""
+
+    socket: Path = field(
+        default_factory=default_socket,
+        metadata=about(
+            FilePath(unix_socket=True),
+            "Unix socket of the raw protocol: socat or nc -U hand over a bare message, no"
+            " envelope (MTAs should use the submit or LMTP socket).",
+            varies="`<runtime>/ingest.sock`",
+            restart=True,
+        ),
+    )
+    socket_mode: int = field(
+        default=0o660,
+        metadata=about(
+            Mode(),
+            "Permissions of the ingest socket; a client needs write permission to connect.",
+            restart=True,
+        ),
+    )
+    socket_group: str = field(
+        default="",
+        metadata=about(
+            Account("group", lookup_group),
+            "Group owning the ingest socket, to let the MTA's delivery user in;"
+            ' "" keeps the group of the ringtrap process.',
+            restart=True,
+        ),
+    )
+    max_message_bytes: int = field(
+        default=50 * MiB,
+        metadata=about(
+            Size(lo=KiB),
+            "Largest message accepted; a larger one is read to its end, discarded and refused.",
+        ),
+    )
+    idle_timeout: float = field(
+        default=30.0,
+        metadata=about(
+            Seconds(), "Seconds a client connection may stay silent before it is closed."
+        ),
+    )
+    message_timeout: float = field(
+        default=300.0,
+        metadata=about(
+            Seconds(),
+            "Seconds a connection may take over one message however steadily it sends;"
+            " past them it is answered TEMPFAIL (LMTP 421) and closed.",
+        ),
+    )
+    max_connections: int = field(
+        default=256,
+        metadata=about(
+            Integer(lo=1),
+            "Most connections the raw socket serves at once; the submit and LMTP sockets"
+            " have budgets of their own, so the raw socket cannot starve them.",
+        ),
+    )
+    submit_max_connections: int = field(
+        default=256,
+        metadata=about(Integer(lo=1), "Most connections the submit socket serves at once."),
+    )
+    lmtp_max_connections: int = field(
+        default=64,
+        metadata=about(Integer(lo=1), "Most connections the LMTP socket serves at once."),
+    )
+    submit_socket: Path | None = field(
+        default_factory=beside_ingest,
+        metadata=about(
+            FilePath(optional=True, unix_socket=True),
+            "Unix socket for `ringtrap submit` and `ringtrap-deliver`: the MTA's envelope"
+            " (sender, recipients, client, queue id) comes with each message, and a message"
+            ' cut short is refused; same mode and group as ingest.socket; "" = off.',
+            varies="`submit.sock` beside `ingest.socket`",
+            restart=True,
+        ),
+    )
+    lmtp_socket: Path | None = field(
+        default=None,
+        metadata=about(
+            FilePath(optional=True, unix_socket=True),
+            "Unix socket speaking LMTP (RFC 2033) for Postfix's lmtp client or Exim's lmtp"
+            ' transport; same mode and group as ingest.socket; "" = off.',
+            restart=True,
+        ),
+    )
+
+    def __post_init__(self) -> None:
+        # the default submit socket follows ingest.socket, so one setting moves both
+        if self.submit_socket is BESIDE_INGEST:
+            object.__setattr__(self, "submit_socket", self.socket.parent / "submit.sock")
+
+
+@dataclass(frozen=True, slots=True)
+class RingConfig:
+    """[ring]: the shared-memory ring of fixed-size slots."""
+
+    name: str = field(
+        default_factory=default_ring_name,
+        metadata=about(
+            ShmName(),
+            "Name of the POSIX shared-memory segment, also the prefix of its semaphores;"
+            " two traps on one host need different names.",
+            varies='`"ringtrap"` as root, else `"ringtrap-<uid>"`',
+            restart=True,
+        ),
+    )
+    slots: int = field(
+        default=1024,
+        metadata=about(
+            Integer(lo=1, hi=1_000_000),
+            "Number of slots: how many messages the ring holds before the ingest spills"
+            " to the overflow directory.",
+            restart=True,
+        ),
+    )
+    slot_bytes: int = field(
+        default=64 * KiB,
+        metadata=about(
+            Size(lo=KiB, hi=64 * MiB),
+            "Size of one slot; a larger message skips the ring and goes to the overflow directory.",
+            restart=True,
+        ),
+    )
+    mode: int = field(
+        default=0o600,
+        metadata=about(
+            Mode(owner_rw=True), "Permissions of the shared-memory segment and its semaphores.",
+            restart=True,
+        ),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class OverflowConfig:
+    """[overflow]: the tmpfs spill directory."""
+
+    dir: Path = field(
+        default_factory=default_overflow_dir,
+        metadata=about(
+            FilePath(),
+            "Spill directory for messages that find the ring full or do not fit a slot;"
+            " keep it on tmpfs.",
+            varies="`/dev/shm/ringtrap.overflow` as root, else `/dev/shm/ringtrap-<uid>.overflow`",
+            restart=True,
+        ),
+    )
+    max_bytes: int = field(
+        default=GiB,
+        metadata=about(
+            Size(lo=MiB),
+            "Cap on the bytes held in the overflow directory; past it new messages are"
+            " refused rather than eat the host's memory.",
+        ),
+    )
+    purge_at: datetime.time = field(
+        default=datetime.time(4, 0),
+        metadata=about(
+            TimeOfDay(),
+            "Local time of day when the overflow backlog is dropped, so a flood never"
+            " leaves more than a day of backlog.",
+        ),
+    )
+    max_attempts: int = field(
+        default=3,
+        metadata=about(
+            Integer(lo=1),
+            "A message that kills its worker this many times is quarantined, not retried.",
+        ),
+    )
+    quarantine_max_bytes: int = field(
+        default=64 * MiB,
+        metadata=about(
+            Size(lo=MiB),
+            "Cap on the quarantined messages kept in failed/ (of the overflow and of the"
+            " stage, each); past it the oldest are dropped. Quarantine never counts toward"
+            " overflow.max_bytes, so it cannot block spills.",
+        ),
+    )
+    quarantine_retention_days: int = field(
+        default=1,
+        metadata=about(
+            Integer(lo=0),
+            "Days a quarantined message is kept: the daily purge drops those that arrived"
+            " more than this many days minus one before it (1 = all of them, with the"
+            " backlog); 0 = never by age, only the cap and 'ringtrap purge --quarantine'.",
+        ),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class WorkersConfig:
+    """[workers]: the static pool of processing workers."""
+
+    count: int = field(
+        default_factory=default_worker_count,
+        metadata=about(
+            Integer(lo=1, hi=1024),
+            "Number of worker processes draining the ring and the overflow directory.",
+            varies="number of CPUs (`os.cpu_count()`, 2 if unknown)",
+        ),
+    )
+    max_rss_bytes: int = field(
+        default=256 * MiB,
+        metadata=about(
+            Size(lo=32 * MiB, zero_unlimited=True),
+            "Resident memory above which a worker is replaced after its current message;"
+            " 0 = unlimited.",
+        ),
+    )
+    heartbeat_timeout: float = field(
+        default=360.0,
+        metadata=about(
+            Seconds(),
+            "Seconds without a heartbeat after which the supervisor takes a worker for hung"
+            " and kills it; must exceed spamd.timeout.",
+        ),
+    )
+    scan_limit_bytes: int = field(
+        default=500 * KiB,
+        metadata=about(
+            Size(lo=KiB),
+            "Larger messages are recorded without being sent to spamd (spamc's own limit"
+            " is 500 KB).",
+        ),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class SpamdConfig:
+    """[spamd]: how workers score messages."""
+
+    address: SpamdAddress = field(
+        default_factory=default_spamd_address,
+        metadata=about(
+            SpamdAddressKind(),
+            '"managed": the supervisor runs its own spamd on a private socket;'
+            ' "unix:/path" or "tcp:host:port": use a running spamd;'
+            ' "off": record messages without a spamd score.',
+            varies='`"managed"` if spamd is installed (on `PATH`, in `/usr/sbin` or'
+            ' `/usr/local/sbin`), else `"off"`',
+            restart=True,
+        ),
+    )
+    timeout: float = field(
+        default=330.0,
+        metadata=about(
+            Seconds(),
+            "Seconds a worker waits for spamd's answer to one message; must exceed spamd's"
+            " child timeout (--timeout-child, 300 s by default) so spamd gives up first,"
+            " and stay below workers.heartbeat_timeout.",
+        ),
+    )
+    connect_timeout: float = field(
+        default=10.0,
+        metadata=about(Seconds(), "Seconds a worker waits to connect to spamd."),
+    )
+    children: int = field(
+        default=0,
+        metadata=about(
+            Integer(lo=0, hi=1024),
+            "Children of a managed spamd (--max-children); 0 = one per worker (workers.count).",
+            restart=True,
+        ),
+    )
+    extra_args: tuple[str, ...] = field(
+        default=(),
+        metadata=about(
+            TextList(), "Further command-line arguments for a managed spamd.", restart=True
+        ),
+    )
+    command: str = field(
+        default="spamd",
+        metadata=about(
+            Text(),
+            "Program run as a managed spamd: a path, or a name looked up on PATH and then"
+            " in /usr/sbin and /usr/local/sbin.",
+            restart=True,
+        ),
+    )
+    bayes_dir: Path = field(
+        default_factory=default_bayes_dir,
+        metadata=about(
+            FilePath(),
+            "Bayes database of a managed spamd when the stage learns through it"
+            " (stage.learn): created and handed to the user spamd runs as (nobody when"
+            " started as root without service.user); every directory above it must be"
+            " searchable by that user.",
+            varies="`/var/lib/ringtrap/bayes` as root, else `$XDG_STATE_HOME/ringtrap/bayes`"
+            " (`~/.local/state/ringtrap/bayes` when unset)",
+            restart=True,
+        ),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ResultsConfig:
+    """[results]: where result records go."""
+
+    dir: Path = field(
+        default_factory=default_results_dir,
+        metadata=about(
+            FilePath(),
+            "Directory for result records (JSON lines).",
+            varies="`/var/lib/ringtrap/results` as root, else"
+            " `$XDG_STATE_HOME/ringtrap/results` (`~/.local/state/ringtrap/results`"
+            " when unset)",
+            restart=True,
+        ),
+    )
+    retention_days: int = field(
+        default=0,
+        metadata=about(
+            Integer(lo=0),
+            "Days of result files kept (today included); older files are removed;"
+            " 0 = keep all.",
+        ),
+    )
+
+
+# The verdicts of a record (ringtrap.scan.processing.VERDICTS, which this leaf
+# module cannot import: processing needs the spamd client and the parsers).
+VERDICT_NAMES = (
+    "spam", "ham", "not_scanned", "error", "bounce", "autoreply", "virus", "oversize",
+    "unparseable", "duplicate",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RecordsConfig:
+    """[records]: what goes into a result record."""
+
+    trusted_networks: tuple[str, ...] = field(
+        default=(),
+        metadata=about(
+            NetworkList(),
+            "The trap's own relays: Received hops from these networks (and loopback) are"
+            " skipped when the relay IP and HELO are read from the message because the MTA"
+            " gave none.",
+        ),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class PrefilterConfig:
+    """[prefilter]: cheap checks that record a message without scanning it."""
+
+    checks: tuple[str, ...] = field(
+        default=("virus", "bounce", "autoreply"),
+        metadata=about(
+            ChoiceList(("virus", "bounce", "autoreply")),
+            "Prefilters in force: mail they match is recorded with that verdict and not sent"
+            " to spamd. Oversize mail (workers.scan_limit_bytes) is never scanned; mail"
+            " ringtrap cannot parse is scanned, with a parse_error in its record.",
+        ),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class DedupeConfig:
+    """[dedupe]: recognising campaign repeats by body fingerprint."""
+
+    enabled: bool = field(
+        default=True,
+        metadata=about(
+            Bool(),
+            "Look each message's body fingerprint up among those scanned within"
+            " dedupe.window (a SQLite file in results.dir shared by all workers) and record"
+            " the first message's id as duplicate_of.",
+        ),
+    )
+    skip_scan: bool = field(
+        default=False,
+        metadata=about(
+            Bool(),
+            'Do not scan a repeat: record it as verdict "duplicate" with the first'
+            " message's score and rules.",
+        ),
+    )
+    window: float = field(
+        default=86400.0,
+        metadata=about(
+            Seconds(), "Seconds after its first scan during which a fingerprint counts as seen."
+        ),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ArchiveConfig:
+    """[archive]: the Maildir corpus of the messages themselves."""
+
+    dir: Path | None = field(
+        default=None,
+        metadata=about(
+            FilePath(optional=True),
+            "Directory of the Maildir archive, one Maildir per UTC day and verdict"
+            ' (<dir>/YYYY-MM-DD/<verdict>/new/); "" = no archive.',
+            restart=True,
+        ),
+    )
+    verdicts: tuple[str, ...] = field(
+        default=("spam", "ham", "not_scanned", "error", "virus", "oversize", "unparseable",
+                 "duplicate"),
+        metadata=about(
+            ChoiceList(VERDICT_NAMES),
+            "Verdicts whose messages are archived.",
+        ),
+    )
+    retention_days: int = field(
+        default=30,
+        metadata=about(
+            Integer(lo=0),
+            "Days of archive kept (today included); older days are removed; 0 = keep all.",
+        ),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class StageConfig:
+    """[stage]: the slower stage that learns from and reports scanned mail."""
+
+    workers: int = field(
+        default=0,
+        metadata=about(
+            Integer(lo=0, hi=64),
+            "Processes of the slower stage (learning, reporting); 0 = no stage. Scan workers"
+            " hand messages to it through its own spill directory and never wait for it.",
+            restart=True,
+        ),
+    )
+    learn: bool = field(
+        default=True,
+        metadata=about(
+            Bool(),
+            "Teach spamd's Bayes that every handed-on message is spam (TELL, Set: local;"
+            " spamd needs --allow-tell and a writable Bayes database).",
+        ),
+    )
+    report: bool = field(
+        default=False,
+        metadata=about(
+            Bool(),
+            "Report every handed-on message as spam to the remote networks spamd is"
+            " configured for (TELL, Set: remote: Razor, Pyzor, DCC, SpamCop).",
+        ),
+    )
+    verdicts: tuple[str, ...] = field(
+        default=("spam", "ham"),
+        metadata=about(
+            ChoiceList(VERDICT_NAMES),
+            "Verdicts of the messages handed on (all trap mail is spam: a ham verdict is one"
+            " spamd missed).",
+        ),
+    )
+    address: SpamdAddress | None = field(
+        default=None,
+        metadata=about(
+            StageAddressKind(),
+            'spamd the stage talks to: "" = the scanning spamd (spamd.address), or'
+            ' "unix:/path" / "tcp:host:port" for a separate one, e.g. one allowed to report.',
+        ),
+    )
+    timeout: float = field(
+        default=120.0,
+        metadata=about(
+            Seconds(),
+            "Seconds one learn or report call may take; remote networks can be slow. Must stay"
+            " below workers.heartbeat_timeout.",
+        ),
+    )
+    dir: Path | None = field(
+        default=None,
+        metadata=about(
+            FilePath(optional=True),
+            'Spill directory the scan workers hand messages on through; "" ='
+            ' "<overflow.dir>-stage2". Keep it on tmpfs; it is purged with the overflow.',
+            restart=True,
+        ),
+    )
+    max_bytes: int = field(
+        default=256 * MiB,
+        metadata=about(
+            Size(lo=MiB),
+            "Cap on the stage's backlog in bytes; past it messages are not handed on"
+            " (counted as stage_dropped), so a dead stage never fills the host's memory.",
+        ),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class SupervisorConfig:
+    """[supervisor]: the process that owns all the others."""
+
+    graceful_timeout: float = field(
+        default=30.0,
+        metadata=about(
+            Seconds(),
+            "Seconds a graceful stop (SIGTERM) waits for children before killing them.",
+        ),
+    )
+    pidfile: Path | None = field(
+        default=None,
+        metadata=about(
+            FilePath(optional=True), 'File holding the supervisor\'s pid; "" = none.', restart=True
+        ),
+    )
+    log_file: Path | None = field(
+        default=None,
+        metadata=about(
+            FilePath(optional=True),
+            'Log file, reopened on SIGUSR1; "" = standard error (the journal under systemd).',
+            restart=True,
+        ),
+    )
+    log_level: str = field(
+        default="info",
+        metadata=about(
+            Choice(("debug", "info", "warning", "error")), "Least severe level that is logged.",
+            restart=True,
+        ),
+    )
+    log_format: str = field(
+        default="human",
+        metadata=about(
+            Choice(("human", "json")),
+            'Log line format: "human" (one readable line) or "json" (one JSON object per'
+            " line with the message id, verdict, score and event as keys);"
+            " `ringtrap run --log-format` overrides it.",
+            restart=True,
+        ),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    """[metrics]: the Prometheus endpoint."""
+
+    listen: ListenAddress | None = field(
+        default=None,
+        metadata=about(
+            Listen(),
+            "Address of the Prometheus metrics endpoint the supervisor serves"
+            ' (e.g. "127.0.0.1:9809"); "" = off.',
+            restart=True,
+        ),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceConfig:
+    """[service]: who the trap runs as."""
+
+    user: str = field(
+        default="",
+        metadata=about(
+            Account("user", lookup_user),
+            "Started as root, the supervisor prepares its directories, ring and socket,"
+            " then drops to this user before starting any child;"
+            ' "" = keep running as the starting user.',
+            restart=True,
+        ),
+    )
+    group: str = field(
+        default="",
+        metadata=about(
+            Account("group", lookup_group),
+            'Group to run as with service.user; "" = that user\'s primary group.',
+            restart=True,
+        ),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The whole configuration: one attribute per TOML section."""
+
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    ring: RingConfig = field(default_factory=RingConfig)
+    overflow: OverflowConfig = field(default_factory=OverflowConfig)
+    workers: WorkersConfig = field(default_factory=WorkersConfig)
+    spamd: SpamdConfig = field(default_factory=SpamdConfig)
+    results: ResultsConfig = field(default_factory=ResultsConfig)
+    records: RecordsConfig = field(default_factory=RecordsConfig)
+    prefilter: PrefilterConfig = field(default_factory=PrefilterConfig)
+    dedupe: DedupeConfig = field(default_factory=DedupeConfig)
+    archive: ArchiveConfig = field(default_factory=ArchiveConfig)
+    stage: StageConfig = field(default_factory=StageConfig)
+    supervisor: SupervisorConfig = field(default_factory=SupervisorConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    service: ServiceConfig = field(default_factory=ServiceConfig)
+
+
+def each_section() -> Iterator[tuple[str, type]]:
+    """Every section as (name, its dataclass), in declaration order."""
+    for f in fields(Config):
+        assert isinstance(f.type, type)
+        yield f.name, f.type
+
+
+def each_key(section_cls: type) -> Iterator[tuple[str, Setting]]:
+    """Every key of ``section_cls`` as (name, its Setting), in declaration order."""
+    for f in fields(section_cls):
+        yield f.name, f.metadata[SETTING_META]
