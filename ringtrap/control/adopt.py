@@ -60,7 +60,7 @@ def open_ring(cfg: Config, overflow: Overflow, os_: OS, rows: int) -> tuple[Ring
             f"with: rm -f {' '.join(ringmod.shm_paths(rc.name))}"
         ) from None
     owner = old.owner
-    if owner.pid != os.getpid() and proc.is_alive(owner):
+    if owner.pid != os.getpid() and os_.is_alive(owner):
         old.close()
         raise SetupError(
             f"ring {rc.name!r} belongs to a running ringtrap supervisor (pid {owner.pid})"
