@@ -420,7 +420,7 @@ def spamd_client(cfg: Config, spamd_address: str | None = None) -> SpamdClient |
 def child_main(cfg: Config, index: int, row_index: int, spamd_address: str | None = None) -> int:
     """Run worker ``index`` in a freshly forked child; return its exit code.
 
-    Expects the parent's fork hygiene done.  Attaches the ring,
+    Expects :func:`ringtrap.work.child.boot` done.  Attaches the ring,
     registers process-table row ``row_index``, opens the overflow, the results
     and the spamd client (``spamd_address`` overrides ``cfg.spamd.address``,
     and is required when that is "managed"), then loops.  TERM stops

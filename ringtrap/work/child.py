@@ -11,9 +11,9 @@ workers/base.py, supervisord's process.py):
 5. the ring attached and its process-table row registered;
 6. the loop.
 
-Steps 1-3 are the supervisor's (it runs them in every child it forks, the
-ingest and the spamd too); 4-6 are :func:`main`, which takes the role's
-own setup as a callable.  :class:`ChildLoop` is what the worker and
+Steps 1-3 are :func:`boot` (the supervisor runs it in every child it forks,
+the ingest and the spamd too); 4-6 are :func:`main`, which takes the
+role's own setup as a callable.  :class:`ChildLoop` is what the worker and
 the stage have in common inside their loops: the stop flags, the parent
 check (a child exits when ``os.getppid()`` changes), the heartbeat and log
 reopening (USR1), the state and counters in the process-table row, a pause
@@ -25,9 +25,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import random
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from types import FrameType
 
 from ringtrap.base import logs, proc
@@ -45,6 +46,33 @@ EXIT_SETUP = 78  # EX_CONFIG: could not attach the ring, open its stores or reac
 # A pause sleeps in slices of at most this long, so heartbeats and stop
 # checks never stall while a child idles or backs off.
 BEAT_EVERY = 1.0
+
+
+def boot(name: str, handled: Iterable[int], keep: set[int]) -> None:  # pragma: no cover - child
+    """Steps 1-3 of a freshly forked child's boot (see the module docstring).
+
+    ``handled``: the signals the parent caught; ``keep``: the descriptors
+    that stay open (the log's are added).  A child that dies in the middle
+    simply exits: it holds nothing yet.
+    """
+    for sig in handled:
+        signal.signal(sig, signal.SIG_DFL)
+    signal.set_wakeup_fd(-1)
+    close_fds_except(keep | logs.log_fds())
+    random.seed()
+    logs.set_role(name.replace(" ", "-"))
+
+
+def close_fds_except(keep: set[int]) -> None:  # pragma: no cover - child
+    """Close every descriptor of this process but ``keep``."""
+    try:
+        fds = [int(n) for n in os.listdir("/proc/self/fd")]
+    except OSError:
+        fds = list(range(3, 1024))
+    for fd in fds:
+        if fd not in keep:
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 class SetupError(Exception):
@@ -241,7 +269,7 @@ Setup = Callable[[Ring, int, contextlib.ExitStack], ChildLoop]
 def main(cfg: Config, role: Role, index: int, setup: Setup, logger: logging.Logger) -> int:
     """Boot steps 4-6 of child ``<role> <index>``; returns its exit code.
 
-    Expects steps 1-3 done.  ``setup(ring, parent_pid, closing)`` opens the
+    Expects :func:`boot` done.  ``setup(ring, parent_pid, closing)`` opens the
     role's stores, registers its process-table row in the attached ring and
     returns its loop; what it opens it hands to ``closing``.  An OSError,
     RingError, ValueError or :class:`SetupError` from it means

@@ -223,7 +223,7 @@ class StageWorker(ChildLoop):
 def child_main(cfg: Config, index: int, row_index: int, scanning_address: str | None) -> int:
     """Run stage worker ``index`` in a freshly forked child; return its exit code.
 
-    Expects the parent's fork hygiene done.  Attaches the ring (for its
+    Expects :func:`ringtrap.work.child.boot` done.  Attaches the ring (for its
     process-table row ``row_index`` only: it never claims ring slots), opens
     the stage directory and its spamd client (``stage.address``, else
     ``scanning_address``), then loops.  TERM, INT and QUIT stop it after the
