@@ -23,7 +23,6 @@ import grp
 import logging
 import os
 import queue
-import random
 import signal
 import socket
 import struct
@@ -45,6 +44,7 @@ from ringtrap.config import Config
 from ringtrap.control import metrics as metricsmod
 from ringtrap.overflow import Overflow, OverflowFull
 from ringtrap.ring import ProcRow, Ring
+from ringtrap.work import child
 
 log = logging.getLogger(__name__)
 
@@ -1112,24 +1112,18 @@ class Supervisor:
 
     def _child_boot(self, c: Child, listener: socket.socket | None,
                     spamd_argv: list[str] | None) -> int:  # pragma: no cover - child
-        # 1. signals back to defaults: the supervisor's queue means nothing here
-        for sig in self._old_handlers:
-            signal.signal(sig, signal.SIG_DFL)
-        signal.set_wakeup_fd(-1)
-        # 2. a child that is no ring user must not keep the parent's ring mapping;
-        #    the spamd is exec'd, so every fd but stdio and the log goes
-        keep = logs.log_fds()
+        # the boot order of ringtrap.work.child: signals, fds, random and log role
+        # first; a child that is no ring user must not keep the parent's ring
+        # mapping, and the spamd is exec'd, so every fd but stdio and the log goes
+        keep: set[int] = set()
         if c.kind is Kind.INGEST and listener is not None:
             keep.add(listener.fileno())
             keep.update(side.fileno() for side in self.side_listeners.values())
-        _close_fds_except(keep)
+        child.boot(c.name, self._old_handlers, keep)
         if spamd_argv is not None:
             os.setsid()  # its own group: our TERM to the group never races its children
             os.execvp(spamd_argv[0], spamd_argv)
-        # 3. a fresh random state per child
-        random.seed()
-        logs.set_role(c.name.replace(" ", "-"))
-        # 4./5. title, ring attach and loop are the role's own (its child_main)
+        # then title, ring attach and loop, which are the role's own (its child_main)
         if c.kind is Kind.INGEST:
             from ringtrap import ingest_socket
 
@@ -1452,17 +1446,6 @@ def _die_with_parent(parent: int) -> None:  # pragma: no cover - child
         pass
     if os.getppid() != parent:  # it died before the request took effect
         os._exit(0)
-
-
-def _close_fds_except(keep: set[int]) -> None:  # pragma: no cover - child
-    try:
-        fds = [int(n) for n in os.listdir("/proc/self/fd")]
-    except OSError:
-        fds = list(range(3, 1024))
-    for fd in fds:
-        if fd not in keep:
-            with contextlib.suppress(OSError):
-                os.close(fd)
 
 
 def run(cfg: Config, config_path: Path | None = None) -> int:
