@@ -30,7 +30,7 @@ import psutil
 from ringtrap import config as configmod
 from ringtrap import ring as ringmod
 from ringtrap.base import proc
-from ringtrap.command.cli import gather_status
+from ringtrap.command.status import gather_status
 
 ROOT = Path(__file__).resolve().parent.parent
 
