@@ -37,8 +37,6 @@ TOP_LEVEL = {
 ALLOWED_UPWARD: set[tuple[str, str]] = {
     # the man page documents the command's options: it belongs with the command
     ("ringtrap.config.manpage", "ringtrap.command.cli"),
-    # the ingest's submit protocol reads its wire constants from the MTA client
-    ("ringtrap.intake.submit_session", "ringtrap.command.submit"),
 }
 
 

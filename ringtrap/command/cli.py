@@ -16,14 +16,11 @@ from typing import TYPE_CHECKING
 
 from ringtrap import __version__
 from ringtrap import config as configmod
+from ringtrap.base.exits import EX_CONFIG, EX_NOINPUT, EX_UNAVAILABLE, EX_USAGE
 
 if TYPE_CHECKING:
     from ringtrap.overflow import Overflow
 
-EX_USAGE = 64
-EX_NOINPUT = 66
-EX_UNAVAILABLE = 69
-EX_CONFIG = 78
 
 
 def _hint(args: argparse.Namespace) -> str:
