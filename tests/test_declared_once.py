@@ -42,3 +42,44 @@ def test_exit_codes_are_declared_in_base_exits_only() -> None:
         if names and rel != "ringtrap/base/exits.py":
             found[rel] = names
     assert found == ALLOWED_EXIT_CODES
+
+
+VERDICT_VALUES = {"spam", "ham", "not_scanned", "error", "bounce", "autoreply", "virus",
+                  "oversize", "unparseable", "duplicate"}
+
+
+def verdict_literals(path: Path) -> list[tuple[int, str]]:
+    """Module-level constants that spell verdicts out: a verdict string, or a
+    tuple, set or dict keyed by two or more (one alone is a word like "error")."""
+    out = []
+    for node in ast.parse(path.read_text()).body:
+        if not isinstance(node, ast.Assign | ast.AnnAssign) or node.value is None:
+            continue
+        value = node.value
+        items = (value.elts if isinstance(value, ast.Tuple | ast.List | ast.Set)
+                 else value.keys if isinstance(value, ast.Dict) else [value])
+        named = [(node.lineno, item.value) for item in items
+                 if isinstance(item, ast.Constant) and item.value in VERDICT_VALUES]
+        if len(named) >= (1 if items == [value] else 2):
+            out += named
+    return out
+
+
+def test_verdicts_are_declared_in_the_enum_only() -> None:
+    found = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = str(path.relative_to(PACKAGE.parent))
+        if rel != "ringtrap/base/states.py" and verdict_literals(path):
+            found[rel] = verdict_literals(path)
+    assert found == {}
+
+
+def test_every_verdict_has_its_counter_and_a_configuration_name() -> None:
+    from ringtrap import config as configmod
+    from ringtrap.base.counters import VERDICT_COUNTERS, C
+    from ringtrap.base.states import Verdict
+
+    assert {v.value for v in Verdict} == VERDICT_VALUES
+    assert VERDICT_COUNTERS[Verdict.ERROR] == C.VERDICT_ERROR
+    assert set(VERDICT_COUNTERS) == set(Verdict)
+    assert tuple(v.value for v in Verdict) == configmod.VERDICT_NAMES

@@ -29,6 +29,8 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, NamedTuple, TypeGuard
 
+from ringtrap.base.states import Verdict
+
 KiB = 1024
 MiB = 1024 * KiB
 GiB = 1024 * MiB
@@ -1090,12 +1092,8 @@ class ResultsConfig:
     )
 
 
-# The verdicts of a record (ringtrap.scan.processing.VERDICTS, which this leaf
-# module cannot import: processing needs the spamd client and the parsers).
-VERDICT_NAMES = (
-    "spam", "ham", "not_scanned", "error", "bounce", "autoreply", "virus", "oversize",
-    "unparseable", "duplicate",
-)
+# the verdicts a record can carry, as the configuration names them
+VERDICT_NAMES = tuple(v.value for v in Verdict)
 
 
 @dataclass(frozen=True, slots=True)

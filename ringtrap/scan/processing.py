@@ -27,6 +27,7 @@ from typing import Any
 
 from ringtrap.base import envelope
 from ringtrap.base.envelope import Envelope
+from ringtrap.base.states import Verdict
 from ringtrap.config import Config
 from ringtrap.scan import extract, mime, prefilter
 from ringtrap.scan.archive import MaildirArchive
@@ -52,12 +53,7 @@ RECORD_KEYS = (
     "parse_error",
 )
 
-# "unparseable" is found only in records written before parse failures were scanned
-VERDICTS = (
-    "spam", "ham", "not_scanned", "error", prefilter.BOUNCE, prefilter.AUTOREPLY,
-    prefilter.VIRUS, prefilter.OVERSIZE, prefilter.UNPARSEABLE, "duplicate",
-)
-SCANNED_VERDICTS = ("spam", "ham")
+VERDICTS = tuple(Verdict)
 
 REASON_SPAMD_OFF = "spamd off"
 
@@ -160,7 +156,7 @@ class Processor:
             "id": msgid,
             "received": iso_utc(received),
             "size": size,
-            "verdict": "not_scanned",
+            "verdict": Verdict.NOT_SCANNED,
             "rules": [],
             **heads,
             "attempts": attempts,
@@ -188,7 +184,7 @@ class Processor:
         if first is not None:
             record["duplicate_of"] = first.msgid
             if self.skip_duplicates:
-                record.update(verdict="duplicate", score=first.score, required=first.required,
+                record.update(verdict=Verdict.DUPLICATE, score=first.score, required=first.required,
                               rules=list(first.rules),
                               reason=f"repeat of {first.msgid} ({first.verdict})")
                 return
@@ -199,11 +195,11 @@ class Processor:
                 raise
             # spamd answered, so the time it took is still worth recording
             record["scanned_ms"] = clock.lap("scan")
-            record["verdict"] = "error"
+            record["verdict"] = Verdict.ERROR
             record["reason"] = f"spamd: {exc}"
             return
         record["scanned_ms"] = clock.lap("scan")
-        record["verdict"] = "spam" if result.spam else "ham"
+        record["verdict"] = Verdict.SPAM if result.spam else Verdict.HAM
         record["score"] = result.score
         record["required"] = result.required
         record["rules"] = list(result.rules)
