@@ -285,11 +285,8 @@ def test_a_ring_of_another_layout_version_is_refused_and_kept(tmp_path: Path) ->
         assert old.put("0640c3f1a2b3c-0004d2", b"held by the old version") is ringmod.PutResult.OK
         old._q[ringmod.H_VERSION] = ringmod.VERSION - 1
         trap.start(wait=False)
+        # EX_CONFIG; what the refusal says is test_supervisor_logic's
         assert trap.wait_exit(30) == 78
-        log = trap.log_tail()
-        assert f"layout version {ringmod.VERSION - 1}" in log
-        assert "stop it with TERM" in log
-        assert " ".join(ringmod.shm_paths(trap.ring_name)) in log
         # the segment and its message are still there for the old version to drain
         assert all(os.path.exists(p) for p in ringmod.shm_paths(trap.ring_name))
         old._q[ringmod.H_VERSION] = ringmod.VERSION
@@ -314,9 +311,11 @@ def test_a_geometry_change_never_drops_what_it_cannot_move(tmp_path: Path) -> No
         old._q[ringmod.H_OWNER_START] += 1  # the supervisor that made it is gone
         trap.start(wait=False)
         assert trap.wait_exit(30) == 78
-        assert "still holds 1 messages after moving 2" in trap.log_tail()
+        # the two it could move are in the overflow, the held one is still in the ring
         assert all(os.path.exists(p) for p in ringmod.shm_paths(trap.ring_name))
         assert len(os.listdir(trap.overflow_dir / "new")) == 2
+        snap = old.snapshot()
+        assert (snap.used, snap.claimed) == (1, 1)
         old.ack(held)
     finally:
         old.close()
