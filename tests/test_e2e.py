@@ -19,7 +19,15 @@ from pathlib import Path
 import psutil
 import pytest
 from spamd_fixture import SpamdProcess
-from trap_fixture import Trap, message, reply_id, running_trap, shm_leftovers, wait_until
+from trap_fixture import (
+    NotifyListener,
+    Trap,
+    message,
+    reply_id,
+    running_trap,
+    shm_leftovers,
+    wait_until,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -169,7 +177,10 @@ def test_term_persists_a_full_ring_and_restart_loses_nothing(
 
 
 def test_hup_resizes_pool_and_refuses_a_broken_config(tmp_path: Path) -> None:
-    with running_trap(tmp_path) as trap:
+    trap = Trap(tmp_path)
+    listener = NotifyListener(trap.rundir / "notify.sock")
+    try:
+        trap.start(env_extra={"NOTIFY_SOCKET": str(listener.path)})
         before = set(trap.child_pids("worker"))
         trap.settings["workers"]["count"] = 3
         trap.write_config()
@@ -178,12 +189,19 @@ def test_hup_resizes_pool_and_refuses_a_broken_config(tmp_path: Path) -> None:
                    and not (set(trap.child_pids("worker")) & before), 60,
                    "three workers of the new generation")
         running = set(trap.child_pids("worker"))
+        reloads = listener.keys_in_order().count("RELOADING")
         trap.config_path.write_text("[workers]\ncount = 'many'\n")
         trap.signal(signal.SIGHUP)
-        time.sleep(2)
+        # the supervisor read the broken file and is ready again on the running one
+        wait_until(lambda: listener.keys_in_order().count("RELOADING") > reloads
+                   and listener.keys_in_order()[-1] == "READY", 30,
+                   "RELOADING=1, then READY=1 for the refused reload")
         assert trap.proc is not None and trap.proc.poll() is None
         assert set(trap.child_pids("worker")) == running
         assert reply_id(trap.send(message(1)))
+    finally:
+        listener.close()
+        trap.close()
 
 
 def test_bad_input_gets_its_answer_and_others_are_served(tmp_path: Path) -> None:
