@@ -45,7 +45,7 @@ def test_exit_codes_are_declared_in_base_exits_only() -> None:
 
 
 VERDICT_VALUES = {"spam", "ham", "not_scanned", "error", "bounce", "autoreply", "virus",
-                  "oversize", "unparseable", "duplicate"}
+                  "oversize", "unparseable", "duplicate", "quarantined"}
 
 
 def verdict_literals(path: Path) -> list[tuple[int, str]]:
@@ -81,5 +81,7 @@ def test_every_verdict_has_its_counter_and_a_configuration_name() -> None:
 
     assert {v.value for v in Verdict} == VERDICT_VALUES
     assert VERDICT_COUNTERS[Verdict.ERROR] == C.VERDICT_ERROR
+    assert VERDICT_COUNTERS[Verdict.QUARANTINED] == C.QUARANTINED
     assert set(VERDICT_COUNTERS) == set(Verdict)
-    assert tuple(v.value for v in Verdict) == configmod.VERDICT_NAMES
+    # what an operator can archive or hand on: every verdict of a message that was read
+    assert set(configmod.VERDICT_NAMES) == VERDICT_VALUES - {"quarantined"}

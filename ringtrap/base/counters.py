@@ -96,7 +96,9 @@ class C(IntEnum):
 
 
 # The counter of each verdict: VERDICT_<name>, so a verdict without one fails here.
-VERDICT_COUNTERS: dict[Verdict, C] = {v: C[f"VERDICT_{v.name}"] for v in Verdict}
+VERDICT_COUNTERS: dict[Verdict, C] = {
+    v: C.QUARANTINED if v is Verdict.QUARANTINED else C[f"VERDICT_{v.name}"] for v in Verdict
+}
 
 # Upper bounds in seconds of the scan-time buckets SCAN_BUCKET_0..11; a scan
 # of exactly a bound counts in that bucket.  Stored counts are per bucket, so

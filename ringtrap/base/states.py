@@ -81,3 +81,6 @@ class Verdict(StrEnum):
     # kept because older records and configurations name it
     UNPARSEABLE = "unparseable"
     DUPLICATE = "duplicate"  # a campaign repeat recorded from its first scan
+    # given up on without parsing: it killed its worker too often, or its
+    # spill file is not one the trap reads (counted in C.QUARANTINED)
+    QUARANTINED = "quarantined"

@@ -1092,8 +1092,9 @@ class ResultsConfig:
     )
 
 
-# the verdicts a record can carry, as the configuration names them
-VERDICT_NAMES = tuple(v.value for v in Verdict)
+# the verdicts of the messages a worker processed, as the configuration names
+# them (a quarantined message is never archived or handed on: it is not read)
+VERDICT_NAMES = tuple(v.value for v in Verdict if v is not Verdict.QUARANTINED)
 
 
 @dataclass(frozen=True, slots=True)

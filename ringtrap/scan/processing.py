@@ -53,7 +53,8 @@ RECORD_KEYS = (
     "parse_error",
 )
 
-VERDICTS = tuple(Verdict)
+# what processing gives (a quarantined message is never processed)
+VERDICTS = tuple(v for v in Verdict if v is not Verdict.QUARANTINED)
 
 REASON_SPAMD_OFF = "spamd off"
 
