@@ -32,15 +32,11 @@ from ringtrap.config import Config
 from ringtrap.scan import extract, mime, prefilter
 from ringtrap.scan.archive import MaildirArchive
 from ringtrap.scan.dedupe import DedupeStore, First
-from ringtrap.scan.mime import HEADER_WINDOW, MAX_HEADERS, MAX_VALUE_CHARS, decode_words
 from ringtrap.scan.spamd import SpamdClient, SpamdError
 
 log = logging.getLogger(__name__)
 
-__all__ = [
-    "HEADER_WINDOW", "MAX_HEADERS", "MAX_VALUE_CHARS", "RECORD_KEYS", "VERDICTS", "Processor",
-    "decode_words", "iso_utc", "parse_headers", "split_payload",
-]
+__all__ = ["RECORD_KEYS", "VERDICTS", "Processor", "iso_utc", "split_payload"]
 
 # Record keys, in the order they are written.  The first fourteen are the
 # original record: tools rely on them, so new keys only ever go at the end.
@@ -260,20 +256,3 @@ def iso_utc(epoch: float) -> str:
     """``epoch`` seconds as ISO 8601 in UTC with its offset, to the microsecond."""
     when = datetime.datetime.fromtimestamp(epoch, tz=datetime.UTC)
     return when.isoformat(timespec="microseconds")
-
-
-def parse_headers(head: bytes | memoryview) -> dict[str, str]:
-    """From, Subject and Message-ID (first of each) of a message's start, decoded.
-
-    Keys are "from", "subject" and "message_id"; a header that is absent is
-    absent from the dict.  Reads at most :data:`MAX_HEADERS` fields within
-    :data:`HEADER_WINDOW` bytes; never raises on any input.
-    """
-    data = bytes(head[:HEADER_WINDOW])
-    fields, _, _ = mime.parse_header_block(data, 0, len(data))
-    out: dict[str, str] = {}
-    for name, value in fields:
-        key = _WANTED.get(name)
-        if key is not None and key not in out:
-            out[key] = mime.clean(decode_words(value))
-    return out
