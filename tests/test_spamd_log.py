@@ -46,7 +46,7 @@ def test_managed_spamd_logs_through_the_trap_into_its_log_file(tmp_path: Path) -
         trap.signal(signal.SIGTERM)
         assert trap.wait_exit() == 0
         stderr = trap.log_path.read_text(errors="replace")
-    spamd = [r for r in records(log_file) if r["logger"] == "ringtrap.scan.spamd"]
+    spamd = [r for r in records(log_file) if r["logger"] == "ringtrap.spamd"]
     # spamd's start is there, in the trap's format, from the supervisor's logging
     assert any("server started" in str(r["msg"]) for r in spamd), spamd
     assert all(r["event"] == "spamd" and r["role"] == "supervisor" for r in spamd)
