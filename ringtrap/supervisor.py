@@ -36,6 +36,7 @@ from ringtrap import config as configmod
 from ringtrap import ring as ringmod
 from ringtrap.base import logs, modes, privileges, proc, systemd
 from ringtrap.base.counters import C
+from ringtrap.base.exits import EX_CONFIG, EX_OK, EX_SOFTWARE
 from ringtrap.base.privileges import PrivilegeError, Target
 from ringtrap.base.proc import Identity
 from ringtrap.base.states import ChildState, ExitCause, ProcState, Role
@@ -71,10 +72,6 @@ ABORT_GRACE = 5.0
 RING_LOCK_PATIENCE = 0.2
 SPAMD_PING_INTERVAL = 30.0
 SPAMD_PING_FAILURES = 3
-
-EX_OK = 0
-EX_SOFTWARE = 70
-EX_CONFIG = 78
 
 
 class Kind(Enum):

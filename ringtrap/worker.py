@@ -30,7 +30,7 @@ import psutil
 
 from ringtrap import config as configmod
 from ringtrap.base import envelope, proc
-from ringtrap.base.counters import C, scan_bucket
+from ringtrap.base.counters import VERDICT_COUNTERS, C, scan_bucket
 from ringtrap.base.states import ProcState, Role
 from ringtrap.config import Config
 from ringtrap.overflow import (
@@ -75,18 +75,6 @@ RSS_CHECK_SIZE = 1 << 20
 # after a scan timed out: how long spamd may take to answer PING for the
 # timeout to count against the message rather than as spamd down
 PING_TIMEOUT = 5.0
-
-_VERDICT_COUNTERS = {
-    "spam": C.VERDICT_SPAM,
-    "ham": C.VERDICT_HAM,
-    "not_scanned": C.VERDICT_NOT_SCANNED,
-    "bounce": C.VERDICT_BOUNCE,
-    "autoreply": C.VERDICT_AUTOREPLY,
-    "virus": C.VERDICT_VIRUS,
-    "oversize": C.VERDICT_OVERSIZE,
-    "unparseable": C.VERDICT_UNPARSEABLE,
-    "duplicate": C.VERDICT_DUPLICATE,
-}
 
 AnyClaim = Claim | OverflowClaim
 
@@ -233,7 +221,7 @@ class Worker(ChildLoop):
             self._count(C.SPAMD_ERRORS)
             self._count(C.VERDICT_ERROR)
         else:
-            self._count(_VERDICT_COUNTERS[verdict])
+            self._count(VERDICT_COUNTERS[verdict])
         self._state(ProcState.IDLE)
         self._since_rss_check += 1
         if claim.size >= RSS_CHECK_SIZE:

@@ -19,7 +19,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 from collections.abc import Callable
@@ -32,7 +31,15 @@ from faketell import FakeTell
 from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from spamd_fixture import SpamdProcess
-from trap_fixture import ROOT, Trap, message, reply_id, running_trap, wait_until
+from trap_fixture import (
+    ROOT,
+    NotifyListener,
+    Trap,
+    message,
+    reply_id,
+    running_trap,
+    wait_until,
+)
 
 from ringtrap import ring as ringmod
 from ringtrap.command import top
@@ -60,47 +67,6 @@ def scrape(port: int) -> dict[str, float]:
 
 
 # -- systemd notification -------------------------------------------------------
-
-
-class NotifyListener:
-    """A datagram socket standing in for systemd's; collects every field sent."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(path))
-        self.sock.settimeout(0.2)
-        self.messages: list[dict[str, str]] = []
-        self._stop = False
-        self._thread = threading.Thread(target=self._drain, daemon=True)
-        self._thread.start()
-
-    def _drain(self) -> None:
-        while not self._stop:
-            try:
-                data = self.sock.recv(4096)
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            fields = dict(line.split("=", 1) for line in data.decode().splitlines())
-            self.messages.append(fields)
-
-    def count(self, key: str, value: str | None = None) -> int:
-        return sum(1 for m in list(self.messages)
-                   if key in m and (value is None or m[key] == value))
-
-    def keys_in_order(self) -> list[str]:
-        """READY/RELOADING/STOPPING as sent, in order (the events of the unit)."""
-        out = []
-        for m in list(self.messages):
-            out += [k for k in ("READY", "RELOADING", "STOPPING") if m.get(k) == "1"]
-        return out
-
-    def close(self) -> None:
-        self._stop = True
-        self._thread.join(2)
-        self.sock.close()
 
 
 def test_notify_ready_status_watchdog_reload_and_stopping(tmp_path: Path) -> None:

@@ -16,8 +16,8 @@ client that died midway: the message is dropped and the reply is
 ``TEMPFAIL truncated message``, so an MTA whose client is still alive retries.
 
 The envelope block is read line by line as it arrives and never buffered
-whole: the ingest keeps at most :data:`~ringtrap.command.submit.MAX_HEADER` bytes of
-it (as stored) and :data:`~ringtrap.command.submit.MAX_RECIPIENTS` recipients.  The
+whole: the ingest keeps at most :data:`~ringtrap.base.wire.MAX_HEADER` bytes of
+it (as stored) and :data:`~ringtrap.base.wire.MAX_RECIPIENTS` recipients.  The
 recipients past either are left out and counted in the envelope's
 ``recipients_dropped``; the message itself is always kept.  A line longer
 than :data:`MAX_LINE` is no envelope value: it is skipped (a recipient one is
@@ -37,7 +37,7 @@ import re
 from enum import Enum
 
 from ringtrap.base.envelope import Envelope, escape_controls
-from ringtrap.command.submit import KEYS, MAGIC, MAX_HEADER, MAX_RECIPIENTS, TRAILER
+from ringtrap.base.wire import KEYS, MAGIC, MAX_HEADER, MAX_RECIPIENTS, TRAILER
 from ringtrap.intake.delivery import (
     REASON_BAD_REQUEST,
     REASON_IDLE,

@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable, Iterable
 from types import FrameType
 
-from ringtrap.base import logs, proc
+from ringtrap.base import exits, logs, proc
 from ringtrap.base.counters import C
 from ringtrap.base.states import ProcState, Role
 from ringtrap.base.titles import set_title
@@ -39,9 +39,12 @@ from ringtrap.config import Config
 from ringtrap.ring import ProcRow, Ring, RingError
 
 # Exit codes of a worker-like child (what main returns; the parent passes it to os._exit).
-EXIT_OK = 0  # stopped as asked, recycled for memory, or orphaned
-EXIT_CRASH = 70  # EX_SOFTWARE: an unexpected exception; a held claim awaits recovery
-EXIT_SETUP = 78  # EX_CONFIG: could not attach the ring, open its stores or reach its spamd
+# a child's exits: stopped as asked, recycled for memory or orphaned; an
+# unexpected exception (a held claim awaits recovery); could not attach the
+# ring, open its stores or reach its spamd
+EXIT_OK = exits.EX_OK
+EXIT_CRASH = exits.EX_SOFTWARE
+EXIT_SETUP = exits.EX_CONFIG
 
 # A pause sleeps in slices of at most this long, so heartbeats and stop
 # checks never stall while a child idles or backs off.
