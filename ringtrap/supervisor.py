@@ -391,7 +391,7 @@ class Supervisor:
             n = self.stage_store.recover_dead()
             if n:
                 log.info("requeued %d stage messages held by processes that died", n)
-        from ringtrap.ingest_socket import bind_socket
+        from ringtrap.intake.sockets import bind_socket
 
         try:
             self.listener = bind_socket(cfg.ingest.socket, cfg.ingest.socket_mode,
@@ -1131,13 +1131,13 @@ class Supervisor:
         logs.set_role(c.name.replace(" ", "-"))
         # 4./5. title, ring attach and loop are the role's own (its child_main)
         if c.kind is Kind.INGEST:
-            from ringtrap import ingest_socket
+            from ringtrap.intake.child import child_main
 
             assert listener is not None
-            return ingest_socket.child_main(self.cfg, listener, c.row,
-                                            submit=self.side_listeners.get("submit"),
-                                            lmtp=self.side_listeners.get("lmtp"),
-                                            config_path=self.config_path)
+            return child_main(self.cfg, listener, c.row,
+                              submit=self.side_listeners.get("submit"),
+                              lmtp=self.side_listeners.get("lmtp"),
+                              config_path=self.config_path)
         if c.kind is Kind.STAGE:
             from ringtrap.work import stage
 
