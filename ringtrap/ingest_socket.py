@@ -191,6 +191,7 @@ class IngestServer:
             lst.sock.setblocking(False)
             self._sel.register(lst.sock.fileno(), selectors.EVENT_READ, lst)
         self._listening = True
+        self._closed = False  # the listeners are closed: the server is stopping
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._sel.register(self._wake_r, selectors.EVENT_READ, _WAKE)
         self._conns: dict[int, _Conn] = {}
@@ -231,7 +232,6 @@ class IngestServer:
         }
         for lst in self._listeners:
             lst.limit = budgets[lst.kind]
-        self._raw.limit = ing.max_connections
         self.store.overflow.max_bytes = cfg.overflow.max_bytes
         self._idle_due = float("-inf")  # the timers are looked at again next turn
 
@@ -598,7 +598,7 @@ class IngestServer:
 
     def _resume_accepting(self) -> None:
         self._accept_resume = 0.0
-        if self._listeners and not self._listening:
+        if not (self._closed or self._listening):
             for lst in self._listeners:
                 self._sel.register(lst.sock.fileno(), selectors.EVENT_READ, lst)
             self._listening = True
@@ -678,7 +678,7 @@ class IngestServer:
             self._listening = False
         for lst in self._listeners:
             lst.sock.close()
-        self._listeners = []
+        self._closed = True
 
     def _finish(self) -> None:
         # The wake-up pipe stays open until close(): a signal handler may still
