@@ -97,8 +97,9 @@ def child_main(
     reloadable keys (the supervisor sends it once it has accepted the file;
     without a file HUP does nothing); the loop also stops gracefully when
     the parent is gone.  If this process dies at any point, nothing it
-    answered OK is lost and the rest is recovered as the module docstring
-    says; a failure to start is logged and returns 1.
+    answered OK is lost and the rest is recovered as the crash model of
+    :mod:`ringtrap.ingest_socket` says; a failure to start is logged and
+    returns 1.
     """
     ppid = os.getppid()
     signals = _ChildSignals(_drain_timeout(cfg))
