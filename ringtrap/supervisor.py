@@ -388,7 +388,7 @@ class Supervisor:
             n = self.stage_store.recover_dead()
             if n:
                 log.info("requeued %d stage messages held by processes that died", n)
-        from ringtrap.ingest_socket import bind_socket
+        from ringtrap.intake.sockets import bind_socket
 
         try:
             self.listener = bind_socket(cfg.ingest.socket, cfg.ingest.socket_mode,
@@ -1122,13 +1122,13 @@ class Supervisor:
             os.execvp(spamd_argv[0], spamd_argv)
         # then title, ring attach and loop, which are the role's own (its child_main)
         if c.kind is Kind.INGEST:
-            from ringtrap import ingest_socket
+            from ringtrap.intake.child import child_main
 
             assert listener is not None
-            return ingest_socket.child_main(self.cfg, listener, c.row,
-                                            submit=self.side_listeners.get("submit"),
-                                            lmtp=self.side_listeners.get("lmtp"),
-                                            config_path=self.config_path)
+            return child_main(self.cfg, listener, c.row,
+                              submit=self.side_listeners.get("submit"),
+                              lmtp=self.side_listeners.get("lmtp"),
+                              config_path=self.config_path)
         if c.kind is Kind.STAGE:
             from ringtrap.work import stage
 

@@ -86,8 +86,8 @@ class Sink:
     def write(self, data: bytes) -> None:
         pass
 
-    def end(self) -> tuple[Outcome, bytes]:
-        return Outcome.STORED, b"OK id\n"
+    def end(self) -> Outcome:
+        return Outcome.STORED
 
     def abort(self) -> None:
         pass

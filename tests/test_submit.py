@@ -23,8 +23,9 @@ from delivery_harness import DELIVER, SUBMIT, Server, servers, temp_base, wait_f
 
 from ringtrap.base import wire
 from ringtrap.base.envelope import Envelope
+from ringtrap.base.wire import OK, REASON_BAD_REQUEST, REASON_TRUNCATED, TEMPFAIL
 from ringtrap.command import submit
-from ringtrap.intake.delivery import OK, REASON_BAD_REQUEST, REASON_TRUNCATED, TEMPFAIL
+from ringtrap.intake.delivery import Outcome
 from ringtrap.intake.submit_session import SubmitSession, dd_report_start
 
 
@@ -116,8 +117,8 @@ def test_trailer_split_across_receives_and_a_message_ending_like_one() -> None:
         def write(self, data: bytes) -> None:
             self.data += data
 
-        def end(self) -> tuple[object, bytes]:
-            return None, b"OK id\n"
+        def end(self) -> Outcome:
+            return Outcome.STORED
 
         def abort(self) -> None:
             raise AssertionError("aborted")
@@ -300,8 +301,8 @@ def test_killed_client_stores_nothing(serve: Callable[..., Server], which: str) 
 
     def streaming() -> bool:
         # the message is in progress in the ingest: past its envelope, bytes arriving
-        return any(x.msg is not None and x.msg.size > 50_000
-                   for x in list(s.server._sessions.values()))
+        return any(x.sink.msgid and x.sink.size > 50_000
+                   for x in list(s.server._conns.values()))
 
     wait_for(streaming, 10, what="the message to be streaming")
     os.killpg(proc.pid, signal.SIGKILL)

@@ -46,7 +46,8 @@ Start-up cost matters: the MTA runs this once per message.  The module
 imports nothing beyond ``_socket`` (the ``socket`` module and argparse would
 each double the interpreter's start-up) and two leaves of constants
 (:mod:`ringtrap.base.wire`, :mod:`ringtrap.base.exits`), and does not import
-the rest of the package unless ``-c FILE`` asks for a configuration.
+the rest of the package unless ``-c FILE`` asks for a configuration; it runs
+as a plain script too (``python3 -S .../ringtrap/command/submit.py``).
 """
 
 import _socket
@@ -54,12 +55,11 @@ import os
 import sys
 import time
 
-from ringtrap.base.exits import EX_OK, EX_TEMPFAIL
-from ringtrap.base.wire import KEYS, MAGIC, TRAILER
+if not __package__:  # run as a plain script: the package is two folders up
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-# the ERR reasons that refuse a message for good (delivery.REASON_TOO_LARGE and
-# REASON_EMPTY, spelled out: importing them would cost every delivery)
-_FINAL_REFUSALS = (b"ERR message too large", b"ERR empty message")
+from ringtrap.base.exits import EX_OK, EX_TEMPFAIL
+from ringtrap.base.wire import FINAL_REFUSALS, KEYS, MAGIC, TRAILER
 
 DEFAULT_TIMEOUT = 60.0
 _CHUNK = 64 * 1024
@@ -235,7 +235,7 @@ def deliver(path: str, block: bytes, stdin_fd: int, timeout: float) -> bytes:
 
 def exit_code(reply: bytes) -> int:
     """0 for OK (stored) and the ERRs that refuse a message for good, 75 for the rest."""
-    if reply.startswith((b"OK ", *_FINAL_REFUSALS)) and reply.endswith(b"\n"):
+    if reply.startswith((b"OK ", *FINAL_REFUSALS)) and reply.endswith(b"\n"):
         return EX_OK
     return EX_TEMPFAIL
 
