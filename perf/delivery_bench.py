@@ -54,7 +54,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import psutil
 
 from ringtrap import ring as ringmod
-from ringtrap.ingest_socket import IngestServer, bind_socket
+from ringtrap.ingest_socket import IngestServer
+from ringtrap.intake.sockets import bind_socket
 from ringtrap.overflow import Overflow
 from ringtrap.ring import Ring
 

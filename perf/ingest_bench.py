@@ -57,7 +57,9 @@ import psutil
 from ringtrap import ring as ringmod
 from ringtrap.base.counters import C
 from ringtrap.config import Config, IngestConfig, OverflowConfig, RingConfig
-from ringtrap.ingest_socket import CHUNK, LISTEN_BACKLOG, child_main
+from ringtrap.ingest_socket import CHUNK
+from ringtrap.intake.child import child_main
+from ringtrap.intake.sockets import LISTEN_BACKLOG
 from ringtrap.ring import Ring
 
 SHM = "/dev/shm"

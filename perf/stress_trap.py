@@ -44,7 +44,8 @@ from spamd_fixture import SpamdProcess, _live_group_members  # noqa: E402
 from ringtrap import config as configmod  # noqa: E402
 from ringtrap import ring as ringmod  # noqa: E402
 from ringtrap.base import proc  # noqa: E402
-from ringtrap.command.cli import count_purge, gather_status  # noqa: E402
+from ringtrap.command.cli import count_purge  # noqa: E402
+from ringtrap.command.status import gather_status  # noqa: E402
 from ringtrap.command.top import Sampler  # noqa: E402
 from ringtrap.overflow import Overflow, parse_ready  # noqa: E402
 

@@ -37,6 +37,7 @@ from ringtrap import config as configmod
 from ringtrap import ring as ringmod
 from ringtrap.base import logs, modes, privileges, systemd
 from ringtrap.base.counters import C
+from ringtrap.base.exits import EX_CONFIG, EX_OK, EX_SOFTWARE
 from ringtrap.base.privileges import PrivilegeError
 from ringtrap.base.proc import Identity
 from ringtrap.base.states import ChildState, ExitCause, ProcState, Role
@@ -84,10 +85,6 @@ FIRST_WORKER_ROW = 2
 # the longest a turn of the loop waits for the ring lock: a live holder is
 # killed if it is hung (Ring.check_lock), and what needed the lock is retried
 RING_LOCK_PATIENCE = 0.2
-
-EX_OK = 0
-EX_SOFTWARE = 70
-EX_CONFIG = 78
 
 
 class Phase(Enum):
@@ -249,7 +246,7 @@ class Supervisor:
             n = self.stage_store.recover_dead()
             if n:
                 log.info("requeued %d stage messages held by processes that died", n)
-        from ringtrap.ingest_socket import bind_socket
+        from ringtrap.intake.sockets import bind_socket
 
         try:
             self.listener = bind_socket(cfg.ingest.socket, cfg.ingest.socket_mode,
@@ -306,7 +303,6 @@ class Supervisor:
             self.metrics = None
 
     def _open_ring(self) -> Ring:
-        assert self.overflow is not None
         rows = max(ringmod.DEFAULT_ROWS,
                    FIRST_WORKER_ROW + self.cfg.workers.count + self.cfg.stage.workers + 1)
         ring, self._made_ring = adopt.open_ring(self.cfg, self.overflow, self.os, rows)

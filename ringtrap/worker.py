@@ -19,21 +19,19 @@ unchanged and the worker backs off.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
-import signal
 import time
-from types import FrameType
 from typing import Any
 
 import psutil
 
 from ringtrap import config as configmod
-from ringtrap.base import envelope, logs, proc
-from ringtrap.base.counters import C, scan_bucket
+from ringtrap.base import envelope, proc
+from ringtrap.base.counters import VERDICT_COUNTERS, C, scan_bucket
 from ringtrap.base.states import ProcState, Role
-from ringtrap.base.titles import set_title
 from ringtrap.config import Config
 from ringtrap.overflow import (
     Overflow,
@@ -42,7 +40,7 @@ from ringtrap.overflow import (
     OverflowFull,
     UntrustedFile,
 )
-from ringtrap.ring import Claim, ProcRow, Ring, RingError, RingOwnershipError
+from ringtrap.ring import Claim, ProcRow, Ring, RingOwnershipError
 from ringtrap.scan import quarantine
 from ringtrap.scan.processing import Processor
 from ringtrap.scan.results import ResultSink
@@ -53,17 +51,22 @@ from ringtrap.scan.spamd import (
     SpamdResponseError,
     SpamdTimeout,
 )
+from ringtrap.work.child import (
+    BEAT_EVERY,
+    EXIT_CRASH,
+    EXIT_OK,
+    EXIT_SETUP,
+    ChildLoop,
+    main,
+)
 
 log = logging.getLogger(__name__)
 
-# Exit codes of a worker process (what child_main returns).
-EXIT_OK = 0  # stopped as asked, recycled for memory, or orphaned
-EXIT_CRASH = 70  # EX_SOFTWARE: an unexpected exception; a held claim awaits recovery
-EXIT_SETUP = 78  # EX_CONFIG: could not attach the ring, open the stores or reach spamd's config
+__all__ = ["EXIT_CRASH", "EXIT_OK", "EXIT_SETUP", "Worker", "child_main", "spamd_client"]
 
-# A turn of the loop waits at most this long, so heartbeats and stop checks
-# never stall while idle.
-IDLE_WAIT = 1.0
+# A turn of the loop waits at most this long on the ring, so heartbeats and
+# stop checks never stall while idle.
+IDLE_WAIT = BEAT_EVERY
 BACKOFF_INITIAL = 0.5
 BACKOFF_MAX = 30.0
 # Check resident memory after this many messages, and after any message this big.
@@ -73,28 +76,18 @@ RSS_CHECK_SIZE = 1 << 20
 # timeout to count against the message rather than as spamd down
 PING_TIMEOUT = 5.0
 
-_VERDICT_COUNTERS = {
-    "spam": C.VERDICT_SPAM,
-    "ham": C.VERDICT_HAM,
-    "not_scanned": C.VERDICT_NOT_SCANNED,
-    "bounce": C.VERDICT_BOUNCE,
-    "autoreply": C.VERDICT_AUTOREPLY,
-    "virus": C.VERDICT_VIRUS,
-    "oversize": C.VERDICT_OVERSIZE,
-    "unparseable": C.VERDICT_UNPARSEABLE,
-    "duplicate": C.VERDICT_DUPLICATE,
-}
-
 AnyClaim = Claim | OverflowClaim
 
 
-class Worker:
+class Worker(ChildLoop):
     """The claim -> process -> record -> ack loop of one worker process.
 
     ``row`` (this process's process-table row) may be None, e.g. in a tool
     that drains without a supervisor.  ``backoff_initial``/``backoff_max``
     bound the pause after a dependency failure.  ``parent_pid`` is the parent
     whose disappearance ends the loop (default: the parent at construction).
+    A fast stop releases a claim not yet scanned (attempts unchanged); a scan
+    in progress is finished and recorded (spamd cannot be cut short).
     """
 
     def __init__(self, cfg: Config, ring: Ring, overflow: Overflow, row: ProcRow | None,
@@ -102,86 +95,31 @@ class Worker:
                  backoff_initial: float = BACKOFF_INITIAL,
                  backoff_max: float = BACKOFF_MAX, parent_pid: int | None = None,
                  stage: Overflow | None = None) -> None:
+        super().__init__(Role.WORKER, index, row, parent_pid=parent_pid,
+                         backoff_initial=backoff_initial, backoff_max=backoff_max,
+                         logger=log)
         self.cfg = cfg
         # the slower stage's spill directory, None when there is no stage
         self.stage = stage
         self._stage_verdicts = frozenset(cfg.stage.verdicts)
         self.ring = ring
         self.overflow = overflow
-        self.row = row
-        self.index = index
         self.processor = processor
         self.sink = sink
-        self.backoff_initial = backoff_initial
-        self.backoff_max = backoff_max
-        self.done = 0
-        self._role = f"worker {index}"
-        self._me = proc.self_identity()
-        self._ppid = os.getppid() if parent_pid is None else parent_pid
         self._ps = psutil.Process()
         self._max_rss = cfg.workers.max_rss_bytes
         self._since_rss_check = RSS_CHECK_EVERY - 1  # check after the first message
-        # set from signal handlers: plain stores only
-        self._stop_requested = False
-        self._fast_stop = False
-        # dependency outage bookkeeping (monotonic clock)
-        self._delay = 0.0
-        self._outage_since: float | None = None
-        self._outage_failures = 0
-        self._outage_log = logs.RateLimit(backoff_max)
-        self._reopen_logs = False  # USR1, set by the handler, acted on by _beat
-
-    # -- control ---------------------------------------------------------------
-
-    def stop(self, graceful: bool = True) -> None:
-        """Ask the loop to return; safe to call from a signal handler.
-
-        Graceful: finish the current message first.  Fast: return at the next
-        check; a claim not yet scanned is released (attempts unchanged), a
-        scan in progress is finished and recorded (spamd cannot be cut short).
-        A later graceful request never undoes a fast one.
-        """
-        self._stop_requested = True
-        if not graceful:
-            self._fast_stop = True
-
-    def reopen_logs(self) -> None:
-        """Ask the loop to reopen the log file (logrotate); safe in a signal handler."""
-        self._reopen_logs = True
-
-    def _should_exit(self) -> bool:
-        if self._stop_requested:
-            return True
-        if os.getppid() != self._ppid:
-            log.warning("worker %d: parent %d is gone, exiting", self.index, self._ppid)
-            self._stop_requested = True
-            return True
-        return False
-
-    def run(self) -> int:
-        """Loop until stopped, orphaned or over the memory limit; returns the exit code.
-
-        An unexpected exception propagates with any claim still held: the
-        process dies, the supervisor requeues the claim with one more attempt,
-        so a message that breaks the worker is quarantined in the end.
-        """
-        self._state(ProcState.IDLE)
-        self._title_idle()
-        log.info("worker %d started (pid %d)", self.index, self._me.pid)
-        while not self._should_exit():
-            self._beat()
-            claim = self._claim()
-            if claim is None:
-                self._title_idle()
-                continue
-            self._handle(claim)
-            if self._over_memory():
-                break
-        self._state(ProcState.STOPPED)
-        log.info("worker %d stopping after %d message(s)", self.index, self.done)
-        return EXIT_OK
 
     # -- one turn ----------------------------------------------------------------
+
+    def _turn(self) -> bool:
+        """Claim, process, record, ack; False once over the memory limit."""
+        claim = self._claim()
+        if claim is None:
+            self._title_idle()
+            return True
+        self._handle(claim)
+        return not self._over_memory()
 
     def _claim(self) -> AnyClaim | None:
         """The oldest message of the ring, else of the overflow; None after a wait."""
@@ -221,7 +159,7 @@ class Worker:
                                     readable=False, size=exc.size)
                 return
         self._state(ProcState.SCANNING, msgid)
-        set_title(self._role, f"scanning {msgid} ({self.done} done)")
+        self._title(f"scanning {msgid}")
         started = time.monotonic()
         try:
             record = self.processor.process(msgid, payload, claim.received, claim.attempts)
@@ -283,7 +221,7 @@ class Worker:
             self._count(C.SPAMD_ERRORS)
             self._count(C.VERDICT_ERROR)
         else:
-            self._count(_VERDICT_COUNTERS[verdict])
+            self._count(VERDICT_COUNTERS[verdict])
         self._state(ProcState.IDLE)
         self._since_rss_check += 1
         if claim.size >= RSS_CHECK_SIZE:
@@ -428,53 +366,6 @@ class Worker:
         except (OSError, UntrustedFile):
             return None
 
-    # -- dependencies and backoff -----------------------------------------------
-
-    def _dependency_down(self, what: str, msgid: str, exc: BaseException) -> None:
-        """Note a failure of ``what`` (the claim was released) and pause."""
-        now = time.monotonic()
-        self._delay = (self.backoff_initial if self._delay == 0.0
-                       else min(self.backoff_max, self._delay * 2))
-        self._outage_failures += 1
-        if self._outage_since is None:
-            self._outage_since = now
-            self._outage_log.reset()
-        # one line per backoff period, however many messages come and go
-        held = self._outage_log.ready()
-        if held is not None and self._outage_failures == 1:
-            log.warning("%s: %s unavailable (%s); released, retrying in %.1f s",
-                        msgid, what, exc, self._delay,
-                        extra={"event": "unavailable", "msgid": msgid, "dependency": what})
-        elif held is not None:
-            log.warning("%s: %s still unavailable after %d failure(s) in %.0f s (%s);"
-                        " retrying in %.1f s%s", msgid, what,
-                        self._outage_failures, now - self._outage_since, exc, self._delay,
-                        f" ({held} similar lines suppressed)" if held else "",
-                        extra={"event": "unavailable", "msgid": msgid,
-                               "dependency": what, "suppressed": held})
-        self._state(ProcState.BACKOFF)  # the message was given back: no id
-        set_title(self._role, f"backoff: {what} down ({self.done} done)")
-        self._pause(self._delay)
-        self._state(ProcState.IDLE)
-
-    def _dependency_up(self, msgid: str) -> None:
-        if self._outage_since is not None:
-            log.info("%s: processing again after %d failure(s) over %.0f s", msgid,
-                     self._outage_failures, time.monotonic() - self._outage_since)
-        self._delay = 0.0
-        self._outage_since = None
-        self._outage_failures = 0
-
-    def _pause(self, seconds: float) -> None:
-        """Sleep in slices of at most a second, beating and watching for a stop."""
-        deadline = time.monotonic() + seconds
-        while not self._should_exit():
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            time.sleep(min(left, IDLE_WAIT))
-            self._beat()
-
     # -- memory ------------------------------------------------------------------
 
     def _over_memory(self) -> bool:
@@ -491,27 +382,6 @@ class Worker:
         log.info("worker %d: resident memory %d bytes over the limit %d after %d message(s);"
                  " exiting to be replaced", self.index, rss, self._max_rss, self.done)
         return True
-
-    # -- process table -----------------------------------------------------------
-
-    def _beat(self) -> None:
-        # every turn of the loop and every slice of a pause passes here
-        if self._reopen_logs:
-            self._reopen_logs = False
-            logs.reopen()
-        if self.row is not None:
-            self.row.beat()
-
-    def _state(self, state: ProcState, msgid: str = "") -> None:
-        if self.row is not None:
-            self.row.set_state(state, msgid)
-
-    def _count(self, counter: C, n: int = 1) -> None:
-        if self.row is not None:
-            self.row.add(counter, n)
-
-    def _title_idle(self) -> None:
-        set_title(self._role, f"idle ({self.done} done)")
 
 
 def spamd_client(cfg: Config, spamd_address: str | None = None) -> SpamdClient | None:
@@ -538,69 +408,27 @@ def spamd_client(cfg: Config, spamd_address: str | None = None) -> SpamdClient |
 def child_main(cfg: Config, index: int, row_index: int, spamd_address: str | None = None) -> int:
     """Run worker ``index`` in a freshly forked child; return its exit code.
 
-    Expects the parent's fork hygiene done (signals at their defaults, fds
-    it does not own closed, logging set up).  Attaches the ring, registers
-    process-table row ``row_index``, opens the overflow, the results and the
-    spamd client (``spamd_address`` overrides ``cfg.spamd.address``, and is
-    required when that is "managed"), then loops.  TERM stops gracefully,
-    INT and QUIT fast.  Returns :data:`EXIT_OK`, :data:`EXIT_SETUP` or
-    :data:`EXIT_CRASH`; the parent passes it to ``os._exit``.
+    Expects :func:`ringtrap.work.child.boot` done.  Attaches the ring,
+    registers process-table row ``row_index``, opens the overflow, the results
+    and the spamd client (``spamd_address`` overrides ``cfg.spamd.address``,
+    and is required when that is "managed"), then loops.  TERM stops
+    gracefully, INT and QUIT fast, USR1 reopens the log.  Returns
+    :data:`EXIT_OK`, :data:`EXIT_SETUP` or :data:`EXIT_CRASH`; the parent
+    passes it to ``os._exit``.
     """
-    # first of all: a parent that dies before the loop starts must still be noticed
-    parent = os.getppid()
-    set_title(f"worker {index}", "starting")
-    # Writing to a spamd that closed early must raise EPIPE, not kill us.
-    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-    # Reload belongs to the supervisor; a stray HUP sent to the whole group
-    # must not kill a worker in the middle of a scan.  USR1 (reopen the log)
-    # is ignored until the loop exists to act on it.
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
-    try:
+
+    def setup(ring: Ring, parent: int, closing: contextlib.ExitStack) -> Worker:
         client = spamd_client(cfg, spamd_address)
-        ring = Ring.attach(cfg.ring.name)
-    except (ValueError, RingError) as exc:
-        log.error("worker %d: cannot start: %s", index, exc)
-        return EXIT_SETUP
-    sink: ResultSink | None = None
-    try:
-        try:
-            overflow = Overflow(cfg.overflow.dir, cfg.overflow.max_bytes,
-                                quarantine_max_bytes=cfg.overflow.quarantine_max_bytes)
-            sink = ResultSink(cfg.results.dir, retention_days=cfg.results.retention_days)
-            row = ring.register(Role.WORKER, index, row=row_index)
-        except (OSError, RingError) as exc:
-            log.error("worker %d: cannot start: %s", index, exc)
-            return EXIT_SETUP
+        overflow = Overflow(cfg.overflow.dir, cfg.overflow.max_bytes,
+                            quarantine_max_bytes=cfg.overflow.quarantine_max_bytes)
+        sink = closing.enter_context(
+            contextlib.closing(ResultSink(cfg.results.dir,
+                                          retention_days=cfg.results.retention_days)))
+        row = ring.register(Role.WORKER, index, row=row_index)
         processor = Processor.from_config(cfg, client)
-        try:
-            stage = (Overflow(configmod.stage_dir(cfg), cfg.stage.max_bytes)
-                     if cfg.stage.workers else None)
-        except OSError as exc:
-            log.error("worker %d: cannot open the stage directory: %s", index, exc)
-            return EXIT_SETUP
-        worker = Worker(cfg, ring, overflow, row, index, processor, sink, parent_pid=parent,
-                        stage=stage)
+        stage = (Overflow(configmod.stage_dir(cfg), cfg.stage.max_bytes)
+                 if cfg.stage.workers else None)
+        return Worker(cfg, ring, overflow, row, index, processor, sink, parent_pid=parent,
+                      stage=stage)
 
-        def graceful(signum: int, frame: FrameType | None) -> None:
-            worker.stop(graceful=True)
-
-        def fast(signum: int, frame: FrameType | None) -> None:
-            worker.stop(graceful=False)
-
-        def reopen(signum: int, frame: FrameType | None) -> None:
-            worker.reopen_logs()
-
-        signal.signal(signal.SIGTERM, graceful)
-        signal.signal(signal.SIGINT, fast)
-        signal.signal(signal.SIGQUIT, fast)
-        signal.signal(signal.SIGUSR1, reopen)
-        try:
-            return worker.run()
-        except Exception:
-            log.exception("worker %d crashed", index)
-            return EXIT_CRASH
-    finally:
-        if sink is not None:
-            sink.close()
-        ring.close()
+    return main(cfg, Role.WORKER, index, setup, log)

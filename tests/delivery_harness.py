@@ -24,7 +24,8 @@ from ringtrap.base import envelope, titles
 from ringtrap.base.counters import C
 from ringtrap.base.envelope import Envelope
 from ringtrap.base.states import Role
-from ringtrap.ingest_socket import IngestServer, bind_socket
+from ringtrap.ingest_socket import IngestServer
+from ringtrap.intake.sockets import bind_socket
 from ringtrap.overflow import Overflow
 from ringtrap.ring import ProcRow, Ring
 

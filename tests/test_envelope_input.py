@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from delivery_harness import DELIVER, SUBMIT, Server, servers, temp_base
 
-from ringtrap.base import envelope
+from ringtrap.base import envelope, wire
 from ringtrap.base.envelope import Envelope
 from ringtrap.command import submit
 from ringtrap.intake import lmtp
@@ -86,8 +86,8 @@ class Sink:
     def write(self, data: bytes) -> None:
         pass
 
-    def end(self) -> tuple[Outcome, bytes]:
-        return Outcome.STORED, b"OK id\n"
+    def end(self) -> Outcome:
+        return Outcome.STORED
 
     def abort(self) -> None:
         pass
@@ -148,7 +148,7 @@ def test_lmtp_control_characters_over_a_real_socket(serve: Callable[..., Server]
 
 
 def block(*lines: bytes) -> bytes:
-    return submit.MAGIC + b"".join(line + b"\n" for line in lines) + b"\n"
+    return wire.MAGIC + b"".join(line + b"\n" for line in lines) + b"\n"
 
 
 def test_submit_escapes_control_characters() -> None:
@@ -163,7 +163,7 @@ def test_submit_keeps_the_recipients_that_fit_and_counts_the_rest() -> None:
     rcpts = [b"recipient trap%05d@example.net" % i for i in range(3000)]
     env = parse_block(block(b"sender s@example.org", *rcpts))
     kept = len(env.recipients)
-    assert 0 < kept <= submit.MAX_RECIPIENTS
+    assert 0 < kept <= wire.MAX_RECIPIENTS
     assert env.recipients == tuple(f"trap{i:05d}@example.net" for i in range(kept))
     assert env.recipients_dropped == 3000 - kept
     line = envelope.header(env)
@@ -175,7 +175,7 @@ def test_submit_budget_counts_escaped_bytes() -> None:
     # 1000 recipients of control characters would grow fivefold when escaped
     rcpts = [b"recipient " + b"\x01" * 200 for _ in range(1000)]
     env = parse_block(block(*rcpts))
-    assert len(envelope.header(env)) <= submit.MAX_HEADER + 1024
+    assert len(envelope.header(env)) <= wire.MAX_HEADER + 1024
     assert env.recipients_dropped == 1000 - len(env.recipients) > 0
 
 

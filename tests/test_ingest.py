@@ -32,9 +32,7 @@ from ringtrap import ring as ringmod
 from ringtrap.base import envelope, ids, proc, titles
 from ringtrap.base.counters import C
 from ringtrap.base.states import ProcState
-from ringtrap.config import Config, IngestConfig, OverflowConfig, RingConfig
-from ringtrap.ingest_socket import (
-    CHUNK,
+from ringtrap.base.wire import (
     ERR,
     OK,
     REASON_BUSY,
@@ -44,10 +42,13 @@ from ringtrap.ingest_socket import (
     REASON_SHUTTING_DOWN,
     REASON_TOO_LARGE,
     TEMPFAIL,
-    bind_socket,
-    child_main,
     reply_line,
 )
+from ringtrap.config import Config, IngestConfig, OverflowConfig, RingConfig
+from ringtrap.ingest_socket import CHUNK
+from ringtrap.intake import sockets
+from ringtrap.intake.child import child_main
+from ringtrap.intake.sockets import bind_socket
 from ringtrap.overflow import Overflow, SpillWriter
 from ringtrap.ring import Ring
 
@@ -798,11 +799,10 @@ def test_a_failure_while_answering_never_leaks_the_descriptor(
     h.server.stop(graceful=False)
     h.thread.join(10)
 
-    class Broken:
-        def put(self, msgid: str, payload: object) -> None:
-            raise ValueError("a bug in the store")
+    def broken(msgid: str, payload: object) -> None:
+        raise ValueError("a bug in the store")
 
-    h.server.store = Broken()  # type: ignore[assignment]
+    h.server.store._put = broken  # type: ignore[assignment]  # the ring's put, as cached
     client, server_side = socket.socketpair()
     fd = server_side.detach()
     with pytest.raises(ValueError, match="a bug in the store"):
@@ -817,7 +817,7 @@ def test_a_failure_while_answering_never_leaks_the_descriptor(
 def test_the_nowait_probe_never_hangs_and_never_says_yes_wrongly(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    if ingest_socket._nowait_io():
+    if sockets.nowait_io():
         assert ingest_socket._NOWAIT_IO
     real = os.preadv
 
@@ -826,11 +826,11 @@ def test_the_nowait_probe_never_hangs_and_never_says_yes_wrongly(
 
     monkeypatch.setattr(os, "preadv", ignores_the_flag)
     t0 = time.monotonic()
-    assert ingest_socket._nowait_io() is False
+    assert sockets.nowait_io() is False
     # ...even where sockets are made non-blocking by a default timeout
     socket.setdefaulttimeout(0.0)
     try:
-        assert ingest_socket._nowait_io() is False
+        assert sockets.nowait_io() is False
     finally:
         socket.setdefaulttimeout(None)
     assert time.monotonic() - t0 < 5

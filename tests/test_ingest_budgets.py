@@ -21,15 +21,15 @@ from pathlib import Path
 import pytest
 from delivery_harness import SUBMIT, Server, servers, temp_base, wait_for
 
-from ringtrap.ingest_socket import Gate, OverflowGate
-from ringtrap.intake import lmtp
-from ringtrap.intake.delivery import (
+from ringtrap.base.wire import (
     REASON_BUSY,
     REASON_OVERFLOW_FULL,
     REASON_TIMEOUT,
     TEMPFAIL,
     reply_line,
 )
+from ringtrap.intake import lmtp
+from ringtrap.intake.sink import Gate, OverflowGate
 from ringtrap.overflow import Overflow, OverflowFull
 
 MSG = b"From: a@example.org\r\nSubject: budgets\r\n\r\nbody\r\n"
@@ -235,9 +235,9 @@ def test_a_flapping_full_overflow_logs_one_line(
 ) -> None:
     s = serve(slots=1, overflow_type=FlappingOverflow)
     assert raw_exchange(s.raw_path, MSG).startswith(b"OK ")  # the one slot: now all spill
-    caplog.set_level(logging.WARNING, logger="ringtrap.ingest_socket")
+    caplog.set_level(logging.WARNING, logger="ringtrap.intake.sink")
     replies = [raw_exchange(s.raw_path, MSG) for _ in range(200)]
     assert replies.count(reply_line(TEMPFAIL, REASON_OVERFLOW_FULL)) == 100
     warnings = [r for r in caplog.records
-                if r.name == "ringtrap.ingest_socket" and r.levelno >= logging.WARNING]
+                if r.name == "ringtrap.intake.sink" and r.levelno >= logging.WARNING]
     assert len(warnings) == 1

@@ -227,8 +227,8 @@ def test_client_gone_mid_data_stores_nothing(serve: Callable[..., Server]) -> No
     w.send(b"MAIL FROM:<s@x>\r\nRCPT TO:<a@y>\r\nDATA\r\n")
     assert [w.code() for _ in range(3)] == [250, 250, 354]
     w.send(b"Subject: cut\r\n\r\n" + b"c" * 50_000)
-    wait_for(lambda: any(x.msg is not None and x.msg.size > 40_000
-                         for x in list(s.server._sessions.values())), what="streaming")
+    wait_for(lambda: any(x.sink.msgid and x.sink.size > 40_000
+                         for x in list(s.server._conns.values())), what="streaming")
     w.close()
     wait_for(lambda: s.server.connections == 0, what="the connection to go")
     assert s.stored() == {}

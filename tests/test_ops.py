@@ -19,18 +19,27 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
+from faketell import FakeTell
 from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from spamd_fixture import SpamdProcess
-from trap_fixture import ROOT, Trap, message, reply_id, running_trap, wait_until
+from trap_fixture import (
+    ROOT,
+    NotifyListener,
+    Trap,
+    message,
+    reply_id,
+    running_trap,
+    wait_until,
+)
 
 from ringtrap import ring as ringmod
 from ringtrap.command import top
@@ -58,47 +67,6 @@ def scrape(port: int) -> dict[str, float]:
 
 
 # -- systemd notification -------------------------------------------------------
-
-
-class NotifyListener:
-    """A datagram socket standing in for systemd's; collects every field sent."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(path))
-        self.sock.settimeout(0.2)
-        self.messages: list[dict[str, str]] = []
-        self._stop = False
-        self._thread = threading.Thread(target=self._drain, daemon=True)
-        self._thread.start()
-
-    def _drain(self) -> None:
-        while not self._stop:
-            try:
-                data = self.sock.recv(4096)
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            fields = dict(line.split("=", 1) for line in data.decode().splitlines())
-            self.messages.append(fields)
-
-    def count(self, key: str, value: str | None = None) -> int:
-        return sum(1 for m in list(self.messages)
-                   if key in m and (value is None or m[key] == value))
-
-    def keys_in_order(self) -> list[str]:
-        """READY/RELOADING/STOPPING as sent, in order (the events of the unit)."""
-        out = []
-        for m in list(self.messages):
-            out += [k for k in ("READY", "RELOADING", "STOPPING") if m.get(k) == "1"]
-        return out
-
-    def close(self) -> None:
-        self._stop = True
-        self._thread.join(2)
-        self.sock.close()
 
 
 def test_notify_ready_status_watchdog_reload_and_stopping(tmp_path: Path) -> None:
@@ -234,36 +202,58 @@ def log_fd_targets(pid: int, log_dir: Path) -> set[str]:
 def test_usr1_reopens_the_log_in_every_process_and_lines_are_json(tmp_path: Path) -> None:
     logs_dir = tmp_path / "logs"
     log_file = logs_dir / "trap.log"
+    tell = FakeTell(delay=0.0)
     settings = {"supervisor": {"log_file": str(log_file), "log_format": "json",
-                               "log_level": "info"}}
-    with running_trap(tmp_path, settings) as trap:
-        first = reply_id(trap.send(message(1)))
-        trap.wait_records({first})
-        rotated = logs_dir / "trap.log.1"
-        log_file.rename(rotated)  # what logrotate does
-        trap.signal(signal.SIGUSR1)
-        pids = [trap.pid, *trap.child_pids("ingest"), *trap.child_pids("worker")]
-        assert len(pids) == 4
+                               "log_level": "info"},
+                # a stage too: it is a child with a log of its own to reopen
+                "stage": {"workers": 1, "address": tell.address, "verdicts": ["not_scanned"]}}
 
-        def all_reopened() -> bool:
-            return all(log_fd_targets(pid, logs_dir) == {"trap.log"} for pid in pids)
+    def learned(n: int) -> Callable[[], bool]:
+        def check() -> bool:
+            st = trap.status()
+            return st is not None and st["totals"].get("stage_learned", 0) >= n
+        return check
 
-        wait_until(all_reopened, 10, "every process to hold the new log file only")
-        second = reply_id(trap.send(message(2)))
-        trap.wait_records({second})
+    try:
+        with running_trap(tmp_path, settings) as trap:
+            first = reply_id(trap.send(message(1)))
+            trap.wait_records({first})
+            wait_until(learned(1), 30, "the stage to learn the first message")
+            rotated = logs_dir / "trap.log.1"
+            log_file.rename(rotated)  # what logrotate does
+            trap.signal(signal.SIGUSR1)
+            stages = trap.child_pids("stage")
+            pids = [trap.pid, *trap.child_pids("ingest"), *trap.child_pids("worker"), *stages]
+            assert len(pids) == 5 and len(stages) == 1
 
-        def lines(path: Path) -> list[dict[str, Any]]:
-            return [json.loads(line) for line in path.read_text().splitlines()]
+            def all_reopened() -> bool:
+                return all(log_fd_targets(pid, logs_dir) == {"trap.log"} for pid in pids)
 
-        old, new = lines(rotated), lines(log_file)
-        for rec in old + new:
-            assert {"ts", "level", "pid", "role", "logger", "msg"} <= rec.keys()
-        outcome = [r for r in new if r.get("event") == "processed"]
-        assert [r["msgid"] for r in outcome] == [second]
-        assert outcome[0]["verdict"] == "not_scanned" and outcome[0]["score"] is None
-        assert outcome[0]["ms"] >= 0 and outcome[0]["role"].startswith("worker-")
-        assert [r["msgid"] for r in old if r.get("event") == "processed"] == [first]
-        assert any(r["role"] == "supervisor" and r["pid"] == trap.pid for r in new)
+            wait_until(all_reopened, 10, "every process to hold the new log file only")
+            second = reply_id(trap.send(message(2)))
+            trap.wait_records({second})
+            wait_until(learned(2), 30, "the stage to learn the second message")
+    finally:
+        tell.close()
+
+    def lines(path: Path) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in path.read_text().splitlines()]
+
+    def told(recs: list[dict[str, Any]]) -> list[str]:
+        return [r["msgid"] for r in recs if r.get("event") == "told"
+                and r["role"] == "stage-0" and r["pid"] == stages[0]]
+
+    old, new = lines(rotated), lines(log_file)
+    for rec in old + new:
+        assert {"ts", "level", "pid", "role", "logger", "msg"} <= rec.keys()
+    outcome = [r for r in new if r.get("event") == "processed"]
+    assert [r["msgid"] for r in outcome] == [second]
+    assert outcome[0]["verdict"] == "not_scanned" and outcome[0]["score"] is None
+    assert outcome[0]["ms"] >= 0 and outcome[0]["role"].startswith("worker-")
+    assert [r["msgid"] for r in old if r.get("event") == "processed"] == [first]
+    assert any(r["role"] == "supervisor" and r["pid"] == trap.pid for r in new)
+    # the stage wrote its line about each message into the file open at the time
+    assert (told(old), told(new)) == ([first], [second])
 
 
 # -- the live view ------------------------------------------------------------------------
@@ -284,8 +274,13 @@ def test_live_view_renders_a_running_trap_and_status_json_stays_stable(
             before = sampler.sample()
             ids = {reply_id(trap.send(message(i))) for i in range(20)}
             trap.wait_records(ids)
-            wait_until(lambda: (sampler.sample().status or {}).get("totals", {})
-                       .get("processed") == 20, 10, "the counters")
+            # the ingest adds its tally at the end of its turn: a worker can record
+            # a message before the ingest has counted it
+            def counted() -> bool:
+                t = (sampler.sample().status or {}).get("totals", {})
+                return (t.get("processed"), t.get("accepted_ring")) == (20, 20)
+
+            wait_until(counted, 10, "the counters")
             now = sampler.sample()
             text = frame_text(now, before, trap)
         finally:

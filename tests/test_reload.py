@@ -21,11 +21,11 @@ from test_supervisor_logic import FakeOS, exit_status
 from trap_fixture import running_trap, wait_until
 
 from ringtrap import config as configmod
-from ringtrap import ingest_socket
 from ringtrap.base.states import ChildState, Role
 from ringtrap.config import Config, MiB
 from ringtrap.config.sections import each_key, each_section
 from ringtrap.control.child import Child
+from ringtrap.intake import child as ingest_child
 from ringtrap.supervisor import Supervisor
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # Where each reloadable key takes effect.  "worker" and "stage": read by
 # those children, which a reload replaces one at a time with the new
 # configuration; "ingest": applied by the running ingest on the HUP the
-# supervisor forwards (ingest_socket.RELOADED); "supervisor": read from the
+# supervisor forwards (ingest_child.RELOADED); "supervisor": read from the
 # supervisor's current configuration when used, or re-applied by reload().
 APPLIED_IN: dict[str, set[str]] = {
     "ingest.max_message_bytes": {"ingest"},
@@ -81,15 +81,18 @@ def test_every_key_is_reloadable_or_declared_restart_only() -> None:
     assert restart | APPLIED_IN.keys() == all_keys(), (
         "declare a new key restart=True in config/sections.py, or say here where a HUP applies it")
     ingest = {k for k, where in APPLIED_IN.items() if "ingest" in where}
-    assert ingest == ingest_socket.RELOADED
+    assert ingest == ingest_child.RELOADED
 
 
-def keys_read(module: str) -> set[str]:
-    """The keys ``ringtrap/<module>.py`` reads, as ``x.section.key`` or through an alias."""
+def keys_read(*modules: str) -> set[str]:
+    """The keys ``ringtrap/<module>.py`` (or every module of a folder) reads,
+    as ``x.section.key`` or through an alias."""
     sections = {s: {k for k, _ in each_key(cls)} for s, cls in each_section()}
-    tree = ast.parse((ROOT / "ringtrap" / f"{module}.py").read_text())
+    paths = [p for m in modules for p in
+             (sorted((ROOT / "ringtrap" / m).glob("*.py")) if (ROOT / "ringtrap" / m).is_dir()
+              else [ROOT / "ringtrap" / f"{m}.py"])]
     found: set[str] = set()
-    for fn in ast.walk(tree):
+    for fn in (n for p in paths for n in ast.walk(ast.parse(p.read_text()))):
         if not isinstance(fn, ast.FunctionDef):
             continue
         alias = {t.id: n.value.attr for n in ast.walk(fn) if isinstance(n, ast.Assign)
@@ -107,9 +110,10 @@ def keys_read(module: str) -> set[str]:
 
 
 def test_every_key_the_ingest_reads_is_reloaded_or_restart_only() -> None:
-    read = keys_read("ingest_socket")
+    # the server and every module of its layer: the child entry, the sessions, the sink
+    read = keys_read("ingest_socket", "intake")
     assert "overflow.max_bytes" in read and "ingest.idle_timeout" in read  # the scan sees them
-    assert read <= ingest_socket.RELOADED | configmod.restart_only()
+    assert read <= ingest_child.RELOADED | configmod.restart_only()
 
 
 # -- the ingest applies its share --------------------------------------------------
@@ -135,7 +139,7 @@ CHANGED = {
 def test_reconfigure_applies_every_reloaded_ingest_key(serve: Callable[..., Server]) -> None:
     s = serve()
     before = s.server.settings()
-    assert set(CHANGED) == ingest_socket.RELOADED - {"supervisor.graceful_timeout"}
+    assert set(CHANGED) == ingest_child.RELOADED - {"supervisor.graceful_timeout"}
     assert all(before[k] != v for k, v in CHANGED.items())
     cfg = configmod.override(configmod.defaults(), CHANGED)
     s.server.reconfigure(cfg)

@@ -21,9 +21,11 @@ import psutil
 import pytest
 from delivery_harness import DELIVER, SUBMIT, Server, servers, temp_base, wait_for
 
+from ringtrap.base import wire
 from ringtrap.base.envelope import Envelope
+from ringtrap.base.wire import OK, REASON_BAD_REQUEST, REASON_TRUNCATED, TEMPFAIL
 from ringtrap.command import submit
-from ringtrap.intake.delivery import OK, REASON_BAD_REQUEST, REASON_TRUNCATED, TEMPFAIL
+from ringtrap.intake.delivery import Outcome
 from ringtrap.intake.submit_session import SubmitSession, dd_report_start
 
 
@@ -44,7 +46,7 @@ MSG = b"From: a@example.org\nSubject: trap\n\nbody\n"
 
 def frame(message: bytes, lines: bytes = b"", size: int | None = None) -> bytes:
     n = len(message) if size is None else size
-    return submit.MAGIC + lines + b"\n" + message + b"END %d\n" % n
+    return wire.MAGIC + lines + b"\n" + message + b"END %d\n" % n
 
 
 def exchange(path: Path, data: bytes, half_close: bool = True) -> bytes:
@@ -80,7 +82,7 @@ def test_envelope_and_message_are_stored_exactly(serve: Callable[..., Server]) -
 
 def test_a_message_cannot_forge_the_envelope(serve: Callable[..., Server]) -> None:
     s = serve()
-    forged = (submit.MAGIC + b"sender spammer@evil.example\n\n"
+    forged = (wire.MAGIC + b"sender spammer@evil.example\n\n"
               b'RTM1 {"sender":"spammer@evil.example","client_address":"10.6.6.6"}\n' + MSG)
     msgid = ok_id(exchange(s.submit_path, frame(forged, b"sender real@example.org\n")))
     # and on the raw socket nothing is ever parsed: the same bytes are all message
@@ -91,11 +93,11 @@ def test_a_message_cannot_forge_the_envelope(serve: Callable[..., Server]) -> No
 
 def test_a_stream_cut_short_is_refused_and_nothing_stored(serve: Callable[..., Server]) -> None:
     s = serve(slot_bytes=4096)
-    truncated = submit.MAGIC + b"\n" + MSG  # no trailer: the client died
+    truncated = wire.MAGIC + b"\n" + MSG  # no trailer: the client died
     wrong = frame(MSG, size=len(MSG) + 1)  # a trailer that does not match
     # a big one that was already streaming to the overflow when the client died
-    big = submit.MAGIC + b"\n" + b"x" * 200_000 + b"END 100000\n"
-    header_only = submit.MAGIC + b"sender a@b\n"
+    big = wire.MAGIC + b"\n" + b"x" * 200_000 + b"END 100000\n"
+    header_only = wire.MAGIC + b"sender a@b\n"
     for data in (truncated, wrong, big, header_only):
         assert exchange(s.submit_path, data) == TEMPFAIL + b" " + REASON_TRUNCATED + b"\n"
     assert s.stored() == {}
@@ -115,8 +117,8 @@ def test_trailer_split_across_receives_and_a_message_ending_like_one() -> None:
         def write(self, data: bytes) -> None:
             self.data += data
 
-        def end(self) -> tuple[object, bytes]:
-            return None, b"OK id\n"
+        def end(self) -> Outcome:
+            return Outcome.STORED
 
         def abort(self) -> None:
             raise AssertionError("aborted")
@@ -166,7 +168,7 @@ def test_not_a_submit_stream_gets_tempfail_and_is_read_to_its_end(
     s = serve()
     reply = exchange(s.submit_path, MSG * 10_000)  # a raw client on the wrong socket
     assert reply.startswith(TEMPFAIL + b" " + REASON_BAD_REQUEST + b": not a submit stream"), reply
-    bad = exchange(s.submit_path, submit.MAGIC + b"sender a\nsender b\n\n" + MSG + b"END 5\n")
+    bad = exchange(s.submit_path, wire.MAGIC + b"sender a\nsender b\n\n" + MSG + b"END 5\n")
     assert bad.startswith(TEMPFAIL + b" " + REASON_BAD_REQUEST + b": sender given twice"), bad
     assert s.stored() == {}
 
@@ -299,8 +301,8 @@ def test_killed_client_stores_nothing(serve: Callable[..., Server], which: str) 
 
     def streaming() -> bool:
         # the message is in progress in the ingest: past its envelope, bytes arriving
-        return any(x.msg is not None and x.msg.size > 50_000
-                   for x in list(s.server._sessions.values()))
+        return any(x.sink.msgid and x.sink.size > 50_000
+                   for x in list(s.server._conns.values()))
 
     wait_for(streaming, 10, what="the message to be streaming")
     os.killpg(proc.pid, signal.SIGKILL)

@@ -43,14 +43,30 @@ from ringtrap.scan.spamd import SpamdClient
 from ringtrap.worker import EXIT_OK, EXIT_SETUP, Worker, child_main, spamd_client
 
 EXAMPLES = Path("/usr/share/doc/spamassassin/examples")
-SPAM = (EXAMPLES / "sample-spam.txt").read_bytes()
-HAM = (EXAMPLES / "sample-nonspam.txt").read_bytes()
 SLOTS = 16
 SLOT_BYTES = 16 * 1024
 MAX_ATTEMPTS = 3
 
 
 # -- fixtures and helpers ----------------------------------------------------------
+
+
+def sample(name: str) -> bytes:
+    """One of spamassassin's example messages; skips the test where it is not installed."""
+    path = EXAMPLES / name
+    if not path.is_file():
+        pytest.skip(f"{path} is missing (it comes with Debian's spamassassin)")
+    return path.read_bytes()
+
+
+@pytest.fixture
+def spam() -> bytes:
+    return sample("sample-spam.txt")
+
+
+@pytest.fixture
+def ham() -> bytes:
+    return sample("sample-nonspam.txt")
 
 
 @pytest.fixture
@@ -260,17 +276,18 @@ def offline_processor() -> Processor:
 @pytest.mark.slow
 @pytest.mark.spamd
 def test_child_main_records_ring_and_overflow_messages_exactly_once(
-    tmp_path: Path, ring: Ring, spamd_server: SpamdProcess, children: Children
+    tmp_path: Path, ring: Ring, spamd_server: SpamdProcess, children: Children, spam: bytes,
+    ham: bytes,
 ) -> None:
     cfg = make_cfg(tmp_path, ring.name, spamd_server.unix_address)
     overflow = open_overflow(cfg)
     sent: dict[str, tuple[int, bytes, str]] = {}
     for n in range(10):
-        message = SPAM if n % 2 else HAM
+        message = spam if n % 2 else ham
         where = "ring" if n < 6 else "overflow"
         sent[put(ring, overflow, message, n, where)] = (n, message, where)
     # larger than a slot: only the overflow can hold it
-    big = SPAM + b"\n" + b"filler line of an oversized spam\n" * 1000
+    big = spam + b"\n" + b"filler line of an oversized spam\n" * 1000
     assert ring.put(ids.new_id(), big) is PutResult.TOO_LARGE
     sent[put(ring, overflow, big, 10, "ring")] = (10, big, "overflow")
     assert overflow.stats().ready == 5
@@ -286,7 +303,7 @@ def test_child_main_records_ring_and_overflow_messages_exactly_once(
     assert Counter(r["id"] for r in got) == Counter(set(sent))  # each exactly once
     for r in got:
         n, message, _ = sent[r["id"]]
-        assert r["verdict"] == ("spam" if message is not HAM else "ham")
+        assert r["verdict"] == ("spam" if message is not ham else "ham")
         assert r["size"] == len(message)
         assert r["envelope"] == env_for(n).to_dict()
         assert r["attempts"] == 0
@@ -305,11 +322,12 @@ def test_child_main_records_ring_and_overflow_messages_exactly_once(
     assert totals[C.RELEASED] == totals[C.QUARANTINED] == 0
 
 
-def test_ring_is_drained_before_the_overflow(tmp_path: Path, ring: Ring) -> None:
+def test_ring_is_drained_before_the_overflow(tmp_path: Path, ring: Ring, spam: bytes,
+                                             ham: bytes) -> None:
     cfg = make_cfg(tmp_path, ring.name)
     overflow = open_overflow(cfg)
-    older = put(ring, overflow, HAM, 1, "overflow")
-    newer = [put(ring, overflow, SPAM, n, "ring") for n in (2, 3)]
+    older = put(ring, overflow, ham, 1, "overflow")
+    newer = [put(ring, overflow, spam, n, "ring") for n in (2, 3)]
     worker = local_worker(cfg, ring, overflow, offline_processor(),
                           StopAfter(cfg.results.dir, 3))
     assert run_guarded(worker) == EXIT_OK
@@ -363,10 +381,10 @@ class HeldCheckingSink(StopAfter):
 
 def test_record_is_written_while_the_claim_is_still_held(
     tmp_path: Path, ring: Ring
-) -> None:
+, spam: bytes) -> None:
     cfg = make_cfg(tmp_path, ring.name)
     overflow = open_overflow(cfg)
-    sent = [put(ring, overflow, SPAM, n, "ring" if n < 2 else "overflow") for n in range(4)]
+    sent = [put(ring, overflow, spam, n, "ring" if n < 2 else "overflow") for n in range(4)]
     sink = HeldCheckingSink(cfg.results.dir, 4, ring, overflow)
     worker = local_worker(cfg, ring, overflow, offline_processor(), sink)
     assert run_guarded(worker) == EXIT_OK
@@ -392,10 +410,10 @@ class FailingSink(ResultSink):
 @pytest.mark.parametrize("where", ["ring", "overflow"])
 def test_unwritable_results_release_the_message_unacked(
     tmp_path: Path, ring: Ring, where: str
-) -> None:
+, spam: bytes) -> None:
     cfg = make_cfg(tmp_path, ring.name)
     overflow = open_overflow(cfg)
-    msgid = put(ring, overflow, SPAM, 1, where)
+    msgid = put(ring, overflow, spam, 1, where)
     sink = FailingSink(cfg.results.dir, OSError(errno.ENOSPC, "No space left on device"))
     worker = local_worker(cfg, ring, overflow, offline_processor(), sink)
     sink.worker = worker
@@ -409,7 +427,7 @@ def test_unwritable_results_release_the_message_unacked(
         assert ring.slot_states().count(SlotState.READY) == 1
     else:
         assert [parse_ready(n) for n in os.listdir(overflow.path / "new")] == [
-            (msgid, len(envelope.frame(SPAM, env_for(1))), 0)
+            (msgid, len(envelope.frame(spam, env_for(1))), 0)
         ]
     # once the results can be written, it is recorded exactly once
     good = StopAfter(cfg.results.dir, 1)
@@ -418,10 +436,11 @@ def test_unwritable_results_release_the_message_unacked(
     assert_drained(ring, overflow)
 
 
-def test_a_crash_while_recording_leaves_the_claim_held(tmp_path: Path, ring: Ring) -> None:
+def test_a_crash_while_recording_leaves_the_claim_held(tmp_path: Path, ring: Ring,
+                                                       ham: bytes) -> None:
     cfg = make_cfg(tmp_path, ring.name)
     overflow = open_overflow(cfg)
-    msgid = put(ring, overflow, HAM, 1, "ring")
+    msgid = put(ring, overflow, ham, 1, "ring")
     worker = local_worker(cfg, ring, overflow, offline_processor(),
                           FailingSink(cfg.results.dir, RuntimeError("bug in a sink")))
     with pytest.raises(RuntimeError):
@@ -439,20 +458,20 @@ def test_a_crash_while_recording_leaves_the_claim_held(tmp_path: Path, ring: Rin
 
 def test_messages_at_the_attempt_limit_are_quarantined_not_processed(
     tmp_path: Path, ring: Ring
-) -> None:
+, spam: bytes, ham: bytes) -> None:
     cfg = make_cfg(tmp_path, ring.name)
     overflow = open_overflow(cfg)
     dead = proc.Identity(4_000_000, 1)  # an owner that cannot be alive
-    doomed_ring = put(ring, overflow, SPAM, 1, "ring")
-    payload = envelope.frame(SPAM, env_for(1))
+    doomed_ring = put(ring, overflow, spam, 1, "ring")
+    payload = envelope.frame(spam, env_for(1))
     for _ in range(MAX_ATTEMPTS):  # a worker died holding it, MAX_ATTEMPTS times
         held = ring.claim(0.0, owner=dead)
         assert held is not None and held.msgid == doomed_ring
         assert ring.recover(dead).requeued == 1
     last_chance = ids.new_id()  # one attempt short of the limit: still processed
-    overflow.spill(last_chance, envelope.frame(HAM, env_for(2)), attempts=MAX_ATTEMPTS - 1)
+    overflow.spill(last_chance, envelope.frame(ham, env_for(2)), attempts=MAX_ATTEMPTS - 1)
     doomed_overflow = ids.new_id()
-    overflow.spill(doomed_overflow, envelope.frame(HAM, env_for(3)), attempts=MAX_ATTEMPTS)
+    overflow.spill(doomed_overflow, envelope.frame(ham, env_for(3)), attempts=MAX_ATTEMPTS)
 
     worker = local_worker(cfg, ring, overflow, offline_processor(),
                           ResultSink(cfg.results.dir))
@@ -463,8 +482,8 @@ def test_messages_at_the_attempt_limit_are_quarantined_not_processed(
     assert (got[last_chance]["verdict"], got[last_chance]["attempts"]) == (
         "not_scanned", MAX_ATTEMPTS - 1)
     assert got[last_chance]["quarantine"] is None
-    for msgid, where, n, message in ((doomed_ring, "ring", 1, SPAM),
-                                     (doomed_overflow, "overflow", 3, HAM)):
+    for msgid, where, n, message in ((doomed_ring, "ring", 1, spam),
+                                     (doomed_overflow, "overflow", 3, ham)):
         rec = got[msgid]
         stored = len(envelope.frame(message, env_for(n)))
         assert (rec["verdict"], rec["attempts"], rec["size"]) == (
@@ -480,7 +499,7 @@ def test_messages_at_the_attempt_limit_are_quarantined_not_processed(
               if not n.endswith(".reason")}
     assert failed == {
         (doomed_ring, len(payload), MAX_ATTEMPTS),
-        (doomed_overflow, len(envelope.frame(HAM, env_for(3))), MAX_ATTEMPTS),
+        (doomed_overflow, len(envelope.frame(ham, env_for(3))), MAX_ATTEMPTS),
     }
     # the ring message is kept whole, envelope line included
     name = f"{doomed_ring},S={len(payload)},A={MAX_ATTEMPTS}"
@@ -499,12 +518,12 @@ def test_messages_at_the_attempt_limit_are_quarantined_not_processed(
 @pytest.mark.spamd
 def test_spamd_down_releases_without_counting_attempts_then_resumes(
     tmp_path: Path, ring: Ring, spamd_server: SpamdProcess, children: Children,
-    short_dir: Path,
+    short_dir: Path, spam: bytes,
 ) -> None:
     sock = short_dir / "spamd.sock"  # nothing listens here yet
     cfg = make_cfg(tmp_path, ring.name, f"unix:{sock}")
     overflow = open_overflow(cfg)
-    msgid = put(ring, overflow, SPAM, 1, "ring")
+    msgid = put(ring, overflow, spam, 1, "ring")
     pid = children.fork(lambda: boot_worker(
         cfg, 0, 1, lambda: Processor(spamd=spamd_client(cfg), scan_limit_bytes=1 << 20),
         backoff_initial=0.05, backoff_max=0.2,
@@ -590,15 +609,16 @@ class StallingSpamd:
 @pytest.mark.parametrize("where", ["ring", "overflow"])
 def test_a_message_that_times_out_spamd_alone_is_quarantined(
     tmp_path: Path, ring: Ring, spamd_server: SpamdProcess, short_dir: Path, where: str,
+    spam: bytes, ham: bytes,
 ) -> None:
     stall = StallingSpamd(short_dir / "stall.sock", spamd_server.socket_path)
     try:
         cfg = make_cfg(tmp_path, ring.name, f"unix:{stall.path}")
         overflow = open_overflow(cfg)
-        normal = [put(ring, overflow, SPAM if n % 2 else HAM, n, where) for n in range(4)]
-        slow = STALL_MARKER + b"\n" + SPAM
+        normal = [put(ring, overflow, spam if n % 2 else ham, n, where) for n in range(4)]
+        slow = STALL_MARKER + b"\n" + spam
         doomed = put(ring, overflow, slow, 9, where)
-        normal += [put(ring, overflow, HAM, n, where) for n in range(10, 13)]
+        normal += [put(ring, overflow, ham, n, where) for n in range(10, 13)]
         client = SpamdClient(f"unix:{stall.path}", connect_timeout=5.0, timeout=1.0)
         worker = local_worker(cfg, ring, overflow,
                               Processor(spamd=client, scan_limit_bytes=1 << 20),
@@ -646,11 +666,11 @@ def stalled_spamd(short_dir: Path) -> Iterator[str]:
 @pytest.mark.parametrize("where", ["ring", "overflow"])
 def test_sigkill_mid_scan_then_another_worker_processes_it(
     tmp_path: Path, ring: Ring, spamd_server: SpamdProcess, children: Children,
-    stalled_spamd: str, where: str,
+    stalled_spamd: str, where: str, spam: bytes,
 ) -> None:
     cfg = make_cfg(tmp_path, ring.name, spamd_server.unix_address)
     overflow = open_overflow(cfg)
-    msgid = put(ring, overflow, SPAM, 1, where)
+    msgid = put(ring, overflow, spam, 1, where)
     pid = children.fork(lambda: child_main(cfg, 0, 1, spamd_address=stalled_spamd))
 
     def scanning() -> bool:
@@ -679,12 +699,12 @@ def test_sigkill_mid_scan_then_another_worker_processes_it(
 
 def test_recycles_after_the_current_message_when_over_the_memory_limit(
     tmp_path: Path, ring: Ring
-) -> None:
+, spam: bytes, ham: bytes) -> None:
     cfg = make_cfg(tmp_path, ring.name, max_rss_bytes="32M")  # the smallest valid limit
     assert psutil.Process().memory_info().rss > cfg.workers.max_rss_bytes
     overflow = open_overflow(cfg)
-    first = put(ring, overflow, SPAM, 1, "ring")
-    put(ring, overflow, HAM, 2, "ring")
+    first = put(ring, overflow, spam, 1, "ring")
+    put(ring, overflow, ham, 2, "ring")
     worker = local_worker(cfg, ring, overflow, offline_processor(), ResultSink(cfg.results.dir))
     assert run_guarded(worker) == EXIT_OK  # returned by itself: nobody asked it to stop
     assert [r["id"] for r in records(cfg)] == [first]
@@ -696,11 +716,11 @@ def test_recycles_after_the_current_message_when_over_the_memory_limit(
     assert counters(row)[C.RECYCLED] == 1 and counters(row)[C.PROCESSED] == 1
 
 
-def test_no_memory_limit_means_no_recycling(tmp_path: Path, ring: Ring) -> None:
+def test_no_memory_limit_means_no_recycling(tmp_path: Path, ring: Ring, spam: bytes) -> None:
     cfg = make_cfg(tmp_path, ring.name)  # max_rss_bytes 0: unlimited
     overflow = open_overflow(cfg)
     for n in range(3):
-        put(ring, overflow, SPAM, n, "ring")
+        put(ring, overflow, spam, n, "ring")
     worker = local_worker(cfg, ring, overflow, offline_processor(),
                           StopAfter(cfg.results.dir, 3))
     assert run_guarded(worker) == EXIT_OK

@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -30,7 +31,7 @@ import psutil
 from ringtrap import config as configmod
 from ringtrap import ring as ringmod
 from ringtrap.base import proc
-from ringtrap.command.cli import gather_status
+from ringtrap.command.status import gather_status
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -250,6 +251,47 @@ class Trap:
             "nc": ["nc", "-U", "-N", path],
         }[tool]
         return subprocess.run(argv, input=data, capture_output=True, timeout=30)
+
+
+class NotifyListener:
+    """A datagram socket standing in for systemd's; collects every field sent."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.settimeout(0.2)
+        self.messages: list[dict[str, str]] = []
+        self._stop = False
+        self._thread = threading.Thread(target=self._drain, daemon=True)
+        self._thread.start()
+
+    def _drain(self) -> None:
+        while not self._stop:
+            try:
+                data = self.sock.recv(4096)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            fields = dict(line.split("=", 1) for line in data.decode().splitlines())
+            self.messages.append(fields)
+
+    def count(self, key: str, value: str | None = None) -> int:
+        return sum(1 for m in list(self.messages)
+                   if key in m and (value is None or m[key] == value))
+
+    def keys_in_order(self) -> list[str]:
+        """READY/RELOADING/STOPPING as sent, in order (the events of the unit)."""
+        out = []
+        for m in list(self.messages):
+            out += [k for k in ("READY", "RELOADING", "STOPPING") if m.get(k) == "1"]
+        return out
+
+    def close(self) -> None:
+        self._stop = True
+        self._thread.join(2)
+        self.sock.close()
 
 
 @contextlib.contextmanager

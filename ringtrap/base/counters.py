@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from enum import IntEnum
 
+from ringtrap.base.states import Verdict
+
 NCOUNTERS = 64
 
 
@@ -68,7 +70,7 @@ class C(IntEnum):
     SCAN_BUCKET_11 = 43
     SCAN_BUCKET_12 = 44  # slower than the last bound
     VERDICT_ERROR = 45  # recorded with verdict "error" (spamd answered with an error)
-    # workers: verdicts of the prefilters and the dedupe (ringtrap.scan.processing.VERDICTS)
+    # workers: verdicts of the prefilters and the dedupe (ringtrap.base.states.Verdict)
     VERDICT_BOUNCE = 46
     VERDICT_AUTOREPLY = 47
     VERDICT_VIRUS = 48
@@ -92,6 +94,11 @@ class C(IntEnum):
     # stopped or stuck (their lock is then broken and counted in LOCK_BREAKS)
     LOCK_HOLDER_KILLS = 63
 
+
+# The counter of each verdict: VERDICT_<name>, so a verdict without one fails here.
+VERDICT_COUNTERS: dict[Verdict, C] = {
+    v: C.QUARANTINED if v is Verdict.QUARANTINED else C[f"VERDICT_{v.name}"] for v in Verdict
+}
 
 # Upper bounds in seconds of the scan-time buckets SCAN_BUCKET_0..11; a scan
 # of exactly a bound counts in that bucket.  Stored counts are per bucket, so

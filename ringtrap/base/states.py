@@ -1,12 +1,12 @@
 """Enumerations shared by the stores and the processes (a leaf module).
 
 The numeric values are stored in shared memory: never renumber a member,
-only append.
+only append.  The verdicts' values are written in every record.
 """
 
 from __future__ import annotations
 
-from enum import IntEnum
+from enum import IntEnum, StrEnum
 
 
 class SlotState(IntEnum):
@@ -59,3 +59,28 @@ class ExitCause(IntEnum):
     CRASHED = 2  # died unasked after its boot: recover its claims, restart (slower if looping)
     HUNG = 3  # killed by us for a stalled heartbeat
     CUT = 4  # killed by us at a stop's deadline: its claims go back, no attempt counted
+
+
+class Verdict(StrEnum):
+    """What a record says of its message (the record's ``verdict``, its counter, its archive).
+
+    Records, configuration files and the dedupe store hold these values:
+    never rename one.
+    """
+
+    SPAM = "spam"
+    HAM = "ham"
+    NOT_SCANNED = "not_scanned"  # spamd off
+    ERROR = "error"  # spamd answered with an error
+    # the prefilters' verdicts
+    BOUNCE = "bounce"
+    AUTOREPLY = "autoreply"
+    VIRUS = "virus"
+    OVERSIZE = "oversize"  # over workers.scan_limit_bytes
+    # no longer given (a parse failure is scanned and noted as "parse_error"):
+    # kept because older records and configurations name it
+    UNPARSEABLE = "unparseable"
+    DUPLICATE = "duplicate"  # a campaign repeat recorded from its first scan
+    # given up on without parsing: it killed its worker too often, or its
+    # spill file is not one the trap reads (counted in C.QUARANTINED)
+    QUARANTINED = "quarantined"

@@ -19,6 +19,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from ringtrap.base.states import Verdict
 from ringtrap.scan.results import PREFIX, SUFFIX
 
 log = logging.getLogger(__name__)
@@ -28,7 +29,7 @@ TOP = 10
 IPV4_PREFIX = 24
 IPV6_PREFIX = 48
 SIZE_BUCKETS = (1024, 4096, 16384, 65536, 262144, 1048576)
-SCANNED = ("spam", "ham", "error")
+SCANNED = (Verdict.SPAM, Verdict.HAM, Verdict.ERROR)
 
 
 def day_file(directory: str | os.PathLike[str], day: str) -> Path:
@@ -129,7 +130,7 @@ def summarize(records: Iterable[dict[str, Any]], top: int = TOP) -> dict[str, An
     groups = sorted((c for c in campaigns.values() if c["messages"] > 1),
                     key=lambda c: (-c["messages"], c["first"] or ""))
     in_campaigns = sum(c["messages"] for c in groups)
-    scans_saved = verdicts.get("duplicate", 0)
+    scans_saved = verdicts.get(Verdict.DUPLICATE, 0)
     return {
         "messages": total,
         "verdicts": dict(verdicts.most_common()),

@@ -15,8 +15,8 @@ delivered:
 
 It never exits 1: Postfix's pipe(8) bounces on every status but 75 and 71.
 
-Submit protocol (one message per connection; the module constants name
-every piece)::
+Submit protocol (one message per connection; the constants of
+:mod:`ringtrap.base.wire` name every piece)::
 
     client  SUBMIT ringtrap/1\\n            the first line, always
             <key> <value>\\n                zero or more envelope lines:
@@ -44,9 +44,10 @@ the message and send its own report as the trailer).
 
 Start-up cost matters: the MTA runs this once per message.  The module
 imports nothing beyond ``_socket`` (the ``socket`` module and argparse would
-each double the interpreter's start-up), does not import the rest of the
-package unless ``-c FILE`` asks for a configuration, and runs as a plain
-script too (``python3 -S .../ringtrap/command/submit.py``).
+each double the interpreter's start-up) and two leaves of constants
+(:mod:`ringtrap.base.wire`, :mod:`ringtrap.base.exits`), and does not import
+the rest of the package unless ``-c FILE`` asks for a configuration; it runs
+as a plain script too (``python3 -S .../ringtrap/command/submit.py``).
 """
 
 import _socket
@@ -54,22 +55,11 @@ import os
 import sys
 import time
 
-# wire format
-MAGIC = b"SUBMIT ringtrap/1\n"
-TRAILER = b"END "
-KEYS = ("sender", "recipient", "client_address", "client_helo", "queue_id")
-# The ingest keeps this many bytes of recipients (as stored) and this many
-# recipients; it leaves the rest out, counts them in the record's
-# envelope.recipients_dropped and keeps the message.  The block may be longer.
-MAX_HEADER = 16 * 1024
-MAX_RECIPIENTS = 1000
-# the ERR reasons that refuse a message for good (delivery.REASON_TOO_LARGE and
-# REASON_EMPTY, spelled out: importing them would cost every delivery)
-_FINAL_REFUSALS = (b"ERR message too large", b"ERR empty message")
+if not __package__:  # run as a plain script: the package is two folders up
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-# exit codes (sysexits)
-EX_OK = 0
-EX_TEMPFAIL = 75
+from ringtrap.base.exits import EX_OK, EX_TEMPFAIL
+from ringtrap.base.wire import FINAL_REFUSALS, KEYS, MAGIC, TRAILER
 
 DEFAULT_TIMEOUT = 60.0
 _CHUNK = 64 * 1024
@@ -245,7 +235,7 @@ def deliver(path: str, block: bytes, stdin_fd: int, timeout: float) -> bytes:
 
 def exit_code(reply: bytes) -> int:
     """0 for OK (stored) and the ERRs that refuse a message for good, 75 for the rest."""
-    if reply.startswith((b"OK ", *_FINAL_REFUSALS)) and reply.endswith(b"\n"):
+    if reply.startswith((b"OK ", *FINAL_REFUSALS)) and reply.endswith(b"\n"):
         return EX_OK
     return EX_TEMPFAIL
 

@@ -27,6 +27,7 @@ from rich.text import Text
 
 from ringtrap import config as configmod
 from ringtrap import ring as ringmod
+from ringtrap.command.status import fmt_bytes, gather_status
 from ringtrap.overflow import Overflow
 
 BAR_WIDTH = 40
@@ -71,8 +72,6 @@ class Sampler:
 
     def sample(self) -> Reading:
         """A reading now; its status is None when no trap is running."""
-        from ringtrap.command.cli import gather_status
-
         ring = self._current_ring()
         if self._overflow is None:
             try:
@@ -90,14 +89,6 @@ class Sampler:
             self._ring.close()
         self._ring = None
         self._ino = None
-
-
-def _bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GiB"  # pragma: no cover
 
 
 def _rate(cur: dict[str, Any], prev: dict[str, Any] | None, dt: float, *keys: str) -> str:
@@ -189,12 +180,12 @@ def render(cur: Reading, prev: Reading | None, cfg: configmod.Config,
     ring_line = fill_bar(r["used"], r["slots"])
     ring_line.append(f"  {r['used']}/{r['slots']} slots: {r['ready']} ready, "
                      f"{r['claimed']} being processed, {r['filling']} filling; "
-                     f"slots of {_bytes(r['slot_bytes'])}")
+                     f"slots of {fmt_bytes(r['slot_bytes'])}")
     grid.add_row("ring", ring_line)
     oldest = "-" if o.get("oldest_age_s") is None else f"{o['oldest_age_s']:.0f} s"
-    over = Text(f"{o['ready']} ready ({_bytes(o['ready_bytes'])}), {o['claimed']} being "
+    over = Text(f"{o['ready']} ready ({fmt_bytes(o['ready_bytes'])}), {o['claimed']} being "
                 f"processed, {o['failed']} quarantined, oldest {oldest}; "
-                f"{_bytes(o['bytes'])} of {_bytes(o['max_bytes'])}")
+                f"{fmt_bytes(o['bytes'])} of {fmt_bytes(o['max_bytes'])}")
     if o["ready"]:
         over.stylize("yellow")
     grid.add_row("overflow", over)
@@ -224,7 +215,7 @@ def render(cur: Reading, prev: Reading | None, cfg: configmod.Config,
         if p["cpu_s"] is not None and cpu_before.get(p["pid"]) is not None and dt > 0:
             cpu = f"{100 * max(0.0, p['cpu_s'] - cpu_before[p['pid']]) / dt:.0f}%"
         role = p["role"] + (f" {p['index']}" if p["role"] in ("worker", "stage") else "")
-        rss = "-" if p.get("private_bytes") is None else _bytes(p["private_bytes"])
+        rss = "-" if p.get("private_bytes") is None else fmt_bytes(p["private_bytes"])
         rows.append(({"PID": str(p["pid"]), "ROLE": role, "STATE": p["state"],
                       "MESSAGE": p["message"] or "-", "DONE": str(p["done"]), "RSS": rss,
                       "CPU": cpu, "TITLE": title}, p))

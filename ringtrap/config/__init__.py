@@ -39,6 +39,7 @@ from ringtrap.config.rendering import (
 )
 from ringtrap.config.rules import managed_spamd_learns, managed_spamd_tells, stage_dir
 from ringtrap.config.sections import (
+    VERDICT_NAMES,
     ArchiveConfig,
     Config,
     DedupeConfig,
@@ -67,6 +68,7 @@ from ringtrap.config.values import (
 
 __all__ = [
     "DOCS_NOTES",
+    "VERDICT_NAMES",
     "ArchiveConfig",
     "Config",
     "ConfigError",

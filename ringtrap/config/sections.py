@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from ringtrap.base.states import Verdict
 from ringtrap.config.hostdefaults import (
     BESIDE_INGEST,
     beside_ingest,
@@ -401,12 +402,9 @@ class ResultsConfig:
     )
 
 
-# The verdicts of a record (ringtrap.scan.processing.VERDICTS, which this leaf
-# module cannot import: processing needs the spamd client and the parsers).
-VERDICT_NAMES = (
-    "spam", "ham", "not_scanned", "error", "bounce", "autoreply", "virus", "oversize",
-    "unparseable", "duplicate",
-)
+# the verdicts of the messages a worker processed, as the configuration names
+# them (a quarantined message is never archived or handed on: it is not read)
+VERDICT_NAMES = tuple(v.value for v in Verdict if v is not Verdict.QUARANTINED)
 
 
 @dataclass(frozen=True, slots=True)

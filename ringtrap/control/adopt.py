@@ -40,7 +40,7 @@ from ringtrap.ring import ProcRow, Ring
 log = logging.getLogger(__name__)
 
 
-def open_ring(cfg: Config, overflow: Overflow, os_: OS, rows: int) -> tuple[Ring, bool]:
+def open_ring(cfg: Config, overflow: Overflow | None, os_: OS, rows: int) -> tuple[Ring, bool]:
     """Create the configured ring, or adopt the one left behind; True if it was made.
 
     Raises SetupError when the ring belongs to a running supervisor, has a
@@ -70,6 +70,7 @@ def open_ring(cfg: Config, overflow: Overflow, os_: OS, rows: int) -> tuple[Ring
         log.warning("ring geometry changed (%d x %d -> %d x %d): moving its messages to "
                     "the overflow and recreating it", old.slots, old.slot_bytes,
                     rc.slots, rc.slot_bytes)
+        assert overflow is not None
         old.recover_dead()
         moved = evacuate(old, overflow)
         left = old.snapshot().used

@@ -1,32 +1,31 @@
 """What runs in a freshly forked child before its role's own main.
 
 The order is fixed (STYLE rule 7): ask for a signal when the supervisor
-dies, reset the supervisor's signal handlers, close every descriptor the
-role does not own (workers must not hold the ingest socket; the spamd is
-exec'd with stdio and the log only), reseed ``random``, then hand over to
-the role's ``child_main`` (title, ring attach, loop).  Nothing here returns
+dies, then the boot every child shares (:func:`ringtrap.work.child.boot`:
+signals reset, every descriptor the role does not own closed, ``random``
+reseeded; workers must not hold the ingest socket, the spamd is exec'd with
+stdio and the log only), then the role's ``child_main`` (title, ring
+attach, loop).  Nothing here returns
 to the supervisor's code: the caller ends the process with ``os._exit``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import ctypes  # here, not in the child: after a privilege drop the stdlib may be unreadable
 import logging
 import os
-import random
 import signal
 import socket
 from collections.abc import Iterable
 from pathlib import Path
 
-from ringtrap.base import logs
 from ringtrap.base.states import Role
 from ringtrap.config import Config
 from ringtrap.control import spamd_log
 from ringtrap.control.child import Child
 from ringtrap.control.managed_spamd import spamd_address, spamd_argv
 from ringtrap.control.seam import OS
+from ringtrap.work import child as work_child
 
 log = logging.getLogger(__name__)
 
@@ -86,32 +85,24 @@ def boot(c: Child, cfg: Config, config_path: Path | None, handled: Iterable[int]
 
     ``handled``: the signals the supervisor caught, put back to their defaults.
     """
-    # 1. signals back to defaults: the supervisor's queue means nothing here
-    for sig in handled:
-        signal.signal(sig, signal.SIG_DFL)
-    signal.set_wakeup_fd(-1)
-    # 2. a child that is no ring user must not keep the parent's ring mapping;
-    #    the spamd is exec'd, so every fd but stdio and the log goes
-    keep = logs.log_fds()
+    # the boot order of ringtrap.work.child: signals, fds, random and log role
+    # first; a child that is no ring user must not keep the parent's ring
+    # mapping, and the spamd is exec'd, so every fd but stdio and the log goes
+    keep: set[int] = set()
     if c.role is Role.INGEST and listener is not None:
         keep.add(listener.fileno())
         keep.update(side.fileno() for side in side_listeners.values())
-    _close_fds_except(keep)
+    work_child.boot(c.name, handled, keep)
     if spamd_argv is not None:
         os.setsid()  # its own group: our TERM to the group never races its children
         os.execvp(spamd_argv[0], spamd_argv)
-    # 3. a fresh random state per child
-    random.seed()
-    logs.set_role(c.name.replace(" ", "-"))
-    # 4./5. title, ring attach and loop are the role's own (its child_main)
+    # then title, ring attach and loop, which are the role's own (its child_main)
     if c.role is Role.INGEST:
-        from ringtrap import ingest_socket
+        from ringtrap.intake.child import child_main
 
         assert listener is not None
-        return ingest_socket.child_main(cfg, listener, c.row,
-                                        submit=side_listeners.get("submit"),
-                                        lmtp=side_listeners.get("lmtp"),
-                                        config_path=config_path)
+        return child_main(cfg, listener, c.row, submit=side_listeners.get("submit"),
+                          lmtp=side_listeners.get("lmtp"), config_path=config_path)
     if c.role is Role.STAGE:
         from ringtrap.work import stage
 
@@ -119,14 +110,3 @@ def boot(c: Child, cfg: Config, config_path: Path | None, handled: Iterable[int]
     from ringtrap import worker
 
     return worker.child_main(cfg, c.index, c.row, spamd_address=spamd_address(cfg))
-
-
-def _close_fds_except(keep: set[int]) -> None:  # pragma: no cover - child
-    try:
-        fds = [int(n) for n in os.listdir("/proc/self/fd")]
-    except OSError:
-        fds = list(range(3, 1024))
-    for fd in fds:
-        if fd not in keep:
-            with contextlib.suppress(OSError):
-                os.close(fd)

@@ -1,12 +1,14 @@
-"""What a session protocol (submit, LMTP) asks of the ingest: the narrow store hook.
+"""What a session protocol (raw, submit, LMTP) asks of the ingest: the narrow store hook.
 
 A session class owns its framing, its state machine and its replies; it
 never sees the ring or the overflow.  For each message it calls a
 :class:`Sink` — ``begin`` with the envelope, ``write`` with the message's
-bytes as they arrive, then ``end`` (stored or refused: an :class:`Outcome`)
-or ``abort`` (the client went away, the message is dropped).  The ingest
-implements the sink with the same store, limits, ids and counters as its raw
-socket, so a message is stored the same way whichever socket it came by.
+bytes as they arrive, then ``end`` (stored or refused: an :class:`Outcome`,
+which the session renders in its own reply) or ``abort`` (the client went
+away, the message is dropped).  The ingest gives every connection, the raw
+socket's too, a sink of
+:mod:`ringtrap.intake.sink` on the same store, limits, ids and counters, so
+a message is stored the same way whichever socket it came by.
 
 Sessions are driven without I/O of their own: ``feed`` takes received bytes
 and returns the bytes to send back, which keeps them testable on plain bytes.
@@ -18,29 +20,16 @@ from enum import IntEnum
 from typing import Protocol
 
 from ringtrap.base.envelope import Envelope
-
-# The one-line replies of the raw and submit sockets: prefixes, then reasons.
-OK = b"OK"
-ERR = b"ERR"
-TEMPFAIL = b"TEMPFAIL"
-REASON_TOO_LARGE = b"message too large"
-REASON_EMPTY = b"empty message"
-REASON_OVERFLOW_FULL = b"overflow full"
-REASON_STORE_FAILED = b"cannot store message"
-REASON_IDLE = b"idle timeout"
-# the message took longer than ingest.message_timeout, however steadily it came
-REASON_TIMEOUT = b"message timeout"
-REASON_BUSY = b"too many connections"
-REASON_SHUTTING_DOWN = b"shutting down"
-# submit socket only: the stream ended without its length trailer, or not as announced
-REASON_TRUNCATED = b"truncated message"
-# submit socket only: not a submit stream, or a malformed envelope block
-REASON_BAD_REQUEST = b"bad request"
-
-
-def reply_line(kind: bytes, text: bytes) -> bytes:
-    """The reply line ``<kind> <text>\\n`` as sent to the client."""
-    return kind + b" " + text + b"\n"
+from ringtrap.base.wire import (
+    ERR,
+    OK,
+    REASON_EMPTY,
+    REASON_OVERFLOW_FULL,
+    REASON_STORE_FAILED,
+    REASON_TOO_LARGE,
+    TEMPFAIL,
+    reply_line,
+)
 
 
 class Outcome(IntEnum):
@@ -51,6 +40,23 @@ class Outcome(IntEnum):
     EMPTY = 2  # no bytes: nothing stored
     OVERFLOW_FULL = 3  # cannot store now: the overflow is at its cap
     FAILED = 4  # cannot store now: any other reason (store error, truncated)
+
+
+# the one-line reply (raw and submit sockets) to each refusal at a message's end
+REFUSAL_LINES = {
+    Outcome.TOO_LARGE: reply_line(ERR, REASON_TOO_LARGE),
+    Outcome.EMPTY: reply_line(ERR, REASON_EMPTY),
+    Outcome.OVERFLOW_FULL: reply_line(TEMPFAIL, REASON_OVERFLOW_FULL),
+    Outcome.FAILED: reply_line(TEMPFAIL, REASON_STORE_FAILED),
+}
+_OK = OK + b" "
+
+
+def one_line(outcome: Outcome, msgid: str) -> bytes:
+    """The raw and submit sockets' reply to a message that ended with ``outcome``."""
+    if outcome is Outcome.STORED:
+        return _OK + msgid.encode() + b"\n"
+    return REFUSAL_LINES[outcome]
 
 
 class Sink(Protocol):
@@ -64,8 +70,8 @@ class Sink(Protocol):
         """Add the message's next bytes (buffered, streamed or counted and dropped)."""
         ...
 
-    def end(self) -> tuple[Outcome, bytes]:
-        """Store the message; returns the outcome and the raw socket's reply line."""
+    def end(self) -> Outcome:
+        """Store the message (unless refused); how it ended.  Each protocol renders its reply."""
         ...
 
     def abort(self) -> None:
@@ -82,8 +88,9 @@ class Session(Protocol):
         """Bytes to send when the connection is accepted (a greeting, or none)."""
         ...
 
-    def feed(self, data: bytes) -> bytes:
-        """Take received bytes; return the replies they call for."""
+    def feed(self, data: bytes | memoryview) -> bytes:
+        """Take received bytes (a view of the server's receive buffer, valid only
+        during the call: copy what is kept); return the replies they call for."""
         ...
 
     def eof(self) -> bytes:

@@ -107,6 +107,7 @@ class LmtpSession:
         self._errors = 0
         self._bol = True  # DATA: the next byte starts a line
         self._xforward: dict[str, str] = {}
+        self._msgid = ""  # the message in DATA
         self._reset()
         self.closing = False
 
@@ -124,7 +125,7 @@ class LmtpSession:
     def busy(self) -> bool:
         return self._state in (_State.MAIL, _State.DATA)
 
-    def feed(self, data: bytes) -> bytes:
+    def feed(self, data: bytes | memoryview) -> bytes:
         if self._state is _State.CLOSED:
             return b""
         self._in += data
@@ -322,7 +323,7 @@ class LmtpSession:
             return self._error(R_NEED_RCPT)
         if arg:
             return self._error(R_SYNTAX)
-        self._sink.begin(self._envelope())
+        self._msgid = self._sink.begin(self._envelope())
         self._state = _State.DATA
         self._bol = True
         return R_DATA
@@ -394,11 +395,10 @@ class LmtpSession:
         return None
 
     def _end_of_data(self) -> bytes:
-        outcome, line = self._sink.end()
+        outcome = self._sink.end()
         count = len(self._recipients)
         if outcome is Outcome.STORED:
-            msgid = line.split(b" ", 1)[1].strip()
-            reply = b"250 2.0.0 Ok: stored as " + msgid + _CRLF
+            reply = b"250 2.0.0 Ok: stored as " + self._msgid.encode() + _CRLF
         elif outcome is Outcome.EMPTY:
             reply = b"250 2.6.0 Ok: empty message, nothing stored\r\n"
         elif outcome is Outcome.TOO_LARGE:

@@ -16,8 +16,8 @@ client that died midway: the message is dropped and the reply is
 ``TEMPFAIL truncated message``, so an MTA whose client is still alive retries.
 
 The envelope block is read line by line as it arrives and never buffered
-whole: the ingest keeps at most :data:`~ringtrap.command.submit.MAX_HEADER` bytes of
-it (as stored) and :data:`~ringtrap.command.submit.MAX_RECIPIENTS` recipients.  The
+whole: the ingest keeps at most :data:`~ringtrap.base.wire.MAX_HEADER` bytes of
+it (as stored) and :data:`~ringtrap.base.wire.MAX_RECIPIENTS` recipients.  The
 recipients past either are left out and counted in the envelope's
 ``recipients_dropped``; the message itself is always kept.  A line longer
 than :data:`MAX_LINE` is no envelope value: it is skipped (a recipient one is
@@ -37,17 +37,21 @@ import re
 from enum import Enum
 
 from ringtrap.base.envelope import Envelope, escape_controls
-from ringtrap.command.submit import KEYS, MAGIC, MAX_HEADER, MAX_RECIPIENTS, TRAILER
-from ringtrap.intake.delivery import (
+from ringtrap.base.wire import (
+    KEYS,
+    MAGIC,
+    MAX_HEADER,
+    MAX_RECIPIENTS,
     REASON_BAD_REQUEST,
     REASON_IDLE,
     REASON_SHUTTING_DOWN,
     REASON_TIMEOUT,
     REASON_TRUNCATED,
     TEMPFAIL,
-    Sink,
+    TRAILER,
     reply_line,
 )
+from ringtrap.intake.delivery import Sink, one_line
 
 log = logging.getLogger(__name__)
 
@@ -184,8 +188,8 @@ class SubmitSession:
     """One submit connection: see the module docstring.  Implements ``delivery.Session``."""
 
     __slots__ = (
-        "_head", "_magic", "_problem", "_reader", "_sink", "_skipping", "_state", "_tail",
-        "_written", "closing",
+        "_head", "_magic", "_msgid", "_problem", "_reader", "_sink", "_skipping", "_state",
+        "_tail", "_written", "closing",
     )
 
     def __init__(self, sink: Sink) -> None:
@@ -197,6 +201,7 @@ class SubmitSession:
         self._reader = EnvelopeReader()
         self._tail = b""
         self._written = 0  # message bytes handed to the sink
+        self._msgid = ""
         self._problem = ""
         self.closing = False
 
@@ -206,7 +211,8 @@ class SubmitSession:
     def busy(self) -> bool:
         return self._state is not _State.DONE
 
-    def feed(self, data: bytes) -> bytes:
+    def feed(self, data: bytes | memoryview) -> bytes:
+        data = bytes(data)  # held past the call: the receive buffer is reused
         state = self._state
         if state is _State.BODY:
             self._body(data)
@@ -255,7 +261,7 @@ class SubmitSession:
             pos = end + 1
         rest = bytes(head[pos + 1 :])
         self._head = bytearray()
-        self._sink.begin(reader.envelope())
+        self._msgid = self._sink.begin(reader.envelope())
         self._state = _State.BODY
         if rest:
             self._body(rest)
@@ -304,7 +310,7 @@ class SubmitSession:
             return LINE_TRUNCATED
         if i:
             self._sink.write(tail[:i])
-        return self._sink.end()[1]
+        return one_line(self._sink.end(), self._msgid)
 
     def timeout(self) -> bytes:
         self._drop()

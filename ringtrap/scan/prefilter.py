@@ -16,20 +16,14 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 
 from ringtrap.base.envelope import Envelope
+from ringtrap.base.states import Verdict
 from ringtrap.scan.extract import Attachment, address_local, contains_eicar
 from ringtrap.scan.mime import Message
 
-# Verdicts the prefilters give, in the order they are checked.
-BOUNCE = "bounce"
-AUTOREPLY = "autoreply"
-VIRUS = "virus"
-OVERSIZE = "oversize"
-# No longer given (a parse failure is scanned and noted as "parse_error"):
-# kept because older records and configurations name it.
-UNPARSEABLE = "unparseable"
-# The checks an operator can turn off (prefilter.checks); oversize always
-# applies: spamd reads only the start of a large message.
-CHECKS = (VIRUS, BOUNCE, AUTOREPLY)
+# The checks an operator can turn off (prefilter.checks), in the order they
+# are checked; oversize always applies: spamd reads only the start of a large
+# message.
+CHECKS = (Verdict.VIRUS, Verdict.BOUNCE, Verdict.AUTOREPLY)
 
 BOUNCE_SENDERS = frozenset({"mailer-daemon", "postmaster"})
 # Fields whose presence marks an automatic reply (vacation programs, ticket systems).
@@ -42,7 +36,7 @@ AUTOREPLY_SUBJECTS = (
 
 def check(msg: Message, raw: bytes | memoryview, env: Envelope, size: int,
           scan_limit: int, files: Sequence[Attachment],
-          checks: Collection[str] = CHECKS) -> tuple[str, str] | None:
+          checks: Collection[str] = CHECKS) -> tuple[Verdict, str] | None:
     """(verdict, reason) if a prefilter takes the message, else None (scan it).
 
     ``raw`` is the message as received, ``size`` its length, ``files`` its
@@ -52,20 +46,20 @@ def check(msg: Message, raw: bytes | memoryview, env: Envelope, size: int,
     walk could not parse goes through the same checks on what is known (the
     raw bytes, the envelope).
     """
-    if VIRUS in checks:
+    if Verdict.VIRUS in checks:
         why = virus_reason(msg, raw, files)
         if why:
-            return VIRUS, why
-    if BOUNCE in checks:
+            return Verdict.VIRUS, why
+    if Verdict.BOUNCE in checks:
         why = bounce_reason(msg, env)
         if why:
-            return BOUNCE, why
-    if AUTOREPLY in checks:
+            return Verdict.BOUNCE, why
+    if Verdict.AUTOREPLY in checks:
         why = autoreply_reason(msg)
         if why:
-            return AUTOREPLY, why
+            return Verdict.AUTOREPLY, why
     if size > scan_limit:
-        return OVERSIZE, f"{size} bytes over the scan limit of {scan_limit}"
+        return Verdict.OVERSIZE, f"{size} bytes over the scan limit of {scan_limit}"
     return None
 
 

@@ -27,19 +27,16 @@ from typing import Any
 
 from ringtrap.base import envelope
 from ringtrap.base.envelope import Envelope
+from ringtrap.base.states import Verdict
 from ringtrap.config import Config
 from ringtrap.scan import extract, mime, prefilter
 from ringtrap.scan.archive import MaildirArchive
 from ringtrap.scan.dedupe import DedupeStore, First
-from ringtrap.scan.mime import HEADER_WINDOW, MAX_HEADERS, MAX_VALUE_CHARS, decode_words
 from ringtrap.scan.spamd import SpamdClient, SpamdError
 
 log = logging.getLogger(__name__)
 
-__all__ = [
-    "HEADER_WINDOW", "MAX_HEADERS", "MAX_VALUE_CHARS", "RECORD_KEYS", "VERDICTS", "Processor",
-    "decode_words", "iso_utc", "parse_headers", "split_payload",
-]
+__all__ = ["RECORD_KEYS", "VERDICTS", "Processor", "iso_utc", "split_payload"]
 
 # Record keys, in the order they are written.  The first fourteen are the
 # original record: tools rely on them, so new keys only ever go at the end.
@@ -52,12 +49,8 @@ RECORD_KEYS = (
     "parse_error",
 )
 
-# "unparseable" is found only in records written before parse failures were scanned
-VERDICTS = (
-    "spam", "ham", "not_scanned", "error", prefilter.BOUNCE, prefilter.AUTOREPLY,
-    prefilter.VIRUS, prefilter.OVERSIZE, prefilter.UNPARSEABLE, "duplicate",
-)
-SCANNED_VERDICTS = ("spam", "ham")
+# what processing gives (a quarantined message is never processed)
+VERDICTS = tuple(v for v in Verdict if v is not Verdict.QUARANTINED)
 
 REASON_SPAMD_OFF = "spamd off"
 
@@ -160,7 +153,7 @@ class Processor:
             "id": msgid,
             "received": iso_utc(received),
             "size": size,
-            "verdict": "not_scanned",
+            "verdict": Verdict.NOT_SCANNED,
             "rules": [],
             **heads,
             "attempts": attempts,
@@ -188,7 +181,7 @@ class Processor:
         if first is not None:
             record["duplicate_of"] = first.msgid
             if self.skip_duplicates:
-                record.update(verdict="duplicate", score=first.score, required=first.required,
+                record.update(verdict=Verdict.DUPLICATE, score=first.score, required=first.required,
                               rules=list(first.rules),
                               reason=f"repeat of {first.msgid} ({first.verdict})")
                 return
@@ -199,11 +192,11 @@ class Processor:
                 raise
             # spamd answered, so the time it took is still worth recording
             record["scanned_ms"] = clock.lap("scan")
-            record["verdict"] = "error"
+            record["verdict"] = Verdict.ERROR
             record["reason"] = f"spamd: {exc}"
             return
         record["scanned_ms"] = clock.lap("scan")
-        record["verdict"] = "spam" if result.spam else "ham"
+        record["verdict"] = Verdict.SPAM if result.spam else Verdict.HAM
         record["score"] = result.score
         record["required"] = result.required
         record["rules"] = list(result.rules)
@@ -263,20 +256,3 @@ def iso_utc(epoch: float) -> str:
     """``epoch`` seconds as ISO 8601 in UTC with its offset, to the microsecond."""
     when = datetime.datetime.fromtimestamp(epoch, tz=datetime.UTC)
     return when.isoformat(timespec="microseconds")
-
-
-def parse_headers(head: bytes | memoryview) -> dict[str, str]:
-    """From, Subject and Message-ID (first of each) of a message's start, decoded.
-
-    Keys are "from", "subject" and "message_id"; a header that is absent is
-    absent from the dict.  Reads at most :data:`MAX_HEADERS` fields within
-    :data:`HEADER_WINDOW` bytes; never raises on any input.
-    """
-    data = bytes(head[:HEADER_WINDOW])
-    fields, _, _ = mime.parse_header_block(data, 0, len(data))
-    out: dict[str, str] = {}
-    for name, value in fields:
-        key = _WANTED.get(name)
-        if key is not None and key not in out:
-            out[key] = mime.clean(decode_words(value))
-    return out

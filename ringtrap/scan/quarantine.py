@@ -3,11 +3,11 @@
 A quarantined message is one the trap gave up on: it killed its worker
 ``overflow.max_attempts`` times, or it is a spill file the trap will not
 read (a symlink, a FIFO, a file someone else owns).  It still gets a record,
-so reports count it and an operator can find it: verdict
-:data:`QUARANTINED`, the reason, the attempts, and what is known without
-parsing the message: its size and, when its envelope line could be read,
-the envelope.  The message itself is never parsed here; it is what killed
-the worker.
+so reports count it and an operator can find it: verdict "quarantined"
+(:attr:`~ringtrap.base.states.Verdict.QUARANTINED`), the reason, the
+attempts, and what is known without parsing the message: its size and, when
+its envelope line could be read, the envelope.  The message itself is never
+parsed here; it is what killed the worker.
 """
 
 from __future__ import annotations
@@ -16,9 +16,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ringtrap.base import envelope
+from ringtrap.base.states import Verdict
 from ringtrap.scan.processing import RECORD_KEYS, iso_utc
-
-QUARANTINED = "quarantined"
 
 Store = Literal["ring", "overflow", "stage"]
 
@@ -72,7 +71,7 @@ def record(
             "id": msgid,
             "received": iso_utc(received),
             "size": size,
-            "verdict": QUARANTINED,
+            "verdict": Verdict.QUARANTINED,
             "reason": reason,
             "rules": [],
             "attempts": attempts,
@@ -87,4 +86,4 @@ def record(
     return out
 
 
-__all__ = ["QUARANTINED", "Store", "peek_envelope", "record"]
+__all__ = ["Store", "peek_envelope", "record"]

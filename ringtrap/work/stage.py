@@ -27,36 +27,31 @@ nothing), so a repeat costs a call, never a double count in Bayes.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import os
-import signal
 import time
-from types import FrameType
 
 from ringtrap import config as configmod
-from ringtrap.base import envelope, proc
+from ringtrap.base import envelope
 from ringtrap.base.counters import C
 from ringtrap.base.states import ProcState, Role
-from ringtrap.base.titles import set_title
 from ringtrap.config import Config
 from ringtrap.overflow import Overflow, OverflowClaim, OverflowClaimLost, UntrustedFile
-from ringtrap.ring import ProcRow, Ring, RingError
+from ringtrap.ring import ProcRow, Ring
 from ringtrap.scan import quarantine
 from ringtrap.scan.processing import split_payload
 from ringtrap.scan.results import ResultSink
 from ringtrap.scan.spamd import SpamdClient, SpamdError, TellResult
+from ringtrap.work.child import EXIT_CRASH, EXIT_OK, EXIT_SETUP, ChildLoop, SetupError, main
 
 log = logging.getLogger(__name__)
 
-EXIT_OK = 0
-EXIT_CRASH = 70
-EXIT_SETUP = 78
+__all__ = ["EXIT_CRASH", "EXIT_OK", "EXIT_SETUP", "StageWorker", "child_main", "open_store",
+           "spamd_address"]
 
 # An idle stage worker looks for work this often: the stage is slow by
 # nature, and a directory has no semaphore to wait on.
 POLL = 0.25
-# heartbeats while idle or backing off come at least this often
-BEAT_EVERY = 1.0
 BACKOFF_INITIAL = 1.0
 BACKOFF_MAX = 60.0
 
@@ -74,64 +69,48 @@ def spamd_address(cfg: Config, scanning: str | None) -> str | None:
     return scanning
 
 
-class StageWorker:
+class StageWorker(ChildLoop):
     """The claim -> TELL -> ack loop of one stage process.
 
     ``row`` (this process's process-table row) may be None in tools and tests;
     ``sink`` receives the record of each message the stage quarantines.
+    Every stop finishes the call in progress (spamd cannot be cut short).
     """
 
     def __init__(self, cfg: Config, store: Overflow, client: SpamdClient, row: ProcRow | None,
                  index: int, *, parent_pid: int | None = None,
                  backoff_initial: float = BACKOFF_INITIAL,
                  backoff_max: float = BACKOFF_MAX, sink: ResultSink | None = None) -> None:
+        super().__init__(Role.STAGE, index, row, parent_pid=parent_pid,
+                         backoff_initial=backoff_initial, backoff_max=backoff_max,
+                         logger=log)
         self.cfg = cfg
         self.store = store
         self.sink = sink
         self.client = client
-        self.row = row
-        self.index = index
         self.learn = cfg.stage.learn
         self.report = cfg.stage.report
-        self.done = 0
-        self.backoff_initial = backoff_initial
-        self.backoff_max = backoff_max
-        self._delay = 0.0
-        self._me = proc.self_identity()
-        self._ppid = os.getppid() if parent_pid is None else parent_pid
-        self._role = f"stage {index}"
-        self._stop = False  # set from signal handlers: a plain store only
+        self._max_messages: int | None = None
         self._warned_not_learned = False
-
-    def stop(self) -> None:
-        """Ask the loop to return after the current call; safe in a signal handler."""
-        self._stop = True
-
-    def _should_exit(self) -> bool:
-        if not self._stop and os.getppid() != self._ppid:
-            log.warning("stage %d: parent %d is gone, exiting", self.index, self._ppid)
-            self._stop = True
-        return self._stop
 
     def run(self, max_messages: int | None = None) -> int:
         """Loop until stopped or orphaned (or after ``max_messages``); the exit code."""
-        self._state(ProcState.IDLE)
-        set_title(self._role, "idle (0 done)")
-        log.info("stage %d started (pid %d): learn %s, report %s", self.index, self._me.pid,
-                 self.learn, self.report)
-        while not self._should_exit():
-            self._beat()
-            claim = self.store.claim(self._me)
-            if claim is None:
-                if max_messages is not None:
-                    break  # a bounded run (tests, tools) ends when the backlog does
-                self._sleep(POLL)
-                continue
-            self.handle(claim)
-            if max_messages is not None and self.done >= max_messages:
-                break
-        self._state(ProcState.STOPPED)
-        return EXIT_OK
+        self._max_messages = max_messages
+        return super().run()
+
+    def _turn(self) -> bool:
+        """Claim and handle one message, or wait; False ends a bounded run."""
+        claim = self.store.claim(self._me)
+        if claim is None:
+            if self._max_messages is not None:
+                return False  # a bounded run (tests, tools) ends when the backlog does
+            self._pause(POLL)
+            return True
+        self.handle(claim)
+        return self._max_messages is None or self.done < self._max_messages
+
+    def _started_note(self) -> str:
+        return f": learn {self.learn}, report {self.report}"
 
     def handle(self, claim: OverflowClaim) -> None:
         """Learn from and/or report one claimed message, then ack, release or quarantine it."""
@@ -150,7 +129,7 @@ class StageWorker:
             return
         _, message = split_payload(payload)
         self._state(ProcState.BUSY, claim.msgid)
-        set_title(self._role, f"telling {claim.msgid} ({self.done} done)")
+        self._title(f"telling {claim.msgid}")
         started = time.monotonic()
         told = TellResult(did_set=(), did_remove=())
         try:
@@ -162,7 +141,8 @@ class StageWorker:
             if exc.retryable:
                 # spamd down or slow: not the message's fault; give it back, pause
                 self.store.release(claim)
-                self._backoff(claim.msgid, exc)
+                self._dependency_down("spamd", claim.msgid, exc)
+                self._title_idle()
                 return
             self._count(C.STAGE_ERRORS)
             log.warning("%s: stage call refused for good (%s); dropped", claim.msgid, exc)
@@ -171,7 +151,7 @@ class StageWorker:
             return
         self.store.ack(claim)
         self.done += 1
-        self._delay = 0.0
+        self._dependency_up(claim.msgid)
         learned = self.learn and "local" in told.did_set
         if learned:
             self._count(C.STAGE_LEARNED)
@@ -179,11 +159,13 @@ class StageWorker:
             self._not_learned(claim.msgid)
         if self.report:
             self._count(C.STAGE_REPORTED)
+        took = (time.monotonic() - started) * 1000.0
         log.info("%s: %s in %.1f ms", claim.msgid,
                  " and ".join(w for w, on in (("learned", learned),
                                               ("not learned", self.learn and not learned),
-                                              ("reported", self.report)) if on),
-                 (time.monotonic() - started) * 1000.0)
+                                              ("reported", self.report)) if on), took,
+                 extra={"event": "told", "msgid": claim.msgid, "learned": learned,
+                        "reported": self.report, "ms": round(took, 1)})
         self._idle()
 
     def _not_learned(self, msgid: str) -> None:
@@ -224,7 +206,7 @@ class StageWorker:
             except OSError as exc:
                 log.warning("%s: cannot record the quarantine (%s); released", claim.msgid, exc)
                 self.store.release(claim)
-                self._sleep(self.backoff_max)
+                self._pause(self.backoff_max)
                 return
         try:
             done = self.store.quarantine(claim, reason)
@@ -233,86 +215,32 @@ class StageWorker:
         self._count(C.QUARANTINED)
         self._count(C.QUARANTINE_DROPPED, done.dropped.count + (not done.kept))
 
-    def _backoff(self, msgid: str, exc: SpamdError) -> None:
-        self._delay = (self.backoff_initial if self._delay == 0.0
-                       else min(self.backoff_max, self._delay * 2))
-        log.warning("%s: stage spamd unavailable (%s); released, retrying in %.1f s",
-                    msgid, exc, self._delay)
-        self._state(ProcState.BACKOFF)
-        set_title(self._role, f"backoff: spamd down ({self.done} done)")
-        self._sleep(self._delay)
-        self._idle()
-
     def _idle(self) -> None:
         self._state(ProcState.IDLE)
-        set_title(self._role, f"idle ({self.done} done)")
-
-    def _sleep(self, seconds: float) -> None:
-        deadline = time.monotonic() + seconds
-        while not self._should_exit():
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return
-            time.sleep(min(left, BEAT_EVERY))
-            self._beat()
-
-    def _beat(self) -> None:
-        if self.row is not None:
-            self.row.beat()
-
-    def _state(self, state: ProcState, msgid: str = "") -> None:
-        if self.row is not None:
-            self.row.set_state(state, msgid)
-
-    def _count(self, counter: C, n: int = 1) -> None:
-        if self.row is not None:
-            self.row.add(counter, n)
+        self._title_idle()
 
 
 def child_main(cfg: Config, index: int, row_index: int, scanning_address: str | None) -> int:
     """Run stage worker ``index`` in a freshly forked child; return its exit code.
 
-    Expects the parent's fork hygiene done.  Attaches the ring (for its
+    Expects :func:`ringtrap.work.child.boot` done.  Attaches the ring (for its
     process-table row ``row_index`` only: it never claims ring slots), opens
     the stage directory and its spamd client (``stage.address``, else
     ``scanning_address``), then loops.  TERM, INT and QUIT stop it after the
-    current call.
+    current call, USR1 reopens the log.
     """
-    parent = os.getppid()
-    set_title(f"stage {index}", "starting")
-    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
-    address = spamd_address(cfg, scanning_address)
-    if address is None:
-        log.error("stage %d: cannot start: no spamd to talk to", index)
-        return EXIT_SETUP
-    try:
+
+    def setup(ring: Ring, parent: int, closing: contextlib.ExitStack) -> StageWorker:
+        address = spamd_address(cfg, scanning_address)
+        if address is None:
+            raise SetupError("no spamd to talk to")
         client = SpamdClient(address, connect_timeout=cfg.spamd.connect_timeout,
                              timeout=cfg.stage.timeout)
-        ring = Ring.attach(cfg.ring.name)
-    except (ValueError, RingError) as exc:
-        log.error("stage %d: cannot start: %s", index, exc)
-        return EXIT_SETUP
-    try:
-        try:
-            store = open_store(cfg)
-            sink = ResultSink(cfg.results.dir, retention_days=cfg.results.retention_days)
-            row = ring.register(Role.STAGE, index, row=row_index)
-        except (OSError, RingError) as exc:
-            log.error("stage %d: cannot start: %s", index, exc)
-            return EXIT_SETUP
-        worker = StageWorker(cfg, store, client, row, index, parent_pid=parent, sink=sink)
+        store = open_store(cfg)
+        sink = closing.enter_context(
+            contextlib.closing(ResultSink(cfg.results.dir,
+                                          retention_days=cfg.results.retention_days)))
+        row = ring.register(Role.STAGE, index, row=row_index)
+        return StageWorker(cfg, store, client, row, index, parent_pid=parent, sink=sink)
 
-        def stop(signum: int, frame: FrameType | None) -> None:
-            worker.stop()
-
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
-            signal.signal(sig, stop)
-        try:
-            return worker.run()
-        except Exception:
-            log.exception("stage %d crashed", index)
-            return EXIT_CRASH
-    finally:
-        ring.close()
+    return main(cfg, Role.STAGE, index, setup, log)
