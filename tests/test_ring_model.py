@@ -29,6 +29,7 @@ from ringtrap.base import ids, proc
 from ringtrap.base.proc import Identity
 from ringtrap.base.states import SlotState
 from ringtrap.ring import Claim, PutResult, RecoverResult, Ring, RingOwnershipError
+from ringtrap.store import segment as segmod
 
 SHM = Path("/dev/shm")
 PREFIX = f"rt-test-{os.getpid()}-model-"
@@ -52,7 +53,7 @@ def slot_contents(r: Ring) -> dict[str, tuple[SlotState, int, int, Identity | No
         if state not in (SlotState.READY, SlotState.CLAIMED):
             continue
         owner, _seq, size, attempts, _enq, raw = ringmod._DESC.unpack_from(
-            r._map, r._descs_off + idx * ringmod.DESC_WORDS * 8 + 8
+            r._map, r._descs_off + idx * segmod.DESC_WORDS * 8 + 8
         )
         msgid = raw.rstrip(b"\0").decode()
         assert msgid not in out, f"{msgid} is in two slots"
