@@ -31,6 +31,7 @@ between threads of one process.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import logging
 import os
@@ -40,13 +41,14 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import BinaryIO, NamedTuple
+from typing import BinaryIO, ClassVar, NamedTuple
 
 from ringtrap.base import ids, proc
 from ringtrap.base.proc import Identity
+from ringtrap.store.claim import ClaimLost, PurgeResult, Quarantined, QuarantineStore
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +101,7 @@ class OverflowFull(OverflowError):
         )
 
 
-class OverflowClaimLost(OverflowError):
+class OverflowClaimLost(OverflowError, ClaimLost):
     """A claimed file is no longer in cur/ (it was recovered by someone else)."""
 
 
@@ -169,7 +171,8 @@ def open_trusted(path: Path, size: int | None = None, uid: int | None = None) ->
 
 @dataclass(frozen=True, slots=True)
 class OverflowClaim:
-    """A ready message moved into cur/ under ``owner``; ack, release or quarantine it."""
+    """A ready message moved into cur/ under ``owner`` (a :class:`StoreClaim`);
+    ack, release or quarantine it."""
 
     msgid: str
     size: int
@@ -177,6 +180,9 @@ class OverflowClaim:
     path: Path
     received: float
     owner: Identity
+    overflow: Overflow = field(repr=False, compare=False)
+
+    store: ClassVar[str] = "overflow"
 
     def read(self) -> bytes:
         """Return the whole message; UntrustedFile if it is not one the trap wrote."""
@@ -186,6 +192,28 @@ class OverflowClaim:
     def open(self) -> BinaryIO:
         """Open the message for reading (the caller closes it); see :func:`open_trusted`."""
         return open_trusted(self.path, self.size)
+
+    def peek(self, n: int) -> bytes | None:
+        """The file's first ``n`` bytes; None if it is unreadable or untrusted."""
+        try:
+            with self.open() as f:
+                return f.read(n)
+        except (OSError, UntrustedFile):
+            return None
+
+    def ack(self) -> None:
+        """See :meth:`Overflow.ack`."""
+        self.overflow.ack(self)
+
+    def release(self, *, count_attempt: bool = False) -> None:
+        """See :meth:`Overflow.release`; the name carries the attempts, so a
+        counted one is given back under the new count."""
+        self.overflow.release(
+            dataclasses.replace(self, attempts=self.attempts + 1) if count_attempt else self)
+
+    def quarantine(self, reason: str, into: QuarantineStore) -> Quarantined:
+        """See :meth:`Overflow.quarantine`: into its own store's failed/."""
+        return self.overflow.quarantine(self, reason)
 
 
 class OverflowStats(NamedTuple):
@@ -205,26 +233,6 @@ class OverflowStats(NamedTuple):
     def total_bytes(self) -> int:
         """Bytes counted toward the cap: quarantine (failed/) has a cap of its own."""
         return self.ready_bytes + self.claimed_bytes + self.writing_bytes
-
-
-class PurgeResult(NamedTuple):
-    """What a purge removed: messages and their bytes."""
-
-    count: int
-    bytes: int
-
-
-class Quarantined(NamedTuple):
-    """Where a quarantined message went.
-
-    ``kept`` is False when the message alone is larger than the quarantine
-    cap: it was dropped, and ``path`` is where it would have been.
-    ``dropped`` is what older quarantined messages were removed to make room.
-    """
-
-    path: Path
-    kept: bool
-    dropped: PurgeResult
 
 
 class _Summary(NamedTuple):
@@ -556,7 +564,7 @@ class Overflow:
                     os.rename(self._dirs["new"] / name, dst)
                 except FileNotFoundError:
                     continue  # another claimer (or a purge) got there first
-                return OverflowClaim(msgid, size, attempts, dst, ids.id_time(msgid), owner)
+                return OverflowClaim(msgid, size, attempts, dst, ids.id_time(msgid), owner, self)
 
     def ack(self, claim: OverflowClaim) -> None:
         """Drop a processed message. Dying before the unlink means it is processed again."""

@@ -32,19 +32,21 @@ is ever robbed because its pid once belonged to another.
 
 from __future__ import annotations
 
+import logging
 import os
 import struct
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 import posix_ipc
 
 from ringtrap.base import proc
 from ringtrap.base.proc import Identity
 from ringtrap.base.states import Role, SlotState
+from ringtrap.store.claim import ClaimLost, Quarantined, QuarantineStore
 from ringtrap.store.lock import _LOCK_SLICE, OWNER_PATIENCE, LockCheck, RingBusy, RingLock
 from ringtrap.store.proctable import ProcRow, ProcTable, RowSnapshot
 from ringtrap.store.segment import (
@@ -85,6 +87,8 @@ __all__ = [
     "shm_paths", "token_identity", "unlink_name",
 ]
 
+log = logging.getLogger(__name__)
+
 # owner, seq, length, attempts, enqueued, id: packed from the owner word on
 # (releases and the reserved word are zeroed with them)
 _DESC = struct.Struct("5Q16x32s")
@@ -107,7 +111,7 @@ _SPIN = 20
 _LOCK_SPIN = 50
 
 
-class RingOwnershipError(RingError):
+class RingOwnershipError(RingError, ClaimLost):
     """A process tried to ack or release a slot it does not hold."""
 
 
@@ -125,7 +129,8 @@ _OK, _FULL, _TOO_LARGE = PutResult.OK, PutResult.FULL, PutResult.TOO_LARGE
 
 @dataclass(slots=True)
 class Claim:
-    """A message taken from the ring; the claimer must ack or release it."""
+    """A message taken from the ring (a :class:`StoreClaim`); the claimer must
+    ack, release or quarantine it."""
 
     slot: int
     seq: int
@@ -133,10 +138,45 @@ class Claim:
     data: bytes
     attempts: int
     received: float  # wall-clock seconds when it was put
+    ring: Ring = field(repr=False, compare=False)
+
+    store: ClassVar[str] = "ring"
 
     @property
     def size(self) -> int:
         return len(self.data)
+
+    def read(self) -> bytes:
+        """The message, copied out of its slot at the claim."""
+        return self.data
+
+    def peek(self, n: int) -> bytes | None:
+        """The message's first ``n`` bytes."""
+        return self.data[:n]
+
+    def ack(self) -> None:
+        """See :meth:`Ring.ack`."""
+        self.ring.ack(self)
+
+    def release(self, *, count_attempt: bool = False) -> None:
+        """See :meth:`Ring.release`."""
+        self.ring.release(self, count_attempt=count_attempt)
+
+    def quarantine(self, reason: str, into: QuarantineStore) -> Quarantined:
+        """Copy the message into ``into`` (the ring keeps no quarantine), then
+        free its slot.
+
+        Dying between the two leaves the claim, recovered and quarantined
+        again: a second copy, never a quarantined message lost.
+        """
+        done = into.quarantine_bytes(self.msgid, self.data, self.attempts, reason)
+        try:
+            self.ring.ack(self)
+        except RingOwnershipError:
+            # requeued by the supervisor (it judged us dead): it will be
+            # processed again, which at-least-once allows
+            log.warning("%s: slot no longer ours at ack; it will be recorded twice", self.msgid)
+        return done
 
 
 class RecoverResult(NamedTuple):
@@ -471,7 +511,7 @@ class Ring:
         )
         o = self._payload_off + idx * self.slot_bytes
         return Claim(idx, seq, raw.rstrip(b"\0").decode("ascii"), self._map[o : o + n],
-                     attempts, enq / 1e6)
+                     attempts, enq / 1e6, self)
 
     def _await_ready(self, timeout: float | None) -> bool:
         """Wait for a post of "ready" (the ring looked empty); False on a signal.
