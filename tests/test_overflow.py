@@ -11,6 +11,7 @@ import shutil
 import signal
 import stat
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -28,9 +29,9 @@ from ringtrap.base.proc import Identity
 from ringtrap.overflow import (
     Overflow,
     OverflowClaimLost,
-    OverflowError,
     OverflowFull,
     OverflowStats,
+    OverflowStoreError,
     PurgeResult,
     Quarantined,
     UntrustedFile,
@@ -185,7 +186,7 @@ def test_spill_refused_at_cap(shm_dir: Path) -> None:
     s.spill(ids.new_id(), b"a" * 600)
     with pytest.raises(OverflowFull) as e:
         s.spill(ids.new_id(), b"b" * 401)
-    assert isinstance(e.value, OverflowError)
+    assert isinstance(e.value, OverflowStoreError)
     assert "1000" in str(e.value) and "600" in str(e.value)
     assert (e.value.cap, e.value.used, e.value.requested) == (1000, 600, 401)
     assert names(s, "tmp") == [] and len(names(s, "new")) == 1
@@ -297,14 +298,14 @@ def test_cap_estimate_refreshes_at_most_once_per_interval(shm_dir: Path, me: Ide
 def test_a_usage_refresh_during_a_spill_never_lets_the_cap_be_passed(
     shm_dir: Path, monkeypatch: pytest.MonkeyPatch, fails: bool
 ) -> None:
-    # Another thread of the process may refresh the estimate from a listing
-    # while a spill is between its reservation and its rename.
+    # Another spill's reservation (the ingest streams several at once) may
+    # refresh the estimate from a listing while a spill is between its
+    # reservation and its rename.
     s = Overflow(shm_dir / "ovf", 1000)
     write_tmp = s._write_tmp
 
     def refreshed_midway(stem: str, data: bytes) -> str:
-        with s._lock:
-            s._refresh_usage()  # lists nothing yet: the file is not there
+        s._refresh_usage()  # lists nothing yet: the file is not there
         tmp = write_tmp(stem, data)
         if fails:
             os.unlink(tmp)  # the rename that follows fails
@@ -1135,3 +1136,56 @@ OverflowMachine.TestCase.settings = settings(
     max_examples=40, stateful_step_count=30, deadline=None, database=None
 )
 test_overflow_model = OverflowMachine.TestCase
+
+
+class RecordingTarget:
+    """A spill writer's store, recording what the writer asks of it."""
+
+    def __init__(self, tmp_dir: Path, cap: int) -> None:
+        self.dir = tmp_dir
+        self.cap = cap
+        self.reserved = 0
+        self.calls: list[tuple[object, ...]] = []
+
+    def open_tmp(self, msgid: str) -> tuple[Path, int]:
+        path = self.dir / f"{msgid},tmp"
+        return path, os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+
+    def reserve(self, n: int) -> None:
+        if self.reserved + n > self.cap:
+            raise OverflowFull(self.dir, self.cap, self.reserved, n)
+        self.reserved += n
+
+    def publish(self, tmp: Path, name: str) -> None:
+        self.calls.append(("publish", tmp.read_bytes(), name))
+
+    def settle(self, tmp: Path, reserved: int, stored: int) -> None:
+        self.calls.append(("settle", reserved, stored, tmp.exists()))
+
+    def filesystem_full(self, requested: int) -> OverflowFull:
+        return OverflowFull(self.dir, self.cap, self.reserved, requested, "filesystem full")
+
+
+def test_a_spill_writer_needs_only_its_targets_few_verbs(tmp_path: Path) -> None:
+    from ringtrap.store.spill import SpillWriter as Writer
+
+    target = RecordingTarget(tmp_path, 10)
+    m = ids.new_id()
+    with Writer(target, m, 2) as w:
+        w.write(b"abc")
+        w.write(b"de")
+        assert w.commit() == f"{m},S=5,A=2"
+    assert target.calls == [("publish", b"abcde", f"{m},S=5,A=2"), ("settle", 5, 5, True)]
+
+    target.calls.clear()
+    with Writer(target, ids.new_id(), 0) as w, pytest.raises(OverflowFull):
+        w.write(b"x" * 6)  # past the 10 bytes: refused, the partial file removed
+    assert target.calls == [("settle", 0, 0, False)]
+
+
+def test_the_overflow_shadows_no_builtin_and_holds_no_thread_lock(store: Overflow) -> None:
+    # the trap gives each thread that reads the overflow its own instance
+    assert "OverflowError" not in vars(overflow)
+    lock_type = type(threading.Lock())
+    assert not [k for k, v in vars(store).items() if isinstance(v, lock_type)]
+    assert not hasattr(store, "refresh")
