@@ -35,18 +35,18 @@ import dataclasses
 import errno
 import logging
 import os
-import re
 import time
 import weakref
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, ClassVar, NamedTuple
+from typing import BinaryIO, ClassVar
 
 from ringtrap.base import ids, proc
 from ringtrap.base.proc import Identity
 from ringtrap.store.claim import PurgeResult, Quarantined, QuarantineStore
 from ringtrap.store.spill import SpillWriter
+from ringtrap.store.spillcount import OverflowStats, TreeCounts
 from ringtrap.store.spilltree import (
     REASON_SUFFIX,
     SUBDIRS,
@@ -74,26 +74,6 @@ DEFAULT_QUARANTINE_MAX = 64 << 20
 # bounds each worker's memory at any depth; the listing it costs is amortised
 # over this many claims.
 CLAIM_WINDOW = 8192
-
-# A directory summary is trusted from cache only if the directory's mtime was
-# at least this far before the listing began: tmpfs stamps mtime from a coarse
-# clock, so a change in the same tick as the listing could otherwise leave the
-# mtime unchanged and the cache stale.
-RACY_NS = 100_000_000
-
-# tmpfs reports a directory's st_size as 2 entries plus one per entry, 20
-# bytes each. Used only after a listing has confirmed it on this filesystem.
-BOGO_DIRENT = 20
-BOGO_BASE = 2 * BOGO_DIRENT
-
-# One pass over a directory's names joined by newlines yields every message's
-# size; foreign names (and failed/'s .reason files) do not match.
-_ID = r"[0-9a-f]{13}-[0-9a-f]{6}"
-_SIZES_RE = {
-    "new": re.compile(rf"^{_ID},S=(\d+),A=\d+$", re.M),
-    "cur": re.compile(rf"^{_ID},S=(\d+),A=\d+,P=\d+\.\d+$", re.M),
-    "failed": re.compile(rf"^{_ID},S=(\d+),A=\d+$", re.M),
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,37 +121,6 @@ class OverflowClaim:
     def quarantine(self, reason: str, into: QuarantineStore) -> Quarantined:
         """See :meth:`Overflow.quarantine`: into its own store's failed/."""
         return self.overflow.quarantine(self, reason)
-
-
-class OverflowStats(NamedTuple):
-    """Counts and bytes per state; ``total_bytes`` is what the cap counts."""
-
-    ready: int
-    ready_bytes: int
-    claimed: int
-    claimed_bytes: int
-    failed: int
-    failed_bytes: int
-    writing: int
-    oldest_age: float | None
-    writing_bytes: int = 0
-
-    @property
-    def total_bytes(self) -> int:
-        """Bytes counted toward the cap: quarantine (failed/) has a cap of its own."""
-        return self.ready_bytes + self.claimed_bytes + self.writing_bytes
-
-
-class _Summary(NamedTuple):
-    count: int
-    nbytes: int
-    oldest: str | None
-
-
-class _Cached(NamedTuple):
-    key: tuple[int, int, int, int]
-    trusted: bool
-    summary: _Summary
 
 
 
@@ -238,9 +187,7 @@ class Overflow:
                 self.path,
                 self._fstype,
             )
-        # None: not yet confirmed that st_size counts entries; False: it does not.
-        self._bogo_ok: bool | None = None if self._fstype == "tmpfs" else False
-        self._summaries: dict[str, _Cached] = {}
+        self._counts = TreeCounts(self.path, self._dirs, tmpfs=self._fstype == "tmpfs")
         self._claim_cache: list[str] = []  # sorted newest first; pop() gives the oldest
         self._own_tmp: set[str] = set()  # tmp names of this instance's open writers
         self._inflight = 0  # bytes reserved by open writers
@@ -274,9 +221,9 @@ class Overflow:
 
     def _refresh_usage(self) -> None:
         total = (
-            self._summary("new").nbytes
-            + self._summary("cur").nbytes
-            + self._tmp_bytes(exclude=self._own_tmp)
+            self._counts.summary("new").nbytes
+            + self._counts.summary("cur").nbytes
+            + self._counts.tmp_bytes(exclude=self._own_tmp)
         )
         self._used = total
         self._refreshed_at = self._clock()
@@ -681,84 +628,13 @@ class Overflow:
                     dropped.append(parsed[0])
         return PurgeResult(count, nbytes)
 
-    # -- counting ------------------------------------------------------------
-
-    def _summary(self, sub: str) -> _Summary:
-        """Count and bytes of one directory, from the names, cached by its stat."""
-        d = self._dirs[sub]
-        st = os.stat(d)
-        key = (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino)
-        cached = self._summaries.get(sub)
-        if cached is not None and cached.trusted and cached.key == key:
-            return cached.summary
-        began = time.time_ns()
-        names = os.listdir(d)
-        sizes = _SIZES_RE[sub].findall("\n".join(names))
-        oldest = None
-        if sub == "new" and sizes:
-            oldest = min(names)
-            if parse_ready(oldest) is None:  # a foreign name sorts first
-                oldest = min(n for n in names if parse_ready(n) is not None)
-        summary = _Summary(len(sizes), sum(map(int, sizes)), oldest)
-        trusted = max(st.st_mtime_ns, st.st_ctime_ns) <= began - RACY_NS
-        self._summaries[sub] = _Cached(key, trusted, summary)
-        if self._bogo_ok is None and sub == "new":
-            after = os.stat(d)
-            if (after.st_mtime_ns, after.st_size) == (st.st_mtime_ns, st.st_size):
-                # Unchanged during the listing: a fair test of the entry count.
-                self._bogo_ok = st.st_size == BOGO_BASE + BOGO_DIRENT * len(names)
-                if not self._bogo_ok:
-                    log.info("overflow %s: directory sizes do not count entries", self.path)
-        return summary
-
-    def _tmp_bytes(self, exclude: Collection[str] = ()) -> int:
-        return sum(size for name, size in self._tmp_files() if name not in exclude)
-
-    def _tmp_files(self) -> list[tuple[str, int]]:
-        # tmp/ sizes grow without touching the directory, so it is never cached;
-        # it holds only the writes in progress.
-        out = []
-        for name in os.listdir(self._dirs["tmp"]):
-            try:
-                out.append((name, os.stat(self._dirs["tmp"] / name).st_size))
-            except FileNotFoundError:
-                continue
-        return out
-
     def stats(self) -> OverflowStats:
-        """Counts and bytes per state, from names (cached while directories are unchanged).
-
-        Read-only; tmp/ files are stat()ed since their size is not in the name.
-        """
-        new = self._summary("new")
-        cur = self._summary("cur")
-        failed = self._summary("failed")
-        tmp = self._tmp_files()
-        oldest_age = None
-        if new.oldest is not None:
-            oldest_age = max(0.0, time.time() - ids.id_time(new.oldest))
-        return OverflowStats(
-            ready=new.count,
-            ready_bytes=new.nbytes,
-            claimed=cur.count,
-            claimed_bytes=cur.nbytes,
-            failed=failed.count,
-            failed_bytes=failed.nbytes,
-            writing=len(tmp),
-            oldest_age=oldest_age,
-            writing_bytes=sum(size for _, size in tmp),
-        )
+        """Counts and bytes per state; see :meth:`TreeCounts.stats`."""
+        return self._counts.stats()
 
     def ready_count(self) -> int:
-        """Number of ready messages: one stat() on tmpfs once confirmed, else cached names.
-
-        On the stat() path a foreign file in new/ would be counted too.
-        """
-        if self._bogo_ok:
-            st = os.stat(self._dirs["new"])
-            return max(0, (st.st_size - BOGO_BASE) // BOGO_DIRENT)
-        return self._summary("new").count
-
+        """Number of ready messages; see :meth:`TreeCounts.ready_count`."""
+        return self._counts.ready_count()
 
 
 def _claim_key(name: str) -> tuple[bool, str]:

@@ -37,6 +37,7 @@ from ringtrap.overflow import (
     UntrustedFile,
     open_trusted,
 )
+from ringtrap.store import spillcount
 
 SHM = Path("/dev/shm")
 NEW_NAME = re.compile(r"^[0-9a-f]{13}-[0-9a-f]{6},S=(\d+),A=(\d+)$")
@@ -783,7 +784,7 @@ def test_stats_cache_follows_changes(store: Overflow, shm_dir: Path, me: Identit
         other.spill(ids.new_id(), b"x" * 10)
     # Let the directories age past the racy window so the next listing is
     # cached and trusted.
-    time.sleep(overflow.RACY_NS / 1e9 + 0.05)
+    time.sleep(spillcount.RACY_NS / 1e9 + 0.05)
     assert store.stats()[:6] == (3, 30, 0, 0, 0, 0)
     assert store.stats()[:6] == (3, 30, 0, 0, 0, 0)
     c = other.claim(me)
