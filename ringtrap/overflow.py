@@ -217,8 +217,6 @@ class Overflow:
     def __repr__(self) -> str:
         return f"Overflow({str(self.path)!r}, max_bytes={self.max_bytes})"
 
-    # -- byte cap ------------------------------------------------------------
-
     def _refresh_usage(self) -> None:
         total = (
             self._counts.summary("new").nbytes
@@ -246,8 +244,6 @@ class Overflow:
         self._inflight -= n
         if stored:
             self._used += n
-
-    # -- writing -------------------------------------------------------------
 
     def spill(self, msgid: str, data: bytes, attempts: int = 0) -> str:
         """Store ``data`` as a ready message and return its new/ name.
@@ -340,8 +336,6 @@ class Overflow:
                 raise
         return fd
 
-    # -- claiming ------------------------------------------------------------
-
     def _fill_claim_cache(self) -> bool:
         """List new/ into the window; True if the window holds the whole listing."""
         names = os.listdir(self._dirs["new"])
@@ -413,8 +407,6 @@ class Overflow:
             return
         self._requeue_into_cache(name)
 
-    # -- recovery ------------------------------------------------------------
-
     def recover(self, owner: Identity, count_attempt: bool = True) -> int:
         """Requeue what ``owner`` held (attempts+1) and drop its tmp files.
 
@@ -463,8 +455,6 @@ class Overflow:
                 if parsed is not None:
                     owners.add(parsed[1])
         return sum(self.recover(o) for o in sorted(owners) if not self._is_alive(o))
-
-    # -- quarantine ----------------------------------------------------------
 
     def _write_reason(self, name: str, reason: str) -> Path:
         text = f"{reason}\n".encode("utf-8", errors="replace")
@@ -562,8 +552,6 @@ class Overflow:
         os.rename(tmp, dst)
         log.warning("%s: quarantined after %d attempt(s): %s", msgid, attempts, reason)
         return Quarantined(dst, True, dropped)
-
-    # -- purging -------------------------------------------------------------
 
     def purge(self, older_than: float | None = None,
               dropped: list[str] | None = None) -> PurgeResult:

@@ -438,15 +438,6 @@ class Ring:
             if states[idx] != CLAIMED or self._claim_key(idx) != key:
                 del self._blocked_by[key]
 
-    def has_free_slot(self) -> bool:
-        """Cheap hint (producer side) that the slot at head is free.
-
-        It may say False where put() would still succeed by stepping over a
-        slot claimed from an earlier lap; put() is the authority.
-        """
-        idx = self._q[H_HEAD] % self.slots
-        return self._states[idx] == FREE
-
     def claim(self, timeout: float | None = 1.0, owner: Identity | None = None) -> Claim | None:
         """Take the oldest READY message for ``owner`` (default: this process).
 
@@ -751,12 +742,6 @@ class Ring:
         for _ in range(self._states.tolist().count(READY)):
             self._ready_sem.release()
 
-    def wake(self, n: int = 1) -> None:
-        """Post "ready" ``n`` times so blocked consumers look again (e.g. to stop)."""
-        for _ in range(n):
-            self._ready_sem.release()
-
-
     def snapshot(self) -> RingSnapshot:
         """All counts for status displays; lock-free, cheap enough to call often."""
         q = self._q
@@ -785,20 +770,3 @@ class Ring:
     def used_slots(self) -> int:
         """Slots not FREE; lock-free and cheap (one pass over the state words)."""
         return self.slots - self._states.tolist().count(FREE)
-
-    def slot_states(self) -> list[SlotState]:
-        """State of every slot (tests and diagnostics)."""
-        return [SlotState(s) for s in self._states.tolist()]
-
-    def iter_held(self) -> list[tuple[int, SlotState, Identity]]:
-        """(slot, state, owner) for every FILLING or CLAIMED slot."""
-        q = self._q
-        out = []
-        for idx, st in enumerate(self._states.tolist()):
-            if st in (FILLING, CLAIMED):
-                d = self._descs_w + idx * DESC_WORDS
-                out.append(
-                    (idx, SlotState(st), token_identity(int(q[d + D_OWNER])))
-                )
-        return out
-

@@ -20,6 +20,7 @@ from pathlib import Path
 from uuid import uuid4
 
 import pytest
+import ringpeek
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
@@ -49,7 +50,7 @@ def slot_contents(r: Ring) -> dict[str, tuple[SlotState, int, int, Identity | No
     Test-only: reads the slot descriptors through the ring's internals.
     """
     out: dict[str, tuple[SlotState, int, int, Identity | None]] = {}
-    for idx, state in enumerate(r.slot_states()):
+    for idx, state in enumerate(ringpeek.slot_states(r)):
         if state not in (SlotState.READY, SlotState.CLAIMED):
             continue
         owner, _seq, size, attempts, _enq, raw = ringmod._DESC.unpack_from(
@@ -275,7 +276,7 @@ class RingMachine(RuleBasedStateMachine):
     @rule(n=st.integers(1, 3))
     def wake(self, n: int) -> None:
         # posts with nothing behind them: each costs a claimer one empty look
-        self.ring.wake(n)
+        ringpeek.wake(self.ring, n)
 
     @rule()
     def adopt(self) -> None:
@@ -307,7 +308,7 @@ class RingMachine(RuleBasedStateMachine):
         )
         assert (s.requeued, s.freed, s.generation) == (self.requeued, 0, self.adoptions)
         assert s.lock_holder is None and s.tail <= s.head
-        assert sorted((o, st) for _, st, o in self.ring.iter_held()) == sorted(
+        assert sorted((o, st) for _, st, o in ringpeek.iter_held(self.ring)) == sorted(
             (h.claimer, SlotState.CLAIMED) for h in self.msgs.values() if h.claimer is not None
         )
 

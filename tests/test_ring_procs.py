@@ -175,13 +175,13 @@ def test_sigkilled_claimer_is_requeued_with_one_more_attempt(
     os.close(fd)
     ident = identity_of(pid)
     assert held == msgids[0]
-    assert r.iter_held() == [(int(slot), SlotState.CLAIMED, ident)]
+    assert ringpeek.iter_held(r) == [(int(slot), SlotState.CLAIMED, ident)]
     assert r.recover_dead() == RecoverResult(0, 0)  # alive: left alone
 
     children.kill(pid)
     res = r.recover(ident) if how == "recover" else r.recover_dead()
     assert res == RecoverResult(requeued=1, freed=0)
-    assert r.iter_held() == []
+    assert ringpeek.iter_held(r) == []
     got = drain(r)
     # fresh messages first, the requeued one after every _SUSPECT_EVERY of them
     every = ringmod._SUSPECT_EVERY
