@@ -77,6 +77,7 @@ from ringtrap.store.segment import (
     token_identity,
     unlink_name,
 )
+from ringtrap.store.stuck import MAX_SKIP, StuckClaims
 
 # The names callers use with the ring's lifecycle and its process table come
 # from the store modules; they stay importable from here, the ring's home.
@@ -96,14 +97,6 @@ _DESC_AFTER_OWNER = struct.Struct("4Q16x32s")
 
 FREE, FILLING, READY, CLAIMED = (int(s) for s in SlotState)
 
-# a producer steps over at most this many slots still claimed from an earlier
-# lap before calling the ring full
-_MAX_SKIP = 8
-# ... and only over claims that have blocked puts this long (as the producer
-# saw it; claimers write no clock): stepping over a claim leaves its
-# slot empty for a whole lap once it is acked, so a scan that is merely in
-# progress is waited for (the message spills); a stuck one is stepped over
-_SKIP_CLAIMS_OLDER_NS = 5_000_000_000
 # fresh claims taken while an attempted message waits, before it is taken
 _SUSPECT_EVERY = 8
 # sched_yield() rounds a consumer spins on an empty ring before it blocks
@@ -247,8 +240,7 @@ class Ring:
         self._payload_off = seg.payload_off
         self._me = seg.me
         self._tok = seg.tok
-        # claims that blocked a put (see _claim_key) -> when first seen
-        self._blocked_by: dict[tuple[int, ...], int] = {}
+        self._stuck = StuckClaims(seg)
 
     @classmethod
     def create(cls, name: str, slots: int, slot_bytes: int, *, mode: int = 0o600,
@@ -376,7 +368,7 @@ class Ring:
         if states[idx] != FREE:
             if states[idx] != CLAIMED:
                 return _FULL  # the common full ring: a message not yet taken
-            head = self._step_over_stuck(head)
+            head = self._stuck.step_over(head)
             if head < 0:
                 return _FULL
             idx = head % self.slots
@@ -390,53 +382,6 @@ class Ring:
         q[H_HEAD] = head + 1
         self._ready_sem.release()
         return _OK
-
-    def _step_over_stuck(self, head: int) -> int:
-        """The slot at ``head`` is taken: the next free sequence past claims
-        stuck for long, or -1 (the ring is full).
-
-        How long a claim has been stuck is what this producer has seen: the
-        first put it blocked is remembered here, so claimers write no clock
-        into the ring.  After a producer restart the clock starts again.
-        """
-        states = self._states
-        seen = self._blocked_by
-        now = time.monotonic_ns()
-        # Every claim in the run ahead starts its clock now, not when the one
-        # before it has been stepped over: a run of stuck claims is stepped
-        # over after one timeout, not one per claim.
-        ages = []
-        seq = head
-        for _ in range(_MAX_SKIP):
-            idx = seq % self.slots
-            if states[idx] != CLAIMED:
-                break
-            ages.append(now - seen.setdefault(self._claim_key(idx), now))
-            seq += 1
-        if len(seen) > 4 * _MAX_SKIP:
-            self._forget_finished_claims()
-        for age in ages:
-            if age < _SKIP_CLAIMS_OLDER_NS:
-                return -1  # a claim in progress: wait for it (the put spills)
-            head += 1  # a stuck claim from an earlier lap: step over it
-            if states[head % self.slots] == FREE:
-                return head
-        return -1
-
-    def _claim_key(self, idx: int) -> tuple[int, ...]:
-        """What tells one claim of slot ``idx`` from another: a message given
-        back (released or requeued) and taken again is a new claim."""
-        q = self._q
-        d = self._descs_w + idx * DESC_WORDS
-        return (idx, int(q[d + D_SEQ]), int(q[d + D_OWNER]), int(q[d + D_ATTEMPTS]),
-                int(q[d + D_RELEASES]))
-
-    def _forget_finished_claims(self) -> None:
-        states = self._states
-        for key in list(self._blocked_by):
-            idx = key[0]
-            if states[idx] != CLAIMED or self._claim_key(idx) != key:
-                del self._blocked_by[key]
 
     def claim(self, timeout: float | None = 1.0, owner: Identity | None = None) -> Claim | None:
         """Take the oldest READY message for ``owner`` (default: this process).
@@ -694,7 +639,7 @@ class Ring:
             # a dead producer's message, and never write it back unchanged.
             head = start = int(q[H_HEAD])
             seq = head
-            while seq <= head + _MAX_SKIP:
+            while seq <= head + MAX_SKIP:
                 idx = seq % self.slots
                 d = self._descs_w + idx * DESC_WORDS
                 if (states[idx] in (READY, CLAIMED) and q[d + D_SEQ] == seq

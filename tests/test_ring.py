@@ -43,6 +43,7 @@ from ringtrap.ring import (
 )
 from ringtrap.store import lock as lockmod
 from ringtrap.store import segment as segmod
+from ringtrap.store import stuck as stuckmod
 
 SHM = Path("/dev/shm")
 PREFIX = f"rt-test-{os.getpid()}-unit-"
@@ -668,14 +669,14 @@ def test_producer_steps_over_a_slot_still_claimed_from_an_earlier_lap(
 def test_put_reports_full_when_too_many_claims_block_it(
     name: str, claims_age_at_once: None
 ) -> None:
-    slots = ringmod._MAX_SKIP + 2
+    slots = stuckmod.MAX_SKIP + 2
     with Ring.create(name, slots, 16) as r:
         for i in range(slots):
             r.put(mid(i), b"x")
         held = [r.claim(timeout=0) for _ in range(slots - 1)]
         last = r.claim(timeout=0)
         assert last is not None and all(held)
-        r.ack(last)  # one free slot, _MAX_SKIP + 1 claims ahead of it
+        r.ack(last)  # one free slot, MAX_SKIP + 1 claims ahead of it
         assert r.put("far", b"y") is PutResult.FULL
         for c in held:
             assert c is not None
@@ -1076,7 +1077,7 @@ def test_owner_token_round_trip(me: Identity) -> None:
 @pytest.fixture
 def claims_age_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every claim counts as stuck, so the producer steps over it at once."""
-    monkeypatch.setattr(ringmod, "_SKIP_CLAIMS_OLDER_NS", 0)
+    monkeypatch.setattr(stuckmod, "SKIP_CLAIMS_OLDER_NS", 0)
 
 
 def test_a_claim_in_progress_at_head_is_waited_for_not_stepped_over(name: str) -> None:
@@ -1115,7 +1116,7 @@ def hold_claims(r: Ring, held: int) -> list[Claim]:
 def test_a_claim_is_stepped_over_once_it_has_blocked_puts_long_enough(
     name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(ringmod, "_SKIP_CLAIMS_OLDER_NS", 1_000_000_000)
+    monkeypatch.setattr(stuckmod, "SKIP_CLAIMS_OLDER_NS", 1_000_000_000)
     with Ring.create(name, 2, 16) as r:
         [stuck] = hold_claims(r, 1)
         assert stuck.msgid == mid(0)
@@ -1137,7 +1138,7 @@ def test_a_claim_is_stepped_over_once_it_has_blocked_puts_long_enough(
 def test_a_message_given_back_and_taken_again_is_a_new_claim(
     name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(ringmod, "_SKIP_CLAIMS_OLDER_NS", 500_000_000)
+    monkeypatch.setattr(stuckmod, "SKIP_CLAIMS_OLDER_NS", 500_000_000)
     with Ring.create(name, 2, 16) as r:
         [first] = hold_claims(r, 1)
         assert r.put(mid(2), b"y") is PutResult.FULL  # blocked by the first claim
@@ -1155,7 +1156,7 @@ def test_a_message_given_back_and_taken_again_is_a_new_claim(
 def test_a_run_of_stuck_claims_is_stepped_over_after_one_timeout(
     name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(ringmod, "_SKIP_CLAIMS_OLDER_NS", 500_000_000)
+    monkeypatch.setattr(stuckmod, "SKIP_CLAIMS_OLDER_NS", 500_000_000)
     with Ring.create(name, 4, 16) as r:
         stuck = hold_claims(r, 3)
         assert r.put(mid(4), b"y") is PutResult.FULL  # every stuck claim's clock starts

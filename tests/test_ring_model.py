@@ -31,6 +31,7 @@ from ringtrap.base.proc import Identity
 from ringtrap.base.states import SlotState
 from ringtrap.ring import Claim, PutResult, RecoverResult, Ring, RingOwnershipError
 from ringtrap.store import segment as segmod
+from ringtrap.store import stuck as stuckmod
 
 SHM = Path("/dev/shm")
 PREFIX = f"rt-test-{os.getpid()}-model-"
@@ -164,7 +165,7 @@ class RingMachine(RuleBasedStateMachine):
         used = len(self.msgs)
         if res is PutResult.FULL:
             # FULL only when no slot is free or a READY one blocks the way: a
-            # claim still held is stepped over (the ring is smaller than _MAX_SKIP)
+            # claim still held is stepped over (the ring is smaller than MAX_SKIP)
             assert used == SLOTS or self.ready(), "FULL with only claims in the way"
             return
         assert res is PutResult.OK
@@ -335,4 +336,4 @@ def claims_age_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
     """The model has the producer step over every held claim at once, as it
     does over a stuck one; waiting for claims in progress is tested in
     test_ring.py."""
-    monkeypatch.setattr(ringmod, "_SKIP_CLAIMS_OLDER_NS", 0)
+    monkeypatch.setattr(stuckmod, "SKIP_CLAIMS_OLDER_NS", 0)
