@@ -25,33 +25,49 @@ file (garbage: its client never got OK); a dead claimer leaves a cur file
 (requeued with attempts+1 by :meth:`Overflow.recover_dead`). Nothing else can
 be left half-done because every state change is a single rename or unlink.
 
-Each process makes its own :class:`Overflow`; an instance is safe to share
-between threads of one process.
+Each process (and the supervisor's metrics thread) makes its own
+:class:`Overflow`; an instance is not shared between threads.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import logging
 import os
-import re
-import stat
-import threading
 import time
 import weakref
-from collections.abc import Callable, Collection
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
-from typing import BinaryIO, NamedTuple
+from typing import BinaryIO, ClassVar
 
 from ringtrap.base import ids, proc
 from ringtrap.base.proc import Identity
+from ringtrap.store.claim import PurgeResult, Quarantined, QuarantineStore
+from ringtrap.store.spill import SpillWriter
+from ringtrap.store.spillcount import OverflowStats, TreeCounts
+from ringtrap.store.spilltree import (
+    REASON_SUFFIX,
+    SUBDIRS,
+    OverflowClaimLost,
+    OverflowFull,
+    OverflowStoreError,
+    UntrustedFile,
+    check_id,
+    drop,
+    fs_type,
+    open_trusted,
+    owner_tag,
+    parse_owner,
+    parse_ready,
+    ready_name,
+    unlink_quietly,
+    write_all,
+)
 
 log = logging.getLogger(__name__)
 
-SUBDIRS = ("tmp", "new", "cur", "failed")
-REASON_SUFFIX = ".reason"
 DEFAULT_QUARANTINE_MAX = 64 << 20
 
 # How many of the oldest ready names one listing keeps for claim(). A window
@@ -59,117 +75,11 @@ DEFAULT_QUARANTINE_MAX = 64 << 20
 # over this many claims.
 CLAIM_WINDOW = 8192
 
-# A directory summary is trusted from cache only if the directory's mtime was
-# at least this far before the listing began: tmpfs stamps mtime from a coarse
-# clock, so a change in the same tick as the listing could otherwise leave the
-# mtime unchanged and the cache stale.
-RACY_NS = 100_000_000
-
-# tmpfs reports a directory's st_size as 2 entries plus one per entry, 20
-# bytes each. Used only after a listing has confirmed it on this filesystem.
-BOGO_DIRENT = 20
-BOGO_BASE = 2 * BOGO_DIRENT
-
-# One pass over a directory's names joined by newlines yields every message's
-# size; foreign names (and failed/'s .reason files) do not match.
-_ID = r"[0-9a-f]{13}-[0-9a-f]{6}"
-_SIZES_RE = {
-    "new": re.compile(rf"^{_ID},S=(\d+),A=\d+$", re.M),
-    "cur": re.compile(rf"^{_ID},S=(\d+),A=\d+,P=\d+\.\d+$", re.M),
-    "failed": re.compile(rf"^{_ID},S=(\d+),A=\d+$", re.M),
-}
-_OCTAL_RE = re.compile(r"\\([0-7]{3})")
-
-
-class OverflowError(Exception):
-    """Base class of the overflow store's errors."""
-
-
-class OverflowFull(OverflowError):
-    """A spill was refused: the byte cap (or the filesystem) is full."""
-
-    def __init__(self, path: Path, cap: int, used: int, requested: int, why: str = "") -> None:
-        self.path = path
-        self.cap = cap
-        self.used = used
-        self.requested = requested
-        self.why = why or "byte cap reached"
-        super().__init__(
-            f"overflow {path}: {self.why}: {used} bytes used of cap {cap}, {requested} more refused"
-        )
-
-
-class OverflowClaimLost(OverflowError):
-    """A claimed file is no longer in cur/ (it was recovered by someone else)."""
-
-
-class UntrustedFile(OverflowError):
-    """A spill file the trap will not read; ``reason`` says why, ``size`` is lstat's."""
-
-    def __init__(self, path: Path, reason: str, size: int) -> None:
-        self.path = path
-        self.reason = reason
-        self.size = size
-        super().__init__(f"{path}: {reason}")
-
-
-_KINDS = ((stat.S_ISLNK, "a symlink"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
-          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-          (stat.S_ISDIR, "a directory"))
-
-
-def _kind(mode: int) -> str:
-    return next((name for test, name in _KINDS if test(mode)), "not a regular file")
-
-
-def open_trusted(path: Path, size: int | None = None, uid: int | None = None) -> BinaryIO:
-    """Open a spill file for reading only if the trap itself could have written it.
-
-    It must be a regular file (no symlink, FIFO, device...), owned by ``uid``
-    (default: this process's effective uid), with one link (a hard link
-    could expose any file of that user), and ``size`` bytes long when given
-    (the size its name claims). Anything else raises :class:`UntrustedFile`
-    without a byte read: the file is looked at with lstat() first and opened
-    with O_NOFOLLOW | O_NONBLOCK | O_NOCTTY, so neither a swapped-in link nor
-    a FIFO without a writer can make the open follow or block.
-    FileNotFoundError passes through (the claim was recovered meanwhile).
-    """
-    want = os.geteuid() if uid is None else uid
-    st = os.lstat(path)
-    if not stat.S_ISREG(st.st_mode):
-        raise UntrustedFile(path, _kind(st.st_mode), st.st_size)
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY
-                     | os.O_CLOEXEC)
-    except OSError as e:
-        if e.errno == errno.ENOENT:
-            raise
-        why = "a symlink" if e.errno == errno.ELOOP else f"cannot be opened ({e.strerror})"
-        raise UntrustedFile(path, why, st.st_size) from None
-    try:
-        fst = os.fstat(fd)
-        why = ""
-        if (fst.st_dev, fst.st_ino) != (st.st_dev, st.st_ino):
-            why = "replaced while being opened"
-        elif not stat.S_ISREG(fst.st_mode):
-            why = _kind(fst.st_mode)
-        elif fst.st_uid != want:
-            why = f"owned by uid {fst.st_uid}, not the trap's uid {want}"
-        elif fst.st_nlink != 1:
-            why = f"{fst.st_nlink} hard links"
-        elif size is not None and fst.st_size != size:
-            why = f"{fst.st_size} bytes, not the {size} its name says"
-        if why:
-            raise UntrustedFile(path, why, fst.st_size)
-        return os.fdopen(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise
-
 
 @dataclass(frozen=True, slots=True)
 class OverflowClaim:
-    """A ready message moved into cur/ under ``owner``; ack, release or quarantine it."""
+    """A ready message moved into cur/ under ``owner`` (a :class:`StoreClaim`);
+    ack, release or quarantine it."""
 
     msgid: str
     size: int
@@ -177,6 +87,9 @@ class OverflowClaim:
     path: Path
     received: float
     owner: Identity
+    overflow: Overflow = field(repr=False, compare=False)
+
+    store: ClassVar[str] = "overflow"
 
     def read(self) -> bytes:
         """Return the whole message; UntrustedFile if it is not one the trap wrote."""
@@ -187,112 +100,28 @@ class OverflowClaim:
         """Open the message for reading (the caller closes it); see :func:`open_trusted`."""
         return open_trusted(self.path, self.size)
 
+    def peek(self, n: int) -> bytes | None:
+        """The file's first ``n`` bytes; None if it is unreadable or untrusted."""
+        try:
+            with self.open() as f:
+                return f.read(n)
+        except (OSError, UntrustedFile):
+            return None
 
-class OverflowStats(NamedTuple):
-    """Counts and bytes per state; ``total_bytes`` is what the cap counts."""
+    def ack(self) -> None:
+        """See :meth:`Overflow.ack`."""
+        self.overflow.ack(self)
 
-    ready: int
-    ready_bytes: int
-    claimed: int
-    claimed_bytes: int
-    failed: int
-    failed_bytes: int
-    writing: int
-    oldest_age: float | None
-    writing_bytes: int = 0
+    def release(self, *, count_attempt: bool = False) -> None:
+        """See :meth:`Overflow.release`; the name carries the attempts, so a
+        counted one is given back under the new count."""
+        self.overflow.release(
+            dataclasses.replace(self, attempts=self.attempts + 1) if count_attempt else self)
 
-    @property
-    def total_bytes(self) -> int:
-        """Bytes counted toward the cap: quarantine (failed/) has a cap of its own."""
-        return self.ready_bytes + self.claimed_bytes + self.writing_bytes
+    def quarantine(self, reason: str, into: QuarantineStore) -> Quarantined:
+        """See :meth:`Overflow.quarantine`: into its own store's failed/."""
+        return self.overflow.quarantine(self, reason)
 
-
-class PurgeResult(NamedTuple):
-    """What a purge removed: messages and their bytes."""
-
-    count: int
-    bytes: int
-
-
-class Quarantined(NamedTuple):
-    """Where a quarantined message went.
-
-    ``kept`` is False when the message alone is larger than the quarantine
-    cap: it was dropped, and ``path`` is where it would have been.
-    ``dropped`` is what older quarantined messages were removed to make room.
-    """
-
-    path: Path
-    kept: bool
-    dropped: PurgeResult
-
-
-class _Summary(NamedTuple):
-    count: int
-    nbytes: int
-    oldest: str | None
-
-
-class _Cached(NamedTuple):
-    key: tuple[int, int, int, int]
-    trusted: bool
-    summary: _Summary
-
-
-def ready_name(msgid: str, size: int, attempts: int) -> str:
-    """File name of a message in new/ (and failed/)."""
-    return f"{msgid},S={size},A={attempts}"
-
-
-def _owner_tag(owner: Identity) -> str:
-    return f"P={owner.pid}.{owner.start}"
-
-
-def parse_ready(name: str) -> tuple[str, int, int] | None:
-    """Split a new/ or failed/ name into (msgid, size, attempts); None if foreign."""
-    parts = name.split(",")
-    if len(parts) != 3 or not parts[1].startswith("S=") or not parts[2].startswith("A="):
-        return None
-    try:
-        size, attempts = int(parts[1][2:]), int(parts[2][2:])
-    except ValueError:
-        return None
-    if not ids.is_valid(parts[0]) or size < 0 or attempts < 0:
-        return None
-    return parts[0], size, attempts
-
-
-def parse_owner(name: str) -> tuple[str, Identity] | None:
-    """Split a cur/ or tmp/ name into (stem, owner); None if foreign."""
-    stem, sep, tag = name.rpartition(",P=")
-    pid, dot, start = tag.partition(".")
-    if not sep or not dot:
-        return None
-    try:
-        return stem, Identity(int(pid), int(start))
-    except ValueError:
-        return None
-
-
-def fs_type(path: str | os.PathLike[str]) -> str:
-    """Filesystem type of ``path`` from /proc/self/mounts ("unknown" if unreadable)."""
-    real = os.path.realpath(path)
-    best_mnt, best_type = "", "unknown"
-    try:
-        with open("/proc/self/mounts", encoding="utf-8", errors="replace") as f:
-            lines = f.read().splitlines()
-    except OSError:
-        return best_type
-    for line in lines:
-        fields = line.split()
-        if len(fields) < 3:
-            continue
-        mnt = _OCTAL_RE.sub(lambda m: chr(int(m.group(1), 8)), fields[1])
-        inside = real == mnt or real.startswith(mnt.rstrip("/") + "/")
-        # The longest mount point wins; among equals the later one is on top.
-        if inside and len(mnt) >= len(best_mnt):
-            best_mnt, best_type = mnt, fields[2]
-    return best_type
 
 
 _instances: weakref.WeakSet[Overflow] = weakref.WeakSet()
@@ -358,25 +187,18 @@ class Overflow:
                 self.path,
                 self._fstype,
             )
-        # None: not yet confirmed that st_size counts entries; False: it does not.
-        self._bogo_ok: bool | None = None if self._fstype == "tmpfs" else False
-        self._summaries: dict[str, _Cached] = {}
-        self._lock = threading.Lock()
-        self._quarantine_lock = threading.Lock()
+        self._counts = TreeCounts(self.path, self._dirs, tmpfs=self._fstype == "tmpfs")
         self._claim_cache: list[str] = []  # sorted newest first; pop() gives the oldest
         self._own_tmp: set[str] = set()  # tmp names of this instance's open writers
         self._inflight = 0  # bytes reserved by open writers
         self._used = 0
-        self._tag = ""  # see _owner_tag()
+        self._tag = ""  # see owner_tag()
         self._refreshed_at = float("-inf")
         self._refresh_usage()
         _instances.add(self)
 
     def _forked(self) -> None:
-        # The child owns none of the parent's writers, and a lock held by
-        # another thread at fork time would never be released here.
-        self._lock = threading.Lock()
-        self._quarantine_lock = threading.Lock()
+        # The child owns none of the parent's writers.
         self._own_tmp = set()
         self._inflight = 0
         self._tag = ""
@@ -384,7 +206,7 @@ class Overflow:
     def _owner_tag(self) -> str:
         """This process's owner tag for tmp/ names ("P=<pid>.<start>"), made once."""
         if not self._tag:
-            self._tag = _owner_tag(proc.self_identity())
+            self._tag = owner_tag(proc.self_identity())
         return self._tag
 
     @property
@@ -395,39 +217,33 @@ class Overflow:
     def __repr__(self) -> str:
         return f"Overflow({str(self.path)!r}, max_bytes={self.max_bytes})"
 
-    # -- byte cap ------------------------------------------------------------
-
     def _refresh_usage(self) -> None:
         total = (
-            self._summary("new").nbytes
-            + self._summary("cur").nbytes
-            + self._tmp_bytes(exclude=self._own_tmp)
+            self._counts.summary("new").nbytes
+            + self._counts.summary("cur").nbytes
+            + self._counts.tmp_bytes(exclude=self._own_tmp)
         )
         self._used = total
         self._refreshed_at = self._clock()
 
-    def _reserve(self, n: int) -> None:
+    def reserve(self, n: int) -> None:
         """Count ``n`` more bytes toward the cap or raise OverflowFull.
 
         The estimate only grows between refreshes (removals by other processes
         are not seen), so it errs toward refusing early; a refused spill
         refreshes it from a listing at most once per ``refresh_interval``.
         """
-        with self._lock:
+        if self._used + self._inflight + n > self.max_bytes:
+            if self._clock() - self._refreshed_at >= self.refresh_interval:
+                self._refresh_usage()
             if self._used + self._inflight + n > self.max_bytes:
-                if self._clock() - self._refreshed_at >= self.refresh_interval:
-                    self._refresh_usage()
-                if self._used + self._inflight + n > self.max_bytes:
-                    raise OverflowFull(self.path, self.max_bytes, self._used + self._inflight, n)
-            self._inflight += n
+                raise OverflowFull(self.path, self.max_bytes, self._used + self._inflight, n)
+        self._inflight += n
 
     def _unreserve(self, n: int, *, stored: bool) -> None:
-        with self._lock:
-            self._inflight -= n
-            if stored:
-                self._used += n
-
-    # -- writing -------------------------------------------------------------
+        self._inflight -= n
+        if stored:
+            self._used += n
 
     def spill(self, msgid: str, data: bytes, attempts: int = 0) -> str:
         """Store ``data`` as a ready message and return its new/ name.
@@ -436,11 +252,11 @@ class Overflow:
         exceeded. Dying midway leaves at most a tmp file of this process,
         removed by :meth:`recover_dead`; the message is never half-visible.
         """
-        _check_id(msgid, attempts)
+        check_id(msgid, attempts)
         size = len(data)
         # Reserved as in flight, not yet counted as used: a refresh of the
         # usage from a listing (another thread) must not lose the reservation.
-        self._reserve(size)  # refuse before touching the filesystem
+        self.reserve(size)  # refuse before touching the filesystem
         stored = False
         try:
             tmp = self._write_tmp(msgid, data)
@@ -448,14 +264,12 @@ class Overflow:
             try:
                 os.rename(tmp, self._new_prefix + name)
             except BaseException:
-                _unlink_quietly(tmp)
+                unlink_quietly(tmp)
                 raise
             stored = True
         except OSError as e:
             if e.errno == errno.ENOSPC:
-                raise OverflowFull(
-                    self.path, self.max_bytes, self._used, size, "filesystem full"
-                ) from e
+                raise self.filesystem_full(size) from e
             raise
         finally:
             self._unreserve(size, stored=stored)
@@ -469,6 +283,32 @@ class Overflow:
         """
         return SpillWriter(self, msgid, attempts)
 
+    def open_tmp(self, msgid: str) -> tuple[Path, int]:
+        """Create this process's tmp/ file for a streamed spill of ``msgid``: (path, fd).
+
+        It counts as this instance's own until :meth:`settle`, so a usage
+        refresh meanwhile does not count its bytes twice.
+        """
+        tmp = self._dirs["tmp"] / f"{msgid},{self._owner_tag()}"
+        fd = self._create(tmp)
+        self._own_tmp.add(tmp.name)
+        return tmp, fd
+
+    def publish(self, tmp: Path, name: str) -> None:
+        """Make a finished tmp/ file ready as ``name`` in new/ (one rename)."""
+        os.rename(tmp, self._dirs["new"] / name)
+
+    def settle(self, tmp: Path, reserved: int, stored: int) -> None:
+        """A streamed spill is over: give back its reservation and count the
+        ``stored`` bytes (0 if aborted) as used."""
+        self._own_tmp.discard(tmp.name)
+        self._inflight -= reserved
+        self._used += stored
+
+    def filesystem_full(self, requested: int) -> OverflowFull:
+        """The error for a spill of ``requested`` bytes the filesystem refused."""
+        return OverflowFull(self.path, self.max_bytes, self._used, requested, "filesystem full")
+
     def _write_tmp(self, stem: str, data: bytes) -> str:
         tmp = f"{self._tmp_prefix}{stem},{self._owner_tag()}"
         fd = self._create(tmp)
@@ -476,10 +316,10 @@ class Overflow:
             # one write takes a whole message on tmpfs; the loop is for the rest
             n = os.write(fd, data)
             if n < len(data):
-                _write_all(fd, memoryview(data)[n:])
+                write_all(fd, memoryview(data)[n:])
         except BaseException:
             os.close(fd)
-            _unlink_quietly(tmp)
+            unlink_quietly(tmp)
             raise
         os.close(fd)
         return tmp
@@ -492,19 +332,9 @@ class Overflow:
                 os.fchmod(fd, self._file_mode)
             except BaseException:
                 os.close(fd)
-                _unlink_quietly(tmp)
+                unlink_quietly(tmp)
                 raise
         return fd
-
-    # -- claiming ------------------------------------------------------------
-
-    def refresh(self) -> None:
-        """Forget this instance's cached listing so the next claim lists new/ again.
-
-        Only local state; nothing on disk changes.
-        """
-        with self._lock:
-            self._claim_cache = []
 
     def _fill_claim_cache(self) -> bool:
         """List new/ into the window; True if the window holds the whole listing."""
@@ -524,10 +354,9 @@ class Overflow:
         # A name given back joins this claimer's window in order, unless it is
         # newer than the whole window: then the next listing will find it, and
         # names left out of a truncated window are not overtaken.
-        with self._lock:
-            cache = self._claim_cache
-            if cache and _claim_key(name) < _claim_key(cache[0]):
-                _insort_desc(cache, name)
+        cache = self._claim_cache
+        if cache and _claim_key(name) < _claim_key(cache[0]):
+            _insort_desc(cache, name)
 
     def claim(self, owner: Identity) -> OverflowClaim | None:
         """Move the oldest ready message into cur/ under ``owner``; None if none.
@@ -537,26 +366,25 @@ class Overflow:
         :meth:`recover_dead`. Names come from a cached window of one listing;
         new/ is listed again only when the window is used up.
         """
-        tag = _owner_tag(owner)
-        with self._lock:
-            complete = False  # has this call listed all of new/ and used it up?
-            while True:
-                if not self._claim_cache:
-                    if complete:
-                        return None
-                    complete = self._fill_claim_cache()
-                    continue
-                name = self._claim_cache.pop()
-                parsed = parse_ready(name)
-                if parsed is None:
-                    continue  # not ours to touch
-                msgid, size, attempts = parsed
-                dst = self._dirs["cur"] / f"{name},{tag}"
-                try:
-                    os.rename(self._dirs["new"] / name, dst)
-                except FileNotFoundError:
-                    continue  # another claimer (or a purge) got there first
-                return OverflowClaim(msgid, size, attempts, dst, ids.id_time(msgid), owner)
+        tag = owner_tag(owner)
+        complete = False  # has this call listed all of new/ and used it up?
+        while True:
+            if not self._claim_cache:
+                if complete:
+                    return None
+                complete = self._fill_claim_cache()
+                continue
+            name = self._claim_cache.pop()
+            parsed = parse_ready(name)
+            if parsed is None:
+                continue  # not ours to touch
+            msgid, size, attempts = parsed
+            dst = self._dirs["cur"] / f"{name},{tag}"
+            try:
+                os.rename(self._dirs["new"] / name, dst)
+            except FileNotFoundError:
+                continue  # another claimer (or a purge) got there first
+            return OverflowClaim(msgid, size, attempts, dst, ids.id_time(msgid), owner, self)
 
     def ack(self, claim: OverflowClaim) -> None:
         """Drop a processed message. Dying before the unlink means it is processed again."""
@@ -579,8 +407,6 @@ class Overflow:
             return
         self._requeue_into_cache(name)
 
-    # -- recovery ------------------------------------------------------------
-
     def recover(self, owner: Identity, count_attempt: bool = True) -> int:
         """Requeue what ``owner`` held (attempts+1) and drop its tmp files.
 
@@ -590,7 +416,7 @@ class Overflow:
         stop that ran out of time): the message did nothing wrong.
         Returns how many messages were requeued.
         """
-        tag = "," + _owner_tag(owner)
+        tag = "," + owner_tag(owner)
         count = 0
         for name in os.listdir(self._dirs["cur"]):
             if not name.endswith(tag):
@@ -611,7 +437,7 @@ class Overflow:
         dropped = 0
         for name in os.listdir(self._dirs["tmp"]):
             if name.endswith(tag):
-                dropped += _unlink_quietly(self._dirs["tmp"] / name)
+                dropped += unlink_quietly(self._dirs["tmp"] / name)
         if dropped:
             log.info("dropped %d unfinished tmp file(s) of dead writer %s", dropped, owner)
         return count
@@ -629,8 +455,6 @@ class Overflow:
                 if parsed is not None:
                     owners.add(parsed[1])
         return sum(self.recover(o) for o in sorted(owners) if not self._is_alive(o))
-
-    # -- quarantine ----------------------------------------------------------
 
     def _write_reason(self, name: str, reason: str) -> Path:
         text = f"{reason}\n".encode("utf-8", errors="replace")
@@ -654,19 +478,18 @@ class Overflow:
         race here may both drop a message: the cap errs toward less.
         """
         d = self._dirs["failed"]
-        with self._quarantine_lock:
-            held = [(name, p[1]) for name in sorted(os.listdir(d))
-                    if (p := parse_ready(name)) is not None]
-            used = sum(n for _, n in held)
-            count = nbytes = 0
-            for name, n in held:  # oldest first: names sort by arrival
-                if used + size <= self.quarantine_max_bytes:
-                    break
-                used -= n
-                _drop(d / (name + REASON_SUFFIX))
-                if _drop(d / name):
-                    count += 1
-                    nbytes += n
+        held = [(name, p[1]) for name in sorted(os.listdir(d))
+                if (p := parse_ready(name)) is not None]
+        used = sum(n for _, n in held)
+        count = nbytes = 0
+        for name, n in held:  # oldest first: names sort by arrival
+            if used + size <= self.quarantine_max_bytes:
+                break
+            used -= n
+            drop(d / (name + REASON_SUFFIX))
+            if drop(d / name):
+                count += 1
+                nbytes += n
         if count:
             log.warning("overflow %s: dropped the %d oldest quarantined message(s), %d bytes,"
                         " to stay under the quarantine cap %d", self.path, count, nbytes,
@@ -699,7 +522,7 @@ class Overflow:
         try:
             os.rename(claim.path, dst)
         except FileNotFoundError:
-            _unlink_quietly(reason_path)
+            unlink_quietly(reason_path)
             raise OverflowClaimLost(f"{claim.msgid}: claim no longer in cur/") from None
         log.warning("%s: quarantined after %d attempt(s): %s", claim.msgid, claim.attempts, reason)
         return Quarantined(dst, True, dropped)
@@ -713,7 +536,7 @@ class Overflow:
         :meth:`quarantine`). Dying midway leaves a tmp file or a lone reason,
         never a partial message.
         """
-        _check_id(msgid, attempts)
+        check_id(msgid, attempts)
         dst = self.quarantine_path(msgid, len(data), attempts)
         if not self.keeps(len(data)):
             log.warning("%s: quarantined and dropped, %d bytes over the quarantine cap %d: %s",
@@ -724,13 +547,11 @@ class Overflow:
         try:
             self._write_reason(dst.name, reason)
         except BaseException:
-            _unlink_quietly(tmp)
+            unlink_quietly(tmp)
             raise
         os.rename(tmp, dst)
         log.warning("%s: quarantined after %d attempt(s): %s", msgid, attempts, reason)
         return Quarantined(dst, True, dropped)
-
-    # -- purging -------------------------------------------------------------
 
     def purge(self, older_than: float | None = None,
               dropped: list[str] | None = None) -> PurgeResult:
@@ -743,9 +564,8 @@ class Overflow:
         midway leaves the rest for the next purge.
         """
         result = self._purge_dir("new", older_than, reasons=False, dropped=dropped)
-        with self._lock:
-            self._claim_cache = []
-            self._refreshed_at = float("-inf")  # let the next spill see the space
+        self._claim_cache = []
+        self._refreshed_at = float("-inf")  # let the next spill see the space
         if result.count:
             log.info("purged %d ready message(s), %d bytes", result.count, result.bytes)
         return result
@@ -784,234 +604,25 @@ class Overflow:
             if cutoff is not None and name[:13] >= cutoff:
                 continue
             if reasons and name.endswith(REASON_SUFFIX):
-                _drop(d / name)
+                drop(d / name)
                 continue
             parsed = parse_ready(name)
             if parsed is None:
                 continue
-            if _drop(d / name):
+            if drop(d / name):
                 count += 1
                 nbytes += parsed[1]
                 if dropped is not None:
                     dropped.append(parsed[0])
         return PurgeResult(count, nbytes)
 
-    # -- counting ------------------------------------------------------------
-
-    def _summary(self, sub: str) -> _Summary:
-        """Count and bytes of one directory, from the names, cached by its stat."""
-        d = self._dirs[sub]
-        st = os.stat(d)
-        key = (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino)
-        cached = self._summaries.get(sub)
-        if cached is not None and cached.trusted and cached.key == key:
-            return cached.summary
-        began = time.time_ns()
-        names = os.listdir(d)
-        sizes = _SIZES_RE[sub].findall("\n".join(names))
-        oldest = None
-        if sub == "new" and sizes:
-            oldest = min(names)
-            if parse_ready(oldest) is None:  # a foreign name sorts first
-                oldest = min(n for n in names if parse_ready(n) is not None)
-        summary = _Summary(len(sizes), sum(map(int, sizes)), oldest)
-        trusted = max(st.st_mtime_ns, st.st_ctime_ns) <= began - RACY_NS
-        self._summaries[sub] = _Cached(key, trusted, summary)
-        if self._bogo_ok is None and sub == "new":
-            after = os.stat(d)
-            if (after.st_mtime_ns, after.st_size) == (st.st_mtime_ns, st.st_size):
-                # Unchanged during the listing: a fair test of the entry count.
-                self._bogo_ok = st.st_size == BOGO_BASE + BOGO_DIRENT * len(names)
-                if not self._bogo_ok:
-                    log.info("overflow %s: directory sizes do not count entries", self.path)
-        return summary
-
-    def _tmp_bytes(self, exclude: Collection[str] = ()) -> int:
-        return sum(size for name, size in self._tmp_files() if name not in exclude)
-
-    def _tmp_files(self) -> list[tuple[str, int]]:
-        # tmp/ sizes grow without touching the directory, so it is never cached;
-        # it holds only the writes in progress.
-        out = []
-        for name in os.listdir(self._dirs["tmp"]):
-            try:
-                out.append((name, os.stat(self._dirs["tmp"] / name).st_size))
-            except FileNotFoundError:
-                continue
-        return out
-
     def stats(self) -> OverflowStats:
-        """Counts and bytes per state, from names (cached while directories are unchanged).
-
-        Read-only; tmp/ files are stat()ed since their size is not in the name.
-        """
-        new = self._summary("new")
-        cur = self._summary("cur")
-        failed = self._summary("failed")
-        tmp = self._tmp_files()
-        oldest_age = None
-        if new.oldest is not None:
-            oldest_age = max(0.0, time.time() - ids.id_time(new.oldest))
-        return OverflowStats(
-            ready=new.count,
-            ready_bytes=new.nbytes,
-            claimed=cur.count,
-            claimed_bytes=cur.nbytes,
-            failed=failed.count,
-            failed_bytes=failed.nbytes,
-            writing=len(tmp),
-            oldest_age=oldest_age,
-            writing_bytes=sum(size for _, size in tmp),
-        )
+        """Counts and bytes per state; see :meth:`TreeCounts.stats`."""
+        return self._counts.stats()
 
     def ready_count(self) -> int:
-        """Number of ready messages: one stat() on tmpfs once confirmed, else cached names.
-
-        On the stat() path a foreign file in new/ would be counted too.
-        """
-        if self._bogo_ok:
-            st = os.stat(self._dirs["new"])
-            return max(0, (st.st_size - BOGO_BASE) // BOGO_DIRENT)
-        return self._summary("new").count
-
-
-class SpillWriter:
-    """One message being written into tmp/; ``commit()`` makes it ready.
-
-    Chunks go straight to the file; the message is never held in memory.
-    Each chunk is counted toward the cap before it is written.
-    """
-
-    def __init__(self, store: Overflow, msgid: str, attempts: int) -> None:
-        _check_id(msgid, attempts)
-        self.msgid = msgid
-        self.attempts = attempts
-        self.size = 0
-        self._store = store
-        self._reserved = 0
-        self._tmp = store._dirs["tmp"] / f"{msgid},{_owner_tag(proc.self_identity())}"
-        self._fd: int | None = store._create(self._tmp)
-        with store._lock:
-            store._own_tmp.add(self._tmp.name)
-
-    def __enter__(self) -> SpillWriter:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._fd is not None:
-            self.abort()
-
-    @property
-    def closed(self) -> bool:
-        """True once committed or aborted."""
-        return self._fd is None
-
-    def reserve(self, n: int) -> None:
-        """Count ``n`` more bytes toward the cap ahead of writing them.
-
-        Lets a caller that knows the announced size refuse early. Raises
-        OverflowFull (and aborts) if the cap would be passed.
-        """
-        self._open_fd()
-        need = self.size + n - self._reserved
-        if need <= 0:
-            return
-        try:
-            self._store._reserve(need)
-        except OverflowFull:
-            self.abort()
-            raise
-        self._reserved += need
-
-    def write(self, chunk: bytes) -> int:
-        """Append ``chunk``; raises OverflowFull (and aborts) once the cap would be passed."""
-        fd = self._open_fd()
-        self.reserve(len(chunk))
-        try:
-            _write_all(fd, chunk)
-        except OSError as e:
-            self.abort()
-            if e.errno == errno.ENOSPC:
-                s = self._store
-                raise OverflowFull(
-                    s.path, s.max_bytes, s._used, len(chunk), "filesystem full"
-                ) from e
-            raise
-        self.size += len(chunk)
-        return len(chunk)
-
-    def commit(self) -> str:
-        """Make the message ready with one rename and return its new/ name."""
-        fd = self._open_fd()
-        name = ready_name(self.msgid, self.size, self.attempts)
-        os.close(fd)
-        self._fd = None
-        try:
-            os.rename(self._tmp, self._store._dirs["new"] / name)
-        except BaseException:
-            self._finish(stored=False)
-            raise
-        self._finish(stored=True)
-        return name
-
-    def abort(self) -> None:
-        """Throw the partial message away (no-op once committed or aborted)."""
-        if self._fd is None:
-            return
-        os.close(self._fd)
-        self._fd = None
-        self._finish(stored=False)
-
-    def _finish(self, *, stored: bool) -> None:
-        if not stored:
-            _unlink_quietly(self._tmp)
-        store = self._store
-        with store._lock:
-            store._own_tmp.discard(self._tmp.name)
-            store._inflight -= self._reserved
-            if stored:
-                store._used += self.size
-        self._reserved = 0
-
-    def _open_fd(self) -> int:
-        if self._fd is None:
-            raise ValueError(f"{self.msgid}: spill writer is closed")
-        return self._fd
-
-
-def _check_id(msgid: str, attempts: int) -> None:
-    if not ids.is_valid(msgid):
-        raise ValueError(f"not a message id: {msgid!r}")
-    if attempts < 0:
-        raise ValueError(f"{msgid}: attempts must be >= 0, got {attempts}")
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
-def _unlink_quietly(path: str | Path) -> bool:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        return False
-    return True
-
-
-def _drop(path: Path) -> bool:
-    """Unlink for a purge: a planted directory (or any other refusal) is logged, never raised."""
-    try:
-        return _unlink_quietly(path)
-    except OSError as e:
-        log.warning("%s: cannot remove (%s); left in place", path, e.strerror)
-        return False
+        """Number of ready messages; see :meth:`TreeCounts.ready_count`."""
+        return self._counts.ready_count()
 
 
 def _claim_key(name: str) -> tuple[bool, str]:
@@ -1036,9 +647,9 @@ __all__ = [
     "Overflow",
     "OverflowClaim",
     "OverflowClaimLost",
-    "OverflowError",
     "OverflowFull",
     "OverflowStats",
+    "OverflowStoreError",
     "PurgeResult",
     "Quarantined",
     "SpillWriter",

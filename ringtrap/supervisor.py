@@ -74,7 +74,8 @@ from ringtrap.control.setup import (
     write_pidfile,
 )
 from ringtrap.overflow import Overflow
-from ringtrap.ring import ProcRow, Ring
+from ringtrap.ring import Ring
+from ringtrap.store.proctable import ProcRow
 
 log = logging.getLogger(__name__)
 

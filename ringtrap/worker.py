@@ -33,14 +33,8 @@ from ringtrap.base import envelope, proc
 from ringtrap.base.counters import VERDICT_COUNTERS, C, scan_bucket
 from ringtrap.base.states import ProcState, Role
 from ringtrap.config import Config
-from ringtrap.overflow import (
-    Overflow,
-    OverflowClaim,
-    OverflowClaimLost,
-    OverflowFull,
-    UntrustedFile,
-)
-from ringtrap.ring import Claim, ProcRow, Ring, RingOwnershipError
+from ringtrap.overflow import Overflow, OverflowFull, UntrustedFile
+from ringtrap.ring import ProcRow, Ring
 from ringtrap.scan import quarantine
 from ringtrap.scan.processing import Processor
 from ringtrap.scan.results import ResultSink
@@ -51,6 +45,7 @@ from ringtrap.scan.spamd import (
     SpamdResponseError,
     SpamdTimeout,
 )
+from ringtrap.store.claim import ClaimLost, StoreClaim
 from ringtrap.work.child import (
     BEAT_EVERY,
     EXIT_CRASH,
@@ -75,8 +70,6 @@ RSS_CHECK_SIZE = 1 << 20
 # after a scan timed out: how long spamd may take to answer PING for the
 # timeout to count against the message rather than as spamd down
 PING_TIMEOUT = 5.0
-
-AnyClaim = Claim | OverflowClaim
 
 
 class Worker(ChildLoop):
@@ -121,7 +114,7 @@ class Worker(ChildLoop):
         self._handle(claim)
         return not self._over_memory()
 
-    def _claim(self) -> AnyClaim | None:
+    def _claim(self) -> StoreClaim | None:
         """The oldest message of the ring, else of the overflow; None after a wait."""
         # Waiting on the ring while the overflow holds work would idle a second.
         timeout = 0.0 if self.overflow.ready_count() > 0 else IDLE_WAIT
@@ -136,7 +129,7 @@ class Worker(ChildLoop):
             self._count(C.CLAIMED_OVERFLOW)
         return oclaim
 
-    def _handle(self, claim: AnyClaim) -> None:
+    def _handle(self, claim: StoreClaim) -> None:
         msgid = claim.msgid
         if claim.attempts >= self.cfg.overflow.max_attempts:
             self._quarantine(claim)
@@ -144,20 +137,17 @@ class Worker(ChildLoop):
         if self._fast_stop:
             self._release(claim)
             return
-        if isinstance(claim, Claim):
-            payload = claim.data
-        else:
-            try:
-                payload = claim.read()
-            except FileNotFoundError:
-                # recovered by the supervisor meanwhile: it is someone else's now
-                log.warning("%s: claimed overflow file vanished before reading", msgid)
-                return
-            except UntrustedFile as exc:
-                # planted by someone else: kept unread, with a record saying why
-                self._quarantine_as(claim, f"untrusted spill file, not read: {exc.reason}",
-                                    readable=False, size=exc.size)
-                return
+        try:
+            payload = claim.read()
+        except FileNotFoundError:
+            # recovered by the supervisor meanwhile: it is someone else's now
+            log.warning("%s: claimed overflow file vanished before reading", msgid)
+            return
+        except UntrustedFile as exc:
+            # planted by someone else: kept unread, with a record saying why
+            self._quarantine_as(claim, f"untrusted spill file, not read: {exc.reason}",
+                                readable=False, size=exc.size)
+            return
         self._state(ProcState.SCANNING, msgid)
         self._title(f"scanning {msgid}")
         started = time.monotonic()
@@ -201,7 +191,7 @@ class Worker(ChildLoop):
             return
         self._count(C.STAGE_HANDED_ON)
 
-    def _finished(self, claim: AnyClaim, record: dict[str, Any], took: float) -> None:
+    def _finished(self, claim: StoreClaim, record: dict[str, Any], took: float) -> None:
         self.done += 1
         self._count(C.PROCESSED)
         verdict = record["verdict"]
@@ -229,7 +219,7 @@ class Worker(ChildLoop):
         log.info(
             "%s: %s score=%s required=%s from %s, %d bytes, attempt %d, %.1f ms%s",
             claim.msgid, verdict, record["score"], record["required"],
-            "ring" if isinstance(claim, Claim) else "overflow", record["size"],
+            claim.store, record["size"],
             claim.attempts, took * 1000.0,
             f" ({record['reason']})" if record["reason"] else "",
             extra={"event": "processed", "msgid": claim.msgid, "verdict": verdict,
@@ -238,27 +228,21 @@ class Worker(ChildLoop):
 
     # -- claims --------------------------------------------------------------------
 
-    def _ack(self, claim: AnyClaim) -> None:
-        if isinstance(claim, Claim):
-            try:
-                self.ring.ack(claim)
-            except RingOwnershipError:
-                # requeued by the supervisor (it judged us dead): it will be
-                # processed again, which at-least-once allows
-                log.warning("%s: slot no longer ours at ack; it will be recorded twice",
-                            claim.msgid)
-        else:
-            self.overflow.ack(claim)
+    def _ack(self, claim: StoreClaim) -> None:
+        try:
+            claim.ack()
+        except ClaimLost:
+            # requeued by the supervisor (it judged us dead): it will be
+            # processed again, which at-least-once allows
+            log.warning("%s: slot no longer ours at ack; it will be recorded twice",
+                        claim.msgid)
 
-    def _release(self, claim: AnyClaim) -> None:
-        if isinstance(claim, Claim):
-            try:
-                self.ring.release(claim)
-            except RingOwnershipError:
-                log.warning("%s: slot no longer ours at release", claim.msgid)
-                return
-        else:
-            self.overflow.release(claim)
+    def _release(self, claim: StoreClaim, *, count_attempt: bool = False) -> None:
+        try:
+            claim.release(count_attempt=count_attempt)
+        except ClaimLost:
+            log.warning("%s: slot no longer ours at release", claim.msgid)
+            return
         self._count(C.RELEASED)
 
     def _timed_out_alone(self, exc: SpamdError) -> bool:
@@ -279,7 +263,7 @@ class Worker(ChildLoop):
             return False
         return True
 
-    def _count_timeout(self, claim: AnyClaim, exc: SpamdError) -> None:
+    def _count_timeout(self, claim: StoreClaim, exc: SpamdError) -> None:
         attempts = claim.attempts + 1
         limit = self.cfg.overflow.max_attempts
         log.warning("%s: spamd timed out on it (%s) but answers PING: attempt %d of %d",
@@ -290,25 +274,16 @@ class Worker(ChildLoop):
             self._quarantine(dataclasses.replace(claim, attempts=attempts),
                              f"spamd timed out on it {attempts} time(s) while answering PING")
             return
-        if isinstance(claim, Claim):
-            try:
-                self.ring.release(claim, count_attempt=True)
-            except RingOwnershipError:
-                log.warning("%s: slot no longer ours at release", claim.msgid)
-                return
-        else:
-            # the name carries the attempts: given back under the counted one
-            self.overflow.release(dataclasses.replace(claim, attempts=attempts))
-        self._count(C.RELEASED)
+        self._release(claim, count_attempt=True)
 
-    def _quarantine(self, claim: AnyClaim, reason: str | None = None) -> None:
+    def _quarantine(self, claim: StoreClaim, reason: str | None = None) -> None:
         limit = self.cfg.overflow.max_attempts
         if reason is None:
             reason = (f"attempts {claim.attempts} reached the limit {limit}"
                       " (a worker died holding it each time)")
         self._quarantine_as(claim, reason)
 
-    def _quarantine_as(self, claim: AnyClaim, reason: str, *, readable: bool = True,
+    def _quarantine_as(self, claim: StoreClaim, reason: str, *, readable: bool = True,
                        size: int | None = None) -> None:
         """Record ``claim`` as quarantined, move it into failed/, then let go of it.
 
@@ -318,13 +293,11 @@ class Worker(ChildLoop):
         ``readable`` False: the file is not to be opened (see open_trusted), and
         ``size`` is what lstat() says, not what its name claims.
         """
-        in_ring = isinstance(claim, Claim)
-        head = claim.data[:envelope.MAX_LINE] if isinstance(claim, Claim) else (
-            self._peek(claim) if readable else None)
+        head = claim.peek(envelope.MAX_LINE) if readable else None
         kept = self.overflow.keeps(claim.size)
         path = self.overflow.quarantine_path(claim.msgid, claim.size, claim.attempts)
         rec = quarantine.record(claim.msgid, claim.received, claim.attempts, reason,
-                                store="ring" if in_ring else "overflow", kept=kept, path=path,
+                                store=claim.store, kept=kept, path=path,
                                 payload_size=claim.size if size is None else size, head=head)
         try:
             self.sink.write(rec)
@@ -333,13 +306,8 @@ class Worker(ChildLoop):
             self._dependency_down("results", claim.msgid, exc)
             return
         try:
-            if isinstance(claim, Claim):
-                done = self.overflow.quarantine_bytes(claim.msgid, claim.data, claim.attempts,
-                                                      reason)
-                self._ack(claim)
-            else:
-                done = self.overflow.quarantine(claim, reason)
-        except OverflowClaimLost:
+            done = claim.quarantine(reason, self.overflow)
+        except ClaimLost:
             log.warning("%s: claim lost before quarantine", claim.msgid)
             return
         except OSError as exc:
@@ -353,18 +321,9 @@ class Worker(ChildLoop):
         if done.dropped.count:
             self._count(C.QUARANTINE_DROPPED, done.dropped.count)
         log.warning("%s: quarantined from the %s after %d attempt(s): %s",
-                    claim.msgid, "ring" if in_ring else "overflow", claim.attempts, reason,
+                    claim.msgid, claim.store, claim.attempts, reason,
                     extra={"event": "quarantine", "msgid": claim.msgid,
                            "attempts": claim.attempts, "kept": done.kept})
-
-    @staticmethod
-    def _peek(claim: OverflowClaim) -> bytes | None:
-        """The start of a claimed file, enough for its envelope line; None if unreadable."""
-        try:
-            with claim.open() as f:
-                return f.read(envelope.MAX_LINE)
-        except (OSError, UntrustedFile):
-            return None
 
     # -- memory ------------------------------------------------------------------
 

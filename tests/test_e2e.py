@@ -296,18 +296,19 @@ def test_sigkill_supervisor_then_restart_adopts_everything(
 def test_a_ring_of_another_layout_version_is_refused_and_kept(tmp_path: Path) -> None:
     """An upgrade over a ring left by a crash: refused with what to do, nothing removed."""
     from ringtrap import ring as ringmod
+    from ringtrap.store import segment as segmod
 
     trap = Trap(tmp_path)
     old = ringmod.Ring.create(trap.ring_name, 64, 65536)
     try:
         assert old.put("0640c3f1a2b3c-0004d2", b"held by the old version") is ringmod.PutResult.OK
-        old._q[ringmod.H_VERSION] = ringmod.VERSION - 1
+        old._q[segmod.H_VERSION] = segmod.VERSION - 1
         trap.start(wait=False)
         # EX_CONFIG; what the refusal says is test_supervisor_logic's
         assert trap.wait_exit(30) == 78
         # the segment and its message are still there for the old version to drain
         assert all(os.path.exists(p) for p in ringmod.shm_paths(trap.ring_name))
-        old._q[ringmod.H_VERSION] = ringmod.VERSION
+        old._q[segmod.H_VERSION] = segmod.VERSION
         c = old.claim(timeout=0)
         assert c is not None and c.data == b"held by the old version"
     finally:
@@ -318,6 +319,7 @@ def test_a_ring_of_another_layout_version_is_refused_and_kept(tmp_path: Path) ->
 def test_a_geometry_change_never_drops_what_it_cannot_move(tmp_path: Path) -> None:
     """The ring is recreated in a new size only once every message has moved."""
     from ringtrap import ring as ringmod
+    from ringtrap.store import segment as segmod
 
     trap = Trap(tmp_path, {"ring": {"slots": 32}})
     old = ringmod.Ring.create(trap.ring_name, 64, 65536)
@@ -326,7 +328,7 @@ def test_a_geometry_change_never_drops_what_it_cannot_move(tmp_path: Path) -> No
             assert old.put(f"0640c3f1a2b3{i}-0004d2", b"old %d" % i) is ringmod.PutResult.OK
         held = old.claim(timeout=0)  # a live claimer the new supervisor cannot stop
         assert held is not None
-        old._q[ringmod.H_OWNER_START] += 1  # the supervisor that made it is gone
+        old._q[segmod.H_OWNER_START] += 1  # the supervisor that made it is gone
         trap.start(wait=False)
         assert trap.wait_exit(30) == 78
         # the two it could move are in the overflow, the held one is still in the ring

@@ -57,10 +57,10 @@ def test_a_stopped_lock_holder_is_killed_and_the_trap_goes_on(
             r = Ring.attach(trap.ring_name)
             r.register(Role.WORKER, index=9)
             if recorded:
-                assert r._acquire(5.0)
+                assert r.lock.acquire(5.0)
             else:
-                # the stores of Ring._acquire up to the wait: intent, semaphore
-                r._q[r._iw] = owner_token(proc.self_identity())
+                # the stores of RingLock.acquire up to the wait: intent, semaphore
+                r._q[r.lock.iw] = owner_token(proc.self_identity())
                 r._lock_sem.acquire()
             report(w, "locked")
             os.kill(os.getpid(), signal.SIGSTOP)

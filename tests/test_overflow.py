@@ -10,6 +10,7 @@ import shutil
 import signal
 import stat
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -27,14 +28,15 @@ from ringtrap.base.proc import Identity
 from ringtrap.overflow import (
     Overflow,
     OverflowClaimLost,
-    OverflowError,
     OverflowFull,
     OverflowStats,
+    OverflowStoreError,
     PurgeResult,
     Quarantined,
     UntrustedFile,
     open_trusted,
 )
+from ringtrap.store import spillcount
 
 SHM = Path("/dev/shm")
 NEW_NAME = re.compile(r"^[0-9a-f]{13}-[0-9a-f]{6},S=(\d+),A=(\d+)$")
@@ -184,7 +186,7 @@ def test_spill_refused_at_cap(shm_dir: Path) -> None:
     s.spill(ids.new_id(), b"a" * 600)
     with pytest.raises(OverflowFull) as e:
         s.spill(ids.new_id(), b"b" * 401)
-    assert isinstance(e.value, OverflowError)
+    assert isinstance(e.value, OverflowStoreError)
     assert "1000" in str(e.value) and "600" in str(e.value)
     assert (e.value.cap, e.value.used, e.value.requested) == (1000, 600, 401)
     assert names(s, "tmp") == [] and len(names(s, "new")) == 1
@@ -793,7 +795,7 @@ def test_stats_cache_follows_changes(store: Overflow, shm_dir: Path, me: Identit
         other.spill(ids.new_id(), b"x" * 10)
     # Let the directories age past the racy window so the next listing is
     # cached and trusted.
-    time.sleep(overflow.RACY_NS / 1e9 + 0.05)
+    time.sleep(spillcount.RACY_NS / 1e9 + 0.05)
     assert store.stats()[:6] == (3, 30, 0, 0, 0, 0)
     assert store.stats()[:6] == (3, 30, 0, 0, 0, 0)
     c = other.claim(me)
@@ -1146,3 +1148,56 @@ OverflowMachine.TestCase.settings = settings(
     max_examples=40, stateful_step_count=30, deadline=None, database=None
 )
 test_overflow_model = OverflowMachine.TestCase
+
+
+class RecordingTarget:
+    """A spill writer's store, recording what the writer asks of it."""
+
+    def __init__(self, tmp_dir: Path, cap: int) -> None:
+        self.dir = tmp_dir
+        self.cap = cap
+        self.reserved = 0
+        self.calls: list[tuple[object, ...]] = []
+
+    def open_tmp(self, msgid: str) -> tuple[Path, int]:
+        path = self.dir / f"{msgid},tmp"
+        return path, os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+
+    def reserve(self, n: int) -> None:
+        if self.reserved + n > self.cap:
+            raise OverflowFull(self.dir, self.cap, self.reserved, n)
+        self.reserved += n
+
+    def publish(self, tmp: Path, name: str) -> None:
+        self.calls.append(("publish", tmp.read_bytes(), name))
+
+    def settle(self, tmp: Path, reserved: int, stored: int) -> None:
+        self.calls.append(("settle", reserved, stored, tmp.exists()))
+
+    def filesystem_full(self, requested: int) -> OverflowFull:
+        return OverflowFull(self.dir, self.cap, self.reserved, requested, "filesystem full")
+
+
+def test_a_spill_writer_needs_only_its_targets_few_verbs(tmp_path: Path) -> None:
+    from ringtrap.store.spill import SpillWriter as Writer
+
+    target = RecordingTarget(tmp_path, 10)
+    m = ids.new_id()
+    with Writer(target, m, 2) as w:
+        w.write(b"abc")
+        w.write(b"de")
+        assert w.commit() == f"{m},S=5,A=2"
+    assert target.calls == [("publish", b"abcde", f"{m},S=5,A=2"), ("settle", 5, 5, True)]
+
+    target.calls.clear()
+    with Writer(target, ids.new_id(), 0) as w, pytest.raises(OverflowFull):
+        w.write(b"x" * 6)  # past the 10 bytes: refused, the partial file removed
+    assert target.calls == [("settle", 0, 0, False)]
+
+
+def test_the_overflow_shadows_no_builtin_and_holds_no_thread_lock(store: Overflow) -> None:
+    # the trap gives each thread that reads the overflow its own instance
+    assert "OverflowError" not in vars(overflow)
+    lock_type = type(threading.Lock())
+    assert not [k for k, v in vars(store).items() if isinstance(v, lock_type)]
+    assert not hasattr(store, "refresh")

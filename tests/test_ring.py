@@ -20,6 +20,7 @@ from uuid import uuid4
 
 import posix_ipc
 import pytest
+import ringpeek
 
 from ringtrap import ring as ringmod
 from ringtrap.base import proc
@@ -40,6 +41,9 @@ from ringtrap.ring import (
     owner_token,
     token_identity,
 )
+from ringtrap.store import lock as lockmod
+from ringtrap.store import segment as segmod
+from ringtrap.store import stuck as stuckmod
 
 SHM = Path("/dev/shm")
 PREFIX = f"rt-test-{os.getpid()}-unit-"
@@ -102,11 +106,11 @@ def interrupted_put(
     Returns the slot index.
     """
     q = r._q
-    seq = int(q[ringmod.H_HEAD]) if seq is None else seq
+    seq = int(q[segmod.H_HEAD]) if seq is None else seq
     idx = seq % r.slots
     assert r._states[idx] == SlotState.FREE
     ringmod._DESC.pack_into(
-        r._map, r._descs_off + idx * ringmod.DESC_WORDS * 8 + 8, owner_token(who), seq,
+        r._map, r._descs_off + idx * segmod.DESC_WORDS * 8 + 8, owner_token(who), seq,
         len(data), 0, time.time_ns() // 1000, msgid.encode(),
     )
     r._states[idx] = SlotState.FILLING
@@ -120,8 +124,8 @@ def interrupted_put(
 
 def finish_put(r: Ring, idx: int) -> None:
     """Complete an :func:`interrupted_put` stopped at READY, as a live producer would."""
-    seq = int(r._q[r._descs_w + idx * ringmod.DESC_WORDS + ringmod.D_SEQ])
-    r._q[ringmod.H_HEAD] = seq + 1
+    seq = int(r._q[r._descs_w + idx * segmod.DESC_WORDS + segmod.D_SEQ])
+    r._q[segmod.H_HEAD] = seq + 1
     r._ready_sem.release()
 
 
@@ -129,8 +133,8 @@ def hold_lock_as(r: Ring, who: Identity | None) -> None:
     """Take the ring lock and record ``who`` as holder (None: killed before recording)."""
     r._lock_sem.acquire()
     if who is not None:
-        r._q[ringmod.H_LOCK] = owner_token(who)
-        r._q[ringmod.H_LOCK_COUNT] += 1
+        r._q[segmod.H_LOCK] = owner_token(who)
+        r._q[segmod.H_LOCK_COUNT] += 1
 
 
 def lock_is_free(r: Ring) -> bool:
@@ -207,7 +211,7 @@ def test_create_rejects_empty_geometry(name: str) -> None:
     for slots, slot_bytes, rows in ((0, 16, 4), (4, 0, 4), (4, 16, 1)):
         with pytest.raises(ValueError):
             Ring.create(name, slots, slot_bytes, rows=rows)
-    assert not ringmod.exists(name)
+    assert not ringpeek.exists(name)
 
 
 @pytest.mark.parametrize(("slots", "slot_bytes"), [(1, 1), (3, 1001), (5, 100), (7, 1500)])
@@ -290,7 +294,7 @@ def test_attach_rejects_a_foreign_segment(name: str) -> None:
         Ring.adopt(name)
 
 
-@pytest.mark.parametrize("size", [0, 12, 64, ringmod.HEADER_WORDS * 8 - 8, 4100])
+@pytest.mark.parametrize("size", [0, 12, 64, segmod.HEADER_WORDS * 8 - 8, 4100])
 def test_attach_rejects_a_segment_of_no_ring_size(name: str, size: int) -> None:
     # a create killed between creating the segment and sizing it leaves 0 bytes
     make_segment(name, size)
@@ -308,10 +312,10 @@ def test_attach_rejects_bad_magic_version_counters_and_size(name: str) -> None:
         hdr = memoryview(m).cast("Q")
         try:
             for word, bad, what in (
-                (ringmod.H_MAGIC, int.from_bytes(b"NOTARING", "little"), "magic"),
-                (ringmod.H_VERSION, ringmod.VERSION + 1, "version"),
-                (ringmod.H_NCOUNTERS, NCOUNTERS + 1, "counter"),
-                (ringmod.H_SLOTS, 1 << 20, "smaller"),
+                (segmod.H_MAGIC, int.from_bytes(b"NOTARING", "little"), "magic"),
+                (segmod.H_VERSION, segmod.VERSION + 1, "version"),
+                (segmod.H_NCOUNTERS, NCOUNTERS + 1, "counter"),
+                (segmod.H_SLOTS, 1 << 20, "smaller"),
             ):
                 good = hdr[word]
                 hdr[word] = bad
@@ -352,8 +356,8 @@ def test_adopt_keeps_contents_and_requeues_what_the_dead_held(name: str, me: Ide
         mine = old.claim(timeout=0)
         theirs = old.claim(timeout=0, owner=dead)
         assert mine is not None and theirs is not None
-        old._q[ringmod.H_OWNER_PID], old._q[ringmod.H_OWNER_START] = dead  # the old owner
-        old.wake(5)  # posts nobody took
+        old._q[segmod.H_OWNER_PID], old._q[segmod.H_OWNER_START] = dead  # the old owner
+        ringpeek.wake(old, 5)  # posts nobody took
     with Ring.adopt(name) as r:
         assert r.owner == me
         s = r.snapshot()
@@ -376,7 +380,7 @@ def test_adopt_breaks_a_lock_the_dead_left_held(name: str, me: Identity, recorde
     t0 = time.monotonic()
     with Ring.adopt(name) as r:
         if not recorded:  # no owner recorded: broken only once it made no progress
-            assert time.monotonic() - t0 >= ringmod._ORPHAN_LOCK_SECONDS
+            assert time.monotonic() - t0 >= lockmod._ORPHAN_LOCK_SECONDS
         assert lock_is_free(r)
         assert r.snapshot().lock_breaks == 1
         assert [c.msgid for c in drain(r)] == [mid(1)]
@@ -389,14 +393,14 @@ def test_close_keeps_the_ring_and_unlink_removes_all_three_names(name: str) -> N
     r.close()  # twice is harmless
     with pytest.raises(ValueError):
         r.put(mid(2), b"closed")
-    assert ringmod.exists(name)
+    assert ringpeek.exists(name)
     assert all(p.exists() for p in shm_paths(name))
     with Ring.attach(name) as other:
         c = other.claim(timeout=0)
         assert c is not None and c.data == b"survives close"
         other.ack(c)
         other.unlink()
-        assert not ringmod.exists(name)
+        assert not ringpeek.exists(name)
         for p in shm_paths(name):
             assert not p.exists(), p
         # handles stay valid after unlink
@@ -422,9 +426,9 @@ def test_put_ok_too_large_and_full(r: Ring) -> None:
     assert r.put(mid(0), b"x" * SLOT_BYTES) is PutResult.OK
     assert r.put(mid(1), b"") is PutResult.OK
     for i in range(2, SLOTS):
-        assert r.has_free_slot()
+        assert ringpeek.has_free_slot(r)
         assert r.put(mid(i), body(mid(i), i)) is PutResult.OK
-    assert not r.has_free_slot()
+    assert not ringpeek.has_free_slot(r)
     assert r.put("late", b"y") is PutResult.FULL
     assert r.put("big", b"x" * (SLOT_BYTES + 1)) is PutResult.TOO_LARGE
     assert counts(r) == (0, 0, SLOTS, 0) and head(r) == SLOTS
@@ -444,7 +448,7 @@ def test_claim_returns_what_was_put(r: Ring, me: Identity) -> None:
         mid(7), body(mid(7), 200), 200, 0, 0
     )
     assert before - 0.001 <= c.received <= after + 0.001
-    assert r.iter_held() == [(c.slot, SlotState.CLAIMED, me)]
+    assert ringpeek.iter_held(r) == [(c.slot, SlotState.CLAIMED, me)]
 
 
 def test_fifo_over_several_laps(r: Ring) -> None:
@@ -487,11 +491,11 @@ def test_wake_makes_a_blocked_claim_return(r: Ring) -> None:
         t.join(0.3)
         assert t.is_alive(), "claim(timeout=None) returned on an empty ring"
     finally:
-        r.wake()
+        ringpeek.wake(r)
         t.join(10)
     assert not t.is_alive()
     assert result == [None]
-    r.wake(3)
+    ringpeek.wake(r, 3)
     assert r._ready_sem.value == 3
 
 
@@ -567,7 +571,7 @@ def test_recover_requeues_claims_and_frees_half_filled_slots(r: Ring, me: Identi
     assert c is not None and c.msgid == mid(0)
     interrupted_put(r, dead, mid(3), body(mid(3), 80), SlotState.FILLING)
     assert counts(r) == (SLOTS - 4, 1, 2, 1)
-    assert sorted(r.iter_held()) == sorted(
+    assert sorted(ringpeek.iter_held(r)) == sorted(
         [(c.slot, SlotState.CLAIMED, dead), (3, SlotState.FILLING, dead)]
     )
     assert r.recover(dead) == RecoverResult(requeued=1, freed=1)
@@ -608,8 +612,8 @@ def test_recover_dead_spares_live_owners(r: Ring, me: Identity) -> None:
     interrupted_put(r, me, mid(4), b"half", SlotState.FILLING)  # we are alive: keep it
     assert mine is not None and theirs is not None
     assert r.recover_dead() == RecoverResult(requeued=1, freed=0)
-    assert (mine.slot, SlotState.CLAIMED, me) in r.iter_held()
-    assert (4, SlotState.FILLING, me) in r.iter_held()
+    assert (mine.slot, SlotState.CLAIMED, me) in ringpeek.iter_held(r)
+    assert (4, SlotState.FILLING, me) in ringpeek.iter_held(r)
     assert counts(r) == (SLOTS - 5, 1, 3, 1)
     assert r.recover_dead() == RecoverResult(0, 0)
     r.ack(mine)
@@ -624,7 +628,7 @@ def test_recover_touches_only_the_given_owner(r: Ring, me: Identity) -> None:
     cm = r.claim(timeout=0)
     assert ca and cb and cm
     assert r.recover(a) == RecoverResult(1, 0)
-    assert sorted((o, s) for _, s, o in r.iter_held()) == sorted(
+    assert sorted((o, s) for _, s, o in ringpeek.iter_held(r)) == sorted(
         [(b, SlotState.CLAIMED), (me, SlotState.CLAIMED)]
     )
     r.ack(cb, owner=b)
@@ -665,14 +669,14 @@ def test_producer_steps_over_a_slot_still_claimed_from_an_earlier_lap(
 def test_put_reports_full_when_too_many_claims_block_it(
     name: str, claims_age_at_once: None
 ) -> None:
-    slots = ringmod._MAX_SKIP + 2
+    slots = stuckmod.MAX_SKIP + 2
     with Ring.create(name, slots, 16) as r:
         for i in range(slots):
             r.put(mid(i), b"x")
         held = [r.claim(timeout=0) for _ in range(slots - 1)]
         last = r.claim(timeout=0)
         assert last is not None and all(held)
-        r.ack(last)  # one free slot, _MAX_SKIP + 1 claims ahead of it
+        r.ack(last)  # one free slot, MAX_SKIP + 1 claims ahead of it
         assert r.put("far", b"y") is PutResult.FULL
         for c in held:
             assert c is not None
@@ -764,14 +768,14 @@ def test_recovery_leaves_head_to_a_live_producer(r: Ring, me: Identity, how: str
 
 def test_break_lock_leaves_a_live_holder(r: Ring, me: Identity) -> None:
     assert r.break_lock_if_dead() is False  # free
-    assert r._acquire(None)
+    assert r.lock.acquire(None)
     try:
         assert r.lock_holder() == me
         assert r.snapshot().lock_holder == me
         assert r.break_lock_if_dead() is False
         assert r._lock_sem.value == 0
     finally:
-        r._release()
+        r.lock.release()
     assert lock_is_free(r)
     assert r.snapshot().lock_breaks == 0
 
@@ -781,7 +785,7 @@ def test_break_lock_of_a_dead_holder(r: Ring, me: Identity) -> None:
     r.put(mid(1), b"behind the lock")
     hold_lock_as(r, dead)
     assert r.lock_holder() == dead
-    assert r._acquire(0.05) is False
+    assert r.lock.acquire(0.05) is False
     assert r.break_lock_if_dead() is True
     assert lock_is_free(r)
     assert r.snapshot().lock_breaks == 1
@@ -797,7 +801,7 @@ def test_break_orphaned_lock_only_after_no_progress(r: Ring) -> None:
     assert r.break_lock_if_dead() is False
     assert r.break_lock_if_dead() is False
     assert r._lock_sem.value == 0
-    deadline = t0 + ringmod._ORPHAN_LOCK_SECONDS + 5
+    deadline = t0 + lockmod._ORPHAN_LOCK_SECONDS + 5
     broken = False
     while not broken:
         assert time.monotonic() < deadline, "orphaned lock never broken"
@@ -805,7 +809,7 @@ def test_break_orphaned_lock_only_after_no_progress(r: Ring) -> None:
         broken = r.break_lock_if_dead()
         if not broken:
             assert r._lock_sem.value == 0
-    assert time.monotonic() - t0 >= ringmod._ORPHAN_LOCK_SECONDS
+    assert time.monotonic() - t0 >= lockmod._ORPHAN_LOCK_SECONDS
     assert lock_is_free(r)
     assert r.snapshot().lock_breaks == 1
 
@@ -825,9 +829,9 @@ def announce_and_enter(r: Ring, who: Identity, row: int) -> None:
     """Leave the lock as a taker ``who`` (its row ``row``) stalled between its
     wait and its record would: intent announced, semaphore taken, no holder.
 
-    Test-only: the stores of :meth:`Ring._acquire` up to the wait.
+    Test-only: the stores of :meth:`RingLock.acquire` up to the wait.
     """
-    r._q[r._rows_w + row * ringmod.ROW_WORDS + ringmod.R_INTENT] = owner_token(who)
+    r._q[r._seg.rows_w + row * segmod.ROW_WORDS + segmod.R_INTENT] = owner_token(who)
     r._lock_sem.acquire()
 
 
@@ -854,9 +858,9 @@ def test_a_claim_waits_a_bounded_time_for_a_held_lock(r: Ring, me: Identity) -> 
     try:
         t0 = time.monotonic()
         assert in_thread(lambda: r.claim(timeout=0), 10) == [None]
-        assert time.monotonic() - t0 >= ringmod._LOCK_SLICE * 0.9
+        assert time.monotonic() - t0 >= lockmod._LOCK_SLICE * 0.9
     finally:
-        r._release()
+        r.lock.release()
     # nothing was taken and the post it consumed was given back
     assert r._ready_sem.value == 1
     c = r.claim(timeout=0)
@@ -875,7 +879,7 @@ def test_owner_operations_give_up_on_a_live_holder(r: Ring, me: Identity) -> Non
         got = in_thread(lambda: r.retire_row(3), 10)
         assert len(got) == 1 and isinstance(got[0], RingBusy)
     finally:
-        r._release()
+        r.lock.release()
     assert counts(r) == (SLOTS - 1, 0, 0, 1)  # nothing changed
     assert r.recover(reused_pid(me)) == RecoverResult(1, 0)
 
@@ -886,13 +890,13 @@ def test_a_live_taker_stalled_before_its_record_is_never_robbed(
     taker = reused_pid(me)  # made alive below: a live process of another start time
     state = {"alive": True, "stopped": False}
     real_alive = proc.is_alive
-    monkeypatch.setattr(ringmod.proc, "is_alive",
+    monkeypatch.setattr(lockmod.proc, "is_alive",
                         lambda i: state["alive"] if tuple(i) == taker else real_alive(i))
-    monkeypatch.setattr(ringmod.proc, "stop_mark",
+    monkeypatch.setattr(lockmod.proc, "stop_mark",
                         lambda i: 1 if state["stopped"] and tuple(i) == taker else None)
     announce_and_enter(r, taker, row=2)
     t = 1000.0
-    for _ in range(int(ringmod._LOCK_STUCK_SECONDS / 0.5) - 1):
+    for _ in range(int(lockmod._LOCK_STUCK_SECONDS / 0.5) - 1):
         assert r.check_lock(t) == (False, None, False)
         t += 0.5
     assert r._lock_sem.value == 0
@@ -911,11 +915,11 @@ def test_a_stopped_taker_is_reported_hung_soon(
     r: Ring, me: Identity, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     holder = reused_pid(me)
-    monkeypatch.setattr(ringmod.proc, "is_alive", lambda i: True)
-    monkeypatch.setattr(ringmod.proc, "stop_mark", lambda i: 1 if tuple(i) == holder else None)
+    monkeypatch.setattr(lockmod.proc, "is_alive", lambda i: True)
+    monkeypatch.setattr(lockmod.proc, "stop_mark", lambda i: 1 if tuple(i) == holder else None)
     hold_lock_as(r, holder)
     assert r.check_lock(50.0) == (False, None, False)
-    assert r.check_lock(50.0 + ringmod._LOCK_STOPPED_SECONDS) == (False, holder, True)
+    assert r.check_lock(50.0 + lockmod._LOCK_STOPPED_SECONDS) == (False, holder, True)
     assert r._lock_sem.value == 0
 
 
@@ -925,19 +929,19 @@ def test_waiters_do_not_shield_an_orphaned_lock(
     """Live waiters announce themselves too; each wait they give up changes
     their intent, so the lock of a taker killed before its record is broken."""
     waiter = reused_pid(me)
-    monkeypatch.setattr(ringmod.proc, "is_alive", lambda i: tuple(i) == waiter)
-    monkeypatch.setattr(ringmod.proc, "stop_mark", lambda i: None)
+    monkeypatch.setattr(lockmod.proc, "is_alive", lambda i: tuple(i) == waiter)
+    monkeypatch.setattr(lockmod.proc, "stop_mark", lambda i: None)
     announce_and_enter(r, Identity(me.pid, me.start + 2), row=2)  # killed after sem_wait
-    w = r._rows_w + 3 * ringmod.ROW_WORDS + ringmod.R_INTENT
+    w = r._seg.rows_w + 3 * segmod.ROW_WORDS + segmod.R_INTENT
     r._q[w] = owner_token(waiter)
     t = 0.0
     broken = False
     while not broken:
-        assert t < ringmod._ORPHAN_LOCK_SECONDS + 2, "orphaned lock never broken"
+        assert t < lockmod._ORPHAN_LOCK_SECONDS + 2, "orphaned lock never broken"
         broken = r.check_lock(t).broken
         r._q[w + 1] += 1  # the waiter's slice ran out: it waits again
-        t += ringmod._LOCK_SLICE
-    assert t > ringmod._ORPHAN_LOCK_SECONDS
+        t += lockmod._LOCK_SLICE
+    assert t > lockmod._ORPHAN_LOCK_SECONDS
     assert r._lock_sem.value == 1
 
 
@@ -977,7 +981,7 @@ def test_process_rows_register_beat_state_counters_and_retire(r: Ring, me: Ident
     w.add(C.SCAN_US, 1234)
     i.add(C.ACCEPTED_RING, 9)
     assert w.get(C.PROCESSED) == 6
-    assert r.row(w.row).get(C.SCAN_US) == 1234
+    assert r.table.row(w.row).get(C.SCAN_US) == 1234
     totals = r.snapshot().totals()
     assert (totals[C.PROCESSED], totals[C.SCAN_US], totals[C.ACCEPTED_RING]) == (6, 1234, 9)
 
@@ -1020,9 +1024,9 @@ def test_retire_dead_rows_folds_only_the_dead(r: Ring, me: Identity) -> None:
     gone = r.register(Role.WORKER, index=1)
     gone.add(C.PROCESSED, 7)
     live.add(C.RESTARTS, 1)
-    r._q[r._rows_w + gone.row * ringmod.ROW_WORDS + ringmod.R_START] = me.start + 1  # pid reused
+    r._q[r._seg.rows_w + gone.row * segmod.ROW_WORDS + segmod.R_START] = me.start + 1  # pid reused
     totals = r.snapshot().totals()
-    assert r.retire_dead_rows() == 1
+    assert r.table.retire_dead_rows() == 1
     s = r.snapshot()
     assert [x.row for x in s.rows] == [live.row]
     assert s.retired[C.PROCESSED] == 7
@@ -1035,13 +1039,13 @@ def test_retire_dead_rows_folds_only_the_dead(r: Ring, me: Identity) -> None:
 def test_snapshot_counts_equal_slot_states(r: Ring, me: Identity) -> None:
     def check() -> None:
         s = r.snapshot()
-        states = Counter(r.slot_states())
+        states = Counter(ringpeek.slot_states(r))
         assert (s.free, s.filling, s.ready, s.claimed) == (
             states[SlotState.FREE], states[SlotState.FILLING],
             states[SlotState.READY], states[SlotState.CLAIMED],
         )
         assert s.used == SLOTS - s.free
-        held = r.iter_held()
+        held = ringpeek.iter_held(r)
         assert len(held) == s.filling + s.claimed
 
     check()
@@ -1073,7 +1077,7 @@ def test_owner_token_round_trip(me: Identity) -> None:
 @pytest.fixture
 def claims_age_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every claim counts as stuck, so the producer steps over it at once."""
-    monkeypatch.setattr(ringmod, "_SKIP_CLAIMS_OLDER_NS", 0)
+    monkeypatch.setattr(stuckmod, "SKIP_CLAIMS_OLDER_NS", 0)
 
 
 def test_a_claim_in_progress_at_head_is_waited_for_not_stepped_over(name: str) -> None:
@@ -1112,7 +1116,7 @@ def hold_claims(r: Ring, held: int) -> list[Claim]:
 def test_a_claim_is_stepped_over_once_it_has_blocked_puts_long_enough(
     name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(ringmod, "_SKIP_CLAIMS_OLDER_NS", 1_000_000_000)
+    monkeypatch.setattr(stuckmod, "SKIP_CLAIMS_OLDER_NS", 1_000_000_000)
     with Ring.create(name, 2, 16) as r:
         [stuck] = hold_claims(r, 1)
         assert stuck.msgid == mid(0)
@@ -1134,7 +1138,7 @@ def test_a_claim_is_stepped_over_once_it_has_blocked_puts_long_enough(
 def test_a_message_given_back_and_taken_again_is_a_new_claim(
     name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(ringmod, "_SKIP_CLAIMS_OLDER_NS", 500_000_000)
+    monkeypatch.setattr(stuckmod, "SKIP_CLAIMS_OLDER_NS", 500_000_000)
     with Ring.create(name, 2, 16) as r:
         [first] = hold_claims(r, 1)
         assert r.put(mid(2), b"y") is PutResult.FULL  # blocked by the first claim
@@ -1152,7 +1156,7 @@ def test_a_message_given_back_and_taken_again_is_a_new_claim(
 def test_a_run_of_stuck_claims_is_stepped_over_after_one_timeout(
     name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(ringmod, "_SKIP_CLAIMS_OLDER_NS", 500_000_000)
+    monkeypatch.setattr(stuckmod, "SKIP_CLAIMS_OLDER_NS", 500_000_000)
     with Ring.create(name, 4, 16) as r:
         stuck = hold_claims(r, 3)
         assert r.put(mid(4), b"y") is PutResult.FULL  # every stuck claim's clock starts
@@ -1175,11 +1179,11 @@ def test_a_death_while_giving_a_message_back_leaves_a_count_that_heals(
             assert r.put(mid(i), body(mid(i), i)) is PutResult.OK
         given_back = r.claim(timeout=0, owner=dead)
         assert given_back is not None
-        r._q[ringmod.H_STRAY] += 1  # counted; killed before marking it READY
+        r._q[segmod.H_STRAY] += 1  # counted; killed before marking it READY
         assert r.recover_dead() == RecoverResult(requeued=1, freed=0)
         got = [c.msgid for c in drain(r)]
         assert sorted(got) == [mid(0), mid(1), mid(2)]
-        assert r._q[ringmod.H_STRAY] == 0
+        assert r._q[segmod.H_STRAY] == 0
 
 
 def test_a_stray_count_left_too_low_is_recounted_on_adopt(name: str, me: Identity) -> None:
@@ -1196,3 +1200,9 @@ def test_a_stray_count_left_too_low_is_recounted_on_adopt(name: str, me: Identit
         assert r.claim(timeout=0) is None
         with Ring.adopt(name) as adopted:
             assert [x.msgid for x in drain(adopted)] == [mid(0)]
+
+
+def test_what_only_tests_read_is_read_from_the_segment_not_asked_of_the_ring(r: Ring) -> None:
+    test_only = ("has_free_slot", "iter_held", "slot_states", "wake")
+    assert [n for n in test_only if hasattr(r, n)] == [] and not hasattr(ringmod, "exists")
+    assert ringpeek.slot_states(r) == [SlotState.FREE] * r.slots

@@ -1,7 +1,7 @@
 """Model-based test of the ring lock: takers, waiters, deaths, stops and the owner.
 
 Fake processes (this pid with other start times) go through the lock's
-protocol one store at a time, as :meth:`Ring._acquire` makes them (intent,
+protocol one store at a time, as :meth:`RingLock.acquire` makes them (intent,
 wait, holder and count, intent cleared), so the owner's
 :meth:`Ring.check_lock` runs between any two of them.  Whether each one is
 alive or stopped is the model's to say: ``proc.is_alive`` and
@@ -34,10 +34,12 @@ from ringtrap import ring as ringmod
 from ringtrap.base import proc
 from ringtrap.base.proc import Identity
 from ringtrap.ring import Ring, owner_token
+from ringtrap.store import lock as lockmod
+from ringtrap.store import segment as segmod
 
 SHM = Path("/dev/shm")
 PREFIX = f"rt-test-{os.getpid()}-lockmodel-"
-SLICE = ringmod._LOCK_SLICE
+SLICE = lockmod._LOCK_SLICE
 
 IDLE, WAITING, INSIDE, HOLDING = "idle", "waiting", "inside", "holding"
 
@@ -81,10 +83,10 @@ class LockMachine(RuleBasedStateMachine):
         self.ring.close()
         ringmod.unlink_name(self.name)
 
-    # -- the protocol, store by store (test-only mirror of Ring._acquire) --------
+    # -- the protocol, store by store (test-only mirror of RingLock.acquire) --------
 
     def intent_word(self, p: Fake) -> int:
-        return self.ring._rows_w + p.row * ringmod.ROW_WORDS + ringmod.R_INTENT
+        return self.ring._seg.rows_w + p.row * segmod.ROW_WORDS + segmod.R_INTENT
 
     def moved(self, p: Fake) -> None:
         p.moved_at = self.now
@@ -92,7 +94,7 @@ class LockMachine(RuleBasedStateMachine):
     def try_enter(self, p: Fake) -> bool:
         try:
             self.ring._lock_sem.acquire(0)
-        except ringmod.posix_ipc.BusyError:
+        except lockmod.posix_ipc.BusyError:
             return False
         p.phase = INSIDE
         return True
@@ -109,9 +111,9 @@ class LockMachine(RuleBasedStateMachine):
             assert p.alive
             stopped_long = (
                 p.stopped_at is not None
-                and self.now - p.stopped_at >= ringmod._LOCK_STOPPED_SECONDS
+                and self.now - p.stopped_at >= lockmod._LOCK_STOPPED_SECONDS
             )
-            still_long = self.now - p.moved_at >= ringmod._LOCK_STUCK_SECONDS
+            still_long = self.now - p.moved_at >= lockmod._LOCK_STUCK_SECONDS
             assert stopped_long or still_long, f"{p.ident} called hung while making progress"
             assert check.stopped == (p.stopped_at is not None)
             p.alive = False  # SIGKILL
@@ -143,8 +145,8 @@ class LockMachine(RuleBasedStateMachine):
         if not (p.running and p.phase == INSIDE):
             return
         q = self.ring._q
-        q[ringmod.H_LOCK] = p.tok
-        q[ringmod.H_LOCK_COUNT] += 1
+        q[segmod.H_LOCK] = p.tok
+        q[segmod.H_LOCK_COUNT] += 1
         q[self.intent_word(p)] = 0
         p.phase = HOLDING
         self.moved(p)
@@ -154,7 +156,7 @@ class LockMachine(RuleBasedStateMachine):
         p = self.procs[i]
         if not (p.running and p.phase == HOLDING):
             return
-        self.ring._q[ringmod.H_LOCK] = 0
+        self.ring._q[segmod.H_LOCK] = 0
         self.ring._lock_sem.release()
         p.phase = IDLE
         self.moved(p)
@@ -214,7 +216,7 @@ class LockMachine(RuleBasedStateMachine):
     def settle(self) -> None:
         """Running processes finish what they started; the owner keeps turning.
         Within a bound the lock is free: nothing wedges it."""
-        deadline = self.now + ringmod._LOCK_STUCK_SECONDS + ringmod._ORPHAN_LOCK_SECONDS + 5
+        deadline = self.now + lockmod._LOCK_STUCK_SECONDS + lockmod._ORPHAN_LOCK_SECONDS + 5
         while True:
             for p in self.procs:
                 if not p.running:
@@ -271,9 +273,9 @@ def model_processes(monkeypatch: pytest.MonkeyPatch) -> None:
         p = _fake(ident)
         return p.stops if p is not None and p.alive and p.stopped_at is not None else None
 
-    monkeypatch.setattr(ringmod.proc, "is_alive", is_alive)
-    monkeypatch.setattr(ringmod.proc, "stop_mark", stop_mark)
-    monkeypatch.setattr(ringmod.proc, "is_stopped", lambda i: stop_mark(i) is not None)
+    monkeypatch.setattr(lockmod.proc, "is_alive", is_alive)
+    monkeypatch.setattr(lockmod.proc, "stop_mark", stop_mark)
+    monkeypatch.setattr(lockmod.proc, "is_stopped", lambda i: stop_mark(i) is not None)
 
 
 LockMachine.TestCase.settings = settings(

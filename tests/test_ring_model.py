@@ -20,6 +20,7 @@ from pathlib import Path
 from uuid import uuid4
 
 import pytest
+import ringpeek
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
@@ -29,6 +30,8 @@ from ringtrap.base import ids, proc
 from ringtrap.base.proc import Identity
 from ringtrap.base.states import SlotState
 from ringtrap.ring import Claim, PutResult, RecoverResult, Ring, RingOwnershipError
+from ringtrap.store import segment as segmod
+from ringtrap.store import stuck as stuckmod
 
 SHM = Path("/dev/shm")
 PREFIX = f"rt-test-{os.getpid()}-model-"
@@ -48,11 +51,11 @@ def slot_contents(r: Ring) -> dict[str, tuple[SlotState, int, int, Identity | No
     Test-only: reads the slot descriptors through the ring's internals.
     """
     out: dict[str, tuple[SlotState, int, int, Identity | None]] = {}
-    for idx, state in enumerate(r.slot_states()):
+    for idx, state in enumerate(ringpeek.slot_states(r)):
         if state not in (SlotState.READY, SlotState.CLAIMED):
             continue
         owner, _seq, size, attempts, _enq, raw = ringmod._DESC.unpack_from(
-            r._map, r._descs_off + idx * ringmod.DESC_WORDS * 8 + 8
+            r._map, r._descs_off + idx * segmod.DESC_WORDS * 8 + 8
         )
         msgid = raw.rstrip(b"\0").decode()
         assert msgid not in out, f"{msgid} is in two slots"
@@ -162,7 +165,7 @@ class RingMachine(RuleBasedStateMachine):
         used = len(self.msgs)
         if res is PutResult.FULL:
             # FULL only when no slot is free or a READY one blocks the way: a
-            # claim still held is stepped over (the ring is smaller than _MAX_SKIP)
+            # claim still held is stepped over (the ring is smaller than MAX_SKIP)
             assert used == SLOTS or self.ready(), "FULL with only claims in the way"
             return
         assert res is PutResult.OK
@@ -274,7 +277,7 @@ class RingMachine(RuleBasedStateMachine):
     @rule(n=st.integers(1, 3))
     def wake(self, n: int) -> None:
         # posts with nothing behind them: each costs a claimer one empty look
-        self.ring.wake(n)
+        ringpeek.wake(self.ring, n)
 
     @rule()
     def adopt(self) -> None:
@@ -306,7 +309,7 @@ class RingMachine(RuleBasedStateMachine):
         )
         assert (s.requeued, s.freed, s.generation) == (self.requeued, 0, self.adoptions)
         assert s.lock_holder is None and s.tail <= s.head
-        assert sorted((o, st) for _, st, o in self.ring.iter_held()) == sorted(
+        assert sorted((o, st) for _, st, o in ringpeek.iter_held(self.ring)) == sorted(
             (h.claimer, SlotState.CLAIMED) for h in self.msgs.values() if h.claimer is not None
         )
 
@@ -333,4 +336,4 @@ def claims_age_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
     """The model has the producer step over every held claim at once, as it
     does over a stuck one; waiting for claims in progress is tested in
     test_ring.py."""
-    monkeypatch.setattr(ringmod, "_SKIP_CLAIMS_OLDER_NS", 0)
+    monkeypatch.setattr(stuckmod, "SKIP_CLAIMS_OLDER_NS", 0)

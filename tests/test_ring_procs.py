@@ -17,6 +17,7 @@ from pathlib import Path
 from uuid import uuid4
 
 import pytest
+import ringpeek
 from forking import Children, body, read_all, read_line, report
 
 from ringtrap import ring as ringmod
@@ -25,6 +26,7 @@ from ringtrap.base.counters import C
 from ringtrap.base.proc import Identity
 from ringtrap.base.states import Role, SlotState
 from ringtrap.ring import PutResult, RecoverResult, Ring
+from ringtrap.store import lock as lockmod
 
 pytestmark = pytest.mark.slow
 
@@ -173,13 +175,13 @@ def test_sigkilled_claimer_is_requeued_with_one_more_attempt(
     os.close(fd)
     ident = identity_of(pid)
     assert held == msgids[0]
-    assert r.iter_held() == [(int(slot), SlotState.CLAIMED, ident)]
+    assert ringpeek.iter_held(r) == [(int(slot), SlotState.CLAIMED, ident)]
     assert r.recover_dead() == RecoverResult(0, 0)  # alive: left alone
 
     children.kill(pid)
     res = r.recover(ident) if how == "recover" else r.recover_dead()
     assert res == RecoverResult(requeued=1, freed=0)
-    assert r.iter_held() == []
+    assert ringpeek.iter_held(r) == []
     got = drain(r)
     # fresh messages first, the requeued one after every _SUSPECT_EVERY of them
     every = ringmod._SUSPECT_EVERY
@@ -200,7 +202,7 @@ def test_sigkilled_lock_holder_is_broken_and_consumers_proceed(
     def locker(w: int) -> None:  # pragma: no cover - runs in the child
         c = Ring.attach(name)
         if recorded:
-            assert c._acquire(None)
+            assert c.lock.acquire(None)
         else:
             c._lock_sem.acquire()  # killed before it could record itself
         report(w, "locked")
@@ -228,13 +230,13 @@ def test_sigkilled_lock_holder_is_broken_and_consumers_proceed(
     assert blocked == [], "a consumer got past a lock held by a dead process"
 
     t0 = time.monotonic()
-    deadline = t0 + ringmod._ORPHAN_LOCK_SECONDS + 10
+    deadline = t0 + lockmod._ORPHAN_LOCK_SECONDS + 10
     while not r.break_lock_if_dead():
         assert recorded is False, "the dead holder's lock was not broken at once"
         assert time.monotonic() < deadline, "orphaned lock never broken"
         time.sleep(0.2)  # the supervisor's housekeeping tick
     if not recorded:
-        assert time.monotonic() - t0 >= ringmod._ORPHAN_LOCK_SECONDS
+        assert time.monotonic() - t0 >= lockmod._ORPHAN_LOCK_SECONDS
 
     got = sorted(read_all(fd, timeout=10).strip() for _, fd in consumers)
     assert got == msgids
@@ -293,7 +295,7 @@ def test_sigkilled_owner_of_a_full_ring_is_adopted_and_drained(
     assert got == ([f"{mid(i)}:0" for i in range(1, every + 1)] + [f"{held}:1"]
                    + [f"{mid(i)}:0" for i in range(every + 1, slots)])
     assert held == mid(0)
-    assert not ringmod.exists(name)
+    assert not ringpeek.exists(name)
     assert not [p for p in os.listdir(SHM) if name in p]
 
 

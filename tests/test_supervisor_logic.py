@@ -402,16 +402,17 @@ def test_a_ring_of_another_layout_version_is_refused_with_what_to_do() -> None:
     """The refusal names the version found, how to drain it and what to remove."""
     from ringtrap import ring as ringmod
     from ringtrap.control.setup import SetupError
+    from ringtrap.store import segment as segmod
 
     name = f"rt-logic-layout-{os.getpid()}"
     cfg = configmod.override(configmod.defaults(), {"ring.name": name})
     old = ringmod.Ring.create(name, 64, 65536)
     try:
-        old._q[ringmod.H_VERSION] = ringmod.VERSION - 1
+        old._q[segmod.H_VERSION] = segmod.VERSION - 1
         with pytest.raises(SetupError) as refused:
             Supervisor(cfg, None, FakeOS().as_os())._open_ring()
         why = str(refused.value)
-        assert f"layout version {ringmod.VERSION - 1}" in why
+        assert f"layout version {segmod.VERSION - 1}" in why
         assert "stop it with TERM" in why
         assert " ".join(ringmod.shm_paths(name)) in why
         assert all(os.path.exists(p) for p in ringmod.shm_paths(name))

@@ -26,6 +26,7 @@ from typing import Any
 
 import psutil
 import pytest
+import ringpeek
 from forking import Reaper
 from spamd_fixture import SpamdProcess
 
@@ -143,7 +144,7 @@ def counters(row: RowSnapshot) -> dict[C, int]:
 
 
 def assert_drained(ring: Ring, overflow: Overflow) -> None:
-    assert set(ring.slot_states()) == {SlotState.FREE}
+    assert set(ringpeek.slot_states(ring)) == {SlotState.FREE}
     stats = overflow.stats()
     assert (stats.ready, stats.claimed, stats.writing) == (0, 0, 0)
 
@@ -371,7 +372,7 @@ class HeldCheckingSink(StopAfter):
 
     def write(self, record: dict[str, Any]) -> None:
         me = proc.self_identity()
-        in_ring = [s for s, st, owner in self.ring.iter_held()
+        in_ring = [s for s, st, owner in ringpeek.iter_held(self.ring)
                    if st is SlotState.CLAIMED and owner == me]
         in_cur = [n for n in os.listdir(self.overflow.path / "cur")
                   if n.startswith(record["id"])]
@@ -424,7 +425,7 @@ def test_unwritable_results_release_the_message_unacked(
     assert counters(row)[C.RELEASED] == 1 and counters(row)[C.PROCESSED] == 0
     # given back, not acked, and with its attempts unchanged
     if where == "ring":
-        assert ring.slot_states().count(SlotState.READY) == 1
+        assert ringpeek.slot_states(ring).count(SlotState.READY) == 1
     else:
         assert [parse_ready(n) for n in os.listdir(overflow.path / "new")] == [
             (msgid, len(envelope.frame(spam, env_for(1))), 0)
@@ -446,7 +447,7 @@ def test_a_crash_while_recording_leaves_the_claim_held(tmp_path: Path, ring: Rin
     with pytest.raises(RuntimeError):
         run_guarded(worker)
     # what the supervisor finds after such a death: the claim, held by us
-    held = ring.iter_held()
+    held = ringpeek.iter_held(ring)
     assert [(st, owner) for _, st, owner in held] == [(SlotState.CLAIMED, proc.self_identity())]
     assert ring.recover(proc.self_identity()).requeued == 1
     claim = ring.claim(0.0)
@@ -545,7 +546,7 @@ def test_spamd_down_releases_without_counting_attempts_then_resumes(
     row = row_of(ring, pid)
     assert row is not None and counters(row)[C.QUARANTINED] == 0
     assert counters(row)[C.RELEASED] >= MAX_ATTEMPTS + 1
-    assert ring.slot_states().count(SlotState.FREE) == SLOTS - 1  # still held back
+    assert ringpeek.slot_states(ring).count(SlotState.FREE) == SLOTS - 1  # still held back
 
     os.symlink(spamd_server.socket_path, sock)  # spamd comes up at that address
     wait_for(lambda: len(records(cfg, strict=False)) == 1, 20, "the record")
@@ -708,7 +709,7 @@ def test_recycles_after_the_current_message_when_over_the_memory_limit(
     worker = local_worker(cfg, ring, overflow, offline_processor(), ResultSink(cfg.results.dir))
     assert run_guarded(worker) == EXIT_OK  # returned by itself: nobody asked it to stop
     assert [r["id"] for r in records(cfg)] == [first]
-    states = ring.slot_states()
+    states = ringpeek.slot_states(ring)
     assert states.count(SlotState.READY) == 1  # the second waits for the replacement
     assert states.count(SlotState.CLAIMED) == 0  # the first was acked
     row = row_of(ring, os.getpid())

@@ -35,7 +35,8 @@ from ringtrap.control.child import Child
 from ringtrap.control.seam import OS
 from ringtrap.control.setup import SetupError
 from ringtrap.overflow import Overflow, OverflowFull
-from ringtrap.ring import ProcRow, Ring
+from ringtrap.ring import Ring
+from ringtrap.store.proctable import ProcRow
 
 log = logging.getLogger(__name__)
 

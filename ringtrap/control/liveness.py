@@ -20,7 +20,8 @@ from ringtrap.base.counters import C
 from ringtrap.base.states import ChildState, ProcState, Role
 from ringtrap.control.child import Child
 from ringtrap.control.seam import OS
-from ringtrap.ring import ProcRow, Ring, RowSnapshot
+from ringtrap.ring import Ring
+from ringtrap.store.proctable import ProcRow, RowSnapshot
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ import logging
 
 from ringtrap.base.counters import C
 from ringtrap.overflow import Overflow
-from ringtrap.ring import ProcRow
+from ringtrap.store.proctable import ProcRow
 
 log = logging.getLogger(__name__)
 
