@@ -39,6 +39,7 @@ from ringtrap.config import Config
 from ringtrap.overflow import Overflow, parse_ready
 from ringtrap.ring import PutResult, Ring, RowSnapshot, unlink_name
 from ringtrap.scan.processing import Processor
+from ringtrap.scan.record import Record
 from ringtrap.scan.results import ResultSink, read_results
 from ringtrap.scan.spamd import SpamdClient
 from ringtrap.worker import EXIT_OK, EXIT_SETUP, Worker, child_main, spamd_client
@@ -208,7 +209,7 @@ class StopAfter(ResultSink):
         self.n = n
         self.worker: Worker | None = None
 
-    def write(self, record: dict[str, Any]) -> None:
+    def write(self, record: Record) -> None:
         super().write(record)
         self.n -= 1
         if self.n <= 0 and self.worker is not None:
@@ -370,13 +371,13 @@ class HeldCheckingSink(StopAfter):
         self.overflow = overflow
         self.held_at_write: dict[str, bool] = {}
 
-    def write(self, record: dict[str, Any]) -> None:
+    def write(self, record: Record) -> None:
         me = proc.self_identity()
         in_ring = [s for s, st, owner in ringpeek.iter_held(self.ring)
                    if st is SlotState.CLAIMED and owner == me]
         in_cur = [n for n in os.listdir(self.overflow.path / "cur")
-                  if n.startswith(record["id"])]
-        self.held_at_write[record["id"]] = len(in_ring) + len(in_cur) == 1
+                  if n.startswith(record.id)]
+        self.held_at_write[record.id] = len(in_ring) + len(in_cur) == 1
         super().write(record)
 
 
@@ -402,7 +403,7 @@ class FailingSink(ResultSink):
         self.error = error
         self.worker: Worker | None = None
 
-    def write(self, record: dict[str, Any]) -> None:
+    def write(self, record: Record) -> None:
         if self.worker is not None:
             self.worker.stop(graceful=False)
         raise self.error
