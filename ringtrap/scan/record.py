@@ -84,6 +84,8 @@ class Record:
     ...) are None in a quarantined message's record, which parses nothing.
     """
 
+    # The order of the keys: the first fourteen fields are the original record
+    # and tools rely on them, so a new field only ever goes at the end.
     id: str
     received: str  # ISO 8601 UTC, see iso_utc
     size: int  # the message's bytes, the envelope line not counted
