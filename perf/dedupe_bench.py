@@ -118,7 +118,7 @@ def _worker(address: str, results_dir: str, skip: bool, items: list[tuple[int, b
                      dedupe=DedupeStore(results_dir, 86400.0), skip_duplicates=skip)
     out = []
     for i, data in items:
-        r = proc.process(f"m{i:06d}", envelope.frame(data), 1.8e9 + i, 0)
+        r = proc.process(f"m{i:06d}", envelope.frame(data), 1.8e9 + i, 0).to_dict()
         out.append((i, r["verdict"], r["duplicate_of"], r["scanned_ms"], r["fingerprint"]))
     queue.put((calls[0], out))
 

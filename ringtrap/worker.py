@@ -24,7 +24,6 @@ import dataclasses
 import logging
 import os
 import time
-from typing import Any
 
 import psutil
 
@@ -37,6 +36,7 @@ from ringtrap.overflow import Overflow, OverflowFull, UntrustedFile
 from ringtrap.ring import Ring
 from ringtrap.scan import quarantine
 from ringtrap.scan.processing import Processor
+from ringtrap.scan.record import Archiving, Record
 from ringtrap.scan.results import ResultSink
 from ringtrap.scan.spamd import (
     EX_TIMEOUT,
@@ -169,7 +169,7 @@ class Worker(ChildLoop):
             self._release(claim)
             self._dependency_down("results", msgid, exc)
             return
-        if self.stage is not None and record["verdict"] in self._stage_verdicts:
+        if self.stage is not None and record.verdict in self._stage_verdicts:
             self._hand_on(msgid, payload)
         self._ack(claim)  # only now: the record is in the file
         self._finished(claim, record, time.monotonic() - started)
@@ -192,21 +192,21 @@ class Worker(ChildLoop):
             return
         self._count(C.STAGE_HANDED_ON)
 
-    def _finished(self, claim: StoreClaim, record: dict[str, Any], took: float) -> None:
+    def _finished(self, claim: StoreClaim, record: Record, took: float) -> None:
         self.done += 1
         self._count(C.PROCESSED)
-        verdict = record["verdict"]
-        scanned_ms = record["scanned_ms"]
+        verdict = record.verdict
+        scanned_ms = record.scanned_ms
         if scanned_ms is not None:
             self._count(C.SCANNED)
             self._count(C.SCAN_US, int(scanned_ms * 1000))
             self._count(scan_bucket(scanned_ms / 1000.0))
         self._dependency_up(claim.msgid)  # whatever was down is back: reset the backoff
-        if record.get("duplicate_of"):
+        if record.duplicate_of:
             self._count(C.DEDUPE_HITS)
-        if record.get("archived"):
+        if record.archived.outcome is Archiving.STORED:
             self._count(C.ARCHIVED)
-        elif record.get("archived") is False:
+        elif record.archived.outcome is Archiving.FAILED:
             self._count(C.ARCHIVE_ERRORS)
         if verdict == "error":
             self._count(C.SPAMD_ERRORS)
@@ -219,12 +219,12 @@ class Worker(ChildLoop):
             self._since_rss_check = RSS_CHECK_EVERY
         log.info(
             "%s: %s score=%s required=%s from %s, %d bytes, attempt %d, %.1f ms%s",
-            claim.msgid, verdict, record["score"], record["required"],
-            claim.store, record["size"],
+            claim.msgid, verdict, record.score, record.required,
+            claim.store, record.size,
             claim.attempts, took * 1000.0,
-            f" ({record['reason']})" if record["reason"] else "",
+            f" ({record.reason})" if record.reason else "",
             extra={"event": "processed", "msgid": claim.msgid, "verdict": verdict,
-                   "score": record["score"], "ms": round(took * 1000.0, 1)},
+                   "score": record.score, "ms": round(took * 1000.0, 1)},
         )
 
     # -- claims --------------------------------------------------------------------

@@ -69,12 +69,12 @@ def test_results_retention(tmp_path: Path) -> None:
 def test_processor_archives_by_verdict_and_records_the_path(tmp_path: Path) -> None:
     archive = MaildirArchive(tmp_path, ["bounce", "virus"], 30, clock=lambda: T0)
     proc = Processor(spamd=None, scan_limit_bytes=1 << 20, archive=archive)
-    r = proc.process("m1", envelope.frame(mb.dsn(), envelope.Envelope(sender="")), T0, 0)
+    r = proc.process("m1", envelope.frame(mb.dsn(), envelope.Envelope(sender="")), T0, 0).to_dict()
     assert r["verdict"] == "bounce"
     assert (tmp_path / r["archived"]).read_bytes() == mb.dsn()  # no envelope line
-    r = proc.process("m2", b"\x00garbage" + mb.EICAR, T0, 0)
+    r = proc.process("m2", b"\x00garbage" + mb.EICAR, T0, 0).to_dict()
     assert r["verdict"] == "virus" and r["archived"].startswith("2027-01-15/virus/")
-    r = proc.process("m3", envelope.frame(mb.plain()), T0, 0)
+    r = proc.process("m3", envelope.frame(mb.plain()), T0, 0).to_dict()
     assert r["verdict"] == "not_scanned" and r["archived"] is None
     assert r["timings_ms"]["archive"] >= 0
 
@@ -89,7 +89,7 @@ def test_an_archive_that_cannot_write_is_recorded_as_false(tmp_path: Path) -> No
         directory.mkdir(mode=0o500)
     archive = MaildirArchive(directory, ["bounce"], 30, clock=lambda: T0)
     proc = Processor(spamd=None, scan_limit_bytes=1 << 20, archive=archive)
-    r = proc.process("m1", envelope.frame(mb.dsn()), T0, 0)
+    r = proc.process("m1", envelope.frame(mb.dsn()), T0, 0).to_dict()
     assert r["verdict"] == "bounce" and r["archived"] is False
     assert proc.archive_errors == 1
 

@@ -100,7 +100,7 @@ def test_repeats_are_recorded_from_the_first_scan(tmp_path: Path,
     counting = CountingClient(spamd_server.unix_address)
     skip = Processor(spamd=counting, scan_limit_bytes=1 << 20,
                      dedupe=DedupeStore(tmp_path, 3600), skip_duplicates=True)
-    records = [skip.process(f"id{n}", envelope.frame(mb.campaign_copy(n)), T0 + n, 0)
+    records = [skip.process(f"id{n}", envelope.frame(mb.campaign_copy(n)), T0 + n, 0).to_dict()
                for n in range(20)]
     assert len(calls) == 1
     head, rest = records[0], records[1:]
@@ -117,6 +117,6 @@ def test_repeats_are_recorded_from_the_first_scan(tmp_path: Path,
     calls.clear()
     scan = Processor(spamd=counting, scan_limit_bytes=1 << 20,
                      dedupe=DedupeStore(tmp_path, 3600))
-    again = scan.process("id99", envelope.frame(mb.campaign_copy(99)), T0 + 99, 0)
+    again = scan.process("id99", envelope.frame(mb.campaign_copy(99)), T0 + 99, 0).to_dict()
     assert len(calls) == 1
     assert again["duplicate_of"] == "id0" and again["verdict"] == head["verdict"]

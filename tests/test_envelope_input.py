@@ -63,12 +63,12 @@ def test_a_bad_client_address_stays_in_the_envelope_but_is_no_relay_ip() -> None
     offline = Processor(spamd=None, scan_limit_bytes=500 * 1024)
     msg = b"Received: from x ([203.0.113.9]) by y\r\n" + MSG
     env = Envelope(sender="s@example.org", client_address="not-an-ip", client_helo="h.example")
-    record = offline.process("661b6ceb95adf-000001", envelope.frame(msg, env), 1.7e9, 0)
+    record = offline.process("661b6ceb95adf-000001", envelope.frame(msg, env), 1.7e9, 0).to_dict()
     assert record["relay_ip"] is None
     assert record["relay_source"] == "mta_invalid"
     assert record["envelope"]["client_address"] == "not-an-ip"
     good = Envelope(client_address="IPv6:2001:DB8::1")
-    record = offline.process("661b6ceb95adf-000002", envelope.frame(msg, good), 1.7e9, 0)
+    record = offline.process("661b6ceb95adf-000002", envelope.frame(msg, good), 1.7e9, 0).to_dict()
     assert (record["relay_ip"], record["relay_source"]) == ("2001:db8::1", "mta")
 
 
@@ -223,7 +223,7 @@ def test_an_oversized_envelope_keeps_the_message(
     assert env.recipients_dropped == 2000 - len(env.recipients)
     # the worker's record carries the count
     offline = Processor(spamd=None, scan_limit_bytes=500 * 1024)
-    record = offline.process(msgid, envelope.frame(msg, env), 1.7e9, 0)
+    record = offline.process(msgid, envelope.frame(msg, env), 1.7e9, 0).to_dict()
     assert record["envelope"]["recipients_dropped"] == env.recipients_dropped
     assert (record["relay_ip"], record["relay_source"]) == (None, "mta_invalid")
 

@@ -91,7 +91,7 @@ def test_normalize_is_unchanged_at_the_limits(text: str) -> None:
 def test_a_huge_decimal_reference_does_not_raise() -> None:
     # int() refuses more than 4300 digits: html.unescape raised ValueError
     rec = Processor(spamd=None, scan_limit_bytes=500 * 1024).process(
-        "0640c3f1a2b3c-0004d2", linearity.SHAPES["&# and digits (html)"](10_000), 0.0, 1)
+        "0640c3f1a2b3c-0004d2", linearity.SHAPES["&# and digits (html)"](10_000), 0.0, 1).to_dict()
     assert rec["verdict"] == "not_scanned" and rec["fingerprint"] is None
     assert extract.unescape("&#65;&#" + "9" * 5000 + ";&#66;") == "A\ufffdB"
 

@@ -23,7 +23,8 @@ from spamd_fixture import SpamdProcess
 from ringtrap.base import envelope
 from ringtrap.base.envelope import Envelope
 from ringtrap.scan.mime import HEADER_WINDOW, MAX_HEADERS, MAX_VALUE_CHARS, decode_words
-from ringtrap.scan.processing import REASON_SPAMD_OFF, RECORD_KEYS, Processor
+from ringtrap.scan.processing import REASON_SPAMD_OFF, Processor
+from ringtrap.scan.record import RECORD_KEYS
 from ringtrap.scan.spamd import SpamdClient, SpamdConnectionError
 
 EXAMPLES = Path("/usr/share/doc/spamassassin/examples")
@@ -67,7 +68,7 @@ def check_shape(record: dict[str, object]) -> None:
 @pytest.mark.spamd
 def test_spam_sample_is_spam(scanner: Processor) -> None:
     message = SPAM.read_bytes()
-    record = scanner.process(MSGID, envelope.frame(message, ENV), RECEIVED, 2)
+    record = scanner.process(MSGID, envelope.frame(message, ENV), RECEIVED, 2).to_dict()
     check_shape(record)
     assert record["verdict"] == "spam"
     assert isinstance(record["score"], float) and isinstance(record["required"], float)
@@ -87,7 +88,7 @@ def test_spam_sample_is_spam(scanner: Processor) -> None:
 @pytest.mark.spamd
 def test_spam_sample_record_has_what_an_operator_mines(scanner: Processor) -> None:
     message = SPAM.read_bytes()
-    record = scanner.process(MSGID, envelope.frame(message, ENV), RECEIVED, 0)
+    record = scanner.process(MSGID, envelope.frame(message, ENV), RECEIVED, 0).to_dict()
     assert (record["relay_ip"], record["relay_helo"], record["relay_source"]) == (
         "192.0.2.7", "mx.example.org", "mta")
     assert record["from_domain"] == "example.net"
@@ -108,7 +109,7 @@ def test_spam_sample_record_has_what_an_operator_mines(scanner: Processor) -> No
 @pytest.mark.spamd
 def test_nonspam_sample_is_ham(scanner: Processor) -> None:
     message = HAM.read_bytes()
-    record = scanner.process(MSGID, envelope.frame(message, ENV), RECEIVED, 0)
+    record = scanner.process(MSGID, envelope.frame(message, ENV), RECEIVED, 0).to_dict()
     check_shape(record)
     assert record["verdict"] == "ham"
     assert record["score"] < record["required"]
@@ -126,7 +127,7 @@ def test_nonspam_sample_is_ham(scanner: Processor) -> None:
 @pytest.mark.spamd
 def test_payload_without_envelope_line_is_the_whole_message(scanner: Processor) -> None:
     message = SPAM.read_bytes()
-    record = scanner.process(MSGID, message, RECEIVED, 0)
+    record = scanner.process(MSGID, message, RECEIVED, 0).to_dict()
     assert record["envelope"] == {}
     assert record["size"] == len(message)
     assert record["verdict"] == "spam"
@@ -136,7 +137,7 @@ def test_payload_without_envelope_line_is_the_whole_message(scanner: Processor) 
 
 
 def test_spamd_off_is_not_scanned() -> None:
-    record = offline().process(MSGID, envelope.frame(SPAM.read_bytes(), ENV), RECEIVED, 0)
+    record = offline().process(MSGID, envelope.frame(SPAM.read_bytes(), ENV), RECEIVED, 0).to_dict()
     check_shape(record)
     assert record["verdict"] == "not_scanned"
     assert record["reason"] == REASON_SPAMD_OFF
@@ -150,7 +151,7 @@ def test_spamd_off_is_not_scanned() -> None:
 def test_over_scan_limit_never_contacts_spamd() -> None:
     message = SPAM.read_bytes()
     proc = Processor(spamd=missing_spamd(), scan_limit_bytes=len(message) - 1)
-    record = proc.process(MSGID, envelope.frame(message), RECEIVED, 0)
+    record = proc.process(MSGID, envelope.frame(message), RECEIVED, 0).to_dict()
     assert record["verdict"] == "oversize"
     assert record["reason"] == f"{len(message)} bytes over the scan limit of {len(message) - 1}"
     assert record["size"] == len(message)
@@ -199,7 +200,7 @@ def test_verdict_is_spamds_flag_not_recomputed_from_the_score() -> None:
         client = SpamdClient(f"unix:{fake.path}", connect_timeout=2.0, timeout=5.0)
         record = Processor(spamd=client, scan_limit_bytes=1 << 20).process(
             MSGID, envelope.frame(HAM.read_bytes()), RECEIVED, 0
-        )
+        ).to_dict()
     finally:
         fake.close()
     assert (record["verdict"], record["score"], record["required"]) == ("spam", 1.5, 5.0)
@@ -212,7 +213,7 @@ def test_non_retryable_spamd_error_is_recorded_as_error() -> None:
         client = SpamdClient(f"unix:{fake.path}", connect_timeout=2.0, timeout=5.0)
         record = Processor(spamd=client, scan_limit_bytes=1 << 20).process(
             MSGID, envelope.frame(HAM.read_bytes(), ENV), RECEIVED, 1
-        )
+        ).to_dict()
     finally:
         fake.close()
     check_shape(record)
@@ -226,7 +227,7 @@ def test_non_retryable_spamd_error_is_recorded_as_error() -> None:
 
 
 def test_received_is_iso_utc_with_offset() -> None:
-    record = offline().process(MSGID, b"Subject: x\n\nbody\n", RECEIVED, 0)
+    record = offline().process(MSGID, b"Subject: x\n\nbody\n", RECEIVED, 0).to_dict()
     when = datetime.datetime.fromisoformat(record["received"])
     assert when.utcoffset() == datetime.timedelta(0)
     assert when.timestamp() == pytest.approx(RECEIVED, abs=1e-6)
@@ -234,7 +235,7 @@ def test_received_is_iso_utc_with_offset() -> None:
 
 
 def test_missing_headers_are_null() -> None:
-    record = offline().process(MSGID, envelope.frame(b"just a body line\n"), RECEIVED, 0)
+    record = offline().process(MSGID, envelope.frame(b"just a body line\n"), RECEIVED, 0).to_dict()
     assert record["from"] is None and record["subject"] is None
     assert record["message_id"] is None
 
@@ -244,7 +245,7 @@ def test_missing_headers_are_null() -> None:
 
 def parse_headers(message: bytes) -> dict[str, str]:
     """From, Subject and Message-ID as the record of ``message`` gives them, when present."""
-    record = offline().process(MSGID, envelope.frame(message), RECEIVED, 0)
+    record = offline().process(MSGID, envelope.frame(message), RECEIVED, 0).to_dict()
     return {key: record[key] for key in ("from", "subject", "message_id")
             if record[key] is not None}
 
@@ -288,13 +289,13 @@ def test_character_split_across_two_words_survives() -> None:
 )
 def test_broken_encoded_words_never_raise(raw: bytes) -> None:
     assert isinstance(decode_words(raw), str)
-    record = offline().process(MSGID, b"Subject: " + raw + b"\n\nbody\n", RECEIVED, 0)
+    record = offline().process(MSGID, b"Subject: " + raw + b"\n\nbody\n", RECEIVED, 0).to_dict()
     assert isinstance(record["subject"], str)
 
 
 def test_garbage_bytes_give_a_record() -> None:
     garbage = bytes(range(256)) * 400
-    record = offline().process(MSGID, garbage, RECEIVED, 0)
+    record = offline().process(MSGID, garbage, RECEIVED, 0).to_dict()
     check_shape(record)
     assert record["size"] == len(garbage)
     assert record["subject"] is None
@@ -314,7 +315,7 @@ UNPARSEABLE = {
 @pytest.mark.spamd
 @pytest.mark.parametrize("name", sorted(UNPARSEABLE))
 def test_what_cannot_be_parsed_is_scanned(name: str, scanner: Processor) -> None:
-    record = scanner.process(MSGID, envelope.frame(UNPARSEABLE[name], ENV), RECEIVED, 0)
+    record = scanner.process(MSGID, envelope.frame(UNPARSEABLE[name], ENV), RECEIVED, 0).to_dict()
     assert record["parse_error"] == "no header fields"
     assert record["verdict"] in ("spam", "ham") and record["score"] is not None, record
     assert (record["verdict"] == "spam") == (record["score"] >= record["required"])
@@ -325,7 +326,7 @@ def test_what_cannot_be_parsed_is_scanned(name: str, scanner: Processor) -> None
 def test_ten_thousand_headers_are_capped() -> None:
     many = b"".join(b"X-Filler-%d: value\r\n" % i for i in range(10_000))
     message = b"Subject: first\r\n" + many + b"From: late@example.org\r\n\r\nbody\r\n"
-    record = offline().process(MSGID, envelope.frame(message), RECEIVED, 0)
+    record = offline().process(MSGID, envelope.frame(message), RECEIVED, 0).to_dict()
     assert record["subject"] == "first"
     assert record["from"] is None  # beyond the header cap and the window
     # a wanted header just inside the cap is still found
@@ -358,7 +359,7 @@ def test_mbox_separator_line_is_skipped_and_body_is_not_headers() -> None:
 def test_forged_envelope_prefix_is_handled() -> None:
     # a payload that starts like an envelope line but is not one
     payload = b"RTM1 " + b"[" * 100_000 + b"\nSubject: x\n\n"
-    record = offline().process(MSGID, payload, RECEIVED, 0)
+    record = offline().process(MSGID, payload, RECEIVED, 0).to_dict()
     assert record["envelope"] == {}
     assert record["size"] == len(payload)
 
@@ -366,7 +367,7 @@ def test_forged_envelope_prefix_is_handled() -> None:
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=4096))
 def test_arbitrary_bytes_never_crash(payload: bytes) -> None:
-    record = offline().process(MSGID, payload, RECEIVED, 0)
+    record = offline().process(MSGID, payload, RECEIVED, 0).to_dict()
     check_shape(record)
     for key in ("from", "subject", "message_id"):
         assert record[key] is None or isinstance(record[key], str)
@@ -392,7 +393,7 @@ _line = st.builds(
 @given(st.lists(_line, max_size=30), st.sampled_from([b"\n", b"\r\n"]))
 def test_header_shaped_garbage_never_crashes(lines: list[bytes], eol: bytes) -> None:
     message = eol.join(lines) + eol + eol + b"body"
-    record = offline().process(MSGID, envelope.frame(message, ENV), RECEIVED, 0)
+    record = offline().process(MSGID, envelope.frame(message, ENV), RECEIVED, 0).to_dict()
     check_shape(record)
     assert record["envelope"] == ENV.to_dict()
     for key in ("from", "subject", "message_id"):

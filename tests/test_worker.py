@@ -38,7 +38,9 @@ from ringtrap.base.states import ProcState, Role, SlotState
 from ringtrap.config import Config
 from ringtrap.overflow import Overflow, parse_ready
 from ringtrap.ring import PutResult, Ring
+from ringtrap.scan.archive import MaildirArchive
 from ringtrap.scan.processing import Processor
+from ringtrap.scan.record import Record
 from ringtrap.scan.results import ResultSink, read_results
 from ringtrap.scan.spamd import SpamdClient
 from ringtrap.store.proctable import RowSnapshot
@@ -210,7 +212,7 @@ class StopAfter(ResultSink):
         self.n = n
         self.worker: Worker | None = None
 
-    def write(self, record: dict[str, Any]) -> None:
+    def write(self, record: Record) -> None:
         super().write(record)
         self.n -= 1
         if self.n <= 0 and self.worker is not None:
@@ -372,13 +374,13 @@ class HeldCheckingSink(StopAfter):
         self.overflow = overflow
         self.held_at_write: dict[str, bool] = {}
 
-    def write(self, record: dict[str, Any]) -> None:
+    def write(self, record: Record) -> None:
         me = proc.self_identity()
         in_ring = [s for s, st, owner in ringpeek.iter_held(self.ring)
                    if st is SlotState.CLAIMED and owner == me]
         in_cur = [n for n in os.listdir(self.overflow.path / "cur")
-                  if n.startswith(record["id"])]
-        self.held_at_write[record["id"]] = len(in_ring) + len(in_cur) == 1
+                  if n.startswith(record.id)]
+        self.held_at_write[record.id] = len(in_ring) + len(in_cur) == 1
         super().write(record)
 
 
@@ -404,7 +406,7 @@ class FailingSink(ResultSink):
         self.error = error
         self.worker: Worker | None = None
 
-    def write(self, record: dict[str, Any]) -> None:
+    def write(self, record: Record) -> None:
         if self.worker is not None:
             self.worker.stop(graceful=False)
         raise self.error
@@ -698,6 +700,35 @@ def test_sigkill_mid_scan_then_another_worker_processes_it(
 
 
 # -- memory ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("outcome", "verdicts", "archived", "errors"), [
+    ("stored", ["not_scanned"], 1, 0),
+    ("skipped", ["spam"], 0, 0),
+    ("failed", ["not_scanned"], 0, 1),
+])
+def test_archive_outcomes_are_counted(tmp_path: Path, ring: Ring, spam: bytes, outcome: str,
+                                      verdicts: list[str], archived: int, errors: int) -> None:
+    cfg = make_cfg(tmp_path, ring.name)
+    overflow = open_overflow(cfg)
+    msgid = put(ring, overflow, spam, 1, "ring")
+    where = tmp_path / "archive"
+    if outcome == "failed":
+        where.write_text("a file where the archive's directory should be")
+    processor = Processor(spamd=None, scan_limit_bytes=500 * 1024,
+                          archive=MaildirArchive(where, verdicts, 0))
+    worker = local_worker(cfg, ring, overflow, processor, StopAfter(cfg.results.dir, 1))
+    assert run_guarded(worker) == EXIT_OK
+    [record] = records(cfg)
+    assert record["id"] == msgid and record["verdict"] == "not_scanned"
+    # the record's archived value: the copy's path, null when skipped, false when it failed
+    value = {"stored": lambda v: isinstance(v, str) and (where / v).is_file(),
+             "skipped": lambda v: v is None, "failed": lambda v: v is False}[outcome]
+    assert value(record["archived"]), record["archived"]
+    row = row_of(ring, os.getpid())
+    assert row is not None
+    assert (counters(row)[C.ARCHIVED], counters(row)[C.ARCHIVE_ERRORS]) == (archived, errors)
+    assert counters(row)[C.PROCESSED] == 1
 
 
 def test_recycles_after_the_current_message_when_over_the_memory_limit(

@@ -5,8 +5,8 @@ fixed bounds (:mod:`ringtrap.scan.mime`), extracts what an operator mines from i
 (:mod:`ringtrap.scan.extract`), runs the cheap prefilters (:mod:`ringtrap.scan.prefilter`),
 looks the body's fingerprint up among recent campaigns
 (:mod:`ringtrap.scan.dedupe`), asks spamd for a verdict, archives the message
-(:mod:`ringtrap.scan.archive`) and builds the record the worker writes to the
-results.  It knows nothing of queues: the caller claims, records and
+(:mod:`ringtrap.scan.archive`) and builds the :class:`~ringtrap.scan.record.Record`
+the worker writes to the results.  It knows nothing of queues: the caller claims, records and
 acknowledges.
 
 Trap mail is hostile (binary garbage, thousands of headers, broken RFC 2047
@@ -18,12 +18,10 @@ besides the claim it holds.
 
 from __future__ import annotations
 
-import datetime
 import ipaddress
 import logging
 import time
-from collections.abc import Collection, Iterable
-from typing import Any
+from collections.abc import Callable, Collection, Iterable
 
 from ringtrap.base import envelope
 from ringtrap.base.envelope import Envelope
@@ -32,29 +30,18 @@ from ringtrap.config import Config
 from ringtrap.scan import extract, mime, prefilter
 from ringtrap.scan.archive import MaildirArchive
 from ringtrap.scan.dedupe import DedupeStore, First
+from ringtrap.scan.record import ARCHIVE_FAILED, NOT_ARCHIVED, Archived, Record, iso_utc
 from ringtrap.scan.spamd import SpamdClient, SpamdError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RECORD_KEYS", "VERDICTS", "Processor", "iso_utc", "split_payload"]
-
-# Record keys, in the order they are written.  The first fourteen are the
-# original record: tools rely on them, so new keys only ever go at the end.
-RECORD_KEYS = (
-    "id", "received", "size", "verdict", "reason", "score", "required", "rules",
-    "from", "subject", "message_id", "scanned_ms", "attempts", "envelope",
-    "relay_ip", "relay_helo", "relay_source", "from_domain", "reply_to_domain",
-    "return_path_domain", "date", "urls", "url_domains", "attachments", "body_sha256",
-    "fingerprint", "duplicate_of", "defects", "archived", "timings_ms", "quarantine",
-    "parse_error",
-)
+__all__ = ["VERDICTS", "Processor", "split_payload"]
 
 # what processing gives (a quarantined message is never processed)
 VERDICTS = tuple(v for v in Verdict if v is not Verdict.QUARANTINED)
 
 REASON_SPAMD_OFF = "spamd off"
 
-_WANTED = {"from": "from", "subject": "subject", "message-id": "message_id"}
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -67,13 +54,15 @@ class Processor:
     read from Received fields.  ``dedupe`` recognises campaign repeats and,
     with ``skip_duplicates``, records a repeat from the first message's scan
     instead of scanning it.  ``archive`` stores messages by verdict.
+    ``monotonic`` is the clock the steps' timings are read from.
     """
 
     def __init__(self, *, spamd: SpamdClient | None, scan_limit_bytes: int,
                  checks: Collection[str] = prefilter.CHECKS,
                  trusted_networks: Iterable[Network] = (),
                  dedupe: DedupeStore | None = None, skip_duplicates: bool = False,
-                 archive: MaildirArchive | None = None) -> None:
+                 archive: MaildirArchive | None = None,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         """``spamd`` None records every message unscanned ("spamd off")."""
         self.spamd = spamd
         self.scan_limit_bytes = scan_limit_bytes
@@ -83,6 +72,7 @@ class Processor:
         self.skip_duplicates = skip_duplicates
         self.archive = archive
         self.archive_errors = 0
+        self._monotonic = monotonic
 
     @classmethod
     def from_config(cls, cfg: Config, spamd: SpamdClient | None) -> Processor:
@@ -98,7 +88,7 @@ class Processor:
                                      cfg.records.trusted_networks],
                    dedupe=dedupe, skip_duplicates=cfg.dedupe.skip_scan, archive=archive)
 
-    def process(self, msgid: str, payload: bytes, received: float, attempts: int) -> dict[str, Any]:
+    def process(self, msgid: str, payload: bytes, received: float, attempts: int) -> Record:
         """Build the result record of one stored payload.
 
         Raises a retryable :class:`~ringtrap.scan.spamd.SpamdError` unchanged (the
@@ -106,7 +96,7 @@ class Processor:
         is recorded as verdict "error" with the reason.  ``received`` is
         wall-clock seconds since the epoch.
         """
-        clock = _Clock()
+        clock = _Clock(self._monotonic)
         env, message = split_payload(payload)
         size = message.nbytes
         msg = mime.parse(message)
@@ -115,31 +105,31 @@ class Processor:
         files = extract.attachments(msg)
         texts = extract.text_parts(msg)
         found = extract.urls(text for _, text in texts)
-        record["urls"] = found
-        record["url_domains"] = extract.url_domains(found)
-        record["attachments"] = [f.to_dict() for f in files]
-        record["body_sha256"] = extract.body_sha256(msg)
-        record["fingerprint"] = extract.fingerprint(texts, files)
+        record.urls = found
+        record.url_domains = extract.url_domains(found)
+        record.attachments = files
+        record.body_sha256 = extract.body_sha256(msg)
+        record.fingerprint = extract.fingerprint(texts, files)
         clock.lap("extract")
         taken = prefilter.check(msg, message, env, size, self.scan_limit_bytes, files,
                                 self.checks)
         clock.lap("prefilter")
         if taken is not None:
-            record["verdict"], record["reason"] = taken
+            record.verdict, record.reason = taken
         elif self.spamd is None:
-            record["reason"] = REASON_SPAMD_OFF
+            record.reason = REASON_SPAMD_OFF
         else:
             self._scan(record, message, received, clock)
         if self.archive is not None:
-            record["archived"] = self._archive(record, message, received)
+            record.archived = self._archive(record, message, received)
             clock.lap("archive")
-        record["timings_ms"] = clock.laps
+        record.timings_ms = clock.laps
         return record
 
     def _describe(self, msgid: str, received: float, attempts: int, size: int,
-                  env: Envelope, msg: mime.Message) -> dict[str, Any]:
+                  env: Envelope, msg: mime.Message) -> Record:
         """The record's fields that need no scan, with the verdict still "not_scanned"."""
-        heads = {key: msg.get(name) for name, key in _WANTED.items()}
+        sender = msg.get("from")
         if env.client_address:
             # the MTA's value stays as given in the envelope; only an address is a relay_ip
             relay_ip, relay_helo = envelope.relay_address(env.client_address), env.client_helo
@@ -148,42 +138,41 @@ class Processor:
             relay_ip, relay_helo = extract.first_untrusted_relay(msg, self.trusted_networks)
             source = "received" if relay_ip else None
         return_path = env.sender if env.sender is not None else msg.get("return-path")
-        record: dict[str, Any] = dict.fromkeys(RECORD_KEYS)
-        record.update({
-            "id": msgid,
-            "received": iso_utc(received),
-            "size": size,
-            "verdict": Verdict.NOT_SCANNED,
-            "rules": [],
-            **heads,
-            "attempts": attempts,
-            "envelope": env.to_dict(),
-            "relay_ip": relay_ip,
-            "relay_helo": relay_helo,
-            "relay_source": source,
-            "from_domain": extract.address_domain(heads["from"]),
-            "reply_to_domain": extract.address_domain(msg.get("reply-to")),
-            "return_path_domain": extract.address_domain(return_path),
-            "date": msg.get("date"),
-            "defects": msg.defects,
-            # why the walk could not read it as a message; it is scanned all the same
-            "parse_error": msg.unparseable,
-        })
-        return record
+        return Record(
+            id=msgid,
+            received=iso_utc(received),
+            size=size,
+            verdict=Verdict.NOT_SCANNED,
+            from_=sender,
+            subject=msg.get("subject"),
+            message_id=msg.get("message-id"),
+            attempts=attempts,
+            envelope=env,
+            relay_ip=relay_ip,
+            relay_helo=relay_helo,
+            relay_source=source,
+            from_domain=extract.address_domain(sender),
+            reply_to_domain=extract.address_domain(msg.get("reply-to")),
+            return_path_domain=extract.address_domain(return_path),
+            date=msg.get("date"),
+            defects=msg.defects,
+            parse_error=msg.unparseable,
+        )
 
-    def _scan(self, record: dict[str, Any], message: memoryview, received: float,
+    def _scan(self, record: Record, message: memoryview, received: float,
               clock: _Clock) -> None:
-        fingerprint = record["fingerprint"]
+        fingerprint = record.fingerprint
         first: First | None = None
         if self.dedupe is not None and fingerprint:
             first = self.dedupe.lookup(fingerprint, received)
             clock.lap("dedupe")
         if first is not None:
-            record["duplicate_of"] = first.msgid
+            record.duplicate_of = first.msgid
             if self.skip_duplicates:
-                record.update(verdict=Verdict.DUPLICATE, score=first.score, required=first.required,
-                              rules=list(first.rules),
-                              reason=f"repeat of {first.msgid} ({first.verdict})")
+                record.verdict, record.reason = (Verdict.DUPLICATE,
+                                                 f"repeat of {first.msgid} ({first.verdict})")
+                record.score, record.required = first.score, first.required
+                record.rules = list(first.rules)
                 return
         try:
             result = self.spamd.symbols(message)  # type: ignore[union-attr]
@@ -191,48 +180,49 @@ class Processor:
             if exc.retryable:
                 raise
             # spamd answered, so the time it took is still worth recording
-            record["scanned_ms"] = clock.lap("scan")
-            record["verdict"] = Verdict.ERROR
-            record["reason"] = f"spamd: {exc}"
+            record.scanned_ms = clock.lap("scan")
+            record.verdict = Verdict.ERROR
+            record.reason = f"spamd: {exc}"
             return
-        record["scanned_ms"] = clock.lap("scan")
-        record["verdict"] = Verdict.SPAM if result.spam else Verdict.HAM
-        record["score"] = result.score
-        record["required"] = result.required
-        record["rules"] = list(result.rules)
+        record.scanned_ms = clock.lap("scan")
+        record.verdict = Verdict.SPAM if result.spam else Verdict.HAM
+        record.score = result.score
+        record.required = result.required
+        record.rules = list(result.rules)
         if self.dedupe is not None and fingerprint and first is None:
             self.dedupe.remember(fingerprint, First(
-                record["id"], received, record["verdict"], result.score, result.required,
+                record.id, received, record.verdict, result.score, result.required,
                 result.rules))
             clock.lap("dedupe")
 
-    def _archive(self, record: dict[str, Any], message: memoryview,
-                 received: float) -> str | bool | None:
-        """The archived copy's path, None when not archived, False when the archive failed."""
+    def _archive(self, record: Record, message: memoryview, received: float) -> Archived:
+        """Where the archived copy went, or why there is none."""
         assert self.archive is not None
         try:
-            return self.archive.store(record["id"], record["verdict"], message, received)
+            path = self.archive.store(record.id, record.verdict, message, received)
         except OSError as exc:
             # the corpus is a copy; the record is what must not be lost
             self.archive_errors += 1
             if self.archive_errors == 1 or self.archive_errors % 100 == 0:
                 log.warning("%s: cannot archive (%s); %d archive error(s) so far",
-                            record["id"], exc, self.archive_errors)
-            return False
+                            record.id, exc, self.archive_errors)
+            return ARCHIVE_FAILED
+        return NOT_ARCHIVED if path is None else Archived.at(path)
 
 
 class _Clock:
     """Milliseconds spent in each step of one message, on the monotonic clock."""
 
-    __slots__ = ("laps", "last")
+    __slots__ = ("laps", "last", "monotonic")
 
-    def __init__(self) -> None:
+    def __init__(self, monotonic: Callable[[], float]) -> None:
+        self.monotonic = monotonic
         self.laps: dict[str, float] = {}
-        self.last = time.monotonic()
+        self.last = monotonic()
 
     def lap(self, step: str) -> float:
         """Charge the time since the last lap to ``step``; returns this lap's ms."""
-        now = time.monotonic()
+        now = self.monotonic()
         ms = round((now - self.last) * 1000.0, 3)
         self.laps[step] = round(self.laps.get(step, 0.0) + ms, 3)
         self.last = now
@@ -250,9 +240,3 @@ def split_payload(payload: bytes) -> tuple[Envelope, memoryview]:
     except (envelope.FrameError, RecursionError):
         # RecursionError: absurdly nested JSON after a forged "RTM1 " prefix
         return Envelope(), memoryview(payload)
-
-
-def iso_utc(epoch: float) -> str:
-    """``epoch`` seconds as ISO 8601 in UTC with its offset, to the microsecond."""
-    when = datetime.datetime.fromtimestamp(epoch, tz=datetime.UTC)
-    return when.isoformat(timespec="microseconds")

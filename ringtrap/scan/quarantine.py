@@ -13,17 +13,15 @@ parsed here; it is what killed the worker.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
 
 from ringtrap.base import envelope
+from ringtrap.base.envelope import Envelope
 from ringtrap.base.states import Verdict
-from ringtrap.scan.processing import RECORD_KEYS, iso_utc
-
-Store = Literal["ring", "overflow", "stage"]
+from ringtrap.scan.record import Quarantine, Record, Store, iso_utc
 
 
-def peek_envelope(head: bytes) -> tuple[dict[str, Any], int] | None:
-    """The envelope (as a record holds it) and the envelope line's length, from a payload's start.
+def peek_envelope(head: bytes) -> tuple[Envelope, int] | None:
+    """The envelope and the envelope line's length, from a payload's start.
 
     ``head`` needs only the first :data:`ringtrap.base.envelope.MAX_LINE` bytes of
     the payload.  None when it does not start with an envelope line the
@@ -36,7 +34,7 @@ def peek_envelope(head: bytes) -> tuple[dict[str, Any], int] | None:
         env, _ = envelope.unframe(head[: end + 1])
     except (envelope.FrameError, RecursionError):
         return None
-    return env.to_dict(), end + 1
+    return env, end + 1
 
 
 def record(
@@ -50,7 +48,7 @@ def record(
     path: Path | None,
     payload_size: int,
     head: bytes | None,
-) -> dict[str, Any]:
+) -> Record:
     """The record of one quarantined message.
 
     ``payload_size`` is the stored payload's size, envelope line included;
@@ -59,31 +57,22 @@ def record(
     payload's.  ``path`` is the quarantined copy in failed/ (None when it was
     not kept).
     """
-    env: dict[str, Any] | None = None
+    env: Envelope | None = None
     size = payload_size
     peeked = peek_envelope(head) if head is not None else None
     if peeked is not None:
         env, line = peeked
         size = max(0, payload_size - line)
-    out: dict[str, Any] = dict.fromkeys(RECORD_KEYS)
-    out.update(
-        {
-            "id": msgid,
-            "received": iso_utc(received),
-            "size": size,
-            "verdict": Verdict.QUARANTINED,
-            "reason": reason,
-            "rules": [],
-            "attempts": attempts,
-            "envelope": env,
-            "quarantine": {
-                "store": store,
-                "kept": kept,
-                "path": str(path) if kept and path is not None else None,
-            },
-        }
+    return Record(
+        id=msgid,
+        received=iso_utc(received),
+        size=size,
+        verdict=Verdict.QUARANTINED,
+        reason=reason,
+        attempts=attempts,
+        envelope=env,
+        quarantine=Quarantine(store, kept, str(path) if kept and path is not None else None),
     )
-    return out
 
 
-__all__ = ["Store", "peek_envelope", "record"]
+__all__ = ["peek_envelope", "record"]

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ringtrap.base import modes
+from ringtrap.scan.record import Record
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +89,13 @@ def file_name(epoch: float) -> str:
 _LINE_BREAKS = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
 
 
-def encode(record: dict[str, Any]) -> bytes:
-    """``record`` as one JSON line, UTF-8, newline-terminated."""
+def encode(record: Record | dict[str, Any]) -> bytes:
+    """``record`` as one JSON line, UTF-8, newline-terminated.
+
+    A dict (a record read back from a results file, say) is written as it stands.
+    """
+    if isinstance(record, Record):
+        record = record.to_dict()
     try:
         text = json.dumps(record, ensure_ascii=False, separators=(",", ":"))
         # in JSON text these can only occur inside strings, where the escape is valid
@@ -127,7 +133,7 @@ class ResultSink:
         self._closed = False
         self.path: Path | None = None
 
-    def write(self, record: dict[str, Any]) -> None:
+    def write(self, record: Record | dict[str, Any]) -> None:
         """Append ``record`` as one line; when this returns, the line is in the file.
 
         Raises OSError (e.g. ENOSPC) when the line could not be written: the
