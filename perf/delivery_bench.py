@@ -53,11 +53,11 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import psutil
 
-from ringtrap import ring as ringmod
 from ringtrap.ingest_socket import IngestServer
 from ringtrap.intake.sockets import bind_socket
 from ringtrap.overflow import Overflow
 from ringtrap.ring import Ring
+from ringtrap.store.segment import unlink_name
 
 ROOT = Path(__file__).resolve().parent.parent
 DELIVER = ROOT / "scripts" / "ringtrap-deliver"
@@ -283,7 +283,7 @@ def main() -> int:
         lmtp.close()
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
-        ringmod.unlink_name(ring_name)
+        unlink_name(ring_name)
         shutil.rmtree(overflow_dir, ignore_errors=True)
         shutil.rmtree(base, ignore_errors=True)
     if not args.json:

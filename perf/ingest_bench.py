@@ -54,13 +54,13 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import psutil
 
-from ringtrap import ring as ringmod
 from ringtrap.base.counters import C
 from ringtrap.config import Config, IngestConfig, OverflowConfig, RingConfig
 from ringtrap.ingest_socket import CHUNK
 from ringtrap.intake.child import child_main
 from ringtrap.intake.sockets import LISTEN_BACKLOG
 from ringtrap.ring import Ring
+from ringtrap.store.segment import unlink_name
 
 SHM = "/dev/shm"
 INGEST_ROW = 1
@@ -472,7 +472,7 @@ def run_row(
     group: Clients | None = None
     try:
         if kind in ("ring", "full"):
-            ringmod.unlink_name(ring_name)
+            unlink_name(ring_name)
             # "Room" without a consumer: on a two-core machine a drain process
             # takes its CPU from the ingest and the clients being measured.
             slots = 4 if kind == "full" else n + _QUEUED_MSGS + 64
@@ -517,7 +517,7 @@ def run_row(
         cpu1 = _cpu(server)
         helper_cpu1 = sum(_cpu(p) for p in helpers)
         if ring is not None:
-            rows = {r.row: r for r in ring.read_rows()}
+            rows = {r.row: r for r in ring.table.read_rows()}
             counters = rows[INGEST_ROW].counters
             extra["ring"] = counters[C.ACCEPTED_RING]
             extra["spilled"] = counters[C.ACCEPTED_OVERFLOW]
@@ -545,7 +545,7 @@ def run_row(
         listener.close()
         if ring is not None:
             ring.close()
-            ringmod.unlink_name(ring_name)
+            unlink_name(ring_name)
         shutil.rmtree(spill_dir, ignore_errors=True)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(sock_path)

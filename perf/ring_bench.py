@@ -27,8 +27,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import posix_ipc
 
-from ringtrap import ring as ringmod
 from ringtrap.ring import PutResult, Ring
+from ringtrap.store.segment import unlink_name
 
 CTX = mp.get_context("fork")
 MQ_DEPTH = [0]  # the depth the kernel allowed, reported under the table
@@ -47,7 +47,7 @@ def _payload(size: int) -> bytes:
 
 def ring_run(n: int, consumers: int, size: int) -> float:
     name = f"rt-bench-{os.getpid()}"
-    ringmod.unlink_name(name)
+    unlink_name(name)
     ring = Ring.create(name, 1024, max(size, 4096))
     done = CTX.Queue()
 

@@ -20,8 +20,8 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from ringtrap import ring as ringmod
 from ringtrap.ring import PutResult, Ring
+from ringtrap.store.segment import unlink_name
 
 CTX = mp.get_context("fork")
 
@@ -43,7 +43,7 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=3.0)
     args = ap.parse_args()
     name = f"rt-fill-{os.getpid()}"
-    ringmod.unlink_name(name)
+    unlink_name(name)
     ring = Ring.create(name, args.slots, 1024)
     consumers = [CTX.Process(target=consume, args=(name, hold, args.seconds + 1))
                  for hold in (0.003, 0.005)]
@@ -62,7 +62,7 @@ def main() -> int:
         for p in consumers:
             p.join()
         ring.close()
-        ringmod.unlink_name(name)
+        unlink_name(name)
     if not used_at_full:
         print("the consumers kept up: put() never answered FULL")
         return 0

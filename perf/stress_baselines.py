@@ -44,6 +44,7 @@ from ringtrap.base import ids  # noqa: E402
 from ringtrap.base.proc import self_identity  # noqa: E402
 from ringtrap.overflow import CLAIM_WINDOW, Overflow  # noqa: E402
 from ringtrap.scan.spamd import SpamdClient, SpamdError  # noqa: E402
+from ringtrap.store.segment import unlink_name  # noqa: E402
 
 CTX = mp.get_context("fork")
 # spamc skips messages over 500 KB unscanned (-s 512000), ringtrap over
@@ -342,7 +343,7 @@ def pickup_cost(depth: int, samples: int, base: Path, size: int = 4096) -> dict[
     shutil.rmtree(base / "ov", ignore_errors=True)
     # ringtrap's ring
     name = f"rt-stress-pick-{os.getpid()}"
-    ringmod.unlink_name(name)
+    unlink_name(name)
     slots = min(depth, 1024)
     r = ringmod.Ring.create(name, slots, 64 * 1024)
     try:
@@ -361,7 +362,7 @@ def pickup_cost(depth: int, samples: int, base: Path, size: int = 4096) -> dict[
         out["ring_depth"] = slots
     finally:
         r.close()
-        ringmod.unlink_name(name)
+        unlink_name(name)
     shutil.rmtree(base, ignore_errors=True)
     return out
 

@@ -42,12 +42,12 @@ sys.path.insert(0, str(ROOT / "tests"))
 from spamd_fixture import SpamdProcess, _live_group_members  # noqa: E402
 
 from ringtrap import config as configmod  # noqa: E402
-from ringtrap import ring as ringmod  # noqa: E402
 from ringtrap.base import proc  # noqa: E402
 from ringtrap.command.cli import count_purge  # noqa: E402
 from ringtrap.command.status import gather_status  # noqa: E402
 from ringtrap.command.top import Sampler  # noqa: E402
 from ringtrap.overflow import Overflow, parse_ready  # noqa: E402
+from ringtrap.store.segment import unlink_name  # noqa: E402
 
 MIB = 1024 * 1024
 
@@ -247,7 +247,7 @@ class StressTrap:
         if self.proc is not None and self.proc.poll() is None:
             proc.kill_family(self.proc.pid)  # a managed spamd's children too
             self.proc.wait(10)
-        ringmod.unlink_name(self.cfg.ring.name)
+        unlink_name(self.cfg.ring.name)
         shutil.rmtree(self.cfg.overflow.dir, ignore_errors=True)
         if self.rundir is not None:
             shutil.rmtree(self.rundir, ignore_errors=True)

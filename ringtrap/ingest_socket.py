@@ -49,7 +49,8 @@ from ringtrap.intake.sink import Sink, Store
 from ringtrap.intake.sockets import nowait_io
 from ringtrap.intake.submit_session import SubmitSession
 from ringtrap.overflow import Overflow
-from ringtrap.ring import ProcRow, Ring
+from ringtrap.ring import Ring
+from ringtrap.store.proctable import ProcRow
 
 log = logging.getLogger(__name__)
 

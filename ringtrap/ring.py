@@ -45,10 +45,10 @@ import posix_ipc
 
 from ringtrap.base import proc
 from ringtrap.base.proc import Identity
-from ringtrap.base.states import Role, SlotState
+from ringtrap.base.states import SlotState
 from ringtrap.store.claim import ClaimLost, Quarantined, QuarantineStore
-from ringtrap.store.lock import _LOCK_SLICE, OWNER_PATIENCE, LockCheck, RingBusy, RingLock
-from ringtrap.store.proctable import ProcRow, ProcTable, RowSnapshot
+from ringtrap.store.lock import _LOCK_SLICE, RingLock
+from ringtrap.store.proctable import ProcTable
 from ringtrap.store.segment import (
     D_ATTEMPTS,
     D_OWNER,
@@ -57,10 +57,8 @@ from ringtrap.store.segment import (
     DEFAULT_ROWS,
     DESC_WORDS,
     H_FREED,
-    H_GENERATION,
     H_HEAD,
     H_LOCK,
-    H_LOCK_BREAKS,
     H_LOCK_COUNT,
     H_PASSED,
     H_REQUEUED,
@@ -68,25 +66,13 @@ from ringtrap.store.segment import (
     H_TAIL,
     ID_BYTES,
     RingError,
-    RingExists,
     RingLayoutError,
-    RingMissing,
     Segment,
     owner_token,
-    shm_paths,
     token_identity,
-    unlink_name,
 )
+from ringtrap.store.snapshot import RingSnapshot, read_snapshot
 from ringtrap.store.stuck import MAX_SKIP, StuckClaims
-
-# The names callers use with the ring's lifecycle and its process table come
-# from the store modules; they stay importable from here, the ring's home.
-__all__ = [
-    "DEFAULT_ROWS", "OWNER_PATIENCE", "Claim", "LockCheck", "ProcRow", "PutResult",
-    "RecoverResult", "Ring", "RingBusy", "RingError", "RingExists", "RingLayoutError",
-    "RingMissing", "RingOwnershipError", "RingSnapshot", "RowSnapshot", "owner_token",
-    "shm_paths", "token_identity", "unlink_name",
-]
 
 log = logging.getLogger(__name__)
 
@@ -175,39 +161,6 @@ class Claim:
 class RecoverResult(NamedTuple):
     requeued: int  # CLAIMED slots made READY again (attempts + 1)
     freed: int  # FILLING slots (half-copied, never acknowledged) made FREE
-
-
-class RingSnapshot(NamedTuple):
-    name: str
-    slots: int
-    slot_bytes: int
-    free: int
-    filling: int
-    ready: int
-    claimed: int
-    head: int
-    tail: int
-    stray: int
-    generation: int
-    lock_holder: Identity | None
-    lock_breaks: int
-    requeued: int
-    freed: int
-    owner: Identity
-    rows: tuple[RowSnapshot, ...]
-    retired: tuple[int, ...]
-
-    @property
-    def used(self) -> int:
-        return self.slots - self.free
-
-    def totals(self) -> list[int]:
-        """Counters summed over the live rows and the retired block."""
-        out = list(self.retired)
-        for r in self.rows:
-            for i, v in enumerate(r.counters):
-                out[i] += v
-        return out
 
 
 class Ring:
@@ -308,45 +261,6 @@ class Ring:
     @property
     def generation(self) -> int:
         return self._seg.generation
-
-    # The lock's and the table's verbs, on the handle callers hold.
-
-    @property
-    def patience(self) -> float:
-        """How long a control operation waits for the lock (see RingLock)."""
-        return self._lock.patience
-
-    @patience.setter
-    def patience(self, seconds: float) -> None:
-        self._lock.patience = seconds
-
-    def lock_holder(self) -> Identity | None:
-        """Who holds the lock, as recorded; None when free or unrecorded."""
-        return self._lock.holder()
-
-    def check_lock(self, now: float | None = None) -> LockCheck:
-        """See :meth:`RingLock.check_lock` (owner only)."""
-        return self._lock.check_lock(now)
-
-    def break_lock_if_dead(self) -> bool:
-        """See :meth:`RingLock.break_lock_if_dead` (owner only)."""
-        return self._lock.break_lock_if_dead()
-
-    def register(self, role: Role, index: int = 0, row: int | None = None) -> ProcRow:
-        """See :meth:`ProcTable.register`."""
-        return self.table.register(role, index, row)
-
-    def read_rows(self) -> list[RowSnapshot]:
-        """See :meth:`ProcTable.read_rows`."""
-        return self.table.read_rows()
-
-    def retire_row(self, row: int, ident: Identity | None = None) -> None:
-        """See :meth:`ProcTable.retire_row` (owner only)."""
-        self.table.retire_row(row, ident)
-
-    def add_totals(self, counts: dict[int, int]) -> None:
-        """See :meth:`ProcTable.add_totals`."""
-        self.table.add_totals(counts)
 
     def put(self, msgid: str, data: bytes | bytearray | memoryview) -> PutResult:
         """Store one message; never blocks.  Single producer only.
@@ -689,28 +603,7 @@ class Ring:
 
     def snapshot(self) -> RingSnapshot:
         """All counts for status displays; lock-free, cheap enough to call often."""
-        q = self._q
-        states = self._states.tolist()
-        return RingSnapshot(
-            name=self.name,
-            slots=self.slots,
-            slot_bytes=self.slot_bytes,
-            free=states.count(FREE),
-            filling=states.count(FILLING),
-            ready=states.count(READY),
-            claimed=states.count(CLAIMED),
-            head=int(q[H_HEAD]),
-            tail=int(q[H_TAIL]),
-            stray=int(q[H_STRAY]),
-            generation=int(q[H_GENERATION]),
-            lock_holder=self.lock_holder(),
-            lock_breaks=int(q[H_LOCK_BREAKS]),
-            requeued=int(q[H_REQUEUED]),
-            freed=int(q[H_FREED]),
-            owner=self.owner,
-            rows=tuple(self.table.read_rows()),
-            retired=self.table.retired(),
-        )
+        return read_snapshot(self.table)
 
     def used_slots(self) -> int:
         """Slots not FREE; lock-free and cheap (one pass over the state words)."""

@@ -34,7 +34,6 @@ from enum import Enum
 from pathlib import Path
 
 from ringtrap import config as configmod
-from ringtrap import ring as ringmod
 from ringtrap.base import logs, modes, privileges, systemd
 from ringtrap.base.counters import C
 from ringtrap.base.exits import EX_CONFIG, EX_OK, EX_SOFTWARE
@@ -76,6 +75,7 @@ from ringtrap.control.setup import (
 from ringtrap.overflow import Overflow
 from ringtrap.ring import Ring
 from ringtrap.store.proctable import ProcRow
+from ringtrap.store.segment import DEFAULT_ROWS, unlink_name
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ INGEST_ROW = 1
 FIRST_WORKER_ROW = 2
 
 # the longest a turn of the loop waits for the ring lock: a live holder is
-# killed if it is hung (Ring.check_lock), and what needed the lock is retried
+# killed if it is hung (RingLock.check_lock), and what needed the lock is retried
 RING_LOCK_PATIENCE = 0.2
 
 
@@ -230,7 +230,7 @@ class Supervisor:
         except OSError as e:
             raise SetupError(f"overflow.dir {cfg.overflow.dir}: {e}") from None
         self.ring = self._open_ring()
-        self.row = self.ring.register(Role.SUPERVISOR, 0, row=SUPERVISOR_ROW)
+        self.row = self.ring.table.register(Role.SUPERVISOR, 0, row=SUPERVISOR_ROW)
         self.row.set_state(ProcState.IDLE)
         n = self.overflow.recover_dead()
         if n:
@@ -282,7 +282,7 @@ class Supervisor:
             self.children.append(Child(Role.STAGE, i, self.ring.rows - 1 - i))
         self.next_purge_at = next_purge(self.os.time(), cfg.overflow.purge_at)
         # from now on a turn never waits long on the ring lock (see housekeeping)
-        self.ring.patience = RING_LOCK_PATIENCE
+        self.ring.lock.patience = RING_LOCK_PATIENCE
         self.reconcile()
 
     def _start_metrics(self) -> None:
@@ -304,7 +304,7 @@ class Supervisor:
             self.metrics = None
 
     def _open_ring(self) -> Ring:
-        rows = max(ringmod.DEFAULT_ROWS,
+        rows = max(DEFAULT_ROWS,
                    FIRST_WORKER_ROW + self.cfg.workers.count + self.cfg.stage.workers + 1)
         ring, self._made_ring = adopt.open_ring(self.cfg, self.overflow, self.os, rows)
         return ring
@@ -320,7 +320,7 @@ class Supervisor:
             made = self._made_ring and self.ring.snapshot().used == 0
             self.ring.close()
             if made:
-                ringmod.unlink_name(self.cfg.ring.name)
+                unlink_name(self.cfg.ring.name)
         self.runtime.undo(self.cfg)
 
     def teardown(self) -> None:
@@ -471,7 +471,7 @@ class Supervisor:
         """True once ``c`` holds its process-table row: its own signal handlers are in place."""
         if self.ring is None:
             return False
-        return any(r.row == c.row and r.pid == c.pid for r in self.ring.read_rows())
+        return any(r.row == c.row and r.pid == c.pid for r in self.ring.table.read_rows())
 
     def housekeeping(self) -> None:
         self.reap()
@@ -536,7 +536,7 @@ class Supervisor:
         """Abort children whose heartbeat stalled, kill those that outlive the abort."""
         if self.ring is None:
             return
-        aborted = liveness.check_heartbeats(self.children, self.ring.read_rows(), now,
+        aborted = liveness.check_heartbeats(self.children, self.ring.table.read_rows(), now,
                                             self.cfg.workers.heartbeat_timeout, self._signal)
         if aborted and self.row:
             self.row.add(C.HEARTBEAT_KILLS, aborted)

@@ -33,7 +33,7 @@ from ringtrap.base.counters import VERDICT_COUNTERS, C, scan_bucket
 from ringtrap.base.states import ProcState, Role
 from ringtrap.config import Config
 from ringtrap.overflow import Overflow, OverflowFull, UntrustedFile
-from ringtrap.ring import ProcRow, Ring
+from ringtrap.ring import Ring
 from ringtrap.scan import quarantine
 from ringtrap.scan.processing import Processor
 from ringtrap.scan.record import Archiving, Record
@@ -46,6 +46,7 @@ from ringtrap.scan.spamd import (
     SpamdTimeout,
 )
 from ringtrap.store.claim import ClaimLost, StoreClaim
+from ringtrap.store.proctable import ProcRow
 from ringtrap.work.child import (
     BEAT_EVERY,
     EXIT_CRASH,
@@ -376,14 +377,15 @@ def child_main(cfg: Config, index: int, row_index: int, spamd_address: str | Non
     passes it to ``os._exit``.
     """
 
-    def setup(ring: Ring, parent: int, closing: contextlib.ExitStack) -> Worker:
+    def setup(parent: int, closing: contextlib.ExitStack) -> Worker:
+        ring = closing.enter_context(Ring.attach(cfg.ring.name))
         client = spamd_client(cfg, spamd_address)
         overflow = Overflow(cfg.overflow.dir, cfg.overflow.max_bytes,
                             quarantine_max_bytes=cfg.overflow.quarantine_max_bytes)
         sink = closing.enter_context(
             contextlib.closing(ResultSink(cfg.results.dir,
                                           retention_days=cfg.results.retention_days)))
-        row = ring.register(Role.WORKER, index, row=row_index)
+        row = ring.table.register(Role.WORKER, index, row=row_index)
         processor = Processor.from_config(cfg, client)
         stage = (Overflow(configmod.stage_dir(cfg), cfg.stage.max_bytes)
                  if cfg.stage.workers else None)

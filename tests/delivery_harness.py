@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pytest
 
-from ringtrap import ring as ringmod
 from ringtrap.base import envelope, titles
 from ringtrap.base.counters import C
 from ringtrap.base.envelope import Envelope
@@ -27,7 +26,9 @@ from ringtrap.base.states import Role
 from ringtrap.ingest_socket import IngestServer
 from ringtrap.intake.sockets import bind_socket
 from ringtrap.overflow import Overflow
-from ringtrap.ring import ProcRow, Ring
+from ringtrap.ring import Ring
+from ringtrap.store.proctable import ProcRow
+from ringtrap.store.segment import unlink_name
 
 ROOT = Path(__file__).resolve().parent.parent
 DELIVER = ROOT / "scripts" / "ringtrap-deliver"
@@ -70,7 +71,7 @@ class Server:
         self.ring = Ring.create(self.ring_name, slots, slot_bytes)
         self.reader = Ring.attach(self.ring_name)
         self.overflow = overflow_type(base / "overflow", overflow_cap)
-        self.row: ProcRow = self.ring.register(Role.INGEST)
+        self.row: ProcRow = self.ring.table.register(Role.INGEST)
         self.server = IngestServer(
             bind_socket(self.raw_path),
             self.ring,
@@ -119,7 +120,7 @@ class Server:
         self.server.close()
         self.reader.close()
         self.ring.close()
-        ringmod.unlink_name(self.ring_name)
+        unlink_name(self.ring_name)
         if self.errors:
             raise self.errors[0]
         assert not self.thread.is_alive()

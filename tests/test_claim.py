@@ -12,11 +12,11 @@ from uuid import uuid4
 
 import pytest
 
-from ringtrap import ring as ringmod
 from ringtrap.base import ids, proc
 from ringtrap.overflow import Overflow
 from ringtrap.ring import PutResult, Ring
 from ringtrap.store.claim import ClaimLost, StoreClaim
+from ringtrap.store.segment import unlink_name
 
 SHM = "/dev/shm" if os.path.isdir("/dev/shm") else None
 BODY = b"From: a@example.org\r\n\r\npoison"
@@ -44,7 +44,7 @@ class Stores:
 
     def close(self) -> None:
         self.ring.close()
-        ringmod.unlink_name(self.name)
+        unlink_name(self.name)
 
 
 @pytest.fixture

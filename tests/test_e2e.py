@@ -307,7 +307,7 @@ def test_a_ring_of_another_layout_version_is_refused_and_kept(tmp_path: Path) ->
         # EX_CONFIG; what the refusal says is test_supervisor_logic's
         assert trap.wait_exit(30) == 78
         # the segment and its message are still there for the old version to drain
-        assert all(os.path.exists(p) for p in ringmod.shm_paths(trap.ring_name))
+        assert all(os.path.exists(p) for p in segmod.shm_paths(trap.ring_name))
         old._q[segmod.H_VERSION] = segmod.VERSION
         c = old.claim(timeout=0)
         assert c is not None and c.data == b"held by the old version"
@@ -332,7 +332,7 @@ def test_a_geometry_change_never_drops_what_it_cannot_move(tmp_path: Path) -> No
         trap.start(wait=False)
         assert trap.wait_exit(30) == 78
         # the two it could move are in the overflow, the held one is still in the ring
-        assert all(os.path.exists(p) for p in ringmod.shm_paths(trap.ring_name))
+        assert all(os.path.exists(p) for p in segmod.shm_paths(trap.ring_name))
         assert len(os.listdir(trap.overflow_dir / "new")) == 2
         snap = old.snapshot()
         assert (snap.used, snap.claimed) == (1, 1)

@@ -24,7 +24,8 @@ from ringtrap import ring as ringmod
 from ringtrap.base import proc
 from ringtrap.base.counters import C
 from ringtrap.base.states import Role
-from ringtrap.ring import Ring, owner_token
+from ringtrap.ring import Ring
+from ringtrap.store.segment import owner_token
 
 pytestmark = pytest.mark.slow
 
@@ -55,7 +56,7 @@ def test_a_stopped_lock_holder_is_killed_and_the_trap_goes_on(
 
         def holder(w: int) -> None:  # pragma: no cover - runs in the child
             r = Ring.attach(trap.ring_name)
-            r.register(Role.WORKER, index=9)
+            r.table.register(Role.WORKER, index=9)
             if recorded:
                 assert r.lock.acquire(5.0)
             else:

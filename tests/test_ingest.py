@@ -28,7 +28,6 @@ import pytest
 from delivery_harness import Server
 
 from ringtrap import ingest_socket
-from ringtrap import ring as ringmod
 from ringtrap.base import envelope, ids, proc, titles
 from ringtrap.base.counters import C
 from ringtrap.base.states import ProcState
@@ -51,6 +50,7 @@ from ringtrap.intake.child import child_main
 from ringtrap.intake.sockets import bind_socket
 from ringtrap.overflow import Overflow, SpillWriter
 from ringtrap.ring import Ring
+from ringtrap.store.segment import unlink_name
 
 HEADER = envelope.header(None)
 INGEST_COUNTERS = (
@@ -509,7 +509,7 @@ def test_graceful_stop_lets_a_message_in_progress_finish(make: Callable[..., Har
     msgid = ok_id(c.finish())
     wait_for(lambda: h.server.finished)
     assert h.claim_all() == [(msgid, HEADER + b"first half, second half")]
-    rows = {r.row: r for r in h.ring.read_rows()}
+    rows = {r.row: r for r in h.ring.table.read_rows()}
     assert rows[h.row.row].state == ProcState.STOPPED
 
 
@@ -649,7 +649,7 @@ class Child:
         wait_for(lambda: self.state() == ProcState.IDLE)
 
     def state(self) -> ProcState | None:
-        for r in self.ring.read_rows():
+        for r in self.ring.table.read_rows():
             if r.row == self.row_index and r.pid == self.pid:
                 return r.state
         return None
@@ -672,7 +672,7 @@ class Child:
                 os.kill(self.pid, signal.SIGKILL)
             os.waitpid(self.pid, 0)
         self.ring.close()
-        ringmod.unlink_name(self.ring_name)
+        unlink_name(self.ring_name)
 
 
 @pytest.fixture
@@ -710,7 +710,7 @@ def test_child_finishes_in_flight_work_on_term(child: Child) -> None:
         (first, HEADER + b"before"),
         (second, HEADER + b"in flight, finished after TERM"),
     ]
-    rows = {r.row: r for r in child.ring.read_rows()}
+    rows = {r.row: r for r in child.ring.table.read_rows()}
     assert rows[child.row_index].counters[C.ACCEPTED_RING] == 2
 
 
@@ -774,20 +774,21 @@ def test_child_exits_when_its_parent_is_gone(base: Path, titles_set: list[tuple[
     ident = proc.Identity(0, 0)
     try:
         pid = int(os.read(r, 32))
-        wait_for(lambda: any(x.pid == pid and x.state == ProcState.IDLE for x in ring.read_rows()))
+        wait_for(lambda: any(x.pid == pid and x.state == ProcState.IDLE
+                             for x in ring.table.read_rows()))
         ident = proc.Identity(pid, proc.start_ticks(pid) or 0)
         os.close(go_w)
         assert os.waitpid(middle, 0)[1] == 0
         # its parent has exited: the ingest notices within a turn and leaves
         wait_for(lambda: not proc.is_alive(ident), timeout=10)
-        rows = {x.row: x for x in ring.read_rows()}
+        rows = {x.row: x for x in ring.table.read_rows()}
         assert rows[2].pid == pid and rows[2].state == ProcState.STOPPED
     finally:
         if pid > 0 and proc.is_alive(ident):  # only if the test failed
             os.kill(pid, signal.SIGKILL)
         os.close(r)
         ring.close()
-        ringmod.unlink_name(ring_name)
+        unlink_name(ring_name)
 
 
 def test_a_failure_while_answering_never_leaks_the_descriptor(

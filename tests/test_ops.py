@@ -41,9 +41,9 @@ from trap_fixture import (
     wait_until,
 )
 
-from ringtrap import ring as ringmod
 from ringtrap.command import top
 from ringtrap.control.child import MIN_UPTIME
+from ringtrap.store.segment import shm_paths
 
 pytestmark = pytest.mark.slow
 
@@ -357,7 +357,7 @@ def test_started_as_root_it_runs_as_the_service_user(tmp_path: Path) -> None:
         for p in procs:
             assert p.uids().real == p.uids().effective == p.uids().saved == pw.pw_uid, p
             assert p.gids().effective == pw.pw_gid
-        for path in ringmod.shm_paths(trap.ring_name):
+        for path in shm_paths(trap.ring_name):
             assert os.stat(path).st_uid == pw.pw_uid, path
         for path in (base / "run", trap.socket_path, trap.results_dir, trap.overflow_dir,
                      *trap.overflow_dir.iterdir()):
@@ -380,7 +380,7 @@ def test_started_as_root_it_runs_as_the_service_user(tmp_path: Path) -> None:
         trap.wait_records(ids | more)
         trap.signal(signal.SIGTERM)
         assert trap.wait_exit(60) == 0
-        assert not any(os.path.exists(p) for p in ringmod.shm_paths(trap.ring_name))
+        assert not any(os.path.exists(p) for p in shm_paths(trap.ring_name))
     finally:
         trap.close()
         shutil.rmtree(base, ignore_errors=True)

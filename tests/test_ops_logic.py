@@ -26,6 +26,7 @@ from ringtrap.base.states import ChildState, Role
 from ringtrap.control import metrics
 from ringtrap.control.child import MIN_UPTIME, Child
 from ringtrap.overflow import Overflow
+from ringtrap.store.segment import unlink_name
 from ringtrap.supervisor import Supervisor
 
 from test_supervisor_logic import FakeOS, exit_status, signal_status  # isort: skip
@@ -210,7 +211,7 @@ def small_ring(tmp_path: Path) -> Iterator[tuple[ringmod.Ring, Path]]:
         yield ring, tmp_path / "overflow"
     finally:
         ring.close()
-        ringmod.unlink_name(name)
+        unlink_name(name)
 
 
 def scrape(collector: metrics.TrapCollector) -> dict[str, float]:
@@ -230,18 +231,18 @@ def test_collector_reports_shared_memory_counters(
 ) -> None:
     ring, spill = small_ring
     Overflow(spill, 1 << 20)
-    ingest = ring.register(Role.INGEST)
+    ingest = ring.table.register(Role.INGEST)
     ingest.add(C.ACCEPTED_RING, 5)
     ingest.add(C.ACCEPTED_OVERFLOW, 2)
     ingest.add(C.REFUSED_EMPTY)
-    worker = ring.register(Role.WORKER, 3)
+    worker = ring.table.register(Role.WORKER, 3)
     worker.add(C.PROCESSED, 4)
     worker.add(C.VERDICT_SPAM, 3)
     worker.add(C.VERDICT_ERROR, 1)
     for seconds in (0.004, 0.07, 0.07, 99.0):
         worker.add(C.SCAN_US, int(seconds * 1e6))
         worker.add(scan_bucket(seconds))
-    ring.retire_row(ingest.row)  # an exited process's counts still count
+    ring.table.retire_row(ingest.row)  # an exited process's counts still count
     assert ring.put("m-1", b"payload") is ringmod.PutResult.OK
     now = [0.0]
     collector = metrics.TrapCollector(ring.name, spill, 1 << 20, clock=lambda: now[0])
@@ -366,7 +367,7 @@ def test_a_spamd_outage_is_logged_once_per_backoff_period(tmp_path: Path) -> Non
         logger.removeHandler(handler)
         logger.setLevel(old_level)
         ring.close()
-        ringmod.unlink_name(name)
+        unlink_name(name)
     lines = handler.records
     # backoff 0.01, 0.02 ... 0.25 s: the quick first retries share one line, then
     # at most one line per backoff_max period

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Self
 
 import pytest
 from delivery_harness import Server, servers, temp_base
@@ -157,6 +158,10 @@ class FakeRing:
 
     def read_rows(self) -> list[SimpleNamespace]:
         return self.rows
+
+    @property
+    def table(self) -> Self:  # the supervisor reads rows through ring.table
+        return self
 
 
 def write(path: Path, cfg: Config) -> None:

@@ -27,23 +27,20 @@ from ringtrap.base import proc
 from ringtrap.base.counters import NCOUNTERS, C
 from ringtrap.base.proc import Identity
 from ringtrap.base.states import ProcState, Role, SlotState
-from ringtrap.ring import (
-    Claim,
-    PutResult,
-    RecoverResult,
-    Ring,
-    RingBusy,
+from ringtrap.ring import Claim, PutResult, RecoverResult, Ring, RingOwnershipError
+from ringtrap.store import lock as lockmod
+from ringtrap.store import segment as segmod
+from ringtrap.store import stuck as stuckmod
+from ringtrap.store.lock import RingBusy
+from ringtrap.store.segment import (
     RingError,
     RingExists,
     RingLayoutError,
     RingMissing,
-    RingOwnershipError,
     owner_token,
     token_identity,
+    unlink_name,
 )
-from ringtrap.store import lock as lockmod
-from ringtrap.store import segment as segmod
-from ringtrap.store import stuck as stuckmod
 
 SHM = Path("/dev/shm")
 PREFIX = f"rt-test-{os.getpid()}-unit-"
@@ -138,7 +135,7 @@ def hold_lock_as(r: Ring, who: Identity | None) -> None:
 
 
 def lock_is_free(r: Ring) -> bool:
-    return r._lock_sem.value == 1 and r.lock_holder() is None
+    return r._lock_sem.value == 1 and r.lock.holder() is None
 
 
 def drain(r: Ring) -> list[Claim]:
@@ -163,7 +160,7 @@ def no_leftovers() -> Iterator[None]:
 def name() -> Iterator[str]:
     n = ring_name()
     yield n
-    ringmod.unlink_name(n)
+    unlink_name(n)
 
 
 @pytest.fixture
@@ -408,12 +405,12 @@ def test_close_keeps_the_ring_and_unlink_removes_all_three_names(name: str) -> N
         assert other.claim(timeout=0) is not None
     with pytest.raises(RingMissing):
         Ring.attach(name)
-    assert ringmod.unlink_name(name) is False
+    assert unlink_name(name) is False
 
 
 def test_unlink_name_removes_partial_leftovers(name: str) -> None:
     posix_ipc.Semaphore("/" + name + ".lock", posix_ipc.O_CREX).close()
-    assert ringmod.unlink_name(name) is True
+    assert unlink_name(name) is True
     assert not any(p.exists() for p in shm_paths(name))
 
 
@@ -511,7 +508,7 @@ def test_ack_by_a_non_owner_is_refused(r: Ring, me: Identity) -> None:
         r.ack(c, owner=other)
     with pytest.raises(RingOwnershipError):
         r.release(c, owner=other)
-    assert r.lock_holder() is None and lock_is_free(r)
+    assert r.lock.holder() is None and lock_is_free(r)
     assert counts(r) == (SLOTS - 1, 0, 0, 1)
     r.ack(c)
     assert counts(r) == (SLOTS, 0, 0, 0)
@@ -767,12 +764,12 @@ def test_recovery_leaves_head_to_a_live_producer(r: Ring, me: Identity, how: str
 
 
 def test_break_lock_leaves_a_live_holder(r: Ring, me: Identity) -> None:
-    assert r.break_lock_if_dead() is False  # free
+    assert r.lock.break_lock_if_dead() is False  # free
     assert r.lock.acquire(None)
     try:
-        assert r.lock_holder() == me
+        assert r.lock.holder() == me
         assert r.snapshot().lock_holder == me
-        assert r.break_lock_if_dead() is False
+        assert r.lock.break_lock_if_dead() is False
         assert r._lock_sem.value == 0
     finally:
         r.lock.release()
@@ -784,12 +781,12 @@ def test_break_lock_of_a_dead_holder(r: Ring, me: Identity) -> None:
     dead = reused_pid(me)
     r.put(mid(1), b"behind the lock")
     hold_lock_as(r, dead)
-    assert r.lock_holder() == dead
+    assert r.lock.holder() == dead
     assert r.lock.acquire(0.05) is False
-    assert r.break_lock_if_dead() is True
+    assert r.lock.break_lock_if_dead() is True
     assert lock_is_free(r)
     assert r.snapshot().lock_breaks == 1
-    assert r.break_lock_if_dead() is False  # once
+    assert r.lock.break_lock_if_dead() is False  # once
     assert r._lock_sem.value == 1
     c = r.claim(timeout=0)
     assert c is not None and c.msgid == mid(1)
@@ -798,15 +795,15 @@ def test_break_lock_of_a_dead_holder(r: Ring, me: Identity) -> None:
 def test_break_orphaned_lock_only_after_no_progress(r: Ring) -> None:
     hold_lock_as(r, None)  # taken by a process killed before it recorded itself
     t0 = time.monotonic()
-    assert r.break_lock_if_dead() is False
-    assert r.break_lock_if_dead() is False
+    assert r.lock.break_lock_if_dead() is False
+    assert r.lock.break_lock_if_dead() is False
     assert r._lock_sem.value == 0
     deadline = t0 + lockmod._ORPHAN_LOCK_SECONDS + 5
     broken = False
     while not broken:
         assert time.monotonic() < deadline, "orphaned lock never broken"
         time.sleep(0.25)
-        broken = r.break_lock_if_dead()
+        broken = r.lock.break_lock_if_dead()
         if not broken:
             assert r._lock_sem.value == 0
     assert time.monotonic() - t0 >= lockmod._ORPHAN_LOCK_SECONDS
@@ -871,12 +868,12 @@ def test_owner_operations_give_up_on_a_live_holder(r: Ring, me: Identity) -> Non
     r.put(mid(1), b"x")
     c = r.claim(timeout=0, owner=reused_pid(me))
     assert c is not None
-    r.patience = 0.2
+    r.lock.patience = 0.2
     hold_lock_as(r, me)  # alive: not to be broken
     try:
         got = in_thread(lambda: r.recover(reused_pid(me)), 10)
         assert len(got) == 1 and isinstance(got[0], RingBusy)
-        got = in_thread(lambda: r.retire_row(3), 10)
+        got = in_thread(lambda: r.table.retire_row(3), 10)
         assert len(got) == 1 and isinstance(got[0], RingBusy)
     finally:
         r.lock.release()
@@ -897,16 +894,16 @@ def test_a_live_taker_stalled_before_its_record_is_never_robbed(
     announce_and_enter(r, taker, row=2)
     t = 1000.0
     for _ in range(int(lockmod._LOCK_STUCK_SECONDS / 0.5) - 1):
-        assert r.check_lock(t) == (False, None, False)
+        assert r.lock.check_lock(t) == (False, None, False)
         t += 0.5
     assert r._lock_sem.value == 0
     # stuck for long: reported to be killed, never broken under it
-    assert r.check_lock(t + 0.5) == (False, taker, False)
+    assert r.lock.check_lock(t + 0.5) == (False, taker, False)
     state["stopped"] = True
-    assert r.check_lock(t + 0.6) == (False, taker, True)
+    assert r.lock.check_lock(t + 0.6) == (False, taker, True)
     assert r._lock_sem.value == 0
     state["alive"] = False  # killed
-    assert r.check_lock(t + 0.7).broken
+    assert r.lock.check_lock(t + 0.7).broken
     assert lock_is_free(r)
     assert r.snapshot().lock_breaks == 1
 
@@ -918,8 +915,8 @@ def test_a_stopped_taker_is_reported_hung_soon(
     monkeypatch.setattr(lockmod.proc, "is_alive", lambda i: True)
     monkeypatch.setattr(lockmod.proc, "stop_mark", lambda i: 1 if tuple(i) == holder else None)
     hold_lock_as(r, holder)
-    assert r.check_lock(50.0) == (False, None, False)
-    assert r.check_lock(50.0 + lockmod._LOCK_STOPPED_SECONDS) == (False, holder, True)
+    assert r.lock.check_lock(50.0) == (False, None, False)
+    assert r.lock.check_lock(50.0 + lockmod._LOCK_STOPPED_SECONDS) == (False, holder, True)
     assert r._lock_sem.value == 0
 
 
@@ -938,7 +935,7 @@ def test_waiters_do_not_shield_an_orphaned_lock(
     broken = False
     while not broken:
         assert t < lockmod._ORPHAN_LOCK_SECONDS + 2, "orphaned lock never broken"
-        broken = r.check_lock(t).broken
+        broken = r.lock.check_lock(t).broken
         r._q[w + 1] += 1  # the waiter's slice ran out: it waits again
         t += lockmod._LOCK_SLICE
     assert t > lockmod._ORPHAN_LOCK_SECONDS
@@ -946,22 +943,22 @@ def test_waiters_do_not_shield_an_orphaned_lock(
 
 
 def test_retire_row_of_a_given_process_only(r: Ring, me: Identity) -> None:
-    w = r.register(Role.WORKER, index=1)
+    w = r.table.register(Role.WORKER, index=1)
     w.add(C.PROCESSED, 4)
-    r.retire_row(w.row, reused_pid(me))  # a successor's row: kept
-    assert [x.row for x in r.read_rows()] == [w.row]
-    r.retire_row(w.row, me)
-    assert r.read_rows() == [] and r.snapshot().retired[C.PROCESSED] == 4
+    r.table.retire_row(w.row, reused_pid(me))  # a successor's row: kept
+    assert [x.row for x in r.table.read_rows()] == [w.row]
+    r.table.retire_row(w.row, me)
+    assert r.table.read_rows() == [] and r.snapshot().retired[C.PROCESSED] == 4
 
 
 # -- the process table ---------------------------------------------------------
 
 
 def test_process_rows_register_beat_state_counters_and_retire(r: Ring, me: Identity) -> None:
-    w = r.register(Role.WORKER, index=3)
-    i = r.register(Role.INGEST)
+    w = r.table.register(Role.WORKER, index=3)
+    i = r.table.register(Role.INGEST)
     assert w.row != i.row
-    rows = {x.row: x for x in r.read_rows()}
+    rows = {x.row: x for x in r.table.read_rows()}
     assert set(rows) == {w.row, i.row}
     row = rows[w.row]
     assert (row.pid, row.start, row.role, row.index, row.state, row.msgid) == (
@@ -970,10 +967,10 @@ def test_process_rows_register_beat_state_counters_and_retire(r: Ring, me: Ident
     assert row.counters == (0,) * NCOUNTERS
     beat0 = row.heartbeat_ns
     w.beat()
-    beat1 = {x.row: x for x in r.read_rows()}[w.row].heartbeat_ns
+    beat1 = {x.row: x for x in r.table.read_rows()}[w.row].heartbeat_ns
     assert beat1 >= beat0 > 0
     w.set_state(ProcState.SCANNING, "0640c3f1a2b3c-0004d2")
-    row = {x.row: x for x in r.read_rows()}[w.row]
+    row = {x.row: x for x in r.table.read_rows()}[w.row]
     assert (row.state, row.msgid) == (ProcState.SCANNING, "0640c3f1a2b3c-0004d2")
     assert row.since_ns >= beat1 and row.heartbeat_ns == row.since_ns
     w.add(C.PROCESSED, 5)
@@ -985,43 +982,43 @@ def test_process_rows_register_beat_state_counters_and_retire(r: Ring, me: Ident
     totals = r.snapshot().totals()
     assert (totals[C.PROCESSED], totals[C.SCAN_US], totals[C.ACCEPTED_RING]) == (6, 1234, 9)
 
-    r.retire_row(w.row)
+    r.table.retire_row(w.row)
     s = r.snapshot()
     assert [x.row for x in s.rows] == [i.row]
     assert (s.retired[C.PROCESSED], s.retired[C.SCAN_US], s.retired[C.ACCEPTED_RING]) == (
         6, 1234, 0
     )
     assert s.totals() == totals  # conserved
-    r.retire_row(w.row)  # twice: nothing folded again
+    r.table.retire_row(w.row)  # twice: nothing folded again
     assert r.snapshot().totals() == totals
 
-    again = r.register(Role.WORKER, index=4)
+    again = r.table.register(Role.WORKER, index=4)
     assert again.row == w.row and again.get(C.PROCESSED) == 0
     again.add(C.PROCESSED, 2)
     assert r.snapshot().totals()[C.PROCESSED] == 8
 
 
 def test_register_a_given_row_and_refuse_out_of_range(r: Ring) -> None:
-    h = r.register(Role.SUPERVISOR, row=5)
+    h = r.table.register(Role.SUPERVISOR, row=5)
     assert h.row == 5
-    assert [x.row for x in r.read_rows()] == [5]
+    assert [x.row for x in r.table.read_rows()] == [5]
     with pytest.raises(RingError):
-        r.register(Role.WORKER, row=r.rows)
+        r.table.register(Role.WORKER, row=r.rows)
     assert lock_is_free(r)
 
 
 def test_process_table_full(name: str) -> None:
     with Ring.create(name, 2, 16, rows=2) as r:
-        r.register(Role.SUPERVISOR)
-        r.register(Role.INGEST)
+        r.table.register(Role.SUPERVISOR)
+        r.table.register(Role.INGEST)
         with pytest.raises(RingError, match="full"):
-            r.register(Role.WORKER)
+            r.table.register(Role.WORKER)
         assert lock_is_free(r)
 
 
 def test_retire_dead_rows_folds_only_the_dead(r: Ring, me: Identity) -> None:
-    live = r.register(Role.SUPERVISOR)
-    gone = r.register(Role.WORKER, index=1)
+    live = r.table.register(Role.SUPERVISOR)
+    gone = r.table.register(Role.WORKER, index=1)
     gone.add(C.PROCESSED, 7)
     live.add(C.RESTARTS, 1)
     r._q[r._seg.rows_w + gone.row * segmod.ROW_WORDS + segmod.R_START] = me.start + 1  # pid reused

@@ -3,7 +3,7 @@
 Fake processes (this pid with other start times) go through the lock's
 protocol one store at a time, as :meth:`RingLock.acquire` makes them (intent,
 wait, holder and count, intent cleared), so the owner's
-:meth:`Ring.check_lock` runs between any two of them.  Whether each one is
+:meth:`RingLock.check_lock` runs between any two of them.  Whether each one is
 alive or stopped is the model's to say: ``proc.is_alive`` and
 ``proc.stop_mark`` are answered from it.  The clock is the model's too: a
 tick advances it by at most ``_LOCK_SLICE`` and ends each running waiter's
@@ -30,12 +30,12 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from ringtrap import ring as ringmod
 from ringtrap.base import proc
 from ringtrap.base.proc import Identity
-from ringtrap.ring import Ring, owner_token
+from ringtrap.ring import Ring
 from ringtrap.store import lock as lockmod
 from ringtrap.store import segment as segmod
+from ringtrap.store.segment import owner_token, unlink_name
 
 SHM = Path("/dev/shm")
 PREFIX = f"rt-test-{os.getpid()}-lockmodel-"
@@ -81,7 +81,7 @@ class LockMachine(RuleBasedStateMachine):
     def teardown(self) -> None:
         _MODEL[0] = None
         self.ring.close()
-        ringmod.unlink_name(self.name)
+        unlink_name(self.name)
 
     # -- the protocol, store by store (test-only mirror of RingLock.acquire) --------
 
@@ -102,7 +102,7 @@ class LockMachine(RuleBasedStateMachine):
     def owner_turn(self) -> None:
         """The supervisor's housekeeping: check, kill what is hung."""
         held_by = [p for p in self.procs if p.alive and p.phase in (INSIDE, HOLDING)]
-        check = self.ring.check_lock(self.now)
+        check = self.ring.lock.check_lock(self.now)
         if check.broken:
             assert not held_by, f"lock broken under live {held_by[0].ident}"
             self.breaks += 1

@@ -32,6 +32,7 @@ from ringtrap.base.states import SlotState
 from ringtrap.ring import Claim, PutResult, RecoverResult, Ring, RingOwnershipError
 from ringtrap.store import segment as segmod
 from ringtrap.store import stuck as stuckmod
+from ringtrap.store.segment import token_identity, unlink_name
 
 SHM = Path("/dev/shm")
 PREFIX = f"rt-test-{os.getpid()}-model-"
@@ -59,7 +60,7 @@ def slot_contents(r: Ring) -> dict[str, tuple[SlotState, int, int, Identity | No
         )
         msgid = raw.rstrip(b"\0").decode()
         assert msgid not in out, f"{msgid} is in two slots"
-        claimer = ringmod.token_identity(owner) if state is SlotState.CLAIMED else None
+        claimer = token_identity(owner) if state is SlotState.CLAIMED else None
         out[msgid] = (state, size, attempts, claimer)
     return out
 
@@ -97,7 +98,7 @@ class RingMachine(RuleBasedStateMachine):
 
     def teardown(self) -> None:
         self.ring.close()
-        ringmod.unlink_name(self.name)
+        unlink_name(self.name)
 
     # -- model helpers ---------------------------------------------------------
 

@@ -27,6 +27,7 @@ from ringtrap.base.proc import Identity
 from ringtrap.base.states import Role, SlotState
 from ringtrap.ring import PutResult, RecoverResult, Ring
 from ringtrap.store import lock as lockmod
+from ringtrap.store.segment import unlink_name
 
 pytestmark = pytest.mark.slow
 
@@ -77,7 +78,7 @@ def no_leftovers() -> Iterator[None]:
 def name() -> Iterator[str]:
     n = f"{PREFIX}{uuid4().hex[:8]}"
     yield n
-    ringmod.unlink_name(n)
+    unlink_name(n)
 
 
 @pytest.fixture
@@ -221,7 +222,7 @@ def test_sigkilled_lock_holder_is_broken_and_consumers_proceed(
     os.close(lfd)
     ident = identity_of(lpid)
     children.kill(lpid)
-    assert r.lock_holder() == (ident if recorded else None)
+    assert r.lock.holder() == (ident if recorded else None)
 
     consumers = [children.fork(consumer) for _ in msgids]
     for _, fd in consumers:
@@ -231,7 +232,7 @@ def test_sigkilled_lock_holder_is_broken_and_consumers_proceed(
 
     t0 = time.monotonic()
     deadline = t0 + lockmod._ORPHAN_LOCK_SECONDS + 10
-    while not r.break_lock_if_dead():
+    while not r.lock.break_lock_if_dead():
         assert recorded is False, "the dead holder's lock was not broken at once"
         assert time.monotonic() < deadline, "orphaned lock never broken"
         time.sleep(0.2)  # the supervisor's housekeeping tick
@@ -253,7 +254,7 @@ def test_sigkilled_owner_of_a_full_ring_is_adopted_and_drained(
 
     def owner(w: int) -> None:  # pragma: no cover - runs in the child
         o = Ring.create(name, slots, 200)
-        row = o.register(Role.SUPERVISOR)
+        row = o.table.register(Role.SUPERVISOR)
         row.add(C.RESTARTS, 3)
         i = 0
         while o.put(mid(i), body(mid(i), 100 + i)) is PutResult.OK:

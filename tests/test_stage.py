@@ -30,9 +30,10 @@ from ringtrap.base import envelope
 from ringtrap.base.counters import C
 from ringtrap.base.states import Role
 from ringtrap.overflow import Overflow
-from ringtrap.ring import Ring, unlink_name
+from ringtrap.ring import Ring
 from ringtrap.scan.results import ResultSink, read_results
 from ringtrap.scan.spamd import SpamdClient
+from ringtrap.store.segment import unlink_name
 from ringtrap.work.stage import StageWorker
 
 
@@ -166,9 +167,9 @@ def test_a_tell_without_didset_is_not_counted_as_learned(tmp_path: Path) -> None
         for n in range(3):
             store.spill(f"000000000000{n + 1}-000001", envelope.frame(unique_spam()))
         worker = StageWorker(stage_cfg(), store, SpamdClient(fake.address, timeout=5.0),
-                             ring.register(Role.STAGE, 0), 0, parent_pid=os.getppid())
+                             ring.table.register(Role.STAGE, 0), 0, parent_pid=os.getppid())
         worker.run(max_messages=3)
-        (row,) = [r for r in ring.read_rows() if r.pid == os.getpid()]
+        (row,) = [r for r in ring.table.read_rows() if r.pid == os.getpid()]
         assert (worker.done, fake.calls) == (3, 3)
         assert (row.counters[C.STAGE_LEARNED], row.counters[C.STAGE_NOT_LEARNED]) == (0, 3)
     finally:

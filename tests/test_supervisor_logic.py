@@ -10,6 +10,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Self
 
 import pytest
 
@@ -25,6 +26,7 @@ from ringtrap.control.liveness import ABORT_GRACE, BOOT_GRACE
 from ringtrap.control.managed_spamd import spamd_answers_as
 from ringtrap.control.purge import next_purge
 from ringtrap.control.seam import OS
+from ringtrap.store.segment import shm_paths, unlink_name
 from ringtrap.supervisor import Phase, Supervisor
 
 
@@ -337,6 +339,10 @@ class RowsRing:
     def read_rows(self) -> list[SimpleNamespace]:
         return self.rows
 
+    @property
+    def table(self) -> Self:  # the supervisor reads rows through ring.table
+        return self
+
 
 def test_a_stalled_heartbeat_is_aborted_then_killed_on_the_seams_clock(
     sup: tuple[Supervisor, FakeOS],
@@ -414,8 +420,8 @@ def test_a_ring_of_another_layout_version_is_refused_with_what_to_do() -> None:
         why = str(refused.value)
         assert f"layout version {segmod.VERSION - 1}" in why
         assert "stop it with TERM" in why
-        assert " ".join(ringmod.shm_paths(name)) in why
-        assert all(os.path.exists(p) for p in ringmod.shm_paths(name))
+        assert " ".join(shm_paths(name)) in why
+        assert all(os.path.exists(p) for p in shm_paths(name))
     finally:
         old.close()
-        ringmod.unlink_name(name)
+        unlink_name(name)

@@ -37,12 +37,14 @@ from ringtrap.base.envelope import Envelope
 from ringtrap.base.states import ProcState, Role, SlotState
 from ringtrap.config import Config
 from ringtrap.overflow import Overflow, parse_ready
-from ringtrap.ring import PutResult, Ring, RowSnapshot, unlink_name
+from ringtrap.ring import PutResult, Ring
 from ringtrap.scan.archive import MaildirArchive
 from ringtrap.scan.processing import Processor
 from ringtrap.scan.record import Record
 from ringtrap.scan.results import ResultSink, read_results
 from ringtrap.scan.spamd import SpamdClient
+from ringtrap.store.proctable import RowSnapshot
+from ringtrap.store.segment import unlink_name
 from ringtrap.worker import EXIT_OK, EXIT_SETUP, Worker, child_main, spamd_client
 
 EXAMPLES = Path("/usr/share/doc/spamassassin/examples")
@@ -138,7 +140,7 @@ def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
 
 
 def row_of(ring: Ring, pid: int) -> RowSnapshot | None:
-    return next((r for r in ring.read_rows() if r.pid == pid), None)
+    return next((r for r in ring.table.read_rows() if r.pid == pid), None)
 
 
 def counters(row: RowSnapshot) -> dict[C, int]:
@@ -196,7 +198,7 @@ def boot_worker(cfg: Config, index: int, row: int, make_processor: Callable[[], 
                 **options: Any) -> int:  # pragma: no cover - runs in a child
     """What child_main does, with Worker options (short backoffs) the config has not."""
     ring = Ring.attach(cfg.ring.name)
-    worker = Worker(cfg, ring, open_overflow(cfg), ring.register(Role.WORKER, index, row=row),
+    worker = Worker(cfg, ring, open_overflow(cfg), ring.table.register(Role.WORKER, index, row=row),
                     index, make_processor(), ResultSink(cfg.results.dir), **options)
     signal.signal(signal.SIGTERM, lambda s, f: worker.stop(graceful=True))
     return worker.run()
@@ -220,7 +222,7 @@ class StopAfter(ResultSink):
 def local_worker(cfg: Config, ring: Ring, overflow: Overflow, processor: Processor,
                  sink: ResultSink, **options: Any) -> Worker:
     """A worker in this process with its own process-table row."""
-    row = ring.register(Role.WORKER, 0)
+    row = ring.table.register(Role.WORKER, 0)
     worker = Worker(cfg, ring, overflow, row, 0, processor, sink, **options)
     if isinstance(sink, StopAfter):
         sink.worker = worker
@@ -798,9 +800,9 @@ def test_worker_exits_when_its_parent_is_gone(
         return 0
 
     middle = children.fork(parent)
-    wait_for(lambda: any(r.index == 7 and r.pid != middle for r in ring.read_rows()), 10,
+    wait_for(lambda: any(r.index == 7 and r.pid != middle for r in ring.table.read_rows()), 10,
              "the worker's row")
-    [row] = [r for r in ring.read_rows() if r.index == 7]
+    [row] = [r for r in ring.table.read_rows() if r.index == 7]
     assert children.wait(middle) == 0
     wait_for(lambda: not proc.is_alive((row.pid, row.start)), 5, "the orphan to exit")
     after = row_of(ring, row.pid)

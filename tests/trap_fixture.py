@@ -29,9 +29,9 @@ from typing import Any
 import psutil
 
 from ringtrap import config as configmod
-from ringtrap import ring as ringmod
 from ringtrap.base import proc
 from ringtrap.command.status import gather_status
+from ringtrap.store.segment import unlink_name
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -182,7 +182,7 @@ class Trap:
             # a managed spamd's children too: they would outlive their parent
             proc.kill_family(self.proc.pid)
             self.proc.wait(10)
-        ringmod.unlink_name(self.ring_name)
+        unlink_name(self.ring_name)
         shutil.rmtree(self.overflow_dir, ignore_errors=True)
         shutil.rmtree(configmod.stage_dir(self.cfg), ignore_errors=True)
         shutil.rmtree(self.rundir, ignore_errors=True)

@@ -114,9 +114,10 @@ def _purge_quarantine(cfg: configmod.Config, o: Overflow) -> int:
     """``purge --quarantine``: drop failed/ of the overflow and of the stage, nothing else."""
     import contextlib
 
-    from ringtrap import ring as ringmod
     from ringtrap.base.counters import C
     from ringtrap.overflow import Overflow
+    from ringtrap.store.proctable import ProcTable
+    from ringtrap.store.segment import RingLayoutError, RingMissing
 
     stores = [(cfg.overflow.dir, o)]
     if cfg.stage.workers:
@@ -130,25 +131,26 @@ def _purge_quarantine(cfg: configmod.Config, o: Overflow) -> int:
         gone += res.count
         print(f"dropped {res.count} quarantined messages ({res.bytes} bytes) from {path}")
     try:
-        ring = ringmod.Ring.attach(cfg.ring.name)
-    except (ringmod.RingMissing, ringmod.RingLayoutError):
+        table = ProcTable.attach(cfg.ring.name)
+    except (RingMissing, RingLayoutError):
         return 0
-    with ring:
-        ring.add_totals({C.PURGED_QUARANTINED: gone})
+    with table:
+        table.add_totals({C.PURGED_QUARANTINED: gone})
     return 0
 
 
 def count_purge(ring_name: str, count: int, nbytes: int) -> None:
     """Count a purge where status and metrics read it, if the trap's ring exists."""
-    from ringtrap import ring as ringmod
     from ringtrap.base.counters import C
+    from ringtrap.store.proctable import ProcTable
+    from ringtrap.store.segment import RingLayoutError, RingMissing
 
     try:
-        ring = ringmod.Ring.attach(ring_name)
-    except (ringmod.RingMissing, ringmod.RingLayoutError):
+        table = ProcTable.attach(ring_name)
+    except (RingMissing, RingLayoutError):
         return
-    with ring:
-        ring.add_totals({C.PURGED_FILES: count, C.PURGED_BYTES: nbytes})
+    with table:
+        table.add_totals({C.PURGED_FILES: count, C.PURGED_BYTES: nbytes})
 
 
 def cmd_report(args: argparse.Namespace) -> int:

@@ -16,10 +16,12 @@ import psutil
 
 from ringtrap import __version__
 from ringtrap import config as configmod
-from ringtrap import ring as ringmod
 from ringtrap.base import proc
 from ringtrap.base.counters import C
 from ringtrap.overflow import Overflow
+from ringtrap.store.proctable import ProcTable
+from ringtrap.store.segment import RingLayoutError, RingMissing
+from ringtrap.store.snapshot import read_snapshot
 
 
 def fmt_bytes(n: float) -> str:
@@ -31,24 +33,23 @@ def fmt_bytes(n: float) -> str:
     return f"{n:.1f} GiB"  # pragma: no cover
 
 
-def gather_status(cfg: configmod.Config, ring: ringmod.Ring | None = None,
+def gather_status(cfg: configmod.Config, table: ProcTable | None = None,
                   spill: Overflow | None = None) -> dict[str, Any] | None:
     """Everything ``status`` shows, as a JSON-ready dict; None if no ring exists.
 
-    ``ring`` and ``spill`` (an Overflow) are handles to reuse (``ringtrap top`` keeps
-    them between readings); by default the ring is attached and closed here.
+    ``table`` (the segment's process table) and ``spill`` (an Overflow) are
+    handles to reuse (``ringtrap top`` keeps them between readings); by
+    default the table is attached and closed here.
     """
-    if ring is not None:
-        snap = ring.snapshot()
+    if table is not None:
+        snap = read_snapshot(table)
     else:
         try:
-            ring = ringmod.Ring.attach(cfg.ring.name)
-        except (ringmod.RingMissing, ringmod.RingLayoutError):
+            table = ProcTable.attach(cfg.ring.name)
+        except (RingMissing, RingLayoutError):
             return None
-        try:
-            snap = ring.snapshot()
-        finally:
-            ring.close()
+        with table:
+            snap = read_snapshot(table)
     totals = snap.totals()
     procs = []
     now_ns = time.monotonic_ns()

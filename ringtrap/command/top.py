@@ -26,9 +26,10 @@ from rich.table import Table
 from rich.text import Text
 
 from ringtrap import config as configmod
-from ringtrap import ring as ringmod
 from ringtrap.command.status import fmt_bytes, gather_status
 from ringtrap.overflow import Overflow
+from ringtrap.store.proctable import ProcTable
+from ringtrap.store.segment import RingError, shm_paths
 
 BAR_WIDTH = 40
 
@@ -46,48 +47,48 @@ class Sampler:
 
     def __init__(self, cfg: configmod.Config) -> None:
         self.cfg = cfg
-        self._ring: ringmod.Ring | None = None
+        self._table: ProcTable | None = None
         self._ino: int | None = None
         self._overflow: Overflow | None = None
 
     def _segment_inode(self) -> int | None:
         try:
-            return os.stat(ringmod.shm_paths(self.cfg.ring.name)[0]).st_ino
+            return os.stat(shm_paths(self.cfg.ring.name)[0]).st_ino
         except OSError:
             return None
 
-    def _current_ring(self) -> ringmod.Ring | None:
+    def _current_table(self) -> ProcTable | None:
         ino = self._segment_inode()
-        if self._ring is not None and ino == self._ino:
-            return self._ring
+        if self._table is not None and ino == self._ino:
+            return self._table
         self.close()  # gone or replaced by a new supervisor's ring
         if ino is None:
             return None
         try:
-            self._ring = ringmod.Ring.attach(self.cfg.ring.name)
-        except ringmod.RingError:
+            self._table = ProcTable.attach(self.cfg.ring.name)
+        except RingError:
             return None
         self._ino = ino
-        return self._ring
+        return self._table
 
     def sample(self) -> Reading:
         """A reading now; its status is None when no trap is running."""
-        ring = self._current_ring()
+        table = self._current_table()
         if self._overflow is None:
             try:
                 self._overflow = Overflow(self.cfg.overflow.dir, self.cfg.overflow.max_bytes,
                                           create=False)
             except (OSError, ValueError):
                 self._overflow = None
-        status = None if ring is None else gather_status(self.cfg, ring=ring,
+        status = None if table is None else gather_status(self.cfg, table=table,
                                                          spill=self._overflow)
         return Reading(status, time.monotonic())
 
     def close(self) -> None:
         """Let go of the ring mapping."""
-        if self._ring is not None:
-            self._ring.close()
-        self._ring = None
+        if self._table is not None:
+            self._table.close()
+        self._table = None
         self._ino = None
 
 

@@ -26,7 +26,6 @@ import signal
 from pathlib import Path
 from typing import NamedTuple
 
-from ringtrap import ring as ringmod
 from ringtrap.base import proc
 from ringtrap.base.counters import C
 from ringtrap.base.proc import Identity
@@ -36,7 +35,9 @@ from ringtrap.control.seam import OS
 from ringtrap.control.setup import SetupError
 from ringtrap.overflow import Overflow, OverflowFull
 from ringtrap.ring import Ring
+from ringtrap.store.lock import OWNER_PATIENCE, RingBusy
 from ringtrap.store.proctable import ProcRow
+from ringtrap.store.segment import RingExists, RingLayoutError, shm_paths, unlink_name
 
 log = logging.getLogger(__name__)
 
@@ -50,15 +51,15 @@ def open_ring(cfg: Config, overflow: Overflow | None, os_: OS, rows: int) -> tup
     rc = cfg.ring
     try:
         return Ring.create(rc.name, rc.slots, rc.slot_bytes, mode=rc.mode, rows=rows), True
-    except ringmod.RingExists:
+    except RingExists:
         pass
     try:
         old = Ring.attach(rc.name)
-    except ringmod.RingLayoutError as e:
+    except RingLayoutError as e:
         raise SetupError(
             f"{e}; if no ringtrap is running, drain it with the version that made it "
             f"(start it, then stop it with TERM) or remove it, and the messages in it, "
-            f"with: rm -f {' '.join(ringmod.shm_paths(rc.name))}"
+            f"with: rm -f {' '.join(shm_paths(rc.name))}"
         ) from None
     owner = old.owner
     if owner.pid != os.getpid() and os_.is_alive(owner):
@@ -82,7 +83,7 @@ def open_ring(cfg: Config, overflow: Overflow | None, os_: OS, rows: int) -> tup
                 f"the overflow; start with its old geometry "
                 f"({old.slots} x {old.slot_bytes}) to process them"
             )
-        ringmod.unlink_name(rc.name)
+        unlink_name(rc.name)
         log.info("moved %d messages from the old ring", moved)
         return Ring.create(rc.name, rc.slots, rc.slot_bytes, mode=rc.mode, rows=rows), True
     old.close()
@@ -100,7 +101,7 @@ def stop_old_generation(ring: Ring, timeout: float, os_: OS) -> None:
     ``timeout`` seconds is killed.  Returns once none of them is alive.
     """
     me = os.getpid()
-    alive = [Identity(r.pid, r.start) for r in ring.read_rows()
+    alive = [Identity(r.pid, r.start) for r in ring.table.read_rows()
              if r.pid != me and os_.is_alive((r.pid, r.start))]
     if not alive:
         return
@@ -128,7 +129,7 @@ def close_ring(name: str, ring: Ring, overflow: Overflow, row: ProcRow | None,
     """
     # every child is gone: a held lock is a dead one's (or a foreign
     # process's), and waiting for it is all that is left to do
-    ring.patience = ringmod.OWNER_PATIENCE
+    ring.lock.patience = OWNER_PATIENCE
     res = ring.recover_dead()
     if res.requeued and row:
         row.add(C.RECOVERED_RING, res.requeued)
@@ -143,7 +144,7 @@ def close_ring(name: str, ring: Ring, overflow: Overflow, row: ProcRow | None,
             persist = False
     ring.close()
     if persist:
-        ringmod.unlink_name(name)
+        unlink_name(name)
 
 
 def evacuate(ring: Ring, overflow: Overflow) -> int:
@@ -264,7 +265,7 @@ class Recovery:
             return 0
         try:
             res = ring.recover(ident, count_attempt=count_attempt)
-        except ringmod.RingBusy as e:
+        except RingBusy as e:
             # never wait for a live holder here (the next turns kill it if it
             # is hung); the dead child's claims keep
             log.warning("%s: recovery waits for the ring lock (%s)", c.name, e)
@@ -282,11 +283,11 @@ class Recovery:
         if stores.row:
             stores.row.add(C.RECOVERED_RING, res.requeued)
             stores.row.add(C.RECOVERED_OVERFLOW, n)
-        r = next((r for r in ring.read_rows() if r.row == c.row), None)
+        r = next((r for r in ring.table.read_rows() if r.row == c.row), None)
         if r is not None and (r.pid, r.start) == tuple(ident):
             # on RingBusy the row is left to its next occupant's death, or adopt()
-            with contextlib.suppress(ringmod.RingBusy):
-                ring.retire_row(c.row, ident)
+            with contextlib.suppress(RingBusy):
+                ring.table.retire_row(c.row, ident)
         return res.requeued + n
 
     def retry(self, stores: Stores) -> None:

@@ -76,7 +76,7 @@ def check_ring_lock(ring: Ring, children: Iterable[Child], os_: OS, send: Signal
     it is killed (a child of ours is then reaped and recovered as hung),
     and a later turn breaks its lock.  Nothing here waits on the lock.
     """
-    check = ring.check_lock(os_.monotonic())
+    check = ring.lock.check_lock(os_.monotonic())
     if check.broken and row:
         row.add(C.LOCK_BREAKS)
     hung = check.hung
@@ -111,7 +111,7 @@ def booted(c: Child, ring: Ring | None) -> bool:
     """
     if c.booted or ring is None or c.ident is None or c.row < 0:
         return c.booted
-    for r in ring.read_rows():
+    for r in ring.table.read_rows():
         if r.row == c.row and (r.pid, r.start) == tuple(c.ident):
             c.booted = r.state is not ProcState.STARTING
     return c.booted

@@ -3,7 +3,7 @@
 Every ringtrap process counts into its own row of the ring's process table
 (:mod:`ringtrap.base.counters`); the supervisor folds the rows of exited
 processes into the header.  A scrape therefore needs no cooperation from
-any process: :class:`TrapCollector` reads a :meth:`Ring.snapshot` and
+any process: :class:`TrapCollector` reads a :class:`RingSnapshot` and
 :meth:`Overflow.stats` (cached for a second, so a burst of scrapes costs one
 read) and turns them into metric families.  There are no per-process
 registries and nothing to merge.
@@ -30,7 +30,9 @@ from ringtrap import __version__
 from ringtrap.base.counters import SCAN_BUCKETS, C
 from ringtrap.base.states import ProcState, Role
 from ringtrap.overflow import Overflow, OverflowStats
-from ringtrap.ring import Ring, RingError, RingSnapshot
+from ringtrap.store.proctable import ProcTable
+from ringtrap.store.segment import RingError
+from ringtrap.store.snapshot import RingSnapshot, read_snapshot
 
 CACHE_SECONDS = 1.0
 
@@ -220,7 +222,7 @@ class TrapCollector:
         self.overflow_max = overflow_max
         self.cache_seconds = cache_seconds
         self._clock = clock
-        self._ring: Ring | None = None
+        self._table: ProcTable | None = None
         self._overflow: Overflow | None = None
         self._cached: tuple[float, Reading] | None = None
         self._lock = threading.Lock()
@@ -231,9 +233,9 @@ class TrapCollector:
             now = self._clock()
             if self._cached is not None and now - self._cached[0] < self.cache_seconds:
                 return self._cached[1]
-            if self._ring is None:
-                self._ring = Ring.attach(self.ring_name)
-            snap = self._ring.snapshot()
+            if self._table is None:
+                self._table = ProcTable.attach(self.ring_name)
+            snap = read_snapshot(self._table)
             stats: OverflowStats | None = None
             try:
                 if self._overflow is None:
@@ -257,9 +259,9 @@ class TrapCollector:
     def close(self) -> None:
         """Let go of the ring mapping."""
         with self._lock:
-            if self._ring is not None:
-                self._ring.close()
-                self._ring = None
+            if self._table is not None:
+                self._table.close()
+                self._table = None
 
 
 class MetricsServer:

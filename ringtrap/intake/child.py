@@ -130,7 +130,7 @@ def _serve_child(
 ) -> int:
     ing = cfg.ingest
     overflow = Overflow(cfg.overflow.dir, cfg.overflow.max_bytes)
-    row = ring.register(Role.INGEST, 0, row=row_index)
+    row = ring.table.register(Role.INGEST, 0, row=row_index)
     listener, submit, lmtp = listeners
     server = IngestServer(
         listener,

@@ -88,13 +88,40 @@ class ProcRow:
 
 
 class ProcTable:
-    """This process's handle on the table of a segment, sharing its lock."""
+    """This process's handle on the table of a segment, sharing its lock.
+
+    The ring builds one over its own segment (:attr:`ringtrap.ring.Ring.table`);
+    a process that needs only rows and counters takes its own with
+    :meth:`attach`.
+    """
 
     def __init__(self, seg: Segment, lock: RingLock) -> None:
-        self._seg = seg
+        self.segment = self._seg = seg
         self._q = seg.q
-        self._lock = lock
+        self.lock = self._lock = lock
         self.rows = seg.rows
+        self._owns_segment = False
+
+    @classmethod
+    def attach(cls, name: str) -> ProcTable:
+        """Open the table of an existing segment without the ring's slots;
+        :class:`~ringtrap.store.segment.RingMissing` if absent.  The handle
+        maps the segment itself: :meth:`close` lets it go."""
+        seg = Segment.attach(name)
+        table = cls(seg, RingLock(seg))
+        table._owns_segment = True
+        return table
+
+    def close(self) -> None:
+        """Let go of the segment mapped by :meth:`attach` (the table lives on)."""
+        if self._owns_segment:
+            self._seg.close()
+
+    def __enter__(self) -> ProcTable:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def register(self, role: Role, index: int = 0, row: int | None = None) -> ProcRow:
         """Claim a row for this process (a given row, or any free one).

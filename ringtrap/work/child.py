@@ -8,7 +8,7 @@ workers/base.py, supervisord's process.py):
    ingest socket, nor any child the parent's ring mapping);
 3. a fresh random state, and its role in every log line;
 4. its title (``starting``) and the dispositions it needs before its loop;
-5. the ring attached and its process-table row registered;
+5. the segment attached (the ring, or only its process table) and the row registered;
 6. the loop.
 
 Steps 1-3 are :func:`boot` (the supervisor runs it in every child it forks,
@@ -36,7 +36,8 @@ from ringtrap.base.counters import C
 from ringtrap.base.states import ProcState, Role
 from ringtrap.base.titles import set_title
 from ringtrap.config import Config
-from ringtrap.ring import ProcRow, Ring, RingError
+from ringtrap.store.proctable import ProcRow
+from ringtrap.store.segment import RingError
 
 # Exit codes of a worker-like child (what main returns; the parent passes it to os._exit).
 # a child's exits: stopped as asked, recycled for memory or orphaned; an
@@ -266,15 +267,16 @@ def install_signals(loop: ChildLoop) -> None:
     signal.signal(signal.SIGUSR1, reopen)
 
 
-Setup = Callable[[Ring, int, contextlib.ExitStack], ChildLoop]
+Setup = Callable[[int, contextlib.ExitStack], ChildLoop]
 
 
 def main(cfg: Config, role: Role, index: int, setup: Setup, logger: logging.Logger) -> int:
     """Boot steps 4-6 of child ``<role> <index>``; returns its exit code.
 
-    Expects :func:`boot` done.  ``setup(ring, parent_pid, closing)`` opens the
-    role's stores, registers its process-table row in the attached ring and
-    returns its loop; what it opens it hands to ``closing``.  An OSError,
+    Expects :func:`boot` done.  ``setup(parent_pid, closing)`` attaches the
+    segment (the ring, or only its process table), registers the role's row
+    there, opens its stores and returns its loop; what it opens it hands to
+    ``closing``.  An OSError,
     RingError, ValueError or :class:`SetupError` from it means
     :data:`EXIT_SETUP`, an exception from the loop :data:`EXIT_CRASH`; both
     are logged to ``logger``, the role's own.
@@ -292,9 +294,7 @@ def main(cfg: Config, role: Role, index: int, setup: Setup, logger: logging.Logg
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     with contextlib.ExitStack() as closing:
         try:
-            ring = Ring.attach(cfg.ring.name)
-            closing.callback(ring.close)
-            loop = setup(ring, parent, closing)
+            loop = setup(parent, closing)
         except (OSError, RingError, ValueError, SetupError) as exc:
             logger.error("%s: cannot start: %s", name, exc)
             return EXIT_SETUP

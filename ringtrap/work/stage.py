@@ -37,11 +37,11 @@ from ringtrap.base.counters import C
 from ringtrap.base.states import ProcState, Role
 from ringtrap.config import Config
 from ringtrap.overflow import Overflow, OverflowClaim, OverflowClaimLost, UntrustedFile
-from ringtrap.ring import ProcRow, Ring
 from ringtrap.scan import quarantine
 from ringtrap.scan.processing import split_payload
 from ringtrap.scan.results import ResultSink
 from ringtrap.scan.spamd import SpamdClient, SpamdError, TellResult
+from ringtrap.store.proctable import ProcRow, ProcTable
 from ringtrap.work.child import EXIT_CRASH, EXIT_OK, EXIT_SETUP, ChildLoop, SetupError, main
 
 log = logging.getLogger(__name__)
@@ -223,14 +223,15 @@ class StageWorker(ChildLoop):
 def child_main(cfg: Config, index: int, row_index: int, scanning_address: str | None) -> int:
     """Run stage worker ``index`` in a freshly forked child; return its exit code.
 
-    Expects :func:`ringtrap.work.child.boot` done.  Attaches the ring (for its
-    process-table row ``row_index`` only: it never claims ring slots), opens
+    Expects :func:`ringtrap.work.child.boot` done.  Attaches the process table
+    (its row ``row_index``: it never claims ring slots), opens
     the stage directory and its spamd client (``stage.address``, else
     ``scanning_address``), then loops.  TERM, INT and QUIT stop it after the
     current call, USR1 reopens the log.
     """
 
-    def setup(ring: Ring, parent: int, closing: contextlib.ExitStack) -> StageWorker:
+    def setup(parent: int, closing: contextlib.ExitStack) -> StageWorker:
+        table = closing.enter_context(ProcTable.attach(cfg.ring.name))
         address = spamd_address(cfg, scanning_address)
         if address is None:
             raise SetupError("no spamd to talk to")
@@ -240,7 +241,7 @@ def child_main(cfg: Config, index: int, row_index: int, scanning_address: str | 
         sink = closing.enter_context(
             contextlib.closing(ResultSink(cfg.results.dir,
                                           retention_days=cfg.results.retention_days)))
-        row = ring.register(Role.STAGE, index, row=row_index)
+        row = table.register(Role.STAGE, index, row=row_index)
         return StageWorker(cfg, store, client, row, index, parent_pid=parent, sink=sink)
 
     return main(cfg, Role.STAGE, index, setup, log)
