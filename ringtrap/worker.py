@@ -104,8 +104,6 @@ class Worker(ChildLoop):
         self._max_rss = cfg.workers.max_rss_bytes
         self._since_rss_check = RSS_CHECK_EVERY - 1  # check after the first message
 
-    # -- one turn ----------------------------------------------------------------
-
     def _turn(self) -> bool:
         """Claim, process, record, ack; False once over the memory limit."""
         claim = self._claim()
@@ -227,8 +225,6 @@ class Worker(ChildLoop):
                    "score": record.score, "ms": round(took * 1000.0, 1)},
         )
 
-    # -- claims --------------------------------------------------------------------
-
     def _ack(self, claim: StoreClaim) -> None:
         try:
             claim.ack()
@@ -325,8 +321,6 @@ class Worker(ChildLoop):
                     claim.msgid, claim.store, claim.attempts, reason,
                     extra={"event": "quarantine", "msgid": claim.msgid,
                            "attempts": claim.attempts, "kept": done.kept})
-
-    # -- memory ------------------------------------------------------------------
 
     def _over_memory(self) -> bool:
         if not self._max_rss or self._since_rss_check < RSS_CHECK_EVERY:

@@ -117,8 +117,6 @@ class LmtpSession:
         self._recipients: list[str] = []
         self._envelope_bytes = 0
 
-    # -- delivery.Session ---------------------------------------------------------
-
     def start(self) -> bytes:
         return f"220 {self.hostname} ringtrap LMTP ready\r\n".encode()
 
@@ -174,8 +172,6 @@ class LmtpSession:
         self._state = _State.CLOSED
         self.closing = True
         self._in = bytearray()
-
-    # -- commands -------------------------------------------------------------------
 
     def _line(self) -> bytes | None:
         """The next complete command line without its line end, or None for "need more".
@@ -357,8 +353,6 @@ class LmtpSession:
             client_helo=_available(xf.get("HELO")),
             queue_id=_available(xf.get("IDENT")),
         )
-
-    # -- DATA -------------------------------------------------------------------------
 
     def _data(self) -> bytes | None:
         """Pass the message's bytes on; the replies once its end is seen, else None.

@@ -116,8 +116,6 @@ class ChildLoop:
         self._outage_failures = 0
         self._outage_log = logs.RateLimit(backoff_max)
 
-    # -- control ---------------------------------------------------------------
-
     def stop(self, graceful: bool = True) -> None:
         """Ask the loop to return; safe to call from a signal handler.
 
@@ -169,8 +167,6 @@ class ChildLoop:
         """What the start line adds about this child's settings."""
         return ""
 
-    # -- dependencies and backoff -----------------------------------------------
-
     def _dependency_down(self, what: str, msgid: str, exc: BaseException) -> None:
         """Note a failure of ``what`` (the claim was given back) and pause, doubling."""
         now = time.monotonic()
@@ -216,8 +212,6 @@ class ChildLoop:
                 break
             time.sleep(min(left, BEAT_EVERY))
             self._beat()
-
-    # -- process table and title -------------------------------------------------
 
     def _beat(self) -> None:
         """Every turn of the loop and every slice of a pause: heartbeat, USR1's reopen."""
