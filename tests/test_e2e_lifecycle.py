@@ -128,11 +128,14 @@ def test_a_child_sigkilled_every_1_5_s_for_30_s_leaves_the_trap_up_and_loses_not
 def spamd_processes(socket_path: Path) -> list[psutil.Process]:
     """Every live spamd parent started for ``socket_path``, whoever started it."""
     found = []
-    for p in psutil.process_iter(["cmdline", "status"]):
+    for p in psutil.process_iter(["cmdline", "status", "ppid"]):
         cmd = " ".join(p.info["cmdline"] or [])
         if f"--socketpath={socket_path}" in cmd and p.info["status"] != psutil.STATUS_ZOMBIE:
             found.append(p)
-    return found
+    # a child spamd just forked carries its parent's command line until it
+    # renames itself: only those whose parent is no spamd of this socket count
+    parents = {p.pid for p in found}
+    return [p for p in found if p.info["ppid"] not in parents]
 
 
 def session_alive(pid: int) -> list[int]:
