@@ -368,5 +368,5 @@ def test_submit_imports_nothing_heavy() -> None:
             " heavy = {'socket', 'json', 'argparse', 'ringtrap.config', 'psutil', 'posix_ipc'};"
             " print(sorted(heavy & set(sys.modules)))")
     out = subprocess.run([*SUBMIT[:1], "-S", "-c", code], capture_output=True, text=True,
-                         cwd=Path(__file__).resolve().parent.parent, check=True).stdout
+                         cwd=Path(__file__).resolve().parents[2], check=True).stdout
     assert out.strip() == "[]"
