@@ -1,6 +1,6 @@
 """The stress harness's own logic, without a trap: ledger, profile, sizes, pickup, tables.
 
-The smoke test (test_stress_smoke.py) runs the harness end to end; these
+The smoke test (e2e/test_stress_smoke.py) runs the harness end to end; these
 check the pieces whose mistakes it could not see — a ledger that calls a
 lost message purged, a profile that offers the wrong count, a growth test
 that misses a leak.

@@ -39,7 +39,7 @@ from ringtrap.config import (
 USER_UID = 4321
 OWN_GROUP = grp.getgrgid(os.getegid()).gr_name
 OWN_USER = pwd.getpwuid(os.getuid()).pw_name
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(autouse=True)

@@ -26,7 +26,7 @@ from trap_fixture import reply_id, running_trap
 from ringtrap.scan import extract
 from ringtrap.scan.processing import Processor
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "perf"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "perf"))
 
 import linearity
 

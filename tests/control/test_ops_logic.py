@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from fakeos import FakeOS, exit_status, signal_status
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -28,9 +29,6 @@ from ringtrap.control.child import MIN_UPTIME, Child
 from ringtrap.overflow import Overflow
 from ringtrap.store.segment import unlink_name
 from ringtrap.supervisor import Supervisor
-
-from test_supervisor_logic import FakeOS, exit_status, signal_status  # isort: skip
-
 
 # -- sd_notify and the watchdog ------------------------------------------------
 
@@ -336,7 +334,7 @@ class EventRecords(logging.Handler):
 
 
 def test_a_spamd_outage_is_logged_once_per_backoff_period(tmp_path: Path) -> None:
-    from test_worker import local_worker, make_cfg, open_overflow, put, run_until
+    from workerkit import local_worker, make_cfg, open_overflow, put, run_until
 
     from ringtrap.scan.processing import Processor
     from ringtrap.scan.results import ResultSink

@@ -12,7 +12,7 @@ import pytest
 from ringtrap import config as configmod
 from ringtrap.command import cli
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:

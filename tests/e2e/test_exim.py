@@ -35,7 +35,7 @@ from trap_fixture import Trap, wait_until
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SNIPPETS = ROOT / "contrib" / "exim"
 EXIM = ROOT / ".tools" / "bin" / "exim4"
 EXIM_USER = "Debian-exim"

@@ -20,7 +20,7 @@ from spamd_fixture import spamc_missing_reason, spamd_missing_reason
 
 pytestmark = [pytest.mark.slow, pytest.mark.spamd]
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_smoke_run_loses_nothing_and_reports(tmp_path: Path) -> None:

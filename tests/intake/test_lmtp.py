@@ -14,24 +14,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from delivery_harness import Server, servers, temp_base, wait_for
+from delivery_harness import Server, wait_for
 
 from ringtrap.base.envelope import Envelope
 from ringtrap.intake import lmtp
 
 MSG = b"From: a@example.org\r\nSubject: lmtp\r\n\r\nbody\r\n"
-
-
-@pytest.fixture
-def base() -> Iterator[Path]:
-    with temp_base() as path:
-        yield path
-
-
-@pytest.fixture
-def serve(base: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Server]]:
-    with servers(base, monkeypatch) as factory:
-        yield factory
 
 
 _OPEN: list[socket.socket] = []

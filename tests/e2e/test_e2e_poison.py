@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 from spamd_fixture import SpamdProcess
-from test_worker import STALL_MARKER, StallingSpamd
 from trap_fixture import Trap, message, reply_id, wait_until
+from workerkit import STALL_MARKER, StallingSpamd
 
 from ringtrap.base.counters import C
 from ringtrap.ring import Ring

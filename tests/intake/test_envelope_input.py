@@ -12,11 +12,11 @@ import shutil
 import socket
 import subprocess
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from delivery_harness import DELIVER, SUBMIT, Server, servers, temp_base
+from delivery_harness import DELIVER, SUBMIT, Server
 
 from ringtrap.base import envelope, wire
 from ringtrap.base.envelope import Envelope
@@ -27,18 +27,6 @@ from ringtrap.intake.submit_session import MAX_LINE, SubmitSession, parse_block
 from ringtrap.scan.processing import Processor
 
 MSG = b"From: a@example.org\r\nSubject: envelope\r\n\r\nbody\r\n"
-
-
-@pytest.fixture
-def base() -> Iterator[Path]:
-    with temp_base() as path:
-        yield path
-
-
-@pytest.fixture
-def serve(base: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Server]]:
-    with servers(base, monkeypatch) as factory:
-        yield factory
 
 
 # -- relay_ip ---------------------------------------------------------------------

@@ -29,7 +29,7 @@ from trap_fixture import Trap, message, reply_id
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 INSTALL = ROOT / "scripts" / "install"
 PREFIX = Path("/opt/ringtrap")
 BIN = Path("/usr/local/bin")

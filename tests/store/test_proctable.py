@@ -21,7 +21,7 @@ from ringtrap.store.proctable import ProcTable
 from ringtrap.store.segment import RingMissing, unlink_name
 from ringtrap.store.snapshot import read_snapshot
 
-PACKAGE = Path(__file__).resolve().parent.parent / "ringtrap"
+PACKAGE = Path(__file__).resolve().parents[2] / "ringtrap"
 
 
 @pytest.fixture

@@ -2,7 +2,7 @@
 
 ``ringtrap run`` binds all three sockets; the clients an MTA runs deliver
 through them and the records carry the envelope.  The MTAs' own snippets run
-in tests/test_postfix.py and tests/test_exim.py.
+in tests/e2e/test_postfix.py and tests/e2e/test_exim.py.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from trap_fixture import message, reply_id, running_trap, wait_until
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DELIVER = ROOT / "scripts" / "ringtrap-deliver"
 SUBMIT = [sys.executable, "-m", "ringtrap.command.cli", "submit"]
 

@@ -14,12 +14,12 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
 import pytest
-from delivery_harness import DELIVER, SUBMIT, Server, servers, temp_base, wait_for
+from delivery_harness import DELIVER, SUBMIT, Server, wait_for
 
 from ringtrap.base import wire
 from ringtrap.base.envelope import Envelope
@@ -27,19 +27,6 @@ from ringtrap.base.wire import OK, REASON_BAD_REQUEST, REASON_TRUNCATED, TEMPFAI
 from ringtrap.command import submit
 from ringtrap.intake.delivery import Outcome
 from ringtrap.intake.submit_session import SubmitSession, dd_report_start
-
-
-@pytest.fixture
-def base() -> Iterator[Path]:
-    with temp_base() as path:
-        yield path
-
-
-@pytest.fixture
-def serve(base: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Server]]:
-    with servers(base, monkeypatch) as factory:
-        yield factory
-
 
 MSG = b"From: a@example.org\nSubject: trap\n\nbody\n"
 
@@ -368,5 +355,5 @@ def test_submit_imports_nothing_heavy() -> None:
             " heavy = {'socket', 'json', 'argparse', 'ringtrap.config', 'psutil', 'posix_ipc'};"
             " print(sorted(heavy & set(sys.modules)))")
     out = subprocess.run([*SUBMIT[:1], "-S", "-c", code], capture_output=True, text=True,
-                         cwd=Path(__file__).resolve().parent.parent, check=True).stdout
+                         cwd=Path(__file__).resolve().parents[2], check=True).stdout
     assert out.strip() == "[]"

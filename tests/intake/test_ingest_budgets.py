@@ -15,11 +15,11 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from delivery_harness import SUBMIT, Server, servers, temp_base, wait_for
+from delivery_harness import SUBMIT, Server, wait_for
 
 from ringtrap.base.wire import (
     REASON_BUSY,
@@ -33,18 +33,6 @@ from ringtrap.intake.sink import Gate, OverflowGate
 from ringtrap.overflow import Overflow, OverflowFull
 
 MSG = b"From: a@example.org\r\nSubject: budgets\r\n\r\nbody\r\n"
-
-
-@pytest.fixture
-def base() -> Iterator[Path]:
-    with temp_base() as path:
-        yield path
-
-
-@pytest.fixture
-def serve(base: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Server]]:
-    with servers(base, monkeypatch) as factory:
-        yield factory
 
 
 class Trickler:

@@ -18,7 +18,7 @@ from typing import Self
 
 import pytest
 from delivery_harness import Server, servers, temp_base
-from test_supervisor_logic import FakeOS, exit_status
+from fakeos import FakeOS, exit_status
 from trap_fixture import running_trap, wait_until
 
 from ringtrap import config as configmod
@@ -29,7 +29,7 @@ from ringtrap.control.child import Child
 from ringtrap.intake import child as ingest_child
 from ringtrap.supervisor import Supervisor
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 # Where each reloadable key takes effect.  "worker" and "stage": read by
 # those children, which a reload replaces one at a time with the new

@@ -38,7 +38,7 @@ from trap_fixture import Trap, wait_until
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SNIPPETS = ROOT / "contrib" / "postfix"
 SYSTEM_PYTHON = "/usr/bin/python3"
 

@@ -17,8 +17,7 @@ from pathlib import Path
 
 import pytest
 from forking import Children, read_line, report
-from test_ops import NotifyListener
-from trap_fixture import Trap, message, reply_id, wait_until
+from trap_fixture import NotifyListener, Trap, message, reply_id, wait_until
 
 from ringtrap import ring as ringmod
 from ringtrap.base import proc
