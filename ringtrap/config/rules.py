@@ -119,10 +119,14 @@ def _check_overflow_cap(c: Config) -> str | None:
     return None
 
 
+def _nested(a: Path, b: Path) -> bool:
+    """Whether either directory is, or lies inside, the other."""
+    a, b = Path(os.path.normpath(a)), Path(os.path.normpath(b))
+    return a.is_relative_to(b) or b.is_relative_to(a)
+
+
 def _check_results_outside_overflow(c: Config) -> str | None:
-    results = Path(os.path.normpath(c.results.dir))
-    overflow = Path(os.path.normpath(c.overflow.dir))
-    if results.is_relative_to(overflow) or overflow.is_relative_to(results):
+    if _nested(c.results.dir, c.overflow.dir):
         return (
             f"{toml_str(str(c.results.dir))} must not be inside overflow.dir or contain it:"
             " the daily purge would delete results"
@@ -140,16 +144,13 @@ def _check_service_group(c: Config) -> str | None:
 
 
 def _check_archive_outside_overflow(c: Config) -> str | None:
-    if c.archive.dir is None:
-        return None
-    archive = Path(os.path.normpath(c.archive.dir))
-    overflow = Path(os.path.normpath(c.overflow.dir))
-    if archive.is_relative_to(overflow) or overflow.is_relative_to(archive):
+    if c.archive.dir is not None and _nested(c.archive.dir, c.overflow.dir):
         return (
             f"{toml_str(str(c.archive.dir))} must not be inside overflow.dir or contain it:"
             " the daily purge would delete the archive"
         )
     return None
+
 
 def _check_stage_timeout(c: Config) -> str | None:
     if c.stage.workers and c.stage.timeout >= c.workers.heartbeat_timeout:
