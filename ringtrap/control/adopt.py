@@ -139,8 +139,8 @@ def close_ring(name: str, ring: Ring, overflow: Overflow, row: ProcRow | None,
             row.add(C.DRAINED_TO_OVERFLOW, moved)
         if moved:
             log.info("persisted %d ring messages to the overflow", moved)
-        if ring.snapshot().used:  # pragma: no cover - a live foreign claimer
-            log.warning("ring still holds claimed messages; keeping it for adoption")
+        if ring.snapshot().used:  # the overflow was full, or a live foreign claimer
+            log.warning("ring still holds messages; keeping it for adoption")
             persist = False
     ring.close()
     if persist:
@@ -150,7 +150,8 @@ def close_ring(name: str, ring: Ring, overflow: Overflow, row: ProcRow | None,
 def evacuate(ring: Ring, overflow: Overflow) -> int:
     """Move every READY message of ``ring`` to the overflow; returns the count.
 
-    Each message is acknowledged in the ring only once it is stored in the
+    Stops at the overflow's cap: what is left stays READY in the ring.  Each
+    message is acknowledged in the ring only once it is stored in the
     overflow: dying in between leaves it in both, delivered twice at worst.
     """
     moved = 0
@@ -171,9 +172,12 @@ def evacuate(ring: Ring, overflow: Overflow) -> int:
         try:
             overflow.spill(c.msgid, c.data, c.attempts)
         except OverflowFull:
-            # the cap must not lose an accepted message: store it anyway
-            overflow.quarantine_bytes(c.msgid, c.data, c.attempts,
-                                      "overflow full while persisting the ring")
+            # the rest stays in the ring, which is then kept for the next start
+            # to adopt: out of the cap's reach, still to be scanned
+            ring.release(c)
+            log.warning("overflow full while persisting the ring: %d messages stay in it"
+                        " for the next start", ring.snapshot().ready)
+            return moved
         ring.ack(c)
         moved += 1
 
