@@ -11,11 +11,11 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
-import threading
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from canned import CannedReply
 from delivery_harness import DELIVER, SUBMIT, Server
 
 from ringtrap.base import envelope, wire
@@ -231,29 +231,6 @@ def test_control_characters_from_the_clients_are_escaped(
     assert env.recipients == ("t\\x1b@example.net",)
 
 
-class OneReply:
-    """A submit socket that reads a delivery to its end and answers ``line``."""
-
-    def __init__(self, path: Path, line: bytes) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.bind(str(path))
-        self.sock.listen(4)
-        self.line = line
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    def _serve(self) -> None:
-        conn, _ = self.sock.accept()
-        with conn:
-            while conn.recv(65536):
-                pass
-            conn.sendall(self.line)
-
-    def close(self) -> None:
-        self.thread.join(10)
-        self.sock.close()
-
-
 @pytest.mark.parametrize("which", ["submit", "deliver"])
 @pytest.mark.parametrize(("reply", "code"), [
     (b"ERR bad request: envelope block over 16384 bytes\n", 75),  # what an older ingest says
@@ -265,7 +242,7 @@ def test_the_clients_exit_0_only_on_a_refusal_for_good(
     base: Path, which: str, reply: bytes, code: int
 ) -> None:
     path = base / f"one-{code}.sock"
-    server = OneReply(path, reply)
+    server = CannedReply(path, reply)
     try:
         done = run_client(which, ["--socket", str(path), "--timeout", "10"])
     finally:

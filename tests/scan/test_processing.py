@@ -10,12 +10,11 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
-import socket
 import tempfile
-import threading
 from pathlib import Path
 
 import pytest
+from canned import CannedReply
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from spamd_fixture import SpamdProcess
@@ -166,29 +165,16 @@ def test_at_scan_limit_spamd_is_contacted_and_retryable_errors_pass_through() ->
     assert info.value.retryable
 
 
-class FakeSpamd:
-    """A one-shot server answering every request with a fixed reply."""
+class FakeSpamd(CannedReply):
+    """A one-shot spamd answering its one request with a fixed reply."""
 
     def __init__(self, reply: bytes) -> None:
         self.dir = tempfile.TemporaryDirectory(prefix="rt-fake-")
         self.path = f"{self.dir.name}/s.sock"
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.bind(self.path)
-        self.sock.listen(4)
-        self.reply = reply
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    def _serve(self) -> None:
-        conn, _ = self.sock.accept()
-        with conn:
-            while conn.recv(65536):
-                pass  # the client shuts down its write side after the body
-            conn.sendall(self.reply)
+        super().__init__(self.path, reply)
 
     def close(self) -> None:
-        self.thread.join(5)
-        self.sock.close()
+        super().close()
         self.dir.cleanup()
 
 
