@@ -35,10 +35,7 @@ from ringtrap.scan.spamd import SpamdClient, SpamdError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["VERDICTS", "Processor", "split_payload"]
-
-# what processing gives (a quarantined message is never processed)
-VERDICTS = tuple(v for v in Verdict if v is not Verdict.QUARANTINED)
+__all__ = ["Processor", "split_payload"]
 
 REASON_SPAMD_OFF = "spamd off"
 
