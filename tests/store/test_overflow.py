@@ -1016,7 +1016,8 @@ class OverflowMachine(RuleBasedStateMachine):
     def spill(self, size: int, tick: bool) -> None:
         if tick:
             self.clock.now += 1.0  # the next refusal may refresh the estimate
-        used = sum(h.size for h in self.model.values())
+        # the quarantine (failed/) has a cap of its own: it never blocks a spill
+        used = sum(h.size for h in self.model.values() if h.state != "failed")
         msgid = ids.new_id()
         try:
             name = self.ingest.spill(msgid, body(msgid, size))
