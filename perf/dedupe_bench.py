@@ -114,7 +114,7 @@ def _worker(address: str, results_dir: str, skip: bool, items: list[tuple[int, b
         return original(message)
 
     client.symbols = counted  # type: ignore[method-assign]
-    proc = Processor(spamd=client, scan_limit_bytes=1 << 20,
+    proc = Processor(scanner=client, scan_limit_bytes=1 << 20,
                      dedupe=DedupeStore(results_dir, 86400.0), skip_duplicates=skip)
     out = []
     for i, data in items:

@@ -23,7 +23,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from trap_fixture import Trap, message, reply_id  # noqa: E402
 
 from ringtrap.control.managed_spamd import managed_spamd_socket  # noqa: E402
-from ringtrap.scan.spamd import SpamdClient, SpamdError  # noqa: E402
+from ringtrap.scan.spamd import ScanError, SpamdClient  # noqa: E402
 
 
 def cpu_by_role(trap: Trap) -> dict[str, float]:
@@ -67,7 +67,7 @@ def main() -> int:
                 SpamdClient(f"unix:{managed_spamd_socket(trap.cfg)}", connect_timeout=1,
                             timeout=5).ping()
                 break
-            except SpamdError:
+            except ScanError:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.2)

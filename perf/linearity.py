@@ -120,7 +120,7 @@ def step() -> Callable[[bytes], object]:
     """One worker's message step without spamd (imports the ringtrap on sys.path)."""
     from ringtrap.scan.processing import Processor
 
-    proc = Processor(spamd=None, scan_limit_bytes=500 * 1024)
+    proc = Processor(scanner=None, scan_limit_bytes=500 * 1024)
     return lambda message: proc.process("0640c3f1a2b3c-0004d2", message, 1714567890.0, 1)
 
 

@@ -43,7 +43,7 @@ from ringtrap import ring as ringmod  # noqa: E402
 from ringtrap.base import ids  # noqa: E402
 from ringtrap.base.proc import self_identity  # noqa: E402
 from ringtrap.overflow import CLAIM_WINDOW, Overflow  # noqa: E402
-from ringtrap.scan.spamd import SpamdClient, SpamdError  # noqa: E402
+from ringtrap.scan.spamd import ScanError, SpamdClient  # noqa: E402
 from ringtrap.store.segment import unlink_name  # noqa: E402
 
 CTX = mp.get_context("fork")
@@ -149,7 +149,7 @@ def _dirqueue_worker(base: Path, address: str, done: Any, stop: Any, stats: Any)
                 r = client.symbols(data)
                 rec.update(verdict="spam" if r.spam else "ham", score=r.score,
                            rules=list(r.rules))
-            except SpamdError as e:
+            except ScanError as e:
                 rec.update(verdict="error", reason=str(e))
         os.write(fd, (json.dumps(rec) + "\n").encode())
         q.finish(name)

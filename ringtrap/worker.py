@@ -38,13 +38,8 @@ from ringtrap.scan import quarantine
 from ringtrap.scan.processing import Processor
 from ringtrap.scan.record import Archiving, Record
 from ringtrap.scan.results import ResultSink
-from ringtrap.scan.spamd import (
-    EX_TIMEOUT,
-    SpamdClient,
-    SpamdError,
-    SpamdResponseError,
-    SpamdTimeout,
-)
+from ringtrap.scan.scanner import ScanError, ScanResponseError, ScanTimeout
+from ringtrap.scan.spamd import EX_TIMEOUT, SpamdClient
 from ringtrap.store.claim import ClaimLost, StoreClaim
 from ringtrap.store.proctable import ProcRow
 from ringtrap.work.child import (
@@ -152,7 +147,7 @@ class Worker(ChildLoop):
         started = time.monotonic()
         try:
             record = self.processor.process(msgid, payload, claim.received, claim.attempts)
-        except SpamdError as exc:
+        except ScanError as exc:
             if self._timed_out_alone(exc):
                 self._count(C.SPAMD_ERRORS)
                 self._count_timeout(claim, exc)
@@ -242,25 +237,25 @@ class Worker(ChildLoop):
             return
         self._count(C.RELEASED)
 
-    def _timed_out_alone(self, exc: SpamdError) -> bool:
+    def _timed_out_alone(self, exc: ScanError) -> bool:
         """True if the scan timed out while spamd still answers PING.
 
         A timeout is then this message's doing (it costs spamd more than the
         deadline), not an outage: it counts an attempt.  spamd refusing,
         resetting or not answering PING is an outage, which does not.
         """
-        client = self.processor.spamd
-        timed_out = isinstance(exc, SpamdTimeout) or (
-            isinstance(exc, SpamdResponseError) and exc.code == EX_TIMEOUT)
+        client = self.processor.scanner
+        timed_out = isinstance(exc, ScanTimeout) or (
+            isinstance(exc, ScanResponseError) and exc.code == EX_TIMEOUT)
         if not timed_out or client is None:
             return False
         try:
             client.ping(timeout=PING_TIMEOUT)
-        except SpamdError:
+        except ScanError:
             return False
         return True
 
-    def _count_timeout(self, claim: StoreClaim, exc: SpamdError) -> None:
+    def _count_timeout(self, claim: StoreClaim, exc: ScanError) -> None:
         attempts = claim.attempts + 1
         limit = self.cfg.overflow.max_attempts
         log.warning("%s: spamd timed out on it (%s) but answers PING: attempt %d of %d",

@@ -12,7 +12,7 @@ from enum import IntEnum
 
 from ringtrap.base.states import Verdict
 
-NCOUNTERS = 64
+NCOUNTERS = 128
 
 
 class C(IntEnum):
@@ -93,6 +93,8 @@ class C(IntEnum):
     # supervisor: live processes killed for holding the ring lock while
     # stopped or stuck (their lock is then broken and counted in LOCK_BREAKS)
     LOCK_HOLDER_KILLS = 63
+    # 64-79: scanner pools; 80-95: the analysed fraction; 96-103: rspamd;
+    # 104-127: the fleet.  Each block is appended to in order.
 
 
 # The counter of each verdict: VERDICT_<name>, so a verdict without one fails here.

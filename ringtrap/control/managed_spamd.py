@@ -99,12 +99,13 @@ class PingWatch:
         if now < self.next_ping or now - started < RULES_LOAD:
             return False
         self.next_ping = now + PING_INTERVAL
-        from ringtrap.scan.spamd import SpamdClient, SpamdError
+        from ringtrap.scan.scanner import ScanError
+        from ringtrap.scan.spamd import SpamdClient
 
         try:
             SpamdClient(f"unix:{managed_spamd_socket(cfg)}", connect_timeout=2.0,
                         timeout=5.0).ping()
-        except SpamdError as e:
+        except ScanError as e:
             self.failures += 1
             log.warning("managed spamd did not answer PING (%s), %d in a row", e, self.failures)
             if self.failures >= PING_FAILURES:

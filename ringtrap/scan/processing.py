@@ -1,13 +1,14 @@
 """Message work: turn one stored payload into one result record.
 
 :class:`Processor` splits off the envelope line, walks the message within
-fixed bounds (:mod:`ringtrap.scan.mime`), extracts what an operator mines from it
-(:mod:`ringtrap.scan.extract`), runs the cheap prefilters (:mod:`ringtrap.scan.prefilter`),
-looks the body's fingerprint up among recent campaigns
-(:mod:`ringtrap.scan.dedupe`), asks spamd for a verdict, archives the message
-(:mod:`ringtrap.scan.archive`) and builds the :class:`~ringtrap.scan.record.Record`
-the worker writes to the results.  It knows nothing of queues: the caller claims, records and
-acknowledges.
+fixed bounds (:mod:`ringtrap.scan.mime`), extracts what an operator mines
+from it (:mod:`ringtrap.scan.extract`), runs the cheap prefilters
+(:mod:`ringtrap.scan.prefilter`), looks the body's fingerprint up among
+recent campaigns (:mod:`ringtrap.scan.dedupe`), asks the scanner
+(:mod:`ringtrap.scan.scanner`) for a verdict, archives the message
+(:mod:`ringtrap.scan.archive`) and builds the
+:class:`~ringtrap.scan.record.Record` the worker writes to the results.  It
+knows nothing of queues: the caller claims, records and acknowledges.
 
 Trap mail is hostile (binary garbage, thousands of headers, broken RFC 2047
 words, charsets that do not exist): nothing here raises on message content.
@@ -31,7 +32,7 @@ from ringtrap.scan import extract, mime, prefilter
 from ringtrap.scan.archive import MaildirArchive
 from ringtrap.scan.dedupe import DedupeStore, First
 from ringtrap.scan.record import ARCHIVE_FAILED, NOT_ARCHIVED, Archived, Record, iso_utc
-from ringtrap.scan.spamd import SpamdClient, SpamdError
+from ringtrap.scan.scanner import ScanError, Scanner
 
 log = logging.getLogger(__name__)
 
@@ -54,14 +55,14 @@ class Processor:
     ``monotonic`` is the clock the steps' timings are read from.
     """
 
-    def __init__(self, *, spamd: SpamdClient | None, scan_limit_bytes: int,
+    def __init__(self, *, scanner: Scanner | None, scan_limit_bytes: int,
                  checks: Collection[str] = prefilter.CHECKS,
                  trusted_networks: Iterable[Network] = (),
                  dedupe: DedupeStore | None = None, skip_duplicates: bool = False,
                  archive: MaildirArchive | None = None,
                  monotonic: Callable[[], float] = time.monotonic) -> None:
-        """``spamd`` None records every message unscanned ("spamd off")."""
-        self.spamd = spamd
+        """``scanner`` None records every message unscanned ("spamd off")."""
+        self.scanner = scanner
         self.scan_limit_bytes = scan_limit_bytes
         self.checks = frozenset(checks)
         self.trusted_networks = tuple(trusted_networks)
@@ -72,14 +73,14 @@ class Processor:
         self._monotonic = monotonic
 
     @classmethod
-    def from_config(cls, cfg: Config, spamd: SpamdClient | None) -> Processor:
+    def from_config(cls, cfg: Config, scanner: Scanner | None) -> Processor:
         """The processor a worker runs with ``cfg``; opens nothing until the first message."""
         dedupe = (DedupeStore(cfg.results.dir, cfg.dedupe.window) if cfg.dedupe.enabled
                   else None)
         archive = (MaildirArchive(cfg.archive.dir, cfg.archive.verdicts,
                                   cfg.archive.retention_days)
                    if cfg.archive.dir is not None else None)
-        return cls(spamd=spamd, scan_limit_bytes=cfg.workers.scan_limit_bytes,
+        return cls(scanner=scanner, scan_limit_bytes=cfg.workers.scan_limit_bytes,
                    checks=cfg.prefilter.checks,
                    trusted_networks=[ipaddress.ip_network(n) for n in
                                      cfg.records.trusted_networks],
@@ -88,7 +89,7 @@ class Processor:
     def process(self, msgid: str, payload: bytes, received: float, attempts: int) -> Record:
         """Build the result record of one stored payload.
 
-        Raises a retryable :class:`~ringtrap.scan.spamd.SpamdError` unchanged (the
+        Raises a retryable :class:`~ringtrap.scan.spamd.ScanError` unchanged (the
         caller gives the message back and retries later); a non-retryable one
         is recorded as verdict "error" with the reason.  ``received`` is
         wall-clock seconds since the epoch.
@@ -113,10 +114,10 @@ class Processor:
         clock.lap("prefilter")
         if taken is not None:
             record.verdict, record.reason = taken
-        elif self.spamd is None:
+        elif self.scanner is None:
             record.reason = REASON_SPAMD_OFF
         else:
-            self._scan(record, message, received, clock)
+            self._scan(record, message, env, received, clock)
         if self.archive is not None:
             record.archived = self._archive(record, message, received)
             clock.lap("archive")
@@ -156,7 +157,7 @@ class Processor:
             parse_error=msg.unparseable,
         )
 
-    def _scan(self, record: Record, message: memoryview, received: float,
+    def _scan(self, record: Record, message: memoryview, env: Envelope, received: float,
               clock: _Clock) -> None:
         fingerprint = record.fingerprint
         first: First | None = None
@@ -172,20 +173,25 @@ class Processor:
                 record.rules = list(first.rules)
                 return
         try:
-            result = self.spamd.symbols(message)  # type: ignore[union-attr]
-        except SpamdError as exc:
+            assert self.scanner is not None
+            result = self.scanner.scan(message, env)
+        except ScanError as exc:
             if exc.retryable:
                 raise
             # spamd answered, so the time it took is still worth recording
             record.scanned_ms = clock.lap("scan")
             record.verdict = Verdict.ERROR
-            record.reason = f"spamd: {exc}"
+            record.reason = f"{self.scanner.kind}: {exc}"
             return
         record.scanned_ms = clock.lap("scan")
         record.verdict = Verdict.SPAM if result.spam else Verdict.HAM
         record.score = result.score
         record.required = result.required
         record.rules = list(result.rules)
+        record.scanner, record.scanner_host = result.scanner, result.host
+        record.action = result.action
+        record.symbols = ({name: sym.to_dict() for name, sym in result.symbols.items()}
+                          if result.symbols else None)
         if self.dedupe is not None and fingerprint and first is None:
             self.dedupe.remember(fingerprint, First(
                 record.id, received, record.verdict, result.score, result.required,

@@ -119,6 +119,13 @@ class Record:
     quarantine: Quarantine | None = None
     # why the walk could not read it as a message; it is scanned all the same
     parse_error: str | None = None
+    # the scanner kind ("spamd", "rspamd") and address that gave the verdict
+    scanner: str | None = None
+    scanner_host: str | None = None
+    # rspamd's advice ("reject", "add header", ...) and each rule with its
+    # score and options; null from spamd, which gives neither
+    action: str | None = None
+    symbols: dict[str, dict[str, object]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The record as a JSON object: every key of :data:`RECORD_KEYS`, in that order."""

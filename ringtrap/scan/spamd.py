@@ -6,10 +6,10 @@ closes after replying) and parse it.  Every call runs against one absolute
 deadline on the monotonic clock; each socket operation gets the time that is
 left.  The message is never decoded, logged or copied more than once.
 
-Errors say whether retrying can help (``exc.retryable``): a refused or
-missing socket, a reset, a 0-byte or truncated reply (a spamd child killed or
-spamd restarting) and timeouts are retryable; an unparseable reply and
-protocol errors reported by spamd are not.
+Errors are :mod:`ringtrap.scan.scanner`'s: a refused or missing socket, a
+reset, a 0-byte or truncated reply (a spamd child killed or spamd
+restarting) and timeouts are retryable; an unparseable reply and protocol
+errors reported by spamd are not.
 
 If the process dies in the middle of a call, nothing is left behind but a
 closed connection; spamd discards the half-sent request.
@@ -22,6 +22,16 @@ import re
 import socket
 import time
 from dataclasses import dataclass
+
+from ringtrap.base.envelope import Envelope
+from ringtrap.scan.scanner import (
+    ScanConnectionError,
+    ScanError,
+    ScanProtocolError,
+    ScanResponseError,
+    ScanResult,
+    ScanTimeout,
+)
 
 log = logging.getLogger(__name__)
 
@@ -47,38 +57,11 @@ _SPAM_FLAGS = {"True": True, "Yes": True, "False": False, "No": False}
 _MESSAGE_CLASSES = frozenset({"spam", "ham"})
 
 
-class SpamdError(Exception):
-    """Base of every error the client raises; ``retryable`` says if a retry may help."""
-
-    retryable: bool = False
-
-
-class SpamdConnectionError(SpamdError):
-    """No usable connection or no complete reply: refused, missing socket, reset, 0 bytes."""
-
-    retryable = True
-
-
-class SpamdTimeout(SpamdError):
-    """The connect or reply deadline passed."""
-
-    retryable = True
-
-
-class SpamdProtocolError(SpamdError):
-    """The reply is not something spamd sends."""
-
-    retryable = False
-
-
-class SpamdResponseError(SpamdError):
+class SpamdResponseError(ScanResponseError):
     """spamd answered with a non-zero status line (``.code``, ``.text``)."""
 
     def __init__(self, code: int, text: str) -> None:
-        super().__init__(code, text)
-        self.code = code
-        self.text = text
-        self.retryable = code in RETRYABLE_CODES
+        super().__init__(code, text, retryable=code in RETRYABLE_CODES)
 
     def __str__(self) -> str:
         return f"spamd replied {self.code} {self.text}"
@@ -162,13 +145,13 @@ def _split_reply(data: bytes, *, complete: bool) -> tuple[dict[str, str], bytes]
     answered with a status line alone.
     """
     if not data:
-        raise SpamdConnectionError("spamd closed the connection without a reply")
+        raise ScanConnectionError("spamd closed the connection without a reply")
     end = data.find(b"\r\n")
     if end < 0:
-        raise SpamdProtocolError(f"reply without a status line: {data[:80]!r}")
+        raise ScanProtocolError(f"reply without a status line: {data[:80]!r}")
     m = _STATUS_RE.fullmatch(data, 0, end)
     if m is None:
-        raise SpamdProtocolError(f"bad status line: {data[: min(end, 80)]!r}")
+        raise ScanProtocolError(f"bad status line: {data[: min(end, 80)]!r}")
     code = int(m[2])
     if code != 0:
         raise SpamdResponseError(code, (m[3] or b"").decode("latin-1").strip())
@@ -177,24 +160,24 @@ def _split_reply(data: bytes, *, complete: bool) -> tuple[dict[str, str], bytes]
         if complete:
             # spamd writes the status line and the headers separately; a
             # child killed in between leaves just the status line.
-            raise SpamdConnectionError("reply truncated before the end of its headers")
+            raise ScanConnectionError("reply truncated before the end of its headers")
         return {}, b""
     headers: dict[str, str] = {}
     if split > end:
         for line in data[end + 2 : split].split(b"\r\n"):
             name, colon, value = line.partition(b":")
             if not colon or not name:
-                raise SpamdProtocolError(f"bad reply header: {line[:80]!r}")
+                raise ScanProtocolError(f"bad reply header: {line[:80]!r}")
             headers[name.decode("latin-1").strip()] = value.decode("latin-1").strip()
     body = data[split + 4 :]
     length = _header(headers, "content-length")
     if length is not None:
         if not length.isascii() or not length.isdigit():
-            raise SpamdProtocolError(f"bad Content-length in reply: {length[:40]!r}")
+            raise ScanProtocolError(f"bad Content-length in reply: {length[:40]!r}")
         if len(body) < int(length):
-            raise SpamdConnectionError(f"reply truncated: {len(body)} of {length} body bytes")
+            raise ScanConnectionError(f"reply truncated: {len(body)} of {length} body bytes")
         if len(body) > int(length):
-            raise SpamdProtocolError(f"reply body longer than its Content-length {length}")
+            raise ScanProtocolError(f"reply body longer than its Content-length {length}")
     return headers, body
 
 
@@ -212,10 +195,10 @@ def parse_scan_reply(data: bytes, *, rules: bool = False, report: bool = False) 
     headers, body = _split_reply(data, complete=True)
     spam_header = _header(headers, "spam")
     if spam_header is None:
-        raise SpamdProtocolError("reply without a Spam header")
+        raise ScanProtocolError("reply without a Spam header")
     m = _SPAM_RE.fullmatch(spam_header)
     if m is None:
-        raise SpamdProtocolError(f"bad Spam header: {spam_header[:80]!r}")
+        raise ScanProtocolError(f"bad Spam header: {spam_header[:80]!r}")
     names: tuple[str, ...] = ()
     if rules:
         text = body.decode("latin-1").strip()
@@ -254,6 +237,8 @@ def parse_ping_reply(data: bytes) -> None:
 class SpamdClient:
     """A synchronous spamd client: one connection per call, no state between calls."""
 
+    kind = "spamd"
+
     def __init__(
         self,
         address: str,
@@ -290,13 +275,19 @@ class SpamdClient:
         return f"SpamdClient({self.address!r})"
 
     def ping(self, timeout: float | None = None) -> None:
-        """Check that spamd answers; raises a SpamdError if it does not.
+        """Check that spamd answers; raises a ScanError if it does not.
 
         ``timeout`` shortens this call's deadline (never lengthens it): a
         PING is answered by spamd's parent at once, however busy the children.
         """
         parse_ping_reply(self._call("PING", b"PING " + PROTOCOL + b"\r\n\r\n", None,
                                     timeout=timeout))
+
+    def scan(self, message: bytes | bytearray | memoryview,
+             env: Envelope | None = None) -> ScanResult:
+        """Score ``message`` with the rules that hit (SYMBOLS); spamd reads no envelope."""
+        r = self.symbols(message)
+        return ScanResult("spamd", self.address, r.spam, r.score, r.required, r.rules)
 
     def check(self, message: bytes | bytearray | memoryview) -> SpamdResult:
         """Score ``message`` (CHECK); ``rules`` is empty and ``report`` None."""
@@ -356,7 +347,7 @@ class SpamdClient:
                 return self._exchange(sock, head, body, deadline)
             finally:
                 sock.close()
-        except SpamdError as exc:
+        except ScanError as exc:
             log.debug("spamd %s at %s failed: %s", verb, self.address, exc)
             raise
 
@@ -367,7 +358,7 @@ class SpamdClient:
             try:
                 infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
             except OSError as exc:
-                raise SpamdConnectionError(f"{self.address}: cannot resolve: {exc}") from exc
+                raise ScanConnectionError(f"{self.address}: cannot resolve: {exc}") from exc
             targets = [(info[0], info[4]) for info in infos]
         else:
             targets = [(self._family, self._sockaddr)]
@@ -377,7 +368,7 @@ class SpamdClient:
                 return self._connect_one(family, sockaddr, deadline)
             except OSError as exc:  # refused, missing socket: try the next address
                 error = exc
-        raise SpamdConnectionError(f"{self.address}: cannot connect: {error}") from error
+        raise ScanConnectionError(f"{self.address}: cannot connect: {error}") from error
 
     def _connect_one(
         self, family: int, sockaddr: str | tuple[str, int], deadline: float
@@ -398,7 +389,7 @@ class SpamdClient:
                 continue
             except TimeoutError as exc:
                 sock.close()
-                raise SpamdTimeout(f"{self.address}: connect timed out") from exc
+                raise ScanTimeout(f"{self.address}: connect timed out") from exc
             except BaseException:
                 sock.close()
                 raise
@@ -428,7 +419,7 @@ class SpamdClient:
             # EOF tells spamd at once that nothing more is coming.
             sock.shutdown(socket.SHUT_WR)
         except TimeoutError as exc:
-            raise SpamdTimeout(f"{self.address}: timed out sending the request") from exc
+            raise ScanTimeout(f"{self.address}: timed out sending the request") from exc
         except OSError as exc:
             # spamd may have answered early (a refused TELL) and closed; its
             # reply is still readable and says more than EPIPE would.
@@ -439,21 +430,21 @@ class SpamdClient:
                 sock.settimeout(self._left(deadline, "reading the reply"))
                 chunk = sock.recv(_RECV_SIZE)
             except TimeoutError as exc:
-                raise SpamdTimeout(f"{self.address}: timed out waiting for the reply") from exc
+                raise ScanTimeout(f"{self.address}: timed out waiting for the reply") from exc
             except OSError as exc:
                 if not chunks:
-                    raise SpamdConnectionError(f"{self.address}: {exc}") from exc
+                    raise ScanConnectionError(f"{self.address}: {exc}") from exc
                 break  # a reset after the reply: let the parser judge what arrived
             if not chunk:
                 break
             chunks.append(chunk)
         if not chunks:
             detail = f" (sending failed: {send_error})" if send_error else ""
-            raise SpamdConnectionError(f"{self.address}: closed without a reply{detail}")
+            raise ScanConnectionError(f"{self.address}: closed without a reply{detail}")
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     def _left(self, deadline: float, phase: str) -> float:
         left = deadline - time.monotonic()
         if left <= 0:
-            raise SpamdTimeout(f"{self.address}: deadline passed before {phase}")
+            raise ScanTimeout(f"{self.address}: deadline passed before {phase}")
         return left

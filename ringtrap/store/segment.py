@@ -6,13 +6,12 @@ semaphores named after it: the lock (:mod:`ringtrap.store.lock`) and
 
 Segment layout (native byte order, every field a 64-bit word unless noted)::
 
-    offset 0        header, HEADER_WORDS words (1 KiB)
+    offset 0        header, HEADER_WORDS words (2 KiB)
                       0 magic "RINGTRAP"   1 layout version   2 slot count
                       3 slot bytes         4 process rows      5 counters per row
                       6 created (wall us)  7 owner pid         8 owner start
                      15 generation (+1 on every adopt)
                      16 lock breaks       17 slots requeued   18 slots freed
-                     32..95 retired counters (rows of exited processes, folded)
                      96 head (next seq to put; the producer's, alone in its
                         cache line so consumers' writes never evict it)
                     104 lock owner       105 lock acquisitions
@@ -22,13 +21,14 @@ Segment layout (native byte order, every field a 64-bit word unless noted)::
                         processes without a row (see ringtrap.store.lock)
                     124 passed (fresh claims taken while an attempted
                         message waited behind tail)
+                    128..255 retired counters (rows of exited processes, folded)
     ROWS            process table, ROW_WORDS words per row
                       0 pid  1 role  2 start  3 state  4 index
                       5 heartbeat (monotonic ns)  6 state since (monotonic ns)
                       8..11 current message id (32 bytes)
                      12 lock intent (owner token while waiting for or
                         entering the lock)  13 lock tries (+1 per wait given up)
-                     16..79 counters (see ringtrap.base.counters)
+                     16..143 counters (see ringtrap.base.counters)
     DESCS           DESC_WORDS words per slot, cache-line aligned
                       0 state  1 owner  2 seq  3 length  4 attempts
                       5 enqueued (wall us)  6 releases (give-backs)  7 reserved
@@ -62,8 +62,8 @@ from ringtrap.base.counters import NCOUNTERS
 from ringtrap.base.proc import Identity
 
 MAGIC = int.from_bytes(b"RINGTRAP", "little")
-VERSION = 3
-HEADER_WORDS = 128
+VERSION = 4
+HEADER_WORDS = 256
 ROW_WORDS = 16 + NCOUNTERS
 DESC_WORDS = 16
 ID_BYTES = 32
@@ -76,7 +76,8 @@ H_CREATED, H_OWNER_PID, H_OWNER_START = 6, 7, 8
 H_LOCK, H_LOCK_COUNT = 104, 105
 H_HEAD, H_TAIL, H_STRAY = 96, 106, 107
 H_GENERATION, H_LOCK_BREAKS, H_REQUEUED, H_FREED = 15, 16, 17, 18
-H_RETIRED = 32
+H_RETIRED = 128
+assert H_RETIRED + NCOUNTERS <= HEADER_WORDS
 H_GUESTS, GUESTS = 108, 8
 H_PASSED = 124
 # row words

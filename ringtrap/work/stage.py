@@ -40,7 +40,8 @@ from ringtrap.overflow import Overflow, OverflowClaim, OverflowClaimLost, Untrus
 from ringtrap.scan import quarantine
 from ringtrap.scan.processing import split_payload
 from ringtrap.scan.results import ResultSink
-from ringtrap.scan.spamd import SpamdClient, SpamdError, TellResult
+from ringtrap.scan.scanner import ScanError
+from ringtrap.scan.spamd import SpamdClient, TellResult
 from ringtrap.store.proctable import ProcRow, ProcTable
 from ringtrap.work.child import EXIT_CRASH, EXIT_OK, EXIT_SETUP, ChildLoop, SetupError, main
 
@@ -137,7 +138,7 @@ class StageWorker(ChildLoop):
                 told = self.client.tell(message, "spam", set_local=True, set_remote=self.report)
             elif self.report:
                 told = self.client.tell(message, "spam", set_local=False, set_remote=True)
-        except SpamdError as exc:
+        except ScanError as exc:
             if exc.retryable:
                 # spamd down or slow: not the message's fault; give it back, pause
                 self.store.release(claim)

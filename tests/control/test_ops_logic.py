@@ -353,7 +353,7 @@ def test_a_spamd_outage_is_logged_once_per_backoff_period(tmp_path: Path) -> Non
             overflow = open_overflow(cfg)
             put(ring, overflow, b"Subject: x\r\n\r\nbody\r\n", 1, "ring")
             worker = local_worker(cfg, ring, overflow,
-                                  Processor(spamd=spamd_client(cfg), scan_limit_bytes=1 << 20),
+                                  Processor(scanner=spamd_client(cfg), scan_limit_bytes=1 << 20),
                                   ResultSink(cfg.results.dir),
                                   backoff_initial=0.01, backoff_max=0.25)
             assert worker.row is not None

@@ -48,7 +48,7 @@ def test_relay_address_takes_only_an_ip(raw: str, ip: str | None) -> None:
 
 
 def test_a_bad_client_address_stays_in_the_envelope_but_is_no_relay_ip() -> None:
-    offline = Processor(spamd=None, scan_limit_bytes=500 * 1024)
+    offline = Processor(scanner=None, scan_limit_bytes=500 * 1024)
     msg = b"Received: from x ([203.0.113.9]) by y\r\n" + MSG
     env = Envelope(sender="s@example.org", client_address="not-an-ip", client_helo="h.example")
     record = offline.process("661b6ceb95adf-000001", envelope.frame(msg, env), 1.7e9, 0).to_dict()
@@ -210,7 +210,7 @@ def test_an_oversized_envelope_keeps_the_message(
     assert 0 < len(env.recipients) < 2000
     assert env.recipients_dropped == 2000 - len(env.recipients)
     # the worker's record carries the count
-    offline = Processor(spamd=None, scan_limit_bytes=500 * 1024)
+    offline = Processor(scanner=None, scan_limit_bytes=500 * 1024)
     record = offline.process(msgid, envelope.frame(msg, env), 1.7e9, 0).to_dict()
     assert record["envelope"]["recipients_dropped"] == env.recipients_dropped
     assert (record["relay_ip"], record["relay_source"]) == (None, "mta_invalid")

@@ -68,7 +68,7 @@ def test_results_retention(tmp_path: Path) -> None:
 
 def test_processor_archives_by_verdict_and_records_the_path(tmp_path: Path) -> None:
     archive = MaildirArchive(tmp_path, ["bounce", "virus"], 30, clock=lambda: T0)
-    proc = Processor(spamd=None, scan_limit_bytes=1 << 20, archive=archive)
+    proc = Processor(scanner=None, scan_limit_bytes=1 << 20, archive=archive)
     r = proc.process("m1", envelope.frame(mb.dsn(), envelope.Envelope(sender="")), T0, 0).to_dict()
     assert r["verdict"] == "bounce"
     assert (tmp_path / r["archived"]).read_bytes() == mb.dsn()  # no envelope line
@@ -88,7 +88,7 @@ def test_an_archive_that_cannot_write_is_recorded_as_false(tmp_path: Path) -> No
         directory = tmp_path / "ro"
         directory.mkdir(mode=0o500)
     archive = MaildirArchive(directory, ["bounce"], 30, clock=lambda: T0)
-    proc = Processor(spamd=None, scan_limit_bytes=1 << 20, archive=archive)
+    proc = Processor(scanner=None, scan_limit_bytes=1 << 20, archive=archive)
     r = proc.process("m1", envelope.frame(mb.dsn()), T0, 0).to_dict()
     assert r["verdict"] == "bounce" and r["archived"] is False
     assert proc.archive_errors == 1

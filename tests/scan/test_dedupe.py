@@ -98,7 +98,7 @@ def test_repeats_are_recorded_from_the_first_scan(tmp_path: Path,
             return client.symbols(message)
 
     counting = CountingClient(spamd_server.unix_address)
-    skip = Processor(spamd=counting, scan_limit_bytes=1 << 20,
+    skip = Processor(scanner=counting, scan_limit_bytes=1 << 20,
                      dedupe=DedupeStore(tmp_path, 3600), skip_duplicates=True)
     records = [skip.process(f"id{n}", envelope.frame(mb.campaign_copy(n)), T0 + n, 0).to_dict()
                for n in range(20)]
@@ -115,7 +115,7 @@ def test_repeats_are_recorded_from_the_first_scan(tmp_path: Path,
         assert r["reason"] == f"repeat of id0 ({head['verdict']})"
     # without skip_scan, repeats are still recognised but scanned again
     calls.clear()
-    scan = Processor(spamd=counting, scan_limit_bytes=1 << 20,
+    scan = Processor(scanner=counting, scan_limit_bytes=1 << 20,
                      dedupe=DedupeStore(tmp_path, 3600))
     again = scan.process("id99", envelope.frame(mb.campaign_copy(99)), T0 + 99, 0).to_dict()
     assert len(calls) == 1

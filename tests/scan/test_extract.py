@@ -140,7 +140,7 @@ BIG = 15 * 1024 * 1024
 def _offline_record(message: bytes) -> dict[str, object]:
     from ringtrap.scan.processing import Processor
 
-    return Processor(spamd=None, scan_limit_bytes=500 * 1024).process(
+    return Processor(scanner=None, scan_limit_bytes=500 * 1024).process(
         "0640c3f1a2b3c-0004d2", message, 0.0, 0).to_dict()
 
 

@@ -90,7 +90,7 @@ def test_normalize_is_unchanged_at_the_limits(text: str) -> None:
 
 def test_a_huge_decimal_reference_does_not_raise() -> None:
     # int() refuses more than 4300 digits: html.unescape raised ValueError
-    rec = Processor(spamd=None, scan_limit_bytes=500 * 1024).process(
+    rec = Processor(scanner=None, scan_limit_bytes=500 * 1024).process(
         "0640c3f1a2b3c-0004d2", linearity.SHAPES["&# and digits (html)"](10_000), 0.0, 1).to_dict()
     assert rec["verdict"] == "not_scanned" and rec["fingerprint"] is None
     assert extract.unescape("&#65;&#" + "9" * 5000 + ";&#66;") == "A\ufffdB"
@@ -110,7 +110,7 @@ def _nested_zips(members: int) -> bytes:
 
 def test_nested_archives_are_read_within_one_budget() -> None:
     # every inner archive was read whole (4 MiB each): 8x the members, 8x the work
-    proc = Processor(spamd=None, scan_limit_bytes=500 * 1024)
+    proc = Processor(scanner=None, scan_limit_bytes=500 * 1024)
     few, many = (mb.with_attachment("a.zip", _nested_zips(k)) for k in (4, 32))
 
     def cost(message: bytes) -> float:

@@ -24,7 +24,7 @@ from ringtrap.base.envelope import Envelope
 from ringtrap.scan.mime import HEADER_WINDOW, MAX_HEADERS, MAX_VALUE_CHARS, decode_words
 from ringtrap.scan.processing import REASON_SPAMD_OFF, Processor
 from ringtrap.scan.record import RECORD_KEYS
-from ringtrap.scan.spamd import SpamdClient, SpamdConnectionError
+from ringtrap.scan.spamd import ScanConnectionError, SpamdClient
 
 EXAMPLES = Path("/usr/share/doc/spamassassin/examples")
 SPAM = EXAMPLES / "sample-spam.txt"
@@ -43,11 +43,11 @@ ENV = Envelope(
 @pytest.fixture
 def scanner(spamd_server: SpamdProcess) -> Processor:
     client = SpamdClient(spamd_server.unix_address, connect_timeout=5.0, timeout=60.0)
-    return Processor(spamd=client, scan_limit_bytes=500 * 1024)
+    return Processor(scanner=client, scan_limit_bytes=500 * 1024)
 
 
 def offline() -> Processor:
-    return Processor(spamd=None, scan_limit_bytes=500 * 1024)
+    return Processor(scanner=None, scan_limit_bytes=500 * 1024)
 
 
 def missing_spamd() -> SpamdClient:
@@ -149,7 +149,7 @@ def test_spamd_off_is_not_scanned() -> None:
 
 def test_over_scan_limit_never_contacts_spamd() -> None:
     message = SPAM.read_bytes()
-    proc = Processor(spamd=missing_spamd(), scan_limit_bytes=len(message) - 1)
+    proc = Processor(scanner=missing_spamd(), scan_limit_bytes=len(message) - 1)
     record = proc.process(MSGID, envelope.frame(message), RECEIVED, 0).to_dict()
     assert record["verdict"] == "oversize"
     assert record["reason"] == f"{len(message)} bytes over the scan limit of {len(message) - 1}"
@@ -159,8 +159,8 @@ def test_over_scan_limit_never_contacts_spamd() -> None:
 
 def test_at_scan_limit_spamd_is_contacted_and_retryable_errors_pass_through() -> None:
     message = SPAM.read_bytes()
-    proc = Processor(spamd=missing_spamd(), scan_limit_bytes=len(message))
-    with pytest.raises(SpamdConnectionError) as info:
+    proc = Processor(scanner=missing_spamd(), scan_limit_bytes=len(message))
+    with pytest.raises(ScanConnectionError) as info:
         proc.process(MSGID, envelope.frame(message), RECEIVED, 0)
     assert info.value.retryable
 
@@ -184,7 +184,7 @@ def test_verdict_is_spamds_flag_not_recomputed_from_the_score() -> None:
     fake = FakeSpamd(reply)
     try:
         client = SpamdClient(f"unix:{fake.path}", connect_timeout=2.0, timeout=5.0)
-        record = Processor(spamd=client, scan_limit_bytes=1 << 20).process(
+        record = Processor(scanner=client, scan_limit_bytes=1 << 20).process(
             MSGID, envelope.frame(HAM.read_bytes()), RECEIVED, 0
         ).to_dict()
     finally:
@@ -197,7 +197,7 @@ def test_non_retryable_spamd_error_is_recorded_as_error() -> None:
     fake = FakeSpamd(b"SPAMD/1.5 76 Bad header line: (Content-Length mismatch)\r\n")
     try:
         client = SpamdClient(f"unix:{fake.path}", connect_timeout=2.0, timeout=5.0)
-        record = Processor(spamd=client, scan_limit_bytes=1 << 20).process(
+        record = Processor(scanner=client, scan_limit_bytes=1 << 20).process(
             MSGID, envelope.frame(HAM.read_bytes(), ENV), RECEIVED, 1
         ).to_dict()
     finally:

@@ -32,13 +32,13 @@ from spamd_fixture import SPAMC, SpamdProcess, spamc_missing_reason, spamd_missi
 
 from ringtrap.scan.spamd import (
     RETRYABLE_CODES,
+    ScanConnectionError,
+    ScanError,
+    ScanProtocolError,
+    ScanTimeout,
     SpamdClient,
-    SpamdConnectionError,
-    SpamdError,
-    SpamdProtocolError,
     SpamdResponseError,
     SpamdResult,
-    SpamdTimeout,
     TellResult,
     parse_address,
     parse_ping_reply,
@@ -404,41 +404,41 @@ def test_response_error_survives_pickling() -> None:
 @pytest.mark.parametrize(
     ("reply", "error"),
     [
-        (b"", SpamdConnectionError),
+        (b"", ScanConnectionError),
         # spamd writes CHECK's status line and Spam header separately: a child
         # killed in between leaves the status line alone.
-        (b"SPAMD/1.1 0 EX_OK\r\n", SpamdConnectionError),
-        (b"SPAMD/1.1 0 EX_OK\r\nSpam: True ; 1.0 / 5.0\r\n", SpamdConnectionError),
+        (b"SPAMD/1.1 0 EX_OK\r\n", ScanConnectionError),
+        (b"SPAMD/1.1 0 EX_OK\r\nSpam: True ; 1.0 / 5.0\r\n", ScanConnectionError),
         (
             b"SPAMD/1.1 0 EX_OK\r\nContent-length: 27\r\nSpam: True ; 1000.0 / 5.0\r\n\r\nGTU",
-            SpamdConnectionError,
+            ScanConnectionError,
         ),
         (
             b"SPAMD/1.1 0 EX_OK\r\nContent-length: 2\r\nSpam: True ; 1000.0 / 5.0\r\n\r\nGTUBE",
-            SpamdProtocolError,
+            ScanProtocolError,
         ),
-        (b"SPAMD/1.1 0 EX_OK\r\nContent-length: x\r\n\r\n", SpamdProtocolError),
-        (b"HTTP/1.1 400 Bad Request\r\n\r\n", SpamdProtocolError),
-        (b"SPAMD/1.1 0 EX_OK", SpamdProtocolError),
-        (b"SPAMD/1.1 EX_OK\r\n\r\n", SpamdProtocolError),
-        (b"\x00\xff\xfe garbage \r\n\r\n", SpamdProtocolError),
-        (b"SPAMD/1.1 0 EX_OK\r\n\r\n", SpamdProtocolError),  # no Spam header
-        (b"SPAMD/1.1 0 EX_OK\r\nSpam: maybe\r\n\r\n", SpamdProtocolError),
-        (b"SPAMD/1.1 0 EX_OK\r\nSpam: True ; lots / 5.0\r\n\r\n", SpamdProtocolError),
-        (b"SPAMD/1.1 0 EX_OK\r\nno colon here\r\n\r\n", SpamdProtocolError),
+        (b"SPAMD/1.1 0 EX_OK\r\nContent-length: x\r\n\r\n", ScanProtocolError),
+        (b"HTTP/1.1 400 Bad Request\r\n\r\n", ScanProtocolError),
+        (b"SPAMD/1.1 0 EX_OK", ScanProtocolError),
+        (b"SPAMD/1.1 EX_OK\r\n\r\n", ScanProtocolError),
+        (b"\x00\xff\xfe garbage \r\n\r\n", ScanProtocolError),
+        (b"SPAMD/1.1 0 EX_OK\r\n\r\n", ScanProtocolError),  # no Spam header
+        (b"SPAMD/1.1 0 EX_OK\r\nSpam: maybe\r\n\r\n", ScanProtocolError),
+        (b"SPAMD/1.1 0 EX_OK\r\nSpam: True ; lots / 5.0\r\n\r\n", ScanProtocolError),
+        (b"SPAMD/1.1 0 EX_OK\r\nno colon here\r\n\r\n", ScanProtocolError),
     ],
 )
-def test_bad_replies(reply: bytes, error: type[SpamdError]) -> None:
+def test_bad_replies(reply: bytes, error: type[ScanError]) -> None:
     with pytest.raises(error) as info:
         parse_scan_reply(reply, rules=True)
     assert type(info.value) is error
-    assert info.value.retryable is (error is SpamdConnectionError)
+    assert info.value.retryable is (error is ScanConnectionError)
 
 
 @given(st.binary(max_size=300))
 def test_any_bytes_give_a_result_or_a_spamd_error(data: bytes) -> None:
     for parse in (parse_scan_reply, parse_tell_reply, parse_ping_reply):
-        with contextlib.suppress(SpamdError):
+        with contextlib.suppress(ScanError):
             parse(data)
 
 
@@ -560,7 +560,7 @@ def fake(request: pytest.FixtureRequest, short_dir: Path) -> Iterator[Callable[.
 
 def test_missing_socket_is_retryable(short_dir: Path) -> None:
     client = SpamdClient(f"unix:{short_dir}/absent.sock")
-    with pytest.raises(SpamdConnectionError, match="cannot connect") as info:
+    with pytest.raises(ScanConnectionError, match="cannot connect") as info:
         client.check(b"Subject: x\n\nx\n")
     assert info.value.retryable
     assert isinstance(info.value.__cause__, FileNotFoundError)
@@ -571,7 +571,7 @@ def test_refused_tcp_port_is_retryable() -> None:
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))
         client = SpamdClient(f"tcp:127.0.0.1:{holder.getsockname()[1]}")
-        with pytest.raises(SpamdConnectionError, match="cannot connect") as info:
+        with pytest.raises(ScanConnectionError, match="cannot connect") as info:
             client.ping()
     assert info.value.retryable
     assert isinstance(info.value.__cause__, ConnectionRefusedError)
@@ -615,7 +615,7 @@ def test_close_without_reply_is_retryable(fake: Callable[..., FakeServer]) -> No
         read_request(conn)  # then close: a spamd child killed mid-scan
 
     client = SpamdClient(fake(swallow).address)
-    with pytest.raises(SpamdConnectionError, match="without a reply") as info:
+    with pytest.raises(ScanConnectionError, match="without a reply") as info:
         client.symbols(b"Subject: x\n\nx\n")
     assert info.value.retryable
 
@@ -626,7 +626,7 @@ def test_close_before_reading_is_retryable(fake: Callable[..., FakeServer]) -> N
         conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
 
     client = SpamdClient(fake(hang_up).address)
-    with pytest.raises(SpamdConnectionError) as info:
+    with pytest.raises(ScanConnectionError) as info:
         client.check(b"x" * 2_000_000)
     assert info.value.retryable
 
@@ -652,7 +652,7 @@ def test_no_reply_times_out(fake: Callable[..., FakeServer]) -> None:
 
     client = SpamdClient(fake(stall).address, timeout=0.5)
     start = time.monotonic()
-    with pytest.raises(SpamdTimeout) as info:
+    with pytest.raises(ScanTimeout) as info:
         client.check(b"Subject: x\n\nx\n")
     elapsed = time.monotonic() - start
     assert info.value.retryable
@@ -670,7 +670,7 @@ def test_deadline_covers_the_whole_reply(fake: Callable[..., FakeServer]) -> Non
 
     client = SpamdClient(fake(trickle).address, timeout=0.6)
     start = time.monotonic()
-    with pytest.raises(SpamdTimeout):
+    with pytest.raises(ScanTimeout):
         client.check(b"Subject: x\n\nx\n")
     assert time.monotonic() - start < 1.5
 
@@ -702,7 +702,7 @@ def test_full_listen_queue_times_out_on_connect(family: str, short_dir: Path) ->
             pytest.fail("the listen queue never filled")
         client = SpamdClient(address, connect_timeout=0.4, timeout=5)
         start = time.monotonic()
-        with pytest.raises(SpamdTimeout, match="connect"):
+        with pytest.raises(ScanTimeout, match="connect"):
             client.ping()
         assert 0.35 <= time.monotonic() - start < 1.5
 
@@ -713,7 +713,7 @@ def test_garbage_reply(fake: Callable[..., FakeServer]) -> None:
         conn.sendall(b"220 smtp.example.org ESMTP ready\r\n\xff\xfe\x00")
 
     client = SpamdClient(fake(garbage).address)
-    with pytest.raises(SpamdProtocolError) as info:
+    with pytest.raises(ScanProtocolError) as info:
         client.report(b"Subject: x\n\nx\n")
     assert not info.value.retryable
 
@@ -881,7 +881,7 @@ def test_killed_child_gives_a_retryable_error(tmp_path: Path) -> None:
         killer = threading.Thread(target=kill_children)
         killer.start()
         try:
-            with pytest.raises(SpamdConnectionError) as info:
+            with pytest.raises(ScanConnectionError) as info:
                 client.check(message)
         finally:
             done.set()
@@ -894,7 +894,7 @@ def test_killed_child_gives_a_retryable_error(tmp_path: Path) -> None:
             try:
                 client.ping()
                 break
-            except SpamdConnectionError:
+            except ScanConnectionError:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.1)

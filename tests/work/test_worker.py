@@ -202,7 +202,7 @@ def run_guarded(worker: Worker, timeout: float = 15.0) -> int:
 
 
 def offline_processor() -> Processor:
-    return Processor(spamd=None, scan_limit_bytes=500 * 1024)
+    return Processor(scanner=None, scan_limit_bytes=500 * 1024)
 
 
 # -- the whole path through child_main -------------------------------------------------
@@ -460,7 +460,7 @@ def test_spamd_down_releases_without_counting_attempts_then_resumes(
     overflow = open_overflow(cfg)
     msgid = put(ring, overflow, spam, 1, "ring")
     pid = children.fork(lambda: boot_worker(
-        cfg, 0, 1, lambda: Processor(spamd=spamd_client(cfg), scan_limit_bytes=1 << 20),
+        cfg, 0, 1, lambda: Processor(scanner=spamd_client(cfg), scan_limit_bytes=1 << 20),
         backoff_initial=0.05, backoff_max=0.2,
     ))
     seen_backoff: list[bool] = []
@@ -508,7 +508,7 @@ def test_a_message_that_times_out_spamd_alone_is_quarantined(
         normal += [put(ring, overflow, ham, n, where) for n in range(10, 13)]
         client = SpamdClient(f"unix:{stall.path}", connect_timeout=5.0, timeout=1.0)
         worker = local_worker(cfg, ring, overflow,
-                              Processor(spamd=client, scan_limit_bytes=1 << 20),
+                              Processor(scanner=client, scan_limit_bytes=1 << 20),
                               ResultSink(cfg.results.dir), backoff_initial=0.05,
                               backoff_max=0.2)
         run_until(worker, lambda: overflow.stats().failed == 1
@@ -573,7 +573,7 @@ def test_sigkill_mid_scan_then_another_worker_processes_it(
 
     client = SpamdClient(spamd_server.unix_address, connect_timeout=5.0, timeout=60.0)
     worker = local_worker(cfg, ring, overflow,
-                          Processor(spamd=client, scan_limit_bytes=1 << 20),
+                          Processor(scanner=client, scan_limit_bytes=1 << 20),
                           StopAfter(cfg.results.dir, 1))
     assert run_guarded(worker) == EXIT_OK
     [record] = records(cfg)
@@ -597,7 +597,7 @@ def test_archive_outcomes_are_counted(tmp_path: Path, ring: Ring, spam: bytes, o
     where = tmp_path / "archive"
     if outcome == "failed":
         where.write_text("a file where the archive's directory should be")
-    processor = Processor(spamd=None, scan_limit_bytes=500 * 1024,
+    processor = Processor(scanner=None, scan_limit_bytes=500 * 1024,
                           archive=MaildirArchive(where, verdicts, 0))
     worker = local_worker(cfg, ring, overflow, processor, StopAfter(cfg.results.dir, 1))
     assert run_guarded(worker) == EXIT_OK
