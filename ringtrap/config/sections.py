@@ -311,6 +311,41 @@ class WorkersConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ScannerConfig:
+    """[scanner]: which scanner gives the verdicts, and how a pool of its hosts is used."""
+
+    kind: str = field(
+        default="spamd",
+        metadata=about(
+            Choice(("spamd", "rspamd")),
+            '"spamd": SpamAssassin\'s spamd ([spamd]), the verdicts of spamc; "rspamd":'
+            " rspamd ([rspamd]), some 25 times faster, with scores of its own.",
+            restart=True,
+        ),
+    )
+    breaker_errors: int = field(
+        default=4,
+        metadata=about(
+            Integer(lo=1, hi=1000),
+            "A scanner host that fails this many times within scanner.breaker_window"
+            " is taken out of its pool (its breaker opens).",
+        ),
+    )
+    breaker_window: float = field(
+        default=10.0,
+        metadata=about(Seconds(), "Seconds over which a host's failures are counted."),
+    )
+    breaker_revive: float = field(
+        default=60.0,
+        metadata=about(
+            Seconds(),
+            "Seconds an open host stays out before one PING may bring it back"
+            " (each wait varies by up to 40% so workers do not return together).",
+        ),
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class SpamdConfig:
     """[spamd]: how workers score messages."""
 
@@ -659,6 +694,7 @@ class Config:
     ring: RingConfig = field(default_factory=RingConfig)
     overflow: OverflowConfig = field(default_factory=OverflowConfig)
     workers: WorkersConfig = field(default_factory=WorkersConfig)
+    scanner: ScannerConfig = field(default_factory=ScannerConfig)
     spamd: SpamdConfig = field(default_factory=SpamdConfig)
     results: ResultsConfig = field(default_factory=ResultsConfig)
     records: RecordsConfig = field(default_factory=RecordsConfig)
