@@ -19,6 +19,7 @@ from ringtrap import config as configmod
 from ringtrap.base import proc
 from ringtrap.base.counters import C
 from ringtrap.overflow import Overflow
+from ringtrap.store.hosttable import HostReading
 from ringtrap.store.proctable import ProcTable
 from ringtrap.store.segment import RingLayoutError, RingMissing
 from ringtrap.store.snapshot import read_snapshot
@@ -104,6 +105,21 @@ def gather_status(cfg: configmod.Config, table: ProcTable | None = None,
         "stage": stage,
         "totals": {c.name.lower(): totals[c] for c in C},
         "processes": procs,
+        "scanner": {"kind": cfg.scanner.kind, "hosts": [host_status(h) for h in snap.hosts]},
+    }
+
+
+def host_status(h: HostReading) -> dict[str, Any]:
+    """One scanner host for status: its breaker as last seen, scans, errors, latency."""
+    return {
+        "host": h.host,
+        "up": h.up,
+        "state": h.state.name.lower().replace("_", "-"),
+        "open_in": h.open_in,
+        "scans": h.scans,
+        "errors": h.errors,
+        "breaker_opens": h.opens,
+        "mean_ms": round(h.scan_us / h.scans / 1000.0, 1) if h.scans else None,
     }
 
 
@@ -150,6 +166,12 @@ def print_status(st: dict[str, Any]) -> None:
           f"(spam {t['verdict_spam']}, ham {t['verdict_ham']}, not scanned "
           f"{t['verdict_not_scanned']}), quarantined {t['quarantined']}, purged "
           f"{t['purged_files']}")
+    for h in st.get("scanner", {}).get("hosts", ()):
+        mean = "-" if h["mean_ms"] is None else f"{h['mean_ms']:.0f} ms"
+        print(f"scanner  {h['host']}: {'up' if h['up'] else 'OPEN'}"
+              f"{'' if h['up'] or h['open_in'] < 2 else ' in ' + str(h['open_in']) + ' workers'},"
+              f" {h['scans']} scans ({mean}), {h['errors']} errors, breaker opened"
+              f" {h['breaker_opens']} times")
     print()
     # RSS here leaves out the shared ring, which every process maps whole
     print(f"{'PID':>7}  {'ROLE':<10} {'STATE':<9} {'MESSAGE':<21} {'DONE':>8} {'RSS':>10} "

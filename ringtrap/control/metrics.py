@@ -87,6 +87,10 @@ _PLAIN_COUNTERS: tuple[tuple[str, C, str], ...] = (
     ("ringtrap_purged_bytes", C.PURGED_BYTES, "Bytes dropped by purges."),
     ("ringtrap_drained_to_overflow", C.DRAINED_TO_OVERFLOW,
      "Ring messages moved to the overflow by a graceful stop."),
+    ("ringtrap_scanner_failovers", C.POOL_FAILOVERS,
+     "Messages moved on to the next scanner host after a retryable failure."),
+    ("ringtrap_scanner_pool_exhausted", C.POOL_EXHAUSTED,
+     "Messages given back because no scanner host could take them (all open or failing)."),
 )
 
 
@@ -152,6 +156,8 @@ def families(r: Reading) -> list[Any]:
         "ringtrap_scan_duration_seconds", "Time a worker waited on spamd for one message.",
         buckets=buckets, sum_value=totals[C.SCAN_US] / 1e6))
 
+    out += _host_families(snap)
+
     used = GaugeMetricFamily("ringtrap_ring_slots_used",
                              "Ring slots not free, by state.", labels=["state"])
     used.add_metric(["filling"], snap.filling)
@@ -204,6 +210,43 @@ def families(r: Reading) -> list[Any]:
         procs.add_metric([role, state], n)
     out += [procs, beat]
     return out
+
+
+def _host_families(snap: RingSnapshot) -> list[Any]:
+    """Each scanner host's breaker and numbers, labelled ``host`` (its address)."""
+    from prometheus_client.core import (
+        CounterMetricFamily,
+        GaugeMetricFamily,
+        HistogramMetricFamily,
+    )
+
+    up = GaugeMetricFamily(
+        "ringtrap_scanner_up",
+        "1 if the scanner host's breaker is closed in the worker that used or judged it"
+        " last, 0 if open.", labels=["host"])
+    scans = CounterMetricFamily("ringtrap_scanner_scans",
+                                "Scans a scanner host answered.", labels=["host"])
+    errors = CounterMetricFamily(
+        "ringtrap_scanner_errors",
+        "Failed scans and revive PINGs on a scanner host, retryable or not.", labels=["host"])
+    opens = CounterMetricFamily("ringtrap_scanner_breaker_opens",
+                                "Times a worker took the scanner host out of its pool.",
+                                labels=["host"])
+    duration = HistogramMetricFamily(
+        "ringtrap_scanner_scan_duration_seconds",
+        "Time a scanner host took for one scan it answered.", labels=["host"])
+    for h in snap.hosts:
+        up.add_metric([h.host], 1 if h.up else 0)
+        scans.add_metric([h.host], h.scans)
+        errors.add_metric([h.host], h.errors)
+        opens.add_metric([h.host], h.opens)
+        buckets: list[tuple[str, float]] = []
+        running = 0
+        for bound, n in zip((*map(repr, SCAN_BUCKETS), "+Inf"), h.buckets, strict=True):
+            running += n
+            buckets.append((bound, running))
+        duration.add_metric([h.host], buckets, h.scan_us / 1e6)
+    return [up, scans, errors, opens, duration]
 
 
 class TrapCollector:

@@ -51,6 +51,7 @@ from ringtrap.config import Config
 from ringtrap.overflow import Overflow, parse_ready
 from ringtrap.ring import PutResult, Ring
 from ringtrap.scan.archive import MaildirArchive
+from ringtrap.scan.pool import ScannerPool
 from ringtrap.scan.processing import Processor
 from ringtrap.scan.record import Record
 from ringtrap.scan.results import ResultSink, read_results
@@ -712,8 +713,13 @@ def test_spamd_client_follows_the_config_and_the_override(tmp_path: Path) -> Non
     assert spamd_client(cfg, "unix:/run/x/spamd.sock") is not None
     tcp = make_cfg(tmp_path, "x", "tcp:127.0.0.1:783")
     client = spamd_client(tcp)
-    assert client is not None and client.address == "tcp:127.0.0.1:783"
+    assert isinstance(client, ScannerPool) and client.hosts == ("tcp:127.0.0.1:783",)
     assert spamd_client(tcp, "off") is None
+    pool = spamd_client(config.override(tcp, {"spamd.address": ["tcp:127.0.0.1:783",
+                                                               "tls:127.0.0.1:784"]}))
+    assert isinstance(pool, ScannerPool)
+    assert pool.hosts == ("tcp:127.0.0.1:783", "tls:127.0.0.1:784")
+    assert pool.breakers[0].errors == tcp.scanner.breaker_errors
     managed = config.override(cfg, {"spamd.address": "managed", "spamd.command": "/bin/true"})
     with pytest.raises(ValueError):
         spamd_client(managed)
