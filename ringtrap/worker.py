@@ -109,9 +109,24 @@ class Worker(ChildLoop):
         return not self._over_memory()
 
     def _claim(self) -> StoreClaim | None:
-        """The oldest message of the ring, else of the overflow; None after a wait."""
+        """The next message by ``overflow.drain_order``; None after a wait.
+
+        "oldest": the ring's oldest, else the overflow's.  "newest": the
+        overflow's newest fresh message while it is newer than the ring's
+        oldest (during a flood the ring stays full of the flood's first
+        messages and the overflow holds everything since), else the ring's
+        oldest, else whatever the overflow holds.  The ring's order never
+        changes, so its messages are scanned once the overflow holds nothing
+        newer: when a flood has been worked off, or purged.
+        """
+        waiting = self.overflow.ready_count() > 0
+        if waiting and self.overflow.newest and not self._stop_requested:
+            oclaim = self.overflow.claim(self._me, newer_than=self.ring.oldest_received())
+            if oclaim is not None:
+                self._count(C.CLAIMED_OVERFLOW)
+                return oclaim
         # Waiting on the ring while the overflow holds work would idle a second.
-        timeout = 0.0 if self.overflow.ready_count() > 0 else IDLE_WAIT
+        timeout = 0.0 if waiting else IDLE_WAIT
         claim = self.ring.claim(timeout)
         if claim is not None:
             self._count(C.CLAIMED_RING)
@@ -370,7 +385,8 @@ def child_main(cfg: Config, index: int, row_index: int, spamd_address: str | Non
         ring = closing.enter_context(Ring.attach(cfg.ring.name))
         client = spamd_client(cfg, spamd_address)
         overflow = Overflow(cfg.overflow.dir, cfg.overflow.max_bytes,
-                            quarantine_max_bytes=cfg.overflow.quarantine_max_bytes)
+                            quarantine_max_bytes=cfg.overflow.quarantine_max_bytes,
+                            drain_order=cfg.overflow.drain_order)
         sink = closing.enter_context(
             contextlib.closing(ResultSink(cfg.results.dir,
                                           retention_days=cfg.results.retention_days)))
