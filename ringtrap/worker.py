@@ -30,7 +30,7 @@ import psutil
 from ringtrap import config as configmod
 from ringtrap.base import envelope, proc
 from ringtrap.base.counters import VERDICT_COUNTERS, C, scan_bucket
-from ringtrap.base.states import ProcState, Role
+from ringtrap.base.states import ProcState, Role, Verdict
 from ringtrap.config import Config
 from ringtrap.overflow import Overflow, OverflowFull, UntrustedFile
 from ringtrap.ring import Ring
@@ -105,7 +105,11 @@ class Worker(ChildLoop):
         if claim is None:
             self._title_idle()
             return True
-        self._handle(claim)
+        try:
+            self._handle(claim)
+        finally:
+            if self.row is not None:
+                self.row.set_received(0.0)
         return not self._over_memory()
 
     def _claim(self) -> StoreClaim | None:
@@ -157,8 +161,11 @@ class Worker(ChildLoop):
             self._quarantine_as(claim, f"untrusted spill file, not read: {exc.reason}",
                                 readable=False, size=exc.size)
             return
+        if self.row is not None:
+            self.row.set_received(claim.received)
         self._state(ProcState.SCANNING, msgid)
         self._title(f"scanning {msgid}")
+        age = max(0.0, time.time() - claim.received)
         started = time.monotonic()
         try:
             record = self.processor.process(msgid, payload, claim.received, claim.attempts)
@@ -180,7 +187,7 @@ class Worker(ChildLoop):
         if self.stage is not None and record.verdict in self._stage_verdicts:
             self._hand_on(msgid, payload)
         self._ack(claim)  # only now: the record is in the file
-        self._finished(claim, record, time.monotonic() - started)
+        self._finished(claim, record, time.monotonic() - started, age)
 
     def _hand_on(self, msgid: str, payload: bytes) -> None:
         """Give the message to the slower stage; never waits for it, never fails the message.
@@ -200,11 +207,15 @@ class Worker(ChildLoop):
             return
         self._count(C.STAGE_HANDED_ON)
 
-    def _finished(self, claim: StoreClaim, record: Record, took: float) -> None:
+    def _finished(self, claim: StoreClaim, record: Record, took: float, age: float) -> None:
         self.done += 1
         self._count(C.PROCESSED)
         verdict = record.verdict
         scanned_ms = record.scanned_ms
+        if scanned_ms is not None or verdict == Verdict.DUPLICATE:
+            # analysed: scanned, or a campaign repeat recorded from its first scan
+            self._count(C.ANALYSED)
+            self._count(C.ANALYSED_AGE_US, round(age * 1e6))
         if scanned_ms is not None:
             self._count(C.SCANNED)
             self._count(C.SCAN_US, int(scanned_ms * 1000))

@@ -93,6 +93,9 @@ class C(IntEnum):
     # supervisor: live processes killed for holding the ring lock while
     # stopped or stuck (their lock is then broken and counted in LOCK_BREAKS)
     LOCK_HOLDER_KILLS = 63
+    # 80-95 the analysed fraction: workers
+    ANALYSED = 80  # scanned, or recorded from a campaign repeat without a scan
+    ANALYSED_AGE_US = 81  # summed over ANALYSED: microseconds from accepted to taken up
     # 64-79: scanner pools; 80-95: the analysed fraction; 96-103: rspamd;
     # 104-127: the fleet.  Each block is appended to in order.
 
