@@ -32,7 +32,7 @@ import psutil
 from ringtrap import config as configmod
 from ringtrap.base import envelope, proc
 from ringtrap.base.counters import VERDICT_COUNTERS, C, scan_bucket
-from ringtrap.base.states import ProcState, Role
+from ringtrap.base.states import ProcState, Role, Verdict
 from ringtrap.config import Config
 from ringtrap.overflow import Overflow, OverflowFull, UntrustedFile
 from ringtrap.ring import Ring
@@ -109,13 +109,32 @@ class Worker(ChildLoop):
         if claim is None:
             self._title_idle()
             return True
-        self._handle(claim)
+        try:
+            self._handle(claim)
+        finally:
+            if self.row is not None:
+                self.row.set_received(0.0)
         return not self._over_memory()
 
     def _claim(self) -> StoreClaim | None:
-        """The oldest message of the ring, else of the overflow; None after a wait."""
+        """The next message by ``overflow.drain_order``; None after a wait.
+
+        "oldest": the ring's oldest, else the overflow's.  "newest": the
+        overflow's newest fresh message while it is newer than the ring's
+        oldest (during a flood the ring stays full of the flood's first
+        messages and the overflow holds everything since), else the ring's
+        oldest, else whatever the overflow holds.  The ring's order never
+        changes, so its messages are scanned once the overflow holds nothing
+        newer: when a flood has been worked off, or purged.
+        """
+        waiting = self.overflow.ready_count() > 0
+        if waiting and self.overflow.newest and not self._stop_requested:
+            oclaim = self.overflow.claim(self._me, newer_than=self.ring.oldest_received())
+            if oclaim is not None:
+                self._count(C.CLAIMED_OVERFLOW)
+                return oclaim
         # Waiting on the ring while the overflow holds work would idle a second.
-        timeout = 0.0 if self.overflow.ready_count() > 0 else IDLE_WAIT
+        timeout = 0.0 if waiting else IDLE_WAIT
         claim = self.ring.claim(timeout)
         if claim is not None:
             self._count(C.CLAIMED_RING)
@@ -146,8 +165,11 @@ class Worker(ChildLoop):
             self._quarantine_as(claim, f"untrusted spill file, not read: {exc.reason}",
                                 readable=False, size=exc.size)
             return
+        if self.row is not None:
+            self.row.set_received(claim.received)
         self._state(ProcState.SCANNING, msgid)
         self._title(f"scanning {msgid}")
+        age = max(0.0, time.time() - claim.received)
         started = time.monotonic()
         try:
             record = self.processor.process(msgid, payload, claim.received, claim.attempts)
@@ -169,7 +191,7 @@ class Worker(ChildLoop):
         if self.stage is not None and record.verdict in self._stage_verdicts:
             self._hand_on(msgid, payload)
         self._ack(claim)  # only now: the record is in the file
-        self._finished(claim, record, time.monotonic() - started)
+        self._finished(claim, record, time.monotonic() - started, age)
 
     def _hand_on(self, msgid: str, payload: bytes) -> None:
         """Give the message to the slower stage; never waits for it, never fails the message.
@@ -189,11 +211,15 @@ class Worker(ChildLoop):
             return
         self._count(C.STAGE_HANDED_ON)
 
-    def _finished(self, claim: StoreClaim, record: Record, took: float) -> None:
+    def _finished(self, claim: StoreClaim, record: Record, took: float, age: float) -> None:
         self.done += 1
         self._count(C.PROCESSED)
         verdict = record.verdict
         scanned_ms = record.scanned_ms
+        if scanned_ms is not None or verdict == Verdict.DUPLICATE:
+            # analysed: scanned, or a campaign repeat recorded from its first scan
+            self._count(C.ANALYSED)
+            self._count(C.ANALYSED_AGE_US, round(age * 1e6))
         if scanned_ms is not None:
             self._count(C.SCANNED)
             self._count(C.SCAN_US, int(scanned_ms * 1000))
@@ -386,7 +412,8 @@ def child_main(cfg: Config, index: int, row_index: int,
     def setup(parent: int, closing: contextlib.ExitStack) -> Worker:
         ring = closing.enter_context(Ring.attach(cfg.ring.name))
         overflow = Overflow(cfg.overflow.dir, cfg.overflow.max_bytes,
-                            quarantine_max_bytes=cfg.overflow.quarantine_max_bytes)
+                            quarantine_max_bytes=cfg.overflow.quarantine_max_bytes,
+                            drain_order=cfg.overflow.drain_order)
         sink = closing.enter_context(
             contextlib.closing(ResultSink(cfg.results.dir,
                                           retention_days=cfg.results.retention_days)))

@@ -99,7 +99,10 @@ class C(IntEnum):
     POOL_EXHAUSTED = 66  # no host could take a message: every one open or failed
     POOL_PROBES = 67  # half-open hosts PINGed
     POOL_REVIVED = 68  # half-open hosts that answered and rejoined
-    # 69-79: scanner pools; 80-95: the analysed fraction; 96-103: rspamd;
+    # 80-95 the analysed fraction: workers
+    ANALYSED = 80  # scanned, or recorded from a campaign repeat without a scan
+    ANALYSED_AGE_US = 81  # summed over ANALYSED: microseconds from accepted to taken up
+    # 69-79: scanner pools; 82-95: the analysed fraction; 96-103: rspamd;
     # 104-127: the fleet.  Each block is appended to in order.
 
 

@@ -261,6 +261,16 @@ class OverflowConfig:
             " overflow.max_bytes, so it cannot block spills.",
         ),
     )
+    drain_order: str = field(
+        default="oldest",
+        metadata=about(
+            Choice(("oldest", "newest")),
+            'Which mail workers scan first when they cannot scan it all: "oldest" takes'
+            " the ring, then the overflow, in arrival order; \"newest\" takes the"
+            " overflow's latest while it holds mail newer than the ring's oldest, so a"
+            " flood's freshest spam is analysed and the purge drops the stale rest.",
+        ),
+    )
     quarantine_retention_days: int = field(
         default=1,
         metadata=about(

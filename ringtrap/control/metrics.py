@@ -30,6 +30,7 @@ from ringtrap import __version__
 from ringtrap.base.counters import SCAN_BUCKETS, C
 from ringtrap.base.states import ProcState, Role
 from ringtrap.overflow import Overflow, OverflowStats
+from ringtrap.store import history
 from ringtrap.store.proctable import ProcTable
 from ringtrap.store.segment import RingError
 from ringtrap.store.snapshot import RingSnapshot, read_snapshot
@@ -91,6 +92,9 @@ _PLAIN_COUNTERS: tuple[tuple[str, C, str], ...] = (
      "Messages moved on to the next scanner host after a retryable failure."),
     ("ringtrap_scanner_pool_exhausted", C.POOL_EXHAUSTED,
      "Messages given back because no scanner host could take them (all open or failing)."),
+    ("ringtrap_messages_analysed", C.ANALYSED,
+     "Messages scanned, or recorded from a campaign repeat without a scan; over"
+     " ringtrap_messages_accepted_total, the fraction of the mail analysed."),
 )
 
 
@@ -108,6 +112,8 @@ class Reading:
     overflow: OverflowStats | None
     overflow_max: int
     now_ns: int  # monotonic, to age heartbeats
+    wall: float = 0.0  # wall-clock seconds, to age messages by their received time
+    hours: tuple[history.Hour, ...] = ()  # the hourly history, oldest first
 
 
 def families(r: Reading) -> list[Any]:
@@ -140,6 +146,11 @@ def families(r: Reading) -> list[Any]:
     out.append(processed)
     for name, counter, help_ in _PLAIN_COUNTERS:
         out.append(CounterMetricFamily(name, help_, value=totals[counter]))
+    out.append(CounterMetricFamily(
+        "ringtrap_analysed_age_seconds",
+        "Seconds from accepted to taken up, summed over ringtrap_messages_analysed_total:"
+        " divided by it, the mean age of the mail analysed.",
+        value=totals[C.ANALYSED_AGE_US] / 1e6))
     out.append(CounterMetricFamily(
         "ringtrap_lock_breaks", "Ring locks broken because their holder had died.",
         value=snap.lock_breaks))
@@ -209,6 +220,22 @@ def families(r: Reading) -> list[Any]:
     for (role, state), n in sorted(counts.items()):
         procs.add_metric([role, state], n)
     out += [procs, beat]
+
+    ages = [max(0.0, r.wall - row.received) for row in snap.rows
+            if row.role is Role.WORKER and row.state is ProcState.SCANNING and row.received]
+    out.append(GaugeMetricFamily(
+        "ringtrap_scanning_age_seconds",
+        "Age (now minus received) of the oldest message a worker is scanning; 0 when none.",
+        value=max(ages, default=0.0)))
+    frac = GaugeMetricFamily(
+        "ringtrap_analysed_fraction",
+        "Messages analysed over messages accepted: this clock hour so far, or the last"
+        " 24 clock hours; absent while nothing was accepted.", labels=["window"])
+    for label, n in (("hour", 1), ("day", history.HOURS)):
+        w = history.window(list(r.hours), n)
+        if w.fraction is not None:
+            frac.add_metric([label], w.fraction)
+    out.append(frac)
     return out
 
 
@@ -279,6 +306,8 @@ class TrapCollector:
             if self._table is None:
                 self._table = ProcTable.attach(self.ring_name)
             snap = read_snapshot(self._table)
+            wall = time.time()
+            hours = tuple(self._table.history(wall))
             stats: OverflowStats | None = None
             try:
                 if self._overflow is None:
@@ -287,7 +316,7 @@ class TrapCollector:
                 stats = self._overflow.stats()
             except (OSError, ValueError):
                 stats = None
-            reading = Reading(snap, stats, self.overflow_max, time.monotonic_ns())
+            reading = Reading(snap, stats, self.overflow_max, time.monotonic_ns(), wall, hours)
             self._cached = (now, reading)
             return reading
 

@@ -12,6 +12,8 @@ Segment layout (native byte order, every field a 64-bit word unless noted)::
                       6 created (wall us)  7 owner pid         8 owner start
                      15 generation (+1 on every adopt)
                      16 lock breaks       17 slots requeued   18 slots freed
+                     32..82 hourly history of accepted and analysed messages
+                        (ringtrap.store.history)
                      96 head (next seq to put; the producer's, alone in its
                         cache line so consumers' writes never evict it)
                     104 lock owner       105 lock acquisitions
@@ -28,6 +30,7 @@ Segment layout (native byte order, every field a 64-bit word unless noted)::
                       8..11 current message id (32 bytes)
                      12 lock intent (owner token while waiting for or
                         entering the lock)  13 lock tries (+1 per wait given up)
+                     14 received (wall us) of the message being worked on, 0 if none
                      16..143 counters (see ringtrap.base.counters)
     HOSTS           scanner hosts: per row, HOST_CELLS cells of CELL_WORDS
                     words, written only by that row's process (layout in
@@ -88,6 +91,7 @@ H_PASSED = 124
 R_PID, R_ROLE, R_START, R_STATE, R_INDEX, R_BEAT, R_SINCE = range(7)
 R_ID = 8
 R_INTENT = 12  # R_INTENT + 1: tries
+R_RECEIVED = 14
 R_COUNTERS = 16
 # descriptor words
 D_STATE, D_OWNER, D_SEQ, D_LEN, D_ATTEMPTS, D_ENQ, D_RELEASES = range(7)
