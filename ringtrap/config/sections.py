@@ -345,6 +345,16 @@ class ScannerConfig:
         default=10.0,
         metadata=about(Seconds(), "Seconds over which a host's failures are counted."),
     )
+    hung_after: float = field(
+        default=10.0,
+        metadata=about(
+            Seconds(),
+            "In a pool of several hosts: a scan without a reply after this many seconds"
+            " PINGs its host (again as often); no PONG within 5 s takes the host for hung,"
+            " its breaker opens and the message goes to the next host. A sole host waits"
+            " the whole spamd.timeout.",
+        ),
+    )
     breaker_revive: float = field(
         default=60.0,
         metadata=about(
