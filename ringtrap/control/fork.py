@@ -23,7 +23,7 @@ from ringtrap.base.states import Role
 from ringtrap.config import Config
 from ringtrap.control import spamd_log
 from ringtrap.control.child import Child
-from ringtrap.control.managed_spamd import spamd_address, spamd_argv
+from ringtrap.control.managed_spamd import scanner_addresses, spamd_address, spamd_argv
 from ringtrap.control.seam import OS
 from ringtrap.work import child as work_child
 
@@ -109,4 +109,5 @@ def boot(c: Child, cfg: Config, config_path: Path | None, handled: Iterable[int]
         return stage.child_main(cfg, c.index, c.row, spamd_address(cfg))
     from ringtrap import worker
 
-    return worker.child_main(cfg, c.index, c.row, spamd_address=spamd_address(cfg))
+    return worker.child_main(cfg, c.index, c.row,
+                             spamd_address=scanner_addresses(cfg) or "off")
