@@ -60,6 +60,7 @@ def test_smoke_flood_delivers_every_message_once_by_every_route() -> None:
         assert r["smtp_rate"] > 0 and r["deliver_rate"] > 0, r
         assert r["depth"] and all(depth >= 0 for _at, depth in r["depth"]), r
         assert r["cpu_postfix_ms"] > 0, r
+        assert r["limit"] in {"Postfix", "delivery processes", "ringtrap ingest"}, r
     by = {r["route"]: r for r in rows}
     # the delivery processes are pipe(8)'s children; LMTP has none
     assert by["lmtp"]["cpu_delivery_ms"] == 0
