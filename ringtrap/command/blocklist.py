@@ -32,6 +32,10 @@ def _table(result: Result) -> str:
     return "\n".join(out) + "\n"
 
 
+def _n(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def summary(result: Result, counts: ReadCounts) -> str:
     """One line on what was read and why what is not listed is not."""
     c = result.counted
@@ -39,8 +43,9 @@ def summary(result: Result, counts: ReadCounts) -> str:
             f" {len(result.by_version(6))} IPv6) of {result.candidates} relays;"
             f" {result.below_threshold} below the thresholds, {result.expired} expired,"
             f" {result.overlapping} overlapping a network never listed;"
-            f" {c.hits} hits from {counts.lines} lines in {counts.files} files,"
-            f" {counts.skipped} lines skipped (not a record), {c.no_relay} without relay,"
+            f" {_n(c.hits, 'hit')} from {_n(counts.lines, 'line')} in"
+            f" {_n(counts.files, 'file')}, {_n(counts.skipped, 'line')} skipped (not a record),"
+            f" {c.no_relay} without relay,"
             f" {c.never_listed} from ranges never listed, {c.other_verdicts} of other verdicts")
 
 
