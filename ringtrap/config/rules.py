@@ -215,6 +215,14 @@ def _check_stage_not_ring(c: Config) -> str | None:
     return _in_ring_path("the stage's directory", stage_dir(c), c.ring.name)
 
 
+def _check_blocklist_expiry(c: Config) -> str | None:
+    b = c.blocklist
+    if b.expire_days > b.window_days:
+        return (f"{b.expire_days} days is longer than blocklist.window_days ({b.window_days}):"
+                " hits older than the window are never read")
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class Rule:
     """A check across keys; skipped when one of ``keys`` is itself invalid."""
@@ -239,6 +247,7 @@ RULES: tuple[Rule, ...] = (
     Rule(("stage.workers", "stage.address", "spamd.address"), _check_stage_spamd),
     Rule(("stage.address", "stage.workers", "spamd.address"), _check_stage_pool),
     Rule(("service.group", "service.user"), _check_service_group),
+    Rule(("blocklist.expire_days", "blocklist.window_days"), _check_blocklist_expiry),
 )
 
 

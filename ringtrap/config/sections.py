@@ -32,6 +32,7 @@ from ringtrap.config.values import (
     FilePath,
     GiB,
     Integer,
+    IPv4Text,
     KiB,
     Kind,
     Listen,
@@ -635,6 +636,143 @@ class StageConfig:
     )
 
 
+# what a trap hit is for the blocklist: any delivery whose relay sent it on its
+# own account; a bounce or an auto-reply comes from a mail server answering a
+# forged sender (backscatter), and listing that server would punish the victim
+BLOCKLIST_VERDICTS = tuple(v for v in VERDICT_NAMES if v not in ("bounce", "autoreply"))
+
+
+@dataclass(frozen=True, slots=True)
+class BlocklistConfig:
+    """[blocklist]: the relays that hit the trap, as DNSBL zones and access maps."""
+
+    interval: int = field(
+        default=0,
+        metadata=about(
+            Integer(lo=0),
+            "Seconds between two writes of the blocklist files by the running trap (in a"
+            " short-lived child of the supervisor); 0 = only on demand (`ringtrap blocklist`).",
+        ),
+    )
+    window_days: int = field(
+        default=7,
+        metadata=about(Integer(lo=1, hi=366), "Days of result records read (today included)."),
+    )
+    min_hits: int = field(
+        default=2,
+        metadata=about(
+            Integer(lo=1),
+            "Trap hits in the window an address (or network) needs to be listed; one hit is"
+            " often a mistyped address.",
+        ),
+    )
+    min_recipients: int = field(
+        default=1,
+        metadata=about(
+            Integer(lo=1),
+            "Distinct trap recipients an address needs as well; 1 = no such condition.",
+        ),
+    )
+    expire_days: int = field(
+        default=3,
+        metadata=about(
+            Integer(lo=1, hi=366),
+            "Quiet days after which an entry leaves the list: listed only while its last hit"
+            " is more recent (at most blocklist.window_days).",
+        ),
+    )
+    ipv4_prefix: int = field(
+        default=32,
+        metadata=about(Integer(lo=8, hi=32), "IPv4 hits are counted and listed by this prefix."),
+    )
+    ipv6_prefix: int = field(
+        default=64,
+        metadata=about(
+            Integer(lo=16, hi=128),
+            "IPv6 hits are counted and listed by this prefix (a host usually holds a /64);"
+            " rbldnsd's ip6tset takes /64 only: serve another prefix as ip6trie.",
+        ),
+    )
+    allow: tuple[str, ...] = field(
+        default=(),
+        metadata=about(
+            NetworkList(),
+            "Networks never listed, besides records.trusted_networks and loopback; an entry"
+            " whose network overlaps one is not listed either.",
+        ),
+    )
+    list_reserved: bool = field(
+        default=False,
+        metadata=about(
+            Bool(),
+            "List private, shared, documentation and other non-global addresses too (never"
+            " loopback): only for a trap that sees such relays on purpose, or a test.",
+        ),
+    )
+    verdicts: tuple[str, ...] = field(
+        default=BLOCKLIST_VERDICTS,
+        metadata=about(
+            ChoiceList(VERDICT_NAMES),
+            "Verdicts of the records that count as hits; bounces and auto-replies are"
+            " left out by default: their relays answer forged senders.",
+        ),
+    )
+    a_value: str = field(
+        default="127.0.0.2",
+        metadata=about(IPv4Text(), "A record the rbldnsd zones answer for a listed address."),
+    )
+    txt: str = field(
+        default="listed by ringtrap trap",
+        metadata=about(
+            Text(),
+            "TXT record of the rbldnsd zones (rbldnsd puts the queried address for $) and"
+            " text of the Postfix map's REJECT, followed there by the hit count.",
+        ),
+    )
+    rbldnsd_ip4: Path | None = field(
+        default=None,
+        metadata=about(
+            FilePath(optional=True),
+            'rbldnsd ip4set file of the IPv4 entries; "" = not written.',
+        ),
+    )
+    rbldnsd_ip6: Path | None = field(
+        default=None,
+        metadata=about(
+            FilePath(optional=True),
+            'rbldnsd file of the IPv6 entries (ip6tset for /64, else ip6trie); "" = not'
+            " written.",
+        ),
+    )
+    postfix: Path | None = field(
+        default=None,
+        metadata=about(
+            FilePath(optional=True),
+            'Postfix cidr access map (check_client_access cidr:FILE); "" = not written.',
+        ),
+    )
+    plain: Path | None = field(
+        default=None,
+        metadata=about(
+            FilePath(optional=True),
+            'Plain list, one network (CIDR) per line, for ipset or nftables; "" = not written.',
+        ),
+    )
+    json: Path | None = field(
+        default=None,
+        metadata=about(
+            FilePath(optional=True),
+            'JSON: every listed entry with its counts, and what was read; "" = not written.',
+        ),
+    )
+
+    def paths(self) -> dict[str, Path]:
+        """The formats to write, by name, with their files."""
+        every = {"rbldnsd_ip4": self.rbldnsd_ip4, "rbldnsd_ip6": self.rbldnsd_ip6,
+                 "postfix": self.postfix, "plain": self.plain, "json": self.json}
+        return {name: path for name, path in every.items() if path is not None}
+
+
 @dataclass(frozen=True, slots=True)
 class SupervisorConfig:
     """[supervisor]: the process that owns all the others."""
@@ -736,6 +874,7 @@ class Config:
     stage: StageConfig = field(default_factory=StageConfig)
     supervisor: SupervisorConfig = field(default_factory=SupervisorConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    blocklist: BlocklistConfig = field(default_factory=BlocklistConfig)
     service: ServiceConfig = field(default_factory=ServiceConfig)
 
 

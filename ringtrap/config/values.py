@@ -306,6 +306,25 @@ class Text(Kind):
         raise InvalidValue(f"must be a non-empty string, got {show(raw)}")
 
 
+class IPv4Text(Kind):
+    """An IPv4 address kept as its text (a DNS A record's value)."""
+
+    __slots__ = ()
+
+    def describe(self) -> str:
+        return "IPv4 address"
+
+    def parse(self, raw: object, base_dir: Path) -> str:
+        import ipaddress
+
+        if isinstance(raw, str):
+            try:
+                return str(ipaddress.IPv4Address(raw.strip()))
+            except ValueError:
+                pass
+        raise InvalidValue(f"must be an IPv4 address such as \"127.0.0.2\", got {show(raw)}")
+
+
 class ShmName(Kind):
     __slots__ = ()
     max_len = 200  # semaphore names add a prefix within NAME_MAX (255)
