@@ -37,12 +37,18 @@ from ringtrap.config.rendering import (
     docs_table,
     sample_config,
 )
-from ringtrap.config.rules import managed_spamd_learns, managed_spamd_tells, stage_dir
+from ringtrap.config.rules import (
+    forward_dir,
+    managed_spamd_learns,
+    managed_spamd_tells,
+    stage_dir,
+)
 from ringtrap.config.sections import (
     VERDICT_NAMES,
     ArchiveConfig,
     Config,
     DedupeConfig,
+    ForwardConfig,
     IngestConfig,
     MetricsConfig,
     OverflowConfig,
@@ -74,6 +80,7 @@ __all__ = [
     "ConfigError",
     "Declared",
     "DedupeConfig",
+    "ForwardConfig",
     "GiB",
     "IngestConfig",
     "KiB",
@@ -97,6 +104,7 @@ __all__ = [
     "docs_table",
     "find_spamd",
     "format_size",
+    "forward_dir",
     "from_dict",
     "keep_restart_only",
     "keep_root_defaults",

@@ -17,6 +17,7 @@ from ringtrap.config.hostdefaults import (
     BESIDE_INGEST,
     beside_ingest,
     default_bayes_dir,
+    default_forward_host,
     default_overflow_dir,
     default_results_dir,
     default_ring_name,
@@ -39,6 +40,7 @@ from ringtrap.config.values import (
     ListenAddress,
     MiB,
     Mode,
+    NatsServers,
     NetworkList,
     Seconds,
     ShmName,
@@ -46,6 +48,7 @@ from ringtrap.config.values import (
     SpamdAddress,
     SpamdAddressKind,
     StageAddressKind,
+    SubjectPrefix,
     Text,
     TextList,
     TimeOfDay,
@@ -774,6 +777,144 @@ class BlocklistConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ForwardConfig:
+    """[forward]: streaming this host's records (and raw messages) to NATS JetStream."""
+
+    enabled: bool = field(
+        default=False,
+        metadata=about(
+            Bool(),
+            "Run the forwarder: it follows the result files and publishes every record to"
+            " JetStream, keyed by the record's id; the local files stay the source of truth.",
+            restart=True,
+        ),
+    )
+    servers: tuple[str, ...] = field(
+        default=("nats://127.0.0.1:4222",),
+        metadata=about(
+            NatsServers(),
+            "NATS servers to connect to; list several nodes of a cluster, the client"
+            " fails over between them.",
+        ),
+    )
+    subject_prefix: str = field(
+        default="ringtrap",
+        metadata=about(
+            SubjectPrefix(),
+            "Records go to <prefix>.<host>.record, raw messages to <prefix>.<host>.raw.",
+        ),
+    )
+    host: str = field(
+        default_factory=default_forward_host,
+        metadata=about(
+            SubjectPrefix(single=True),
+            "This trap's name in the fleet: a subject token, unique per host.",
+            varies="the host name's first label (`trap` if it is not a subject token)",
+        ),
+    )
+    stream: str = field(
+        default="RINGTRAP",
+        metadata=about(
+            SubjectPrefix(single=True),
+            "JetStream stream taking <prefix>.>; created (file storage) if it is missing.",
+        ),
+    )
+    replicas: int = field(
+        default=1,
+        metadata=about(
+            Integer(lo=1, hi=5),
+            "Replicas of a stream the forwarder creates (3 on a three-node cluster);"
+            " an existing stream is left as it is.",
+        ),
+    )
+    duplicate_window: float = field(
+        default=300.0,
+        metadata=about(
+            Seconds(),
+            "Duplicate window of a stream the forwarder creates: a record re-sent within"
+            " it (after a crash or a lost ack) is stored once. Later repeats are removed"
+            " by the collector, which keys on the id.",
+        ),
+    )
+    ack_timeout: float = field(
+        default=10.0,
+        metadata=about(
+            Seconds(),
+            "Seconds to wait for the broker's acknowledgement of a publish before the"
+            " forwarder backs off and sends it again.",
+        ),
+    )
+    tls_ca_file: Path | None = field(
+        default=None,
+        metadata=about(
+            FilePath(optional=True),
+            'CA certificates that sign the servers\' certificates (TLS); "" = none.',
+        ),
+    )
+    tls_cert_file: Path | None = field(
+        default=None,
+        metadata=about(
+            FilePath(optional=True),
+            'Client certificate for TLS (with forward.tls_key_file); "" = none.',
+        ),
+    )
+    tls_key_file: Path | None = field(
+        default=None,
+        metadata=about(
+            FilePath(optional=True), 'Key of forward.tls_cert_file; "" = none.'
+        ),
+    )
+    creds_file: Path | None = field(
+        default=None,
+        metadata=about(
+            FilePath(optional=True),
+            'NATS credentials file (user JWT and nkey seed, nsc\'s .creds); "" = none.',
+        ),
+    )
+    nkey_seed_file: Path | None = field(
+        default=None,
+        metadata=about(
+            FilePath(optional=True),
+            'NKey seed file, for a server that lists this user\'s public nkey; "" = none.',
+        ),
+    )
+    raw: bool = field(
+        default=False,
+        metadata=about(
+            Bool(),
+            "Forward the messages themselves too: the scan workers hand each one to the"
+            " forwarder's spill directory after its record is written.",
+        ),
+    )
+    raw_max_bytes: int = field(
+        default=MiB,
+        metadata=about(
+            Size(lo=KiB, hi=64 * MiB),
+            "Largest raw message forwarded (the server's max_payload, 1 MiB by default,"
+            " is the ceiling). A larger one is not handed on: its record is forwarded"
+            " with the header Ringtrap-Raw: too-large.",
+        ),
+    )
+    spill_dir: Path | None = field(
+        default=None,
+        metadata=about(
+            FilePath(optional=True),
+            'Spill directory of the raw messages waiting for the broker; "" ='
+            ' "<overflow.dir>-forward". Keep it on tmpfs; it is purged with the overflow.',
+            restart=True,
+        ),
+    )
+    spill_max_bytes: int = field(
+        default=256 * MiB,
+        metadata=about(
+            Size(lo=MiB),
+            "Cap on the raw messages waiting; past it a raw message is not handed on"
+            " (counted as forward_dropped). Records wait in the result files instead.",
+        ),
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class SupervisorConfig:
     """[supervisor]: the process that owns all the others."""
 
@@ -872,6 +1013,7 @@ class Config:
     dedupe: DedupeConfig = field(default_factory=DedupeConfig)
     archive: ArchiveConfig = field(default_factory=ArchiveConfig)
     stage: StageConfig = field(default_factory=StageConfig)
+    forward: ForwardConfig = field(default_factory=ForwardConfig)
     supervisor: SupervisorConfig = field(default_factory=SupervisorConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     blocklist: BlocklistConfig = field(default_factory=BlocklistConfig)
