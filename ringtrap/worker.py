@@ -38,7 +38,8 @@ from ringtrap.scan import quarantine
 from ringtrap.scan.processing import Processor
 from ringtrap.scan.record import Archiving, Record
 from ringtrap.scan.results import ResultSink
-from ringtrap.scan.scanner import ScanError, ScanResponseError, ScanTimeout
+from ringtrap.scan.rspamd import RspamdClient
+from ringtrap.scan.scanner import ScanError, Scanner, ScanResponseError, ScanTimeout
 from ringtrap.scan.spamd import EX_TIMEOUT, SpamdClient
 from ringtrap.store.claim import ClaimLost, StoreClaim
 from ringtrap.store.proctable import ProcRow
@@ -53,7 +54,8 @@ from ringtrap.work.child import (
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EXIT_CRASH", "EXIT_OK", "EXIT_SETUP", "Worker", "child_main", "spamd_client"]
+__all__ = ["EXIT_CRASH", "EXIT_OK", "EXIT_SETUP", "Worker", "child_main", "scanner_client",
+           "spamd_client"]
 
 # A turn of the loop waits at most this long on the ring, so heartbeats and
 # stop checks never stall while idle.
@@ -354,13 +356,30 @@ def spamd_client(cfg: Config, spamd_address: str | None = None) -> SpamdClient |
                        timeout=cfg.spamd.timeout)
 
 
+def scanner_client(cfg: Config, address: str | None = None) -> Scanner | None:
+    """The scanner ``scanner.kind`` names (None when spamd is off); ``address`` overrides.
+
+    spamd as :func:`spamd_client` makes it; rspamd from ``[rspamd]``, where
+    a managed rspamd's socket is the supervisor's to pass (ValueError without).
+    """
+    if cfg.scanner.kind != "rspamd":
+        return spamd_client(cfg, address)
+    if address is None:
+        if cfg.rspamd.address.kind == "managed":
+            raise ValueError("rspamd.address is \"managed\" but the supervisor passed no socket")
+        address = str(cfg.rspamd.address)
+    return RspamdClient(address, connect_timeout=cfg.rspamd.connect_timeout,
+                        timeout=cfg.rspamd.timeout)
+
+
 def child_main(cfg: Config, index: int, row_index: int, spamd_address: str | None = None) -> int:
     """Run worker ``index`` in a freshly forked child; return its exit code.
 
     Expects :func:`ringtrap.work.child.boot` done.  Attaches the ring,
     registers process-table row ``row_index``, opens the overflow, the results
-    and the spamd client (``spamd_address`` overrides ``cfg.spamd.address``,
-    and is required when that is "managed"), then loops.  TERM stops
+    and the scanner (``spamd_address``, the address of the scanner
+    ``scanner.kind`` names, overrides the config and is required when it is
+    "managed"), then loops.  TERM stops
     gracefully, INT and QUIT fast, USR1 reopens the log.  Returns
     :data:`EXIT_OK`, :data:`EXIT_SETUP` or :data:`EXIT_CRASH`; the parent
     passes it to ``os._exit``.
@@ -368,7 +387,7 @@ def child_main(cfg: Config, index: int, row_index: int, spamd_address: str | Non
 
     def setup(parent: int, closing: contextlib.ExitStack) -> Worker:
         ring = closing.enter_context(Ring.attach(cfg.ring.name))
-        client = spamd_client(cfg, spamd_address)
+        client = scanner_client(cfg, spamd_address)
         overflow = Overflow(cfg.overflow.dir, cfg.overflow.max_bytes,
                             quarantine_max_bytes=cfg.overflow.quarantine_max_bytes)
         sink = closing.enter_context(

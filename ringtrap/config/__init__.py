@@ -37,7 +37,13 @@ from ringtrap.config.rendering import (
     docs_table,
     sample_config,
 )
-from ringtrap.config.rules import managed_spamd_learns, managed_spamd_tells, stage_dir
+from ringtrap.config.rules import (
+    managed_spamd_learns,
+    managed_spamd_tells,
+    runs_managed_rspamd,
+    runs_managed_spamd,
+    stage_dir,
+)
 from ringtrap.config.sections import (
     VERDICT_NAMES,
     ArchiveConfig,
@@ -50,6 +56,7 @@ from ringtrap.config.sections import (
     RecordsConfig,
     ResultsConfig,
     RingConfig,
+    RspamdConfig,
     ServiceConfig,
     SpamdConfig,
     StageConfig,
@@ -85,6 +92,7 @@ __all__ = [
     "RecordsConfig",
     "ResultsConfig",
     "RingConfig",
+    "RspamdConfig",
     "ServiceConfig",
     "SpamdAddress",
     "SpamdConfig",
@@ -107,6 +115,8 @@ __all__ = [
     "override",
     "parse_size",
     "restart_only",
+    "runs_managed_rspamd",
+    "runs_managed_spamd",
     "runtime_dir",
     "sample_config",
     "stage_dir",
