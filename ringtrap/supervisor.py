@@ -501,6 +501,8 @@ class Supervisor:
                 self.recovery.retry(self._stores())
             if self.row:
                 self.row.beat()
+            # wall clock: the history is kept by calendar hour
+            self.ring.table.tick_history(self.os.time())
         now = self.os.monotonic()
         if self.phase is Phase.RUNNING:
             self.check_boots(now)

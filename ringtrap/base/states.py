@@ -66,6 +66,15 @@ class ExitCause(IntEnum):
     CUT = 4  # killed by us at a stop's deadline: its claims go back, no attempt counted
 
 
+class HostState(IntEnum):
+    """A scanner host's breaker, as one worker sees it (stored in the host table)."""
+
+    UNUSED = 0  # no cell, or not used since it was assigned
+    CLOSED = 1  # chosen in turn
+    OPEN = 2  # out of the pool until its revive time
+    HALF_OPEN = 3  # revive time passed: the next pick PINGs it first
+
+
 class Verdict(StrEnum):
     """What a record says of its message (the record's ``verdict``, its counter, its archive).
 

@@ -231,6 +231,16 @@ def _check_stage_spamd(c: Config) -> str | None:
     return None
 
 
+def _check_stage_pool(c: Config) -> str | None:
+    # every spamd of a pool has a Bayes database of its own: which one learns is the
+    # operator's choice, not the trap's
+    if (c.stage.workers and c.stage.address is None and c.spamd.address.kind == "pool"
+            and (c.stage.learn or c.stage.report)):
+        return ("spamd.address is a list: set stage.address to the one spamd the stage"
+                " learns and reports through")
+    return None
+
+
 def _check_distinct_sockets(c: Config) -> str | None:
     ing = c.ingest
     taken = {os.path.normpath(ing.socket): "ingest.socket"}
@@ -299,6 +309,7 @@ RULES: tuple[Rule, ...] = (
     Rule(("archive.dir", "overflow.dir"), _check_archive_outside_overflow),
     Rule(("stage.timeout", "stage.workers", "workers.heartbeat_timeout"), _check_stage_timeout),
     Rule(("stage.workers", "stage.address", "spamd.address"), _check_stage_spamd),
+    Rule(("stage.address", "stage.workers", "spamd.address"), _check_stage_pool),
     Rule(("service.group", "service.user"), _check_service_group),
 )
 

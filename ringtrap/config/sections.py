@@ -263,6 +263,16 @@ class OverflowConfig:
             " overflow.max_bytes, so it cannot block spills.",
         ),
     )
+    drain_order: str = field(
+        default="oldest",
+        metadata=about(
+            Choice(("oldest", "newest")),
+            'Which mail workers scan first when they cannot scan it all: "oldest" takes'
+            " the ring, then the overflow, in arrival order; \"newest\" takes the"
+            " overflow's latest while it holds mail newer than the ring's oldest, so a"
+            " flood's freshest spam is analysed and the purge drops the stale rest.",
+        ),
+    )
     quarantine_retention_days: int = field(
         default=1,
         metadata=about(
@@ -356,7 +366,9 @@ class SpamdConfig:
         metadata=about(
             SpamdAddressKind(),
             '"managed": the supervisor runs its own spamd on a private socket;'
-            ' "unix:/path" or "tcp:host:port": use a running spamd;'
+            ' "unix:/path", "tcp:host:port" or "tls:host:port" (spamd --listen=ssl:...):'
+            ' use a running spamd; a list of those: a pool, scanned in turn, failing over'
+            ' and taking a failing host out (scanner.breaker_*);'
             ' "off": record messages without a spamd score.',
             varies='`"managed"` if spamd is installed (on `PATH`, in `/usr/sbin` or'
             ' `/usr/local/sbin`), else `"off"`',
@@ -375,6 +387,15 @@ class SpamdConfig:
     connect_timeout: float = field(
         default=10.0,
         metadata=about(Seconds(), "Seconds a worker waits to connect to spamd."),
+    )
+    tls_ca: Path | None = field(
+        default=None,
+        metadata=about(
+            FilePath(optional=True),
+            'CA certificates (PEM) a "tls:" spamd\'s certificate must chain to, its name'
+            ' matching the address\'s host; "" = the system\'s CAs.',
+            restart=True,
+        ),
     )
     children: int = field(
         default=0,
@@ -652,8 +673,9 @@ class StageConfig:
         default=None,
         metadata=about(
             StageAddressKind(),
-            'spamd the stage talks to: "" = the scanning spamd (spamd.address), or'
-            ' "unix:/path" / "tcp:host:port" for a separate one, e.g. one allowed to report.',
+            'spamd the stage talks to: "" = the scanning spamd (spamd.address, if one'
+            ' host), or "unix:/path", "tcp:host:port" or "tls:host:port" for a separate'
+            ' one, e.g. one allowed to report.',
         ),
     )
     timeout: float = field(

@@ -24,7 +24,7 @@ from ringtrap.config import Config
 from ringtrap.control import spamd_log
 from ringtrap.control.child import Child
 from ringtrap.control.managed_rspamd import rspamd_address, rspamd_argv
-from ringtrap.control.managed_spamd import spamd_address, spamd_argv
+from ringtrap.control.managed_spamd import scanner_addresses, spamd_address, spamd_argv
 from ringtrap.control.seam import OS
 from ringtrap.work import child as work_child
 
@@ -115,11 +115,7 @@ def boot(c: Child, cfg: Config, config_path: Path | None, handled: Iterable[int]
                                 spamd_address(cfg) if cfg.scanner.kind == "spamd" else None)
     from ringtrap import worker
 
-    return worker.child_main(cfg, c.index, c.row, spamd_address=scanner_address(cfg))
-
-
-def scanner_address(cfg: Config) -> str | None:
-    """The address workers scan at: spamd's or rspamd's, as ``scanner.kind`` says."""
     if cfg.scanner.kind == "rspamd":
-        return rspamd_address(cfg)
-    return spamd_address(cfg)
+        return worker.child_main(cfg, c.index, c.row, spamd_address=(rspamd_address(cfg),))
+    return worker.child_main(cfg, c.index, c.row,
+                             spamd_address=scanner_addresses(cfg) or "off")

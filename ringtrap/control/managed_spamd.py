@@ -34,13 +34,23 @@ def managed_spamd_socket(cfg: Config) -> Path:
 
 
 def spamd_address(cfg: Config) -> str | None:
-    """The address workers use, or None when scanning is off."""
+    """The address of the scanning spamd (a pool's first), or None when scanning is off."""
     a = cfg.spamd.address
     if a.kind == "off":
         return None
+    if a.kind == "pool":
+        return a.hosts()[0]
     if a.kind == "managed":
         return f"unix:{managed_spamd_socket(cfg)}"
     return str(a)
+
+
+def scanner_addresses(cfg: Config) -> tuple[str, ...] | None:
+    """The addresses workers scan on, or None when scanning is off."""
+    if cfg.spamd.address.kind == "pool":
+        return cfg.spamd.address.hosts()
+    one = spamd_address(cfg)
+    return None if one is None else (one,)
 
 
 def spamd_argv(cfg: Config) -> list[str]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import re
 import socket
+import ssl
 import time
 from dataclasses import dataclass
 
@@ -62,6 +63,7 @@ class SpamdResponseError(ScanResponseError):
 
     def __init__(self, code: int, text: str) -> None:
         super().__init__(code, text, retryable=code in RETRYABLE_CODES)
+        self.timeout = code == EX_TIMEOUT
 
     def __str__(self) -> str:
         return f"spamd replied {self.code} {self.text}"
@@ -88,16 +90,18 @@ class TellResult:
 
 
 def parse_address(address: str) -> tuple[int, str | tuple[str, int]]:
-    """Parse ``unix:/path`` or ``tcp:host:port`` into a family and a socket address.
+    """Parse ``unix:/path``, ``tcp:host:port`` or ``tls:host:port`` into a family and a
+    socket address.
 
     IPv6 literals go in brackets (``tcp:[::1]:783``).  A host name yields
     ``AF_UNSPEC``: the client resolves it on every call, so a changed record is
     followed.  Anything else raises ValueError naming the problem.
     """
     scheme, sep, rest = address.partition(":")
-    if not sep or scheme not in ("unix", "tcp"):
+    if not sep or scheme not in ("unix", "tcp", "tls"):
         raise ValueError(
-            f"spamd address {address!r}: expected 'unix:/path/to/socket' or 'tcp:host:port'"
+            f"spamd address {address!r}: expected 'unix:/path/to/socket', 'tcp:host:port'"
+            " or 'tls:host:port'"
         )
     if scheme == "unix":
         if not rest.startswith("/"):
@@ -109,7 +113,7 @@ def parse_address(address: str) -> tuple[int, str | tuple[str, int]]:
     if rest.startswith("["):
         host, bracket, tail = rest[1:].partition("]")
         if not bracket or not tail.startswith(":"):
-            raise ValueError(f"spamd address {address!r}: expected 'tcp:[ipv6]:port'")
+            raise ValueError(f"spamd address {address!r}: expected '{scheme}:[ipv6]:port'")
         port_text = tail[1:]
         family = socket.AF_INET6
         if not _is_ip(socket.AF_INET6, host):
@@ -120,7 +124,7 @@ def parse_address(address: str) -> tuple[int, str | tuple[str, int]]:
             raise ValueError(f"spamd address {address!r}: missing ':port'")
         if ":" in host:
             raise ValueError(
-                f"spamd address {address!r}: put an IPv6 address in brackets, 'tcp:[::1]:783'"
+                f"spamd address {address!r}: put an IPv6 address in brackets, '{scheme}:[::1]:783'"
             )
         family = socket.AF_INET if _is_ip(socket.AF_INET, host) else socket.AF_UNSPEC
     if not host:
@@ -246,16 +250,23 @@ class SpamdClient:
         connect_timeout: float = 10.0,
         timeout: float = 330.0,
         user: str | None = None,
+        tls_ca: str | None = None,
     ) -> None:
         """Prepare a client for ``address`` (see :func:`parse_address`); nothing connects yet.
 
         ``timeout`` bounds a whole call and defaults above spamd's 300 s
         ``--timeout-child`` so spamd's own timeout reply (79) arrives first.
+        A ``tls:`` address is verified: its certificate must chain to the
+        CAs in the file ``tls_ca`` (default: the system's) and name the
+        address's host (sent as SNI).  An OSError if ``tls_ca`` cannot be read.
         """
         if not connect_timeout > 0 or not timeout > 0:
             raise ValueError("spamd timeouts must be positive")
         self.address = address
         self._family, self._sockaddr = parse_address(address)
+        self._tls: ssl.SSLContext | None = None
+        if address.startswith("tls:"):
+            self._tls = ssl.create_default_context(cafile=tls_ca)
         self._connect_timeout = float(connect_timeout)
         self._timeout = float(timeout)
         user_line = b""
@@ -396,7 +407,34 @@ class SpamdClient:
             if family != socket.AF_UNIX:
                 # Two writes (header block, large body) must not wait on Nagle.
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self._tls is not None:
+                return self._handshake(sock, sockaddr, deadline)
             return sock
+
+    def _handshake(self, sock: socket.socket, sockaddr: str | tuple[str, int],
+                   deadline: float) -> socket.socket:
+        assert self._tls is not None and isinstance(self._sockaddr, tuple)
+        try:
+            tls = self._tls.wrap_socket(sock, server_hostname=self._sockaddr[0],
+                                        do_handshake_on_connect=False)
+        except BaseException:
+            sock.close()
+            raise
+        try:
+            tls.settimeout(self._left(deadline, "the TLS handshake"))
+            tls.do_handshake()
+        except TimeoutError as exc:
+            tls.close()
+            raise ScanTimeout(f"{self.address}: TLS handshake timed out") from exc
+        except ssl.SSLCertVerificationError as exc:
+            tls.close()
+            # a host the trap cannot trust is unusable, like one refusing: another may do
+            raise ScanConnectionError(
+                f"{self.address}: TLS certificate not trusted: {exc.verify_message}") from exc
+        except BaseException:
+            tls.close()
+            raise
+        return tls
 
     def _exchange(
         self,
@@ -416,8 +454,10 @@ class SpamdClient:
                 sock.sendall(head)
                 sock.settimeout(self._left(deadline, "sending"))
                 sock.sendall(body)
-            # EOF tells spamd at once that nothing more is coming.
-            sock.shutdown(socket.SHUT_WR)
+            # EOF tells spamd at once that nothing more is coming.  Not over TLS:
+            # a half-close there ends the TLS session, and spamd reads by length.
+            if self._tls is None:
+                sock.shutdown(socket.SHUT_WR)
         except TimeoutError as exc:
             raise ScanTimeout(f"{self.address}: timed out sending the request") from exc
         except OSError as exc:

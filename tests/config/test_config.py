@@ -239,6 +239,8 @@ GOOD: list[tuple[str, str, object]] = [
     ("overflow.max_attempts", "1", 1),
     ("overflow.quarantine_max_bytes", '"1G"', GiB),
     ("overflow.quarantine_retention_days", "0", 0),
+    ("overflow.drain_order", '"newest"', "newest"),
+    ("overflow.drain_order", '"Oldest"', "oldest"),
     ("workers.count", "1", 1),
     ("workers.max_rss_bytes", "0", 0),
     ("workers.max_rss_bytes", '"1G"', GiB),
@@ -249,6 +251,15 @@ GOOD: list[tuple[str, str, object]] = [
     ("spamd.address", '"unix:/run/spamd.sock"', SpamdAddress("unix", Path("/run/spamd.sock"))),
     ("spamd.address", '"tcp:127.0.0.1:783"', SpamdAddress("tcp", host="127.0.0.1", port=783)),
     ("spamd.address", '"tcp:[::1]:783"', SpamdAddress("tcp", host="::1", port=783)),
+    ("spamd.address", '"tls:spamd.example:783"',
+     SpamdAddress("tls", host="spamd.example", port=783)),
+    ("spamd.address", '["tcp:10.0.0.1:783"]', SpamdAddress("tcp", host="10.0.0.1", port=783)),
+    ("spamd.address", '["tcp:10.0.0.1:783", "tls:[::1]:784", "unix:/run/spamd.sock"]',
+     SpamdAddress("pool", members=(SpamdAddress("tcp", host="10.0.0.1", port=783),
+                                   SpamdAddress("tls", host="::1", port=784),
+                                   SpamdAddress("unix", Path("/run/spamd.sock"))))),
+    ("spamd.tls_ca", '""', None),
+    ("spamd.tls_ca", '"/etc/ringtrap/spamd-ca.pem"', Path("/etc/ringtrap/spamd-ca.pem")),
     ("scanner.kind", '"RSPAMD"', "rspamd"),
     ("scanner.breaker_errors", "1", 1),
     ("scanner.breaker_window", "2.5", 2.5),
@@ -296,6 +307,7 @@ GOOD: list[tuple[str, str, object]] = [
     ("stage.verdicts", '["spam"]', ("spam",)),
     ("stage.address", '"tcp:127.0.0.1:783"', SpamdAddress("tcp", host="127.0.0.1", port=783)),
     ("stage.address", '""', None),
+    ("stage.address", '"tls:10.0.0.1:783"', SpamdAddress("tls", host="10.0.0.1", port=783)),
     ("stage.timeout", "30", 30.0),
     ("stage.dir", '"/dev/shm/stage"', Path("/dev/shm/stage")),
     ("stage.max_bytes", '"16M"', 16 * MiB),
@@ -364,6 +376,7 @@ BAD: list[tuple[str, str, str]] = [
     ("overflow.max_attempts", "0", "must be an integer >= 1, got 0"),
     ("overflow.quarantine_max_bytes", '"10K"', "must be a byte size >= 1MiB"),
     ("overflow.quarantine_retention_days", "-1", "must be an integer >= 0, got -1"),
+    ("overflow.drain_order", '"lifo"', 'must be one of "oldest", "newest", got "lifo"'),
     ("workers.count", "0", "must be an integer >= 1 and <= 1024, got 0"),
     ("workers.count", "1025", "got 1025"),
     ("workers.max_rss_bytes", '"1M"', "must be 0 (unlimited) or a byte size >= 32MiB"),
@@ -372,8 +385,21 @@ BAD: list[tuple[str, str, str]] = [
     (
         "spamd.address",
         '"on"',
-        'must be "managed", "off", "unix:/path/to/socket" or "tcp:host:port"',
+        'must be "managed", "off", "unix:/path/to/socket", "tcp:host:port", "tls:host:port"'
+        " or a list of addresses",
     ),
+    ("spamd.address", "[]", "a list of spamd addresses cannot be empty"),
+    ("spamd.address", '["tcp:a:783", "managed"]',
+     'element 2 "managed": "managed" and "off" stand alone, not in a list'),
+    ("spamd.address", '["off"]', 'element 1 "off": "managed" and "off" stand alone'),
+    ("spamd.address", '["tcp:a:783", "tcp:b"]',
+     'element 2 "tcp:b": must be tcp:host:port with a port from 1 to 65535'),
+    ("spamd.address", '["tls:a:783", 7]', "element 2 7: must be"),
+    ("spamd.address", '["tcp:a:783", "tcp:a:783"]', 'element 2 "tcp:a:783": the same spamd twice'),
+    ("spamd.address", '"tls:host"', "must be tls:host:port with a port from 1 to 65535"),
+    ("spamd.address", "[" + ", ".join(f'"tcp:h{i}:783"' for i in range(17)) + "]",
+     "at most 16 spamd addresses, got 17"),
+    ("spamd.tls_ca", "7", "must be a path string, got 7"),
     ("spamd.address", '"tcp:localhost"', "must be tcp:host:port with a port from 1 to 65535"),
     ("spamd.address", '"tcp:localhost:0"', 'got "tcp:localhost:0"'),
     ("spamd.address", '"tcp:::1:783"', "an IPv6 host must be in brackets"),
@@ -416,7 +442,9 @@ BAD: list[tuple[str, str, str]] = [
     ("stage.learn", '"no"', 'must be true or false, got "no"'),
     ("stage.report", "0", "must be true or false, got 0"),
     ("stage.verdicts", '["virus", "maybe"]', '"maybe" is not one of'),
-    ("stage.address", '"off"', 'must be "", "unix:/path" or "tcp:host:port", got "off"'),
+    ("stage.address", '"off"',
+     'must be "", "unix:/path", "tcp:host:port" or "tls:host:port", got "off"'),
+    ("stage.address", '["tcp:a:783", "tcp:b:783"]', "must be"),
     ("stage.timeout", "-5", "must be a number of seconds > 0"),
     ("stage.dir", "[]", "must be a path string"),
     ("stage.max_bytes", '"1K"', "must be a byte size >= 1MiB"),
@@ -655,6 +683,11 @@ def test_syntax_error_from_a_file_names_the_path(tmp_path: Path) -> None:
             'ingest.socket: ingest.lmtp_socket "/srv/t/submit.sock" is also'
             " ingest.submit_socket",
         ),
+        (
+            '[spamd]\naddress = ["tcp:10.0.0.1:783", "tcp:10.0.0.2:783"]\n'
+            "[stage]\nworkers = 1\nlearn = true\n",
+            "stage.address: spamd.address is a list: set stage.address to the one spamd",
+        ),
     ],
 )
 def test_cross_field_rules(text: str, start: str) -> None:
@@ -681,6 +714,9 @@ def test_cross_field_rules(text: str, start: str) -> None:
         '[scanner]\nkind = "rspamd"\n[rspamd]\naddress = "tcp:127.0.0.1:11333"\n'
         'command = "/nonexistent/rspamd"\ntimeout = 5\nconnect_timeout = 5\n',
         '[scanner]\nkind = "rspamd"\n[stage]\nworkers = 1\naddress = "tcp:127.0.0.1:783"\n',
+        # a pool's stage learns through the spamd it is told
+        '[spamd]\naddress = ["tcp:10.0.0.1:783", "tcp:10.0.0.2:783"]\n'
+        '[stage]\nworkers = 1\nlearn = true\naddress = "tcp:10.0.0.1:783"\n',
     ],
 )
 def test_cross_field_rules_accept_the_boundaries(text: str) -> None:
