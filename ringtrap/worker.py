@@ -41,6 +41,7 @@ from ringtrap.scan.pool import ScannerPool
 from ringtrap.scan.processing import Processor
 from ringtrap.scan.record import Archiving, Record
 from ringtrap.scan.results import ResultSink
+from ringtrap.scan.rspamd import RspamdClient
 from ringtrap.scan.scanner import ScanError, Scanner
 from ringtrap.scan.spamd import SpamdClient
 from ringtrap.store.claim import ClaimLost, StoreClaim
@@ -57,7 +58,8 @@ from ringtrap.work.child import (
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EXIT_CRASH", "EXIT_OK", "EXIT_SETUP", "Worker", "child_main", "spamd_client"]
+__all__ = ["EXIT_CRASH", "EXIT_OK", "EXIT_SETUP", "Worker", "child_main", "scanner_client",
+           "spamd_client"]
 
 # A turn of the loop waits at most this long on the ring, so heartbeats and
 # stop checks never stall while idle.
@@ -398,14 +400,39 @@ def spamd_client(cfg: Config, spamd_address: str | Sequence[str] | None = None,
         breaker_revive=cfg.scanner.breaker_revive, **pool)
 
 
+def scanner_client(cfg: Config, address: str | Sequence[str] | None = None,
+                   **pool: Any) -> Scanner | None:
+    """The scanner ``scanner.kind`` names (None when spamd is off); ``address`` overrides.
+
+    spamd as :func:`spamd_client` makes it; rspamd from ``[rspamd]`` in a
+    pool of its one host (so it has the same breaker and per-host numbers),
+    where a managed rspamd's socket is the supervisor's to pass (ValueError
+    without).
+    """
+    if cfg.scanner.kind != "rspamd":
+        return spamd_client(cfg, address, **pool)
+    if address is None:
+        if cfg.rspamd.address.kind == "managed":
+            raise ValueError("rspamd.address is \"managed\" but the supervisor passed no socket")
+        address = str(cfg.rspamd.address)
+    addresses = (address,) if isinstance(address, str) else tuple(address)
+    return ScannerPool.from_addresses(
+        addresses,
+        lambda a: RspamdClient(a, connect_timeout=cfg.rspamd.connect_timeout,
+                               timeout=cfg.rspamd.timeout),
+        breaker_errors=cfg.scanner.breaker_errors, breaker_window=cfg.scanner.breaker_window,
+        breaker_revive=cfg.scanner.breaker_revive, **pool)
+
+
 def child_main(cfg: Config, index: int, row_index: int,
                spamd_address: str | Sequence[str] | None = None) -> int:
     """Run worker ``index`` in a freshly forked child; return its exit code.
 
     Expects :func:`ringtrap.work.child.boot` done.  Attaches the ring,
     registers process-table row ``row_index``, opens the overflow, the results
-    and the spamd client (``spamd_address`` overrides ``cfg.spamd.address``,
-    and is required when that is "managed"), then loops.  TERM stops
+    and the scanner (``spamd_address``, the address of the scanner
+    ``scanner.kind`` names, overrides the config and is required when it is
+    "managed"), then loops.  TERM stops
     gracefully, INT and QUIT fast, USR1 reopens the log.  Returns
     :data:`EXIT_OK`, :data:`EXIT_SETUP` or :data:`EXIT_CRASH`; the parent
     passes it to ``os._exit``.
@@ -420,7 +447,7 @@ def child_main(cfg: Config, index: int, row_index: int,
             contextlib.closing(ResultSink(cfg.results.dir,
                                           retention_days=cfg.results.retention_days)))
         row = ring.table.register(Role.WORKER, index, row=row_index)
-        client = spamd_client(cfg, spamd_address, count=row.add)
+        client = scanner_client(cfg, spamd_address, count=row.add)
         if isinstance(client, ScannerPool):
             client.stats = HostCells(ring.table.segment, row.row, client.hosts, time.monotonic_ns)
         processor = Processor.from_config(cfg, client)

@@ -28,6 +28,11 @@ class Role(IntEnum):
     SPAMD = 4
     OTHER = 5
     STAGE = 6  # a worker of the slower stage (learning, reporting)
+    RSPAMD = 7  # a managed rspamd (never in the table: like SPAMD, it does not attach)
+
+
+# the managed scanners: exec'd programs that never attach to the ring
+SCANNER_ROLES = frozenset({Role.SPAMD, Role.RSPAMD})
 
 
 class ProcState(IntEnum):

@@ -21,6 +21,7 @@ from ringtrap.config.hostdefaults import (
     default_overflow_dir,
     default_results_dir,
     default_ring_name,
+    default_rspamd_db_dir,
     default_socket,
     default_spamd_address,
     default_worker_count,
@@ -42,6 +43,7 @@ from ringtrap.config.values import (
     Mode,
     NatsServers,
     NetworkList,
+    RspamdAddressKind,
     Seconds,
     ShmName,
     Size,
@@ -442,6 +444,84 @@ class SpamdConfig:
             " searchable by that user.",
             varies="`/var/lib/ringtrap/bayes` as root, else `$XDG_STATE_HOME/ringtrap/bayes`"
             " (`~/.local/state/ringtrap/bayes` when unset)",
+            restart=True,
+        ),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class RspamdConfig:
+    """[rspamd]: how workers score messages when scanner.kind is "rspamd"."""
+
+    address: SpamdAddress = field(
+        default=SpamdAddress("managed"),
+        metadata=about(
+            RspamdAddressKind(),
+            '"managed": the supervisor runs its own rspamd on a private socket;'
+            ' "unix:/path" or "tcp:host:port": the normal worker of a running rspamd.',
+            restart=True,
+        ),
+    )
+    timeout: float = field(
+        default=60.0,
+        metadata=about(
+            Seconds(),
+            "Seconds a worker waits for rspamd's answer to one message; must exceed"
+            " rspamd's task_timeout (8 s by default) and stay below"
+            " workers.heartbeat_timeout.",
+        ),
+    )
+    connect_timeout: float = field(
+        default=10.0,
+        metadata=about(Seconds(), "Seconds a worker waits to connect to rspamd."),
+    )
+    workers: int = field(
+        default=0,
+        metadata=about(
+            Integer(lo=0, hi=1024),
+            "Normal workers of a managed rspamd (its count); 0 = one per worker"
+            " (workers.count).",
+            restart=True,
+        ),
+    )
+    network: bool = field(
+        default=False,
+        metadata=about(
+            Bool(),
+            "Let a managed rspamd run its network checks: RBL and SURBL lookups, SPF,"
+            " DKIM, DMARC, ASN, fuzzy hashes, DCC, MX checks. Off: those modules are"
+            " disabled (maps it fetches from the network may still be tried).",
+            restart=True,
+        ),
+    )
+    nameservers: tuple[str, ...] = field(
+        default=(),
+        metadata=about(
+            TextList(),
+            'DNS servers of a managed rspamd, e.g. ["127.0.0.1:53"]; empty = the'
+            " host's resolv.conf.",
+            restart=True,
+        ),
+    )
+    command: str = field(
+        default="rspamd",
+        metadata=about(
+            Text(),
+            "Program run as a managed rspamd: a path, or a name looked up on PATH and then"
+            " in /usr/sbin and /usr/local/sbin.",
+            restart=True,
+        ),
+    )
+    db_dir: Path = field(
+        default_factory=default_rspamd_db_dir,
+        metadata=about(
+            FilePath(),
+            "A managed rspamd's DBDIR: its compiled Hyperscan databases (a first start"
+            " compiles them for tens of seconds; later starts reuse them) and statistics."
+            " Created and handed to the user rspamd runs as.",
+            varies="`/var/lib/ringtrap/rspamd` as root, else"
+            " `$XDG_STATE_HOME/ringtrap/rspamd` (`~/.local/state/ringtrap/rspamd` when"
+            " unset)",
             restart=True,
         ),
     )
@@ -1007,6 +1087,7 @@ class Config:
     workers: WorkersConfig = field(default_factory=WorkersConfig)
     scanner: ScannerConfig = field(default_factory=ScannerConfig)
     spamd: SpamdConfig = field(default_factory=SpamdConfig)
+    rspamd: RspamdConfig = field(default_factory=RspamdConfig)
     results: ResultsConfig = field(default_factory=ResultsConfig)
     records: RecordsConfig = field(default_factory=RecordsConfig)
     prefilter: PrefilterConfig = field(default_factory=PrefilterConfig)

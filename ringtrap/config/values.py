@@ -654,6 +654,20 @@ class SpamdAddressKind(Kind):
         return str(value)
 
 
+class RspamdAddressKind(SpamdAddressKind):
+    __slots__ = ()
+
+    def describe(self) -> str:
+        return "rspamd address"
+
+    def parse(self, raw: object, base_dir: Path) -> SpamdAddress:
+        if raw == "off":
+            raise InvalidValue(
+                'must be "managed", "unix:/path" or "tcp:host:port" (scanner.kind = "spamd"'
+                ' turns rspamd off), got "off"')
+        return super().parse(raw, base_dir)
+
+
 class StageAddressKind(SpamdAddressKind):
     __slots__ = ()
 

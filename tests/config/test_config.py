@@ -44,7 +44,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(autouse=True)
 def host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A predictable host: an ordinary user, a private HOME, a fake spamd on PATH.
+    """A predictable host: an ordinary user, a private HOME, a fake spamd and rspamd on PATH.
 
     Returns the directory holding the fake spamd.
     """
@@ -52,9 +52,10 @@ def host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home.mkdir()
     bindir = tmp_path / "bin"
     bindir.mkdir()
-    spamd = bindir / "spamd"
-    spamd.write_text("#!/bin/sh\nexit 0\n")
-    spamd.chmod(0o755)
+    for name in ("spamd", "rspamd"):
+        fake = bindir / name
+        fake.write_text("#!/bin/sh\nexit 0\n")
+        fake.chmod(0o755)
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.setenv("PATH", str(bindir))
     monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
@@ -272,6 +273,20 @@ GOOD: list[tuple[str, str, object]] = [
     ("spamd.extra_args", "[]", ()),
     ("spamd.command", '"spamd"', "spamd"),
     ("spamd.bayes_dir", '"/srv/bayes"', Path("/srv/bayes")),
+    ("rspamd.address", '"managed"', SpamdAddress("managed")),
+    ("rspamd.address", '"unix:/run/rspamd/normal.sock"',
+     SpamdAddress("unix", Path("/run/rspamd/normal.sock"))),
+    ("rspamd.address", '"tcp:127.0.0.1:11333"',
+     SpamdAddress("tcp", host="127.0.0.1", port=11333)),
+    ("rspamd.timeout", "30", 30.0),
+    ("rspamd.connect_timeout", "2", 2.0),
+    ("rspamd.workers", "0", 0),
+    ("rspamd.workers", "3", 3),
+    ("rspamd.network", "true", True),
+    ("rspamd.nameservers", '["127.0.0.1:53"]', ("127.0.0.1:53",)),
+    ("rspamd.nameservers", "[]", ()),
+    ("rspamd.command", '"/usr/bin/rspamd"', "/usr/bin/rspamd"),
+    ("rspamd.db_dir", '"/srv/rspamd"', Path("/srv/rspamd")),
     ("results.dir", '"/srv/results"', Path("/srv/results")),
     ("results.retention_days", "0", 0),
     ("results.retention_days", "14", 14),
@@ -430,6 +445,15 @@ BAD: list[tuple[str, str, str]] = [
     ("spamd.address", '"tcp:::1:783"', "an IPv6 host must be in brackets"),
     ("spamd.address", '"unix:"', 'got "unix:"'),
     ("spamd.address", "5", "got 5"),
+    ("rspamd.address", '"off"', 'scanner.kind = "spamd" turns rspamd off'),
+    ("rspamd.address", '"tcp:localhost"', "must be tcp:host:port with a port from 1 to 65535"),
+    ("rspamd.timeout", "0", "must be a number of seconds > 0, got 0"),
+    ("rspamd.connect_timeout", '"1s"', 'got "1s"'),
+    ("rspamd.workers", "-1", "must be an integer >= 0 and <= 1024, got -1"),
+    ("rspamd.network", '"yes"', 'got "yes"'),
+    ("rspamd.nameservers", '"127.0.0.1"', 'got "127.0.0.1"'),
+    ("rspamd.command", "1", "got 1"),
+    ("rspamd.db_dir", '""', "must not be empty"),
     ("scanner.kind", '"clamd"', 'must be one of "spamd", "rspamd", got "clamd"'),
     ("scanner.breaker_errors", "0", "must be an integer >= 1 and <= 1000, got 0"),
     ("scanner.breaker_window", "0", "must be a number of seconds > 0, got 0"),
@@ -714,6 +738,27 @@ def test_syntax_error_from_a_file_names_the_path(tmp_path: Path) -> None:
             'spamd.address: "managed" needs spamd, but spamd.command "/nonexistent/spamd"',
         ),
         (
+            '[scanner]\nkind = "rspamd"\n[rspamd]\ncommand = "/nonexistent/rspamd"\n',
+            'rspamd.address: "managed" needs rspamd, but rspamd.command "/nonexistent/rspamd"'
+            " is not found",
+        ),
+        (
+            '[scanner]\nkind = "rspamd"\n[workers]\nheartbeat_timeout = 50\n',
+            "rspamd.timeout: must be less than workers.heartbeat_timeout (50 s)",
+        ),
+        (
+            '[scanner]\nkind = "rspamd"\n[rspamd]\ntimeout = 8\nconnect_timeout = 1\n',
+            "rspamd.timeout: must be greater than rspamd's task_timeout (8 s)",
+        ),
+        (
+            '[scanner]\nkind = "rspamd"\n[rspamd]\nconnect_timeout = 61\n',
+            "rspamd.connect_timeout: must not exceed rspamd.timeout (60 s), got 61",
+        ),
+        (
+            '[scanner]\nkind = "rspamd"\n[stage]\nworkers = 1\n',
+            "stage.address: the stage learns and reports through spamd only",
+        ),
+        (
             "[ring]\nslots = 300000\n",
             "ring.slots: ring.slots * ring.slot_bytes = 300000 * 64KiB = 19660800000 bytes"
             " exceeds the 16GiB limit",
@@ -765,6 +810,11 @@ def test_cross_field_rules(text: str, start: str) -> None:
         # an LMTP socket beside the other two, and the submit socket off
         '[ingest]\nsocket = "/srv/t/a.sock"\nlmtp_socket = "/srv/t/lmtp.sock"\n',
         '[ingest]\nsubmit_socket = ""\n',
+        # rspamd's keys matter only when it scans; a running one may answer faster
+        '[rspamd]\ncommand = "/nonexistent/rspamd"\ntimeout = 5\nconnect_timeout = 9\n',
+        '[scanner]\nkind = "rspamd"\n[rspamd]\naddress = "tcp:127.0.0.1:11333"\n'
+        'command = "/nonexistent/rspamd"\ntimeout = 5\nconnect_timeout = 5\n',
+        '[scanner]\nkind = "rspamd"\n[stage]\nworkers = 1\naddress = "tcp:127.0.0.1:783"\n',
         # a pool's stage learns through the spamd it is told
         '[spamd]\naddress = ["tcp:10.0.0.1:783", "tcp:10.0.0.2:783"]\n'
         '[stage]\nworkers = 1\nlearn = true\naddress = "tcp:10.0.0.1:783"\n',

@@ -58,6 +58,8 @@ APPLIED_IN: dict[str, set[str]] = {
     "scanner.breaker_revive": {"worker"},
     "spamd.timeout": {"worker"},
     "spamd.connect_timeout": {"worker", "stage"},
+    "rspamd.timeout": {"worker"},
+    "rspamd.connect_timeout": {"worker"},
     "results.retention_days": {"worker"},
     "records.trusted_networks": {"worker"},
     "prefilter.checks": {"worker"},
