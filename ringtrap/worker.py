@@ -182,7 +182,8 @@ class Worker(ChildLoop):
                 return
             self._release(claim)
             self._count(C.SPAMD_ERRORS)
-            self._dependency_down("spamd", msgid, exc)
+            scanner = self.processor.scanner
+            self._dependency_down(scanner.kind if scanner is not None else "spamd", msgid, exc)
             return
         try:
             self.sink.write(record)
