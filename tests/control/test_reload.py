@@ -60,6 +60,7 @@ APPLIED_IN: dict[str, set[str]] = {
     "spamd.connect_timeout": {"worker", "stage"},
     "rspamd.timeout": {"worker"},
     "rspamd.connect_timeout": {"worker"},
+    "scanner.hung_after": {"worker"},
     "results.retention_days": {"worker"},
     "records.trusted_networks": {"worker"},
     "prefilter.checks": {"worker"},
