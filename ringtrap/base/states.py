@@ -28,6 +28,7 @@ class Role(IntEnum):
     SPAMD = 4
     OTHER = 5
     STAGE = 6  # a worker of the slower stage (learning, reporting)
+    FORWARDER = 7  # publishes the records (and raw messages) to NATS JetStream
 
 
 class ProcState(IntEnum):

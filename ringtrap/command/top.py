@@ -199,6 +199,13 @@ def render(cur: Reading, prev: Reading | None, cfg: configmod.Config,
     grid.add_row("scan", Text(
         f"{_rate(st, before, dt, 'processed')} processed, "
         f"{_rate(st, before, dt, 'spamd_errors')} spamd errors"))
+    if st.get("forward"):
+        back = Text(f"{_rate(st, before, dt, 'forwarded')} forwarded, backlog "
+                    f"{t['forward_backlog']} records, dropped {t['forward_dropped']}, "
+                    f"errors {t['forward_errors']}")
+        if t["forward_backlog"] > 1000:
+            back.stylize("yellow")
+        grid.add_row("forward", back)
     verdicts = ", ".join(f"{k.removeprefix('verdict_')} {v}" for k, v in t.items()
                          if k.startswith("verdict_") and v)
     grid.add_row("totals", Text(
