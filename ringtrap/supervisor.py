@@ -294,6 +294,10 @@ class Supervisor:
         for i in range(cfg.stage.workers if self.stage_store is not None else 0):
             # stage rows count down from the last, clear of a pool that grows on reload
             self.children.append(Child(Role.STAGE, i, self.ring.rows - 1 - i))
+        if cfg.forward.enabled:
+            # the row below the stage's: stage.workers is restart-only, so it never moves
+            self.children.append(Child(Role.FORWARDER, 0,
+                                       self.ring.rows - 1 - cfg.stage.workers))
         self.next_purge_at = next_purge(self.os.time(), cfg.overflow.purge_at)
         # from now on a turn never waits long on the ring lock (see housekeeping)
         self.ring.lock.patience = RING_LOCK_PATIENCE
@@ -320,7 +324,8 @@ class Supervisor:
 
     def _open_ring(self) -> Ring:
         rows = max(DEFAULT_ROWS,
-                   FIRST_WORKER_ROW + self.cfg.workers.count + self.cfg.stage.workers + 1)
+                   FIRST_WORKER_ROW + self.cfg.workers.count + self.cfg.stage.workers + 1
+                   + int(self.cfg.forward.enabled))
         ring, self._made_ring = adopt.open_ring(self.cfg, self.overflow, self.os, rows)
         return ring
 
@@ -483,7 +488,8 @@ class Supervisor:
                     and c.generation < self.generation and self._registered(c)):
                 c.generation = self.generation
                 self._signal(c, signal.SIGHUP)
-        workers = [c for c in self.children if c.role in (Role.WORKER, Role.STAGE)]
+        workers = [c for c in self.children
+                   if c.role in (Role.WORKER, Role.STAGE, Role.FORWARDER)]
         if any(c.state is ChildState.STOPPING and not c.retire for c in workers):
             return  # one replacement in flight
         for c in workers:

@@ -76,6 +76,14 @@ APPLIED_IN: dict[str, set[str]] = {
     "stage.timeout": {"stage"},
     "stage.max_bytes": {"worker", "stage"},
     "supervisor.graceful_timeout": {"supervisor", "ingest"},
+    # the forwarder is replaced on HUP like a stage worker
+    **{f"forward.{k}": {"forwarder"} for k in (
+        "servers", "subject_prefix", "host", "stream", "replicas", "duplicate_window",
+        "ack_timeout", "tls_ca_file", "tls_cert_file", "tls_key_file", "creds_file",
+        "nkey_seed_file")},
+    "forward.raw": {"worker", "forwarder"},
+    "forward.raw_max_bytes": {"worker", "forwarder"},
+    "forward.spill_max_bytes": {"worker"},
 }
 
 
