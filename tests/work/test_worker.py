@@ -8,6 +8,7 @@ Every test counts each message at the end: recorded once, acked, nothing left.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import logging
 import os
@@ -51,6 +52,7 @@ from ringtrap.config import Config
 from ringtrap.overflow import Overflow, parse_ready
 from ringtrap.ring import PutResult, Ring
 from ringtrap.scan.archive import MaildirArchive
+from ringtrap.scan.pool import ScannerPool
 from ringtrap.scan.processing import Processor
 from ringtrap.scan.record import Record
 from ringtrap.scan.results import ResultSink, read_results
@@ -267,6 +269,33 @@ def test_ring_is_drained_before_the_overflow(tmp_path: Path, ring: Ring, spam: b
                           StopAfter(cfg.results.dir, 3))
     assert run_guarded(worker) == EXIT_OK
     assert [r["id"] for r in records(cfg)] == [*newer, older]
+    assert_drained(ring, overflow)
+
+
+@pytest.mark.parametrize("order", ["oldest", "newest"])
+def test_claim_order_across_ring_and_overflow(tmp_path: Path, ring: Ring, spam: bytes,
+                                              order: str) -> None:
+    """A flood's shape: one message spilled before the ring filled, the ring's
+    FIFO, fresher spills, and an attempted spill newer than all.  Newest first
+    takes the spills newer than the ring's oldest, newest first, then the ring
+    in order, then the rest; attempted mail last either way; nothing left."""
+    cfg = make_cfg(tmp_path, ring.name)
+    cfg = dataclasses.replace(cfg, overflow=dataclasses.replace(cfg.overflow,
+                                                                drain_order=order))
+    overflow = open_overflow(cfg)
+    early = put(ring, overflow, spam, 0, "overflow")
+    in_ring = [put(ring, overflow, spam, n, "ring") for n in (1, 2, 3)]
+    spilled = [put(ring, overflow, spam, n, "overflow") for n in (4, 5, 6)]
+    attempted = ids.new_id()
+    overflow.spill(attempted, envelope.frame(spam, env_for(7)), attempts=1)
+    worker = local_worker(cfg, ring, overflow, offline_processor(),
+                          StopAfter(cfg.results.dir, 8))
+    assert run_guarded(worker) == EXIT_OK
+    got = [r["id"] for r in records(cfg)]
+    if order == "oldest":
+        assert got == [*in_ring, early, *spilled, attempted]
+    else:
+        assert got == [*reversed(spilled), *in_ring, early, attempted]
     assert_drained(ring, overflow)
 
 
@@ -712,8 +741,13 @@ def test_spamd_client_follows_the_config_and_the_override(tmp_path: Path) -> Non
     assert spamd_client(cfg, "unix:/run/x/spamd.sock") is not None
     tcp = make_cfg(tmp_path, "x", "tcp:127.0.0.1:783")
     client = spamd_client(tcp)
-    assert client is not None and client.address == "tcp:127.0.0.1:783"
+    assert isinstance(client, ScannerPool) and client.hosts == ("tcp:127.0.0.1:783",)
     assert spamd_client(tcp, "off") is None
+    pool = spamd_client(config.override(tcp, {"spamd.address": ["tcp:127.0.0.1:783",
+                                                               "tls:127.0.0.1:784"]}))
+    assert isinstance(pool, ScannerPool)
+    assert pool.hosts == ("tcp:127.0.0.1:783", "tls:127.0.0.1:784")
+    assert pool.breakers[0].errors == tcp.scanner.breaker_errors
     managed = config.override(cfg, {"spamd.address": "managed", "spamd.command": "/bin/true"})
     with pytest.raises(ValueError):
         spamd_client(managed)
