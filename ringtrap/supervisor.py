@@ -42,10 +42,11 @@ from ringtrap.base.proc import Identity
 from ringtrap.base.states import SCANNER_ROLES, ChildState, ExitCause, ProcState, Role
 from ringtrap.base.titles import set_title
 from ringtrap.config import Config
-from ringtrap.control import adopt, fork, liveness
+from ringtrap.control import adopt, blockfiles, fork, liveness
 from ringtrap.control import metrics as metricsmod
 from ringtrap.control import purge as purgemod
 from ringtrap.control.adopt import Recovery, Stores
+from ringtrap.control.blockwriter import BlocklistWriter
 from ringtrap.control.child import (
     RESTART_COUNTERS,
     Child,
@@ -141,6 +142,8 @@ class Supervisor:
         self.last_watchdog = 0.0
         # dead children whose recovery found the ring lock held: retried each turn
         self.recovery = Recovery()
+        # the blocklist files, rewritten every blocklist.interval by a short-lived child
+        self.blocklist = BlocklistWriter()
 
     def _on_signal(self, signum: int, frame: object) -> None:
         # only record: no logging, no reaping, no I/O (see STYLE rule 1)
@@ -300,7 +303,8 @@ class Supervisor:
         listen = self.cfg.metrics.listen
         assert listen is not None
         collector = metricsmod.TrapCollector(self.cfg.ring.name, self.cfg.overflow.dir,
-                                             self.cfg.overflow.max_bytes)
+                                             self.cfg.overflow.max_bytes,
+                                             blocklist_state=blockfiles.state_path(self.cfg))
         try:
             self.metrics = metricsmod.start(listen.host, listen.port, collector)
         except (OSError, ImportError) as e:
@@ -337,6 +341,7 @@ class Supervisor:
     def teardown(self) -> None:
         """After the last child is gone: persist or keep the ring, close up."""
         systemd.notify(stopping=1, status="stopped")
+        self.blocklist.stop(self.os)
         self._stop_metrics()
         if self.ring is not None and self.overflow is not None:
             adopt.close_ring(self.cfg.ring.name, self.ring, self.overflow, self.row,
@@ -513,6 +518,7 @@ class Supervisor:
             if self.os.time() >= self.next_purge_at:
                 self.purge(scheduled=True)
                 self.next_purge_at = next_purge(self.os.time(), self.cfg.overflow.purge_at)
+            self.blocklist.tick(self.cfg, self.os, self._old_handlers)
         else:
             self.progress_shutdown(now)
         if now - self.last_title >= 1.0:
@@ -623,6 +629,7 @@ class Supervisor:
                 return
             c = next((c for c in self.children if c.pid == pid), None)
             if c is None:
+                self.blocklist.reaped(pid, status)
                 continue
             self.on_exit(c, status)
 

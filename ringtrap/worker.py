@@ -394,7 +394,9 @@ def spamd_client(cfg: Config, spamd_address: str | Sequence[str] | None = None,
     return ScannerPool.from_addresses(
         addresses,
         lambda a: SpamdClient(a, connect_timeout=cfg.spamd.connect_timeout,
-                              timeout=cfg.spamd.timeout, tls_ca=tls_ca),
+                              timeout=cfg.spamd.timeout, tls_ca=tls_ca,
+                              hung_check=cfg.scanner.hung_after if len(addresses) > 1
+                              else None),
         breaker_errors=cfg.scanner.breaker_errors, breaker_window=cfg.scanner.breaker_window,
         breaker_revive=cfg.scanner.breaker_revive, **pool)
 

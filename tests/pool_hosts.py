@@ -1,7 +1,8 @@
 """Scanner hosts that misbehave, for pool tests: one that hangs, one that hangs up.
 
 ``HungHost`` accepts connections and never answers (a spamd wedged, or a
-firewall that swallows replies); ``ClosingHost`` accepts and closes at once,
+firewall that swallows replies); ``SlowHost`` answers PING at once and scans
+late (a message that costs spamd long); ``ClosingHost`` accepts and closes at once,
 as spamd does for a client outside its ``--allowed-ips``.  Both listen on
 127.0.0.1 from a daemon thread and stop with :meth:`close`.  A refusing host
 is just a free port nobody listens on (:func:`refusing_address`).
@@ -74,6 +75,32 @@ class ClosingHost(_Listener):
 
     def _take(self, conn: socket.socket) -> None:
         conn.close()
+
+
+class SlowHost(_Listener):
+    """A spamd stand-in that answers PING at once and every scan after ``delay`` seconds."""
+
+    REPLY = b"SPAMD/1.1 0 EX_OK\r\nSpam: True ; 7.5 / 5.0\r\nContent-length: 5\r\n\r\nRULE1"
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+        self.pings = 0
+        super().__init__()
+
+    def _take(self, conn: socket.socket) -> None:
+        threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        with conn:
+            data = b""
+            while b"\r\n\r\n" not in data and (chunk := conn.recv(65536)):
+                data += chunk
+            if data.startswith(b"PING"):
+                self.pings += 1
+                conn.sendall(b"SPAMD/1.5 0 PONG\r\n")
+                return
+            threading.Event().wait(self.delay)
+            conn.sendall(self.REPLY)
 
 
 def refusing_address() -> str:

@@ -38,6 +38,7 @@ from ringtrap.config.rendering import (
     sample_config,
 )
 from ringtrap.config.rules import (
+    forward_dir,
     managed_spamd_learns,
     managed_spamd_tells,
     runs_managed_rspamd,
@@ -49,6 +50,7 @@ from ringtrap.config.sections import (
     ArchiveConfig,
     Config,
     DedupeConfig,
+    ForwardConfig,
     IngestConfig,
     MetricsConfig,
     OverflowConfig,
@@ -81,6 +83,7 @@ __all__ = [
     "ConfigError",
     "Declared",
     "DedupeConfig",
+    "ForwardConfig",
     "GiB",
     "IngestConfig",
     "KiB",
@@ -105,6 +108,7 @@ __all__ = [
     "docs_table",
     "find_spamd",
     "format_size",
+    "forward_dir",
     "from_dict",
     "keep_restart_only",
     "keep_root_defaults",

@@ -133,3 +133,16 @@ def default_spamd_address() -> SpamdAddress:
     """spamd.address: "managed" where spamd is installed, else "off"."""
     kind: Literal["managed", "off"] = "managed" if find_spamd("spamd") else "off"
     return SpamdAddress(kind)
+
+
+def default_forward_host() -> str:
+    """This host's name as one NATS subject token: its first label, ``.`` never in it.
+
+    A name the kind would refuse (empty, odd characters) becomes ``trap``:
+    the default must always load; an operator names a fleet's hosts anyway.
+    """
+    import socket
+
+    name = socket.gethostname().split(".")[0]
+    ok = name and all(c.isascii() and (c.isalnum() or c in "-_") for c in name)
+    return name if ok else "trap"

@@ -60,6 +60,13 @@ def stage_dir(c: Config) -> Path:
     return c.overflow.dir.with_name(c.overflow.dir.name + "-stage2")
 
 
+def forward_dir(c: Config) -> Path:
+    """The forwarder's raw spill directory: ``forward.spill_dir`` or ``<overflow.dir>-forward``."""
+    if c.forward.spill_dir is not None:
+        return c.forward.spill_dir
+    return c.overflow.dir.with_name(c.overflow.dir.name + "-forward")
+
+
 def _spamd_child_timeout(spamd: SpamdConfig) -> float:
     """The --timeout-child a managed spamd runs with (its default unless overridden)."""
     args = spamd.extra_args if spamd.address.kind == "managed" else ()
@@ -278,6 +285,50 @@ def _check_stage_not_ring(c: Config) -> str | None:
     return _in_ring_path("the stage's directory", stage_dir(c), c.ring.name)
 
 
+def _check_blocklist_expiry(c: Config) -> str | None:
+    b = c.blocklist
+    if b.expire_days > b.window_days:
+        return (f"{b.expire_days} days is longer than blocklist.window_days ({b.window_days}):"
+                " hits older than the window are never read")
+    return None
+
+
+def _check_forward_tls_pair(c: Config) -> str | None:
+    f = c.forward
+    if (f.tls_cert_file is None) != (f.tls_key_file is None):
+        return ("and forward.tls_key_file go together (a client certificate and its key):"
+                " set both or neither")
+    return None
+
+
+def _check_forward_one_credential(c: Config) -> str | None:
+    f = c.forward
+    if f.creds_file is not None and f.nkey_seed_file is not None:
+        return ("and forward.nkey_seed_file exclude each other: a creds file already holds"
+                " the nkey seed")
+    return None
+
+
+def _check_forward_not_ring(c: Config) -> str | None:
+    if not (c.forward.enabled and c.forward.raw):
+        return None
+    return _in_ring_path("the forwarder's spill directory", forward_dir(c), c.ring.name)
+
+
+def _check_forward_dir_distinct(c: Config) -> str | None:
+    if not (c.forward.enabled and c.forward.raw):
+        return None
+    d = forward_dir(c)
+    for key, other in (("overflow.dir", c.overflow.dir), ("results.dir", c.results.dir)):
+        if _nested(d, other):
+            return (f"the forwarder's spill directory {toml_str(str(d))} must not be inside"
+                    f" {key} or contain it")
+    if c.stage.workers and _nested(d, stage_dir(c)):
+        return (f"the forwarder's spill directory {toml_str(str(d))} must not be inside the"
+                " stage's directory or contain it")
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class Rule:
     """A check across keys; skipped when one of ``keys`` is itself invalid."""
@@ -311,6 +362,13 @@ RULES: tuple[Rule, ...] = (
     Rule(("stage.workers", "stage.address", "spamd.address"), _check_stage_spamd),
     Rule(("stage.address", "stage.workers", "spamd.address"), _check_stage_pool),
     Rule(("service.group", "service.user"), _check_service_group),
+    Rule(("blocklist.expire_days", "blocklist.window_days"), _check_blocklist_expiry),
+    Rule(("forward.tls_cert_file", "forward.tls_key_file"), _check_forward_tls_pair),
+    Rule(("forward.creds_file", "forward.nkey_seed_file"), _check_forward_one_credential),
+    Rule(("forward.spill_dir", "forward.enabled", "forward.raw", "overflow.dir", "ring.name"),
+         _check_forward_not_ring),
+    Rule(("forward.spill_dir", "forward.enabled", "forward.raw", "overflow.dir", "results.dir",
+          "stage.dir", "stage.workers"), _check_forward_dir_distinct),
 )
 
 

@@ -306,6 +306,25 @@ class Text(Kind):
         raise InvalidValue(f"must be a non-empty string, got {show(raw)}")
 
 
+class IPv4Text(Kind):
+    """An IPv4 address kept as its text (a DNS A record's value)."""
+
+    __slots__ = ()
+
+    def describe(self) -> str:
+        return "IPv4 address"
+
+    def parse(self, raw: object, base_dir: Path) -> str:
+        import ipaddress
+
+        if isinstance(raw, str):
+            try:
+                return str(ipaddress.IPv4Address(raw.strip()))
+            except ValueError:
+                pass
+        raise InvalidValue(f"must be an IPv4 address such as \"127.0.0.2\", got {show(raw)}")
+
+
 class ShmName(Kind):
     __slots__ = ()
     max_len = 200  # semaphore names add a prefix within NAME_MAX (255)
@@ -666,3 +685,64 @@ class StageAddressKind(SpamdAddressKind):
 
     def dump(self, value: Any) -> object:
         return "" if value is None else str(value)
+
+
+# NATS subjects: tokens separated by dots; a token must not be empty or hold
+# a wildcard (* >) or white space.  ringtrap's tokens are stricter still, so
+# a subject is also a safe file and stream-name fragment.
+_TOKEN_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
+
+
+def subject_token_ok(text: str) -> bool:
+    """True if ``text`` is one subject token ringtrap accepts (A-Z a-z 0-9 - _)."""
+    return bool(text) and len(text) <= 64 and all(c in _TOKEN_CHARS for c in text)
+
+
+class SubjectPrefix(Kind):
+    """A NATS subject prefix: one or more tokens joined by dots."""
+
+    __slots__ = ("single",)
+
+    def __init__(self, single: bool = False) -> None:
+        self.single = single  # one token only (a host name)
+
+    def describe(self) -> str:
+        return "subject token" if self.single else "subject prefix"
+
+    def parse(self, raw: object, base_dir: Path) -> str:
+        if isinstance(raw, str):
+            tokens = [raw] if self.single else raw.split(".")
+            if all(subject_token_ok(t) for t in tokens):
+                return raw
+        what = ("one token of 1 to 64 characters from A-Z a-z 0-9 - _ (no dot)" if self.single
+                else "tokens of 1 to 64 characters from A-Z a-z 0-9 - _ joined by dots")
+        raise InvalidValue(f"must be {what}, got {show(raw)}")
+
+
+class NatsServers(Kind):
+    """A list of NATS server URLs: ``nats://host:port`` or ``tls://host:port``."""
+
+    __slots__ = ()
+
+    def describe(self) -> str:
+        return 'list of "nats://host:port"'
+
+    def parse(self, raw: object, base_dir: Path) -> tuple[str, ...]:
+        if not (isinstance(raw, list) and raw and all(isinstance(x, str) for x in raw)):
+            raise InvalidValue(
+                f'must be a non-empty list of "nats://host:port" URLs, got {show(raw)}')
+        for url in raw:
+            scheme, sep, rest = url.partition("://")
+            host, colon, port = rest.rpartition(":")
+            if host.startswith("[") and host.endswith("]"):
+                host = host[1:-1]
+            if not (scheme in ("nats", "tls") and sep and host and colon
+                    and "/" not in host and "@" not in host
+                    and port.isascii() and port.isdecimal() and 1 <= int(port) <= 65535):
+                raise InvalidValue(
+                    f'{show(url)} is not "nats://host:port" or "tls://host:port"'
+                    " (credentials go in forward.creds_file, not the URL)")
+        return tuple(raw)
+
+    def dump(self, value: Any) -> object:
+        return list(value)

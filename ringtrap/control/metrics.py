@@ -276,6 +276,30 @@ def _host_families(snap: RingSnapshot) -> list[Any]:
     return [up, scans, errors, opens, duration]
 
 
+def blocklist_families(state: dict[str, Any] | None) -> list[Any]:
+    """The blocklist's last write, from the state file its writer leaves; none before one."""
+    from prometheus_client.core import GaugeMetricFamily
+
+    if not state or not isinstance(state.get("written"), int | float):
+        return []
+    entries = GaugeMetricFamily("ringtrap_blocklist_entries",
+                                "Entries in the blocklist files as last written.",
+                                labels=["family"])
+    for family in ("ipv4", "ipv6"):
+        value = state.get(family)
+        entries.add_metric([family], value if isinstance(value, int) else 0)
+    skipped = state.get("skipped_lines")
+    return [
+        entries,
+        GaugeMetricFamily("ringtrap_blocklist_written_timestamp_seconds",
+                          "When the blocklist files were last written (Unix time).",
+                          value=state["written"]),
+        GaugeMetricFamily("ringtrap_blocklist_skipped_lines",
+                          "Result lines the last write could not read as records.",
+                          value=skipped if isinstance(skipped, int) else 0),
+    ]
+
+
 class TrapCollector:
     """A prometheus_client collector reading one trap's ring and overflow.
 
@@ -285,11 +309,13 @@ class TrapCollector:
     """
 
     def __init__(self, ring_name: str, overflow_dir: Path, overflow_max: int, *,
+                 blocklist_state: Path | None = None,
                  cache_seconds: float = CACHE_SECONDS,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.ring_name = ring_name
         self.overflow_dir = overflow_dir
         self.overflow_max = overflow_max
+        self.blocklist_state = blocklist_state
         self.cache_seconds = cache_seconds
         self._clock = clock
         self._table: ProcTable | None = None
@@ -327,6 +353,10 @@ class TrapCollector:
         except RingError:
             return
         yield from families(reading)
+        if self.blocklist_state is not None:
+            from ringtrap.control.blockfiles import read_state
+
+            yield from blocklist_families(read_state(self.blocklist_state))
 
     def close(self) -> None:
         """Let go of the ring mapping."""

@@ -293,7 +293,9 @@ class ScannerPool:
         self._publish_failure(i, failed_over=True)
         answered = False
         if _timed_out(exc):
-            answered = not isinstance(exc, ScanTimeout) or self._answers(i)
+            # the client's own judgement (it PINGed while waiting) needs no second PING
+            answered = (not isinstance(exc, ScanTimeout) or
+                        (exc.alone is not False and self._answers(i)))
         opened = b.failure() if answered or not _timed_out(exc) else b.trip()
         if opened:
             self._count(C.POOL_BREAKER_OPENS)

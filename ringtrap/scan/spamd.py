@@ -51,6 +51,8 @@ EX_TIMEOUT = 79
 # copy costs less than a second system call.
 _COALESCE_LIMIT = 64 * 1024
 _RECV_SIZE = 64 * 1024
+# how long a host a scan waits on may take to answer a PING before it counts as hung
+HUNG_PING_TIMEOUT = 5.0
 
 _STATUS_RE = re.compile(rb"SPAMD/(\d+\.\d+) +(\d+)(?: +(.*))?", re.DOTALL)
 _SPAM_RE = re.compile(r"(True|False|Yes|No) ; (-?\d+(?:\.\d+)?) / (-?\d+(?:\.\d+)?)")
@@ -251,6 +253,7 @@ class SpamdClient:
         timeout: float = 330.0,
         user: str | None = None,
         tls_ca: str | None = None,
+        hung_check: float | None = None,
     ) -> None:
         """Prepare a client for ``address`` (see :func:`parse_address`); nothing connects yet.
 
@@ -259,11 +262,17 @@ class SpamdClient:
         A ``tls:`` address is verified: its certificate must chain to the
         CAs in the file ``tls_ca`` (default: the system's) and name the
         address's host (sent as SNI).  An OSError if ``tls_ca`` cannot be read.
+        ``hung_check``: while a scan has had no reply for that many seconds,
+        PING the host on a second connection (and again as often); no PONG
+        within :data:`HUNG_PING_TIMEOUT` fails the scan as hung, a
+        ScanTimeout with ``alone`` False, long before ``timeout`` (a pool's
+        hosts use it, so a hung one costs seconds, not the whole timeout).
         """
         if not connect_timeout > 0 or not timeout > 0:
             raise ValueError("spamd timeouts must be positive")
         self.address = address
         self._family, self._sockaddr = parse_address(address)
+        self._hung_check = hung_check
         self._tls: ssl.SSLContext | None = None
         if address.startswith("tls:"):
             self._tls = ssl.create_default_context(cafile=tls_ca)
@@ -355,7 +364,8 @@ class SpamdClient:
         try:
             sock = self._connect(min(deadline, now + self._connect_timeout))
             try:
-                return self._exchange(sock, head, body, deadline)
+                return self._exchange(sock, head, body, deadline,
+                                      None if body is None else self._hung_check)
             finally:
                 sock.close()
         except ScanError as exc:
@@ -442,6 +452,7 @@ class SpamdClient:
         head: bytes,
         body: bytes | bytearray | memoryview | None,
         deadline: float,
+        hung_check: float | None = None,
     ) -> bytes:
         send_error: OSError | None = None
         try:
@@ -467,9 +478,18 @@ class SpamdClient:
         chunks: list[bytes] = []
         while True:
             try:
-                sock.settimeout(self._left(deadline, "reading the reply"))
+                left = self._left(deadline, "reading the reply")
+                watching = hung_check is not None and not chunks and hung_check < left
+                sock.settimeout(hung_check if watching else left)
                 chunk = sock.recv(_RECV_SIZE)
             except TimeoutError as exc:
+                if watching:
+                    if self._answers_ping():
+                        continue  # a slow message on a live host: wait on
+                    hung = ScanTimeout(f"{self.address}: no reply after {hung_check:g} s"
+                                       " and no PONG: hung")
+                    hung.alone = False
+                    raise hung from exc
                 raise ScanTimeout(f"{self.address}: timed out waiting for the reply") from exc
             except OSError as exc:
                 if not chunks:
@@ -482,6 +502,13 @@ class SpamdClient:
             detail = f" (sending failed: {send_error})" if send_error else ""
             raise ScanConnectionError(f"{self.address}: closed without a reply{detail}")
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    def _answers_ping(self) -> bool:
+        try:
+            self.ping(timeout=HUNG_PING_TIMEOUT)
+        except ScanError:
+            return False
+        return True
 
     def _left(self, deadline: float, phase: str) -> float:
         left = deadline - time.monotonic()

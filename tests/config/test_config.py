@@ -264,6 +264,7 @@ GOOD: list[tuple[str, str, object]] = [
     ("scanner.breaker_errors", "1", 1),
     ("scanner.breaker_window", "2.5", 2.5),
     ("scanner.breaker_revive", "30", 30.0),
+    ("scanner.hung_after", "2.5", 2.5),
     ("spamd.timeout", "301", 301.0),
     ("spamd.connect_timeout", "2.5", 2.5),
     ("spamd.children", "0", 0),
@@ -311,6 +312,26 @@ GOOD: list[tuple[str, str, object]] = [
     ("stage.timeout", "30", 30.0),
     ("stage.dir", '"/dev/shm/stage"', Path("/dev/shm/stage")),
     ("stage.max_bytes", '"16M"', 16 * MiB),
+    ("forward.enabled", "true", True),
+    ("forward.servers", '["nats://10.0.0.1:4222", "tls://[2001:db8::1]:4222"]',
+     ("nats://10.0.0.1:4222", "tls://[2001:db8::1]:4222")),
+    ("forward.subject_prefix", '"trap.eu-1"', "trap.eu-1"),
+    ("forward.host", '"mx_7-b"', "mx_7-b"),
+    ("forward.stream", '"TRAPS"', "TRAPS"),
+    ("forward.replicas", "3", 3),
+    ("forward.duplicate_window", "120", 120.0),
+    ("forward.ack_timeout", "2.5", 2.5),
+    ("forward.tls_ca_file", '"/etc/ringtrap/ca.pem"', Path("/etc/ringtrap/ca.pem")),
+    ("forward.tls_ca_file", '""', None),
+    ("forward.tls_cert_file", '""', None),
+    ("forward.tls_key_file", '""', None),
+    ("forward.creds_file", '"/etc/ringtrap/trap.creds"', Path("/etc/ringtrap/trap.creds")),
+    ("forward.nkey_seed_file", '"/etc/ringtrap/trap.nk"', Path("/etc/ringtrap/trap.nk")),
+    ("forward.raw", "true", True),
+    ("forward.raw_max_bytes", '"8M"', 8 * MiB),
+    ("forward.spill_dir", '"/dev/shm/fwd"', Path("/dev/shm/fwd")),
+    ("forward.spill_dir", '""', None),
+    ("forward.spill_max_bytes", '"1G"', GiB),
     ("supervisor.graceful_timeout", "5", 5.0),
     ("supervisor.pidfile", '"/run/ringtrap.pid"', Path("/run/ringtrap.pid")),
     ("supervisor.pidfile", '""', None),
@@ -323,6 +344,25 @@ GOOD: list[tuple[str, str, object]] = [
     ("metrics.listen", '"127.0.0.1:9809"', config.ListenAddress("127.0.0.1", 9809)),
     ("metrics.listen", '"[::1]:9809"', config.ListenAddress("::1", 9809)),
     ("metrics.listen", '""', None),
+    ("blocklist.interval", "600", 600),
+    ("blocklist.interval", "0", 0),
+    ("blocklist.window_days", "14", 14),
+    ("blocklist.min_hits", "1", 1),
+    ("blocklist.min_recipients", "3", 3),
+    ("blocklist.expire_days", "2", 2),
+    ("blocklist.ipv4_prefix", "24", 24),
+    ("blocklist.ipv6_prefix", "48", 48),
+    ("blocklist.allow", '["198.51.100.0/24", "2001:db8::1"]',
+     ("198.51.100.0/24", "2001:db8::1/128")),
+    ("blocklist.list_reserved", "true", True),
+    ("blocklist.verdicts", '["SPAM", "bounce"]', ("spam", "bounce")),
+    ("blocklist.a_value", '" 127.0.0.4"', "127.0.0.4"),
+    ("blocklist.txt", '"listed: see https://trap.example/?$"', "listed: see https://trap.example/?$"),
+    ("blocklist.rbldnsd_ip4", '"/srv/rbl/ip4"', Path("/srv/rbl/ip4")),
+    ("blocklist.rbldnsd_ip6", '""', None),
+    ("blocklist.postfix", '"/etc/postfix/trap.cidr"', Path("/etc/postfix/trap.cidr")),
+    ("blocklist.plain", '"/srv/rbl/list.txt"', Path("/srv/rbl/list.txt")),
+    ("blocklist.json", '"/srv/rbl/list.json"', Path("/srv/rbl/list.json")),
     ("service.user", f'"{OWN_USER}"', OWN_USER),
     ("service.user", '""', ""),
     ("service.group", '""', ""),
@@ -418,6 +458,7 @@ BAD: list[tuple[str, str, str]] = [
     ("scanner.breaker_errors", "0", "must be an integer >= 1 and <= 1000, got 0"),
     ("scanner.breaker_window", "0", "must be a number of seconds > 0, got 0"),
     ("scanner.breaker_revive", '"1m"', 'got "1m"'),
+    ("scanner.hung_after", "0", "must be a number of seconds > 0, got 0"),
     ("spamd.timeout", "-1", "must be a number of seconds > 0, got -1"),
     ("spamd.connect_timeout", '"10s"', 'got "10s"'),
     ("spamd.children", "-1", "must be an integer >= 0 and <= 1024, got -1"),
@@ -448,6 +489,28 @@ BAD: list[tuple[str, str, str]] = [
     ("stage.timeout", "-5", "must be a number of seconds > 0"),
     ("stage.dir", "[]", "must be a path string"),
     ("stage.max_bytes", '"1K"', "must be a byte size >= 1MiB"),
+    ("forward.enabled", '"yes"', 'must be true or false, got "yes"'),
+    ("forward.servers", "[]", 'must be a non-empty list of "nats://host:port" URLs'),
+    ("forward.servers", '["http://hub:4222"]', '"http://hub:4222" is not "nats://host:port"'),
+    ("forward.servers", '["nats://u:p@hub:4222"]', "credentials go in forward.creds_file"),
+    ("forward.servers", '["nats://hub"]', 'is not "nats://host:port"'),
+    ("forward.subject_prefix", '"trap.>"', "tokens of 1 to 64 characters"),
+    ("forward.subject_prefix", '"a..b"', 'got "a..b"'),
+    ("forward.host", '"mx.example.org"', "one token of 1 to 64 characters"),
+    ("forward.host", '""', 'got ""'),
+    ("forward.stream", '"A B"', 'got "A B"'),
+    ("forward.replicas", "6", "must be an integer >= 1 and <= 5, got 6"),
+    ("forward.duplicate_window", "0", "must be a number of seconds > 0"),
+    ("forward.ack_timeout", "-1", "must be a number of seconds > 0"),
+    ("forward.tls_ca_file", "1", "must be a path string, got 1"),
+    ("forward.tls_cert_file", '"/etc/c.pem"', "and forward.tls_key_file go together"),
+    ("forward.tls_key_file", "[]", "must be a path string"),
+    ("forward.creds_file", "true", "must be a path string, got true"),
+    ("forward.nkey_seed_file", "2", "must be a path string, got 2"),
+    ("forward.raw", "1", "must be true or false, got 1"),
+    ("forward.raw_max_bytes", '"65M"', "must be a byte size >= 1KiB and <= 64MiB"),
+    ("forward.spill_dir", "5", "must be a path string, got 5"),
+    ("forward.spill_max_bytes", '"100K"', "must be a byte size >= 1MiB"),
     ("supervisor.graceful_timeout", "0", "must be a number of seconds > 0"),
     ("supervisor.pidfile", "5", "must be a path string, got 5"),
     ("supervisor.log_file", '["a"]', 'must be a path string, got ["a"]'),
@@ -457,6 +520,23 @@ BAD: list[tuple[str, str, str]] = [
     ("metrics.listen", '"localhost:0"', 'got "localhost:0"'),
     ("metrics.listen", '"::1:9809"', 'IPv6 as "[::1]:9809"'),
     ("metrics.listen", "9809", "got 9809"),
+    ("blocklist.interval", "-1", "must be an integer >= 0"),
+    ("blocklist.window_days", "0", "must be an integer >= 1 and <= 366"),
+    ("blocklist.min_hits", "0", "must be an integer >= 1"),
+    ("blocklist.min_recipients", '"2"', "must be an integer >= 1"),
+    ("blocklist.expire_days", "9", "longer than blocklist.window_days (7)"),
+    ("blocklist.ipv4_prefix", "33", "must be an integer >= 8 and <= 32"),
+    ("blocklist.ipv6_prefix", "8", "must be an integer >= 16 and <= 128"),
+    ("blocklist.allow", '["10.0.0.300"]', '"10.0.0.300" is not an IP network'),
+    ("blocklist.list_reserved", '"yes"', "must be true or false"),
+    ("blocklist.verdicts", '["spam", "bad"]', '"bad" is not one of'),
+    ("blocklist.a_value", '"::1"', 'must be an IPv4 address such as "127.0.0.2", got "::1"'),
+    ("blocklist.txt", '""', "must be a non-empty string"),
+    ("blocklist.rbldnsd_ip4", "1", "must be a path string"),
+    ("blocklist.rbldnsd_ip6", "[]", "must be a path string"),
+    ("blocklist.postfix", "true", "must be a path string"),
+    ("blocklist.plain", "2", "must be a path string"),
+    ("blocklist.json", "{}", "must be a path string"),
     ("service.user", '"no-such-user-for-ringtrap"', 'no such user "no-such-user-for-ringtrap"'),
     ("service.user", "0", "must be a user name, got 0"),
     ("service.group", '"no-such-group-for-ringtrap"', 'no such group "no-such-group'),
@@ -492,6 +572,27 @@ def test_service_group_needs_a_user() -> None:
     ]
     c = load_text(f'[service]\nuser = "{OWN_USER}"\ngroup = "{OWN_GROUP}"\n')
     assert (c.service.user, c.service.group) == (OWN_USER, OWN_GROUP)
+
+
+def test_forward_key_pairs_and_spill_dir_rules() -> None:
+    both = '[forward]\ncreds_file = "/a.creds"\nnkey_seed_file = "/a.nk"\n'
+    assert problems_of(both, "trap.toml") == [
+        "trap.toml: forward.creds_file: and forward.nkey_seed_file exclude each other: a"
+        " creds file already holds the nkey seed"]
+    key_only = '[forward]\ntls_key_file = "/k.pem"\n'
+    assert problems_of(key_only, "trap.toml")[0].startswith(
+        "trap.toml: forward.tls_cert_file: and forward.tls_key_file go together")
+    c = load_text('[forward]\ntls_cert_file = "/c.pem"\ntls_key_file = "/k.pem"\n')
+    assert (c.forward.tls_cert_file, c.forward.tls_key_file) == (Path("/c.pem"), Path("/k.pem"))
+    inside = ('[overflow]\ndir = "/dev/shm/spill"\n[forward]\nenabled = true\nraw = true\n'
+              'spill_dir = "/dev/shm/spill/fwd"\n')
+    assert problems_of(inside, "trap.toml") == [
+        'trap.toml: forward.spill_dir: the forwarder\'s spill directory "/dev/shm/spill/fwd"'
+        " must not be inside overflow.dir or contain it"]
+    # without raw forwarding the directory is never made, so nothing to refuse
+    assert load_text(inside.replace("raw = true", "raw = false")).forward.raw is False
+    c = load_text('[overflow]\ndir = "/dev/shm/spill"\n')
+    assert config.forward_dir(c) == Path("/dev/shm/spill-forward")
 
 
 def test_root_defaults_survive_a_privilege_drop(monkeypatch: pytest.MonkeyPatch) -> None:

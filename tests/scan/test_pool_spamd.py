@@ -9,13 +9,13 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from pool_hosts import ClosingHost, HungHost, refusing_address
+from pool_hosts import ClosingHost, HungHost, SlowHost, refusing_address
 from spamd_fixture import SpamdProcess, spamd_missing_reason
 
 from ringtrap.base.counters import C
 from ringtrap.base.states import HostState
 from ringtrap.scan.pool import ScannerPool
-from ringtrap.scan.scanner import ScanResult
+from ringtrap.scan.scanner import ScanResult, ScanTimeout
 from ringtrap.scan.spamd import SpamdClient
 
 GTUBE = b"XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
@@ -104,3 +104,21 @@ def test_real_hosts_fail_over_open_their_breakers_and_rejoin(
             assert b.tcp_address in served
             assert C.POOL_REVIVED in counted
     assert C.POOL_FAILOVERS in counted and C.POOL_BREAKER_OPENS in counted
+
+
+def test_a_hung_host_is_found_by_ping_long_before_the_scan_timeout() -> None:
+    with HungHost() as hung:
+        client = SpamdClient(hung.address, connect_timeout=1.0, timeout=120.0, hung_check=0.3)
+        began = time.monotonic()
+        with pytest.raises(ScanTimeout, match="no PONG: hung") as info:
+            client.scan(mail(1))
+        assert info.value.alone is False
+        assert time.monotonic() - began < 60  # the PING's 5 s, not the 120 s timeout
+
+
+def test_a_slow_scan_on_a_host_that_answers_ping_is_waited_for() -> None:
+    with SlowHost(1.5) as slow:
+        client = SpamdClient(slow.address, connect_timeout=1.0, timeout=30.0, hung_check=0.3)
+        r = client.scan(mail(1))
+        assert r.spam and r.score == 7.5
+        assert slow.pings >= 2  # checked while it waited, and left alone
