@@ -447,6 +447,11 @@ BAD: list[tuple[str, str, str]] = [
     ("spamd.address", "5", "got 5"),
     ("rspamd.address", '"off"', 'scanner.kind = "spamd" turns rspamd off'),
     ("rspamd.address", '"tcp:localhost"', "must be tcp:host:port with a port from 1 to 65535"),
+    ("rspamd.address", '["unix:/a.sock", "unix:/b.sock"]',
+     'must be "managed", "unix:/path/to/socket" or "tcp:host:port", got ["unix:/a.sock"'),
+    ("rspamd.address", '"tls:127.0.0.1:11333"', 'got "tls:127.0.0.1:11333"'),
+    ("rspamd.address", '"on"', 'must be "managed", "unix:/path/to/socket" or "tcp:host:port",'
+     ' got "on"'),
     ("rspamd.timeout", "0", "must be a number of seconds > 0, got 0"),
     ("rspamd.connect_timeout", '"1s"', 'got "1s"'),
     ("rspamd.workers", "-1", "must be an integer >= 0 and <= 1024, got -1"),
