@@ -165,6 +165,33 @@ def process_columns(rows: list[dict[str, str]], width: int | None) -> list[str]:
     return shown
 
 
+# an address longer than this is cut from the left (a Unix path's end tells it apart)
+_HOST_WIDTH = 28
+
+
+def host_lines(st: dict[str, Any], before: dict[str, Any] | None,
+               dt: float) -> list[tuple[str, Text]]:
+    """One line per scanner host: its breaker, its scan rate, errors and mean scan time."""
+    hosts = st.get("scanner", {}).get("hosts", [])
+    prev = {h["host"]: h for h in (before or {}).get("scanner", {}).get("hosts", [])}
+    same = before is not None and before.get("supervisor_pid") == st.get("supervisor_pid")
+    out = []
+    for h in hosts:
+        name = h["host"]
+        if len(name) > _HOST_WIDTH:
+            name = "…" + name[-(_HOST_WIDTH - 1):]
+        rate = "-"
+        p = prev.get(h["host"])
+        if same and p is not None and dt > 0 and h["scans"] >= p["scans"]:
+            rate = f"{(h['scans'] - p['scans']) / dt:.1f}/s"
+        mean = "-" if h["mean_ms"] is None else f"{h['mean_ms']:.0f} ms"
+        line = Text(f"{name:<{_HOST_WIDTH}} ")
+        line.append("up  " if h["up"] else "OPEN", style="green" if h["up"] else "bold red")
+        line.append(f" {rate:>8} {mean:>7}  {h['errors']} err, {h['breaker_opens']} opened")
+        out.append(("host", line))
+    return out
+
+
 def render(cur: Reading, prev: Reading | None, cfg: configmod.Config,
            width: int | None = None) -> RenderableType:
     """The whole screen for reading ``cur``, with rates since ``prev``.
@@ -208,6 +235,8 @@ def render(cur: Reading, prev: Reading | None, cfg: configmod.Config,
     grid.add_row("scan", Text(
         f"{_rate(st, before, dt, 'processed')} processed, "
         f"{_rate(st, before, dt, 'spamd_errors')} spamd errors"))
+    for label, line in host_lines(st, before, dt):
+        grid.add_row(label, line)
     a = st.get("analysed")
     if a is not None:
         ages = a["scanning_age_s"]
@@ -216,6 +245,13 @@ def render(cur: Reading, prev: Reading | None, cfg: configmod.Config,
             f"24 h {fmt_window(a['day'])}; "
             + ("nothing being scanned" if ages is None else
                f"scanning mail {fmt_age(ages['min'])}-{fmt_age(ages['max'])} old")))
+    if st.get("forward"):
+        back = Text(f"{_rate(st, before, dt, 'forwarded')} forwarded, backlog "
+                    f"{t['forward_backlog']} records, dropped {t['forward_dropped']}, "
+                    f"errors {t['forward_errors']}")
+        if t["forward_backlog"] > 1000:
+            back.stylize("yellow")
+        grid.add_row("forward", back)
     verdicts = ", ".join(f"{k.removeprefix('verdict_')} {v}" for k, v in t.items()
                          if k.startswith("verdict_") and v)
     grid.add_row("totals", Text(

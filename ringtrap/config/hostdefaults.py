@@ -104,6 +104,13 @@ def default_bayes_dir() -> Path:
     return _state_home() / "ringtrap" / "bayes"
 
 
+def default_rspamd_db_dir() -> Path:
+    """rspamd.db_dir: under /var/lib/ringtrap as root, else under the XDG state home."""
+    if _euid() == 0:
+        return Path("/var/lib/ringtrap/rspamd")
+    return _state_home() / "ringtrap" / "rspamd"
+
+
 def default_worker_count() -> int:
     """workers.count: one worker per CPU."""
     return os.cpu_count() or 2
@@ -126,3 +133,16 @@ def default_spamd_address() -> SpamdAddress:
     """spamd.address: "managed" where spamd is installed, else "off"."""
     kind: Literal["managed", "off"] = "managed" if find_spamd("spamd") else "off"
     return SpamdAddress(kind)
+
+
+def default_forward_host() -> str:
+    """This host's name as one NATS subject token: its first label, ``.`` never in it.
+
+    A name the kind would refuse (empty, odd characters) becomes ``trap``:
+    the default must always load; an operator names a fleet's hosts anyway.
+    """
+    import socket
+
+    name = socket.gethostname().split(".")[0]
+    ok = name and all(c.isascii() and (c.isalnum() or c in "-_") for c in name)
+    return name if ok else "trap"

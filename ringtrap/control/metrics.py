@@ -88,9 +88,22 @@ _PLAIN_COUNTERS: tuple[tuple[str, C, str], ...] = (
     ("ringtrap_purged_bytes", C.PURGED_BYTES, "Bytes dropped by purges."),
     ("ringtrap_drained_to_overflow", C.DRAINED_TO_OVERFLOW,
      "Ring messages moved to the overflow by a graceful stop."),
+    ("ringtrap_scanner_failovers", C.POOL_FAILOVERS,
+     "Messages moved on to the next scanner host after a retryable failure."),
+    ("ringtrap_scanner_pool_exhausted", C.POOL_EXHAUSTED,
+     "Messages given back because no scanner host could take them (all open or failing)."),
     ("ringtrap_messages_analysed", C.ANALYSED,
      "Messages scanned, or recorded from a campaign repeat without a scan; over"
      " ringtrap_messages_accepted_total, the fraction of the mail analysed."),
+    ("ringtrap_forwarded", C.FORWARDED,
+     "Records published to NATS JetStream and acknowledged."),
+    ("ringtrap_forward_duplicates", C.FORWARD_DUPLICATES,
+     "Records sent again that the stream recognised by their Nats-Msg-Id."),
+    ("ringtrap_forward_dropped", C.FORWARD_DROPPED,
+     "Records and raw messages that will never be forwarded (not a record, over the"
+     " server's payload limit, raw spill directory at its cap)."),
+    ("ringtrap_forward_errors", C.FORWARD_ERRORS,
+     "Failed connects to the broker and batches it did not acknowledge."),
 )
 
 
@@ -163,12 +176,17 @@ def families(r: Reading) -> list[Any]:
         "ringtrap_scan_duration_seconds", "Time a worker waited on spamd for one message.",
         buckets=buckets, sum_value=totals[C.SCAN_US] / 1e6))
 
+    out += _host_families(snap)
+
     used = GaugeMetricFamily("ringtrap_ring_slots_used",
                              "Ring slots not free, by state.", labels=["state"])
     used.add_metric(["filling"], snap.filling)
     used.add_metric(["ready"], snap.ready)
     used.add_metric(["claimed"], snap.claimed)
     out.append(used)
+    out.append(GaugeMetricFamily(
+        "ringtrap_forward_backlog", "Records written and not yet acknowledged by JetStream.",
+        value=totals[C.FORWARD_BACKLOG]))
     out.append(GaugeMetricFamily("ringtrap_ring_slots", "Slots in the ring.", value=snap.slots))
     out.append(GaugeMetricFamily("ringtrap_ring_slot_size_bytes", "Size of one ring slot.",
                                  value=snap.slot_bytes))
@@ -233,6 +251,67 @@ def families(r: Reading) -> list[Any]:
     return out
 
 
+def _host_families(snap: RingSnapshot) -> list[Any]:
+    """Each scanner host's breaker and numbers, labelled ``host`` (its address)."""
+    from prometheus_client.core import (
+        CounterMetricFamily,
+        GaugeMetricFamily,
+        HistogramMetricFamily,
+    )
+
+    up = GaugeMetricFamily(
+        "ringtrap_scanner_up",
+        "1 if the scanner host's breaker is closed in the worker that used or judged it"
+        " last, 0 if open.", labels=["host"])
+    scans = CounterMetricFamily("ringtrap_scanner_scans",
+                                "Scans a scanner host answered.", labels=["host"])
+    errors = CounterMetricFamily(
+        "ringtrap_scanner_errors",
+        "Failed scans and revive PINGs on a scanner host, retryable or not.", labels=["host"])
+    opens = CounterMetricFamily("ringtrap_scanner_breaker_opens",
+                                "Times a worker took the scanner host out of its pool.",
+                                labels=["host"])
+    duration = HistogramMetricFamily(
+        "ringtrap_scanner_scan_duration_seconds",
+        "Time a scanner host took for one scan it answered.", labels=["host"])
+    for h in snap.hosts:
+        up.add_metric([h.host], 1 if h.up else 0)
+        scans.add_metric([h.host], h.scans)
+        errors.add_metric([h.host], h.errors)
+        opens.add_metric([h.host], h.opens)
+        buckets: list[tuple[str, float]] = []
+        running = 0
+        for bound, n in zip((*map(repr, SCAN_BUCKETS), "+Inf"), h.buckets, strict=True):
+            running += n
+            buckets.append((bound, running))
+        duration.add_metric([h.host], buckets, h.scan_us / 1e6)
+    return [up, scans, errors, opens, duration]
+
+
+def blocklist_families(state: dict[str, Any] | None) -> list[Any]:
+    """The blocklist's last write, from the state file its writer leaves; none before one."""
+    from prometheus_client.core import GaugeMetricFamily
+
+    if not state or not isinstance(state.get("written"), int | float):
+        return []
+    entries = GaugeMetricFamily("ringtrap_blocklist_entries",
+                                "Entries in the blocklist files as last written.",
+                                labels=["family"])
+    for family in ("ipv4", "ipv6"):
+        value = state.get(family)
+        entries.add_metric([family], value if isinstance(value, int) else 0)
+    skipped = state.get("skipped_lines")
+    return [
+        entries,
+        GaugeMetricFamily("ringtrap_blocklist_written_timestamp_seconds",
+                          "When the blocklist files were last written (Unix time).",
+                          value=state["written"]),
+        GaugeMetricFamily("ringtrap_blocklist_skipped_lines",
+                          "Result lines the last write could not read as records.",
+                          value=skipped if isinstance(skipped, int) else 0),
+    ]
+
+
 class TrapCollector:
     """A prometheus_client collector reading one trap's ring and overflow.
 
@@ -242,11 +321,13 @@ class TrapCollector:
     """
 
     def __init__(self, ring_name: str, overflow_dir: Path, overflow_max: int, *,
+                 blocklist_state: Path | None = None,
                  cache_seconds: float = CACHE_SECONDS,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.ring_name = ring_name
         self.overflow_dir = overflow_dir
         self.overflow_max = overflow_max
+        self.blocklist_state = blocklist_state
         self.cache_seconds = cache_seconds
         self._clock = clock
         self._table: ProcTable | None = None
@@ -284,6 +365,10 @@ class TrapCollector:
         except RingError:
             return
         yield from families(reading)
+        if self.blocklist_state is not None:
+            from ringtrap.control.blockfiles import read_state
+
+            yield from blocklist_families(read_state(self.blocklist_state))
 
     def close(self) -> None:
         """Let go of the ring mapping."""

@@ -136,3 +136,26 @@ def test_columns_are_dropped_least_useful_first() -> None:
     assert top.process_columns([row], 60) == ["PID", "ROLE", "STATE", "MESSAGE", "DONE"]
     assert top.process_columns([row], 66) == ["PID", "ROLE", "STATE", "MESSAGE", "AGE", "DONE"]
     assert top.process_columns([row], 20) == ["PID", "ROLE", "STATE"]
+
+
+def test_each_scanner_host_gets_a_line_within_80_columns() -> None:
+    pids = [100, 101, 102]
+    hosts = [
+        {"host": "tcp:127.0.0.1:7830", "up": True, "state": "closed", "open_in": 0,
+         "scans": 500, "errors": 2, "breaker_opens": 0, "mean_ms": 41.5},
+        {"host": "unix:/var/lib/ringtrap/a/very/long/path/spamd.sock", "up": False,
+         "state": "open", "open_in": 2, "scans": 10, "errors": 9, "breaker_opens": 3,
+         "mean_ms": None},
+    ]
+    cur, prev = status(pids), status(pids)
+    cur["scanner"] = {"kind": "spamd", "hosts": hosts}
+    prev["scanner"] = {"kind": "spamd", "hosts": [dict(hosts[0], scans=400), hosts[1]]}
+    console = Console(record=True, width=80, file=io.StringIO(), color_system=None)
+    console.print(top.render(top.Reading(cur, 10.0), top.Reading(prev, 9.0),
+                             configmod.defaults(), 80))
+    lines = console.export_text().splitlines()
+    assert all(len(line) <= 80 for line in lines)
+    shown = [line for line in lines if line.startswith("host")]
+    assert len(shown) == 2
+    assert "tcp:127.0.0.1:7830" in shown[0] and "up" in shown[0] and "100.0/s" in shown[0]
+    assert "OPEN" in shown[1] and "spamd.sock" in shown[1] and "9 err" in shown[1]

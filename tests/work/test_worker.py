@@ -54,6 +54,7 @@ from ringtrap.overflow import Overflow, parse_ready
 from ringtrap.ring import PutResult, Ring
 from ringtrap.scan.archive import MaildirArchive
 from ringtrap.scan.dedupe import DedupeStore
+from ringtrap.scan.pool import ScannerPool
 from ringtrap.scan.processing import Processor
 from ringtrap.scan.record import Record
 from ringtrap.scan.results import ResultSink, read_results
@@ -610,6 +611,50 @@ def test_a_message_that_times_out_spamd_alone_is_quarantined(
     assert counters(row)[C.SPAMD_ERRORS] == MAX_ATTEMPTS
 
 
+@pytest.mark.slow
+@pytest.mark.spamd
+@pytest.mark.parametrize("hosts", ["one stalls", "both stall"])
+def test_a_pool_fails_a_slow_message_over_and_counts_an_attempt_only_when_all_time_out(
+    tmp_path: Path, ring: Ring, spamd_server: SpamdProcess, short_dir: Path, hosts: str,
+    spam: bytes, ham: bytes,
+) -> None:
+    stall = StallingSpamd(short_dir / "stall.sock", spamd_server.socket_path)
+    other = (StallingSpamd(short_dir / "stall2.sock", spamd_server.socket_path)
+             if hosts == "both stall" else None)
+    try:
+        second = f"unix:{other.path}" if other else spamd_server.unix_address
+        cfg = make_cfg(tmp_path, ring.name, "off")
+        overflow = open_overflow(cfg)
+        normal = [put(ring, overflow, spam if n % 2 else ham, n, "ring") for n in range(4)]
+        doomed = put(ring, overflow, STALL_MARKER + b"\n" + spam, 9, "ring")
+        pool = ScannerPool([SpamdClient(a, connect_timeout=5.0, timeout=1.0)
+                            for a in (f"unix:{stall.path}", second)],
+                           breaker_errors=100, breaker_window=60.0, breaker_revive=60.0)
+        worker = local_worker(cfg, ring, overflow,
+                              Processor(scanner=pool, scan_limit_bytes=1 << 20),
+                              ResultSink(cfg.results.dir), backoff_initial=0.05,
+                              backoff_max=0.2)
+        want = len(normal) + 1
+        run_until(worker, lambda: len(records(cfg, False)) == want
+                  and (other is None or overflow.stats().failed == 1), timeout=60)
+    finally:
+        stall.close()
+        if other is not None:
+            other.close()
+    got = {r["id"]: r for r in records(cfg)}
+    assert {got[m]["verdict"] for m in normal} <= {"spam", "ham"}
+    if other is None:
+        # timed out on the stalling host, answered by the other: scanned, no attempt spent
+        assert (got[doomed]["verdict"], got[doomed]["attempts"]) == ("spam", 0)
+        assert got[doomed]["scanner_host"] == spamd_server.unix_address
+        assert stall.stalled >= 1
+    else:
+        # timed out on every host while each answered PING: an attempt per round
+        assert (got[doomed]["verdict"], got[doomed]["attempts"]) == ("quarantined",
+                                                                    MAX_ATTEMPTS)
+        assert stall.stalled == other.stalled == MAX_ATTEMPTS
+
+
 # -- a worker killed mid-scan ----------------------------------------------------------------
 
 
@@ -787,8 +832,13 @@ def test_spamd_client_follows_the_config_and_the_override(tmp_path: Path) -> Non
     assert spamd_client(cfg, "unix:/run/x/spamd.sock") is not None
     tcp = make_cfg(tmp_path, "x", "tcp:127.0.0.1:783")
     client = spamd_client(tcp)
-    assert client is not None and client.address == "tcp:127.0.0.1:783"
+    assert isinstance(client, ScannerPool) and client.hosts == ("tcp:127.0.0.1:783",)
     assert spamd_client(tcp, "off") is None
+    pool = spamd_client(config.override(tcp, {"spamd.address": ["tcp:127.0.0.1:783",
+                                                               "tls:127.0.0.1:784"]}))
+    assert isinstance(pool, ScannerPool)
+    assert pool.hosts == ("tcp:127.0.0.1:783", "tls:127.0.0.1:784")
+    assert pool.breakers[0].errors == tcp.scanner.breaker_errors
     managed = config.override(cfg, {"spamd.address": "managed", "spamd.command": "/bin/true"})
     with pytest.raises(ValueError):
         spamd_client(managed)
