@@ -297,6 +297,7 @@ GOOD: list[tuple[str, str, object]] = [
     ("prefilter.checks", "[]", ()),
     ("dedupe.enabled", "false", False),
     ("dedupe.skip_scan", "true", True),
+    ("dedupe.skip_scan", "false", False),
     ("dedupe.window", "3600", 3600.0),
     ("archive.dir", '"/srv/corpus"', Path("/srv/corpus")),
     ("archive.dir", '""', None),
