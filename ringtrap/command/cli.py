@@ -106,6 +106,18 @@ def cmd_purge(args: argparse.Namespace) -> int:
             dropped = staged.purge()
             print(f"dropped {dropped.count} messages ({dropped.bytes} bytes) from"
                   f" {configmod.stage_dir(cfg)}")
+    if cfg.forward.enabled and cfg.forward.raw:
+        # and the raw messages waiting for the broker (their records wait in the results)
+        try:
+            raw = Overflow(configmod.forward_dir(cfg), cfg.forward.spill_max_bytes,
+                           create=False)
+        except FileNotFoundError:
+            pass
+        else:
+            raw.recover_dead()
+            gone = raw.purge()
+            print(f"dropped {gone.count} raw messages ({gone.bytes} bytes) from"
+                  f" {configmod.forward_dir(cfg)}")
     count_purge(cfg.ring.name, res.count, res.bytes)
     return 0
 
