@@ -11,7 +11,7 @@ Why it follows the result files, and the workers do not spill records to it:
 
 - The result files are already the host's source of truth, written once per
   record, and kept for ``results.retention_days``.  A cursor on them (file
-  name and byte offset, ``forward.cursor`` in ``results.dir``) is the whole
+  name and byte offset, ``forward-cursor.json`` in ``results.dir``) is the whole
   backlog: it costs the workers nothing (no second write per record, no cap
   to hit, no record to drop while the broker is away), it survives every
   restart of the trap and of the machine, and it is bounded by the results'
@@ -73,7 +73,7 @@ from ringtrap.work.child import BEAT_EVERY, ChildLoop, SetupError, main
 
 log = logging.getLogger(__name__)
 
-CURSOR_NAME = "forward.cursor"
+CURSOR_NAME = "forward-cursor.json"
 # one batch: published concurrently, acknowledged, then one cursor write
 BATCH = 256
 BATCH_BYTES = 4 * 1024 * 1024

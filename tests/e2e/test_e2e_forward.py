@@ -254,3 +254,20 @@ def test_the_raw_backlog_stays_within_its_cap_and_counts_what_it_drops(
         got = wait_stream([nats_server.url], 45 + handed)
         assert len({h["Nats-Msg-Id"] for h, _ in got}) == 45 + handed
         wait_until(lambda: totals(trap)["forward_raw_forwarded"] == handed, 20, "raw drained")
+
+
+def test_the_backlog_outlives_a_restart_of_the_trap(tmp_path: Path,
+                                                     nats_server: NatsServer) -> None:
+    settings = forward_settings([nats_server.url], raw=True)
+    with running_trap(tmp_path, settings) as trap:
+        nats_server.stop()
+        ids = deliver(trap, 0, 15)
+        trap.wait_records(ids)
+        trap.signal(signal.SIGTERM)
+        assert trap.wait_exit() == 0
+        nats_server.start()
+        trap.start()
+        # the records from the cursor on, the raw messages from their spill directory
+        got = wait_stream([nats_server.url], 30)
+        assert_once(got, ids)
+        assert {r["raw_of"] for _, r in got if "raw_of" in r} == ids
