@@ -6,12 +6,14 @@
 #
 # Installs only what is missing or changed, so a complete checkout starts at
 # once and works offline:
-#   - Debian packages: spamd, spamc, socat, netcat-openbsd, python3-venv,
-#     systemd (systemd-analyze), postfix (for the MTA end-to-end test,
+#   - Debian packages: spamd, spamc, rspamd (the second scanner; its tests
+#     run it offline in a private network namespace), socat, netcat-openbsd,
+#     python3-venv, systemd (systemd-analyze), postfix (for the MTA end-to-end test,
 #     installed unconfigured and not started), logrotate and man-db (the
 #     install test checks the shipped logrotate file and man page); for
-#     `test` also nats-server (the fleet tests run private JetStream
-#     servers on loopback ports; Debian's own unit is not used);
+#     `test` also rbldnsd and bind9-dnsutils (dig), which read the blocklist
+#     zones as DNS clients will, and nats-server (the fleet tests run private
+#     JetStream servers on loopback ports; Debian's own unit is not used);
 #   - the package with its test extras into ./.venv, again only when
 #     pyproject.toml or the delivery script changed (.venv/.ringtrap-stamp);
 #   - for `test`, two programs unpacked from Debian packages into ./.tools
@@ -34,8 +36,8 @@ installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "ok instal
 
 # exim4's own libraries: its binary is unpacked, not installed, so these are not pulled in
 exim_libs="libgnutls-dane0 libidn12 libnsl2 libpcre2-8-0 libdb5.3"
-want="spamd spamc socat netcat-openbsd python3-venv systemd postfix logrotate man-db"
-[ "$what" = test ] && want="$want $exim_libs nats-server"
+want="spamd spamc rspamd socat netcat-openbsd python3-venv systemd postfix logrotate man-db"
+[ "$what" = test ] && want="$want $exim_libs rbldnsd bind9-dnsutils nats-server"
 missing=""
 for pkg in $want; do
     installed "$pkg" || missing="$missing $pkg"

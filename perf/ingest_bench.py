@@ -24,6 +24,13 @@ wake-up costs are charged and the store's own cost stands out.
     python3 perf/ingest_bench.py                 # table, 32 and 64 clients
     python3 perf/ingest_bench.py --json          # rows as JSON objects
     python3 perf/ingest_bench.py -n 50000 --clients 64 --only ring,bare
+    python3 perf/ingest_bench.py --open-loop     # p50/p99/p99.9 at 25-90% of capacity
+
+The closed loop keeps every client waiting, so its p50 is the number of
+clients times the time per message and its p99 mostly the machine's
+stalls.  ``--open-loop`` asks what an MTA sees instead: arrivals at a fixed
+rate with Poisson gaps, at fractions of each server's measured capacity,
+latency charged from each message's scheduled send time.
 """
 
 from __future__ import annotations
@@ -149,18 +156,125 @@ def _client_loop(
     return lat, bad, nbad
 
 
-def _client_process(path: str, msg: bytes, count: int, conns: int, go_fd: int, out_fd: int) -> None:
-    lat, bad, nbad = _client_loop(path, msg, count, conns, go_fd)
-    data = pickle.dumps((lat.tobytes(), bad, nbad))
+# At most this many connections in flight from one open-loop client process:
+# past it the server is hopelessly behind and the row says so in its latency.
+_OPEN_MAX_INFLIGHT = 4096
+
+
+def _open_loop(
+    path: str, msg: bytes, count: int, rate: float, go_fd: int, seed: int
+) -> tuple[array.array, list[bytes], int, array.array]:
+    """``count`` messages sent at Poisson arrivals of ``rate`` a second, whatever the replies.
+
+    Each message has a scheduled send time; its latency runs from that time
+    to its reply, so a server that stalls is charged for every arrival it
+    kept waiting (a closed loop would instead stop sending while it stalls).
+    Between sends the loop sleeps rather than spins, which would take a
+    core from the server; ``lag`` (how late each send left) shows the
+    client's own share.
+    """
+    import random as _random
+
+    rng = _random.Random(seed)
+    lat = array.array("d")
+    lag = array.array("d")
+    bad: list[bytes] = []
+    nbad = 0
+    perf = time.perf_counter
+    unix, stream = int(socket.AF_UNIX), int(socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+    shut = socket.SHUT_WR
+    ep = select.epoll()
+    inflight: dict[int, tuple[_socket.socket, float, bytes]] = {}
+    gaps = [rng.expovariate(rate) for _ in range(count)]
+    started = done = 0
+
+    def start(due: float) -> bool:
+        s = _socket.socket(unix, stream)
+        try:
+            s.connect(path)
+        except BlockingIOError:  # the listen backlog is full: the wait is charged
+            s.close()
+            return False
+        lag.append(perf() - due)
+        try:
+            sent = s.send(msg)
+        except BlockingIOError:
+            sent = 0
+        if sent < len(msg):
+            s.setblocking(True)
+            s.sendall(memoryview(msg)[sent:])
+            s.setblocking(False)
+        s.shutdown(shut)
+        fd = s.fileno()
+        inflight[fd] = (s, due, b"")
+        ep.register(fd, select.EPOLLIN)
+        return True
+
+    os.read(go_fd, 1)
+    due = perf() + gaps[0]
+    while done < count:
+        now = perf()
+        while started < count and due <= now and len(inflight) < _OPEN_MAX_INFLIGHT:
+            if not start(due):
+                break
+            started += 1
+            if started < count:
+                due += gaps[started]
+        wait = (due - perf()) if started < count else 1.0
+        events = ep.poll(0) if inflight else []
+        if not events and wait > 0:
+            # sleep() takes fractions of a millisecond, poll() rounds up to one
+            time.sleep(min(wait, 0.0002) if inflight else wait)
+            continue
+        for fd, _ in events:
+            s, t0, reply = inflight[fd]
+            try:
+                more = s.recv(128)
+            except BlockingIOError:
+                continue
+            except OSError as e:
+                more, reply = b"", f"client error: {e}".encode()
+            reply += more
+            if more and not reply.endswith(b"\n"):
+                inflight[fd] = (s, t0, reply)
+                continue
+            lat.append(perf() - t0)
+            del inflight[fd]
+            ep.unregister(fd)
+            s.close()
+            done += 1
+            if not reply.startswith(b"OK "):
+                nbad += 1
+                if len(bad) < 5:
+                    bad.append(reply)
+    ep.close()
+    return lat, bad, nbad, lag
+
+
+def _client_process(path: str, msg: bytes, count: int, conns: int, go_fd: int, out_fd: int,
+                    rate: float | None = None, seed: int = 0) -> None:
+    if rate is None:
+        lat, bad, nbad = _client_loop(path, msg, count, conns, go_fd)
+        lag = array.array("d")
+    else:
+        lat, bad, nbad, lag = _open_loop(path, msg, count, rate, go_fd, seed)
+    data = pickle.dumps((lat.tobytes(), bad, nbad, lag.tobytes()))
     with os.fdopen(out_fd, "wb") as f:
         f.write(data)
 
 
 class Clients:
-    """``clients`` concurrent clients in ``procs`` forked processes, started together."""
+    """``clients`` concurrent clients in ``procs`` forked processes, started together.
 
-    def __init__(self, path: Path, n: int, clients: int, procs: int, msg: bytes) -> None:
-        procs = max(1, min(procs, clients))
+    With ``rate``, each process sends open-loop at its share of ``rate``
+    messages a second (independent Poisson arrivals add up to one at the sum
+    of their rates) and ``clients`` is ignored.
+    """
+
+    def __init__(self, path: Path, n: int, clients: int, procs: int, msg: bytes,
+                 rate: float | None = None) -> None:
+        procs = max(1, procs if rate is not None else min(procs, clients))
+        self.lag: list[float] = []
         self.go_r, self.go_w = os.pipe()
         self.children: list[tuple[int, int]] = []
         for p in range(procs):
@@ -173,7 +287,8 @@ class Clients:
                 try:
                     os.close(r)
                     os.close(self.go_w)
-                    _client_process(str(path), msg, count, conns, self.go_r, w)
+                    _client_process(str(path), msg, count, conns, self.go_r, w,
+                                    None if rate is None else rate / procs, seed=p)
                     code = 0
                 except BaseException:
                     traceback.print_exc()
@@ -204,10 +319,13 @@ class Clients:
             _, status = os.waitpid(pid, 0)
             if status != 0 or not raw:
                 raise RuntimeError(f"client process {pid} failed (status {status})")
-            lat_bytes, some_bad, count_bad = pickle.loads(raw)
+            lat_bytes, some_bad, count_bad, lag_bytes = pickle.loads(raw)
             a = array.array("d")
             a.frombytes(lat_bytes)
             lat.extend(a)
+            a = array.array("d")
+            a.frombytes(lag_bytes)
+            self.lag.extend(a)
             bad.extend(some_bad)
             nbad += count_bad
         return lat, bad, nbad
@@ -459,6 +577,7 @@ def run_row(
     work: Path,
     queued: bool = True,
     drain: bool = False,
+    rate: float | None = None,
 ) -> dict:
     sock_path = work / "in.sock"
     msg = _message(size)
@@ -505,13 +624,14 @@ def run_row(
             raise ValueError(kind)
         listener.close()
         _wait_listening(sock_path)
-        group = Clients(sock_path, n, clients, procs, msg)
+        group = Clients(sock_path, n, clients, procs, msg, rate)
         time.sleep(0.2)  # let the client processes reach their start line
         helper_cpu0 = sum(_cpu(p) for p in helpers)
         cpu0 = _cpu(server)
         t0 = time.perf_counter()
         group.go()
         lat, bad, nbad = group.collect()
+        lag = group.lag
         group = None  # reaped: their pids are no longer ours to signal
         elapsed = time.perf_counter() - t0
         cpu1 = _cpu(server)
@@ -552,6 +672,12 @@ def run_row(
     if nbad:
         print(f"{kind}: {nbad} replies were not OK, e.g. {bad[:3]}", file=sys.stderr)
     q = statistics.quantiles(lat, n=100, method="inclusive")
+    if rate is not None:
+        extra["rate"] = round(rate)
+        extra["p999_ms"] = round(statistics.quantiles(lat, n=1000, method="inclusive")[998]
+                                 * 1e3, 2)
+        extra["lag_p99_ms"] = round(statistics.quantiles(lag, n=100, method="inclusive")[98]
+                                    * 1e3, 2)
     return {
         "name": NAMES[kind],
         "clients": clients,
@@ -601,7 +727,19 @@ def main(argv: list[str] | None = None) -> int:
         " ring big enough for the row",
     )
     ap.add_argument("--json", action="store_true", help="print rows as JSON")
+    ap.add_argument(
+        "--open-loop",
+        action="store_true",
+        help="measure each server's capacity (closed loop, the first --clients), then send"
+        " at Poisson arrivals at --loads of it; latency from each scheduled send",
+    )
+    ap.add_argument("--loads", default="25,50,75,90",
+                    help="open loop: percentages of capacity (default 25,50,75,90)")
+    ap.add_argument("--seconds", type=float, default=3.0,
+                    help="open loop: seconds of arrivals per row (default 3)")
     args = ap.parse_args(argv)
+    if args.open_loop:
+        return open_loop(args)
 
     work = Path(tempfile.mkdtemp(prefix="rt-ib-"))
     kinds = args.only.split(",")
@@ -675,6 +813,60 @@ def main(argv: list[str] | None = None) -> int:
                     f"{r['name']} at {r['clients']} clients: "
                     f"{100 * r['msgs_per_s'] / bare[r['clients']]:.0f}% of the bare server"
                 )
+    return 0
+
+
+def open_loop(args: argparse.Namespace) -> int:
+    """The open-loop table: each server at fixed fractions of its own capacity."""
+    kinds = [k for k in args.only.split(",") if k != "dirqueue"] if args.only == ",".join(
+        NAMES) else args.only.split(",")
+    clients = int(args.clients.split(",")[0])
+    loads = [int(x) for x in args.loads.split(",")]
+    work = Path(tempfile.mkdtemp(prefix="rt-ib-"))
+    capacity: dict[str, int] = {}
+    rows: dict[tuple[str, int], list[dict]] = {(k, load): [] for k in kinds for load in loads}
+    try:
+        for kind in kinds:
+            closed = [run_row(kind, args.messages, clients, args.client_procs, args.size, work,
+                              queued=False, drain=args.drain)["msgs_per_s"]
+                      for _ in range(args.runs)]
+            capacity[kind] = sorted(closed)[len(closed) // 2]
+        for _ in range(args.runs):
+            for load in loads:
+                for kind in kinds:
+                    rate = capacity[kind] * load / 100
+                    n = max(200, int(rate * args.seconds))
+                    rows[kind, load].append(run_row(
+                        kind, n, clients, args.client_procs, args.size, work,
+                        queued=False, drain=args.drain, rate=rate))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    out = []
+    for (kind, load), results in rows.items():
+        results.sort(key=lambda r: r["p99_ms"])
+        row = dict(results[len(results) // 2])
+        row.update(kind=kind, load_pct=load, capacity=capacity[kind],
+                   p99_ms_runs=[r["p99_ms"] for r in results])
+        out.append(row)
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    print(
+        f"open loop: Poisson arrivals at a fraction of each server's capacity (closed loop,"
+        f" {clients} clients, median of {args.runs}); {args.seconds:g} s of arrivals per row,"
+        f" messages of {args.size} bytes, client in {args.client_procs} process(es),"
+        f" {os.cpu_count()} CPUs; the row of median p99 of {args.runs} interleaved runs\n"
+    )
+    head = (f"{'server':40} {'capacity':>8} {'load':>5} {'rate/s':>7} {'p50 ms':>7}"
+            f" {'p99 ms':>7} {'p99.9 ms':>8} {'send lag p99':>12} {'not ok':>6}")
+    print(head)
+    print("-" * len(head))
+    for r in out:
+        print(f"{r['name']:40} {r['capacity']:>8} {r['load_pct']:>4}% {r['rate']:>7}"
+              f" {r['p50_ms']:>7} {r['p99_ms']:>7} {r['p999_ms']:>8}"
+              f" {r['lag_p99_ms']:>12} {r['not_ok']:>6}")
+    print("\nlatency runs from each message's scheduled send to its reply; send lag is how"
+          " late the client itself sent (its share of the latency)")
     return 0
 
 

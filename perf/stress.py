@@ -73,6 +73,8 @@ from stress_sample import TickSampler  # noqa: E402
 from stress_trap import ResultsTail, StressSpamd, StressTrap, wait_until  # noqa: E402
 
 from ringtrap import __version__  # noqa: E402
+from ringtrap.base import ids  # noqa: E402
+from ringtrap.overflow import DRAIN_ORDERS  # noqa: E402
 from ringtrap.scan.results import read_results  # noqa: E402
 
 KIB, MIB = 1024, 1024 * 1024
@@ -122,6 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ring.slots of the trap started here (ringtrap's default: 1024)")
     g.add_argument("--overflow-max", type=_size, default=256 * MIB,
                    help="overflow.max_bytes of the trap started here")
+    g.add_argument("--drain-order", default="oldest", metavar="ORDERS",
+                   help="overflow.drain_order, or several separated by commas (oldest,newest):"
+                        " then the flood runs once per order, each with a trap of its own,"
+                        " and the report puts what each analysed side by side")
     g.add_argument("--set", dest="overrides", action="append", default=[],
                    metavar="SECTION.KEY=VALUE",
                    help="another setting of the trap started here (VALUE is JSON or a string)")
@@ -216,9 +222,12 @@ def chaos_actions(spec: str, attached: bool) -> list[str]:
 class Run:
     """One invocation: its spamd, its trap, the flood, the ledger, the side by side."""
 
-    def __init__(self, args: argparse.Namespace, out: Path) -> None:
+    def __init__(self, args: argparse.Namespace, out: Path, drain_order: str = "oldest") -> None:
         self.args = args
         self.out = out
+        self.drain_order = drain_order
+        self.flood_wall0 = 0.0
+        self.mean_age_s: float | None = None
         self.work = out / "work"
         self.work.mkdir(parents=True, exist_ok=True)
         self.tag = uuid.uuid4().hex[:8]
@@ -270,7 +279,7 @@ class Run:
         settings: dict[str, dict[str, Any]] = {
             "ingest": {"max_message_bytes": a.max_message},
             "ring": {"slots": a.ring_slots},
-            "overflow": {"max_bytes": a.overflow_max},
+            "overflow": {"max_bytes": a.overflow_max, "drain_order": self.drain_order},
             "workers": {"count": a.workers},
             "spamd": {"address": self.spamd.unix_address},
         }
@@ -299,6 +308,7 @@ class Run:
             self.notes.append(f"chaos actions skipped on an attached trap: {', '.join(skipped)}")
         flood = fl.Flood(trap.socket_path, self.msgs, profile, a.clients, a.seed)
         self.flood_t0 = flood.start()
+        self.flood_wall0 = time.time()
         # the overflow-full action's message: the largest the ingest accepts
         fits = [m for m in self.msgs if len(m) <= trap.cfg.ingest.max_message_bytes - 64]
         big = max(fits, key=len) if fits else b""
@@ -393,6 +403,24 @@ class Run:
         sys.stderr.flush()
 
     # -- closing the ledger ----------------------------------------------------------------
+
+    def note_analysed_age(self) -> None:
+        """Keep the trap's mean age of what it analysed, before a stop resets its counters."""
+        assert self.trap is not None
+        st = self.trap.fresh_status()
+        if st is not None:
+            self.mean_age_s = st["analysed"]["mean_age_s"]
+
+    def analysed(self) -> dict[str, Any]:
+        """What this run's flood had analysed once its ledger closed (see analysed_row)."""
+        assert self.trap is not None
+        done = {r["id"] for r in read_results(self.trap.cfg.results.dir, strict=False)
+                if r.get("scanned_ms") is not None or r.get("verdict") == "duplicate"}
+        accepted = {m: ids.id_time(m) for m, phase in self.ledger.accepted.items()
+                    if phase == "flood" and ids.is_valid(m)}
+        order = self.trap.cfg.overflow.drain_order if self.trap.attached else self.drain_order
+        return report.analysed_row(order, accepted, done, self.flood_wall0,
+                                   self.args.duration, self.mean_age_s)
 
     def close_ledger(self, phase: str) -> dict[str, Any]:
         """Stop the intake's backlog where it is and account for every accepted id.
@@ -552,6 +580,7 @@ class Run:
                       "chaos": self.chaos.actions if self.chaos else [],
                       "chaos_every_s": a.chaos_every},
             "phase_times": self.phase_times,
+            "analysed": self.analysed(),
             "ledger_flood": {k: v for k, v in flood_ledger.items()},
             "ledger": final,
             "lost": final["lost"],
@@ -599,10 +628,45 @@ def main(argv: list[str] | None = None) -> int:
     # absolute: the trap's configuration resolves relative paths against its own directory
     out = (args.out or HERE / "out" / f"stress-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     out.mkdir(parents=True, exist_ok=True)
-    run = Run(args, out)
+    orders = [o.strip() for o in args.drain_order.split(",") if o.strip()]
+    bad = [o for o in orders if o not in DRAIN_ORDERS]
+    if bad or not orders:
+        raise SystemExit(f"--drain-order: {', '.join(bad) or 'none given'}; known: "
+                         f"{', '.join(DRAIN_ORDERS)}")
+    if args.attach and len(orders) > 1:
+        raise SystemExit("--drain-order: an attached trap has the order its configuration says")
+    # the first order's run is the report's; each other order floods a trap of its own
+    others = []
+    for order in orders[1:]:
+        sub = out / f"drain-{order}"
+        alone = argparse.Namespace(**{**vars(args), "no_compare": True})
+        other, samples = run_one(alone, sub, order)
+        _write(other, samples, sub, alone)
+        others.append(other)
+    summary, samples = run_one(args, out, orders[0])
+    if others:
+        summary["drain_orders"] = [summary["analysed"], *(o["analysed"] for o in others)]
+        summary["lost"] += sum(o["lost"] for o in others)
+    _write(summary, samples, out, args)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(report.headline(summary))
+        if others:
+            print(report.analysed_md(summary["drain_orders"]), end="")
+        print(f"report: {out / 'report.md'}")
+    return EXIT_LOST if summary["lost"] else 0
+
+
+def run_one(args: argparse.Namespace, out: Path,
+            order: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """One flood with ``overflow.drain_order`` = ``order``: its summary and samples."""
+    out.mkdir(parents=True, exist_ok=True)
+    run = Run(args, out, order)
     try:
         run.setup()
         run.flood()
+        run.note_analysed_age()
         flood_ledger = run.close_ledger("flood")
         if not args.no_compare:
             run.side_by_side()
@@ -612,11 +676,17 @@ def main(argv: list[str] | None = None) -> int:
         run.close()
         raise
     run.close()
-    (out / "samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in run.samples))
+    return summary, run.samples
+
+
+def _write(summary: dict[str, Any], samples: list[dict[str, Any]], out: Path,
+           args: argparse.Namespace) -> None:
+    """A run's samples, charts, summary.json and report.md in ``out``."""
+    (out / "samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
     charts: list[Path] = []
     if not args.no_charts:
         try:
-            charts = report.write_charts(run.samples, summary, out)
+            charts = report.write_charts(samples, summary, out)
         except ImportError:
             summary["notes"].append("charts skipped: matplotlib is not installed "
                                     "(pip install '.[stress]')")
@@ -626,12 +696,6 @@ def main(argv: list[str] | None = None) -> int:
     summary["report"] = str(out / "report.md")
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out / "report.md").write_text(report.markdown(summary))
-    if args.json:
-        print(json.dumps(summary, indent=2))
-    else:
-        print(report.headline(summary))
-        print(f"report: {out / 'report.md'}")
-    return EXIT_LOST if summary["lost"] else 0
 
 
 if __name__ == "__main__":

@@ -185,6 +185,45 @@ def compare_table(compare: dict[str, Any]) -> dict[str, Any]:
 # --- Markdown ---------------------------------------------------------------------------
 
 
+def analysed_row(order: str, accepted: dict[str, float], analysed: set[str], start: float,
+                 duration: float, mean_age_s: float | None) -> dict[str, Any]:
+    """What one flood's drain order analysed: of everything accepted, and of
+    what arrived in its first and last quarter (``accepted``: id -> arrival,
+    wall-clock seconds; ``start``: when the flood began)."""
+    quarter = duration / 4
+
+    def share(lo: float, hi: float) -> tuple[int, int]:
+        part = [m for m, t in accepted.items() if lo <= t - start < hi]
+        return len(part), sum(1 for m in part if m in analysed)
+
+    first = share(0.0, quarter)
+    last = share(duration - quarter, float("inf"))
+    done = sum(1 for m in accepted if m in analysed)
+    return {
+        "drain_order": order, "accepted": len(accepted), "analysed": done,
+        "fraction": _round(done / len(accepted), 4) if accepted else None,
+        "mean_age_s": mean_age_s,
+        "first_quarter": {"accepted": first[0], "analysed": first[1]},
+        "last_quarter": {"accepted": last[0], "analysed": last[1]},
+    }
+
+
+def _pct(done: int, of: int) -> str:
+    return f"{done:,} of {of:,} ({100 * done / of:.1f}%)" if of else "-"
+
+
+def analysed_md(rows: Sequence[dict[str, Any]]) -> str:
+    """The drain orders side by side, one row each, as a Markdown table."""
+    out = ["| drain order | analysed of accepted | mean age when taken up | first quarter"
+           " of the flood | last quarter |", "|---|---:|---:|---:|---:|"]
+    for r in rows:
+        out.append(f"| {r['drain_order']} | {_pct(r['analysed'], r['accepted'])} | "
+                   f"{_fmt(r['mean_age_s'], ' s')} | "
+                   f"{_pct(r['first_quarter']['analysed'], r['first_quarter']['accepted'])} | "
+                   f"{_pct(r['last_quarter']['analysed'], r['last_quarter']['accepted'])} |")
+    return "\n".join(out) + "\n"
+
+
 def headline(summary: dict[str, Any]) -> str:
     """The ledger's verdict (with the lost ids, if any) and the side-by-side ratio."""
     led = summary["ledger"]
@@ -312,6 +351,12 @@ def markdown(summary: dict[str, Any]) -> str:
           f"{_fmt(sm['child_private_median_mib'], ' MiB')} private.")
     w(f"\nThe overflow is tmpfs capped at {c['overflow_max'] / MIB:.0f} MiB "
       f"(peak use {_fmt(t['peak_overflow_mib'], ' MiB')}).\n")
+    if s.get("drain_orders"):
+        w("## Analysed, by drain order\n")
+        w("Messages scanned (or recorded from a campaign repeat) over messages accepted,"
+          " and by when they arrived in the flood; each order had a flood of its own,"
+          " the same profile and message set, one after the other.\n")
+        w(analysed_md(s["drain_orders"]))
     if cmp_:
         _compare_md(w, s, cmp_)
     if s.get("pickup_cost"):

@@ -40,7 +40,7 @@ import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, ClassVar
+from typing import Any, BinaryIO, ClassVar
 
 from ringtrap.base import ids, proc
 from ringtrap.base.proc import Identity
@@ -74,6 +74,13 @@ DEFAULT_QUARANTINE_MAX = 64 << 20
 # bounds each worker's memory at any depth; the listing it costs is amortised
 # over this many claims.
 CLAIM_WINDOW = 8192
+# Newest first: mail keeps arriving behind a window, so it is listed again once
+# it is this many times as old as its listing took (listings then cost a
+# worker at most about 2% of its time at any depth), and never more often
+# than every RELIST_MIN seconds.
+RELIST_FACTOR = 50
+RELIST_MIN = 1.0
+DRAIN_ORDERS = ("oldest", "newest")
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,9 +145,11 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 class Overflow:
     """The spill directory at ``path``, capped at ``max_bytes`` of messages.
 
+    ``drain_order`` is the claim order (``overflow.drain_order``): "oldest"
+    or "newest" first; attempted messages come after the fresh ones either way.
     ``is_alive`` and ``clock`` are seams for tests: owner liveness (default
     :func:`ringtrap.base.proc.is_alive`) and the monotonic clock that paces refreshes
-    of the byte-cap estimate.
+    of the byte-cap estimate and of a newest-first claim window.
     """
 
     def __init__(
@@ -152,12 +161,16 @@ class Overflow:
         create: bool = True,
         quarantine_max_bytes: int = DEFAULT_QUARANTINE_MAX,
         refresh_interval: float = 1.0,
+        drain_order: str = "oldest",
         is_alive: Callable[[Identity], bool] = proc.is_alive,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """Open (and by default create) the tree; dying midway leaves only empty dirs."""
         if max_bytes <= 0:
             raise ValueError(f"overflow max_bytes must be positive, got {max_bytes}")
+        if drain_order not in DRAIN_ORDERS:
+            raise ValueError(f"overflow drain_order must be one of {DRAIN_ORDERS}, got"
+                             f" {drain_order!r}")
         self.path = Path(path)
         self.max_bytes = max_bytes
         self.quarantine_max_bytes = quarantine_max_bytes
@@ -188,7 +201,11 @@ class Overflow:
                 self._fstype,
             )
         self._counts = TreeCounts(self.path, self._dirs, tmpfs=self._fstype == "tmpfs")
-        self._claim_cache: list[str] = []  # sorted newest first; pop() gives the oldest
+        # in reverse claim order: pop() gives the next name to claim
+        self._claim_cache: list[str] = []
+        self.newest = drain_order == "newest"
+        self._listed_at = float("-inf")  # when the window was listed (monotonic)
+        self._relist_every = RELIST_MIN
         self._own_tmp: set[str] = set()  # tmp names of this instance's open writers
         self._inflight = 0  # bytes reserved by open writers
         self._used = 0
@@ -351,9 +368,11 @@ class Overflow:
 
     def _fill_claim_cache(self) -> bool:
         """List new/ into the window; True if the window holds the whole listing."""
+        started = self._clock()
         names = os.listdir(self._dirs["new"])
         # Listings come back nearly ordered, which timsort handles in linear time.
-        names.sort(reverse=True)
+        # The window is the oldest names, or the newest, ending where pop() takes.
+        names.sort(reverse=not self.newest)
         window = names[-CLAIM_WINDOW:]
         # A message attempted before (a worker died on it) may kill the next
         # one too: within the window it comes after the fresh ones, so a
@@ -361,6 +380,9 @@ class Overflow:
         # listing, so it is not put off for ever.
         self._claim_cache = ([n for n in window if not n.endswith(",A=0")]
                              + [n for n in window if n.endswith(",A=0")])
+        if self.newest:
+            self._listed_at = now = self._clock()
+            self._relist_every = max(RELIST_MIN, RELIST_FACTOR * (now - started))
         return len(names) <= CLAIM_WINDOW
 
     def _requeue_into_cache(self, name: str) -> None:
@@ -368,25 +390,39 @@ class Overflow:
         # newer than the whole window: then the next listing will find it, and
         # names left out of a truncated window are not overtaken.
         cache = self._claim_cache
-        if cache and _claim_key(name) < _claim_key(cache[0]):
-            _insort_desc(cache, name)
+        key = _newest_key if self.newest else _claim_key
+        if cache and key(name) < key(cache[0]):
+            _insort_desc(cache, name, key)
 
-    def claim(self, owner: Identity) -> OverflowClaim | None:
-        """Move the oldest ready message into cur/ under ``owner``; None if none.
+    def claim(self, owner: Identity, newer_than: float | None = None) -> OverflowClaim | None:
+        """Move the next ready message into cur/ under ``owner``; None if none.
 
+        The next is the oldest, or with ``drain_order`` "newest" the newest,
+        fresh message, then the attempted ones. ``newer_than`` (wall-clock
+        seconds) takes only a fresh message that arrived after it (the ring's
+        oldest, which is otherwise scanned first); None takes any.
         Exactly one of several racing claimers wins each file (one rename).
         If the owner dies after the rename, the file waits in cur/ for
         :meth:`recover_dead`. Names come from a cached window of one listing;
-        new/ is listed again only when the window is used up.
+        new/ is listed again when the window is used up, and newest first
+        also once the window has aged (see ``RELIST_FACTOR``).
         """
         tag = owner_tag(owner)
         complete = False  # has this call listed all of new/ and used it up?
+        if self.newest and self._clock() - self._listed_at >= self._relist_every:
+            self._claim_cache = []
+        cutoff = None if newer_than is None else f"{max(0, round(newer_than * 1e6)):013x}"
         while True:
             if not self._claim_cache:
                 if complete:
                     return None
                 complete = self._fill_claim_cache()
                 continue
+            if cutoff is not None:
+                nxt = self._claim_cache[-1]
+                # names start with the id's hex time: a string compare orders them
+                if nxt[:13] <= cutoff or not nxt.endswith(",A=0"):
+                    return None
             name = self._claim_cache.pop()
             parsed = parse_ready(name)
             if parsed is None:
@@ -643,13 +679,40 @@ def _claim_key(name: str) -> tuple[bool, str]:
     return (not name.endswith(",A=0"), name)
 
 
-def _insort_desc(names: list[str], name: str) -> None:
+class _Newer:
+    """A name that sorts before every older one (newest first)."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __lt__(self, other: _Newer) -> bool:
+        return self.name > other.name
+
+    def __gt__(self, other: _Newer) -> bool:
+        return self.name < other.name
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Newer) and self.name == other.name
+
+    def __hash__(self) -> int:
+        return hash(self.name)
+
+
+def _newest_key(name: str) -> tuple[bool, _Newer]:
+    """The claim order newest first: fresh names first, each part newest first."""
+    return (not name.endswith(",A=0"), _Newer(name))
+
+
+def _insort_desc(names: list[str], name: str,
+                 claim_key: Callable[[str], tuple[bool, object]] = _claim_key) -> None:
     # The cache is in reverse claim order (popped from the end); bisect on it.
-    key = _claim_key(name)
+    key: Any = claim_key(name)
     lo, hi = 0, len(names)
     while lo < hi:
         mid = (lo + hi) // 2
-        if _claim_key(names[mid]) > key:
+        if claim_key(names[mid]) > key:
             lo = mid + 1
         else:
             hi = mid

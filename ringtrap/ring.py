@@ -51,6 +51,7 @@ from ringtrap.store.lock import _LOCK_SLICE, RingLock
 from ringtrap.store.proctable import ProcTable
 from ringtrap.store.segment import (
     D_ATTEMPTS,
+    D_ENQ,
     D_OWNER,
     D_RELEASES,
     D_SEQ,
@@ -362,6 +363,30 @@ class Ring:
         o = self._payload_off + idx * self.slot_bytes
         return Claim(idx, seq, raw.rstrip(b"\0").decode("ascii"), self._map[o : o + n],
                      attempts, enq / 1e6, self)
+
+    def oldest_received(self) -> float | None:
+        """When the message the next :meth:`claim` takes was put (wall-clock
+        seconds); None if the ring holds nothing ready.
+
+        Read without the lock, so it may be a claim out of date: good enough
+        to choose between the ring and the overflow, never to claim by.  A
+        message given back behind tail (released, or requeued from a dead
+        claimer) is taken first and counts as older than anything: 0.0.
+        """
+        q = self._q
+        if q[H_STRAY]:
+            return 0.0
+        tail = q[H_TAIL]
+        head = q[H_HEAD]
+        nslots = self.slots
+        states = self._states
+        # tail may rest on a sequence number the producer stepped over
+        for seq in range(tail, min(head, tail + MAX_SKIP + 1)):
+            idx = seq % nslots
+            d = self._descs_w + idx * DESC_WORDS
+            if states[idx] == READY and q[d + D_SEQ] == seq:
+                return q[d + D_ENQ] / 1e6
+        return None
 
     def _await_ready(self, timeout: float | None) -> bool:
         """Wait for a post of "ready" (the ring looked empty); False on a signal.

@@ -1,7 +1,7 @@
 """The supervisor: the one main process of the unit, parent of everything else.
 
 It owns the children (one ingest, ``workers.count`` workers, optionally a
-managed spamd), the ring's lifecycle (create or adopt, unlink after a clean
+managed spamd or rspamd), the ring's lifecycle (create or adopt, unlink after a clean
 drain), recovery of what a dead child held, signals, the daily purge and
 systemd notification.  It never looks at message content.
 
@@ -17,7 +17,7 @@ child's state machine and exit classification), ``liveness`` (heartbeats,
 boots, a hung ring-lock holder), ``adopt`` (the ring across supervisors,
 recovery of dead children's claims), ``setup`` (directories, pidfile, the
 drop to the service user), ``fork`` (a fresh child's boot), ``purge``,
-``managed_spamd`` and ``seam`` (the OS calls, faked by the logic tests).
+``managed_spamd``, ``managed_rspamd`` and ``seam`` (the OS calls, faked by the logic tests).
 """
 
 from __future__ import annotations
@@ -39,13 +39,14 @@ from ringtrap.base.counters import C
 from ringtrap.base.exits import EX_CONFIG, EX_OK, EX_SOFTWARE
 from ringtrap.base.privileges import PrivilegeError
 from ringtrap.base.proc import Identity
-from ringtrap.base.states import ChildState, ExitCause, ProcState, Role
+from ringtrap.base.states import SCANNER_ROLES, ChildState, ExitCause, ProcState, Role
 from ringtrap.base.titles import set_title
 from ringtrap.config import Config
-from ringtrap.control import adopt, fork, liveness
+from ringtrap.control import adopt, blockfiles, fork, liveness
 from ringtrap.control import metrics as metricsmod
 from ringtrap.control import purge as purgemod
 from ringtrap.control.adopt import Recovery, Stores
+from ringtrap.control.blockwriter import BlocklistWriter
 from ringtrap.control.child import (
     RESTART_COUNTERS,
     Child,
@@ -56,6 +57,13 @@ from ringtrap.control.child import (
     restart_delay,
     set_state,
     stop_next,
+)
+from ringtrap.control.managed_rspamd import (
+    managed_rspamd_socket,
+    rspamd_answers_as,
+    rspamd_argv,
+    rspamd_files,
+    write_rspamd_config,
 )
 from ringtrap.control.managed_spamd import (
     PingWatch,
@@ -135,6 +143,8 @@ class Supervisor:
         self.last_watchdog = 0.0
         # dead children whose recovery found the ring lock held: retried each turn
         self.recovery = Recovery()
+        # the blocklist files, rewritten every blocklist.interval by a short-lived child
+        self.blocklist = BlocklistWriter()
 
     def _on_signal(self, signum: int, frame: object) -> None:
         # only record: no logging, no reaping, no I/O (see STYLE rule 1)
@@ -167,7 +177,7 @@ class Supervisor:
     def handle_usr1(self) -> None:
         logs.reopen()
         for c in self.children:
-            if c.state is ChildState.RUNNING and c.role is not Role.SPAMD:
+            if c.state is ChildState.RUNNING and c.role not in SCANNER_ROLES:
                 self._signal(c, signal.SIGUSR1)
         log.info("log files reopened")
 
@@ -279,14 +289,18 @@ class Supervisor:
         adopt.stop_orphan_spamd(cfg)
         if configmod.managed_spamd_learns(cfg):
             self.runtime.prepare_bayes_dir(cfg, target)
+        if configmod.runs_managed_rspamd(cfg):
+            self.runtime.prepare_rspamd_dirs(cfg, target)
         write_pidfile(cfg)
         if target is not None:
             self.runtime.hand_over(cfg, target, self.ring, stage=self.stage_store is not None,
                                    forward=self.forward_store is not None)
         if cfg.metrics.listen is not None:
             self._start_metrics()
-        if cfg.spamd.address.kind == "managed":
+        if configmod.runs_managed_spamd(cfg):
             self.children.append(Child(Role.SPAMD, 0, -1))
+        if configmod.runs_managed_rspamd(cfg):
+            self.children.append(Child(Role.RSPAMD, 0, -1))
         self.children.append(Child(Role.INGEST, 0, INGEST_ROW))
         for i in range(cfg.workers.count):
             self.children.append(Child(Role.WORKER, i, FIRST_WORKER_ROW + i))
@@ -306,7 +320,8 @@ class Supervisor:
         listen = self.cfg.metrics.listen
         assert listen is not None
         collector = metricsmod.TrapCollector(self.cfg.ring.name, self.cfg.overflow.dir,
-                                             self.cfg.overflow.max_bytes)
+                                             self.cfg.overflow.max_bytes,
+                                             blocklist_state=blockfiles.state_path(self.cfg))
         try:
             self.metrics = metricsmod.start(listen.host, listen.port, collector)
         except (OSError, ImportError) as e:
@@ -344,6 +359,7 @@ class Supervisor:
     def teardown(self) -> None:
         """After the last child is gone: persist or keep the ring, close up."""
         systemd.notify(stopping=1, status="stopped")
+        self.blocklist.stop(self.os)
         self._stop_metrics()
         if self.ring is not None and self.overflow is not None:
             adopt.close_ring(self.cfg.ring.name, self.ring, self.overflow, self.row,
@@ -383,7 +399,7 @@ class Supervisor:
         self._close_listener()
         for c in self.children:
             c.retire = True
-            if c.role is not Role.SPAMD:
+            if c.role not in SCANNER_ROLES:
                 self._stop_child(c, signal.SIGQUIT)
         self.drain_deadline = self.os.monotonic() + 5.0
 
@@ -431,10 +447,19 @@ class Supervisor:
                         ", ".join(waiting))
             new = configmod.keep_restart_only(new, old)
         applied = [key for key in changed if key not in restart_only]
-        managed = new.spamd.address.kind == "managed"
+        managed = configmod.runs_managed_spamd(new)
         spamd_before = spamd_argv(self.cfg) if managed else []
+        rspamd_before = (rspamd_argv(self.cfg), rspamd_files(self.cfg))
         self.cfg = new
         self.generation += 1
+        if configmod.runs_managed_rspamd(new) and (rspamd_argv(new),
+                                                   rspamd_files(new)) != rspamd_before:
+            # its count follows workers.count: rewritten now, read at its restart
+            write_rspamd_config(new)
+            for c in self.children:
+                if c.role is Role.RSPAMD and c.state is ChildState.RUNNING:
+                    log.info("HUP: restarting the managed rspamd")
+                    self._stop_child(c, signal.SIGTERM)
         if managed and spamd_argv(new) != spamd_before:
             # --max-children follows workers.count: a pool resized needs a spamd resized
             for c in self.children:
@@ -500,6 +525,8 @@ class Supervisor:
                 self.recovery.retry(self._stores())
             if self.row:
                 self.row.beat()
+            # wall clock: the history is kept by calendar hour
+            self.ring.table.tick_history(self.os.time())
         now = self.os.monotonic()
         if self.phase is Phase.RUNNING:
             self.check_boots(now)
@@ -510,6 +537,7 @@ class Supervisor:
             if self.os.time() >= self.next_purge_at:
                 self.purge(scheduled=True)
                 self.next_purge_at = next_purge(self.os.time(), self.cfg.overflow.purge_at)
+            self.blocklist.tick(self.cfg, self.os, self._old_handlers)
         else:
             self.progress_shutdown(now)
         if now - self.last_title >= 1.0:
@@ -561,11 +589,12 @@ class Supervisor:
             self.row.add(C.HEARTBEAT_KILLS, aborted)
 
     def check_spamd(self, now: float) -> None:
-        """PING the managed spamd now and then; restart it after repeated misses."""
-        c = next((c for c in self.children if c.role is Role.SPAMD
+        """PING the managed spamd (or rspamd) now and then; restart it after repeated misses."""
+        c = next((c for c in self.children if c.role in SCANNER_ROLES
                   and c.state is ChildState.RUNNING), None)
-        if c is not None and self.spamd_watch.failed(self.cfg, c.started, now):
-            log.error("restarting the managed spamd")
+        if c is not None and self.spamd_watch.failed(self.cfg, c.started, now,
+                                                     rspamd=c.role is Role.RSPAMD):
+            log.error("restarting the managed %s", c.name)
             self._stop_child(c, signal.SIGTERM, retire=False)
 
     def purge(self, scheduled: bool = False) -> tuple[int, int]:
@@ -580,7 +609,7 @@ class Supervisor:
         pid = fork.start(self.os, c, self.cfg, self.config_path, self._old_handlers,
                          self.listener, self.side_listeners, crash_code=EX_SOFTWARE)
         c.started_as(pid, self.os.identity(pid), self.os.monotonic(), self.generation)
-        if c.role is Role.SPAMD:
+        if c.role in SCANNER_ROLES:
             adopt.record_spamd(self.cfg, c.ident)
         log.info("started %s (pid %d)", c.name, pid,
                  extra={"event": "start", "child": c.name, "child_pid": pid})
@@ -620,6 +649,7 @@ class Supervisor:
                 return
             c = next((c for c in self.children if c.pid == pid), None)
             if c is None:
+                self.blocklist.reaped(pid, status)
                 continue
             self.on_exit(c, status)
 
@@ -640,11 +670,11 @@ class Supervisor:
         pid = c.pid
         c.pid = 0
         c.ident = None
-        if c.role is not Role.SPAMD:
+        if c.role not in SCANNER_ROLES:
             held = self._recover(c, ident, count_attempt=cause is not ExitCause.CUT)
         else:
             held = 0
-            # spamd's children outlive a parent that died hard (SIGKILL, OOM) and
+            # spamd's (and rspamd's) children outlive a parent that died hard (SIGKILL, OOM) and
             # keep serving the old socket; they are in its process group (setsid)
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 self.os.killpg(pid, signal.SIGKILL)
@@ -681,13 +711,16 @@ class Supervisor:
         for c in self.children:
             if c.state is not ChildState.RUNNING or c.booted:
                 continue
-            if c.role is not Role.SPAMD:
+            if c.role not in SCANNER_ROLES:
                 liveness.booted(c, self.ring)
             elif now - c.boot_checked >= 1.0:
                 c.boot_checked = now
-                c.booted = spamd_answers_as(managed_spamd_socket(self.cfg), c.pid)
+                if c.role is Role.RSPAMD:
+                    c.booted = rspamd_answers_as(managed_rspamd_socket(self.cfg), c.pid)
+                else:
+                    c.booted = spamd_answers_as(managed_spamd_socket(self.cfg), c.pid)
                 if c.booted:
-                    log.info("managed spamd (pid %d) answers", c.pid)
+                    log.info("managed %s (pid %d) answers", c.name, c.pid)
 
     def _stores(self) -> Stores:
         return Stores(self.ring, self.overflow, self.stage_store, self.row, self.forward_store)

@@ -24,23 +24,28 @@ import dataclasses
 import logging
 import os
 import time
+from collections.abc import Sequence
+from typing import Any
 
 import psutil
 
 from ringtrap import config as configmod
 from ringtrap.base import envelope, proc
 from ringtrap.base.counters import VERDICT_COUNTERS, C, scan_bucket
-from ringtrap.base.states import ProcState, Role
+from ringtrap.base.states import ProcState, Role, Verdict
 from ringtrap.config import Config
 from ringtrap.overflow import Overflow, OverflowFull, UntrustedFile
 from ringtrap.ring import Ring
 from ringtrap.scan import quarantine
+from ringtrap.scan.pool import ScannerPool
 from ringtrap.scan.processing import Processor
 from ringtrap.scan.record import Archiving, Record
 from ringtrap.scan.results import ResultSink
-from ringtrap.scan.scanner import ScanError, ScanResponseError, ScanTimeout
-from ringtrap.scan.spamd import EX_TIMEOUT, SpamdClient
+from ringtrap.scan.rspamd import RspamdClient
+from ringtrap.scan.scanner import ScanError, Scanner
+from ringtrap.scan.spamd import SpamdClient
 from ringtrap.store.claim import ClaimLost, StoreClaim
+from ringtrap.store.hosttable import HostCells
 from ringtrap.store.proctable import ProcRow
 from ringtrap.work import forward as forwardmod
 from ringtrap.work.child import (
@@ -54,7 +59,8 @@ from ringtrap.work.child import (
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EXIT_CRASH", "EXIT_OK", "EXIT_SETUP", "Worker", "child_main", "spamd_client"]
+__all__ = ["EXIT_CRASH", "EXIT_OK", "EXIT_SETUP", "Worker", "child_main", "scanner_client",
+           "spamd_client"]
 
 # A turn of the loop waits at most this long on the ring, so heartbeats and
 # stop checks never stall while idle.
@@ -108,13 +114,32 @@ class Worker(ChildLoop):
         if claim is None:
             self._title_idle()
             return True
-        self._handle(claim)
+        try:
+            self._handle(claim)
+        finally:
+            if self.row is not None:
+                self.row.set_received(0.0)
         return not self._over_memory()
 
     def _claim(self) -> StoreClaim | None:
-        """The oldest message of the ring, else of the overflow; None after a wait."""
+        """The next message by ``overflow.drain_order``; None after a wait.
+
+        "oldest": the ring's oldest, else the overflow's.  "newest": the
+        overflow's newest fresh message while it is newer than the ring's
+        oldest (during a flood the ring stays full of the flood's first
+        messages and the overflow holds everything since), else the ring's
+        oldest, else whatever the overflow holds.  The ring's order never
+        changes, so its messages are scanned once the overflow holds nothing
+        newer: when a flood has been worked off, or purged.
+        """
+        waiting = self.overflow.ready_count() > 0
+        if waiting and self.overflow.newest and not self._stop_requested:
+            oclaim = self.overflow.claim(self._me, newer_than=self.ring.oldest_received())
+            if oclaim is not None:
+                self._count(C.CLAIMED_OVERFLOW)
+                return oclaim
         # Waiting on the ring while the overflow holds work would idle a second.
-        timeout = 0.0 if self.overflow.ready_count() > 0 else IDLE_WAIT
+        timeout = 0.0 if waiting else IDLE_WAIT
         claim = self.ring.claim(timeout)
         if claim is not None:
             self._count(C.CLAIMED_RING)
@@ -145,8 +170,11 @@ class Worker(ChildLoop):
             self._quarantine_as(claim, f"untrusted spill file, not read: {exc.reason}",
                                 readable=False, size=exc.size)
             return
+        if self.row is not None:
+            self.row.set_received(claim.received)
         self._state(ProcState.SCANNING, msgid)
         self._title(f"scanning {msgid}")
+        age = max(0.0, time.time() - claim.received)
         started = time.monotonic()
         try:
             record = self.processor.process(msgid, payload, claim.received, claim.attempts)
@@ -157,7 +185,8 @@ class Worker(ChildLoop):
                 return
             self._release(claim)
             self._count(C.SPAMD_ERRORS)
-            self._dependency_down("spamd", msgid, exc)
+            scanner = self.processor.scanner
+            self._dependency_down(scanner.kind if scanner is not None else "spamd", msgid, exc)
             return
         try:
             self.sink.write(record)
@@ -171,7 +200,7 @@ class Worker(ChildLoop):
             self._count(forwardmod.hand_on(self.forward, msgid, payload, record.size,
                                            self.cfg.forward.raw_max_bytes))
         self._ack(claim)  # only now: the record is in the file
-        self._finished(claim, record, time.monotonic() - started)
+        self._finished(claim, record, time.monotonic() - started, age)
 
     def _hand_on(self, msgid: str, payload: bytes) -> None:
         """Give the message to the slower stage; never waits for it, never fails the message.
@@ -191,11 +220,15 @@ class Worker(ChildLoop):
             return
         self._count(C.STAGE_HANDED_ON)
 
-    def _finished(self, claim: StoreClaim, record: Record, took: float) -> None:
+    def _finished(self, claim: StoreClaim, record: Record, took: float, age: float) -> None:
         self.done += 1
         self._count(C.PROCESSED)
         verdict = record.verdict
         scanned_ms = record.scanned_ms
+        if scanned_ms is not None or verdict == Verdict.DUPLICATE:
+            # analysed: scanned, or a campaign repeat recorded from its first scan
+            self._count(C.ANALYSED)
+            self._count(C.ANALYSED_AGE_US, round(age * 1e6))
         if scanned_ms is not None:
             self._count(C.SCANNED)
             self._count(C.SCAN_US, int(scanned_ms * 1000))
@@ -248,13 +281,15 @@ class Worker(ChildLoop):
 
         A timeout is then this message's doing (it costs spamd more than the
         deadline), not an outage: it counts an attempt.  spamd refusing,
-        resetting or not answering PING is an outage, which does not.
+        resetting or not answering PING is an outage, which does not.  A
+        pool has judged already: the message timed out on every host it
+        tried while each answered PING.
         """
         client = self.processor.scanner
-        timed_out = isinstance(exc, ScanTimeout) or (
-            isinstance(exc, ScanResponseError) and exc.code == EX_TIMEOUT)
-        if not timed_out or client is None:
+        if not exc.timeout or client is None:
             return False
+        if exc.alone is not None:
+            return exc.alone  # a pool PINGed the hosts it tried (ringtrap.scan.pool)
         try:
             client.ping(timeout=PING_TIMEOUT)
         except ScanError:
@@ -339,12 +374,16 @@ class Worker(ChildLoop):
         return True
 
 
-def spamd_client(cfg: Config, spamd_address: str | None = None) -> SpamdClient | None:
-    """The client for ``cfg.spamd`` (None when off); ``spamd_address`` overrides the config.
+def spamd_client(cfg: Config, spamd_address: str | Sequence[str] | None = None,
+                 **pool: Any) -> Scanner | None:
+    """The scanner for ``cfg.spamd`` (None when off); ``spamd_address`` overrides the config.
 
-    A managed spamd's socket is the supervisor's choice, so kind "managed"
-    needs ``spamd_address``; without it this raises ValueError.  "off" as an
-    override also means no spamd.
+    One address or a list of them (``spamd.address`` as a list): a
+    :class:`~ringtrap.scan.pool.ScannerPool` with scanner.breaker_*, even of
+    one host, so every host has its numbers; ``pool`` are further options of
+    the pool (``stats``, ``count``).  A managed spamd's socket is the
+    supervisor's choice, so kind "managed" needs ``spamd_address``; without
+    it this raises ValueError.  "off" as an override also means no spamd.
     """
     address = spamd_address
     if address is None:
@@ -353,20 +392,54 @@ def spamd_client(cfg: Config, spamd_address: str | None = None) -> SpamdClient |
             return None
         if kind == "managed":
             raise ValueError("spamd.address is \"managed\" but the supervisor passed no socket")
-        address = str(cfg.spamd.address)
+        address = cfg.spamd.address.hosts()
     if address == "off":
         return None
-    return SpamdClient(address, connect_timeout=cfg.spamd.connect_timeout,
-                       timeout=cfg.spamd.timeout)
+    addresses = (address,) if isinstance(address, str) else tuple(address)
+    tls_ca = None if cfg.spamd.tls_ca is None else str(cfg.spamd.tls_ca)
+    return ScannerPool.from_addresses(
+        addresses,
+        lambda a: SpamdClient(a, connect_timeout=cfg.spamd.connect_timeout,
+                              timeout=cfg.spamd.timeout, tls_ca=tls_ca,
+                              hung_check=cfg.scanner.hung_after if len(addresses) > 1
+                              else None),
+        breaker_errors=cfg.scanner.breaker_errors, breaker_window=cfg.scanner.breaker_window,
+        breaker_revive=cfg.scanner.breaker_revive, **pool)
 
 
-def child_main(cfg: Config, index: int, row_index: int, spamd_address: str | None = None) -> int:
+def scanner_client(cfg: Config, address: str | Sequence[str] | None = None,
+                   **pool: Any) -> Scanner | None:
+    """The scanner ``scanner.kind`` names (None when spamd is off); ``address`` overrides.
+
+    spamd as :func:`spamd_client` makes it; rspamd from ``[rspamd]`` in a
+    pool of its one host (so it has the same breaker and per-host numbers),
+    where a managed rspamd's socket is the supervisor's to pass (ValueError
+    without).
+    """
+    if cfg.scanner.kind != "rspamd":
+        return spamd_client(cfg, address, **pool)
+    if address is None:
+        if cfg.rspamd.address.kind == "managed":
+            raise ValueError("rspamd.address is \"managed\" but the supervisor passed no socket")
+        address = str(cfg.rspamd.address)
+    addresses = (address,) if isinstance(address, str) else tuple(address)
+    return ScannerPool.from_addresses(
+        addresses,
+        lambda a: RspamdClient(a, connect_timeout=cfg.rspamd.connect_timeout,
+                               timeout=cfg.rspamd.timeout),
+        breaker_errors=cfg.scanner.breaker_errors, breaker_window=cfg.scanner.breaker_window,
+        breaker_revive=cfg.scanner.breaker_revive, **pool)
+
+
+def child_main(cfg: Config, index: int, row_index: int,
+               spamd_address: str | Sequence[str] | None = None) -> int:
     """Run worker ``index`` in a freshly forked child; return its exit code.
 
     Expects :func:`ringtrap.work.child.boot` done.  Attaches the ring,
     registers process-table row ``row_index``, opens the overflow, the results
-    and the spamd client (``spamd_address`` overrides ``cfg.spamd.address``,
-    and is required when that is "managed"), then loops.  TERM stops
+    and the scanner (``spamd_address``, the address of the scanner
+    ``scanner.kind`` names, overrides the config and is required when it is
+    "managed"), then loops.  TERM stops
     gracefully, INT and QUIT fast, USR1 reopens the log.  Returns
     :data:`EXIT_OK`, :data:`EXIT_SETUP` or :data:`EXIT_CRASH`; the parent
     passes it to ``os._exit``.
@@ -374,19 +447,25 @@ def child_main(cfg: Config, index: int, row_index: int, spamd_address: str | Non
 
     def setup(parent: int, closing: contextlib.ExitStack) -> Worker:
         ring = closing.enter_context(Ring.attach(cfg.ring.name))
-        client = spamd_client(cfg, spamd_address)
         overflow = Overflow(cfg.overflow.dir, cfg.overflow.max_bytes,
-                            quarantine_max_bytes=cfg.overflow.quarantine_max_bytes)
+                            quarantine_max_bytes=cfg.overflow.quarantine_max_bytes,
+                            drain_order=cfg.overflow.drain_order)
         sink = closing.enter_context(
             contextlib.closing(ResultSink(cfg.results.dir,
                                           retention_days=cfg.results.retention_days)))
         row = ring.table.register(Role.WORKER, index, row=row_index)
+        client = scanner_client(cfg, spamd_address, count=row.add)
+        if isinstance(client, ScannerPool):
+            client.stats = HostCells(ring.table.segment, row.row, client.hosts, time.monotonic_ns)
         processor = Processor.from_config(cfg, client)
         stage = (Overflow(configmod.stage_dir(cfg), cfg.stage.max_bytes)
                  if cfg.stage.workers else None)
         forward = (forwardmod.open_store(cfg)
                    if cfg.forward.enabled and cfg.forward.raw else None)
-        return Worker(cfg, ring, overflow, row, index, processor, sink, parent_pid=parent,
-                      stage=stage, forward=forward)
+        worker = Worker(cfg, ring, overflow, row, index, processor, sink, parent_pid=parent,
+                        stage=stage, forward=forward)
+        if isinstance(client, ScannerPool):
+            client.beat = worker._beat
+        return worker
 
     return main(cfg, Role.WORKER, index, setup, log)

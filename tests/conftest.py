@@ -1,10 +1,11 @@
-"""Shared fixtures: a real spamd for the whole session."""
+"""Shared fixtures: a real spamd and a real rspamd for the whole session."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
 import pytest
+from rspamd_fixture import RspamdProcess, rspamd_missing_reason
 from spamd_fixture import SpamdProcess, spamd_missing_reason
 
 
@@ -15,4 +16,14 @@ def spamd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SpamdProc
     if reason:
         pytest.skip(reason)
     with SpamdProcess(log_path=tmp_path_factory.mktemp("spamd") / "spamd.log") as proc:
+        yield proc
+
+
+@pytest.fixture(scope="session")
+def rspamd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RspamdProcess]:
+    """One private offline rspamd (Unix socket) shared by every test that needs it."""
+    reason = rspamd_missing_reason()
+    if reason:
+        pytest.skip(reason)
+    with RspamdProcess(log_path=tmp_path_factory.mktemp("rspamd") / "rspamd.log") as proc:
         yield proc

@@ -24,6 +24,9 @@ from pathlib import Path
 POSTFIX = "/usr/sbin/postfix"
 POSTQUEUE = "/usr/sbin/postqueue"
 POSTALIAS = "/usr/sbin/postalias"
+SYSTEM_PYTHON = "/usr/bin/python3"
+ROOT = Path(__file__).resolve().parent.parent
+SNIPPETS = ROOT / "contrib" / "postfix"
 
 # the services a small instance needs, none chrooted (the "n" in column 5)
 _MASTER = """\
@@ -59,6 +62,47 @@ def missing_reason() -> str | None:
     if os.geteuid() != 0:
         return "starting Postfix needs root"
     return None
+
+
+def snippet(name: str) -> str:
+    """One of the shipped Postfix snippets, ``contrib/postfix/<name>``."""
+    return (SNIPPETS / name).read_text()
+
+
+def main_cf(text: str) -> dict[str, str]:
+    """The ``key = value`` lines of a main.cf snippet."""
+    out = {}
+    for line in text.splitlines():
+        key, _, value = line.partition("=")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def install_clients(root: Path) -> Path:
+    """A copy of the package and both clients where ``nobody`` can run them; their bin dir.
+
+    Postfix runs pipe(8) commands as an unprivileged user, who cannot read a
+    checkout under a private home: the copy goes under ``root`` (which must be
+    traversable), ``ringtrap`` as a launcher on Debian's python3 with ``-S``
+    (what an installed console script does, minus the site packages submit
+    never needs).
+    """
+    lib, bin_ = root / "lib", root / "bin"
+    shutil.copytree(ROOT / "ringtrap", lib / "ringtrap",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    bin_.mkdir(exist_ok=True)
+    launcher = bin_ / "ringtrap"
+    launcher.write_text(f"#!{SYSTEM_PYTHON} -S\nimport sys\nsys.path.insert(0, {str(lib)!r})\n"
+                        "from ringtrap.command.launcher import main\nsys.exit(main())\n")
+    shutil.copy(ROOT / "scripts" / "ringtrap-deliver", bin_ / "ringtrap-deliver")
+    for p in (launcher, bin_ / "ringtrap-deliver"):
+        p.chmod(0o755)
+    for d in (lib, bin_):
+        for dirpath, _dirs, filenames in os.walk(d):
+            os.chmod(dirpath, 0o755)
+            for f in filenames:
+                os.chmod(os.path.join(dirpath, f), 0o755 if dirpath == str(bin_) else 0o644)
+    return bin_
 
 
 def free_port() -> int:

@@ -91,13 +91,17 @@ class SpamdProcess:
         max_children: int = 2,
         startup_timeout: float = 60.0,
         extra_args: tuple[str, ...] = (),
+        port: int = 0,
     ) -> None:
         """Describe the spamd to start; nothing runs until :meth:`start`.
 
         ``log_path`` receives spamd's log (default: inside the private
         directory, which :meth:`stop` removes).  ``extra_args`` are appended to
-        the command line, e.g. ``("--cf=required_score 3.0",)``.
+        the command line, e.g. ``("--cf=required_score 3.0",)``.  ``port``:
+        the TCP port to listen on (default: a free one), e.g. to start a
+        spamd again where a killed one listened.
         """
+        self.fixed_port = port
         self.max_children = max_children
         self.startup_timeout = startup_timeout
         self.extra_args = tuple(extra_args)
@@ -183,7 +187,7 @@ class SpamdProcess:
         try:
             self._prepare_dirs()
             for attempt in range(3):
-                self.port = free_tcp_port()
+                self.port = self.fixed_port or free_tcp_port()
                 if self._launch_and_wait():
                     return
                 # Another process may have taken the port between probe and bind.
@@ -272,6 +276,19 @@ class SpamdProcess:
         for member in left:
             with contextlib.suppress(psutil.NoSuchProcess):
                 member.kill()
+
+    def kill(self) -> None:
+        """SIGKILL spamd and every child of its group at once, as a crash would; keep the
+        directory, so :meth:`start` of a new SpamdProcess on :attr:`port` can follow."""
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        deadline = time.monotonic() + 10.0
+        while _live_group_members(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
 
     def __enter__(self) -> SpamdProcess:
         self.start()

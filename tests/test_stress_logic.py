@@ -162,3 +162,21 @@ def test_compare_table_ratio_and_target() -> None:
     assert t["dirqueue_pickup"] == [{"depth": "0-1,000"}]
     systems["ringtrap"]["msgs_per_s"] = 28.0
     assert rep.compare_table({"systems": systems})["target_met"] is False
+
+
+def test_analysed_row_splits_by_arrival_and_tables_side_by_side() -> None:
+    start, duration = 1000.0, 40.0
+    # one message a second; every other one analysed in the first quarter, all in the last
+    accepted = {f"m{t}": start + t for t in range(40)}
+    analysed = {f"m{t}" for t in range(0, 10, 2)} | {f"m{t}" for t in range(30, 40)}
+    analysed.add("not-accepted")
+    row = rep.analysed_row("newest", accepted, analysed, start, duration, 1.25)
+    assert row["accepted"] == 40 and row["analysed"] == 15
+    assert row["fraction"] == pytest.approx(15 / 40)
+    assert row["first_quarter"] == {"accepted": 10, "analysed": 5}
+    assert row["last_quarter"] == {"accepted": 10, "analysed": 10}
+    empty = rep.analysed_row("oldest", {}, set(), start, duration, None)
+    assert empty["fraction"] is None
+    table = rep.analysed_md([row, empty]).splitlines()
+    assert table[2].startswith("| newest | 15 of 40 (37.5%) | 1.2 s | 5 of 10 (50.0%) |")
+    assert table[3] == "| oldest | - | - | - | - |"

@@ -43,7 +43,8 @@ def make_cfg(tmp_path: Path, ring_name: str, spamd_address: str = "off",
 
 
 def open_overflow(cfg: Config) -> Overflow:
-    return Overflow(cfg.overflow.dir, cfg.overflow.max_bytes)
+    return Overflow(cfg.overflow.dir, cfg.overflow.max_bytes,
+                    drain_order=cfg.overflow.drain_order)
 
 
 def env_for(n: int) -> Envelope:

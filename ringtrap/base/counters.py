@@ -93,7 +93,16 @@ class C(IntEnum):
     # supervisor: live processes killed for holding the ring lock while
     # stopped or stuck (their lock is then broken and counted in LOCK_BREAKS)
     LOCK_HOLDER_KILLS = 63
-    # 64-79: scanner pools; 80-95: the analysed fraction; 96-103: rspamd;
+    # scanner pools (ringtrap.scan.pool); per-host numbers are in the host table
+    POOL_FAILOVERS = 64  # a message moved on to the next host after a retryable failure
+    POOL_BREAKER_OPENS = 65  # a host's breaker opened (in one worker)
+    POOL_EXHAUSTED = 66  # no host could take a message: every one open or failed
+    POOL_PROBES = 67  # half-open hosts PINGed
+    POOL_REVIVED = 68  # half-open hosts that answered and rejoined
+    # 80-95 the analysed fraction: workers
+    ANALYSED = 80  # scanned, or recorded from a campaign repeat without a scan
+    ANALYSED_AGE_US = 81  # summed over ANALYSED: microseconds from accepted to taken up
+    # 69-79: scanner pools; 82-95: the analysed fraction; 96-103: rspamd;
     # 104-127: the fleet.  Each block is appended to in order.
     # the fleet: the forwarder (ringtrap.work.forward) and the hand-off of raw messages to it
     FORWARDED = 104  # records published and acknowledged by JetStream

@@ -28,7 +28,12 @@ class Role(IntEnum):
     SPAMD = 4
     OTHER = 5
     STAGE = 6  # a worker of the slower stage (learning, reporting)
-    FORWARDER = 7  # publishes the records (and raw messages) to NATS JetStream
+    RSPAMD = 7  # a managed rspamd (never in the table: like SPAMD, it does not attach)
+    FORWARDER = 8  # publishes the records (and raw messages) to NATS JetStream
+
+
+# the managed scanners: exec'd programs that never attach to the ring
+SCANNER_ROLES = frozenset({Role.SPAMD, Role.RSPAMD})
 
 
 class ProcState(IntEnum):
@@ -60,6 +65,15 @@ class ExitCause(IntEnum):
     CRASHED = 2  # died unasked after its boot: recover its claims, restart (slower if looping)
     HUNG = 3  # killed by us for a stalled heartbeat
     CUT = 4  # killed by us at a stop's deadline: its claims go back, no attempt counted
+
+
+class HostState(IntEnum):
+    """A scanner host's breaker, as one worker sees it (stored in the host table)."""
+
+    UNUSED = 0  # no cell, or not used since it was assigned
+    CLOSED = 1  # chosen in turn
+    OPEN = 2  # out of the pool until its revive time
+    HALF_OPEN = 3  # revive time passed: the next pick PINGs it first
 
 
 class Verdict(StrEnum):

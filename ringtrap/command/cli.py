@@ -201,6 +201,18 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_blocklist(args: argparse.Namespace) -> int:
+    from ringtrap.command import blocklist
+
+    return blocklist.run(_load(args.config), args)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from ringtrap.command import export
+
+    return export.run(_load(args.config), args)
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     if args.check:
         try:
@@ -274,6 +286,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--charts", metavar="DIR",
                    help="also write PNG charts into DIR (needs the 'report' extra: matplotlib)")
     p.set_defaults(func=cmd_report)
+    p = sub.add_parser("blocklist", help="write the blocklist files now: the relays that hit"
+                       " the trap (rbldnsd zones, Postfix map, plain list, JSON)")
+    with_config(p)
+    p.add_argument("--format", choices=("rbldnsd_ip4", "rbldnsd_ip6", "postfix", "plain", "json"),
+                   help="print this format on standard output and write nothing")
+    p.set_defaults(func=cmd_blocklist)
+    p = sub.add_parser("export", help="export what the trap saw as a threat-intel feed"
+                       " (needs the 'misp' extra: PyMISP)")
+    with_config(p)
+    p.add_argument("--misp", metavar="DIR", required=True,
+                   help="write a MISP feed into DIR: manifest.json, hashes.csv, one event"
+                   " per day")
+    p.add_argument("--days", type=int, metavar="N",
+                   help="UTC days exported, today included (default: blocklist.window_days)")
+    p.add_argument("--org", default="ringtrap", metavar="NAME",
+                   help="the creator organisation named in the events (default ringtrap)")
+    p.add_argument("--tlp", default="clear", choices=("clear", "green", "amber", "red"),
+                   help="TLP tag of the events (default clear)")
+    p.set_defaults(func=cmd_export)
     # listed for --help only: main() hands "submit" to ringtrap.command.submit before argparse
     sub.add_parser("submit", help="deliver the message on stdin with its envelope (the MTA's"
                    " pipe client; exit 0 or 75, see 'ringtrap submit --help')", add_help=False)

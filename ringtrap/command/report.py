@@ -1,7 +1,8 @@
 """The daily report: what one day of result records says, as text, JSON or PNG charts.
 
-:func:`summarize` folds a day's records into counts (verdicts, rules, relay
-IPs and networks, URL domains, campaigns, sizes, scan times);
+:func:`summarize` folds a day's records into counts (verdicts, scanners and
+rspamd's actions, rules, relay IPs and networks, URL domains, campaigns,
+sizes, scan times);
 :func:`render_text` prints them as plain-text tables and :func:`render_charts`
 draws them with matplotlib, an optional extra (``pip install ringtrap[report]``)
 imported only when charts are asked for.  Read-only: it never writes
@@ -83,6 +84,9 @@ def summarize(records: Iterable[dict[str, Any]], top: int = TOP) -> dict[str, An
     """Fold records into the report's figures (a JSON-ready dict)."""
     verdicts: Counter[str] = Counter()
     rules: Counter[str] = Counter()
+    scanners: Counter[str] = Counter()
+    actions: Counter[str] = Counter()
+    scanner_ms: dict[str, list[float]] = {}
     relays: Counter[str] = Counter()
     networks: Counter[str] = Counter()
     url_domains: Counter[str] = Counter()
@@ -97,6 +101,12 @@ def summarize(records: Iterable[dict[str, Any]], top: int = TOP) -> dict[str, An
         verdict = str(r.get("verdict"))
         verdicts[verdict] += 1
         rules.update(str(x) for x in r.get("rules") or ())
+        scanner = r.get("scanner")
+        if isinstance(scanner, str):
+            scanners[scanner] += 1
+        action = r.get("action")
+        if isinstance(action, str):
+            actions[action] += 1
         ip = r.get("relay_ip")
         if isinstance(ip, str):
             relays[ip] += 1
@@ -111,6 +121,8 @@ def summarize(records: Iterable[dict[str, Any]], top: int = TOP) -> dict[str, An
         ms = r.get("scanned_ms")
         if isinstance(ms, int | float) and verdict in SCANNED:
             scan_ms.append(float(ms))
+            scanner_ms.setdefault(scanner if isinstance(scanner, str) else "-",
+                                  []).append(float(ms))
         received = r.get("received")
         if isinstance(received, str) and len(received) >= 13 and received[11:13].isdigit():
             hours[int(received[11:13])] += 1
@@ -136,6 +148,10 @@ def summarize(records: Iterable[dict[str, Any]], top: int = TOP) -> dict[str, An
         "verdicts": dict(verdicts.most_common()),
         # scanned (or prefiltered) all the same: a note, not a verdict
         "parse_errors": parse_errors,
+        # who gave the verdicts (repeats recorded from a first copy included), and how fast
+        "scanners": {name: {"messages": n, "scan_ms": _stats(scanner_ms.get(name, []))}
+                     for name, n in scanners.most_common()},
+        "actions": dict(actions.most_common()),
         "top_rules": rules.most_common(top),
         "top_relays": relays.most_common(top),
         "top_networks": networks.most_common(top),
@@ -206,6 +222,12 @@ def render_text(summary: dict[str, Any], day: str) -> str:
                     [(v, n, pct(n)) for v, n in summary["verdicts"].items()])
     lines += ["", f"Parse errors: {summary['parse_errors']} messages ringtrap could not parse"
                   " (scanned all the same; the record's parse_error says why)"]
+    lines += _table("Scanners", ("scanner", "messages", "scans", "mean ms", "p95 ms"),
+                    [(name, v["messages"], v["scan_ms"]["count"], v["scan_ms"]["mean"],
+                      v["scan_ms"]["p95"]) for name, v in summary["scanners"].items()])
+    if summary["actions"]:
+        lines += _table("rspamd actions", ("action", "messages"),
+                        list(summary["actions"].items()))
     lines += _table("Top rules", ("rule", "hits"), summary["top_rules"])
     lines += _table("Top relay IPs", ("relay", "messages"), summary["top_relays"])
     lines += _table("Top relay networks", ("network", "messages"), summary["top_networks"])
@@ -229,7 +251,7 @@ def render_text(summary: dict[str, Any], day: str) -> str:
                         for k in ("min", "median", "p95", "max")))])
     lines += _table("Size distribution", ("size", "messages"), list(s["histogram"].items()))
     t = summary["scan_ms"]
-    lines += _table("Scan times (ms, spamd)", ("scans", "mean", "median", "p95", "max"),
+    lines += _table("Scan times (ms)", ("scans", "mean", "median", "p95", "max"),
                     [(t["count"], t["mean"], t["median"], t["p95"], t["max"])])
     return "\n".join(lines) + "\n"
 

@@ -19,6 +19,8 @@ from ringtrap import config as configmod
 from ringtrap.base import proc
 from ringtrap.base.counters import C
 from ringtrap.overflow import Overflow
+from ringtrap.store import history
+from ringtrap.store.hosttable import HostReading
 from ringtrap.store.proctable import ProcTable
 from ringtrap.store.segment import RingLayoutError, RingMissing
 from ringtrap.store.snapshot import read_snapshot
@@ -41,8 +43,10 @@ def gather_status(cfg: configmod.Config, table: ProcTable | None = None,
     handles to reuse (``ringtrap top`` keeps them between readings); by
     default the table is attached and closed here.
     """
+    wall = time.time()
     if table is not None:
         snap = read_snapshot(table)
+        hours = table.history(wall)
     else:
         try:
             table = ProcTable.attach(cfg.ring.name)
@@ -50,6 +54,7 @@ def gather_status(cfg: configmod.Config, table: ProcTable | None = None,
             return None
         with table:
             snap = read_snapshot(table)
+            hours = table.history(wall)
     totals = snap.totals()
     procs = []
     now_ns = time.monotonic_ns()
@@ -80,6 +85,8 @@ def gather_status(cfg: configmod.Config, table: ProcTable | None = None,
             if r.role.name == "STAGE"
             else c[C.ACCEPTED_RING] + c[C.ACCEPTED_OVERFLOW],
             "heartbeat_age_s": beat_age,
+            # how long ago the message it works on was accepted
+            "message_age_s": round(max(0.0, wall - r.received), 1) if r.received else None,
             "rss_bytes": rss,
             # without the shared ring every process maps: what the process itself holds
             "private_bytes": proc.private_rss(r.pid) if alive else None,
@@ -105,8 +112,67 @@ def gather_status(cfg: configmod.Config, table: ProcTable | None = None,
         "stage": stage,
         "forward": forward,
         "totals": {c.name.lower(): totals[c] for c in C},
+        "analysed": analysed_status(hours, totals, procs),
         "processes": procs,
+        "scanner": {"kind": cfg.scanner.kind, "hosts": [host_status(h) for h in snap.hosts]},
     }
+
+
+def host_status(h: HostReading) -> dict[str, Any]:
+    """One scanner host for status: its breaker as last seen, scans, errors, latency."""
+    return {
+        "host": h.host,
+        "up": h.up,
+        "state": h.state.name.lower().replace("_", "-"),
+        "open_in": h.open_in,
+        "scans": h.scans,
+        "errors": h.errors,
+        "breaker_opens": h.opens,
+        "mean_ms": round(h.scan_us / h.scans / 1000.0, 1) if h.scans else None,
+    }
+
+
+def _window(w: history.Window) -> dict[str, Any]:
+    f = w.fraction
+    return {"accepted": w.accepted, "analysed": w.analysed,
+            "fraction": None if f is None else round(f, 4)}
+
+
+def analysed_status(hours: list[history.Hour], totals: list[int],
+                    procs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The analysed fraction for status: this clock hour so far, the hour before,
+    the last 24 clock hours (this one included), each hour, and the age of the
+    messages workers are scanning now (seconds since they were accepted)."""
+    ages = [p["message_age_s"] for p in procs
+            if p["role"] == "worker" and p["state"] == "scanning"
+            and p["message_age_s"] is not None]
+    analysed = totals[C.ANALYSED]
+    return {
+        "hour": _window(history.window(hours, 1)),
+        "last_hour": _window(history.window(hours[:-1], 1)),
+        "day": _window(history.window(hours, history.HOURS)),
+        "hours": [{"start": h.start, "accepted": h.accepted, "analysed": h.analysed}
+                  for h in hours],
+        "scanning": len(ages),
+        "scanning_age_s": {"min": min(ages), "max": max(ages)} if ages else None,
+        # since the ring was made: from accepted to taken up, on average
+        "mean_age_s": round(totals[C.ANALYSED_AGE_US] / analysed / 1e6, 1) if analysed
+        else None,
+    }
+
+
+def fmt_window(w: dict[str, Any]) -> str:
+    """"120 of 5000 (2.4%)" for one window of :func:`analysed_status`."""
+    f = w["fraction"]
+    return f"{w['analysed']} of {w['accepted']}" + ("" if f is None else f" ({100 * f:.1f}%)")
+
+
+def fmt_scanning(a: dict[str, Any]) -> str:
+    """The age of what is being scanned, for one line of status or top."""
+    ages = a["scanning_age_s"]
+    if ages is None:
+        return "nothing being scanned"
+    return f"scanning mail {ages['min']:.0f}-{ages['max']:.0f} s old"
 
 
 def forward_status(cfg: configmod.Config, totals: Any) -> dict[str, Any]:
@@ -183,6 +249,15 @@ def print_status(st: dict[str, Any]) -> None:
           f"(spam {t['verdict_spam']}, ham {t['verdict_ham']}, not scanned "
           f"{t['verdict_not_scanned']}), quarantined {t['quarantined']}, purged "
           f"{t['purged_files']}")
+    for h in st.get("scanner", {}).get("hosts", ()):
+        mean = "-" if h["mean_ms"] is None else f"{h['mean_ms']:.0f} ms"
+        print(f"scanner  {h['host']}: {'up' if h['up'] else 'OPEN'}"
+              f"{'' if h['up'] or h['open_in'] < 2 else ' in ' + str(h['open_in']) + ' workers'},"
+              f" {h['scans']} scans ({mean}), {h['errors']} errors, breaker opened"
+              f" {h['breaker_opens']} times")
+    a = st["analysed"]
+    print(f"analysed this hour {fmt_window(a['hour'])}, last hour {fmt_window(a['last_hour'])},"
+          f" last 24 h {fmt_window(a['day'])}; {fmt_scanning(a)}")
     print()
     # RSS here leaves out the shared ring, which every process maps whole
     print(f"{'PID':>7}  {'ROLE':<10} {'STATE':<9} {'MESSAGE':<21} {'DONE':>8} {'RSS':>10} "

@@ -26,7 +26,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ringtrap import config as configmod
-from ringtrap.command.status import fmt_bytes, gather_status
+from ringtrap.command.status import fmt_bytes, fmt_window, gather_status
 from ringtrap.overflow import Overflow
 from ringtrap.store.proctable import ProcTable
 from ringtrap.store.segment import RingError, shm_paths
@@ -103,6 +103,14 @@ def _rate(cur: dict[str, Any], prev: dict[str, Any] | None, dt: float, *keys: st
     return f"{(now - before) / dt:.1f}/s"
 
 
+def fmt_age(seconds: float) -> str:
+    """An age in at most three digits and a unit (s, m, h, d): a column that stays narrow."""
+    for unit, size, upto in (("s", 1, 100), ("m", 60, 6000), ("h", 3600, 360000)):
+        if seconds < upto:
+            return f"{seconds / size:.0f}{unit}"
+    return f"{seconds / 86400:.0f}d"
+
+
 def fill_bar(used: int, total: int, width: int = BAR_WIDTH) -> Text:
     """A bar of ``width`` cells for ``used`` of ``total``; green, yellow, red by fill."""
     frac = 0.0 if total <= 0 else min(1.0, used / total)
@@ -120,10 +128,10 @@ def fill_bar(used: int, total: int, width: int = BAR_WIDTH) -> Text:
 
 # the process table's columns in display order; ROLE stands in for the title when
 # the title does not fit
-_COLUMNS = ("PID", "ROLE", "TITLE", "STATE", "MESSAGE", "DONE", "RSS", "CPU")
+_COLUMNS = ("PID", "ROLE", "TITLE", "STATE", "MESSAGE", "AGE", "DONE", "RSS", "CPU")
 _JUSTIFY: dict[str, JustifyMethod] = {
     "PID": "right", "ROLE": "left", "TITLE": "left", "STATE": "left", "MESSAGE": "left",
-    "DONE": "right", "RSS": "right", "CPU": "right"}
+    "AGE": "right", "DONE": "right", "RSS": "right", "CPU": "right"}
 # below this the title is not worth a column
 _MIN_TITLE = 16
 
@@ -133,7 +141,8 @@ def process_columns(rows: list[dict[str, str]], width: int | None) -> list[str]:
 
     Every column but the title needs its widest cell (a pid or a state cut
     short misleads), so columns are dropped whole, least useful first: the
-    title (its role stays as a short column), then RSS, CPU, DONE, MESSAGE.
+    title (its role stays as a short column), then RSS, CPU, AGE (of the
+    message, since it was accepted), DONE, MESSAGE.
     PID, the role and STATE always stay.
     """
     shown = [c for c in _COLUMNS if c != "ROLE"]
@@ -149,11 +158,38 @@ def process_columns(rows: list[dict[str, str]], width: int | None) -> list[str]:
     if fits():
         return shown
     shown = [c for c in _COLUMNS if c != "TITLE"]
-    for drop in ("RSS", "CPU", "DONE", "MESSAGE"):
+    for drop in ("RSS", "CPU", "AGE", "DONE", "MESSAGE"):
         if fits():
             break
         shown.remove(drop)
     return shown
+
+
+# an address longer than this is cut from the left (a Unix path's end tells it apart)
+_HOST_WIDTH = 28
+
+
+def host_lines(st: dict[str, Any], before: dict[str, Any] | None,
+               dt: float) -> list[tuple[str, Text]]:
+    """One line per scanner host: its breaker, its scan rate, errors and mean scan time."""
+    hosts = st.get("scanner", {}).get("hosts", [])
+    prev = {h["host"]: h for h in (before or {}).get("scanner", {}).get("hosts", [])}
+    same = before is not None and before.get("supervisor_pid") == st.get("supervisor_pid")
+    out = []
+    for h in hosts:
+        name = h["host"]
+        if len(name) > _HOST_WIDTH:
+            name = "…" + name[-(_HOST_WIDTH - 1):]
+        rate = "-"
+        p = prev.get(h["host"])
+        if same and p is not None and dt > 0 and h["scans"] >= p["scans"]:
+            rate = f"{(h['scans'] - p['scans']) / dt:.1f}/s"
+        mean = "-" if h["mean_ms"] is None else f"{h['mean_ms']:.0f} ms"
+        line = Text(f"{name:<{_HOST_WIDTH}} ")
+        line.append("up  " if h["up"] else "OPEN", style="green" if h["up"] else "bold red")
+        line.append(f" {rate:>8} {mean:>7}  {h['errors']} err, {h['breaker_opens']} opened")
+        out.append(("host", line))
+    return out
 
 
 def render(cur: Reading, prev: Reading | None, cfg: configmod.Config,
@@ -199,6 +235,16 @@ def render(cur: Reading, prev: Reading | None, cfg: configmod.Config,
     grid.add_row("scan", Text(
         f"{_rate(st, before, dt, 'processed')} processed, "
         f"{_rate(st, before, dt, 'spamd_errors')} spamd errors"))
+    for label, line in host_lines(st, before, dt):
+        grid.add_row(label, line)
+    a = st.get("analysed")
+    if a is not None:
+        ages = a["scanning_age_s"]
+        grid.add_row("analysed", Text(
+            f"{_rate(st, before, dt, 'analysed')}; this hour {fmt_window(a['hour'])}, "
+            f"24 h {fmt_window(a['day'])}; "
+            + ("nothing being scanned" if ages is None else
+               f"scanning mail {fmt_age(ages['min'])}-{fmt_age(ages['max'])} old")))
     if st.get("forward"):
         back = Text(f"{_rate(st, before, dt, 'forwarded')} forwarded, backlog "
                     f"{t['forward_backlog']} records, dropped {t['forward_dropped']}, "
@@ -224,8 +270,11 @@ def render(cur: Reading, prev: Reading | None, cfg: configmod.Config,
             cpu = f"{100 * max(0.0, p['cpu_s'] - cpu_before[p['pid']]) / dt:.0f}%"
         role = p["role"] + (f" {p['index']}" if p["role"] in ("worker", "stage") else "")
         rss = "-" if p.get("private_bytes") is None else fmt_bytes(p["private_bytes"])
+        age = p.get("message_age_s")
         rows.append(({"PID": str(p["pid"]), "ROLE": role, "STATE": p["state"],
-                      "MESSAGE": p["message"] or "-", "DONE": str(p["done"]), "RSS": rss,
+                      "MESSAGE": p["message"] or "-",
+                      "AGE": "-" if age is None else fmt_age(age),
+                      "DONE": str(p["done"]), "RSS": rss,
                       "CPU": cpu, "TITLE": title}, p))
     shown = process_columns([cells for cells, _ in rows], width)
     procs = Table(box=None, pad_edge=False, header_style="bold reverse", expand=False)

@@ -41,6 +41,8 @@ from ringtrap.config.rules import (
     forward_dir,
     managed_spamd_learns,
     managed_spamd_tells,
+    runs_managed_rspamd,
+    runs_managed_spamd,
     stage_dir,
 )
 from ringtrap.config.sections import (
@@ -56,6 +58,7 @@ from ringtrap.config.sections import (
     RecordsConfig,
     ResultsConfig,
     RingConfig,
+    RspamdConfig,
     ServiceConfig,
     SpamdConfig,
     StageConfig,
@@ -92,6 +95,7 @@ __all__ = [
     "RecordsConfig",
     "ResultsConfig",
     "RingConfig",
+    "RspamdConfig",
     "ServiceConfig",
     "SpamdAddress",
     "SpamdConfig",
@@ -115,6 +119,8 @@ __all__ = [
     "override",
     "parse_size",
     "restart_only",
+    "runs_managed_rspamd",
+    "runs_managed_spamd",
     "runtime_dir",
     "sample_config",
     "stage_dir",

@@ -104,6 +104,13 @@ def default_bayes_dir() -> Path:
     return _state_home() / "ringtrap" / "bayes"
 
 
+def default_rspamd_db_dir() -> Path:
+    """rspamd.db_dir: under /var/lib/ringtrap as root, else under the XDG state home."""
+    if _euid() == 0:
+        return Path("/var/lib/ringtrap/rspamd")
+    return _state_home() / "ringtrap" / "rspamd"
+
+
 def default_worker_count() -> int:
     """workers.count: one worker per CPU."""
     return os.cpu_count() or 2

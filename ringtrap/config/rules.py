@@ -28,9 +28,23 @@ def _num(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else str(x)
 
 
+# rspamd's own default task_timeout: it answers with what it has after this long
+RSPAMD_TASK_TIMEOUT = 8.0
+
+
+def runs_managed_spamd(c: Config) -> bool:
+    """True if the supervisor runs a spamd of its own: the scanner is a managed spamd."""
+    return c.scanner.kind == "spamd" and c.spamd.address.kind == "managed"
+
+
+def runs_managed_rspamd(c: Config) -> bool:
+    """True if the supervisor runs an rspamd of its own: the scanner is a managed rspamd."""
+    return c.scanner.kind == "rspamd" and c.rspamd.address.kind == "managed"
+
+
 def managed_spamd_tells(c: Config) -> bool:
     """True if the stage sends TELL to the managed spamd, which then needs --allow-tell."""
-    return (c.spamd.address.kind == "managed" and c.stage.workers > 0
+    return (runs_managed_spamd(c) and c.stage.workers > 0
             and c.stage.address is None and (c.stage.learn or c.stage.report))
 
 
@@ -68,8 +82,12 @@ def _spamd_child_timeout(spamd: SpamdConfig) -> float:
         return SPAMD_CHILD_TIMEOUT  # spamd itself will reject the argument
 
 
+def _spamd_scans(c: Config) -> bool:
+    return c.scanner.kind == "spamd" and c.spamd.address.kind != "off"
+
+
 def _check_heartbeat(c: Config) -> str | None:
-    if c.spamd.address.kind != "off" and c.spamd.timeout >= c.workers.heartbeat_timeout:
+    if _spamd_scans(c) and c.spamd.timeout >= c.workers.heartbeat_timeout:
         return (
             f"must be less than workers.heartbeat_timeout ({_num(c.workers.heartbeat_timeout)} s),"
             f" or a worker waiting on spamd is taken for hung; got {_num(c.spamd.timeout)}"
@@ -79,7 +97,7 @@ def _check_heartbeat(c: Config) -> str | None:
 
 def _check_child_timeout(c: Config) -> str | None:
     child = _spamd_child_timeout(c.spamd)
-    if c.spamd.address.kind != "off" and c.spamd.timeout <= child:
+    if _spamd_scans(c) and c.spamd.timeout <= child:
         return (
             f"must be greater than spamd's child timeout ({_num(child)} s, --timeout-child)"
             f" so spamd answers or gives up first; got {_num(c.spamd.timeout)}"
@@ -88,7 +106,7 @@ def _check_child_timeout(c: Config) -> str | None:
 
 
 def _check_connect_timeout(c: Config) -> str | None:
-    if c.spamd.address.kind != "off" and c.spamd.connect_timeout > c.spamd.timeout:
+    if _spamd_scans(c) and c.spamd.connect_timeout > c.spamd.timeout:
         return (
             f"must not exceed spamd.timeout ({_num(c.spamd.timeout)} s),"
             f" got {_num(c.spamd.connect_timeout)}"
@@ -97,11 +115,55 @@ def _check_connect_timeout(c: Config) -> str | None:
 
 
 def _check_spamd_installed(c: Config) -> str | None:
-    if c.spamd.address.kind == "managed" and find_spamd(c.spamd.command) is None:
+    if runs_managed_spamd(c) and find_spamd(c.spamd.command) is None:
         return (
             f'"managed" needs spamd, but spamd.command {toml_str(c.spamd.command)} is not'
             f" found (PATH, {', '.join(hostdefaults.SBIN_DIRS)}); install spamassassin,"
             ' set spamd.command or set spamd.address = "off"'
+        )
+    return None
+
+
+def _check_rspamd_installed(c: Config) -> str | None:
+    if runs_managed_rspamd(c) and find_spamd(c.rspamd.command) is None:
+        return (
+            f'"managed" needs rspamd, but rspamd.command {toml_str(c.rspamd.command)} is not'
+            f" found (PATH, {', '.join(hostdefaults.SBIN_DIRS)}); install rspamd, set"
+            ' rspamd.command, give the address of a running rspamd or set scanner.kind = "spamd"'
+        )
+    return None
+
+
+def _check_rspamd_timeout(c: Config) -> str | None:
+    if c.scanner.kind != "rspamd":
+        return None
+    if c.rspamd.timeout >= c.workers.heartbeat_timeout:
+        return (
+            f"must be less than workers.heartbeat_timeout ({_num(c.workers.heartbeat_timeout)} s),"
+            f" or a worker waiting on rspamd is taken for hung; got {_num(c.rspamd.timeout)}"
+        )
+    if runs_managed_rspamd(c) and c.rspamd.timeout <= RSPAMD_TASK_TIMEOUT:
+        return (
+            f"must be greater than rspamd's task_timeout ({_num(RSPAMD_TASK_TIMEOUT)} s)"
+            f" so rspamd answers first; got {_num(c.rspamd.timeout)}"
+        )
+    return None
+
+
+def _check_rspamd_connect_timeout(c: Config) -> str | None:
+    if c.scanner.kind == "rspamd" and c.rspamd.connect_timeout > c.rspamd.timeout:
+        return (
+            f"must not exceed rspamd.timeout ({_num(c.rspamd.timeout)} s),"
+            f" got {_num(c.rspamd.connect_timeout)}"
+        )
+    return None
+
+
+def _check_stage_learns_by_spamd(c: Config) -> str | None:
+    if c.scanner.kind == "rspamd" and c.stage.workers and c.stage.address is None:
+        return (
+            'the stage learns and reports through spamd only: with scanner.kind = "rspamd"'
+            ' set stage.address to a spamd ("unix:/path" or "tcp:host:port"), or stage.workers = 0'
         )
     return None
 
@@ -170,8 +232,19 @@ def _check_stage_timeout(c: Config) -> str | None:
 
 
 def _check_stage_spamd(c: Config) -> str | None:
-    if c.stage.workers and c.stage.address is None and c.spamd.address.kind == "off":
+    if (c.stage.workers and c.stage.address is None and c.spamd.address.kind == "off"
+            and c.scanner.kind == "spamd"):
         return 'needs a spamd: set stage.address, or spamd.address other than "off"'
+    return None
+
+
+def _check_stage_pool(c: Config) -> str | None:
+    # every spamd of a pool has a Bayes database of its own: which one learns is the
+    # operator's choice, not the trap's
+    if (c.stage.workers and c.stage.address is None and c.spamd.address.kind == "pool"
+            and (c.stage.learn or c.stage.report)):
+        return ("spamd.address is a list: set stage.address to the one spamd the stage"
+                " learns and reports through")
     return None
 
 
@@ -210,6 +283,14 @@ def _check_stage_not_ring(c: Config) -> str | None:
     if not c.stage.workers:
         return None
     return _in_ring_path("the stage's directory", stage_dir(c), c.ring.name)
+
+
+def _check_blocklist_expiry(c: Config) -> str | None:
+    b = c.blocklist
+    if b.expire_days > b.window_days:
+        return (f"{b.expire_days} days is longer than blocklist.window_days ({b.window_days}):"
+                " hits older than the window are never read")
+    return None
 
 
 def _check_forward_tls_pair(c: Config) -> str | None:
@@ -257,10 +338,19 @@ class Rule:
 
 
 RULES: tuple[Rule, ...] = (
-    Rule(("spamd.timeout", "workers.heartbeat_timeout", "spamd.address"), _check_heartbeat),
-    Rule(("spamd.timeout", "spamd.extra_args", "spamd.address"), _check_child_timeout),
-    Rule(("spamd.connect_timeout", "spamd.timeout", "spamd.address"), _check_connect_timeout),
-    Rule(("spamd.address", "spamd.command"), _check_spamd_installed),
+    Rule(("spamd.timeout", "workers.heartbeat_timeout", "spamd.address", "scanner.kind"),
+         _check_heartbeat),
+    Rule(("spamd.timeout", "spamd.extra_args", "spamd.address", "scanner.kind"),
+         _check_child_timeout),
+    Rule(("spamd.connect_timeout", "spamd.timeout", "spamd.address", "scanner.kind"),
+         _check_connect_timeout),
+    Rule(("spamd.address", "spamd.command", "scanner.kind"), _check_spamd_installed),
+    Rule(("rspamd.address", "rspamd.command", "scanner.kind"), _check_rspamd_installed),
+    Rule(("rspamd.timeout", "workers.heartbeat_timeout", "rspamd.address", "scanner.kind"),
+         _check_rspamd_timeout),
+    Rule(("rspamd.connect_timeout", "rspamd.timeout", "scanner.kind"),
+         _check_rspamd_connect_timeout),
+    Rule(("stage.address", "stage.workers", "scanner.kind"), _check_stage_learns_by_spamd),
     Rule(("ring.slots", "ring.slot_bytes"), _check_ring_size),
     Rule(("overflow.max_bytes", "ingest.max_message_bytes"), _check_overflow_cap),
     Rule(("results.dir", "overflow.dir"), _check_results_outside_overflow),
@@ -270,7 +360,9 @@ RULES: tuple[Rule, ...] = (
     Rule(("archive.dir", "overflow.dir"), _check_archive_outside_overflow),
     Rule(("stage.timeout", "stage.workers", "workers.heartbeat_timeout"), _check_stage_timeout),
     Rule(("stage.workers", "stage.address", "spamd.address"), _check_stage_spamd),
+    Rule(("stage.address", "stage.workers", "spamd.address"), _check_stage_pool),
     Rule(("service.group", "service.user"), _check_service_group),
+    Rule(("blocklist.expire_days", "blocklist.window_days"), _check_blocklist_expiry),
     Rule(("forward.tls_cert_file", "forward.tls_key_file"), _check_forward_tls_pair),
     Rule(("forward.creds_file", "forward.nkey_seed_file"), _check_forward_one_credential),
     Rule(("forward.spill_dir", "forward.enabled", "forward.raw", "overflow.dir", "ring.name"),

@@ -21,6 +21,7 @@ from ringtrap.config.hostdefaults import (
     default_overflow_dir,
     default_results_dir,
     default_ring_name,
+    default_rspamd_db_dir,
     default_socket,
     default_spamd_address,
     default_worker_count,
@@ -33,6 +34,7 @@ from ringtrap.config.values import (
     FilePath,
     GiB,
     Integer,
+    IPv4Text,
     KiB,
     Kind,
     Listen,
@@ -41,6 +43,7 @@ from ringtrap.config.values import (
     Mode,
     NatsServers,
     NetworkList,
+    RspamdAddressKind,
     Seconds,
     ShmName,
     Size,
@@ -264,6 +267,16 @@ class OverflowConfig:
             " overflow.max_bytes, so it cannot block spills.",
         ),
     )
+    drain_order: str = field(
+        default="oldest",
+        metadata=about(
+            Choice(("oldest", "newest")),
+            'Which mail workers scan first when they cannot scan it all: "oldest" takes'
+            " the ring, then the overflow, in arrival order; \"newest\" takes the"
+            " overflow's latest while it holds mail newer than the ring's oldest, so a"
+            " flood's freshest spam is analysed and the purge drops the stale rest.",
+        ),
+    )
     quarantine_retention_days: int = field(
         default=1,
         metadata=about(
@@ -338,6 +351,16 @@ class ScannerConfig:
         default=10.0,
         metadata=about(Seconds(), "Seconds over which a host's failures are counted."),
     )
+    hung_after: float = field(
+        default=10.0,
+        metadata=about(
+            Seconds(),
+            "In a pool of several hosts: a scan without a reply after this many seconds"
+            " PINGs its host (again as often); no PONG within 5 s takes the host for hung,"
+            " its breaker opens and the message goes to the next host. A sole host waits"
+            " the whole spamd.timeout.",
+        ),
+    )
     breaker_revive: float = field(
         default=60.0,
         metadata=about(
@@ -357,7 +380,9 @@ class SpamdConfig:
         metadata=about(
             SpamdAddressKind(),
             '"managed": the supervisor runs its own spamd on a private socket;'
-            ' "unix:/path" or "tcp:host:port": use a running spamd;'
+            ' "unix:/path", "tcp:host:port" or "tls:host:port" (spamd --listen=ssl:...):'
+            ' use a running spamd; a list of those: a pool, scanned in turn, failing over'
+            ' and taking a failing host out (scanner.breaker_*);'
             ' "off": record messages without a spamd score.',
             varies='`"managed"` if spamd is installed (on `PATH`, in `/usr/sbin` or'
             ' `/usr/local/sbin`), else `"off"`',
@@ -376,6 +401,15 @@ class SpamdConfig:
     connect_timeout: float = field(
         default=10.0,
         metadata=about(Seconds(), "Seconds a worker waits to connect to spamd."),
+    )
+    tls_ca: Path | None = field(
+        default=None,
+        metadata=about(
+            FilePath(optional=True),
+            'CA certificates (PEM) a "tls:" spamd\'s certificate must chain to, its name'
+            ' matching the address\'s host; "" = the system\'s CAs.',
+            restart=True,
+        ),
     )
     children: int = field(
         default=0,
@@ -410,6 +444,84 @@ class SpamdConfig:
             " searchable by that user.",
             varies="`/var/lib/ringtrap/bayes` as root, else `$XDG_STATE_HOME/ringtrap/bayes`"
             " (`~/.local/state/ringtrap/bayes` when unset)",
+            restart=True,
+        ),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class RspamdConfig:
+    """[rspamd]: how workers score messages when scanner.kind is "rspamd"."""
+
+    address: SpamdAddress = field(
+        default=SpamdAddress("managed"),
+        metadata=about(
+            RspamdAddressKind(),
+            '"managed": the supervisor runs its own rspamd on a private socket;'
+            ' "unix:/path" or "tcp:host:port": the normal worker of a running rspamd.',
+            restart=True,
+        ),
+    )
+    timeout: float = field(
+        default=60.0,
+        metadata=about(
+            Seconds(),
+            "Seconds a worker waits for rspamd's answer to one message; must exceed"
+            " rspamd's task_timeout (8 s by default) and stay below"
+            " workers.heartbeat_timeout.",
+        ),
+    )
+    connect_timeout: float = field(
+        default=10.0,
+        metadata=about(Seconds(), "Seconds a worker waits to connect to rspamd."),
+    )
+    workers: int = field(
+        default=0,
+        metadata=about(
+            Integer(lo=0, hi=1024),
+            "Normal workers of a managed rspamd (its count); 0 = one per worker"
+            " (workers.count).",
+            restart=True,
+        ),
+    )
+    network: bool = field(
+        default=False,
+        metadata=about(
+            Bool(),
+            "Let a managed rspamd run its network checks: RBL and SURBL lookups, SPF,"
+            " DKIM, DMARC, ASN, fuzzy hashes, DCC, MX checks. Off: those modules are"
+            " disabled (maps it fetches from the network may still be tried).",
+            restart=True,
+        ),
+    )
+    nameservers: tuple[str, ...] = field(
+        default=(),
+        metadata=about(
+            TextList(),
+            'DNS servers of a managed rspamd, e.g. ["127.0.0.1:53"]; empty = the'
+            " host's resolv.conf.",
+            restart=True,
+        ),
+    )
+    command: str = field(
+        default="rspamd",
+        metadata=about(
+            Text(),
+            "Program run as a managed rspamd: a path, or a name looked up on PATH and then"
+            " in /usr/sbin and /usr/local/sbin.",
+            restart=True,
+        ),
+    )
+    db_dir: Path = field(
+        default_factory=default_rspamd_db_dir,
+        metadata=about(
+            FilePath(),
+            "A managed rspamd's DBDIR: its compiled Hyperscan databases (a first start"
+            " compiles them for tens of seconds; later starts reuse them) and statistics."
+            " Created and handed to the user rspamd runs as.",
+            varies="`/var/lib/ringtrap/rspamd` as root, else"
+            " `$XDG_STATE_HOME/ringtrap/rspamd` (`~/.local/state/ringtrap/rspamd` when"
+            " unset)",
             restart=True,
         ),
     )
@@ -575,8 +687,9 @@ class StageConfig:
         default=None,
         metadata=about(
             StageAddressKind(),
-            'spamd the stage talks to: "" = the scanning spamd (spamd.address), or'
-            ' "unix:/path" / "tcp:host:port" for a separate one, e.g. one allowed to report.',
+            'spamd the stage talks to: "" = the scanning spamd (spamd.address, if one'
+            ' host), or "unix:/path", "tcp:host:port" or "tls:host:port" for a separate'
+            ' one, e.g. one allowed to report.',
         ),
     )
     timeout: float = field(
@@ -604,6 +717,143 @@ class StageConfig:
             " (counted as stage_dropped), so a dead stage never fills the host's memory.",
         ),
     )
+
+
+# what a trap hit is for the blocklist: any delivery whose relay sent it on its
+# own account; a bounce or an auto-reply comes from a mail server answering a
+# forged sender (backscatter), and listing that server would punish the victim
+BLOCKLIST_VERDICTS = tuple(v for v in VERDICT_NAMES if v not in ("bounce", "autoreply"))
+
+
+@dataclass(frozen=True, slots=True)
+class BlocklistConfig:
+    """[blocklist]: the relays that hit the trap, as DNSBL zones and access maps."""
+
+    interval: int = field(
+        default=0,
+        metadata=about(
+            Integer(lo=0),
+            "Seconds between two writes of the blocklist files by the running trap (in a"
+            " short-lived child of the supervisor); 0 = only on demand (`ringtrap blocklist`).",
+        ),
+    )
+    window_days: int = field(
+        default=7,
+        metadata=about(Integer(lo=1, hi=366), "Days of result records read (today included)."),
+    )
+    min_hits: int = field(
+        default=2,
+        metadata=about(
+            Integer(lo=1),
+            "Trap hits in the window an address (or network) needs to be listed; one hit is"
+            " often a mistyped address.",
+        ),
+    )
+    min_recipients: int = field(
+        default=1,
+        metadata=about(
+            Integer(lo=1),
+            "Distinct trap recipients an address needs as well; 1 = no such condition.",
+        ),
+    )
+    expire_days: int = field(
+        default=3,
+        metadata=about(
+            Integer(lo=1, hi=366),
+            "Quiet days after which an entry leaves the list: listed only while its last hit"
+            " is more recent (at most blocklist.window_days).",
+        ),
+    )
+    ipv4_prefix: int = field(
+        default=32,
+        metadata=about(Integer(lo=8, hi=32), "IPv4 hits are counted and listed by this prefix."),
+    )
+    ipv6_prefix: int = field(
+        default=64,
+        metadata=about(
+            Integer(lo=16, hi=128),
+            "IPv6 hits are counted and listed by this prefix (a host usually holds a /64);"
+            " rbldnsd's ip6tset takes /64 only: serve another prefix as ip6trie.",
+        ),
+    )
+    allow: tuple[str, ...] = field(
+        default=(),
+        metadata=about(
+            NetworkList(),
+            "Networks never listed, besides records.trusted_networks and loopback; an entry"
+            " whose network overlaps one is not listed either.",
+        ),
+    )
+    list_reserved: bool = field(
+        default=False,
+        metadata=about(
+            Bool(),
+            "List private, shared, documentation and other non-global addresses too (never"
+            " loopback): only for a trap that sees such relays on purpose, or a test.",
+        ),
+    )
+    verdicts: tuple[str, ...] = field(
+        default=BLOCKLIST_VERDICTS,
+        metadata=about(
+            ChoiceList(VERDICT_NAMES),
+            "Verdicts of the records that count as hits; bounces and auto-replies are"
+            " left out by default: their relays answer forged senders.",
+        ),
+    )
+    a_value: str = field(
+        default="127.0.0.2",
+        metadata=about(IPv4Text(), "A record the rbldnsd zones answer for a listed address."),
+    )
+    txt: str = field(
+        default="listed by ringtrap trap",
+        metadata=about(
+            Text(),
+            "TXT record of the rbldnsd zones (rbldnsd puts the queried address for $) and"
+            " text of the Postfix map's REJECT, followed there by the hit count.",
+        ),
+    )
+    rbldnsd_ip4: Path | None = field(
+        default=None,
+        metadata=about(
+            FilePath(optional=True),
+            'rbldnsd ip4set file of the IPv4 entries; "" = not written.',
+        ),
+    )
+    rbldnsd_ip6: Path | None = field(
+        default=None,
+        metadata=about(
+            FilePath(optional=True),
+            'rbldnsd file of the IPv6 entries (ip6tset for /64, else ip6trie); "" = not'
+            " written.",
+        ),
+    )
+    postfix: Path | None = field(
+        default=None,
+        metadata=about(
+            FilePath(optional=True),
+            'Postfix cidr access map (check_client_access cidr:FILE); "" = not written.',
+        ),
+    )
+    plain: Path | None = field(
+        default=None,
+        metadata=about(
+            FilePath(optional=True),
+            'Plain list, one network (CIDR) per line, for ipset or nftables; "" = not written.',
+        ),
+    )
+    json: Path | None = field(
+        default=None,
+        metadata=about(
+            FilePath(optional=True),
+            'JSON: every listed entry with its counts, and what was read; "" = not written.',
+        ),
+    )
+
+    def paths(self) -> dict[str, Path]:
+        """The formats to write, by name, with their files."""
+        every = {"rbldnsd_ip4": self.rbldnsd_ip4, "rbldnsd_ip6": self.rbldnsd_ip6,
+                 "postfix": self.postfix, "plain": self.plain, "json": self.json}
+        return {name: path for name, path in every.items() if path is not None}
 
 
 @dataclass(frozen=True, slots=True)
@@ -837,6 +1087,7 @@ class Config:
     workers: WorkersConfig = field(default_factory=WorkersConfig)
     scanner: ScannerConfig = field(default_factory=ScannerConfig)
     spamd: SpamdConfig = field(default_factory=SpamdConfig)
+    rspamd: RspamdConfig = field(default_factory=RspamdConfig)
     results: ResultsConfig = field(default_factory=ResultsConfig)
     records: RecordsConfig = field(default_factory=RecordsConfig)
     prefilter: PrefilterConfig = field(default_factory=PrefilterConfig)
@@ -846,6 +1097,7 @@ class Config:
     forward: ForwardConfig = field(default_factory=ForwardConfig)
     supervisor: SupervisorConfig = field(default_factory=SupervisorConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    blocklist: BlocklistConfig = field(default_factory=BlocklistConfig)
     service: ServiceConfig = field(default_factory=ServiceConfig)
 
 

@@ -306,6 +306,25 @@ class Text(Kind):
         raise InvalidValue(f"must be a non-empty string, got {show(raw)}")
 
 
+class IPv4Text(Kind):
+    """An IPv4 address kept as its text (a DNS A record's value)."""
+
+    __slots__ = ()
+
+    def describe(self) -> str:
+        return "IPv4 address"
+
+    def parse(self, raw: object, base_dir: Path) -> str:
+        import ipaddress
+
+        if isinstance(raw, str):
+            try:
+                return str(ipaddress.IPv4Address(raw.strip()))
+            except ValueError:
+                pass
+        raise InvalidValue(f"must be an IPv4 address such as \"127.0.0.2\", got {show(raw)}")
+
+
 class ShmName(Kind):
     __slots__ = ()
     max_len = 200  # semaphore names add a prefix within NAME_MAX (255)
@@ -535,31 +554,76 @@ class SpamdAddress:
 
     ``managed``: the supervisor runs spamd on a private socket of its own;
     ``unix``: an existing spamd at ``path``; ``tcp``: an existing spamd at
-    ``host``:``port``; ``off``: messages are recorded without a spamd score.
+    ``host``:``port``; ``tls``: the same over TLS; ``pool``: several of
+    those (``members``), scanned in turn; ``off``: messages are recorded
+    without a spamd score.
     """
 
-    kind: Literal["managed", "unix", "tcp", "off"]
+    kind: Literal["managed", "unix", "tcp", "tls", "pool", "off"]
     path: Path | None = None
     host: str = ""
     port: int = 0
+    members: tuple["SpamdAddress", ...] = ()
 
     def __str__(self) -> str:
         if self.kind == "unix":
             return f"unix:{self.path}"
-        if self.kind == "tcp":
+        if self.kind in ("tcp", "tls"):
             host = f"[{self.host}]" if ":" in self.host else self.host
-            return f"tcp:{host}:{self.port}"
+            return f"{self.kind}:{host}:{self.port}"
+        if self.kind == "pool":
+            return ", ".join(str(m) for m in self.members)
         return self.kind
+
+    def hosts(self) -> tuple[str, ...]:
+        """The address of each spamd to scan on; none for "managed" and "off"."""
+        if self.kind == "pool":
+            return tuple(str(m) for m in self.members)
+        if self.kind in ("managed", "off"):
+            return ()
+        return (str(self),)
+
+
+# hosts a pool may have: the cells a worker has in the ring's host table
+MAX_POOL_HOSTS = 16
 
 
 class SpamdAddressKind(Kind):
     __slots__ = ()
 
     def describe(self) -> str:
-        return "spamd address"
+        return "spamd address, or a list of them"
 
     def parse(self, raw: object, base_dir: Path) -> SpamdAddress:
-        expected = '"managed", "off", "unix:/path/to/socket" or "tcp:host:port"'
+        if isinstance(raw, list):
+            return self._parse_list(raw, base_dir)
+        return self._parse_one(raw, base_dir)
+
+    def _parse_list(self, raw: list[object], base_dir: Path) -> SpamdAddress:
+        if not raw:
+            raise InvalidValue("a list of spamd addresses cannot be empty")
+        if len(raw) > MAX_POOL_HOSTS:
+            raise InvalidValue(f"at most {MAX_POOL_HOSTS} spamd addresses, got {len(raw)}")
+        members = []
+        for n, item in enumerate(raw, 1):
+            if item in ("managed", "off"):
+                raise InvalidValue(f'element {n} {show(item)}: "managed" and "off" stand alone,'
+                                   " not in a list")
+            try:
+                members.append(self._parse_one(item, base_dir))
+            except InvalidValue as exc:
+                raise InvalidValue(f"element {n} {show(item)}: {exc}") from None
+        names = [str(m) for m in members]
+        for n, name in enumerate(names, 1):
+            if names.index(name) != n - 1:
+                raise InvalidValue(f"element {n} {show(raw[n - 1])}: the same spamd twice")
+        if len(members) == 1:
+            return members[0]
+        return SpamdAddress("pool", members=tuple(members))
+
+    def _parse_one(self, raw: object, base_dir: Path) -> SpamdAddress:
+        expected = ('"managed", "off", "unix:/path/to/socket", "tcp:host:port", "tls:host:port"'
+                    " or a list of addresses")
         if not isinstance(raw, str):
             raise InvalidValue(f"must be {expected}, got {show(raw)}")
         scheme, colon, rest = raw.partition(":")
@@ -569,23 +633,39 @@ class SpamdAddressKind(Kind):
             return SpamdAddress("off")
         if colon and scheme == "unix" and rest:
             return SpamdAddress("unix", path=_resolve_path(rest, base_dir, unix_socket=True))
-        if colon and scheme == "tcp":
+        if colon and scheme in ("tcp", "tls"):
             host, colon, port = rest.rpartition(":")
             if host.startswith("[") and host.endswith("]"):
                 host = host[1:-1]
             elif ":" in host:
                 raise InvalidValue(
-                    f"an IPv6 host must be in brackets (tcp:[::1]:783), got {show(raw)}"
+                    f"an IPv6 host must be in brackets ({scheme}:[::1]:783), got {show(raw)}"
                 )
             if not (host and port.isascii() and port.isdecimal() and 1 <= int(port) <= 65535):
                 raise InvalidValue(
-                    f"must be tcp:host:port with a port from 1 to 65535, got {show(raw)}"
+                    f"must be {scheme}:host:port with a port from 1 to 65535, got {show(raw)}"
                 )
-            return SpamdAddress("tcp", host=host, port=int(port))
+            return SpamdAddress("tls" if scheme == "tls" else "tcp", host=host, port=int(port))
         raise InvalidValue(f"must be {expected}, got {show(raw)}")
 
     def dump(self, value: Any) -> object:
+        if value.kind == "pool":
+            return list(value.hosts())
         return str(value)
+
+
+class RspamdAddressKind(SpamdAddressKind):
+    __slots__ = ()
+
+    def describe(self) -> str:
+        return "rspamd address"
+
+    def parse(self, raw: object, base_dir: Path) -> SpamdAddress:
+        if raw == "off":
+            raise InvalidValue(
+                'must be "managed", "unix:/path" or "tcp:host:port" (scanner.kind = "spamd"'
+                ' turns rspamd off), got "off"')
+        return super().parse(raw, base_dir)
 
 
 class StageAddressKind(SpamdAddressKind):
@@ -597,9 +677,10 @@ class StageAddressKind(SpamdAddressKind):
     def parse(self, raw: object, base_dir: Path) -> SpamdAddress | None:
         if raw == "":
             return None
-        address = super().parse(raw, base_dir)
-        if address.kind not in ("unix", "tcp"):
-            raise InvalidValue(f'must be "", "unix:/path" or "tcp:host:port", got {show(raw)}')
+        address = self._parse_one(raw, base_dir)
+        if address.kind not in ("unix", "tcp", "tls"):
+            raise InvalidValue(
+                f'must be "", "unix:/path", "tcp:host:port" or "tls:host:port", got {show(raw)}')
         return address
 
     def dump(self, value: Any) -> object:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from ringtrap.base.counters import C
 from ringtrap.base.proc import Identity
-from ringtrap.base.states import ChildState, ExitCause, Role
+from ringtrap.base.states import SCANNER_ROLES, ChildState, ExitCause, Role
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +39,9 @@ MAX_BOOT_FAILURES = 5
 class Child:
     """One supervised child and its state machine (only :func:`set_state` moves it)."""
 
-    role: Role  # INGEST, WORKER, STAGE, FORWARDER or SPAMD
+    role: Role  # INGEST, WORKER, STAGE, FORWARDER, SPAMD or RSPAMD
     index: int
-    row: int  # process-table row, -1 for spamd (it does not attach to the ring)
+    row: int  # process-table row, -1 for a managed scanner (it does not attach to the ring)
     state: ChildState = ChildState.WAITING
     pid: int = 0
     ident: Identity | None = None
@@ -160,7 +160,7 @@ def stop_next(children: list[Child], draining: bool) -> list[Child]:
 
     A drain stops the ingest first (done by the caller), the workers once it
     has exited, the stage once the workers that feed it have; in any stop the
-    managed spamd goes last, when nothing is left to scan with it.
+    managed spamd or rspamd goes last, when nothing is left to scan with it.
     """
     active = {c.role for c in children if c.active}
     roles = set()
@@ -169,8 +169,8 @@ def stop_next(children: list[Child], draining: bool) -> list[Child]:
     if draining and not active & {Role.INGEST, Role.WORKER}:
         roles.add(Role.STAGE)
         roles.add(Role.FORWARDER)  # after the workers: it forwards their last records
-    if not active - {Role.SPAMD}:
-        roles.add(Role.SPAMD)
+    if not active - SCANNER_ROLES:
+        roles.update(SCANNER_ROLES)
     return [c for c in children if c.role in roles and c.state is ChildState.RUNNING]
 
 

@@ -23,7 +23,8 @@ from ringtrap.base.states import Role
 from ringtrap.config import Config
 from ringtrap.control import spamd_log
 from ringtrap.control.child import Child
-from ringtrap.control.managed_spamd import spamd_address, spamd_argv
+from ringtrap.control.managed_rspamd import rspamd_address, rspamd_argv
+from ringtrap.control.managed_spamd import scanner_addresses, spamd_address, spamd_argv
 from ringtrap.control.seam import OS
 from ringtrap.work import child as work_child
 
@@ -56,7 +57,10 @@ def start(os_: OS, c: Child, cfg: Config, config_path: Path | None, handled: Ite
     argv: list[str] | None = None
     if c.role is Role.SPAMD:
         argv = spamd_argv(cfg)
-        # spamd's stdout and stderr: relogged where the trap's own lines go
+    elif c.role is Role.RSPAMD:
+        argv = rspamd_argv(cfg)
+    if argv is not None:
+        # the scanner's stdout and stderr: relogged where the trap's own lines go
         log_pipe = os.pipe()
     parent = os.getpid()
     pid = os_.fork()
@@ -74,7 +78,7 @@ def start(os_: OS, c: Child, cfg: Config, config_path: Path | None, handled: Ite
             os._exit(code)
     if log_pipe is not None:
         os.close(log_pipe[1])
-        spamd_log.start(log_pipe[0])
+        spamd_log.start(log_pipe[0], rspamd=c.role is Role.RSPAMD)
     return pid
 
 
@@ -110,7 +114,12 @@ def boot(c: Child, cfg: Config, config_path: Path | None, handled: Iterable[int]
     if c.role is Role.STAGE:
         from ringtrap.work import stage
 
-        return stage.child_main(cfg, c.index, c.row, spamd_address(cfg))
+        # the stage talks to spamd only: with rspamd scanning, stage.address names one
+        return stage.child_main(cfg, c.index, c.row,
+                                spamd_address(cfg) if cfg.scanner.kind == "spamd" else None)
     from ringtrap import worker
 
-    return worker.child_main(cfg, c.index, c.row, spamd_address=spamd_address(cfg))
+    if cfg.scanner.kind == "rspamd":
+        return worker.child_main(cfg, c.index, c.row, spamd_address=(rspamd_address(cfg),))
+    return worker.child_main(cfg, c.index, c.row,
+                             spamd_address=scanner_addresses(cfg) or "off")

@@ -17,7 +17,7 @@ import signal
 from collections.abc import Callable, Iterable
 
 from ringtrap.base.counters import C
-from ringtrap.base.states import ChildState, ProcState, Role
+from ringtrap.base.states import SCANNER_ROLES, ChildState, ProcState, Role
 from ringtrap.control.child import Child
 from ringtrap.control.seam import OS
 from ringtrap.ring import Ring
@@ -45,7 +45,7 @@ def check_heartbeats(children: Iterable[Child], rows: Iterable[RowSnapshot], now
     by_row = {r.row: r for r in rows}
     aborted = 0
     for c in children:
-        if c.state is not ChildState.RUNNING or c.role is Role.SPAMD:
+        if c.state is not ChildState.RUNNING or c.role in SCANNER_ROLES:
             continue
         if c.abort_sent:
             if now - c.abort_sent > ABORT_GRACE:

@@ -34,13 +34,23 @@ def managed_spamd_socket(cfg: Config) -> Path:
 
 
 def spamd_address(cfg: Config) -> str | None:
-    """The address workers use, or None when scanning is off."""
+    """The address of the scanning spamd (a pool's first), or None when scanning is off."""
     a = cfg.spamd.address
     if a.kind == "off":
         return None
+    if a.kind == "pool":
+        return a.hosts()[0]
     if a.kind == "managed":
         return f"unix:{managed_spamd_socket(cfg)}"
     return str(a)
+
+
+def scanner_addresses(cfg: Config) -> tuple[str, ...] | None:
+    """The addresses workers scan on, or None when scanning is off."""
+    if cfg.spamd.address.kind == "pool":
+        return cfg.spamd.address.hosts()
+    one = spamd_address(cfg)
+    return None if one is None else (one,)
 
 
 def spamd_argv(cfg: Config) -> list[str]:
@@ -91,23 +101,34 @@ class PingWatch:
         self.next_ping = 0.0  # monotonic
         self.failures = 0  # missed in a row
 
-    def failed(self, cfg: Config, started: float, now: float) -> bool:
+    def failed(self, cfg: Config, started: float, now: float, rspamd: bool = False) -> bool:
         """True when the spamd running since ``started`` has missed too many PINGs in a row.
 
-        Sends at most one PING per call, and only when one is due.
+        Sends at most one PING per call, and only when one is due;
+        ``rspamd``: the managed scanner is rspamd (``GET /ping``).
         """
         if now < self.next_ping or now - started < RULES_LOAD:
             return False
         self.next_ping = now + PING_INTERVAL
-        from ringtrap.scan.scanner import ScanError
+        from ringtrap.scan.scanner import ScanError, Scanner
         from ringtrap.scan.spamd import SpamdClient
 
+        client: Scanner
+        if rspamd:
+            from ringtrap.control.managed_rspamd import rspamd_address
+            from ringtrap.scan.rspamd import RspamdClient
+
+            client = RspamdClient(rspamd_address(cfg), connect_timeout=2.0, timeout=5.0)
+        else:
+            client = SpamdClient(f"unix:{managed_spamd_socket(cfg)}", connect_timeout=2.0,
+                                 timeout=5.0)
+        name = "rspamd" if rspamd else "spamd"
         try:
-            SpamdClient(f"unix:{managed_spamd_socket(cfg)}", connect_timeout=2.0,
-                        timeout=5.0).ping()
+            client.ping()
         except ScanError as e:
             self.failures += 1
-            log.warning("managed spamd did not answer PING (%s), %d in a row", e, self.failures)
+            log.warning("managed %s did not answer PING (%s), %d in a row", name, e,
+                        self.failures)
             if self.failures >= PING_FAILURES:
                 self.failures = 0
                 return True

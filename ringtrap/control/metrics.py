@@ -30,6 +30,7 @@ from ringtrap import __version__
 from ringtrap.base.counters import SCAN_BUCKETS, C
 from ringtrap.base.states import ProcState, Role
 from ringtrap.overflow import Overflow, OverflowStats
+from ringtrap.store import history
 from ringtrap.store.proctable import ProcTable
 from ringtrap.store.segment import RingError
 from ringtrap.store.snapshot import RingSnapshot, read_snapshot
@@ -87,6 +88,13 @@ _PLAIN_COUNTERS: tuple[tuple[str, C, str], ...] = (
     ("ringtrap_purged_bytes", C.PURGED_BYTES, "Bytes dropped by purges."),
     ("ringtrap_drained_to_overflow", C.DRAINED_TO_OVERFLOW,
      "Ring messages moved to the overflow by a graceful stop."),
+    ("ringtrap_scanner_failovers", C.POOL_FAILOVERS,
+     "Messages moved on to the next scanner host after a retryable failure."),
+    ("ringtrap_scanner_pool_exhausted", C.POOL_EXHAUSTED,
+     "Messages given back because no scanner host could take them (all open or failing)."),
+    ("ringtrap_messages_analysed", C.ANALYSED,
+     "Messages scanned, or recorded from a campaign repeat without a scan; over"
+     " ringtrap_messages_accepted_total, the fraction of the mail analysed."),
     ("ringtrap_forwarded", C.FORWARDED,
      "Records published to NATS JetStream and acknowledged."),
     ("ringtrap_forward_duplicates", C.FORWARD_DUPLICATES,
@@ -113,6 +121,8 @@ class Reading:
     overflow: OverflowStats | None
     overflow_max: int
     now_ns: int  # monotonic, to age heartbeats
+    wall: float = 0.0  # wall-clock seconds, to age messages by their received time
+    hours: tuple[history.Hour, ...] = ()  # the hourly history, oldest first
 
 
 def families(r: Reading) -> list[Any]:
@@ -146,6 +156,11 @@ def families(r: Reading) -> list[Any]:
     for name, counter, help_ in _PLAIN_COUNTERS:
         out.append(CounterMetricFamily(name, help_, value=totals[counter]))
     out.append(CounterMetricFamily(
+        "ringtrap_analysed_age_seconds",
+        "Seconds from accepted to taken up, summed over ringtrap_messages_analysed_total:"
+        " divided by it, the mean age of the mail analysed.",
+        value=totals[C.ANALYSED_AGE_US] / 1e6))
+    out.append(CounterMetricFamily(
         "ringtrap_lock_breaks", "Ring locks broken because their holder had died.",
         value=snap.lock_breaks))
 
@@ -160,6 +175,8 @@ def families(r: Reading) -> list[Any]:
     out.append(HistogramMetricFamily(
         "ringtrap_scan_duration_seconds", "Time a worker waited on spamd for one message.",
         buckets=buckets, sum_value=totals[C.SCAN_US] / 1e6))
+
+    out += _host_families(snap)
 
     used = GaugeMetricFamily("ringtrap_ring_slots_used",
                              "Ring slots not free, by state.", labels=["state"])
@@ -215,7 +232,84 @@ def families(r: Reading) -> list[Any]:
     for (role, state), n in sorted(counts.items()):
         procs.add_metric([role, state], n)
     out += [procs, beat]
+
+    ages = [max(0.0, r.wall - row.received) for row in snap.rows
+            if row.role is Role.WORKER and row.state is ProcState.SCANNING and row.received]
+    out.append(GaugeMetricFamily(
+        "ringtrap_scanning_age_seconds",
+        "Age (now minus received) of the oldest message a worker is scanning; 0 when none.",
+        value=max(ages, default=0.0)))
+    frac = GaugeMetricFamily(
+        "ringtrap_analysed_fraction",
+        "Messages analysed over messages accepted: this clock hour so far, or the last"
+        " 24 clock hours; absent while nothing was accepted.", labels=["window"])
+    for label, n in (("hour", 1), ("day", history.HOURS)):
+        w = history.window(list(r.hours), n)
+        if w.fraction is not None:
+            frac.add_metric([label], w.fraction)
+    out.append(frac)
     return out
+
+
+def _host_families(snap: RingSnapshot) -> list[Any]:
+    """Each scanner host's breaker and numbers, labelled ``host`` (its address)."""
+    from prometheus_client.core import (
+        CounterMetricFamily,
+        GaugeMetricFamily,
+        HistogramMetricFamily,
+    )
+
+    up = GaugeMetricFamily(
+        "ringtrap_scanner_up",
+        "1 if the scanner host's breaker is closed in the worker that used or judged it"
+        " last, 0 if open.", labels=["host"])
+    scans = CounterMetricFamily("ringtrap_scanner_scans",
+                                "Scans a scanner host answered.", labels=["host"])
+    errors = CounterMetricFamily(
+        "ringtrap_scanner_errors",
+        "Failed scans and revive PINGs on a scanner host, retryable or not.", labels=["host"])
+    opens = CounterMetricFamily("ringtrap_scanner_breaker_opens",
+                                "Times a worker took the scanner host out of its pool.",
+                                labels=["host"])
+    duration = HistogramMetricFamily(
+        "ringtrap_scanner_scan_duration_seconds",
+        "Time a scanner host took for one scan it answered.", labels=["host"])
+    for h in snap.hosts:
+        up.add_metric([h.host], 1 if h.up else 0)
+        scans.add_metric([h.host], h.scans)
+        errors.add_metric([h.host], h.errors)
+        opens.add_metric([h.host], h.opens)
+        buckets: list[tuple[str, float]] = []
+        running = 0
+        for bound, n in zip((*map(repr, SCAN_BUCKETS), "+Inf"), h.buckets, strict=True):
+            running += n
+            buckets.append((bound, running))
+        duration.add_metric([h.host], buckets, h.scan_us / 1e6)
+    return [up, scans, errors, opens, duration]
+
+
+def blocklist_families(state: dict[str, Any] | None) -> list[Any]:
+    """The blocklist's last write, from the state file its writer leaves; none before one."""
+    from prometheus_client.core import GaugeMetricFamily
+
+    if not state or not isinstance(state.get("written"), int | float):
+        return []
+    entries = GaugeMetricFamily("ringtrap_blocklist_entries",
+                                "Entries in the blocklist files as last written.",
+                                labels=["family"])
+    for family in ("ipv4", "ipv6"):
+        value = state.get(family)
+        entries.add_metric([family], value if isinstance(value, int) else 0)
+    skipped = state.get("skipped_lines")
+    return [
+        entries,
+        GaugeMetricFamily("ringtrap_blocklist_written_timestamp_seconds",
+                          "When the blocklist files were last written (Unix time).",
+                          value=state["written"]),
+        GaugeMetricFamily("ringtrap_blocklist_skipped_lines",
+                          "Result lines the last write could not read as records.",
+                          value=skipped if isinstance(skipped, int) else 0),
+    ]
 
 
 class TrapCollector:
@@ -227,11 +321,13 @@ class TrapCollector:
     """
 
     def __init__(self, ring_name: str, overflow_dir: Path, overflow_max: int, *,
+                 blocklist_state: Path | None = None,
                  cache_seconds: float = CACHE_SECONDS,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.ring_name = ring_name
         self.overflow_dir = overflow_dir
         self.overflow_max = overflow_max
+        self.blocklist_state = blocklist_state
         self.cache_seconds = cache_seconds
         self._clock = clock
         self._table: ProcTable | None = None
@@ -248,6 +344,8 @@ class TrapCollector:
             if self._table is None:
                 self._table = ProcTable.attach(self.ring_name)
             snap = read_snapshot(self._table)
+            wall = time.time()
+            hours = tuple(self._table.history(wall))
             stats: OverflowStats | None = None
             try:
                 if self._overflow is None:
@@ -256,7 +354,7 @@ class TrapCollector:
                 stats = self._overflow.stats()
             except (OSError, ValueError):
                 stats = None
-            reading = Reading(snap, stats, self.overflow_max, time.monotonic_ns())
+            reading = Reading(snap, stats, self.overflow_max, time.monotonic_ns(), wall, hours)
             self._cached = (now, reading)
             return reading
 
@@ -267,6 +365,10 @@ class TrapCollector:
         except RingError:
             return
         yield from families(reading)
+        if self.blocklist_state is not None:
+            from ringtrap.control.blockfiles import read_state
+
+            yield from blocklist_families(read_state(self.blocklist_state))
 
     def close(self) -> None:
         """Let go of the ring mapping."""

@@ -115,6 +115,35 @@ class Runtime:
                     break
         log.info("the managed spamd learns into %s", d)
 
+    def prepare_rspamd_dirs(self, cfg: Config, t: Target | None) -> None:
+        """Write the managed rspamd's configuration and create rspamd.db_dir for its user.
+
+        Before dropping root: rspamd runs as ``t`` (service.user); started by
+        root without one, its main process stays root and its workers switch
+        to ``_rspamd`` (or nobody), and both write compiled databases in
+        rspamd.db_dir.  The configuration is written fresh at each start.
+        """
+        from ringtrap.control.managed_rspamd import rspamd_root_user, write_rspamd_config
+
+        try:
+            conf = write_rspamd_config(cfg)
+        except OSError as e:
+            raise SetupError(f"rspamd: cannot write its configuration: {e}") from None
+        d = cfg.rspamd.db_dir
+        try:
+            d.mkdir(mode=0o750, parents=True, exist_ok=True)
+            owner = t
+            if owner is None and os.geteuid() == 0:
+                user = rspamd_root_user()
+                owner = privileges.resolve(user) if user else None
+            if owner is not None:
+                privileges.chown_path(d, owner)
+                if t is not None:
+                    for p in (conf, conf / "local.d", *conf.rglob("*")):
+                        privileges.chown_path(p, t)
+        except (OSError, PrivilegeError) as e:
+            raise SetupError(f"rspamd.db_dir {d}: {e}") from None
+
     def hand_over(self, cfg: Config, t: Target, ring: Ring, stage: bool,
                   forward: bool = False) -> None:
         """Hand the trap's files to ``t``, load what children run, drop root for good."""

@@ -61,6 +61,9 @@ class First:
     score: float | None
     required: float | None
     rules: tuple[str, ...]
+    # the scanner kind and rspamd's action, for a repeat's record
+    scanner: str | None = None
+    action: str | None = None
 
 
 class DedupeStore:
@@ -117,11 +120,17 @@ class DedupeStore:
             return None
         if row is None:
             return None
+        scanner = action = None
         try:
-            rules = tuple(str(r) for r in json.loads(row[5]))
+            stored = json.loads(row[5])
+            # a list of rules, or (with a scanner named) an object holding them
+            if isinstance(stored, dict):
+                scanner, action = _text(stored.get("scanner")), _text(stored.get("action"))
+                stored = stored.get("rules", [])
+            rules = tuple(str(r) for r in stored)
         except (ValueError, TypeError):
             rules = ()
-        return First(row[0], row[1], row[2], row[3], row[4], rules)
+        return First(row[0], row[1], row[2], row[3], row[4], rules, scanner, action)
 
     def remember(self, fingerprint: str, first: First) -> None:
         """Store ``first`` for ``fingerprint`` unless a first within the window is there."""
@@ -136,7 +145,7 @@ class DedupeStore:
                 " rules = excluded.rules, repeats = 0"
                 " WHERE seen.first_at <= excluded.first_at - ?",
                 (fingerprint, first.msgid, first.at, first.verdict, first.score,
-                 first.required, json.dumps(list(first.rules)), self.window))
+                 first.required, _rules_column(first), self.window))
             self._writes += 1
             if self._writes % PRUNE_EVERY == 0:
                 db.execute("DELETE FROM seen WHERE first_at <= ?", (first.at - self.window,))
@@ -154,3 +163,19 @@ class DedupeStore:
         if self._conn is not None and self._pid == os.getpid():
             self._conn.close()
         self._conn = None
+
+
+def _rules_column(first: First) -> str:
+    """The ``rules`` column: the list as before, or an object when there is more to keep.
+
+    The table's columns stay as they were, so a store written by an older
+    version is read as it is and needs no migration.
+    """
+    if first.scanner is None and first.action is None:
+        return json.dumps(list(first.rules))
+    return json.dumps({"rules": list(first.rules), "scanner": first.scanner,
+                       "action": first.action})
+
+
+def _text(v: object) -> str | None:
+    return v if isinstance(v, str) else None

@@ -171,6 +171,7 @@ class Processor:
                                                  f"repeat of {first.msgid} ({first.verdict})")
                 record.score, record.required = first.score, first.required
                 record.rules = list(first.rules)
+                record.scanner, record.action = first.scanner, first.action
                 return
         try:
             assert self.scanner is not None
@@ -195,7 +196,7 @@ class Processor:
         if self.dedupe is not None and fingerprint and first is None:
             self.dedupe.remember(fingerprint, First(
                 record.id, received, record.verdict, result.score, result.required,
-                result.rules))
+                result.rules, result.scanner, result.action))
             clock.lap("dedupe")
 
     def _archive(self, record: Record, message: memoryview, received: float) -> Archived:

@@ -29,6 +29,14 @@ class ScanError(Exception):
     """Base of every error a scanner client raises; ``retryable`` says if a retry may help."""
 
     retryable: bool = False
+    # For a timeout: None = not judged yet (the worker PINGs to tell a slow
+    # message from a dead scanner); True = it timed out on every host tried
+    # while each answered PING (the message's doing); False = an outage.
+    # A pool judges its own timeouts (ringtrap.scan.pool).
+    alone: bool | None = None
+    # True for a timeout: the connect or reply deadline, or the scanner's own
+    # answer that it gave up on the message (spamd's EX_TIMEOUT)
+    timeout: bool = False
 
 
 class ScanConnectionError(ScanError):
@@ -41,6 +49,7 @@ class ScanTimeout(ScanError):
     """The connect or reply deadline passed."""
 
     retryable = True
+    timeout = True
 
 
 class ScanProtocolError(ScanError):

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import re
 import socket
+import ssl
 import time
 from dataclasses import dataclass
 
@@ -50,6 +51,8 @@ EX_TIMEOUT = 79
 # copy costs less than a second system call.
 _COALESCE_LIMIT = 64 * 1024
 _RECV_SIZE = 64 * 1024
+# how long a host a scan waits on may take to answer a PING before it counts as hung
+HUNG_PING_TIMEOUT = 5.0
 
 _STATUS_RE = re.compile(rb"SPAMD/(\d+\.\d+) +(\d+)(?: +(.*))?", re.DOTALL)
 _SPAM_RE = re.compile(r"(True|False|Yes|No) ; (-?\d+(?:\.\d+)?) / (-?\d+(?:\.\d+)?)")
@@ -62,6 +65,7 @@ class SpamdResponseError(ScanResponseError):
 
     def __init__(self, code: int, text: str) -> None:
         super().__init__(code, text, retryable=code in RETRYABLE_CODES)
+        self.timeout = code == EX_TIMEOUT
 
     def __str__(self) -> str:
         return f"spamd replied {self.code} {self.text}"
@@ -88,16 +92,18 @@ class TellResult:
 
 
 def parse_address(address: str) -> tuple[int, str | tuple[str, int]]:
-    """Parse ``unix:/path`` or ``tcp:host:port`` into a family and a socket address.
+    """Parse ``unix:/path``, ``tcp:host:port`` or ``tls:host:port`` into a family and a
+    socket address.
 
     IPv6 literals go in brackets (``tcp:[::1]:783``).  A host name yields
     ``AF_UNSPEC``: the client resolves it on every call, so a changed record is
     followed.  Anything else raises ValueError naming the problem.
     """
     scheme, sep, rest = address.partition(":")
-    if not sep or scheme not in ("unix", "tcp"):
+    if not sep or scheme not in ("unix", "tcp", "tls"):
         raise ValueError(
-            f"spamd address {address!r}: expected 'unix:/path/to/socket' or 'tcp:host:port'"
+            f"spamd address {address!r}: expected 'unix:/path/to/socket', 'tcp:host:port'"
+            " or 'tls:host:port'"
         )
     if scheme == "unix":
         if not rest.startswith("/"):
@@ -109,7 +115,7 @@ def parse_address(address: str) -> tuple[int, str | tuple[str, int]]:
     if rest.startswith("["):
         host, bracket, tail = rest[1:].partition("]")
         if not bracket or not tail.startswith(":"):
-            raise ValueError(f"spamd address {address!r}: expected 'tcp:[ipv6]:port'")
+            raise ValueError(f"spamd address {address!r}: expected '{scheme}:[ipv6]:port'")
         port_text = tail[1:]
         family = socket.AF_INET6
         if not _is_ip(socket.AF_INET6, host):
@@ -120,7 +126,7 @@ def parse_address(address: str) -> tuple[int, str | tuple[str, int]]:
             raise ValueError(f"spamd address {address!r}: missing ':port'")
         if ":" in host:
             raise ValueError(
-                f"spamd address {address!r}: put an IPv6 address in brackets, 'tcp:[::1]:783'"
+                f"spamd address {address!r}: put an IPv6 address in brackets, '{scheme}:[::1]:783'"
             )
         family = socket.AF_INET if _is_ip(socket.AF_INET, host) else socket.AF_UNSPEC
     if not host:
@@ -246,16 +252,30 @@ class SpamdClient:
         connect_timeout: float = 10.0,
         timeout: float = 330.0,
         user: str | None = None,
+        tls_ca: str | None = None,
+        hung_check: float | None = None,
     ) -> None:
         """Prepare a client for ``address`` (see :func:`parse_address`); nothing connects yet.
 
         ``timeout`` bounds a whole call and defaults above spamd's 300 s
         ``--timeout-child`` so spamd's own timeout reply (79) arrives first.
+        A ``tls:`` address is verified: its certificate must chain to the
+        CAs in the file ``tls_ca`` (default: the system's) and name the
+        address's host (sent as SNI).  An OSError if ``tls_ca`` cannot be read.
+        ``hung_check``: while a scan has had no reply for that many seconds,
+        PING the host on a second connection (and again as often); no PONG
+        within :data:`HUNG_PING_TIMEOUT` fails the scan as hung, a
+        ScanTimeout with ``alone`` False, long before ``timeout`` (a pool's
+        hosts use it, so a hung one costs seconds, not the whole timeout).
         """
         if not connect_timeout > 0 or not timeout > 0:
             raise ValueError("spamd timeouts must be positive")
         self.address = address
         self._family, self._sockaddr = parse_address(address)
+        self._hung_check = hung_check
+        self._tls: ssl.SSLContext | None = None
+        if address.startswith("tls:"):
+            self._tls = ssl.create_default_context(cafile=tls_ca)
         self._connect_timeout = float(connect_timeout)
         self._timeout = float(timeout)
         user_line = b""
@@ -344,7 +364,8 @@ class SpamdClient:
         try:
             sock = self._connect(min(deadline, now + self._connect_timeout))
             try:
-                return self._exchange(sock, head, body, deadline)
+                return self._exchange(sock, head, body, deadline,
+                                      None if body is None else self._hung_check)
             finally:
                 sock.close()
         except ScanError as exc:
@@ -396,7 +417,34 @@ class SpamdClient:
             if family != socket.AF_UNIX:
                 # Two writes (header block, large body) must not wait on Nagle.
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self._tls is not None:
+                return self._handshake(sock, sockaddr, deadline)
             return sock
+
+    def _handshake(self, sock: socket.socket, sockaddr: str | tuple[str, int],
+                   deadline: float) -> socket.socket:
+        assert self._tls is not None and isinstance(self._sockaddr, tuple)
+        try:
+            tls = self._tls.wrap_socket(sock, server_hostname=self._sockaddr[0],
+                                        do_handshake_on_connect=False)
+        except BaseException:
+            sock.close()
+            raise
+        try:
+            tls.settimeout(self._left(deadline, "the TLS handshake"))
+            tls.do_handshake()
+        except TimeoutError as exc:
+            tls.close()
+            raise ScanTimeout(f"{self.address}: TLS handshake timed out") from exc
+        except ssl.SSLCertVerificationError as exc:
+            tls.close()
+            # a host the trap cannot trust is unusable, like one refusing: another may do
+            raise ScanConnectionError(
+                f"{self.address}: TLS certificate not trusted: {exc.verify_message}") from exc
+        except BaseException:
+            tls.close()
+            raise
+        return tls
 
     def _exchange(
         self,
@@ -404,6 +452,7 @@ class SpamdClient:
         head: bytes,
         body: bytes | bytearray | memoryview | None,
         deadline: float,
+        hung_check: float | None = None,
     ) -> bytes:
         send_error: OSError | None = None
         try:
@@ -416,8 +465,10 @@ class SpamdClient:
                 sock.sendall(head)
                 sock.settimeout(self._left(deadline, "sending"))
                 sock.sendall(body)
-            # EOF tells spamd at once that nothing more is coming.
-            sock.shutdown(socket.SHUT_WR)
+            # EOF tells spamd at once that nothing more is coming.  Not over TLS:
+            # a half-close there ends the TLS session, and spamd reads by length.
+            if self._tls is None:
+                sock.shutdown(socket.SHUT_WR)
         except TimeoutError as exc:
             raise ScanTimeout(f"{self.address}: timed out sending the request") from exc
         except OSError as exc:
@@ -427,9 +478,18 @@ class SpamdClient:
         chunks: list[bytes] = []
         while True:
             try:
-                sock.settimeout(self._left(deadline, "reading the reply"))
+                left = self._left(deadline, "reading the reply")
+                watching = hung_check is not None and not chunks and hung_check < left
+                sock.settimeout(hung_check if watching else left)
                 chunk = sock.recv(_RECV_SIZE)
             except TimeoutError as exc:
+                if watching:
+                    if self._answers_ping():
+                        continue  # a slow message on a live host: wait on
+                    hung = ScanTimeout(f"{self.address}: no reply after {hung_check:g} s"
+                                       " and no PONG: hung")
+                    hung.alone = False
+                    raise hung from exc
                 raise ScanTimeout(f"{self.address}: timed out waiting for the reply") from exc
             except OSError as exc:
                 if not chunks:
@@ -442,6 +502,13 @@ class SpamdClient:
             detail = f" (sending failed: {send_error})" if send_error else ""
             raise ScanConnectionError(f"{self.address}: closed without a reply{detail}")
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    def _answers_ping(self) -> bool:
+        try:
+            self.ping(timeout=HUNG_PING_TIMEOUT)
+        except ScanError:
+            return False
+        return True
 
     def _left(self, deadline: float, phase: str) -> float:
         left = deadline - time.monotonic()

@@ -13,9 +13,10 @@ import time
 from typing import NamedTuple
 
 from ringtrap.base import proc
-from ringtrap.base.counters import GAUGES, NCOUNTERS
+from ringtrap.base.counters import GAUGES, NCOUNTERS, C
 from ringtrap.base.proc import Identity
 from ringtrap.base.states import ProcState, Role
+from ringtrap.store import history
 from ringtrap.store.lock import RingLock
 from ringtrap.store.segment import (
     H_RETIRED,
@@ -26,6 +27,7 @@ from ringtrap.store.segment import (
     R_INDEX,
     R_INTENT,
     R_PID,
+    R_RECEIVED,
     R_ROLE,
     R_SINCE,
     R_START,
@@ -48,6 +50,8 @@ class RowSnapshot(NamedTuple):
     since_ns: int
     msgid: str
     counters: tuple[int, ...]
+    # wall-clock seconds the message being worked on was accepted; 0.0 if none
+    received: float = 0.0
 
 
 class ProcRow:
@@ -77,6 +81,11 @@ class ProcRow:
         now = time.monotonic_ns()
         self._q[b + R_SINCE] = now
         self._q[b + R_BEAT] = now
+
+    def set_received(self, received: float) -> None:
+        """Publish when the message this process is working on was accepted
+        (wall-clock seconds); 0 when it works on none."""
+        self._q[self._base + R_RECEIVED] = max(0, round(received * 1e6))
 
     def add(self, counter: int, n: int = 1) -> None:
         """Add ``n`` to one of this process's counters."""
@@ -229,6 +238,7 @@ class ProcTable:
                     row, pid, int(q[b + R_START]), Role(q[b + R_ROLE]), int(q[b + R_INDEX]),
                     ProcState(q[b + R_STATE]), int(q[b + R_BEAT]), int(q[b + R_SINCE]), msgid,
                     tuple(q[b + R_COUNTERS : b + R_COUNTERS + NCOUNTERS]),
+                    q[b + R_RECEIVED] / 1e6,
                 )
             )
         return out
@@ -236,6 +246,22 @@ class ProcTable:
     def row(self, row: int) -> ProcRow:
         """A handle on an existing row (e.g. the supervisor reading a child's)."""
         return ProcRow(self._seg, row)
+
+    def total(self, counter: int) -> int:
+        """One counter summed over every row and the retired block, without locking."""
+        q = self._q
+        i = self._seg.rows_w + R_COUNTERS + counter
+        return int(q[H_RETIRED + counter]) + sum(q[i : i + self.rows * ROW_WORDS : ROW_WORDS])
+
+    def tick_history(self, now: float) -> None:
+        """Supervisor only: count what was accepted and analysed since its last
+        turn into the hour of ``now`` (wall-clock); see :mod:`ringtrap.store.history`."""
+        history.tick(self._q, self.total(C.ACCEPTED_RING) + self.total(C.ACCEPTED_OVERFLOW),
+                     self.total(C.ANALYSED), now)
+
+    def history(self, now: float) -> list[history.Hour]:
+        """The hourly history up to the hour of ``now``, oldest first."""
+        return history.read(self._q, now)
 
     def retired(self) -> tuple[int, ...]:
         """The counters of retired rows, folded."""

@@ -12,6 +12,8 @@ Segment layout (native byte order, every field a 64-bit word unless noted)::
                       6 created (wall us)  7 owner pid         8 owner start
                      15 generation (+1 on every adopt)
                      16 lock breaks       17 slots requeued   18 slots freed
+                     32..82 hourly history of accepted and analysed messages
+                        (ringtrap.store.history)
                      96 head (next seq to put; the producer's, alone in its
                         cache line so consumers' writes never evict it)
                     104 lock owner       105 lock acquisitions
@@ -28,7 +30,12 @@ Segment layout (native byte order, every field a 64-bit word unless noted)::
                       8..11 current message id (32 bytes)
                      12 lock intent (owner token while waiting for or
                         entering the lock)  13 lock tries (+1 per wait given up)
+                     14 received (wall us) of the message being worked on, 0 if none
                      16..143 counters (see ringtrap.base.counters)
+    HOSTS           scanner hosts: per row, HOST_CELLS cells of CELL_WORDS
+                    words, written only by that row's process (layout in
+                    ringtrap.store.hosttable); not cleared when a row is
+                    retired, so a successor in the row counts on
     DESCS           DESC_WORDS words per slot, cache-line aligned
                       0 state  1 owner  2 seq  3 length  4 attempts
                       5 enqueued (wall us)  6 releases (give-backs)  7 reserved
@@ -84,6 +91,7 @@ H_PASSED = 124
 R_PID, R_ROLE, R_START, R_STATE, R_INDEX, R_BEAT, R_SINCE = range(7)
 R_ID = 8
 R_INTENT = 12  # R_INTENT + 1: tries
+R_RECEIVED = 14
 R_COUNTERS = 16
 # descriptor words
 D_STATE, D_OWNER, D_SEQ, D_LEN, D_ATTEMPTS, D_ENQ, D_RELEASES = range(7)
@@ -92,6 +100,9 @@ _LINE = 64
 _PID_BITS = 22
 
 DEFAULT_ROWS = 64
+# scanner hosts a process can keep numbers on, and the words of each one's cell
+HOST_CELLS = 16
+CELL_WORDS = 40
 
 
 class RingError(Exception):
@@ -117,13 +128,17 @@ def _names(name: str) -> tuple[str, str, str]:
 
 def _geometry(slots: int, slot_bytes: int, rows: int) -> tuple[int, int, int, int]:
     rows_off = HEADER_WORDS * 8
-    descs_off = rows_off + rows * ROW_WORDS * 8
+    descs_off = _hosts_off(rows) + rows * HOST_CELLS * CELL_WORDS * 8
     descs_off = (descs_off + _LINE - 1) // _LINE * _LINE
     payload_off = descs_off + slots * DESC_WORDS * 8
     payload_off = (payload_off + PAGE - 1) // PAGE * PAGE
     # whole words: the segment is viewed as 64-bit words, whatever the slot size
     total = (payload_off + slots * slot_bytes + 7) // 8 * 8
     return rows_off, descs_off, payload_off, total
+
+
+def _hosts_off(rows: int) -> int:
+    return HEADER_WORDS * 8 + rows * ROW_WORDS * 8
 
 
 def owner_token(ident: Identity | tuple[int, int]) -> int:
@@ -189,6 +204,7 @@ class Segment:
             self._release_views()
             raise RingLayoutError(f"ring {name!r} is smaller than its header says")
         self.rows_w = rows_off // 8
+        self.hosts_w = _hosts_off(self.rows) // 8
         self.descs_w = descs_off // 8
         self.descs_off = descs_off
         self.payload_off = payload_off

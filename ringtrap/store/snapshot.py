@@ -11,6 +11,7 @@ from typing import NamedTuple
 
 from ringtrap.base.proc import Identity
 from ringtrap.base.states import SlotState
+from ringtrap.store.hosttable import HostReading, read_hosts
 from ringtrap.store.proctable import ProcTable, RowSnapshot
 from ringtrap.store.segment import (
     H_FREED,
@@ -42,6 +43,8 @@ class RingSnapshot(NamedTuple):
     owner: Identity
     rows: tuple[RowSnapshot, ...]
     retired: tuple[int, ...]
+    # each scanner host's numbers over all workers (ringtrap.store.hosttable)
+    hosts: tuple[HostReading, ...] = ()
 
     @property
     def used(self) -> int:
@@ -80,4 +83,5 @@ def read_snapshot(table: ProcTable) -> RingSnapshot:
         owner=seg.owner,
         rows=tuple(table.read_rows()),
         retired=table.retired(),
+        hosts=tuple(read_hosts(seg)),
     )

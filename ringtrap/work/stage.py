@@ -237,7 +237,8 @@ def child_main(cfg: Config, index: int, row_index: int, scanning_address: str | 
         if address is None:
             raise SetupError("no spamd to talk to")
         client = SpamdClient(address, connect_timeout=cfg.spamd.connect_timeout,
-                             timeout=cfg.stage.timeout)
+                             timeout=cfg.stage.timeout,
+                             tls_ca=None if cfg.spamd.tls_ca is None else str(cfg.spamd.tls_ca))
         store = open_store(cfg)
         sink = closing.enter_context(
             contextlib.closing(ResultSink(cfg.results.dir,

@@ -84,7 +84,9 @@ def test_reference_metrics_table_lists_every_metric() -> None:
         "ringtrap_messages_processed_total", "ringtrap_lock_breaks_total",
         "ringtrap_scan_duration_seconds", "ringtrap_ring_slots_used", "ringtrap_ring_slots",
         "ringtrap_overflow_messages", "ringtrap_overflow_bytes",
-        "ringtrap_overflow_oldest_age_seconds", "ringtrap_processes"}
+        "ringtrap_overflow_oldest_age_seconds", "ringtrap_processes", "ringtrap_scanner_up",
+        "ringtrap_scanner_scans_total", "ringtrap_scanner_errors_total",
+        "ringtrap_scanner_breaker_opens_total", "ringtrap_scanner_scan_duration_seconds"}
     missing = sorted(n for n in names if f"`{n}" not in readme)
     assert not missing
 

@@ -56,6 +56,26 @@ def test_summary_counts() -> None:
     assert s["hours"][8] == 8
 
 
+def test_summary_tells_the_scanners_and_rspamd_actions_apart() -> None:
+    records = [rec(0, scanner="spamd", scanned_ms=60.0),
+               rec(1, scanner="rspamd", action="reject", rules=["GTUBE"], scanned_ms=3.0),
+               rec(2, "ham", scanner="rspamd", action="greylist", scanned_ms=5.0),
+               rec(3, "duplicate", scanner="rspamd", action="reject", duplicate_of="m001"),
+               rec(4, "bounce", rules=[])]
+    s = report.summarize(records)
+    assert s["scanners"] == {
+        "rspamd": {"messages": 3, "scan_ms": {"count": 2, "min": 3.0, "median": 3.0,
+                                              "p95": 5.0, "max": 5.0, "mean": 4.0}},
+        "spamd": {"messages": 1, "scan_ms": {"count": 1, "min": 60.0, "median": 60.0,
+                                             "p95": 60.0, "max": 60.0, "mean": 60.0}},
+    }
+    assert s["actions"] == {"reject": 2, "greylist": 1}
+    text = report.render_text(s, DAY)
+    assert "rspamd actions" in text and "greylist" in text
+    # a day scanned by spamd alone has no actions table
+    assert "rspamd actions" not in report.render_text(report.summarize(sample_day()), DAY)
+
+
 def test_text_report_has_every_table() -> None:
     text = report.render_text(report.summarize(sample_day()), DAY)
     assert text.startswith(f"ringtrap report for {DAY}: 8 messages")

@@ -44,7 +44,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(autouse=True)
 def host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A predictable host: an ordinary user, a private HOME, a fake spamd on PATH.
+    """A predictable host: an ordinary user, a private HOME, a fake spamd and rspamd on PATH.
 
     Returns the directory holding the fake spamd.
     """
@@ -52,9 +52,10 @@ def host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home.mkdir()
     bindir = tmp_path / "bin"
     bindir.mkdir()
-    spamd = bindir / "spamd"
-    spamd.write_text("#!/bin/sh\nexit 0\n")
-    spamd.chmod(0o755)
+    for name in ("spamd", "rspamd"):
+        fake = bindir / name
+        fake.write_text("#!/bin/sh\nexit 0\n")
+        fake.chmod(0o755)
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.setenv("PATH", str(bindir))
     monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
@@ -238,6 +239,8 @@ GOOD: list[tuple[str, str, object]] = [
     ("overflow.max_attempts", "1", 1),
     ("overflow.quarantine_max_bytes", '"1G"', GiB),
     ("overflow.quarantine_retention_days", "0", 0),
+    ("overflow.drain_order", '"newest"', "newest"),
+    ("overflow.drain_order", '"Oldest"', "oldest"),
     ("workers.count", "1", 1),
     ("workers.max_rss_bytes", "0", 0),
     ("workers.max_rss_bytes", '"1G"', GiB),
@@ -248,10 +251,20 @@ GOOD: list[tuple[str, str, object]] = [
     ("spamd.address", '"unix:/run/spamd.sock"', SpamdAddress("unix", Path("/run/spamd.sock"))),
     ("spamd.address", '"tcp:127.0.0.1:783"', SpamdAddress("tcp", host="127.0.0.1", port=783)),
     ("spamd.address", '"tcp:[::1]:783"', SpamdAddress("tcp", host="::1", port=783)),
+    ("spamd.address", '"tls:spamd.example:783"',
+     SpamdAddress("tls", host="spamd.example", port=783)),
+    ("spamd.address", '["tcp:10.0.0.1:783"]', SpamdAddress("tcp", host="10.0.0.1", port=783)),
+    ("spamd.address", '["tcp:10.0.0.1:783", "tls:[::1]:784", "unix:/run/spamd.sock"]',
+     SpamdAddress("pool", members=(SpamdAddress("tcp", host="10.0.0.1", port=783),
+                                   SpamdAddress("tls", host="::1", port=784),
+                                   SpamdAddress("unix", Path("/run/spamd.sock"))))),
+    ("spamd.tls_ca", '""', None),
+    ("spamd.tls_ca", '"/etc/ringtrap/spamd-ca.pem"', Path("/etc/ringtrap/spamd-ca.pem")),
     ("scanner.kind", '"RSPAMD"', "rspamd"),
     ("scanner.breaker_errors", "1", 1),
     ("scanner.breaker_window", "2.5", 2.5),
     ("scanner.breaker_revive", "30", 30.0),
+    ("scanner.hung_after", "2.5", 2.5),
     ("spamd.timeout", "301", 301.0),
     ("spamd.connect_timeout", "2.5", 2.5),
     ("spamd.children", "0", 0),
@@ -260,6 +273,20 @@ GOOD: list[tuple[str, str, object]] = [
     ("spamd.extra_args", "[]", ()),
     ("spamd.command", '"spamd"', "spamd"),
     ("spamd.bayes_dir", '"/srv/bayes"', Path("/srv/bayes")),
+    ("rspamd.address", '"managed"', SpamdAddress("managed")),
+    ("rspamd.address", '"unix:/run/rspamd/normal.sock"',
+     SpamdAddress("unix", Path("/run/rspamd/normal.sock"))),
+    ("rspamd.address", '"tcp:127.0.0.1:11333"',
+     SpamdAddress("tcp", host="127.0.0.1", port=11333)),
+    ("rspamd.timeout", "30", 30.0),
+    ("rspamd.connect_timeout", "2", 2.0),
+    ("rspamd.workers", "0", 0),
+    ("rspamd.workers", "3", 3),
+    ("rspamd.network", "true", True),
+    ("rspamd.nameservers", '["127.0.0.1:53"]', ("127.0.0.1:53",)),
+    ("rspamd.nameservers", "[]", ()),
+    ("rspamd.command", '"/usr/bin/rspamd"', "/usr/bin/rspamd"),
+    ("rspamd.db_dir", '"/srv/rspamd"', Path("/srv/rspamd")),
     ("results.dir", '"/srv/results"', Path("/srv/results")),
     ("results.retention_days", "0", 0),
     ("results.retention_days", "14", 14),
@@ -281,6 +308,7 @@ GOOD: list[tuple[str, str, object]] = [
     ("stage.verdicts", '["spam"]', ("spam",)),
     ("stage.address", '"tcp:127.0.0.1:783"', SpamdAddress("tcp", host="127.0.0.1", port=783)),
     ("stage.address", '""', None),
+    ("stage.address", '"tls:10.0.0.1:783"', SpamdAddress("tls", host="10.0.0.1", port=783)),
     ("stage.timeout", "30", 30.0),
     ("stage.dir", '"/dev/shm/stage"', Path("/dev/shm/stage")),
     ("stage.max_bytes", '"16M"', 16 * MiB),
@@ -316,6 +344,25 @@ GOOD: list[tuple[str, str, object]] = [
     ("metrics.listen", '"127.0.0.1:9809"', config.ListenAddress("127.0.0.1", 9809)),
     ("metrics.listen", '"[::1]:9809"', config.ListenAddress("::1", 9809)),
     ("metrics.listen", '""', None),
+    ("blocklist.interval", "600", 600),
+    ("blocklist.interval", "0", 0),
+    ("blocklist.window_days", "14", 14),
+    ("blocklist.min_hits", "1", 1),
+    ("blocklist.min_recipients", "3", 3),
+    ("blocklist.expire_days", "2", 2),
+    ("blocklist.ipv4_prefix", "24", 24),
+    ("blocklist.ipv6_prefix", "48", 48),
+    ("blocklist.allow", '["198.51.100.0/24", "2001:db8::1"]',
+     ("198.51.100.0/24", "2001:db8::1/128")),
+    ("blocklist.list_reserved", "true", True),
+    ("blocklist.verdicts", '["SPAM", "bounce"]', ("spam", "bounce")),
+    ("blocklist.a_value", '" 127.0.0.4"', "127.0.0.4"),
+    ("blocklist.txt", '"listed: see https://trap.example/?$"', "listed: see https://trap.example/?$"),
+    ("blocklist.rbldnsd_ip4", '"/srv/rbl/ip4"', Path("/srv/rbl/ip4")),
+    ("blocklist.rbldnsd_ip6", '""', None),
+    ("blocklist.postfix", '"/etc/postfix/trap.cidr"', Path("/etc/postfix/trap.cidr")),
+    ("blocklist.plain", '"/srv/rbl/list.txt"', Path("/srv/rbl/list.txt")),
+    ("blocklist.json", '"/srv/rbl/list.json"', Path("/srv/rbl/list.json")),
     ("service.user", f'"{OWN_USER}"', OWN_USER),
     ("service.user", '""', ""),
     ("service.group", '""', ""),
@@ -369,6 +416,7 @@ BAD: list[tuple[str, str, str]] = [
     ("overflow.max_attempts", "0", "must be an integer >= 1, got 0"),
     ("overflow.quarantine_max_bytes", '"10K"', "must be a byte size >= 1MiB"),
     ("overflow.quarantine_retention_days", "-1", "must be an integer >= 0, got -1"),
+    ("overflow.drain_order", '"lifo"', 'must be one of "oldest", "newest", got "lifo"'),
     ("workers.count", "0", "must be an integer >= 1 and <= 1024, got 0"),
     ("workers.count", "1025", "got 1025"),
     ("workers.max_rss_bytes", '"1M"', "must be 0 (unlimited) or a byte size >= 32MiB"),
@@ -377,17 +425,40 @@ BAD: list[tuple[str, str, str]] = [
     (
         "spamd.address",
         '"on"',
-        'must be "managed", "off", "unix:/path/to/socket" or "tcp:host:port"',
+        'must be "managed", "off", "unix:/path/to/socket", "tcp:host:port", "tls:host:port"'
+        " or a list of addresses",
     ),
+    ("spamd.address", "[]", "a list of spamd addresses cannot be empty"),
+    ("spamd.address", '["tcp:a:783", "managed"]',
+     'element 2 "managed": "managed" and "off" stand alone, not in a list'),
+    ("spamd.address", '["off"]', 'element 1 "off": "managed" and "off" stand alone'),
+    ("spamd.address", '["tcp:a:783", "tcp:b"]',
+     'element 2 "tcp:b": must be tcp:host:port with a port from 1 to 65535'),
+    ("spamd.address", '["tls:a:783", 7]', "element 2 7: must be"),
+    ("spamd.address", '["tcp:a:783", "tcp:a:783"]', 'element 2 "tcp:a:783": the same spamd twice'),
+    ("spamd.address", '"tls:host"', "must be tls:host:port with a port from 1 to 65535"),
+    ("spamd.address", "[" + ", ".join(f'"tcp:h{i}:783"' for i in range(17)) + "]",
+     "at most 16 spamd addresses, got 17"),
+    ("spamd.tls_ca", "7", "must be a path string, got 7"),
     ("spamd.address", '"tcp:localhost"', "must be tcp:host:port with a port from 1 to 65535"),
     ("spamd.address", '"tcp:localhost:0"', 'got "tcp:localhost:0"'),
     ("spamd.address", '"tcp:::1:783"', "an IPv6 host must be in brackets"),
     ("spamd.address", '"unix:"', 'got "unix:"'),
     ("spamd.address", "5", "got 5"),
+    ("rspamd.address", '"off"', 'scanner.kind = "spamd" turns rspamd off'),
+    ("rspamd.address", '"tcp:localhost"', "must be tcp:host:port with a port from 1 to 65535"),
+    ("rspamd.timeout", "0", "must be a number of seconds > 0, got 0"),
+    ("rspamd.connect_timeout", '"1s"', 'got "1s"'),
+    ("rspamd.workers", "-1", "must be an integer >= 0 and <= 1024, got -1"),
+    ("rspamd.network", '"yes"', 'got "yes"'),
+    ("rspamd.nameservers", '"127.0.0.1"', 'got "127.0.0.1"'),
+    ("rspamd.command", "1", "got 1"),
+    ("rspamd.db_dir", '""', "must not be empty"),
     ("scanner.kind", '"clamd"', 'must be one of "spamd", "rspamd", got "clamd"'),
     ("scanner.breaker_errors", "0", "must be an integer >= 1 and <= 1000, got 0"),
     ("scanner.breaker_window", "0", "must be a number of seconds > 0, got 0"),
     ("scanner.breaker_revive", '"1m"', 'got "1m"'),
+    ("scanner.hung_after", "0", "must be a number of seconds > 0, got 0"),
     ("spamd.timeout", "-1", "must be a number of seconds > 0, got -1"),
     ("spamd.connect_timeout", '"10s"', 'got "10s"'),
     ("spamd.children", "-1", "must be an integer >= 0 and <= 1024, got -1"),
@@ -412,7 +483,9 @@ BAD: list[tuple[str, str, str]] = [
     ("stage.learn", '"no"', 'must be true or false, got "no"'),
     ("stage.report", "0", "must be true or false, got 0"),
     ("stage.verdicts", '["virus", "maybe"]', '"maybe" is not one of'),
-    ("stage.address", '"off"', 'must be "", "unix:/path" or "tcp:host:port", got "off"'),
+    ("stage.address", '"off"',
+     'must be "", "unix:/path", "tcp:host:port" or "tls:host:port", got "off"'),
+    ("stage.address", '["tcp:a:783", "tcp:b:783"]', "must be"),
     ("stage.timeout", "-5", "must be a number of seconds > 0"),
     ("stage.dir", "[]", "must be a path string"),
     ("stage.max_bytes", '"1K"', "must be a byte size >= 1MiB"),
@@ -447,6 +520,23 @@ BAD: list[tuple[str, str, str]] = [
     ("metrics.listen", '"localhost:0"', 'got "localhost:0"'),
     ("metrics.listen", '"::1:9809"', 'IPv6 as "[::1]:9809"'),
     ("metrics.listen", "9809", "got 9809"),
+    ("blocklist.interval", "-1", "must be an integer >= 0"),
+    ("blocklist.window_days", "0", "must be an integer >= 1 and <= 366"),
+    ("blocklist.min_hits", "0", "must be an integer >= 1"),
+    ("blocklist.min_recipients", '"2"', "must be an integer >= 1"),
+    ("blocklist.expire_days", "9", "longer than blocklist.window_days (7)"),
+    ("blocklist.ipv4_prefix", "33", "must be an integer >= 8 and <= 32"),
+    ("blocklist.ipv6_prefix", "8", "must be an integer >= 16 and <= 128"),
+    ("blocklist.allow", '["10.0.0.300"]', '"10.0.0.300" is not an IP network'),
+    ("blocklist.list_reserved", '"yes"', "must be true or false"),
+    ("blocklist.verdicts", '["spam", "bad"]', '"bad" is not one of'),
+    ("blocklist.a_value", '"::1"', 'must be an IPv4 address such as "127.0.0.2", got "::1"'),
+    ("blocklist.txt", '""', "must be a non-empty string"),
+    ("blocklist.rbldnsd_ip4", "1", "must be a path string"),
+    ("blocklist.rbldnsd_ip6", "[]", "must be a path string"),
+    ("blocklist.postfix", "true", "must be a path string"),
+    ("blocklist.plain", "2", "must be a path string"),
+    ("blocklist.json", "{}", "must be a path string"),
     ("service.user", '"no-such-user-for-ringtrap"', 'no such user "no-such-user-for-ringtrap"'),
     ("service.user", "0", "must be a user name, got 0"),
     ("service.group", '"no-such-group-for-ringtrap"', 'no such group "no-such-group'),
@@ -648,6 +738,27 @@ def test_syntax_error_from_a_file_names_the_path(tmp_path: Path) -> None:
             'spamd.address: "managed" needs spamd, but spamd.command "/nonexistent/spamd"',
         ),
         (
+            '[scanner]\nkind = "rspamd"\n[rspamd]\ncommand = "/nonexistent/rspamd"\n',
+            'rspamd.address: "managed" needs rspamd, but rspamd.command "/nonexistent/rspamd"'
+            " is not found",
+        ),
+        (
+            '[scanner]\nkind = "rspamd"\n[workers]\nheartbeat_timeout = 50\n',
+            "rspamd.timeout: must be less than workers.heartbeat_timeout (50 s)",
+        ),
+        (
+            '[scanner]\nkind = "rspamd"\n[rspamd]\ntimeout = 8\nconnect_timeout = 1\n',
+            "rspamd.timeout: must be greater than rspamd's task_timeout (8 s)",
+        ),
+        (
+            '[scanner]\nkind = "rspamd"\n[rspamd]\nconnect_timeout = 61\n',
+            "rspamd.connect_timeout: must not exceed rspamd.timeout (60 s), got 61",
+        ),
+        (
+            '[scanner]\nkind = "rspamd"\n[stage]\nworkers = 1\n',
+            "stage.address: the stage learns and reports through spamd only",
+        ),
+        (
             "[ring]\nslots = 300000\n",
             "ring.slots: ring.slots * ring.slot_bytes = 300000 * 64KiB = 19660800000 bytes"
             " exceeds the 16GiB limit",
@@ -673,6 +784,11 @@ def test_syntax_error_from_a_file_names_the_path(tmp_path: Path) -> None:
             'ingest.socket: ingest.lmtp_socket "/srv/t/submit.sock" is also'
             " ingest.submit_socket",
         ),
+        (
+            '[spamd]\naddress = ["tcp:10.0.0.1:783", "tcp:10.0.0.2:783"]\n'
+            "[stage]\nworkers = 1\nlearn = true\n",
+            "stage.address: spamd.address is a list: set stage.address to the one spamd",
+        ),
     ],
 )
 def test_cross_field_rules(text: str, start: str) -> None:
@@ -694,6 +810,14 @@ def test_cross_field_rules(text: str, start: str) -> None:
         # an LMTP socket beside the other two, and the submit socket off
         '[ingest]\nsocket = "/srv/t/a.sock"\nlmtp_socket = "/srv/t/lmtp.sock"\n',
         '[ingest]\nsubmit_socket = ""\n',
+        # rspamd's keys matter only when it scans; a running one may answer faster
+        '[rspamd]\ncommand = "/nonexistent/rspamd"\ntimeout = 5\nconnect_timeout = 9\n',
+        '[scanner]\nkind = "rspamd"\n[rspamd]\naddress = "tcp:127.0.0.1:11333"\n'
+        'command = "/nonexistent/rspamd"\ntimeout = 5\nconnect_timeout = 5\n',
+        '[scanner]\nkind = "rspamd"\n[stage]\nworkers = 1\naddress = "tcp:127.0.0.1:783"\n',
+        # a pool's stage learns through the spamd it is told
+        '[spamd]\naddress = ["tcp:10.0.0.1:783", "tcp:10.0.0.2:783"]\n'
+        '[stage]\nworkers = 1\nlearn = true\naddress = "tcp:10.0.0.1:783"\n',
     ],
 )
 def test_cross_field_rules_accept_the_boundaries(text: str) -> None:

@@ -23,7 +23,7 @@ from ringtrap import config as configmod
 from ringtrap import ring as ringmod
 from ringtrap.base import logs, privileges, systemd
 from ringtrap.base.counters import SCAN_BUCKETS, C, scan_bucket
-from ringtrap.base.states import ChildState, Role
+from ringtrap.base.states import ChildState, ProcState, Role
 from ringtrap.control import metrics
 from ringtrap.control.child import MIN_UPTIME, Child
 from ringtrap.overflow import Overflow
@@ -268,6 +268,34 @@ def test_collector_reports_shared_memory_counters(
         worker.add(C.VERDICT_SPAM, 10)
         now[0] += metrics.CACHE_SECONDS
         assert scrape(collector)['ringtrap_messages_processed_total{verdict="spam"}'] == 13
+    finally:
+        collector.close()
+
+
+def test_collector_reports_the_analysed_fraction_and_the_age_of_what_is_scanned(
+    small_ring: tuple[ringmod.Ring, Path],
+) -> None:
+    ring, spill = small_ring
+    Overflow(spill, 1 << 20)
+    ingest = ring.table.register(Role.INGEST)
+    ingest.add(C.ACCEPTED_RING, 6)
+    ingest.add(C.ACCEPTED_OVERFLOW, 2)
+    worker = ring.table.register(Role.WORKER, 0)
+    worker.add(C.ANALYSED, 2)
+    worker.add(C.ANALYSED_AGE_US, 3_500_000)
+    idle = ring.table.register(Role.WORKER, 1)
+    idle.set_received(time.time() - 9999)  # not scanning: its age does not count
+    worker.set_state(ProcState.SCANNING, "m-1")
+    worker.set_received(time.time() - 40)
+    ring.table.tick_history(time.time())
+    collector = metrics.TrapCollector(ring.name, spill, 1 << 20)
+    try:
+        m = scrape(collector)
+        assert m["ringtrap_messages_analysed_total"] == 2
+        assert m["ringtrap_analysed_age_seconds_total"] == pytest.approx(3.5)
+        assert 40 <= m["ringtrap_scanning_age_seconds"] < 45
+        assert m['ringtrap_analysed_fraction{window="hour"}'] == pytest.approx(0.25)
+        assert m['ringtrap_analysed_fraction{window="day"}'] == pytest.approx(0.25)
     finally:
         collector.close()
 

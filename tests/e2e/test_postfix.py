@@ -33,27 +33,17 @@ from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
-from postfix_fixture import PostfixInstance, missing_reason
+from postfix_fixture import (
+    SYSTEM_PYTHON,
+    PostfixInstance,
+    install_clients,
+    main_cf,
+    missing_reason,
+    snippet,
+)
 from trap_fixture import Trap, wait_until
 
 pytestmark = pytest.mark.slow
-
-ROOT = Path(__file__).resolve().parents[2]
-SNIPPETS = ROOT / "contrib" / "postfix"
-SYSTEM_PYTHON = "/usr/bin/python3"
-
-
-def snippet(name: str) -> str:
-    """One of the shipped Postfix snippets, ``contrib/postfix/<name>``."""
-    return (SNIPPETS / name).read_text()
-
-
-def main_cf(text: str) -> dict[str, str]:
-    out = {}
-    for line in text.splitlines():
-        key, _, value = line.partition("=")
-        out[key.strip()] = value.strip()
-    return out
 
 
 @pytest.fixture
@@ -68,27 +58,6 @@ def workdir() -> Iterator[Path]:
     path.chmod(0o755)
     yield path
     shutil.rmtree(path, ignore_errors=True)
-
-
-def install_clients(root: Path) -> Path:
-    """A copy of the package and both clients where ``nobody`` can run them; their bin dir."""
-    lib, bin_ = root / "lib", root / "bin"
-    shutil.copytree(ROOT / "ringtrap", lib / "ringtrap",
-                    ignore=shutil.ignore_patterns("__pycache__"))
-    bin_.mkdir()
-    launcher = bin_ / "ringtrap"
-    # what an installed console script does, minus the site packages submit never needs
-    launcher.write_text(f"#!{SYSTEM_PYTHON} -S\nimport sys\nsys.path.insert(0, {str(lib)!r})\n"
-                        "from ringtrap.command.launcher import main\nsys.exit(main())\n")
-    shutil.copy(ROOT / "scripts" / "ringtrap-deliver", bin_ / "ringtrap-deliver")
-    for p in (launcher, bin_ / "ringtrap-deliver"):
-        p.chmod(0o755)
-    for d in (lib, bin_):
-        for dirpath, _dirs, filenames in os.walk(d):
-            os.chmod(dirpath, 0o755)
-            for f in filenames:
-                os.chmod(os.path.join(dirpath, f), 0o755 if dirpath == str(bin_) else 0o644)
-    return bin_
 
 
 def configure(pf: PostfixInstance, trap: Trap, bin_: Path) -> None:

@@ -34,6 +34,18 @@ def test_miss_remember_hit_and_repeat_count(tmp_path: Path) -> None:
     assert store.errors == 0
 
 
+def test_a_first_keeps_its_scanner_and_action_and_old_rows_still_read(tmp_path: Path) -> None:
+    store = DedupeStore(tmp_path, window=3600)
+    scanned = First("m1", T0, "spam", 15.0, 15.0, ("GTUBE",), "rspamd", "reject")
+    store.remember("fp", scanned)
+    assert store.lookup("fp", T0 + 1) == scanned
+    # a row written before the scanner was kept holds the rules list alone
+    sqlite3.connect(tmp_path / FILE_NAME, isolation_level=None).execute(
+        "UPDATE seen SET rules = '[\"RULE_A\"]' WHERE fingerprint = 'fp'")
+    old = store.lookup("fp", T0 + 2)
+    assert old is not None and (old.rules, old.scanner, old.action) == (("RULE_A",), None, None)
+
+
 def test_window_expiry_makes_the_next_one_first(tmp_path: Path) -> None:
     store = DedupeStore(tmp_path, window=3600)
     store.remember("fp", first())

@@ -1202,3 +1202,98 @@ def test_the_overflow_shadows_no_builtin_and_holds_no_thread_lock(store: Overflo
     lock_type = type(threading.Lock())
     assert not [k for k, v in vars(store).items() if isinstance(v, lock_type)]
     assert not hasattr(store, "refresh")
+
+
+# -- drain order newest --------------------------------------------------------
+
+
+@pytest.fixture
+def newest(shm_dir: Path) -> tuple[Overflow, Clock]:
+    clock = Clock()
+    return Overflow(shm_dir / "ovf", 1 << 20, drain_order="newest", clock=clock), clock
+
+
+def drain(store: Overflow, me: Identity, newer_than: float | None = None) -> list[str]:
+    order = []
+    while (c := store.claim(me, newer_than=newer_than)) is not None:
+        order.append(c.msgid)
+        store.ack(c)
+    return order
+
+
+def test_newest_first_claims_fresh_newest_first_then_attempted(
+        newest: tuple[Overflow, Clock], me: Identity) -> None:
+    store, _ = newest
+    poison = msgid_at(100.0)
+    store.spill(poison, b"poison", attempts=1)
+    fresh = [msgid_at(200.0 + i) for i in range(5)]
+    for m in fresh:
+        store.spill(m, b"fresh")
+    later_poison = msgid_at(300.0)
+    store.spill(later_poison, b"poison", attempts=2)
+    assert drain(store, me) == [*reversed(fresh), later_poison, poison]
+
+
+def test_oldest_first_is_the_default_order(store: Overflow, me: Identity) -> None:
+    ms = [msgid_at(200.0 + i) for i in range(4)]
+    for m in reversed(ms):
+        store.spill(m, b"x")
+    assert not store.newest
+    assert drain(store, me) == ms
+
+
+def test_newer_than_takes_only_fresh_mail_after_it(
+        newest: tuple[Overflow, Clock], me: Identity) -> None:
+    """The ring's oldest is the bar: nothing at or before it, no attempted
+    message; without a bar everything is taken, nothing left behind."""
+    store, _ = newest
+    old, at, new1, new2 = (msgid_at(t) for t in (100.0, 150.0, 151.0, 152.0))
+    for m in (old, at, new1, new2):
+        store.spill(m, b"x")
+    poison = msgid_at(160.0)
+    store.spill(poison, b"p", attempts=1)
+    assert drain(store, me, newer_than=150.0) == [new2, new1]
+    assert store.claim(me, newer_than=150.0) is None
+    assert drain(store, me) == [at, old, poison]
+    assert store.ready_count() == 0
+
+
+def test_newest_first_lists_again_once_the_window_has_aged(
+        newest: tuple[Overflow, Clock], me: Identity, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Mail that arrives behind the window is seen at the next listing, which
+    comes when the window has aged, not only when it is used up."""
+    monkeypatch.setattr(overflow, "CLAIM_WINDOW", 3)
+    store, clock = newest
+    ms = [msgid_at(200.0 + i) for i in range(5)]
+    for m in ms[:4]:
+        store.spill(m, b"x")
+    first = store.claim(me)
+    assert first is not None and first.msgid == ms[3]
+    store.spill(ms[4], b"x")
+    c = store.claim(me)
+    assert c is not None and c.msgid == ms[2]  # the window has not aged yet
+    clock.now += overflow.RELIST_MIN
+    c = store.claim(me)
+    assert c is not None and c.msgid == ms[4]
+    # the oldest was never in a window of three until the rest were taken
+    assert drain(store, me) == [ms[1], ms[0]]
+
+
+def test_newest_first_release_keeps_the_place(
+        newest: tuple[Overflow, Clock], me: Identity) -> None:
+    store, _ = newest
+    ms = [msgid_at(200.0 + i) for i in range(3)]
+    for m in ms:
+        store.spill(m, b"x")
+    c = store.claim(me)
+    assert c is not None and c.msgid == ms[2]
+    c2 = store.claim(me)
+    assert c2 is not None and c2.msgid == ms[1]
+    store.release(c)
+    store.release(c2)
+    assert drain(store, me) == [ms[2], ms[1], ms[0]]
+
+
+def test_drain_order_is_checked(shm_dir: Path) -> None:
+    with pytest.raises(ValueError, match="drain_order"):
+        Overflow(shm_dir / "ovf", 1 << 20, drain_order="lifo")

@@ -8,6 +8,7 @@ Every test counts each message at the end: recorded once, acked, nothing left.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import logging
 import os
@@ -51,6 +52,7 @@ from ringtrap.config import Config
 from ringtrap.overflow import Overflow, parse_ready
 from ringtrap.ring import PutResult, Ring
 from ringtrap.scan.archive import MaildirArchive
+from ringtrap.scan.pool import ScannerPool
 from ringtrap.scan.processing import Processor
 from ringtrap.scan.record import Record
 from ringtrap.scan.results import ResultSink, read_results
@@ -267,6 +269,33 @@ def test_ring_is_drained_before_the_overflow(tmp_path: Path, ring: Ring, spam: b
                           StopAfter(cfg.results.dir, 3))
     assert run_guarded(worker) == EXIT_OK
     assert [r["id"] for r in records(cfg)] == [*newer, older]
+    assert_drained(ring, overflow)
+
+
+@pytest.mark.parametrize("order", ["oldest", "newest"])
+def test_claim_order_across_ring_and_overflow(tmp_path: Path, ring: Ring, spam: bytes,
+                                              order: str) -> None:
+    """A flood's shape: one message spilled before the ring filled, the ring's
+    FIFO, fresher spills, and an attempted spill newer than all.  Newest first
+    takes the spills newer than the ring's oldest, newest first, then the ring
+    in order, then the rest; attempted mail last either way; nothing left."""
+    cfg = make_cfg(tmp_path, ring.name)
+    cfg = dataclasses.replace(cfg, overflow=dataclasses.replace(cfg.overflow,
+                                                                drain_order=order))
+    overflow = open_overflow(cfg)
+    early = put(ring, overflow, spam, 0, "overflow")
+    in_ring = [put(ring, overflow, spam, n, "ring") for n in (1, 2, 3)]
+    spilled = [put(ring, overflow, spam, n, "overflow") for n in (4, 5, 6)]
+    attempted = ids.new_id()
+    overflow.spill(attempted, envelope.frame(spam, env_for(7)), attempts=1)
+    worker = local_worker(cfg, ring, overflow, offline_processor(),
+                          StopAfter(cfg.results.dir, 8))
+    assert run_guarded(worker) == EXIT_OK
+    got = [r["id"] for r in records(cfg)]
+    if order == "oldest":
+        assert got == [*in_ring, early, *spilled, attempted]
+    else:
+        assert got == [*reversed(spilled), *in_ring, early, attempted]
     assert_drained(ring, overflow)
 
 
@@ -535,6 +564,50 @@ def test_a_message_that_times_out_spamd_alone_is_quarantined(
     assert counters(row)[C.SPAMD_ERRORS] == MAX_ATTEMPTS
 
 
+@pytest.mark.slow
+@pytest.mark.spamd
+@pytest.mark.parametrize("hosts", ["one stalls", "both stall"])
+def test_a_pool_fails_a_slow_message_over_and_counts_an_attempt_only_when_all_time_out(
+    tmp_path: Path, ring: Ring, spamd_server: SpamdProcess, short_dir: Path, hosts: str,
+    spam: bytes, ham: bytes,
+) -> None:
+    stall = StallingSpamd(short_dir / "stall.sock", spamd_server.socket_path)
+    other = (StallingSpamd(short_dir / "stall2.sock", spamd_server.socket_path)
+             if hosts == "both stall" else None)
+    try:
+        second = f"unix:{other.path}" if other else spamd_server.unix_address
+        cfg = make_cfg(tmp_path, ring.name, "off")
+        overflow = open_overflow(cfg)
+        normal = [put(ring, overflow, spam if n % 2 else ham, n, "ring") for n in range(4)]
+        doomed = put(ring, overflow, STALL_MARKER + b"\n" + spam, 9, "ring")
+        pool = ScannerPool([SpamdClient(a, connect_timeout=5.0, timeout=1.0)
+                            for a in (f"unix:{stall.path}", second)],
+                           breaker_errors=100, breaker_window=60.0, breaker_revive=60.0)
+        worker = local_worker(cfg, ring, overflow,
+                              Processor(scanner=pool, scan_limit_bytes=1 << 20),
+                              ResultSink(cfg.results.dir), backoff_initial=0.05,
+                              backoff_max=0.2)
+        want = len(normal) + 1
+        run_until(worker, lambda: len(records(cfg, False)) == want
+                  and (other is None or overflow.stats().failed == 1), timeout=60)
+    finally:
+        stall.close()
+        if other is not None:
+            other.close()
+    got = {r["id"]: r for r in records(cfg)}
+    assert {got[m]["verdict"] for m in normal} <= {"spam", "ham"}
+    if other is None:
+        # timed out on the stalling host, answered by the other: scanned, no attempt spent
+        assert (got[doomed]["verdict"], got[doomed]["attempts"]) == ("spam", 0)
+        assert got[doomed]["scanner_host"] == spamd_server.unix_address
+        assert stall.stalled >= 1
+    else:
+        # timed out on every host while each answered PING: an attempt per round
+        assert (got[doomed]["verdict"], got[doomed]["attempts"]) == ("quarantined",
+                                                                    MAX_ATTEMPTS)
+        assert stall.stalled == other.stalled == MAX_ATTEMPTS
+
+
 # -- a worker killed mid-scan ----------------------------------------------------------------
 
 
@@ -712,8 +785,13 @@ def test_spamd_client_follows_the_config_and_the_override(tmp_path: Path) -> Non
     assert spamd_client(cfg, "unix:/run/x/spamd.sock") is not None
     tcp = make_cfg(tmp_path, "x", "tcp:127.0.0.1:783")
     client = spamd_client(tcp)
-    assert client is not None and client.address == "tcp:127.0.0.1:783"
+    assert isinstance(client, ScannerPool) and client.hosts == ("tcp:127.0.0.1:783",)
     assert spamd_client(tcp, "off") is None
+    pool = spamd_client(config.override(tcp, {"spamd.address": ["tcp:127.0.0.1:783",
+                                                               "tls:127.0.0.1:784"]}))
+    assert isinstance(pool, ScannerPool)
+    assert pool.hosts == ("tcp:127.0.0.1:783", "tls:127.0.0.1:784")
+    assert pool.breakers[0].errors == tcp.scanner.breaker_errors
     managed = config.override(cfg, {"spamd.address": "managed", "spamd.command": "/bin/true"})
     with pytest.raises(ValueError):
         spamd_client(managed)
