@@ -213,6 +213,16 @@ def cmd_export(args: argparse.Namespace) -> int:
     return export.run(_load(args.config), args)
 
 
+def cmd_collect(args: argparse.Namespace) -> int:
+    from ringtrap.base import logs
+    from ringtrap.command import collect
+
+    cfg = _load(args.config)
+    # the journal's: the collector is its own unit, its lines go to stderr
+    logs.setup(cfg.supervisor.log_level, None, cfg.supervisor.log_format)
+    return collect.run(cfg)
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     if args.check:
         try:
@@ -305,6 +315,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tlp", default="clear", choices=("clear", "green", "amber", "red"),
                    help="TLP tag of the events (default clear)")
     p.set_defaults(func=cmd_export)
+    p = sub.add_parser("collect", help="the fleet's hub: load the records the traps forward"
+                       " to NATS JetStream into PostgreSQL (needs the 'hub' extra)")
+    with_config(p)
+    p.set_defaults(func=cmd_collect)
     # listed for --help only: main() hands "submit" to ringtrap.command.submit before argparse
     sub.add_parser("submit", help="deliver the message on stdin with its envelope (the MTA's"
                    " pipe client; exit 0 or 75, see 'ringtrap submit --help')", add_help=False)
