@@ -220,6 +220,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
     # the journal's: the collector is its own unit, its lines go to stderr
     logs.setup(cfg.supervisor.log_level, None, cfg.supervisor.log_format)
+    logs.set_role("collect")
     return collect.run(cfg)
 
 

@@ -15,7 +15,9 @@ commit are the messages acknowledged, so:
   ``<host>:<id>``) makes the second load a no-op: one row per record,
   whatever is redelivered or re-sent;
 - a message that is no record (not JSON, no id) is logged, acknowledged and
-  never loaded: redelivering it would change nothing.
+  never loaded: redelivering it would change nothing;
+- while the broker is away the collector retries every second; when the
+  database is, it exits non-zero (its unit restarts it) with nothing acked.
 
 The schema is versioned: ``schema_version`` holds the migrations applied,
 each applied once in its own transaction under an advisory lock, so two
@@ -279,6 +281,7 @@ class Collector:
 
     async def run(self) -> int:
         import nats
+        import nats.errors
         import psycopg
         from nats.js import api
 
@@ -287,22 +290,41 @@ class Collector:
             version = await migrate(conn)
             await _staging(conn)
             opts: dict[str, Any] = {"servers": list(self.c.servers), "name": "ringtrap-collect",
-                                    "max_reconnect_attempts": -1, "reconnect_time_wait": 1}
+                                    "max_reconnect_attempts": -1, "reconnect_time_wait": 1,
+                                    "error_cb": self._on_error,
+                                    "disconnected_cb": self._on_disconnected,
+                                    "reconnected_cb": self._on_reconnected}
             if self.c.creds_file is not None:
                 opts["user_credentials"] = str(self.c.creds_file)
             nc = await nats.connect(**opts)
             try:
                 js = nc.jetstream(timeout=10)
-                sub = await js.pull_subscribe(
-                    f"{self.c.subject_prefix}.*.record", durable=self.c.durable,
-                    stream=self.c.stream,
-                    config=api.ConsumerConfig(ack_wait=self.c.ack_wait,
-                                              max_ack_pending=max(1000, 4 * self.c.batch)))
+                sub = None
+                while sub is None and not self.stopping.is_set():
+                    try:
+                        sub = await js.pull_subscribe(
+                            f"{self.c.subject_prefix}.*.record", durable=self.c.durable,
+                            stream=self.c.stream,
+                            config=api.ConsumerConfig(
+                                ack_wait=self.c.ack_wait,
+                                max_ack_pending=max(1000, 4 * self.c.batch)))
+                    except nats.errors.Error as exc:
+                        # no trap has made the stream yet, or the broker is electing
+                        log.warning("collect: no consumer on %s yet (%s); retrying",
+                                    self.c.stream, exc or type(exc).__name__)
+                        await asyncio.sleep(2.0)
+                if sub is None:
+                    return 0
                 log.info("collect: %s.*.record of stream %s into PostgreSQL (schema %d),"
                          " consumer %s", self.c.subject_prefix, self.c.stream, version,
                          self.c.durable)
                 while not self.stopping.is_set():
-                    await self._batch(sub, conn)
+                    try:
+                        await self._batch(sub, conn)
+                    except nats.errors.Error as exc:
+                        # the broker away or electing: nothing was acked, ask again soon
+                        log.warning("collect: %s; retrying", exc or type(exc).__name__)
+                        await asyncio.sleep(1.0)
             finally:
                 with contextlib.suppress(Exception):
                     await nc.close()
@@ -311,6 +333,16 @@ class Collector:
         log.info("collect: stopped after %d records loaded (%d repeats)", self.loaded,
                  self.repeats)
         return 0
+
+    async def _on_error(self, exc: Exception) -> None:
+        # every refused reconnect: the warnings below say it once per outage
+        log.debug("collect: NATS client: %s", exc)
+
+    async def _on_disconnected(self) -> None:
+        log.warning("collect: disconnected from the broker; reconnecting")
+
+    async def _on_reconnected(self) -> None:
+        log.info("collect: reconnected to the broker")
 
     async def _batch(self, sub: Any, conn: Any) -> None:
         import nats.errors
