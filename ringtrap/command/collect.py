@@ -158,12 +158,18 @@ class Rows:
         default_factory=lambda: {t: [] for t in _CHILDREN})
     keys: set[str] = field(default_factory=set)
 
-    def add(self, key: str, record: dict[str, Any], seq: int | None) -> None:
-        """Add one record (a repeat of a key already in the batch is left out)."""
+    def add(self, key: str, record: dict[str, Any], seq: int | None,
+            has_nul: bool = True) -> None:
+        """Add one record (a repeat of a key already in the batch is left out).
+
+        ``has_nul`` False (its JSON holds no ``\u0000``) skips the walk that
+        replaces NUL characters.
+        """
         if key in self.keys:
             return
         self.keys.add(key)
-        record = _strip_nul(record)
+        if has_nul:
+            record = _strip_nul(record)
         env = record.get("envelope") if isinstance(record.get("envelope"), dict) else {}
         host = key.split(":", 1)[0]
         self.messages.append((
@@ -362,7 +368,8 @@ class Collector:
                 log.warning("collect: %s: skipping a message that is no record (%s)",
                             m.subject, exc)
                 continue
-            rows.add(key, record, m.metadata.sequence.stream if m.metadata else None)
+            rows.add(key, record, m.metadata.sequence.stream if m.metadata else None,
+                     has_nul=b"\\u0000" in m.data)
         new = await load(conn, rows) if rows.messages else 0
         # only now: the rows are committed
         for m in msgs:
