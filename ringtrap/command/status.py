@@ -236,6 +236,12 @@ def print_status(st: dict[str, Any]) -> None:
               f"{t['forwarded']}, backlog {t['forward_backlog']} records, duplicates "
               f"{t['forward_duplicates']}, dropped {t['forward_dropped']}, errors "
               f"{t['forward_errors']}; cursor {at}")
+        raw = f.get("raw")
+        if raw:
+            print(f"         raw messages {raw['dir']}: {raw['ready']} waiting "
+                  f"({fmt_bytes(raw['ready_bytes'])} of {fmt_bytes(raw['max_bytes'])}), "
+                  f"handed on {t['forward_raw_handed_on']}, forwarded "
+                  f"{t['forward_raw_forwarded']}, too large {t['forward_raw_too_large']}")
     accepted = t["accepted_ring"] + t["accepted_overflow"]
     refused = t["refused_too_large"] + t["refused_empty"] + t["refused_temp"]
     print(f"messages accepted {accepted} (ring {t['accepted_ring']}, overflow "

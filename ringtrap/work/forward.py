@@ -11,7 +11,7 @@ Why it follows the result files, and the workers do not spill records to it:
 
 - The result files are already the host's source of truth, written once per
   record, and kept for ``results.retention_days``.  A cursor on them (file
-  name and byte offset, ``forward.cursor`` in ``results.dir``) is the whole
+  name and byte offset, ``forward-cursor.json`` in ``results.dir``) is the whole
   backlog: it costs the workers nothing (no second write per record, no cap
   to hit, no record to drop while the broker is away), it survives every
   restart of the trap and of the machine, and it is bounded by the results'
@@ -60,17 +60,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from ringtrap import config as configmod
 from ringtrap.base import ids
 from ringtrap.base.counters import C
 from ringtrap.base.states import ProcState, Role
 from ringtrap.config import Config, ForwardConfig
+from ringtrap.overflow import Overflow, OverflowClaim, OverflowFull, UntrustedFile
+from ringtrap.scan.processing import split_payload
 from ringtrap.scan.results import PREFIX, SUFFIX
 from ringtrap.store.proctable import ProcRow, ProcTable
 from ringtrap.work.child import BEAT_EVERY, ChildLoop, SetupError, main
 
 log = logging.getLogger(__name__)
 
-CURSOR_NAME = "forward.cursor"
+CURSOR_NAME = "forward-cursor.json"
 # one batch: published concurrently, acknowledged, then one cursor write
 BATCH = 256
 BATCH_BYTES = 4 * 1024 * 1024
@@ -89,6 +92,36 @@ BACKOFF_MAX = 30.0
 RECONNECTS = 2
 # the largest line the tail reads whole; a longer one is not a record
 MAX_LINE = 64 * 1024 * 1024
+# raw messages published at once (each up to forward.raw_max_bytes)
+RAW_BATCH = 16
+
+
+def open_store(cfg: Config, *, create: bool = True) -> Overflow:
+    """The forwarder's raw spill directory for ``cfg`` (created unless ``create`` is False)."""
+    return Overflow(configmod.forward_dir(cfg), cfg.forward.spill_max_bytes, create=create,
+                    quarantine_max_bytes=cfg.overflow.quarantine_max_bytes)
+
+
+def hand_on(store: Overflow, msgid: str, payload: bytes, size: int, max_bytes: int) -> C:
+    """Give one raw message to the forwarder; the counter the caller adds one to.
+
+    Never waits and never fails the message: over ``max_bytes`` it is not
+    handed on (its record says so, Ringtrap-Raw: too-large), at the spill
+    directory's cap or on an I/O error it is dropped.  The caller calls this
+    after the record is written and before the ack: dying in between hands it
+    on twice, and the stream stores it once (same Nats-Msg-Id).
+    """
+    if size > max_bytes:
+        return C.FORWARD_RAW_TOO_LARGE
+    try:
+        store.resync()  # every worker spills here: the cap is theirs together
+        store.spill(msgid, payload, 0)
+    except OverflowFull:
+        return C.FORWARD_DROPPED  # the broker is away long enough: the backlog stays bounded
+    except OSError as exc:
+        log.warning("%s: cannot hand the message on to the forwarder (%s)", msgid, exc)
+        return C.FORWARD_DROPPED
+    return C.FORWARD_RAW_HANDED_ON
 
 
 class Position(NamedTuple):
@@ -525,6 +558,8 @@ class Forwarder(ChildLoop):
         self.broker = JetStream(self.f)
         self._aloop = asyncio.new_event_loop()
         self._record_subject = f"{self.f.subject_prefix}.{self.f.host}.record"
+        self._raw_subject = f"{self.f.subject_prefix}.{self.f.host}.raw"
+        self.raw = open_store(cfg) if self.f.raw else None
 
     def _run(self, coro: Any) -> Any:
         return self._aloop.run_until_complete(coro)
@@ -559,6 +594,9 @@ class Forwarder(ChildLoop):
         self._count_skipped()
         if lines:
             self._send_records(lines)
+        # raw messages between record batches: neither waits long for the other
+        sent_raw = self.raw is not None and self.broker.usable and self._send_raw()
+        if lines or sent_raw:
             return True
         self.gauge.set(self.backlog.scan())
         self._state(ProcState.IDLE)
@@ -650,6 +688,56 @@ class Forwarder(ChildLoop):
             self._dependency_down("nats", "forward", failure)
             return
         self._dependency_up("forward")
+
+    def _send_raw(self) -> bool:
+        """Publish up to RAW_BATCH raw messages; ack each acknowledged one.  False if none."""
+        assert self.raw is not None
+        claims: list[OverflowClaim] = []
+        items: list[tuple[str, bytes, dict[str, str]]] = []
+        while len(claims) < RAW_BATCH:
+            claim = self.raw.claim(self._me)
+            if claim is None:
+                break
+            try:
+                payload = claim.read()
+            except FileNotFoundError:
+                continue  # recovered by the supervisor meanwhile
+            except UntrustedFile as exc:
+                log.warning("%s: untrusted raw spill file (%s); dropped", claim.msgid,
+                            exc.reason)
+                self._count(C.FORWARD_DROPPED)
+                self.raw.ack(claim)
+                continue
+            _, message = split_payload(payload)
+            claims.append(claim)
+            items.append((self._raw_subject, bytes(message),
+                          {"Nats-Msg-Id": f"{self.f.host}:{claim.msgid}:raw",
+                           "Ringtrap-Host": self.f.host, "Ringtrap-Id": claim.msgid}))
+        if not claims:
+            return False
+        self._state(ProcState.BUSY)
+        self._title(f"forwarding {len(claims)} raw messages")
+        try:
+            results = self._run(self.broker.publish(items))
+        except Exception as exc:
+            results = [exc] * len(items)
+        failure: BaseException | None = None
+        for claim, res in zip(claims, results, strict=True):
+            if isinstance(res, BaseException) and _retryable(res):
+                failure = failure or res
+                self.raw.release(claim)
+                continue
+            if isinstance(res, BaseException):
+                log.warning("%s: raw message over the server's payload limit (%d); dropped",
+                            claim.msgid, self.broker.max_payload)
+                self._count(C.FORWARD_DROPPED)
+            elif not res.duplicate:
+                self._count(C.FORWARD_RAW_FORWARDED)
+            self.raw.ack(claim)
+        if failure is not None:
+            self._count(C.FORWARD_ERRORS)
+            self._dependency_down("nats", "forward", failure)
+        return True
 
     def _record_item(self, data: bytes) -> tuple[str, bytes, dict[str, str]] | None:
         """The subject, payload and headers of one record line; None if it is no record."""

@@ -46,7 +46,8 @@ def forward_settings(servers: list[str], **more: Any) -> dict[str, dict[str, Any
 
 
 async def _stream_messages(urls: list[str]) -> list[tuple[dict[str, str], dict[str, Any]]]:
-    """Every message in the stream: (headers, record)."""
+    """Every message in the stream: (headers, record); a raw message's "record" is
+    ``{"raw_of": <id>}``."""
     import nats
     from nats.js.errors import NotFoundError
 
@@ -62,7 +63,9 @@ async def _stream_messages(urls: list[str]) -> list[tuple[dict[str, str], dict[s
             if info.state.messages == 0:
                 break
             m = await js.get_msg(STREAM, seq)
-            out.append((dict(m.headers or {}), json.loads(m.data)))
+            headers = dict(m.headers or {})
+            out.append((headers, json.loads(m.data) if m.subject.endswith(".record")
+                        else {"raw_of": headers.get("Ringtrap-Id")}))
         return out
     finally:
         await nc.close()
@@ -103,6 +106,7 @@ def wait_stream(urls: list[str], want: int, timeout: float = 90.0
 
 def assert_once(got: list[tuple[dict[str, str], dict[str, Any]]], ids: set[str]) -> None:
     """The stream holds exactly one message per record id, keyed <host>:<id>."""
+    got = [(h, r) for h, r in got if "raw_of" not in r]
     keys = [h["Nats-Msg-Id"] for h, _ in got]
     assert len(keys) == len(set(keys)), "a record is in the stream twice"
     assert {r["id"] for _, r in got} == ids
@@ -186,3 +190,84 @@ def test_one_cluster_node_killed_mid_flow(tmp_path: Path) -> None:
         alive = [n.url for n in cluster.nodes[1:]]
         got = wait_stream(alive, len(ids), timeout=120)
         assert_once(got, ids)
+
+
+def test_raw_messages_go_too_and_one_over_the_limit_is_noted_on_its_record(
+        tmp_path: Path, nats_server: NatsServer) -> None:
+    settings = forward_settings([nats_server.url], raw=True, raw_max_bytes="4K")
+    with running_trap(tmp_path, settings) as trap:
+        sent = {reply_id(trap.send(m)): m for m in (message(i) for i in range(8))}
+        big = {reply_id(trap.send(m)): m for m in (message(i, size=8192) for i in range(8, 10))}
+        trap.wait_records(set(sent) | set(big))
+        got = wait_stream([nats_server.url], 8 + 2 + 8)
+        records = {r["id"]: h for h, r in got if "raw_of" not in r}
+        assert set(records) == set(sent) | set(big)
+        assert {i for i, h in records.items() if h.get("Ringtrap-Raw") == "too-large"} == set(big)
+        raws = asyncio.run(_raw_payloads([nats_server.url]))
+        assert raws == sent  # the message bytes themselves, once each
+        t = totals(trap)
+        assert (t["forward_raw_handed_on"], t["forward_raw_forwarded"],
+                t["forward_raw_too_large"]) == (8, 8, 2)
+
+
+async def _raw_payloads(urls: list[str]) -> dict[str, bytes]:
+    import nats
+
+    nc = await nats.connect(servers=urls, allow_reconnect=False)
+    try:
+        js = nc.jetstream(timeout=10)
+        info = await js.stream_info(STREAM)
+        out = {}
+        for seq in range(info.state.first_seq, info.state.last_seq + 1):
+            m = await js.get_msg(STREAM, seq)
+            if m.subject.endswith(".raw"):
+                assert m.headers is not None
+                assert m.headers["Ringtrap-Id"] not in out
+                out[m.headers["Ringtrap-Id"]] = bytes(m.data)
+        return out
+    finally:
+        await nc.close()
+
+
+def test_the_raw_backlog_stays_within_its_cap_and_counts_what_it_drops(
+        tmp_path: Path, nats_server: NatsServer) -> None:
+    settings = forward_settings([nats_server.url], raw=True, raw_max_bytes="64K",
+                                spill_max_bytes="1M")
+    with running_trap(tmp_path, settings) as trap:
+        nats_server.stop()
+        ids = {reply_id(trap.send(message(i, size=30 * 1024))) for i in range(45)}
+        trap.wait_records(ids)
+        t = totals(trap)
+        # 45 x 30 KiB do not fit in 1 MiB: some are dropped, each counted, none waits beyond
+        assert t["forward_raw_handed_on"] + t["forward_dropped"] == 45
+        assert t["forward_dropped"] > 0
+        st = trap.status()
+        assert st is not None
+        raw = st["forward"]["raw"]
+        assert raw["ready"] == t["forward_raw_handed_on"]
+        # past half the cap each spill re-reads the directory: only spills racing
+        # each other go over, a few messages of the two workers, not the flood
+        assert raw["bytes"] <= raw["max_bytes"] + 4 * 31 * 1024
+        assert t["forward_dropped"] >= 45 - (raw["max_bytes"] + 4 * 31 * 1024) // (30 * 1024)
+        handed = t["forward_raw_handed_on"]
+        nats_server.start()
+        got = wait_stream([nats_server.url], 45 + handed)
+        assert len({h["Nats-Msg-Id"] for h, _ in got}) == 45 + handed
+        wait_until(lambda: totals(trap)["forward_raw_forwarded"] == handed, 20, "raw drained")
+
+
+def test_the_backlog_outlives_a_restart_of_the_trap(tmp_path: Path,
+                                                     nats_server: NatsServer) -> None:
+    settings = forward_settings([nats_server.url], raw=True)
+    with running_trap(tmp_path, settings) as trap:
+        nats_server.stop()
+        ids = deliver(trap, 0, 15)
+        trap.wait_records(ids)
+        trap.signal(signal.SIGTERM)
+        assert trap.wait_exit() == 0
+        nats_server.start()
+        trap.start()
+        # the records from the cursor on, the raw messages from their spill directory
+        got = wait_stream([nats_server.url], 30)
+        assert_once(got, ids)
+        assert {r["raw_of"] for _, r in got if "raw_of" in r} == ids
