@@ -23,7 +23,7 @@ answer (directly) or record (through ringtrap).  Server CPU per message is
 the scanner's process tree (its reaped children too); client CPU is spamc's,
 the keep-alive threads', or ringtrap's workers' and ingest's.
 
-    python3 perf/scanner_bench.py                 # 100 messages, 2 connections
+    python3 perf/scanner_bench.py                 # 100 messages, 2 connections, 3 rounds
     python3 perf/scanner_bench.py -n 200 --json
 """
 
@@ -214,11 +214,13 @@ def main(argv: list[str] | None = None) -> int:
                     help="connections, spamd children, rspamd workers, ringtrap workers")
     ap.add_argument("--rspamd-passes", type=int, default=5,
                     help="times rspamd's rows go through the messages (default 5)")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="runs of each row, taking turns; the median is shown (default 3)")
     ap.add_argument("--smoke", action="store_true", help="a few messages, one pass: seconds")
     ap.add_argument("--json", action="store_true", help="print rows as JSON")
     args = ap.parse_args(argv)
     if args.smoke:
-        args.messages, args.rspamd_passes = 6, 1
+        args.messages, args.rspamd_passes, args.rounds = 6, 1, 1
     reason = spamd_missing_reason() or spamc_missing_reason() or rspamd_missing_reason()
     if reason:
         print(f"scanner_bench: {reason}", file=sys.stderr)
@@ -226,18 +228,33 @@ def main(argv: list[str] | None = None) -> int:
     msgs = [m for m, _ in corpus(args.messages, seed=7, singles=1.0)]
     rmsgs = msgs * args.rspamd_passes
     conc = args.concurrency
-    rows = []
+    runs: dict[tuple[str, str], list[dict[str, Any]]] = {}
+
+    def keep(row: dict[str, Any]) -> None:
+        runs.setdefault((row["scanner"], row["way"]), []).append(row)
+
+    # each scanner's two rows take turns, so a slow moment of the machine
+    # does not land on one of them alone
     with SpamdProcess(max_children=conc) as spamd:
-        rows.append(spamc_direct(spamd, msgs, conc))
-        rows.append(through_ringtrap("spamd", spamd.pid,
-                                     {"spamd": {"address": spamd.unix_address}}, msgs, conc))
+        for _ in range(args.rounds):
+            keep(spamc_direct(spamd, msgs, conc))
+            keep(through_ringtrap("spamd", spamd.pid,
+                                  {"spamd": {"address": spamd.unix_address}}, msgs, conc))
     with RspamdProcess(count=conc) as rspamd:
         assert rspamd.proc is not None
-        rows.append(rspamd_direct(rspamd, rmsgs, conc))
-        rows.append(through_ringtrap(
-            "rspamd", rspamd.proc.pid,
-            {"scanner": {"kind": "rspamd"}, "rspamd": {"address": rspamd.address}},
-            rmsgs, conc))
+        for _ in range(args.rounds):
+            keep(rspamd_direct(rspamd, rmsgs, conc))
+            keep(through_ringtrap(
+                "rspamd", rspamd.proc.pid,
+                {"scanner": {"kind": "rspamd"}, "rspamd": {"address": rspamd.address}},
+                rmsgs, conc))
+    rows = []
+    for results in runs.values():
+        results.sort(key=lambda r: r["msgs_per_s"])
+        row = dict(results[len(results) // 2])
+        row["rounds"] = [r["msgs_per_s"] for r in results]
+        row["unscanned"] = sum(r["unscanned"] for r in results)
+        rows.append(row)
     by = {(r["scanner"], r["way"]): r for r in rows}
     ours_spamd = by["spamd", "through ringtrap"]["msgs_per_s"]
     ours_rspamd = by["rspamd", "through ringtrap"]["msgs_per_s"]
@@ -252,15 +269,16 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"rows": rows, "summary": summary}, indent=2))
         return 0
     print(f"{args.messages} distinct messages (rspamd: {args.rspamd_passes} passes), "
-          f"{conc} connections, {os.cpu_count()} CPUs\n")
+          f"{conc} connections, {os.cpu_count()} CPUs, median of {args.rounds} rounds"
+          f" taking turns\n")
     head = (f"{'scanner':8} {'fed by':20} {'messages':>8} {'msgs/s':>8} {'server ms/msg':>13}"
-            f" {'client ms/msg':>13} {'unscanned':>9}")
+            f" {'client ms/msg':>13} {'unscanned':>9}  msgs/s of each round")
     print(head)
     print("-" * len(head))
     for r in rows:
         print(f"{r['scanner']:8} {r['way']:20} {r['messages']:>8} {r['msgs_per_s']:>8}"
               f" {r['server_cpu_ms_per_msg']:>13} {r['client_cpu_ms_per_msg']:>13}"
-              f" {r['unscanned']:>9}")
+              f" {r['unscanned']:>9}  {' '.join(f'{x:g}' for x in r['rounds'])}")
     print(f"\nthrough ringtrap, rspamd scans {summary['rspamd_over_spamd_through_ringtrap']}x"
           f" as many messages a second as spamd; ringtrap with rspamd reaches"
           f" {summary['ringtrap_rspamd_of_direct_pct']}% of rspamd fed directly, with spamd"
