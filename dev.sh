@@ -12,8 +12,9 @@
 #     installed unconfigured and not started), logrotate and man-db (the
 #     install test checks the shipped logrotate file and man page); for
 #     `test` also rbldnsd and bind9-dnsutils (dig), which read the blocklist
-#     zones as DNS clients will, and nats-server (the fleet tests run private
-#     JetStream servers on loopback ports; Debian's own unit is not used);
+#     zones as DNS clients will, nats-server and postgresql (the fleet tests
+#     run private JetStream servers on loopback ports and a PostgreSQL from
+#     initdb on a Unix socket; Debian's own units are not used);
 #   - the package with its test extras into ./.venv, again only when
 #     pyproject.toml or the delivery script changed (.venv/.ringtrap-stamp);
 #   - for `test`, two programs unpacked from Debian packages into ./.tools
@@ -37,7 +38,7 @@ installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "ok instal
 # exim4's own libraries: its binary is unpacked, not installed, so these are not pulled in
 exim_libs="libgnutls-dane0 libidn12 libnsl2 libpcre2-8-0 libdb5.3"
 want="spamd spamc rspamd socat netcat-openbsd python3-venv systemd postfix logrotate man-db"
-[ "$what" = test ] && want="$want $exim_libs rbldnsd bind9-dnsutils nats-server"
+[ "$what" = test ] && want="$want $exim_libs rbldnsd bind9-dnsutils nats-server postgresql"
 missing=""
 for pkg in $want; do
     installed "$pkg" || missing="$missing $pkg"

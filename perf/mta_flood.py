@@ -249,14 +249,23 @@ class PostfixCPU:
     def __init__(self, master_pid: int) -> None:
         self.master = psutil.Process(master_pid)
         self.pipes: dict[tuple[int, float], float] = {}
+        self.live: set[tuple[int, float]] = set()
 
     def pipes_seen(self) -> float:
         """Look at the live pipe(8) processes; what their commands took so far, gone ones too."""
+        self.live = set()
         for p in self.master.children():
             with contextlib.suppress(psutil.Error), p.oneshot():
                 if p.name() == "pipe":
-                    self.pipes[(p.pid, p.create_time())] = reaped(p.cpu_times())
+                    key = (p.pid, p.create_time())
+                    self.pipes[key] = reaped(p.cpu_times())
+                    self.live.add(key)
         return sum(self.pipes.values())
+
+    def gone(self) -> int:
+        """pipe(8) processes seen that have exited (what they reaped after the last look is
+        counted as Postfix's)."""
+        return len(self.pipes.keys() - self.live)
 
     def sample(self) -> tuple[float, float]:
         """(the whole tree, the delivery commands) so far."""
@@ -308,6 +317,7 @@ class Flood:
     arrived: int = 0  # of those, found at the far end
     missing: int = 0
     duplicates: int = 0
+    pipes_gone: int = 0  # pipe(8) processes that exited inside the flood
 
 
 class Bench:
@@ -353,6 +363,7 @@ class Bench:
         sender = f"flood-{rnd}-{route}@example.net"
         log_at = self.pf.maillog.stat().st_size
         pf0 = self.cpu.sample()
+        gone0 = self.cpu.gone()
         trap0 = trap_cpu(self.trap)
         src0 = children_cpu()
         depth: list[tuple[float, int]] = []
@@ -388,6 +399,7 @@ class Bench:
         done.set()
         t.join()
         pf1 = self.cpu.sample()
+        out.pipes_gone += self.cpu.gone() - gone0
         trap1 = trap_cpu(self.trap)
         log = self.log_from(log_at)
         qids = set(re.findall(r" ([0-9A-F]{6,}): client=", log))
@@ -474,6 +486,7 @@ def row(f: Flood) -> dict[str, Any]:
         "arrived": f.arrived,
         "missing": f.missing,
         "duplicates": f.duplicates,
+        "pipes_gone": f.pipes_gone,
     }
 
 
@@ -531,11 +544,18 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
     print(f"Postfix flood: {args.messages} messages of {args.size} bytes per route and round,"
           f" {args.sessions} smtp-source sessions, {args.rounds} round(s); spamd off (the"
           " trap's workers parse and record, nothing is scanned)")
+    load = getattr(args, "load_before", None)
+    if load:
+        print("load average before the run (1, 5, 15 min): " + " ".join(f"{x:.2f}" for x in load))
     print()
     print("| | " + " | ".join(r["label"] for r in rows) + " |")
     print("|---|" + "---|" * len(rows))
     for label, key, trap_only in TABLE:
         print(f"| {label} | " + " | ".join(cell(r, key, trap_only) for r in rows) + " |")
+    for r in rows:
+        if r["pipes_gone"]:
+            print(f"note: {r['label']}: {r['pipes_gone']} pipe(8) processes exited inside the"
+                  " flood; what they reaped after the last look counts as Postfix's CPU")
     print()
     print(f"queue depth every {SAMPLE} s (files in Postfix's queues):")
     for r in rows:
@@ -575,6 +595,7 @@ def main() -> int:
     # short, and traversable by the user Postfix runs the pipe commands as
     work = Path(tempfile.mkdtemp(prefix="rt-flood-", dir="/tmp"))
     work.chmod(0o755)
+    args.load_before = os.getloadavg()
     bench = Bench(work, args)
     floods = {r: Flood(r) for r in routes}
     try:

@@ -257,6 +257,19 @@ class Overflow:
                 raise OverflowFull(self.path, self.max_bytes, self._used + self._inflight, n)
         self._inflight += n
 
+    def resync(self) -> None:
+        """Re-read the bytes held, for a directory with several producers.
+
+        A producer's estimate sees only its own spills between refusals, so
+        with several (the scan workers handing on to the forwarder) each could
+        fill the cap alone.  Called before each spill, this re-reads the
+        listing once a second, and every time once the estimate is past half
+        the cap: then only spills racing each other pass it, by a few messages.
+        """
+        stale = self._clock() - self._refreshed_at >= self.refresh_interval
+        if stale or 2 * (self._used + self._inflight) > self.max_bytes:
+            self._refresh_usage()
+
     def _unreserve(self, n: int, *, stored: bool) -> None:
         self._inflight -= n
         if stored:

@@ -119,6 +119,7 @@ class Supervisor:
         self.ring: Ring | None = None
         self.overflow: Overflow | None = None
         self.stage_store: Overflow | None = None  # the slower stage's spill directory
+        self.forward_store: Overflow | None = None  # raw messages waiting for the forwarder
         self.row: ProcRow | None = None
         self.listener: socket.socket | None = None
         # the ingest's session sockets by kind ("submit", "lmtp"), when configured
@@ -257,6 +258,17 @@ class Supervisor:
             n = self.stage_store.recover_dead()
             if n:
                 log.info("requeued %d stage messages held by processes that died", n)
+        if cfg.forward.enabled and cfg.forward.raw:
+            from ringtrap.work import forward
+
+            self.runtime.note(configmod.forward_dir(cfg))
+            try:
+                self.forward_store = forward.open_store(cfg)
+            except OSError as e:
+                raise SetupError(f"forward.spill_dir {configmod.forward_dir(cfg)}: {e}") from None
+            n = self.forward_store.recover_dead()
+            if n:
+                log.info("requeued %d raw messages held by a forwarder that died", n)
         from ringtrap.intake.sockets import bind_socket
 
         try:
@@ -281,7 +293,8 @@ class Supervisor:
             self.runtime.prepare_rspamd_dirs(cfg, target)
         write_pidfile(cfg)
         if target is not None:
-            self.runtime.hand_over(cfg, target, self.ring, stage=self.stage_store is not None)
+            self.runtime.hand_over(cfg, target, self.ring, stage=self.stage_store is not None,
+                                   forward=self.forward_store is not None)
         if cfg.metrics.listen is not None:
             self._start_metrics()
         if configmod.runs_managed_spamd(cfg):
@@ -294,6 +307,10 @@ class Supervisor:
         for i in range(cfg.stage.workers if self.stage_store is not None else 0):
             # stage rows count down from the last, clear of a pool that grows on reload
             self.children.append(Child(Role.STAGE, i, self.ring.rows - 1 - i))
+        if cfg.forward.enabled:
+            # the row below the stage's: stage.workers is restart-only, so it never moves
+            self.children.append(Child(Role.FORWARDER, 0,
+                                       self.ring.rows - 1 - cfg.stage.workers))
         self.next_purge_at = next_purge(self.os.time(), cfg.overflow.purge_at)
         # from now on a turn never waits long on the ring lock (see housekeeping)
         self.ring.lock.patience = RING_LOCK_PATIENCE
@@ -320,7 +337,8 @@ class Supervisor:
 
     def _open_ring(self) -> Ring:
         rows = max(DEFAULT_ROWS,
-                   FIRST_WORKER_ROW + self.cfg.workers.count + self.cfg.stage.workers + 1)
+                   FIRST_WORKER_ROW + self.cfg.workers.count + self.cfg.stage.workers + 1
+                   + int(self.cfg.forward.enabled))
         ring, self._made_ring = adopt.open_ring(self.cfg, self.overflow, self.os, rows)
         return ring
 
@@ -483,7 +501,8 @@ class Supervisor:
                     and c.generation < self.generation and self._registered(c)):
                 c.generation = self.generation
                 self._signal(c, signal.SIGHUP)
-        workers = [c for c in self.children if c.role in (Role.WORKER, Role.STAGE)]
+        workers = [c for c in self.children
+                   if c.role in (Role.WORKER, Role.STAGE, Role.FORWARDER)]
         if any(c.state is ChildState.STOPPING and not c.retire for c in workers):
             return  # one replacement in flight
         for c in workers:
@@ -582,7 +601,8 @@ class Supervisor:
         """Drop the overflow backlog now; returns (files, bytes) dropped."""
         assert self.overflow is not None
         days = self.cfg.overflow.quarantine_retention_days if scheduled else None
-        return purgemod.purge(self.overflow, self.stage_store, self.row, days, self.os.time())
+        return purgemod.purge(self.overflow, self.stage_store, self.row, days, self.os.time(),
+                              forward=self.forward_store)
 
     def spawn(self, c: Child) -> None:
         """Fork one child; its boot runs in a fixed order (see :mod:`ringtrap.control.fork`)."""
@@ -703,7 +723,7 @@ class Supervisor:
                     log.info("managed %s (pid %d) answers", c.name, c.pid)
 
     def _stores(self) -> Stores:
-        return Stores(self.ring, self.overflow, self.stage_store, self.row)
+        return Stores(self.ring, self.overflow, self.stage_store, self.row, self.forward_store)
 
     def _recover(self, c: Child, ident: Identity | None, count_attempt: bool = True) -> int:
         return self.recovery.recover(self._stores(), c, ident, count_attempt)

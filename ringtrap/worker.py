@@ -47,6 +47,7 @@ from ringtrap.scan.spamd import SpamdClient
 from ringtrap.store.claim import ClaimLost, StoreClaim
 from ringtrap.store.hosttable import HostCells
 from ringtrap.store.proctable import ProcRow
+from ringtrap.work import forward as forwardmod
 from ringtrap.work.child import (
     BEAT_EVERY,
     EXIT_CRASH,
@@ -89,7 +90,7 @@ class Worker(ChildLoop):
                  index: int, processor: Processor, sink: ResultSink, *,
                  backoff_initial: float = BACKOFF_INITIAL,
                  backoff_max: float = BACKOFF_MAX, parent_pid: int | None = None,
-                 stage: Overflow | None = None) -> None:
+                 stage: Overflow | None = None, forward: Overflow | None = None) -> None:
         super().__init__(Role.WORKER, index, row, parent_pid=parent_pid,
                          backoff_initial=backoff_initial, backoff_max=backoff_max,
                          logger=log)
@@ -97,6 +98,8 @@ class Worker(ChildLoop):
         # the slower stage's spill directory, None when there is no stage
         self.stage = stage
         self._stage_verdicts = frozenset(cfg.stage.verdicts)
+        # the forwarder's raw spill directory, None unless forward.raw
+        self.forward = forward
         self.ring = ring
         self.overflow = overflow
         self.processor = processor
@@ -193,6 +196,9 @@ class Worker(ChildLoop):
             return
         if self.stage is not None and record.verdict in self._stage_verdicts:
             self._hand_on(msgid, payload)
+        if self.forward is not None:
+            self._count(forwardmod.hand_on(self.forward, msgid, payload, record.size,
+                                           self.cfg.forward.raw_max_bytes))
         self._ack(claim)  # only now: the record is in the file
         self._finished(claim, record, time.monotonic() - started, age)
 
@@ -454,8 +460,10 @@ def child_main(cfg: Config, index: int, row_index: int,
         processor = Processor.from_config(cfg, client)
         stage = (Overflow(configmod.stage_dir(cfg), cfg.stage.max_bytes)
                  if cfg.stage.workers else None)
+        forward = (forwardmod.open_store(cfg)
+                   if cfg.forward.enabled and cfg.forward.raw else None)
         worker = Worker(cfg, ring, overflow, row, index, processor, sink, parent_pid=parent,
-                        stage=stage)
+                        stage=stage, forward=forward)
         if isinstance(client, ScannerPool):
             client.beat = worker._beat
         return worker

@@ -185,6 +185,7 @@ class Trap:
         unlink_name(self.ring_name)
         shutil.rmtree(self.overflow_dir, ignore_errors=True)
         shutil.rmtree(configmod.stage_dir(self.cfg), ignore_errors=True)
+        shutil.rmtree(configmod.forward_dir(self.cfg), ignore_errors=True)
         shutil.rmtree(self.rundir, ignore_errors=True)
 
     def log_tail(self, n: int = 60) -> str:

@@ -104,7 +104,21 @@ class C(IntEnum):
     ANALYSED_AGE_US = 81  # summed over ANALYSED: microseconds from accepted to taken up
     # 69-79: scanner pools; 82-95: the analysed fraction; 96-103: rspamd;
     # 104-127: the fleet.  Each block is appended to in order.
+    # the fleet: the forwarder (ringtrap.work.forward) and the hand-off of raw messages to it
+    FORWARDED = 104  # records published and acknowledged by JetStream
+    FORWARD_DUPLICATES = 105  # re-sent records the stream recognised by Nats-Msg-Id
+    FORWARD_DROPPED = 106  # never to be forwarded: no record, over max_payload, raw not handed on
+    FORWARD_BACKLOG = 107  # a gauge: record lines not yet acknowledged (see BacklogGauge)
+    FORWARD_ERRORS = 108  # failed connects and batches (the forwarder backed off)
+    FORWARD_RAW_HANDED_ON = 109  # raw messages a scan worker put in the forwarder's spill dir
+    FORWARD_RAW_FORWARDED = 110  # raw messages published and acknowledged
+    FORWARD_RAW_TOO_LARGE = 111  # raw messages over forward.raw_max_bytes, not handed on
 
+
+# Counters that are levels, not counts: the supervisor clears them when it
+# retires a row instead of folding them into the totals, so a total is the
+# sum over the live processes only.
+GAUGES: frozenset[int] = frozenset({C.FORWARD_BACKLOG})
 
 # The counter of each verdict: VERDICT_<name>, so a verdict without one fails here.
 VERDICT_COUNTERS: dict[Verdict, C] = {

@@ -29,6 +29,7 @@ class Role(IntEnum):
     OTHER = 5
     STAGE = 6  # a worker of the slower stage (learning, reporting)
     RSPAMD = 7  # a managed rspamd (never in the table: like SPAMD, it does not attach)
+    FORWARDER = 8  # publishes the records (and raw messages) to NATS JetStream
 
 
 # the managed scanners: exec'd programs that never attach to the ring

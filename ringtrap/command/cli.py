@@ -106,6 +106,18 @@ def cmd_purge(args: argparse.Namespace) -> int:
             dropped = staged.purge()
             print(f"dropped {dropped.count} messages ({dropped.bytes} bytes) from"
                   f" {configmod.stage_dir(cfg)}")
+    if cfg.forward.enabled and cfg.forward.raw:
+        # and the raw messages waiting for the broker (their records wait in the results)
+        try:
+            raw = Overflow(configmod.forward_dir(cfg), cfg.forward.spill_max_bytes,
+                           create=False)
+        except FileNotFoundError:
+            pass
+        else:
+            raw.recover_dead()
+            gone = raw.purge()
+            print(f"dropped {gone.count} raw messages ({gone.bytes} bytes) from"
+                  f" {configmod.forward_dir(cfg)}")
     count_purge(cfg.ring.name, res.count, res.bytes)
     return 0
 
@@ -201,6 +213,17 @@ def cmd_export(args: argparse.Namespace) -> int:
     return export.run(_load(args.config), args)
 
 
+def cmd_collect(args: argparse.Namespace) -> int:
+    from ringtrap.base import logs
+    from ringtrap.command import collect
+
+    cfg = _load(args.config)
+    # the journal's: the collector is its own unit, its lines go to stderr
+    logs.setup(cfg.supervisor.log_level, None, cfg.supervisor.log_format)
+    logs.set_role("collect")
+    return collect.run(cfg)
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     if args.check:
         try:
@@ -293,6 +316,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tlp", default="clear", choices=("clear", "green", "amber", "red"),
                    help="TLP tag of the events (default clear)")
     p.set_defaults(func=cmd_export)
+    p = sub.add_parser("collect", help="the fleet's hub: load the records the traps forward"
+                       " to NATS JetStream into PostgreSQL (needs the 'hub' extra)")
+    with_config(p)
+    p.set_defaults(func=cmd_collect)
     # listed for --help only: main() hands "submit" to ringtrap.command.submit before argparse
     sub.add_parser("submit", help="deliver the message on stdin with its envelope (the MTA's"
                    " pipe client; exit 0 or 75, see 'ringtrap submit --help')", add_help=False)

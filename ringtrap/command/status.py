@@ -98,6 +98,7 @@ def gather_status(cfg: configmod.Config, table: ProcTable | None = None,
     # the slower stage's backlog: what scan workers handed on and it has not done yet
     stage = (spill_status(configmod.stage_dir(cfg), cfg.stage.max_bytes)
              if cfg.stage.workers else None)
+    forward = forward_status(cfg, totals) if cfg.forward.enabled else None
     return {
         "version": __version__,
         "supervisor_pid": snap.owner.pid,
@@ -109,6 +110,7 @@ def gather_status(cfg: configmod.Config, table: ProcTable | None = None,
         },
         "overflow": overflow,
         "stage": stage,
+        "forward": forward,
         "totals": {c.name.lower(): totals[c] for c in C},
         "analysed": analysed_status(hours, totals, procs),
         "processes": procs,
@@ -173,6 +175,24 @@ def fmt_scanning(a: dict[str, Any]) -> str:
     return f"scanning mail {ages['min']:.0f}-{ages['max']:.0f} s old"
 
 
+def forward_status(cfg: configmod.Config, totals: Any) -> dict[str, Any]:
+    """The forwarder's side of a reading: where its cursor is and what is not yet acked."""
+    from ringtrap.work.forward import load_cursor
+
+    cursor = load_cursor(Path(cfg.results.dir))
+    out: dict[str, Any] = {
+        "servers": list(cfg.forward.servers), "host": cfg.forward.host,
+        "stream": cfg.forward.stream,
+        "cursor": None if cursor is None else {"file": cursor.file, "offset": cursor.offset},
+        "backlog": totals[C.FORWARD_BACKLOG], "forwarded": totals[C.FORWARDED],
+        "duplicates": totals[C.FORWARD_DUPLICATES], "dropped": totals[C.FORWARD_DROPPED],
+        "errors": totals[C.FORWARD_ERRORS],
+    }
+    if cfg.forward.raw:
+        out["raw"] = spill_status(configmod.forward_dir(cfg), cfg.forward.spill_max_bytes)
+    return out
+
+
 def spill_status(path: Path, max_bytes: int, store: Overflow | None = None) -> dict[str, Any]:
     """A spill directory's backlog (ready, claimed, quarantined, bytes, oldest) for status."""
     out: dict[str, Any] = {"dir": str(path)}
@@ -209,6 +229,19 @@ def print_status(st: dict[str, Any]) -> None:
               f"handed on {t['stage_handed_on']}, dropped {t['stage_dropped']}, learned "
               f"{t['stage_learned']} (not learned {t['stage_not_learned']}), reported "
               f"{t['stage_reported']}, errors {t['stage_errors']}")
+    f = st.get("forward")
+    if f:
+        at = "-" if f["cursor"] is None else f"{f['cursor']['file']}:{f['cursor']['offset']}"
+        print(f"forward  {f['host']} to {', '.join(f['servers'])}: forwarded "
+              f"{t['forwarded']}, backlog {t['forward_backlog']} records, duplicates "
+              f"{t['forward_duplicates']}, dropped {t['forward_dropped']}, errors "
+              f"{t['forward_errors']}; cursor {at}")
+        raw = f.get("raw")
+        if raw:
+            print(f"         raw messages {raw['dir']}: {raw['ready']} waiting "
+                  f"({fmt_bytes(raw['ready_bytes'])} of {fmt_bytes(raw['max_bytes'])}), "
+                  f"handed on {t['forward_raw_handed_on']}, forwarded "
+                  f"{t['forward_raw_forwarded']}, too large {t['forward_raw_too_large']}")
     accepted = t["accepted_ring"] + t["accepted_overflow"]
     refused = t["refused_too_large"] + t["refused_empty"] + t["refused_temp"]
     print(f"messages accepted {accepted} (ring {t['accepted_ring']}, overflow "

@@ -245,6 +245,13 @@ def render(cur: Reading, prev: Reading | None, cfg: configmod.Config,
             f"24 h {fmt_window(a['day'])}; "
             + ("nothing being scanned" if ages is None else
                f"scanning mail {fmt_age(ages['min'])}-{fmt_age(ages['max'])} old")))
+    if st.get("forward"):
+        back = Text(f"{_rate(st, before, dt, 'forwarded')} forwarded, backlog "
+                    f"{t['forward_backlog']} records, dropped {t['forward_dropped']}, "
+                    f"errors {t['forward_errors']}")
+        if t["forward_backlog"] > 1000:
+            back.stylize("yellow")
+        grid.add_row("forward", back)
     verdicts = ", ".join(f"{k.removeprefix('verdict_')} {v}" for k, v in t.items()
                          if k.startswith("verdict_") and v)
     grid.add_row("totals", Text(

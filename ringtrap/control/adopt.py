@@ -247,6 +247,7 @@ class Stores(NamedTuple):
     overflow: Overflow | None
     stage: Overflow | None  # the slower stage's spill directory, when configured
     row: ProcRow | None  # the supervisor's own
+    forward: Overflow | None = None  # raw messages for the forwarder, with forward.raw
 
 
 class Recovery:
@@ -279,6 +280,9 @@ class Recovery:
         if stores.stage is not None:
             # a stage worker's claims, and a scan worker's half-written hand-off
             n += stores.stage.recover(ident, count_attempt=count_attempt)
+        if stores.forward is not None:
+            # the forwarder's claims, and a scan worker's half-written hand-off
+            n += stores.forward.recover(ident, count_attempt=count_attempt)
         if res.requeued or res.freed or n:
             log.warning("%s died holding %d ring and %d overflow messages: requeued "
                         "(%d half-written slots freed)", c.name, res.requeued, n, res.freed,

@@ -20,8 +20,9 @@ import ipaddress
 import json
 import logging
 import os
+import sys
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -153,9 +154,13 @@ class Policy:
             return True
         return any(addr in n for n in self.never)
 
-    def network_of(self, addr: Address) -> Network:
-        prefix = self.ipv4_prefix if addr.version == 4 else self.ipv6_prefix
-        return ipaddress.ip_network(f"{addr}/{prefix}", strict=False)
+    def prefix_of(self, addr: Address) -> int:
+        return self.ipv4_prefix if addr.version == 4 else self.ipv6_prefix
+
+    def key_of(self, addr: Address) -> tuple[int, int]:
+        """The entry ``addr`` counts toward: its version and its network's first address."""
+        host = addr.max_prefixlen - self.prefix_of(addr)
+        return addr.version, int(addr) >> host << host
 
     def overlaps_never(self, net: Network) -> bool:
         """True if listing ``net`` would list an address that must never be."""
@@ -175,17 +180,76 @@ def relay_address(value: object) -> Address | None:
     return addr
 
 
-@dataclass
+class Distinct:
+    """Distinct strings, few of them usually: one string alone until a second one comes.
+
+    A week of a busy trap holds hundreds of thousands of relays, most seen
+    once; a set per relay and per kind would take most of the writer's memory.
+    """
+
+    __slots__ = ("_v",)
+
+    def __init__(self) -> None:
+        self._v: str | set[str] | None = None
+
+    def add(self, value: str) -> None:
+        v = self._v
+        if v is None:
+            self._v = value
+        elif isinstance(v, str):
+            if v != value:
+                self._v = {v, value}
+        elif len(v) < MAX_DISTINCT:
+            v.add(value)
+
+    def values(self) -> set[str]:
+        v = self._v
+        return set() if v is None else {v} if isinstance(v, str) else set(v)
+
+    def __len__(self) -> int:
+        v = self._v
+        return 0 if v is None else 1 if isinstance(v, str) else len(v)
+
+
 class Entry:
     """One relay address or network and what the window's records say of it."""
 
-    network: Network
-    hits: int = 0
-    first: float = 0.0
-    last: float = 0.0
-    recipients: set[str] = field(default_factory=set)
-    campaigns: set[str] = field(default_factory=set)
-    addresses: set[str] = field(default_factory=set)
+    __slots__ = ("_addresses", "_campaigns", "_recipients", "first", "hits", "key", "last",
+                 "prefixlen")
+
+    def __init__(self, key: tuple[int, int], prefixlen: int) -> None:
+        self.key = key  # (IP version, the network's first address as an int)
+        self.prefixlen = prefixlen
+        self.hits = 0
+        self.first = 0.0
+        self.last = 0.0
+        self._recipients = Distinct()
+        self._campaigns = Distinct()
+        self._addresses = Distinct()  # only when the entry is wider than one host
+
+    @property
+    def network(self) -> Network:
+        version, value = self.key
+        address = ipaddress.IPv4Address(value) if version == 4 else ipaddress.IPv6Address(value)
+        return ipaddress.ip_network((address, self.prefixlen))
+
+    @property
+    def recipient_count(self) -> int:
+        return len(self._recipients)
+
+    @property
+    def recipients(self) -> set[str]:
+        return self._recipients.values()
+
+    @property
+    def campaigns(self) -> set[str]:
+        return self._campaigns.values()
+
+    @property
+    def addresses(self) -> set[str]:
+        if self.prefixlen == (32 if self.key[0] == 4 else 128):
+            return {str(self.network.network_address)}
+        return self._addresses.values()
 
     def add(self, addr: Address, when: float, recipients: list[str], campaign: str | None
             ) -> None:
@@ -193,23 +257,18 @@ class Entry:
             self.first = when
         self.last = max(self.last, when)
         self.hits += 1
-        _add_capped(self.addresses, (str(addr),))
-        _add_capped(self.recipients, recipients)
+        if self.prefixlen < addr.max_prefixlen:
+            self._addresses.add(str(addr))
+        for r in recipients:
+            self._recipients.add(r)
         if campaign:
-            _add_capped(self.campaigns, (campaign,))
+            self._campaigns.add(campaign)
 
     def to_dict(self) -> dict[str, Any]:
         return {"network": str(self.network), "hits": self.hits,
                 "first": _iso(self.first), "last": _iso(self.last),
-                "recipients": len(self.recipients), "campaigns": len(self.campaigns),
+                "recipients": len(self._recipients), "campaigns": len(self._campaigns),
                 "addresses": sorted(self.addresses, key=ipaddress.ip_address)[:100]}
-
-
-def _add_capped(into: set[str], values: Any) -> None:
-    for v in values:
-        if len(into) >= MAX_DISTINCT:
-            return
-        into.add(v)
 
 
 def _iso(epoch: float) -> str:
@@ -221,7 +280,8 @@ def _recipients(record: dict[str, Any]) -> list[str]:
     rcpts = env.get("recipients") if isinstance(env, dict) else None
     if not isinstance(rcpts, list):
         return []
-    return [r.lower() for r in rcpts if isinstance(r, str) and r]
+    # a trap has few addresses: one copy of each, however many entries name it
+    return [sys.intern(r.lower()) for r in rcpts if isinstance(r, str) and r]
 
 
 @dataclass
@@ -258,7 +318,7 @@ class Tally:
 
     def __init__(self, policy: Policy) -> None:
         self.policy = policy
-        self.entries: dict[Network, Entry] = {}
+        self.entries: dict[tuple[int, int], Entry] = {}
         self.counted = Counted()
 
     def add(self, record: dict[str, Any], when: float) -> None:
@@ -273,12 +333,12 @@ class Tally:
         if self.policy.never_listed(addr):
             self.counted.never_listed += 1
             return
-        net = self.policy.network_of(addr)
-        entry = self.entries.get(net)
+        key = self.policy.key_of(addr)
+        entry = self.entries.get(key)
         if entry is None:
-            entry = self.entries[net] = Entry(net)
+            entry = self.entries[key] = Entry(key, self.policy.prefix_of(addr))
         fp = record.get("fingerprint")
-        entry.add(addr, when, _recipients(record), fp if isinstance(fp, str) else None)
+        entry.add(addr, when, _recipients(record), sys.intern(fp) if isinstance(fp, str) else None)
         self.counted.hits += 1
 
     def result(self, now: float) -> Result:
@@ -289,7 +349,7 @@ class Tally:
         below = expired = overlapping = 0
         for e in self.entries.values():
             # 1 asks nothing: a message delivered without an envelope names no recipient
-            few = p.min_recipients > 1 and len(e.recipients) < p.min_recipients
+            few = p.min_recipients > 1 and e.recipient_count < p.min_recipients
             if e.hits < p.min_hits or few:
                 below += 1
             elif e.last < quiet_since:
@@ -298,7 +358,7 @@ class Tally:
                 overlapping += 1
             else:
                 listed.append(e)
-        listed.sort(key=lambda e: (-e.hits, e.network.version, e.network))
+        listed.sort(key=lambda e: (-e.hits, e.key))
         return Result(listed, len(self.entries), below, expired, overlapping, self.counted)
 
 

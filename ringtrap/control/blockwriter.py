@@ -26,6 +26,7 @@ import signal
 from collections.abc import Iterable
 from pathlib import Path
 
+from ringtrap.base.exits import EX_SOFTWARE
 from ringtrap.base.proc import Identity
 from ringtrap.base.titles import set_title
 from ringtrap.config import Config
@@ -36,7 +37,6 @@ log = logging.getLogger(__name__)
 # the least a writer is given before it is killed, whatever the interval
 MIN_RUN_BOUND = 60.0
 NICENESS = 10  # behind the workers: the list can wait a little, the mail cannot
-EXIT_FAILED = 1
 
 
 class BlocklistWriter:
@@ -109,7 +109,7 @@ def start(os_: OS, cfg: Config, handled: Iterable[int]) -> int:
     parent = os.getpid()
     pid = os_.fork()
     if pid == 0:  # pragma: no cover - runs in the child
-        code = EXIT_FAILED
+        code = EX_SOFTWARE
         try:
             code = child_main(cfg, parent, handled)
         except BaseException:

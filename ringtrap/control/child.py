@@ -39,7 +39,7 @@ MAX_BOOT_FAILURES = 5
 class Child:
     """One supervised child and its state machine (only :func:`set_state` moves it)."""
 
-    role: Role  # INGEST, WORKER, STAGE, SPAMD or RSPAMD
+    role: Role  # INGEST, WORKER, STAGE, FORWARDER, SPAMD or RSPAMD
     index: int
     row: int  # process-table row, -1 for a managed scanner (it does not attach to the ring)
     state: ChildState = ChildState.WAITING
@@ -168,6 +168,7 @@ def stop_next(children: list[Child], draining: bool) -> list[Child]:
         roles.add(Role.WORKER)
     if draining and not active & {Role.INGEST, Role.WORKER}:
         roles.add(Role.STAGE)
+        roles.add(Role.FORWARDER)  # after the workers: it forwards their last records
     if not active - SCANNER_ROLES:
         roles.update(SCANNER_ROLES)
     return [c for c in children if c.role in roles and c.state is ChildState.RUNNING]

@@ -107,6 +107,10 @@ def boot(c: Child, cfg: Config, config_path: Path | None, handled: Iterable[int]
         assert listener is not None
         return child_main(cfg, listener, c.row, submit=side_listeners.get("submit"),
                           lmtp=side_listeners.get("lmtp"), config_path=config_path)
+    if c.role is Role.FORWARDER:
+        from ringtrap.work import forward
+
+        return forward.child_main(cfg, c.index, c.row)
     if c.role is Role.STAGE:
         from ringtrap.work import stage
 

@@ -95,6 +95,15 @@ _PLAIN_COUNTERS: tuple[tuple[str, C, str], ...] = (
     ("ringtrap_messages_analysed", C.ANALYSED,
      "Messages scanned, or recorded from a campaign repeat without a scan; over"
      " ringtrap_messages_accepted_total, the fraction of the mail analysed."),
+    ("ringtrap_forwarded", C.FORWARDED,
+     "Records published to NATS JetStream and acknowledged."),
+    ("ringtrap_forward_duplicates", C.FORWARD_DUPLICATES,
+     "Records sent again that the stream recognised by their Nats-Msg-Id."),
+    ("ringtrap_forward_dropped", C.FORWARD_DROPPED,
+     "Records and raw messages that will never be forwarded (not a record, over the"
+     " server's payload limit, raw spill directory at its cap)."),
+    ("ringtrap_forward_errors", C.FORWARD_ERRORS,
+     "Failed connects to the broker and batches it did not acknowledge."),
 )
 
 
@@ -175,6 +184,9 @@ def families(r: Reading) -> list[Any]:
     used.add_metric(["ready"], snap.ready)
     used.add_metric(["claimed"], snap.claimed)
     out.append(used)
+    out.append(GaugeMetricFamily(
+        "ringtrap_forward_backlog", "Records written and not yet acknowledged by JetStream.",
+        value=totals[C.FORWARD_BACKLOG]))
     out.append(GaugeMetricFamily("ringtrap_ring_slots", "Slots in the ring.", value=snap.slots))
     out.append(GaugeMetricFamily("ringtrap_ring_slot_size_bytes", "Size of one ring slot.",
                                  value=snap.slot_bytes))

@@ -1,7 +1,8 @@
 """The daily purge: when it runs, and what it drops from the spill stores.
 
 At ``overflow.purge_at`` local time the supervisor drops the overflow's
-backlog and the slower stage's (the stage may lag, never pile up), and the
+backlog, the slower stage's (the stage may lag, never pile up) and the raw
+messages waiting for the forwarder (their records wait in the results), and the
 quarantine past ``overflow.quarantine_retention_days``.  Claimed files are
 left alone; a dead holder's are requeued first so they are dropped too.
 Dying in the middle leaves some files dropped and the rest for the next run.
@@ -31,7 +32,8 @@ def next_purge(now: float, at: dt.time) -> float:
 
 
 def purge(overflow: Overflow, stage: Overflow | None, row: ProcRow | None,
-          quarantine_days: int | None, now: float) -> tuple[int, int]:
+          quarantine_days: int | None, now: float, *,
+          forward: Overflow | None = None) -> tuple[int, int]:
     """Drop the backlogs; with ``quarantine_days`` (the daily run) the old quarantine too.
 
     Returns the overflow's (files, bytes) dropped.
@@ -42,6 +44,14 @@ def purge(overflow: Overflow, stage: Overflow | None, row: ProcRow | None,
         stage.recover_dead()
         staged = stage.purge()
         log.info("dropped %d stage messages (%d bytes)", staged.count, staged.bytes)
+    if forward is not None:
+        # raw messages the broker did not take in a day; their records wait in the results
+        forward.recover_dead()
+        raw = forward.purge()
+        log.info("dropped %d raw messages waiting for the forwarder (%d bytes)", raw.count,
+                 raw.bytes)
+        if row:
+            row.add(C.FORWARD_DROPPED, raw.count)
     if quarantine_days is not None:
         gone = overflow.purge_quarantine(quarantine_days, now).count
         if stage is not None:

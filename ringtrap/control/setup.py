@@ -144,7 +144,8 @@ class Runtime:
         except (OSError, PrivilegeError) as e:
             raise SetupError(f"rspamd.db_dir {d}: {e}") from None
 
-    def hand_over(self, cfg: Config, t: Target, ring: Ring, stage: bool) -> None:
+    def hand_over(self, cfg: Config, t: Target, ring: Ring, stage: bool,
+                  forward: bool = False) -> None:
         """Hand the trap's files to ``t``, load what children run, drop root for good."""
         try:
             runtime = cfg.ingest.socket.parent
@@ -163,6 +164,8 @@ class Runtime:
                 privileges.own_dir(cfg.archive.dir, t, tree=True)
             if stage:  # scan workers hand on, stage workers take
                 privileges.own_dir(configmod.stage_dir(cfg), t, tree=True)
+            if forward:  # scan workers hand raw messages on, the forwarder takes them
+                privileges.own_dir(configmod.forward_dir(cfg), t, tree=True)
             ring.chown(t.uid, t.gid)
             group = cfg.ingest.socket_group
             for path in [cfg.ingest.socket, *(p for _, p in side_sockets(cfg))]:

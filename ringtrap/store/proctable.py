@@ -13,7 +13,7 @@ import time
 from typing import NamedTuple
 
 from ringtrap.base import proc
-from ringtrap.base.counters import NCOUNTERS, C
+from ringtrap.base.counters import GAUGES, NCOUNTERS, C
 from ringtrap.base.proc import Identity
 from ringtrap.base.states import ProcState, Role
 from ringtrap.store import history
@@ -202,7 +202,8 @@ class ProcTable:
             if ident is not None and (q[b + R_PID], q[b + R_START]) != tuple(ident):
                 return
             for i in range(NCOUNTERS):
-                q[H_RETIRED + i] += q[b + R_COUNTERS + i]
+                if i not in GAUGES:  # a dead process's level is no one's any more
+                    q[H_RETIRED + i] += q[b + R_COUNTERS + i]
                 q[b + R_COUNTERS + i] = 0
             for i in range(R_COUNTERS):
                 if i not in (R_INTENT, R_INTENT + 1):

@@ -76,6 +76,32 @@ APPLIED_IN: dict[str, set[str]] = {
     "stage.timeout": {"stage"},
     "stage.max_bytes": {"worker", "stage"},
     "supervisor.graceful_timeout": {"supervisor", "ingest"},
+    # the forwarder is replaced on HUP like a stage worker
+    **{f"forward.{k}": {"forwarder"} for k in (
+        "servers", "subject_prefix", "host", "stream", "replicas", "duplicate_window",
+        "ack_timeout", "tls_ca_file", "tls_cert_file", "tls_key_file", "creds_file",
+        "nkey_seed_file")},
+    "forward.raw": {"worker", "forwarder"},
+    "forward.raw_max_bytes": {"worker", "forwarder"},
+    "forward.spill_max_bytes": {"worker"},
+    # every write forks its writer with the supervisor's configuration of the moment
+    "blocklist.interval": {"supervisor"},
+    "blocklist.window_days": {"supervisor"},
+    "blocklist.min_hits": {"supervisor"},
+    "blocklist.min_recipients": {"supervisor"},
+    "blocklist.expire_days": {"supervisor"},
+    "blocklist.ipv4_prefix": {"supervisor"},
+    "blocklist.ipv6_prefix": {"supervisor"},
+    "blocklist.allow": {"supervisor"},
+    "blocklist.list_reserved": {"supervisor"},
+    "blocklist.verdicts": {"supervisor"},
+    "blocklist.a_value": {"supervisor"},
+    "blocklist.txt": {"supervisor"},
+    "blocklist.rbldnsd_ip4": {"supervisor"},
+    "blocklist.rbldnsd_ip6": {"supervisor"},
+    "blocklist.postfix": {"supervisor"},
+    "blocklist.plain": {"supervisor"},
+    "blocklist.json": {"supervisor"},
 }
 
 
