@@ -50,6 +50,8 @@ def test_a_managed_rspamd_scans_everything_and_comes_back_from_sigkill(tmp_path:
         # kept across runs: only the first run on a machine compiles Hyperscan
         "rspamd": {"nameservers": ["127.0.0.1:53"], "db_dir": str(HS_CACHE / "managed")},
         "workers": {"count": 2, "heartbeat_timeout": 400},
+        # every copy scanned: this is about rspamd's verdicts, not campaign repeats
+        "dedupe": {"skip_scan": False},
     }
     trap = Trap(tmp_path, settings)
     trap.command = ["unshare", "-n", sys.executable, str(NETNS_DNS), *trap.command]
@@ -119,6 +121,7 @@ def test_started_as_root_with_a_service_user_the_managed_rspamd_runs_as_that_use
         "ingest": {"socket": str(base / "run" / "ingest.sock")},
         "scanner": {"kind": "rspamd"},
         "rspamd": {"nameservers": ["127.0.0.1:53"], "db_dir": str(HS_CACHE / "as-nobody")},
+        "dedupe": {"skip_scan": False},
     }
     trap = Trap(base, settings)
     trap.command = ["unshare", "-n", sys.executable, str(NETNS_DNS), *trap.command]
