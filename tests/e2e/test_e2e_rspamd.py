@@ -36,9 +36,10 @@ def mail(n: int) -> bytes:
 
 def managed_rspamd(trap: Trap) -> psutil.Process | None:
     """The supervisor's rspamd child (its main process), once it answers on its socket."""
+    sock = trap.socket_path.parent / "rspamd.sock"
     for p in trap.children():
         with contextlib.suppress(psutil.Error):
-            if p.exe() == os.path.realpath(str(RSPAMD)) and ping(trap.rundir / "rspamd.sock"):
+            if p.exe() == os.path.realpath(str(RSPAMD)) and ping(sock):
                 return p
     return None
 
@@ -49,6 +50,8 @@ def test_a_managed_rspamd_scans_everything_and_comes_back_from_sigkill(tmp_path:
         # kept across runs: only the first run on a machine compiles Hyperscan
         "rspamd": {"nameservers": ["127.0.0.1:53"], "db_dir": str(HS_CACHE / "managed")},
         "workers": {"count": 2, "heartbeat_timeout": 400},
+        # every copy scanned: this is about rspamd's verdicts, not campaign repeats
+        "dedupe": {"skip_scan": False},
     }
     trap = Trap(tmp_path, settings)
     trap.command = ["unshare", "-n", sys.executable, str(NETNS_DNS), *trap.command]
@@ -95,10 +98,47 @@ def test_a_managed_rspamd_scans_everything_and_comes_back_from_sigkill(tmp_path:
     for msgid, n in ids.items():
         r = by_id[msgid]
         assert r["scanner"] == "rspamd", r
-        assert r["scanner_host"] == f"unix:{trap.rundir / 'rspamd.sock'}"
+        assert r["scanner_host"] == f"unix:{trap.socket_path.parent / 'rspamd.sock'}"
         assert r["symbols"] and set(r["rules"]) == set(r["symbols"])
         if n % 2 == 0:
             assert (r["verdict"], r["action"]) == ("spam", "reject"), r
             assert "GTUBE" in r["symbols"]
         else:
             assert r["verdict"] == "ham" and r["action"] in ("no action", "greylist"), r
+
+
+def test_started_as_root_with_a_service_user_the_managed_rspamd_runs_as_that_user() -> None:
+    import pwd
+    import shutil
+    import tempfile
+
+    pw = pwd.getpwnam("nobody")
+    # the service user must reach the configuration: a world-readable base outside tmp_path
+    base = Path(tempfile.mkdtemp(prefix="rt-rspamd-priv-", dir="/tmp"))
+    base.chmod(0o755)
+    settings = {
+        "service": {"user": "nobody"},
+        "ingest": {"socket": str(base / "run" / "ingest.sock")},
+        "scanner": {"kind": "rspamd"},
+        "rspamd": {"nameservers": ["127.0.0.1:53"], "db_dir": str(HS_CACHE / "as-nobody")},
+        "dedupe": {"skip_scan": False},
+    }
+    trap = Trap(base, settings)
+    trap.command = ["unshare", "-n", sys.executable, str(NETNS_DNS), *trap.command]
+    try:
+        trap.config_path.chmod(0o644)
+        trap.start()
+        rspamd = wait_until(lambda: managed_rspamd(trap), 240, "the managed rspamd to answer",
+                            step=0.5)
+        for p in (rspamd, *rspamd.children()):
+            assert p.uids().effective == pw.pw_uid, p
+        for path in (base / "run" / "rspamd.sock", base / "run" / "rspamd" / "rspamd.conf",
+                     HS_CACHE / "as-nobody"):
+            assert os.lstat(path).st_uid == pw.pw_uid, path
+        ids = {reply_id(trap.send(mail(n))) for n in range(4)}
+        records = trap.wait_records(ids, timeout=120)
+    finally:
+        trap.close()
+        shutil.rmtree(base, ignore_errors=True)
+    assert {(r["scanner"], r["verdict"]) for r in records if r["id"] in ids} == {
+        ("rspamd", "spam"), ("rspamd", "ham")}
