@@ -91,6 +91,8 @@ def run(fault: str, rate: float, phase: float, during: float) -> dict[str, Any]:
             "workers": {"count": WORKERS},
             "ring": {"slots": 4096, "slot_bytes": "16K"},
             "supervisor": {"log_level": "info"},
+            # two bodies over and over: each copy is a scan the pool must place
+            "dedupe": {"skip_scan": False},
         })
         try:
             trap.start()

@@ -35,7 +35,9 @@ SPAM_SAMPLE = Path("/usr/share/doc/spamassassin/examples/sample-spam.txt")
 
 
 def spamd_settings(spamd: SpamdProcess) -> dict[str, dict[str, object]]:
-    return {"spamd": {"address": spamd.unix_address}}
+    # these tests keep the workers scanning with copies of one sample: each
+    # copy is a scan, not a campaign repeat recorded from the first
+    return {"spamd": {"address": spamd.unix_address}, "dedupe": {"skip_scan": False}}
 
 
 def test_socat_and_nc_deliver_600_with_managed_spamd(tmp_path: Path) -> None:

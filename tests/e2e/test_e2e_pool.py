@@ -50,6 +50,9 @@ def test_a_trap_on_a_pool_loses_nothing_and_records_only_real_verdicts(tmp_path:
             "scanner": {"breaker_errors": 2, "breaker_window": 60, "breaker_revive": 3,
                         "hung_after": 1},
             "metrics": {"listen": f"127.0.0.1:{port}"},
+            # two bodies over and over: every copy is to reach a host, none to be
+            # recorded from the first as a campaign repeat
+            "dedupe": {"skip_scan": False},
         }
         with running_trap(tmp_path, settings) as trap:
             ids: set[str] = set()

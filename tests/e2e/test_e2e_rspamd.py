@@ -50,7 +50,8 @@ def test_a_managed_rspamd_scans_everything_and_comes_back_from_sigkill(tmp_path:
         # kept across runs: only the first run on a machine compiles Hyperscan
         "rspamd": {"nameservers": ["127.0.0.1:53"], "db_dir": str(HS_CACHE / "managed")},
         "workers": {"count": 2, "heartbeat_timeout": 400},
-        # every copy scanned: this is about rspamd's verdicts, not campaign repeats
+        # two bodies over and over: every copy scanned by rspamd, none recorded
+        # from the first as a campaign repeat
         "dedupe": {"skip_scan": False},
     }
     trap = Trap(tmp_path, settings)
