@@ -1058,6 +1058,15 @@ class CollectConfig:
         metadata=about(FilePath(optional=True), 'NATS credentials file of the hub; "" = none.',
                        restart=True),
     )
+    raw_dir: Path | None = field(
+        default=None,
+        metadata=about(
+            FilePath(optional=True),
+            "Maildir archive of the raw messages the traps forward"
+            ' (<dir>/<host>/YYYY-MM-DD/new/<id>); "" = raw messages are not collected.',
+            restart=True,
+        ),
+    )
 
 
 @dataclass(frozen=True, slots=True)
