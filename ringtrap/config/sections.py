@@ -1062,8 +1062,8 @@ class CollectConfig:
         default=None,
         metadata=about(
             FilePath(optional=True),
-            "Maildir archive of the raw messages the traps forward"
-            ' (<dir>/<host>/YYYY-MM-DD/new/<id>); "" = raw messages are not collected.',
+            "Maildir archive of the raw messages the traps forward, one Maildir per host and"
+            ' UTC day (<dir>/<host>/<day>/new/<id>); "" = raw messages are not collected.',
             restart=True,
         ),
     )
