@@ -131,8 +131,23 @@ def test_every_record_is_one_row(tmp_path: Path, nats_server: NatsServer,
             assert all(r[0] == f"trap-a:{r[2]}" and r[1] == "trap-a" and r[4] == r[2]
                        for r in got)
             assert rows(pg, "SELECT version FROM schema_version") == [(1,)]
+            # the fleet's report from the database is the trap's own from its files
+            local = report_json(trap.config_path)
+            fleet_cfg = tmp_path / "fleet.toml"
+            fleet_cfg.write_text(f"[collect]\ndatabase = {json.dumps(pg.conninfo)}\n")
+            assert report_json(fleet_cfg, "--database") == local
+            assert report_json(fleet_cfg, "--host", "trap-a") == local
+            assert report_json(fleet_cfg, "--host", "trap-b")["messages"] == 0
         finally:
             assert collector.stop() == 0
+
+
+def report_json(config: Path, *more: str) -> dict[str, Any]:
+    done = subprocess.run([sys.executable, "-m", "ringtrap.command.cli", "report", "-c",
+                           str(config), "--json", *more], capture_output=True, text=True,
+                          cwd=ROOT, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return dict(json.loads(done.stdout))
 
 
 def test_a_collector_killed_mid_flow_loads_every_record_once(
