@@ -544,6 +544,9 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
     print(f"Postfix flood: {args.messages} messages of {args.size} bytes per route and round,"
           f" {args.sessions} smtp-source sessions, {args.rounds} round(s); spamd off (the"
           " trap's workers parse and record, nothing is scanned)")
+    load = getattr(args, "load_before", None)
+    if load:
+        print("load average before the run (1, 5, 15 min): " + " ".join(f"{x:.2f}" for x in load))
     print()
     print("| | " + " | ".join(r["label"] for r in rows) + " |")
     print("|---|" + "---|" * len(rows))
@@ -592,6 +595,7 @@ def main() -> int:
     # short, and traversable by the user Postfix runs the pipe commands as
     work = Path(tempfile.mkdtemp(prefix="rt-flood-", dir="/tmp"))
     work.chmod(0o755)
+    args.load_before = os.getloadavg()
     bench = Bench(work, args)
     floods = {r: Flood(r) for r in routes}
     try:

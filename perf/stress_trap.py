@@ -162,6 +162,11 @@ class StressTrap:
                              "purge_at": purge_time_away_from_now()},
                 "results": {"dir": str(workdir / "results")},
                 "supervisor": {"log_level": "info"},
+                # the flood cycles through a set of --set-size messages and the side
+                # by side drains copies of it: repeats of the harness's making, not
+                # campaigns, so each is scanned (--set dedupe.skip_scan=true to see
+                # what skipping campaign repeats does)
+                "dedupe": {"skip_scan": False},
             }
             for section, values in (settings or {}).items():
                 base.setdefault(section, {}).update(values)

@@ -655,17 +655,26 @@ class SpamdAddressKind(Kind):
 
 
 class RspamdAddressKind(SpamdAddressKind):
+    """One rspamd: "managed", "unix:/path" or "tcp:host:port" (no list, no TLS yet)."""
+
     __slots__ = ()
 
     def describe(self) -> str:
         return "rspamd address"
 
     def parse(self, raw: object, base_dir: Path) -> SpamdAddress:
+        expected = '"managed", "unix:/path/to/socket" or "tcp:host:port"'
         if raw == "off":
             raise InvalidValue(
-                'must be "managed", "unix:/path" or "tcp:host:port" (scanner.kind = "spamd"'
-                ' turns rspamd off), got "off"')
-        return super().parse(raw, base_dir)
+                f'must be {expected} (scanner.kind = "spamd" turns rspamd off), got "off"')
+        if not isinstance(raw, str) or raw.startswith("tls:"):
+            raise InvalidValue(f"must be {expected}, got {show(raw)}")
+        try:
+            return self._parse_one(raw, base_dir)
+        except InvalidValue as exc:
+            if str(exc).startswith("must be \"managed\""):
+                raise InvalidValue(f"must be {expected}, got {show(raw)}") from None
+            raise
 
 
 class StageAddressKind(SpamdAddressKind):

@@ -70,11 +70,24 @@ def test_a_managed_rspamd_scans_everything_and_comes_back_from_sigkill(tmp_path:
         os.kill(first.pid, signal.SIGKILL)
         sender.join(60)
         assert len(ids) == 60
-        again = wait_until(lambda: managed_rspamd(trap), 120, "a new managed rspamd", step=0.5)
-        assert again.pid != first.pid
+        again = wait_until(lambda: (p := managed_rspamd(trap)) and p.pid != first.pid and p,
+                           120, "a new managed rspamd", step=0.5)
         records = trap.wait_records(set(ids), timeout=180)
         st = trap.status()
         assert st is not None and st["totals"]["restarts"] >= 1
+
+        # a HUP that grows the pool gives rspamd a normal worker per ringtrap worker
+        trap.settings["workers"]["count"] = 3
+        trap.write_config()
+        trap.signal(signal.SIGHUP)
+        grown = wait_until(lambda: (p := managed_rspamd(trap)) and p.pid != again.pid
+                           and len([c for c in p.children() if "normal" in " ".join(
+                               c.cmdline())]) == 3 and p, 120, "rspamd with 3 normal workers",
+                           step=0.5)
+        late = reply_id(trap.send(mail(60)))
+        [last] = [r for r in trap.wait_records({late}) if r["id"] == late]
+        assert (last["scanner"], last["action"]) == ("rspamd", "reject")
+        assert grown.pid != first.pid
     finally:
         trap.close()
     by_id = {r["id"]: r for r in records}

@@ -557,6 +557,27 @@ def test_release_keeps_attempts_and_is_taken_again_oldest_first(r: Ring, me: Ide
     assert (s.free, s.stray) == (SLOTS, 0)
 
 
+def test_oldest_received_is_when_the_next_claim_was_put(r: Ring, me: Identity) -> None:
+    """What a newest-first worker weighs the overflow against: the put time of
+    the message the next claim takes; a message given back counts as oldest."""
+    assert r.oldest_received() is None
+    before = time.time()
+    r.put(mid(0), b"zero")
+    time.sleep(0.01)
+    middle = time.time()
+    r.put(mid(1), b"one")
+    first = r.oldest_received()
+    assert first is not None and before <= first <= middle
+    c0 = r.claim(timeout=0, owner=me)
+    assert c0 is not None
+    second = r.oldest_received()
+    assert second is not None and middle <= second <= time.time()
+    r.release(c0)
+    assert r.oldest_received() == 0.0
+    drain(r)
+    assert r.oldest_received() is None
+
+
 # -- recovery --------------------------------------------------------------------
 
 

@@ -12,6 +12,7 @@ import dataclasses
 import errno
 import logging
 import os
+import random
 import signal
 import socket
 import tempfile
@@ -24,6 +25,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import mailbuild as mb
 import psutil
 import pytest
 import ringpeek
@@ -52,6 +54,7 @@ from ringtrap.config import Config
 from ringtrap.overflow import Overflow, parse_ready
 from ringtrap.ring import PutResult, Ring
 from ringtrap.scan.archive import MaildirArchive
+from ringtrap.scan.dedupe import DedupeStore
 from ringtrap.scan.pool import ScannerPool
 from ringtrap.scan.processing import Processor
 from ringtrap.scan.record import Record
@@ -217,6 +220,9 @@ def test_child_main_records_ring_and_overflow_messages_exactly_once(
     ham: bytes,
 ) -> None:
     cfg = make_cfg(tmp_path, ring.name, spamd_server.unix_address)
+    # the same two samples over and over: every copy is to be scanned, not
+    # recorded from the first as a campaign repeat
+    cfg = dataclasses.replace(cfg, dedupe=dataclasses.replace(cfg.dedupe, skip_scan=False))
     overflow = open_overflow(cfg)
     sent: dict[str, tuple[int, bytes, str]] = {}
     for n in range(10):
@@ -270,6 +276,48 @@ def test_ring_is_drained_before_the_overflow(tmp_path: Path, ring: Ring, spam: b
     assert run_guarded(worker) == EXIT_OK
     assert [r["id"] for r in records(cfg)] == [*newer, older]
     assert_drained(ring, overflow)
+
+
+class ReceivedSeenSink(StopAfter):
+    """Notes, as each record is written, the received time the worker's row shows."""
+
+    def __init__(self, directory: Path, n: int, ring: Ring) -> None:
+        super().__init__(directory, n)
+        self.ring = ring
+        self.seen: list[float] = []
+
+    def write(self, record: Record) -> None:
+        row = next(r for r in self.ring.table.read_rows() if r.pid == os.getpid())
+        self.seen.append(row.received)
+        super().write(record)
+
+
+@pytest.mark.spamd
+def test_scans_and_skipped_repeats_count_as_analysed_prefiltered_mail_does_not(
+        tmp_path: Path, ring: Ring, spamd_server: SpamdProcess) -> None:
+    cfg = make_cfg(tmp_path, ring.name, spamd_server.unix_address)
+    overflow = open_overflow(cfg)
+    client = SpamdClient(spamd_server.unix_address)
+    processor = Processor(scanner=client, scan_limit_bytes=2048,
+                          dedupe=DedupeStore(tmp_path, 3600), skip_duplicates=True)
+    first = put(ring, overflow, mb.campaign_copy(0), 0, "ring")
+    repeats = [put(ring, overflow, mb.campaign_copy(n), n, "ring") for n in (1, 2, 3)]
+    big = put(ring, overflow, mb.plain("padding line\n" * 400), 4, "ring")  # over the scan limit
+    sent = [first, *repeats, big]
+    sink = ReceivedSeenSink(cfg.results.dir, len(sent), ring)
+    worker = local_worker(cfg, ring, overflow, processor, sink)
+    assert run_guarded(worker) == EXIT_OK
+    got = {r["id"]: r for r in records(cfg)}
+    assert [got[m]["verdict"] for m in repeats] == ["duplicate"] * 3
+    assert got[big]["verdict"] == "oversize"
+    row = next(r for r in ring.table.read_rows() if r.pid == os.getpid())
+    c = counters(row)
+    assert c[C.SCANNED] == 1 and c[C.ANALYSED] == 4
+    assert c[C.ANALYSED_AGE_US] > 0
+    # each message's received time was in the row while it was worked on, and
+    # is gone once the worker is done with it
+    assert sink.seen == pytest.approx([ids.id_time(m) for m in sent], abs=0.01)
+    assert row.received == 0.0
 
 
 @pytest.mark.parametrize("order", ["oldest", "newest"])
@@ -578,11 +626,14 @@ def test_a_pool_fails_a_slow_message_over_and_counts_an_attempt_only_when_all_ti
         second = f"unix:{other.path}" if other else spamd_server.unix_address
         cfg = make_cfg(tmp_path, ring.name, "off")
         overflow = open_overflow(cfg)
-        normal = [put(ring, overflow, spam if n % 2 else ham, n, "ring") for n in range(4)]
+        # first in the ring, and first on the stalling host (a seed whose start is 0)
         doomed = put(ring, overflow, STALL_MARKER + b"\n" + spam, 9, "ring")
+        normal = [put(ring, overflow, spam if n % 2 else ham, n, "ring") for n in range(4)]
+        seed = next(n for n in range(100) if random.Random(n).randrange(2) == 0)
         pool = ScannerPool([SpamdClient(a, connect_timeout=5.0, timeout=1.0)
                             for a in (f"unix:{stall.path}", second)],
-                           breaker_errors=100, breaker_window=60.0, breaker_revive=60.0)
+                           breaker_errors=100, breaker_window=60.0, breaker_revive=60.0,
+                           rand=random.Random(seed))
         worker = local_worker(cfg, ring, overflow,
                               Processor(scanner=pool, scan_limit_bytes=1 << 20),
                               ResultSink(cfg.results.dir), backoff_initial=0.05,
