@@ -177,12 +177,25 @@ def cmd_report(args: argparse.Namespace) -> int:
     except ValueError:
         print(f"ringtrap: --day must be a date YYYY-MM-DD, got {day!r}", file=sys.stderr)
         return EX_USAGE
-    path = report.day_file(cfg.results.dir, day)
-    if not path.exists():
-        print(f"ringtrap: no records for {day} ({path} does not exist){_hint(args)}",
-              file=sys.stderr)
-        return EX_NOINPUT
-    summary = report.summarize(report.read_day(path), top=args.top)
+    if args.database or args.host:
+        # the fleet's records, loaded by ringtrap collect (collect.database)
+        try:
+            summary = report.summarize(
+                report.read_day_db(cfg.collect.database, day, args.host), top=args.top)
+        except ImportError:
+            print("ringtrap: --database needs psycopg: pip install 'ringtrap[hub]'",
+                  file=sys.stderr)
+            return EX_UNAVAILABLE
+        except Exception as e:  # psycopg's: no server, no such database, no schema yet
+            print(f"ringtrap: collect.database: {e}", file=sys.stderr)
+            return EX_NOINPUT
+    else:
+        path = report.day_file(cfg.results.dir, day)
+        if not path.exists():
+            print(f"ringtrap: no records for {day} ({path} does not exist){_hint(args)}",
+                  file=sys.stderr)
+            return EX_NOINPUT
+        summary = report.summarize(report.read_day(path), top=args.top)
     if args.json:
         json.dump({"day": day, **summary}, sys.stdout, indent=2)
         print()
@@ -296,6 +309,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--charts", metavar="DIR",
                    help="also write PNG charts into DIR (needs the 'report' extra: matplotlib)")
+    p.add_argument("--database", action="store_true",
+                   help="the whole fleet's records from collect.database (ringtrap collect)"
+                   " instead of this host's files")
+    p.add_argument("--host", metavar="NAME",
+                   help="with the database: one trap's records only (its forward.host)")
     p.set_defaults(func=cmd_report)
     p = sub.add_parser("blocklist", help="write the blocklist files now: the relays that hit"
                        " the trap (rbldnsd zones, Postfix map, plain list, JSON)")

@@ -21,8 +21,17 @@ commit are the messages acknowledged, so:
 
 The schema is versioned: ``schema_version`` holds the migrations applied,
 each applied once in its own transaction under an advisory lock, so two
-collectors starting together do not race.  Raw messages (``.raw``) are not
-collected here yet.
+collectors starting together do not race.
+
+Raw messages (``<prefix>.*.raw``, with ``collect.raw_dir``) go to a Maildir
+archive, ``<raw_dir>/<host>/YYYY-MM-DD/new/<id>`` (the UTC day of the id),
+not to the database: they can be MiBs each, and in PostgreSQL they would
+swell the tables every analysis query and backup walks, while a Maildir is
+what mail tools (sa-learn, mutt, the trap's own archive) read.  A second
+durable consumer (``<durable>-raw``) writes each to ``tmp/``, fsyncs it and
+links it into ``new/`` under its id, so a redelivered message finds its file
+there and is only acknowledged; host and id come from the message's headers
+and are checked (a subject token, a ringtrap id) before they name a path.
 """
 
 from __future__ import annotations
@@ -32,11 +41,16 @@ import contextlib
 import ipaddress
 import json
 import logging
+import os
 import signal
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from ringtrap.base import ids
 from ringtrap.config import Config
+from ringtrap.config.values import subject_token_ok
 
 log = logging.getLogger(__name__)
 
@@ -275,6 +289,46 @@ async def load(conn: Any, rows: Rows) -> int:
     return int(new)
 
 
+def store_raw(root: Path, host: str, msgid: str, data: bytes) -> bool:
+    """Put one raw message into the Maildir archive; False if it was there already.
+
+    Raises ValueError for a host or id that cannot name a file.  Dying midway
+    leaves at most a file in ``tmp/``; the message is never half-visible in
+    ``new/`` (a link of a complete, fsynced file).
+    """
+    if not subject_token_ok(host) or not ids.is_valid(msgid):
+        raise ValueError(f"host {host!r}, id {msgid!r}")
+    day = time.strftime("%Y-%m-%d", time.gmtime(ids.id_time(msgid)))
+    box = root / host / day
+    new = box / "new" / msgid
+    if new.exists():
+        return False
+    for sub in ("tmp", "new", "cur"):
+        (box / sub).mkdir(parents=True, exist_ok=True, mode=0o750)
+    tmp = box / "tmp" / f"{msgid}.{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW,
+                 0o640)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    try:
+        os.link(tmp, new)
+    except FileExistsError:
+        return False  # another collector stored it a moment ago
+    finally:
+        os.unlink(tmp)
+    dfd = os.open(new.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+    return True
+
+
 class Collector:
     """The consume -> COPY -> commit -> ack loop; see the module docstring."""
 
@@ -284,6 +338,7 @@ class Collector:
         self.stopping = asyncio.Event()
         self.loaded = 0
         self.repeats = 0
+        self.raw_stored = 0
 
     async def run(self) -> int:
         import nats
@@ -321,6 +376,8 @@ class Collector:
                         await asyncio.sleep(2.0)
                 if sub is None:
                     return 0
+                raw_task = (asyncio.create_task(self._raw_loop(js))
+                            if self.c.raw_dir is not None else None)
                 log.info("collect: %s.*.record of stream %s into PostgreSQL (schema %d),"
                          " consumer %s", self.c.subject_prefix, self.c.stream, version,
                          self.c.durable)
@@ -331,14 +388,56 @@ class Collector:
                         # the broker away or electing: nothing was acked, ask again soon
                         log.warning("collect: %s; retrying", exc or type(exc).__name__)
                         await asyncio.sleep(1.0)
+                if raw_task is not None:
+                    await raw_task
             finally:
                 with contextlib.suppress(Exception):
                     await nc.close()
         finally:
             await conn.close()
-        log.info("collect: stopped after %d records loaded (%d repeats)", self.loaded,
-                 self.repeats)
+        log.info("collect: stopped after %d records loaded (%d repeats), %d raw messages"
+                 " stored", self.loaded, self.repeats, self.raw_stored)
         return 0
+
+    async def _raw_loop(self, js: Any) -> None:
+        """The raw messages' consumer: Maildir, then ack; until the collector stops."""
+        import nats.errors
+        from nats.js import api
+
+        assert self.c.raw_dir is not None
+        sub = None
+        while not self.stopping.is_set():
+            try:
+                if sub is None:
+                    sub = await js.pull_subscribe(
+                        f"{self.c.subject_prefix}.*.raw", durable=f"{self.c.durable}-raw",
+                        stream=self.c.stream,
+                        config=api.ConsumerConfig(ack_wait=self.c.ack_wait))
+                try:
+                    msgs = await sub.fetch(min(self.c.batch, 64), timeout=self.c.batch_wait)
+                except (TimeoutError, nats.errors.TimeoutError):
+                    continue
+                for m in msgs:
+                    h = m.headers or {}
+                    try:
+                        stored = await asyncio.to_thread(
+                            store_raw, self.c.raw_dir, h.get("Ringtrap-Host", ""),
+                            h.get("Ringtrap-Id", ""), m.data)
+                    except ValueError as exc:
+                        log.warning("collect: %s: a raw message that names no file (%s);"
+                                    " not stored", m.subject, exc)
+                        stored = False
+                    except OSError as exc:
+                        # the disk: leave the rest unacked, the broker hands them out again
+                        log.error("collect: cannot store a raw message in %s (%s)",
+                                  self.c.raw_dir, exc)
+                        await asyncio.sleep(5.0)
+                        break
+                    self.raw_stored += stored
+                    await m.ack()  # only now: the file is in new/
+            except nats.errors.Error as exc:
+                log.warning("collect: raw messages: %s; retrying", exc or type(exc).__name__)
+                await asyncio.sleep(1.0)
 
     async def _on_error(self, exc: Exception) -> None:
         # every refused reconnect: the warnings below say it once per outage
@@ -380,6 +479,14 @@ class Collector:
 
 def run(cfg: Config) -> int:
     """``ringtrap collect``: run until TERM or INT; the exit code."""
+    # a stop asked for before the event loop runs (the imports take a while)
+    early: list[int] = []
+
+    def note(signum: int, frame: object) -> None:
+        early.append(signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, note)
     try:
         import nats  # noqa: F401
         import psycopg  # noqa: F401
@@ -393,6 +500,8 @@ def run(cfg: Config) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, collector.stopping.set)
+        if early:
+            collector.stopping.set()
         return await collector.run()
 
     return asyncio.run(main())

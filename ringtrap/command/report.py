@@ -51,6 +51,34 @@ def read_day(path: Path) -> Iterator[dict[str, Any]]:
                 yield record
 
 
+def read_day_db(conninfo: str, day: str, host: str | None = None
+                ) -> Iterator[dict[str, Any]]:
+    """The records of the fleet's database (``ringtrap collect``) received on UTC ``day``.
+
+    All hosts, or ``host`` alone.  Each record once, as its trap wrote it
+    (the ``record`` column).  Streamed through a server-side cursor, so a
+    busy day is not held in memory.  Raises psycopg's errors (no database,
+    no schema) to the caller.
+    """
+    import datetime
+
+    import psycopg
+
+    start = datetime.datetime.fromisoformat(day).replace(tzinfo=datetime.UTC)
+    end = start + datetime.timedelta(days=1)
+    sql = "SELECT record FROM messages WHERE received >= %s AND received < %s"
+    params: list[Any] = [start, end]
+    if host is not None:
+        sql += " AND host = %s"
+        params.append(host)
+    sql += " ORDER BY received, id"  # as the files are read: in arrival order
+    with psycopg.connect(conninfo) as conn, conn.cursor(name="ringtrap_report") as cur:
+        cur.execute(sql, params)
+        for (record,) in cur:
+            if isinstance(record, dict):
+                yield record
+
+
 def network(ip: str) -> str | None:
     """The /24 (IPv4) or /48 (IPv6) network of ``ip``, or None if it is no address."""
     try:

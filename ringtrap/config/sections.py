@@ -615,6 +615,24 @@ class DedupeConfig:
             Seconds(), "Seconds after its first scan during which a fingerprint counts as seen."
         ),
     )
+    store: str = field(
+        default="sqlite",
+        metadata=about(
+            Choice(("sqlite", "nats")),
+            '"sqlite": this host\'s first scans only; "nats": also the whole fleet\'s, through'
+            " a JetStream key-value bucket on forward.servers (entries expire after"
+            " dedupe.window), so a campaign scanned on one trap is a repeat on every other."
+            " A cache: with the broker away a host uses its own store and scans.",
+        ),
+    )
+    bucket: str = field(
+        default="ringtrap-dedupe",
+        metadata=about(
+            SubjectPrefix(single=True),
+            "The fleet's key-value bucket (dedupe.store = \"nats\"); created if missing with"
+            " forward.replicas replicas.",
+        ),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -1058,6 +1076,15 @@ class CollectConfig:
         default=None,
         metadata=about(FilePath(optional=True), 'NATS credentials file of the hub; "" = none.',
                        restart=True),
+    )
+    raw_dir: Path | None = field(
+        default=None,
+        metadata=about(
+            FilePath(optional=True),
+            "Maildir archive of the raw messages the traps forward, one Maildir per host and"
+            ' UTC day (<dir>/<host>/<day>/new/<id>); "" = raw messages are not collected.',
+            restart=True,
+        ),
     )
 
 

@@ -75,8 +75,12 @@ class Processor:
     @classmethod
     def from_config(cls, cfg: Config, scanner: Scanner | None) -> Processor:
         """The processor a worker runs with ``cfg``; opens nothing until the first message."""
-        dedupe = (DedupeStore(cfg.results.dir, cfg.dedupe.window) if cfg.dedupe.enabled
-                  else None)
+        dedupe: DedupeStore | None = (DedupeStore(cfg.results.dir, cfg.dedupe.window)
+                                      if cfg.dedupe.enabled else None)
+        if dedupe is not None and cfg.dedupe.store == "nats":
+            from ringtrap.scan.fleetdedupe import FleetDedupe
+
+            dedupe = FleetDedupe(cfg, dedupe)  # type: ignore[assignment]
         archive = (MaildirArchive(cfg.archive.dir, cfg.archive.verdicts,
                                   cfg.archive.retention_days)
                    if cfg.archive.dir is not None else None)

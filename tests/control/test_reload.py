@@ -67,6 +67,8 @@ APPLIED_IN: dict[str, set[str]] = {
     "dedupe.enabled": {"worker"},
     "dedupe.skip_scan": {"worker"},
     "dedupe.window": {"worker"},
+    "dedupe.store": {"worker"},
+    "dedupe.bucket": {"worker"},
     "archive.verdicts": {"worker"},
     "archive.retention_days": {"worker"},
     "stage.learn": {"stage"},

@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,8 @@ import pytest
 from nats_fixture import NatsServer, nats_missing_reason
 from pg_fixture import PgServer, pg_missing_reason
 from trap_fixture import ROOT, message, reply_id, running_trap, wait_until
+
+from ringtrap.base import ids
 
 pytestmark = [pytest.mark.slow, pytest.mark.nats]
 
@@ -75,6 +78,24 @@ class CollectProcess:
         return self.proc.wait(30)
 
 
+async def _waiting(url: str, durable: str) -> int:
+    import nats
+
+    nc = await nats.connect(url, allow_reconnect=False)
+    try:
+        return int((await nc.jetstream().consumer_info("RINGTRAP", durable)).num_waiting or 0)
+    except Exception:
+        return 0
+    finally:
+        await nc.close()
+
+
+def wait_fetching(url: str, durable: str = "ringtrap-collect") -> None:
+    """Until a collector waits on ``durable`` with a pull request: it is running."""
+    wait_until(lambda: asyncio.run(_waiting(url, durable)) > 0, 30, "a collector fetching",
+               step=0.2)
+
+
 def rows(pg: PgServer, sql: str) -> list[tuple[Any, ...]]:
     import psycopg
 
@@ -110,8 +131,23 @@ def test_every_record_is_one_row(tmp_path: Path, nats_server: NatsServer,
             assert all(r[0] == f"trap-a:{r[2]}" and r[1] == "trap-a" and r[4] == r[2]
                        for r in got)
             assert rows(pg, "SELECT version FROM schema_version") == [(1,)]
+            # the fleet's report from the database is the trap's own from its files
+            local = report_json(trap.config_path)
+            fleet_cfg = tmp_path / "fleet.toml"
+            fleet_cfg.write_text(f"[collect]\ndatabase = {json.dumps(pg.conninfo)}\n")
+            assert report_json(fleet_cfg, "--database") == local
+            assert report_json(fleet_cfg, "--host", "trap-a") == local
+            assert report_json(fleet_cfg, "--host", "trap-b")["messages"] == 0
         finally:
             assert collector.stop() == 0
+
+
+def report_json(config: Path, *more: str) -> dict[str, Any]:
+    done = subprocess.run([sys.executable, "-m", "ringtrap.command.cli", "report", "-c",
+                           str(config), "--json", *more], capture_output=True, text=True,
+                          cwd=ROOT, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return dict(json.loads(done.stdout))
 
 
 def test_a_collector_killed_mid_flow_loads_every_record_once(
@@ -191,3 +227,43 @@ def test_a_full_record_fills_every_table_and_loading_it_again_changes_nothing(
     assert rows(pg, "SELECT domain FROM url_domains") == [("spam.example",)]
     assert rows(pg, "SELECT url FROM urls") == [("http://spam.example/x",)]
     assert rows(pg, "SELECT sha256, name, size FROM attachments") == [("ab" * 32, "a.zip", 10)]
+
+
+def test_raw_messages_land_once_in_the_hubs_maildir(tmp_path: Path, nats_server: NatsServer,
+                                                    pg: PgServer) -> None:
+    forward = {"forward": {"enabled": True, "servers": [nats_server.url], "host": "trap-a",
+                           "raw": True}}
+    raw_dir = tmp_path / "raw"
+    with running_trap(tmp_path, forward) as trap:
+        sent = {reply_id(trap.send(m)): m for m in (message(i) for i in range(12))}
+        trap.wait_records(set(sent))
+        collector = CollectProcess(tmp_path, settings(nats_server, pg, raw_dir=str(raw_dir),
+                                                      ack_wait=2))
+        collector.start()
+        try:
+            wait_until(lambda: len(list(raw_dir.glob("trap-a/*/new/*"))) >= 12, 60,
+                       "12 raw messages", step=0.3)
+            # killed and started again: what was stored is not stored twice
+            collector.kill()
+            collector.start()
+            wait_until(lambda: row_count(pg) >= 12, 60, "12 rows", step=0.3)
+            wait_fetching(nats_server.url, "ringtrap-collect-raw")
+        finally:
+            assert collector.stop() == 0
+    files = {p.name: p.read_bytes() for p in raw_dir.glob("trap-a/*/new/*")}
+    assert files == sent
+    assert not list(raw_dir.glob("trap-a/*/tmp/*"))
+
+
+def test_a_raw_message_whose_headers_name_no_file_is_not_stored(tmp_path: Path) -> None:
+    from ringtrap.command.collect import store_raw
+
+    msgid = "0640c3f1a2b3c-0004d2"
+    assert store_raw(tmp_path, "trap-a", msgid, b"one") is True
+    assert store_raw(tmp_path, "trap-a", msgid, b"one") is False  # redelivered
+    for host, bad_id in (("..", msgid), ("trap-a/../../etc", msgid), ("trap-a", "../x")):
+        with pytest.raises(ValueError):
+            store_raw(tmp_path, host, bad_id, b"x")
+    day = time.strftime("%Y-%m-%d", time.gmtime(ids.id_time(msgid)))
+    assert [p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file()] \
+        == [f"trap-a/{day}/new/{msgid}"]
