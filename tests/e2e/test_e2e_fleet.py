@@ -14,9 +14,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from collect_fixture import CollectProcess, row_count, rows
 from nats_fixture import NatsCluster, nats_missing_reason
 from pg_fixture import PgServer, pg_missing_reason
-from test_e2e_collect import CollectProcess, row_count, rows
 from trap_fixture import Trap, message, reply_id, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.nats]
