@@ -214,7 +214,8 @@ def test_reload_keeps_restart_only_keys_and_reaches_every_child(
     s = Supervisor(configmod.load(path), path, fake.as_os())
     ingest, worker, stage = Child(Role.INGEST, 0, 1), Child(Role.WORKER, 0, 2), \
         Child(Role.STAGE, 0, 63)
-    s.children = [ingest, worker, stage]
+    forwarder = Child(Role.FORWARDER, 0, 62)
+    s.children = [ingest, worker, stage, forwarder]
     s.reconcile()
 
     new = configmod.override(cfg, {"ring.slots": 8, "workers.max_rss_bytes": "300M",
@@ -229,10 +230,10 @@ def test_reload_keeps_restart_only_keys_and_reaches_every_child(
     s._roll_workers()
     assert (ingest.pid, signal.SIGHUP) not in fake.killed  # its handlers may not be in place
     ring.rows.append(SimpleNamespace(row=ingest.row, pid=ingest.pid))
-    old_pids = {worker.pid, stage.pid}
+    old_pids = {worker.pid, stage.pid, forwarder.pid}
     for _ in range(10):
         s._roll_workers()
-        for c in (worker, stage):
+        for c in (worker, stage, forwarder):
             if c.state is ChildState.STOPPING:
                 fake.exits.append((c.pid, exit_status(0)))
         s.reap()
@@ -241,8 +242,8 @@ def test_reload_keeps_restart_only_keys_and_reaches_every_child(
     assert ingest.state is ChildState.RUNNING and ingest.pid == 101  # not restarted
     assert old_pids <= {pid for pid, sig in fake.killed if sig == signal.SIGTERM}
     assert all(c.generation == s.generation and c.state is ChildState.RUNNING
-               for c in (worker, stage))
-    assert {worker.pid, stage.pid}.isdisjoint(old_pids)
+               for c in (worker, stage, forwarder))
+    assert {worker.pid, stage.pid, forwarder.pid}.isdisjoint(old_pids)
 
 
 # -- end to end --------------------------------------------------------------------------
