@@ -152,3 +152,19 @@ def test_the_backlog_is_a_level_a_dead_forwarder_does_not_leave_behind(ring: Rin
     gauge.set(12)
     gauge.set(3)
     assert ring.snapshot().totals()[C.FORWARD_BACKLOG] == 3
+
+
+def test_a_drain_stops_the_forwarder_after_the_workers_that_write_its_records() -> None:
+    from ringtrap.base.states import ChildState
+    from ringtrap.control.child import Child, set_state, stop_next
+
+    ingest, worker, fwd = (Child(Role.INGEST, 0, 1), Child(Role.WORKER, 0, 2),
+                           Child(Role.FORWARDER, 0, 62))
+    kids = [ingest, worker, fwd]
+    for k in kids:
+        k.started_as(100 + k.row, None, 0.0, 0)
+    assert fwd.name == "forwarder"
+    set_state(ingest, ChildState.EXITED)
+    assert stop_next(kids, draining=True) == [worker]
+    set_state(worker, ChildState.EXITED)
+    assert stop_next(kids, draining=True) == [fwd]
