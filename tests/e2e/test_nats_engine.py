@@ -10,6 +10,7 @@ nodes killed.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -64,16 +65,27 @@ def test_a_repeated_msg_id_is_stored_once_and_kept_across_a_restart(
 
 async def _replicated(cluster: NatsCluster, n: int) -> int:
     import nats
+    import nats.errors
 
     nc = await nats.connect(servers=cluster.urls, connect_timeout=2)
     try:
-        js = nc.jetstream(timeout=10)
+        js = nc.jetstream(timeout=5)
         await js.add_stream(name="R", subjects=["r.>"], num_replicas=3)
         for i in range(n):
             if i == n // 2:
                 # whichever node this client is on, another one goes
                 cluster.nodes[0].kill()
-            await js.publish("r.x", b"%d" % i, headers={"Nats-Msg-Id": f"r-{i}"})
+            # while a new leader is elected a publish may go unanswered: sent again, as
+            # the forwarder does, and stored once by its Nats-Msg-Id
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    await js.publish("r.x", b"%d" % i, headers={"Nats-Msg-Id": f"r-{i}"})
+                    break
+                except nats.errors.Error:
+                    if time.monotonic() > deadline:
+                        raise
+                    await asyncio.sleep(0.5)
         return (await js.stream_info("R")).state.messages
     finally:
         await nc.close()
