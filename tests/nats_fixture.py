@@ -68,12 +68,14 @@ class NatsServer:
     """One nats-server with JetStream; see the module docstring.
 
     ``routes`` and ``cluster_port`` make it a cluster node (``NatsCluster``
-    sets them); ``name`` is its server name, also the cluster's node name.
+    sets them); ``name`` is its server name, also the cluster's node name;
+    ``extra_config`` is appended to its configuration file.
     """
 
     def __init__(self, workdir: Path, *, name: str = "n0", port: int = 0,
                  monitor_port: int = 0, cluster_port: int = 0,
-                 routes: tuple[int, ...] = (), cluster_name: str = "ringtrap-test") -> None:
+                 routes: tuple[int, ...] = (), cluster_name: str = "ringtrap-test",
+                 extra_config: str = "") -> None:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.name = name
@@ -84,6 +86,7 @@ class NatsServer:
         self.cluster_port = cluster_port
         self.routes = routes
         self.cluster_name = cluster_name
+        self.extra_config = extra_config  # e.g. a tls {} or authorization {} block
         self.store_dir = self.workdir / "store"
         self.log_path = self.workdir / "nats.log"
         self.config_path = self.workdir / "nats.conf"
@@ -120,6 +123,8 @@ class NatsServer:
                 f"  routes: [{routes}]",
                 "}",
             ]
+        if self.extra_config:
+            lines.append(self.extra_config)
         self.config_path.write_text("\n".join(lines) + "\n")
 
     def start(self, wait: bool = True, timeout: float = 30.0) -> None:

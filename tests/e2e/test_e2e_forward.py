@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
+import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -271,3 +273,54 @@ def test_the_backlog_outlives_a_restart_of_the_trap(tmp_path: Path,
         got = wait_stream([nats_server.url], 30)
         assert_once(got, ids)
         assert {r["raw_of"] for _, r in got if "raw_of" in r} == ids
+
+
+def _certificates(d: Path) -> None:
+    """A CA, a server certificate for 127.0.0.1 and a client certificate, by openssl."""
+    def ossl(*argv: str) -> None:
+        subprocess.run(["openssl", *argv], cwd=d, check=True, capture_output=True, timeout=60)
+
+    ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
+    ossl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+         "-subj", "/CN=ringtrap-test-ca")
+    for name, ext in (("server", "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth"),
+                      ("client", "extendedKeyUsage=clientAuth")):
+        (d / f"{name}.ext").write_text(ext + "\n")
+        ossl("req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr",
+             "-subj", f"/CN=ringtrap-test-{name}")
+        ossl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+             "-CAcreateserial", "-out", f"{name}.pem", "-days", "2",
+             "-extfile", f"{name}.ext")
+
+
+def test_tls_with_a_client_certificate_and_an_nkey(tmp_path: Path) -> None:
+    import nkeys
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    d = tmp_path / "pki"
+    d.mkdir()
+    _certificates(d)
+    seed = nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER)
+    (d / "trap.nk").write_bytes(seed + b"\n")
+    public = nkeys.from_seed(bytearray(seed)).public_key.decode()
+    extra = (f'tls {{ cert_file: "{d}/server.pem", key_file: "{d}/server.key",'
+             f' ca_file: "{d}/ca.pem", verify: true }}\n'
+             f'authorization {{ users = [ {{ nkey: "{public}" }} ] }}')
+    with NatsServer(tmp_path / "nats", extra_config=extra) as server:
+        url = f"tls://127.0.0.1:{server.port}"
+        secure = {"tls_ca_file": str(d / "ca.pem"), "tls_cert_file": str(d / "client.pem"),
+                  "tls_key_file": str(d / "client.key")}
+        # without the nkey the broker refuses the trap: it backs off, scanning goes on
+        (tmp_path / "refused").mkdir()
+        with running_trap(tmp_path / "refused", forward_settings([url], **secure)) as trap:
+            ids = deliver(trap, 0, 3)
+            trap.wait_records(ids)
+            wait_until(lambda: totals(trap)["forward_errors"] > 0, 30, "a refused connect")
+            assert totals(trap)["forwarded"] == 0
+        (tmp_path / "ok").mkdir()
+        with running_trap(tmp_path / "ok", forward_settings(
+                [url], nkey_seed_file=str(d / "trap.nk"), **secure)) as trap:
+            ids = deliver(trap, 0, 5)
+            trap.wait_records(ids)
+            wait_until(lambda: totals(trap)["forwarded"] == 5, 30, "5 records over TLS")
