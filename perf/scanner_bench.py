@@ -30,6 +30,7 @@ the keep-alive threads', or ringtrap's workers' and ingest's.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import json
 import os
@@ -179,8 +180,13 @@ def through_ringtrap(kind: str, server_pid: int, settings: dict[str, dict[str, A
         ids = set()
         for m in msgs:
             ids.add(reply_id(trap.send(envelope.frame(m))))
-        records = trap.wait_records(ids, timeout=60 + len(msgs) * 2.0)
+        # counted by lines, often: a row of rspamd lasts about a second, and a
+        # coarse poll would add its step to it
+        deadline = time.monotonic() + 60 + len(msgs) * 2.0
+        while _lines(trap) < len(msgs) and time.monotonic() < deadline:
+            time.sleep(0.002)
         wall = time.perf_counter() - t0
+        records = trap.wait_records(ids, timeout=10)
         server = tree_cpu(server_pid) - server0
         client = trap_client_cpu(trap) - client0
         mine = [r for r in records if r["id"] in ids]
@@ -194,6 +200,15 @@ def through_ringtrap(kind: str, server_pid: int, settings: dict[str, dict[str, A
             trap.wait_exit(60)
         finally:
             trap.close()
+
+
+def _lines(trap: Trap) -> int:
+    """Records written so far: the result files' lines, without parsing them."""
+    n = 0
+    for f in trap.results_dir.glob("*.jsonl"):
+        with contextlib.suppress(FileNotFoundError):
+            n += f.read_bytes().count(b"\n")
+    return n
 
 
 def _row(scanner: str, way: str, n: int, wall: float, server: float, client: float,
@@ -212,8 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-n", "--messages", type=int, default=100, help="distinct messages")
     ap.add_argument("--concurrency", type=int, default=2,
                     help="connections, spamd children, rspamd workers, ringtrap workers")
-    ap.add_argument("--rspamd-passes", type=int, default=5,
-                    help="times rspamd's rows go through the messages (default 5)")
+    ap.add_argument("--rspamd-passes", type=int, default=10,
+                    help="times rspamd's rows go through the messages (default 10)")
     ap.add_argument("--rounds", type=int, default=3,
                     help="runs of each row, taking turns; the median is shown (default 3)")
     ap.add_argument("--smoke", action="store_true", help="a few messages, one pass: seconds")

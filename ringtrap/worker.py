@@ -412,16 +412,16 @@ def scanner_client(cfg: Config, address: str | Sequence[str] | None = None,
     """The scanner ``scanner.kind`` names (None when spamd is off); ``address`` overrides.
 
     spamd as :func:`spamd_client` makes it; rspamd from ``[rspamd]`` in a
-    pool of its one host (so it has the same breaker and per-host numbers),
-    where a managed rspamd's socket is the supervisor's to pass (ValueError
-    without).
+    pool of its hosts (one host is a pool of one, with the same breaker and
+    per-host numbers), where a managed rspamd's socket is the supervisor's to
+    pass (ValueError without).
     """
     if cfg.scanner.kind != "rspamd":
         return spamd_client(cfg, address, **pool)
     if address is None:
         if cfg.rspamd.address.kind == "managed":
             raise ValueError("rspamd.address is \"managed\" but the supervisor passed no socket")
-        address = str(cfg.rspamd.address)
+        address = cfg.rspamd.address.hosts()
     addresses = (address,) if isinstance(address, str) else tuple(address)
     return ScannerPool.from_addresses(
         addresses,

@@ -458,7 +458,9 @@ class RspamdConfig:
         metadata=about(
             RspamdAddressKind(),
             '"managed": the supervisor runs its own rspamd on a private socket;'
-            ' "unix:/path" or "tcp:host:port": the normal worker of a running rspamd.',
+            ' "unix:/path" or "tcp:host:port": the normal worker of a running rspamd;'
+            " a list of those: a pool, each worker moving on from host to host (see"
+            " [scanner]).",
             restart=True,
         ),
     )

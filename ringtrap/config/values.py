@@ -655,22 +655,28 @@ class SpamdAddressKind(Kind):
 
 
 class RspamdAddressKind(SpamdAddressKind):
-    """One rspamd: "managed", "unix:/path" or "tcp:host:port" (no list, no TLS yet)."""
+    """rspamd: "managed", "unix:/path", "tcp:host:port", or a list of the last two."""
 
     __slots__ = ()
 
     def describe(self) -> str:
-        return "rspamd address"
+        return "rspamd address, or a list of them"
 
-    def parse(self, raw: object, base_dir: Path) -> SpamdAddress:
-        expected = '"managed", "unix:/path/to/socket" or "tcp:host:port"'
+    def _parse_list(self, raw: list[object], base_dir: Path) -> SpamdAddress:
+        try:
+            return super()._parse_list(raw, base_dir)
+        except InvalidValue as exc:
+            raise InvalidValue(str(exc).replace("spamd", "rspamd")) from None
+
+    def _parse_one(self, raw: object, base_dir: Path) -> SpamdAddress:
+        expected = '"managed", "unix:/path/to/socket", "tcp:host:port" or a list of addresses'
         if raw == "off":
             raise InvalidValue(
                 f'must be {expected} (scanner.kind = "spamd" turns rspamd off), got "off"')
         if not isinstance(raw, str) or raw.startswith("tls:"):
             raise InvalidValue(f"must be {expected}, got {show(raw)}")
         try:
-            return self._parse_one(raw, base_dir)
+            return super()._parse_one(raw, base_dir)
         except InvalidValue as exc:
             if str(exc).startswith("must be \"managed\""):
                 raise InvalidValue(f"must be {expected}, got {show(raw)}") from None

@@ -23,7 +23,7 @@ from ringtrap.base.states import Role
 from ringtrap.config import Config
 from ringtrap.control import spamd_log
 from ringtrap.control.child import Child
-from ringtrap.control.managed_rspamd import rspamd_address, rspamd_argv
+from ringtrap.control.managed_rspamd import rspamd_addresses, rspamd_argv
 from ringtrap.control.managed_spamd import scanner_addresses, spamd_address, spamd_argv
 from ringtrap.control.seam import OS
 from ringtrap.work import child as work_child
@@ -120,6 +120,6 @@ def boot(c: Child, cfg: Config, config_path: Path | None, handled: Iterable[int]
     from ringtrap import worker
 
     if cfg.scanner.kind == "rspamd":
-        return worker.child_main(cfg, c.index, c.row, spamd_address=(rspamd_address(cfg),))
+        return worker.child_main(cfg, c.index, c.row, spamd_address=rspamd_addresses(cfg))
     return worker.child_main(cfg, c.index, c.row,
                              spamd_address=scanner_addresses(cfg) or "off")

@@ -50,10 +50,17 @@ def rspamd_conf_dir(cfg: Config) -> Path:
 
 
 def rspamd_address(cfg: Config) -> str:
-    """The rspamd address workers use: the managed socket, or ``rspamd.address``."""
+    """The managed rspamd's address (its socket); ``rspamd.address`` when there is none."""
     if cfg.rspamd.address.kind == "managed":
         return f"unix:{managed_rspamd_socket(cfg)}"
     return str(cfg.rspamd.address)
+
+
+def rspamd_addresses(cfg: Config) -> tuple[str, ...]:
+    """The rspamd hosts workers scan on: the managed socket, or each of ``rspamd.address``."""
+    if cfg.rspamd.address.kind == "managed":
+        return (rspamd_address(cfg),)
+    return cfg.rspamd.address.hosts()
 
 
 def _ucl(text: str) -> str:
