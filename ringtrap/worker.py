@@ -209,6 +209,7 @@ class Worker(ChildLoop):
         and hands it on twice, which TELL shrugs off (already learned).
         """
         assert self.stage is not None
+        self.stage.resync()  # every worker hands on here: the cap is theirs together
         try:
             self.stage.spill(msgid, payload, 0)
         except OverflowFull:

@@ -279,9 +279,10 @@ def test_full_stage_drops_hand_offs_and_scanning_goes_on(tmp_path: Path) -> None
                 "processed", 0) == 16, 10, "counters")
             t = trap.status()["totals"]  # type: ignore[index]
             assert t["stage_handed_on"] + t["stage_dropped"] == 16
-            # 1 MiB holds four of them; each of the two workers counts its own spills
-            # against the cap even before it sees the other's, so at most eight get in
-            assert t["stage_dropped"] >= 8
+            # 1 MiB holds four of them; the two workers spill into one directory
+            # and re-read what it holds once past half the cap, so only a spill
+            # racing the other's gets past it (each alone would let in four)
+            assert t["stage_handed_on"] <= 6, t
     finally:
         fake.close()
 
