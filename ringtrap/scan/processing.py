@@ -176,6 +176,7 @@ class Processor:
                 record.score, record.required = first.score, first.required
                 record.rules = list(first.rules)
                 record.scanner, record.action = first.scanner, first.action
+                record.symbols = first.symbols
                 return
         try:
             assert self.scanner is not None
@@ -200,7 +201,7 @@ class Processor:
         if self.dedupe is not None and fingerprint and first is None:
             self.dedupe.remember(fingerprint, First(
                 record.id, received, record.verdict, result.score, result.required,
-                result.rules, result.scanner, result.action))
+                result.rules, result.scanner, result.action, record.symbols))
             clock.lap("dedupe")
 
     def _archive(self, record: Record, message: memoryview, received: float) -> Archived:

@@ -122,8 +122,8 @@ class Record:
     # the scanner kind ("spamd", "rspamd") and address that gave the verdict
     scanner: str | None = None
     scanner_host: str | None = None
-    # rspamd's advice ("reject", "add header", ...) and each rule with its
-    # score and options; null from spamd, which gives neither
+    # rspamd's advice ("reject", "add header", ...; null from spamd) and each
+    # rule with its score and options (spamd's from its REPORT)
     action: str | None = None
     symbols: dict[str, dict[str, object]] | None = None
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import mailbuild as mb
 import pytest
+from canned import report_reply
 
 from ringtrap.base import envelope
 from ringtrap.base.envelope import Envelope
@@ -32,9 +33,8 @@ from ringtrap.scan.spamd import SpamdClient
 RECEIVED = 1799999999.654321  # 2027-01-15 07:59:59 UTC
 ENV = Envelope(sender="bounce@example.org", recipients=("trap1@example.net",),
                client_address="192.0.2.7", client_helo="mx.example.org", queue_id="4Vabc123")
-SPAM_REPLY = (b"SPAMD/1.5 0 EX_OK\r\nContent-length: 21\r\n"
-              b"Spam: True ; 12.5 / 5.0\r\n\r\nGTUBE,URIBL_BLACK,X_A")
-HAM_REPLY = b"SPAMD/1.5 0 EX_OK\r\nContent-length: 0\r\nSpam: False ; -0.4 / 5.0\r\n\r\n"
+SPAM_REPLY = report_reply(True, 12.5, 5.0, [("URIBL_BLACK", 1.7), ("X_A", 10.0), ("GTUBE", 0.8)])
+HAM_REPLY = report_reply(False, -0.4, 5.0, [])
 BAD_REPLY = b"SPAMD/1.5 76 Bad header line: (Content-Length mismatch)\r\n"
 
 
