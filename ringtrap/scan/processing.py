@@ -52,7 +52,8 @@ class Processor:
     read from Received fields.  ``dedupe`` recognises campaign repeats and,
     with ``skip_duplicates``, records a repeat from the first message's scan
     instead of scanning it.  ``archive`` stores messages by verdict.
-    ``monotonic`` is the clock the steps' timings are read from.
+    ``monotonic`` is the clock the steps' timings are read from, ``clock``
+    the wall clock ``scanned_at`` is read from.
     """
 
     def __init__(self, *, scanner: Scanner | None, scan_limit_bytes: int,
@@ -60,7 +61,8 @@ class Processor:
                  trusted_networks: Iterable[Network] = (),
                  dedupe: DedupeStore | None = None, skip_duplicates: bool = False,
                  archive: MaildirArchive | None = None,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+                 monotonic: Callable[[], float] = time.monotonic,
+                 clock: Callable[[], float] = time.time) -> None:
         """``scanner`` None records every message unscanned ("spamd off")."""
         self.scanner = scanner
         self.scan_limit_bytes = scan_limit_bytes
@@ -71,6 +73,7 @@ class Processor:
         self.archive = archive
         self.archive_errors = 0
         self._monotonic = monotonic
+        self._clock = clock
 
     @classmethod
     def from_config(cls, cfg: Config, scanner: Scanner | None) -> Processor:
@@ -126,6 +129,8 @@ class Processor:
             record.archived = self._archive(record, message, received)
             clock.lap("archive")
         record.timings_ms = clock.laps
+        if record.scanned_at is None:
+            record.scanned_at = iso_utc(self._clock())
         return record
 
     def _describe(self, msgid: str, received: float, attempts: int, size: int,
@@ -186,10 +191,12 @@ class Processor:
                 raise
             # spamd answered, so the time it took is still worth recording
             record.scanned_ms = clock.lap("scan")
+            record.scanned_at = iso_utc(self._clock())
             record.verdict = Verdict.ERROR
             record.reason = f"{self.scanner.kind}: {exc}"
             return
         record.scanned_ms = clock.lap("scan")
+        record.scanned_at = iso_utc(self._clock())
         record.verdict = Verdict.SPAM if result.spam else Verdict.HAM
         record.score = result.score
         record.required = result.required
