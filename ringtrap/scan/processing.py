@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import socket
 import time
 from collections.abc import Callable, Collection, Iterable
 
@@ -85,7 +86,9 @@ class Processor:
 
             dedupe = FleetDedupe(cfg, dedupe)  # type: ignore[assignment]
         archive = (MaildirArchive(cfg.archive.dir, cfg.archive.verdicts,
-                                  cfg.archive.retention_days)
+                                  cfg.archive.retention_days,
+                                  trace_host=(socket.gethostname() if cfg.archive.trace_headers
+                                              else None))
                    if cfg.archive.dir is not None else None)
         return cls(scanner=scanner, scan_limit_bytes=cfg.workers.scan_limit_bytes,
                    checks=cfg.prefilter.checks,
@@ -215,7 +218,8 @@ class Processor:
         """Where the archived copy went, or why there is none."""
         assert self.archive is not None
         try:
-            path = self.archive.store(record.id, record.verdict, message, received)
+            path = self.archive.store(record.id, record.verdict, message, received,
+                                      record.envelope)
         except OSError as exc:
             # the corpus is a copy; the record is what must not be lost
             self.archive_errors += 1
