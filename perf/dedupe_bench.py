@@ -108,13 +108,13 @@ def _worker(address: str, results_dir: str, skip: bool, items: list[tuple[int, b
             queue: Any) -> None:
     client = SpamdClient(address, connect_timeout=5.0, timeout=120.0)
     calls = [0]
-    original = client.symbols
+    original = client.report
 
     def counted(message: Any) -> Any:
         calls[0] += 1
         return original(message)
 
-    client.symbols = counted  # type: ignore[method-assign]
+    client.report = counted  # type: ignore[method-assign]
     proc = Processor(scanner=client, scan_limit_bytes=1 << 20,
                      dedupe=DedupeStore(results_dir, 86400.0), skip_duplicates=skip)
     out = []

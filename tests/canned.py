@@ -29,3 +29,16 @@ class CannedReply:
     def close(self) -> None:
         self.thread.join(10)
         self.sock.close()
+
+
+def report_reply(spam: bool, score: float, required: float,
+                 rules: list[tuple[str, float]]) -> bytes:
+    """A spamd REPORT reply whose rule table holds ``rules`` (name, score), as spamd prints it."""
+    table = "".join(f"{(f'{s:4.0f}' if abs(s) >= 10 else f'{s:4.1f}')} {name:<22} A rule\n"
+                    for name, s in rules)
+    body = (f"Content analysis details:   ({score:.1f} points, {required:.1f} required)\n\n"
+            " pts rule name              description\n"
+            "---- ---------------------- --------------------------------------------------\n"
+            f"{table}\n").encode()
+    return (b"SPAMD/1.1 0 EX_OK\r\nContent-length: %d\r\nSpam: %s ; %.1f / %.1f\r\n\r\n"
+            % (len(body), b"True" if spam else b"False", score, required) + body)

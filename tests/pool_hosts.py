@@ -14,6 +14,7 @@ import contextlib
 import socket
 import threading
 
+from canned import report_reply
 from spamd_fixture import free_tcp_port
 
 
@@ -80,7 +81,7 @@ class ClosingHost(_Listener):
 class SlowHost(_Listener):
     """A spamd stand-in that answers PING at once and every scan after ``delay`` seconds."""
 
-    REPLY = b"SPAMD/1.1 0 EX_OK\r\nSpam: True ; 7.5 / 5.0\r\nContent-length: 5\r\n\r\nRULE1"
+    REPLY = report_reply(True, 7.5, 5.0, [("RULE1", 7.5)])
 
     def __init__(self, delay: float) -> None:
         self.delay = delay

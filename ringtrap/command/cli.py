@@ -165,6 +165,46 @@ def count_purge(ring_name: str, count: int, nbytes: int) -> None:
         table.add_totals({C.PURGED_FILES: count, C.PURGED_BYTES: nbytes})
 
 
+def _report_campaigns(args: argparse.Namespace, cfg: configmod.Config, day: str) -> int:
+    """``ringtrap report --campaigns``: the campaigns of ``--days`` days up to ``day``."""
+    import datetime
+
+    from ringtrap.command import report
+
+    if args.days < 1:
+        print(f"ringtrap: --days must be at least 1, got {args.days}", file=sys.stderr)
+        return EX_USAGE
+    last = datetime.date.fromisoformat(day)
+    names = [str(last - datetime.timedelta(days=n)) for n in range(args.days - 1, -1, -1)]
+    if args.database or args.host:
+        try:
+            view = report.campaigns(
+                ((d, report.read_day_db(cfg.collect.database, d, args.host)) for d in names),
+                day, top=args.top)
+        except ImportError:
+            print("ringtrap: --database needs psycopg: pip install 'ringtrap[hub]'",
+                  file=sys.stderr)
+            return EX_UNAVAILABLE
+        except Exception as e:  # psycopg's: no server, no such database, no schema yet
+            print(f"ringtrap: collect.database: {e}", file=sys.stderr)
+            return EX_NOINPUT
+    else:
+        present = [(d, report.day_file(cfg.results.dir, d)) for d in names]
+        present = [(d, path) for d, path in present if path.exists()]
+        if not present:
+            print(f"ringtrap: no records for {names[0]} .. {day} in {cfg.results.dir}"
+                  f"{_hint(args)}", file=sys.stderr)
+            return EX_NOINPUT
+        view = report.campaigns(((d, report.read_day(path)) for d, path in present), day,
+                                top=args.top)
+    if args.json:
+        json.dump({"day": day, **view}, sys.stdout, indent=2)
+        print()
+    else:
+        print(report.render_campaigns(view, day), end="")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     import datetime
 
@@ -177,6 +217,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     except ValueError:
         print(f"ringtrap: --day must be a date YYYY-MM-DD, got {day!r}", file=sys.stderr)
         return EX_USAGE
+    if args.campaigns:
+        return _report_campaigns(args, cfg, day)
     if args.database or args.host:
         # the fleet's records, loaded by ringtrap collect (collect.database)
         try:
@@ -314,6 +356,11 @@ def build_parser() -> argparse.ArgumentParser:
                    " instead of this host's files")
     p.add_argument("--host", metavar="NAME",
                    help="with the database: one trap's records only (its forward.host)")
+    p.add_argument("--campaigns", action="store_true",
+                   help="the campaigns view instead: the largest body fingerprints of --days"
+                   " days with first/last seen, relays and domains, and those new on --day")
+    p.add_argument("--days", type=int, default=7, metavar="N",
+                   help="with --campaigns: days read, --day the last (default 7)")
     p.set_defaults(func=cmd_report)
     p = sub.add_parser("blocklist", help="write the blocklist files now: the relays that hit"
                        " the trap (rbldnsd zones, Postfix map, plain list, JSON)")

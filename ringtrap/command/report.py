@@ -5,7 +5,10 @@ rspamd's actions, rules, relay IPs and networks, URL domains, campaigns,
 sizes, scan times);
 :func:`render_text` prints them as plain-text tables and :func:`render_charts`
 draws them with matplotlib, an optional extra (``pip install ringtrap[report]``)
-imported only when charts are asked for.  Read-only: it never writes
+imported only when charts are asked for.  :func:`campaigns` is the campaigns
+view over several days: the largest body fingerprints with their first and
+last sighting, relays and domains, and the ones new on the report's day
+(:func:`render_campaigns` prints it).  Read-only: it never writes
 anywhere but the chart directory it is given.
 """
 
@@ -200,6 +203,106 @@ def summarize(records: Iterable[dict[str, Any]], top: int = TOP) -> dict[str, An
         "scan_ms": _stats(scan_ms),
         "hours": [hours.get(h, 0) for h in range(24)],
     }
+
+
+# what one campaign keeps of its relays and domains: enough for the top few
+# and a count, bounded however many a botnet uses
+_MAX_DISTINCT = 10_000
+CAMPAIGN_SHOWN = 3
+
+
+def campaigns(days: Iterable[tuple[str, Iterable[dict[str, Any]]]], day: str,
+              top: int = TOP) -> dict[str, Any]:
+    """The campaigns view (a JSON-ready dict) of records read day by day.
+
+    ``days`` gives each UTC day (``YYYY-MM-DD``, oldest first) with its
+    records; ``day`` is the report's day, the last.  A campaign is a body
+    fingerprint seen in more than one message; ``largest`` are the ``top``
+    by messages over all the days, ``new`` the ``top`` first seen on
+    ``day``.  First and last seen are the records' ``received`` (a record
+    without one counts at its file's day).  Records of any version are read:
+    a key a record lacks is simply not counted.
+    """
+    seen: dict[str, dict[str, Any]] = {}
+    names: list[str] = []
+    for name, records in days:
+        names.append(name)
+        for r in records:
+            fp = r.get("fingerprint")
+            if not isinstance(fp, str) or not fp:
+                continue
+            received = r.get("received")
+            when = received if isinstance(received, str) and len(received) >= 10 else name
+            c = seen.get(fp)
+            if c is None:
+                c = seen[fp] = {"fingerprint": fp, "messages": 0, "first_seen": when,
+                                "last_seen": when, "first": r.get("id"),
+                                "subject": r.get("subject"), "verdicts": Counter(),
+                                "relays": Counter(), "domains": Counter()}
+            c["messages"] += 1
+            c["first_seen"] = min(c["first_seen"], when)
+            c["last_seen"] = max(c["last_seen"], when)
+            c["verdicts"][str(r.get("verdict"))] += 1
+            ip = r.get("relay_ip")
+            if isinstance(ip, str) and (ip in c["relays"] or len(c["relays"]) < _MAX_DISTINCT):
+                c["relays"][ip] += 1
+            domains = {d for d in [r.get("from_domain"), *(r.get("url_domains") or ())]
+                       if isinstance(d, str) and d}
+            for d in domains:
+                if d in c["domains"] or len(c["domains"]) < _MAX_DISTINCT:
+                    c["domains"][d] += 1
+    groups = sorted((c for c in seen.values() if c["messages"] > 1),
+                    key=lambda c: (-c["messages"], c["first_seen"], c["fingerprint"]))
+    new = [c for c in groups if c["first_seen"][:10] == day]
+    return {
+        "days": names,
+        "campaigns": len(groups),
+        "messages_in_campaigns": sum(c["messages"] for c in groups),
+        "new": len(new),
+        "largest": [_campaign_row(c) for c in groups[:top]],
+        "new_today": [_campaign_row(c) for c in new[:top]],
+    }
+
+
+def _campaign_row(c: dict[str, Any]) -> dict[str, Any]:
+    return {"fingerprint": c["fingerprint"], "messages": c["messages"],
+            "first_seen": c["first_seen"], "last_seen": c["last_seen"],
+            "first": c["first"], "subject": c["subject"], "verdicts": dict(c["verdicts"]),
+            "relays": len(c["relays"]), "top_relays": _most(c["relays"]),
+            "domains": len(c["domains"]), "top_domains": _most(c["domains"])}
+
+
+def _most(counter: Counter[str]) -> list[tuple[str, int]]:
+    # ties in name order: the same records give the same view
+    return sorted(counter.items(), key=lambda kv: (-kv[1], kv[0]))[:CAMPAIGN_SHOWN]
+
+
+def render_campaigns(view: dict[str, Any], day: str) -> str:
+    """The campaigns view as plain-text tables."""
+    span = view["days"]
+    first = span[0] if span else day
+    lines = [f"ringtrap campaigns {first} .. {day} ({_count(len(span), 'day')} read):"
+             f" {_count(view['campaigns'], 'campaign')},"
+             f" {_count(view['messages_in_campaigns'], 'message')},"
+             f" {view['new']} new on {day}"]
+
+    def rows(entries: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+        return [(e["fingerprint"][:12], e["messages"], _short(e["first_seen"]),
+                 _short(e["last_seen"]), e["relays"],
+                 " ".join(ip for ip, _ in e["top_relays"]) or None, e["domains"],
+                 " ".join(d for d, _ in e["top_domains"]) or None, e["subject"])
+                for e in entries]
+
+    header = ("fingerprint", "messages", "first seen", "last seen", "relays", "top relays",
+              "domains", "top domains", "subject")
+    lines += _table("Largest campaigns", header, rows(view["largest"]))
+    lines += _table(f"New on {day}", header, rows(view["new_today"]))
+    return "\n".join(lines) + "\n"
+
+
+def _short(when: str) -> str:
+    """``received`` to the minute, ``YYYY-MM-DD HH:MM`` (a bare day stays as it is)."""
+    return when[:16].replace("T", " ")
 
 
 def _size_labels() -> list[str]:

@@ -665,6 +665,16 @@ class ArchiveConfig:
             "Days of archive kept (today included); older days are removed; 0 = keep all.",
         ),
     )
+    trace_headers: bool = field(
+        default=False,
+        metadata=about(
+            Bool(),
+            "Prepend the envelope to each archived copy as the trace fields a delivering"
+            " MTA writes (Return-Path, X-Original-To, Delivered-To, a Received line with"
+            " the relay's HELO and IP), so the corpus carries its relays for mass-check."
+            " Off: the copy is the message as delivered, byte for byte, as it was scanned.",
+        ),
+    )
 
 
 @dataclass(frozen=True, slots=True)

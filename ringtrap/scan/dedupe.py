@@ -61,9 +61,11 @@ class First:
     score: float | None
     required: float | None
     rules: tuple[str, ...]
-    # the scanner kind and rspamd's action, for a repeat's record
+    # the scanner kind, rspamd's action and each rule's score and options
+    # (the record's ``symbols``), for a repeat's record
     scanner: str | None = None
     action: str | None = None
+    symbols: dict[str, dict[str, object]] | None = None
 
 
 class DedupeStore:
@@ -121,16 +123,18 @@ class DedupeStore:
         if row is None:
             return None
         scanner = action = None
+        symbols: dict[str, dict[str, object]] | None = None
         try:
             stored = json.loads(row[5])
             # a list of rules, or (with a scanner named) an object holding them
             if isinstance(stored, dict):
                 scanner, action = _text(stored.get("scanner")), _text(stored.get("action"))
+                symbols = symbols_of(stored.get("symbols"))
                 stored = stored.get("rules", [])
             rules = tuple(str(r) for r in stored)
         except (ValueError, TypeError):
             rules = ()
-        return First(row[0], row[1], row[2], row[3], row[4], rules, scanner, action)
+        return First(row[0], row[1], row[2], row[3], row[4], rules, scanner, action, symbols)
 
     def remember(self, fingerprint: str, first: First) -> None:
         """Store ``first`` for ``fingerprint`` unless a first within the window is there."""
@@ -171,10 +175,25 @@ def _rules_column(first: First) -> str:
     The table's columns stay as they were, so a store written by an older
     version is read as it is and needs no migration.
     """
-    if first.scanner is None and first.action is None:
+    if first.scanner is None and first.action is None and first.symbols is None:
         return json.dumps(list(first.rules))
     return json.dumps({"rules": list(first.rules), "scanner": first.scanner,
-                       "action": first.action})
+                       "action": first.action, "symbols": first.symbols})
+
+
+def symbols_of(v: object) -> dict[str, dict[str, object]] | None:
+    """A stored ``symbols`` object as the record writes it, or None if it is not one."""
+    if not isinstance(v, dict):
+        return None
+    out: dict[str, dict[str, object]] = {}
+    for name, sym in v.items():
+        if not isinstance(sym, dict) or not isinstance(sym.get("score"), int | float):
+            return None
+        options = sym.get("options")
+        out[str(name)] = {"score": float(sym["score"]),
+                          "options": [str(o) for o in options] if isinstance(options, list)
+                          else []}
+    return out
 
 
 def _text(v: object) -> str | None:

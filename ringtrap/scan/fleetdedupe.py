@@ -32,7 +32,7 @@ import time
 from typing import Any
 
 from ringtrap.config import Config
-from ringtrap.scan.dedupe import DedupeStore, First
+from ringtrap.scan.dedupe import DedupeStore, First, symbols_of
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ class FleetDedupe:
             d = json.loads(raw)
             first = First(str(d["msgid"]), float(d["at"]), str(d["verdict"]), d.get("score"),
                           d.get("required"), tuple(str(r) for r in d.get("rules") or ()),
-                          d.get("scanner"), d.get("action"))
+                          d.get("scanner"), d.get("action"), symbols_of(d.get("symbols")))
         except (ValueError, KeyError, TypeError):
             return None
         if first.at <= now - self.window:
@@ -88,7 +88,8 @@ class FleetDedupe:
         value = json.dumps({"msgid": first.msgid, "at": first.at, "verdict": first.verdict,
                             "score": first.score, "required": first.required,
                             "rules": list(first.rules), "scanner": first.scanner,
-                            "action": first.action, "host": self.f.host}).encode()
+                            "action": first.action, "symbols": first.symbols,
+                            "host": self.f.host}).encode()
         self._call(self._create(fingerprint, value))
 
     def close(self) -> None:

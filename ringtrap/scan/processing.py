@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import socket
 import time
 from collections.abc import Callable, Collection, Iterable
 
@@ -52,7 +53,8 @@ class Processor:
     read from Received fields.  ``dedupe`` recognises campaign repeats and,
     with ``skip_duplicates``, records a repeat from the first message's scan
     instead of scanning it.  ``archive`` stores messages by verdict.
-    ``monotonic`` is the clock the steps' timings are read from.
+    ``monotonic`` is the clock the steps' timings are read from, ``clock``
+    the wall clock ``scanned_at`` is read from.
     """
 
     def __init__(self, *, scanner: Scanner | None, scan_limit_bytes: int,
@@ -60,7 +62,8 @@ class Processor:
                  trusted_networks: Iterable[Network] = (),
                  dedupe: DedupeStore | None = None, skip_duplicates: bool = False,
                  archive: MaildirArchive | None = None,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+                 monotonic: Callable[[], float] = time.monotonic,
+                 clock: Callable[[], float] = time.time) -> None:
         """``scanner`` None records every message unscanned ("spamd off")."""
         self.scanner = scanner
         self.scan_limit_bytes = scan_limit_bytes
@@ -71,6 +74,7 @@ class Processor:
         self.archive = archive
         self.archive_errors = 0
         self._monotonic = monotonic
+        self._clock = clock
 
     @classmethod
     def from_config(cls, cfg: Config, scanner: Scanner | None) -> Processor:
@@ -82,7 +86,9 @@ class Processor:
 
             dedupe = FleetDedupe(cfg, dedupe)  # type: ignore[assignment]
         archive = (MaildirArchive(cfg.archive.dir, cfg.archive.verdicts,
-                                  cfg.archive.retention_days)
+                                  cfg.archive.retention_days,
+                                  trace_host=(socket.gethostname() if cfg.archive.trace_headers
+                                              else None))
                    if cfg.archive.dir is not None else None)
         return cls(scanner=scanner, scan_limit_bytes=cfg.workers.scan_limit_bytes,
                    checks=cfg.prefilter.checks,
@@ -126,6 +132,8 @@ class Processor:
             record.archived = self._archive(record, message, received)
             clock.lap("archive")
         record.timings_ms = clock.laps
+        if record.scanned_at is None:
+            record.scanned_at = iso_utc(self._clock())
         return record
 
     def _describe(self, msgid: str, received: float, attempts: int, size: int,
@@ -176,6 +184,7 @@ class Processor:
                 record.score, record.required = first.score, first.required
                 record.rules = list(first.rules)
                 record.scanner, record.action = first.scanner, first.action
+                record.symbols = first.symbols
                 return
         try:
             assert self.scanner is not None
@@ -185,10 +194,12 @@ class Processor:
                 raise
             # spamd answered, so the time it took is still worth recording
             record.scanned_ms = clock.lap("scan")
+            record.scanned_at = iso_utc(self._clock())
             record.verdict = Verdict.ERROR
             record.reason = f"{self.scanner.kind}: {exc}"
             return
         record.scanned_ms = clock.lap("scan")
+        record.scanned_at = iso_utc(self._clock())
         record.verdict = Verdict.SPAM if result.spam else Verdict.HAM
         record.score = result.score
         record.required = result.required
@@ -200,14 +211,15 @@ class Processor:
         if self.dedupe is not None and fingerprint and first is None:
             self.dedupe.remember(fingerprint, First(
                 record.id, received, record.verdict, result.score, result.required,
-                result.rules, result.scanner, result.action))
+                result.rules, result.scanner, result.action, record.symbols))
             clock.lap("dedupe")
 
     def _archive(self, record: Record, message: memoryview, received: float) -> Archived:
         """Where the archived copy went, or why there is none."""
         assert self.archive is not None
         try:
-            path = self.archive.store(record.id, record.verdict, message, received)
+            path = self.archive.store(record.id, record.verdict, message, received,
+                                      record.envelope)
         except OSError as exc:
             # the corpus is a copy; the record is what must not be lost
             self.archive_errors += 1

@@ -12,6 +12,7 @@ parsed here; it is what killed the worker.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from ringtrap.base import envelope
@@ -48,6 +49,7 @@ def record(
     path: Path | None,
     payload_size: int,
     head: bytes | None,
+    now: float | None = None,
 ) -> Record:
     """The record of one quarantined message.
 
@@ -55,7 +57,8 @@ def record(
     the record's ``size`` is the message's, as in every other record, when
     ``head`` (the payload's start) shows the envelope line, else the
     payload's.  ``path`` is the quarantined copy in failed/ (None when it was
-    not kept).
+    not kept).  ``now`` (wall-clock seconds, default the time of the call)
+    is the record's ``scanned_at``: no scan ran.
     """
     env: Envelope | None = None
     size = payload_size
@@ -72,6 +75,7 @@ def record(
         attempts=attempts,
         envelope=env,
         quarantine=Quarantine(store, kept, str(path) if kept and path is not None else None),
+        scanned_at=iso_utc(time.time() if now is None else now),
     )
 
 

@@ -122,10 +122,14 @@ class Record:
     # the scanner kind ("spamd", "rspamd") and address that gave the verdict
     scanner: str | None = None
     scanner_host: str | None = None
-    # rspamd's advice ("reject", "add header", ...) and each rule with its
-    # score and options; null from spamd, which gives neither
+    # rspamd's advice ("reject", "add header", ...; null from spamd) and each
+    # rule with its score and options (spamd's from its REPORT)
     action: str | None = None
     symbols: dict[str, dict[str, object]] | None = None
+    # ISO 8601 UTC like ``received``: when the scan answered, or when the
+    # record was made if no scan ran; a message that waited (the overflow, a
+    # scanner down) shows the wait as the difference
+    scanned_at: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The record as a JSON object: every key of :data:`RECORD_KEYS`, in that order."""

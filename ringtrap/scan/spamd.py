@@ -32,6 +32,7 @@ from ringtrap.scan.scanner import (
     ScanResponseError,
     ScanResult,
     ScanTimeout,
+    Symbol,
 )
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,18 @@ _STATUS_RE = re.compile(rb"SPAMD/(\d+\.\d+) +(\d+)(?: +(.*))?", re.DOTALL)
 _SPAM_RE = re.compile(r"(True|False|Yes|No) ; (-?\d+(?:\.\d+)?) / (-?\d+(?:\.\d+)?)")
 _SPAM_FLAGS = {"True": True, "Yes": True, "False": False, "No": False}
 _MESSAGE_CLASSES = frozenset({"spam", "ham"})
+
+# The report's rule table (SpamAssassin's _SUMMARY_ tag, PerMsgStatus.pm):
+# each rule is "%4.1f" (or "%4.0f" from 10 points up), a space, the name
+# padded to 22, a space, the description; a description wraps onto lines
+# indented by 28 spaces and the rule's log lines ("[URIs: x.example]") follow
+# indented, or unindented when longer than the line.  The format is the same
+# in every language spamd speaks; only the template's text around it changes.
+_RULE_LINE_RE = re.compile(r"( {0,3})(-?\d+(?:\.\d)?) ([A-Za-z0-9_]+)(?: |$)")
+# the dashes under the table's heading; the content preview above it cannot
+# hold one, spamd deletes every run of ten dashes from the preview
+_TABLE_RULE_RE = re.compile(r"-{4} -{10,} -{10,}[ \t]*")
+_HAS_TABLE_RE = re.compile(rb"^-{4} -{10,} -{10,}[ \t]*\r?$", re.MULTILINE)
 
 
 class SpamdResponseError(ScanResponseError):
@@ -220,6 +233,45 @@ def parse_scan_reply(data: bytes, *, rules: bool = False, report: bool = False) 
     )
 
 
+def parse_report_rules(report: bytes) -> dict[str, Symbol]:
+    """The rules of a REPORT body with their scores, in the report's order.
+
+    A score is the report's, to its precision: one decimal below 10 points,
+    whole points from 10 up, as ``spamc -R`` shows it.  ``options`` are the
+    rule's log lines in brackets, where a rule logs any.  The table is the
+    block under the heading's dashes, or (a template without them) the last
+    block of rule lines; an empty dict when the report holds no table.
+    Never raises on any bytes.
+    """
+    lines = report.decode("utf-8", "replace").replace("\r", "").split("\n")
+    start = 0
+    for i, line in enumerate(lines):
+        if _TABLE_RULE_RE.fullmatch(line):
+            start = i + 1
+    table: list[tuple[str, float, list[str]]] = []
+    current: list[tuple[str, float, list[str]]] | None = None
+    for line in lines[start:]:
+        m = _RULE_LINE_RE.match(line)
+        if m is not None and _score_field(m[1], m[2]):
+            if current is None:
+                current = table = []
+            current.append((m[3], float(m[2]), []))
+        elif current is not None and line.strip() and line[:1] in (" ", "["):
+            text = line.strip()
+            if text.startswith("[") and text.endswith("]"):
+                current[-1][2].append(text[1:-1])
+        else:
+            current = None
+    return {name: Symbol(score, tuple(options)) for name, score, options in table}
+
+
+def _score_field(pad: str, number: str) -> bool:
+    """True if ``pad + number`` is a score as the report prints it ("%4.1f" or "%4.0f")."""
+    if "." not in number and len(number.lstrip("-")) < 2:
+        return False  # whole points only from 10 up
+    return len(pad) + len(number) == 4 or (not pad and len(number) > 4)
+
+
 def parse_tell_reply(data: bytes) -> TellResult:
     """Parse a complete TELL reply; a missing DidSet/DidRemove means nothing changed."""
     headers, _ = _split_reply(data, complete=True)
@@ -305,9 +357,24 @@ class SpamdClient:
 
     def scan(self, message: bytes | bytearray | memoryview,
              env: Envelope | None = None) -> ScanResult:
-        """Score ``message`` with the rules that hit (SYMBOLS); spamd reads no envelope."""
-        r = self.symbols(message)
-        return ScanResult("spamd", self.address, r.spam, r.score, r.required, r.rules)
+        """Score ``message`` with each rule's score (REPORT); spamd reads no envelope.
+
+        ``rules`` are the names in SYMBOLS' order (sorted), ``symbols`` each
+        with its score as the report prints it.  A report that has lost its
+        rule table (a remote spamd's own template) while the score says rules
+        hit is asked again with SYMBOLS, for the names alone.
+        """
+        r = self.report(message)
+        report = r.report or b""
+        symbols = parse_report_rules(report)
+        if not symbols and r.score != 0 and not _HAS_TABLE_RE.search(report):
+            log.debug("spamd at %s: a report without its rule table; asking SYMBOLS",
+                      self.address)
+            r = self.symbols(message)
+            return ScanResult("spamd", self.address, r.spam, r.score, r.required, r.rules)
+        names = tuple(sorted(symbols))
+        return ScanResult("spamd", self.address, r.spam, r.score, r.required, names,
+                          symbols={name: symbols[name] for name in names})
 
     def check(self, message: bytes | bytearray | memoryview) -> SpamdResult:
         """Score ``message`` (CHECK); ``rules`` is empty and ``report`` None."""

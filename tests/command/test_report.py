@@ -155,3 +155,94 @@ def test_every_bar_carries_its_value() -> None:
             plt.close(fig)
         # the one-message bar beside the 400 one is labelled; an empty one is not
         assert texts == ["1", "400"], (horizontal, texts)
+
+
+# -- the campaigns view ----------------------------------------------------------------
+
+PREV = "2027-01-14"
+
+
+def old_line(n: int, day: str, fp: str, **kw: Any) -> dict[str, Any]:
+    """A record as the first versions wrote it: the fourteen original keys and a fingerprint."""
+    base = {"id": f"o{n:03d}", "received": f"{day}T07:{n % 60:02d}:00.000000+00:00",
+            "size": 1000, "verdict": "spam", "reason": None, "score": 9.0, "required": 5.0,
+            "rules": ["RULE_A"], "from": "x@example.com", "subject": f"old {fp}",
+            "message_id": None, "scanned_ms": 40.0, "attempts": 0, "envelope": {},
+            "fingerprint": fp}
+    base.update(kw)
+    return base
+
+
+def campaign_days() -> list[tuple[str, list[dict[str, Any]]]]:
+    # yesterday: campaign "old" (old lines, no relay_ip, no url_domains, no scanned_at) and
+    # the start of "long"; today: more of both, and "fresh", new today
+    yesterday = [old_line(n, PREV, "old") for n in range(4)]
+    yesterday += [rec(40 + n, fingerprint="long", received=f"{PREV}T2{n}:00:00.000000+00:00",
+                      relay_ip=f"203.0.113.{n}", from_domain="bank.example")
+                  for n in range(2)]
+    today = [old_line(10, DAY, "old")]
+    today += [rec(n, fingerprint="fresh", relay_ip=f"198.51.100.{n % 2}",
+                  url_domains=["shop.example", *(["cdn.example"] if n == 1 else [])],
+                  from_domain="shop.example",
+                  scanned_at=f"{DAY}T09:00:00.000000+00:00") for n in range(1, 4)]
+    today += [rec(50, fingerprint="long", relay_ip="203.0.113.9", from_domain="bank.example",
+                  url_domains=[]),
+              rec(51, fingerprint="single"), rec(52, fingerprint=None)]
+    return [(PREV, yesterday), (DAY, today)]
+
+
+def test_campaigns_over_days_with_new_ones_and_old_lines() -> None:
+    view = report.campaigns(campaign_days(), DAY)
+    assert view["days"] == [PREV, DAY]
+    assert (view["campaigns"], view["messages_in_campaigns"], view["new"]) == (3, 11, 1)
+    largest = {c["fingerprint"]: c for c in view["largest"]}
+    # by messages, then by first seen
+    assert [c["fingerprint"] for c in view["largest"]] == ["old", "long", "fresh"]
+    old = largest["old"]
+    assert (old["messages"], old["relays"], old["top_relays"], old["domains"]) == (5, 0, [], 0)
+    assert (old["first_seen"], old["last_seen"]) == (
+        f"{PREV}T07:00:00.000000+00:00", f"{DAY}T07:10:00.000000+00:00")
+    fresh = largest["fresh"]
+    assert fresh["messages"] == 3 and fresh["first_seen"] == f"{DAY}T08:01:00.000000+00:00"
+    assert fresh["top_relays"] == [("198.51.100.1", 2), ("198.51.100.0", 1)]
+    assert fresh["top_domains"] == [("shop.example", 3), ("cdn.example", 1)]
+    long = largest["long"]
+    assert (long["relays"], long["first_seen"][:10], long["last_seen"][:10]) == (3, PREV, DAY)
+    # yesterday's copies linked to rec()'s example.com, today's to nothing
+    assert long["top_domains"] == [("bank.example", 3), ("example.com", 2)]
+    assert [c["fingerprint"] for c in view["new_today"]] == ["fresh"]
+    assert "single" not in largest
+    text = report.render_campaigns(view, DAY)
+    assert text.startswith(f"ringtrap campaigns {PREV} .. {DAY} (2 days read): 3 campaigns,"
+                           f" 11 messages, 1 new on {DAY}")
+    new_part = text.split(f"\nNew on {DAY}\n")[1]
+    assert "fresh" in new_part and "old" not in new_part.replace("old fresh", "")
+    assert f"{PREV} 07:00" in text and "198.51.100.1 198.51.100.0" in text
+
+
+def test_campaigns_of_a_quiet_window() -> None:
+    view = report.campaigns([(DAY, [rec(1, fingerprint="a")])], DAY)
+    assert (view["campaigns"], view["largest"], view["new_today"]) == (0, [], [])
+    assert "(none)" in report.render_campaigns(view, DAY)
+
+
+def test_cli_campaigns_reads_the_days_it_finds(tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    results = tmp_path / "results"
+    for (_, records), clock in zip(campaign_days(), (T0 - 86400, T0), strict=True):
+        with ResultSink(results, clock=lambda c=clock: c) as sink:
+            for r in records:
+                sink.write(r)
+    config = tmp_path / "trap.toml"
+    config.write_text(f'[results]\ndir = "{results}"\n[spamd]\naddress = "off"\n')
+    assert main(["report", "-c", str(config), "--day", DAY, "--campaigns", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["day"] == DAY and data["days"] == [PREV, DAY]  # the 5 days before: no files
+    assert [c["fingerprint"] for c in data["new_today"]] == ["fresh"]
+    assert main(["report", "-c", str(config), "--day", DAY, "--campaigns", "--days", "1"]) == 0
+    out = capsys.readouterr().out
+    # one day alone: "old" and "long" have a single message each today
+    assert out.startswith(f"ringtrap campaigns {DAY} .. {DAY} (1 day read): 1 campaign,"
+                          f" 3 messages, 1 new on {DAY}")
+    assert main(["report", "-c", str(config), "--day", "2027-02-01", "--campaigns"]) == EX_NOINPUT
+    assert main(["report", "-c", str(config), "--campaigns", "--days", "0"]) == EX_USAGE

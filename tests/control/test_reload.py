@@ -71,6 +71,7 @@ APPLIED_IN: dict[str, set[str]] = {
     "dedupe.bucket": {"worker"},
     "archive.verdicts": {"worker"},
     "archive.retention_days": {"worker"},
+    "archive.trace_headers": {"worker"},
     "stage.learn": {"stage"},
     "stage.report": {"stage"},
     "stage.verdicts": {"worker"},

@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import email
 import os
+import shutil
+import socket
+import subprocess
+import time
+import unicodedata
 from pathlib import Path
 
 import mailbuild as mb
 import pytest
 
+from ringtrap import config
 from ringtrap.base import envelope
+from ringtrap.base.envelope import Envelope
 from ringtrap.scan.archive import MaildirArchive
 from ringtrap.scan.processing import Processor
 from ringtrap.scan.results import ResultSink, prune_days
@@ -99,3 +106,128 @@ def test_names_are_safe_for_any_id(tmp_path: Path, verdict: str) -> None:
     archive = MaildirArchive(tmp_path, [verdict], 30, clock=lambda: T0)
     rel = archive.store("../../etc/x", verdict, b"x", T0)
     assert rel is not None and (tmp_path / rel).parent == tmp_path / "2027-01-15" / verdict / "new"
+
+
+# -- the envelope as trace fields (archive.trace_headers) ----------------------------------
+
+TRAP_ENV = Envelope(sender="bounce@example.org", recipients=("trap1@example.net",
+                                                            "trap2@example.net"),
+                    client_address="192.0.2.7", client_helo="mx.example.org", queue_id="Q1")
+
+
+def _traced(tmp_path: Path, message: bytes, env: Envelope) -> bytes:
+    archive = MaildirArchive(tmp_path, ["spam"], 30, clock=lambda: T0, trace_host="trap.example")
+    rel = archive.store("abc-01", "spam", memoryview(message), T0 - 5, env)
+    assert rel is not None
+    return (tmp_path / rel).read_bytes()
+
+
+def test_trace_fields_head_the_message_as_delivered(tmp_path: Path) -> None:
+    data = mb.plain().replace(b"\r\n", b"\n")
+    stored = _traced(tmp_path, data, TRAP_ENV)
+    block, message = stored[:len(stored) - len(data)], stored[len(stored) - len(data):]
+    assert message == data
+    assert block == (
+        b"Return-Path: <bounce@example.org>\n"
+        b"X-Original-To: trap1@example.net\nDelivered-To: trap1@example.net\n"
+        b"X-Original-To: trap2@example.net\nDelivered-To: trap2@example.net\n"
+        b"Received: from mx.example.org ([192.0.2.7])\n"
+        b"\tby trap.example with ringtrap id abc-01; Fri, 15 Jan 2027 07:59:55 +0000\n")
+    parsed = email.message_from_bytes(stored)
+    assert parsed["Return-Path"] == "<bounce@example.org>"
+    assert parsed.get_all("Delivered-To") == ["trap1@example.net", "trap2@example.net"]
+    assert parsed["Subject"] == "Hello"
+    assert parsed.get_all("Received")[0].startswith("from mx.example.org ([192.0.2.7])")
+
+
+def test_trace_fields_follow_the_message_line_ends_and_an_mbox_line(tmp_path: Path) -> None:
+    crlf = b"Subject: x\r\n\r\nbody\r\n"
+    assert _traced(tmp_path, crlf, TRAP_ENV).startswith(b"Return-Path: <bounce@example.org>\r\n")
+    assert b"\n" not in _traced(tmp_path, crlf, TRAP_ENV).replace(b"\r\n", b"")
+    mbox = b"From bounce@example.org Thu Nov 26 10:00:00 2026\nSubject: x\n\nbody\n"
+    stored = _traced(tmp_path, mbox, TRAP_ENV)
+    assert stored.startswith(b"From bounce@example.org Thu Nov 26 10:00:00 2026\nReturn-Path:")
+    assert stored.endswith(b"\nSubject: x\n\nbody\n")
+
+
+def test_trace_fields_of_a_thin_envelope(tmp_path: Path) -> None:
+    thin = Envelope(sender="", client_address="2001:db8::7")
+    ipv6 = _traced(tmp_path, b"Subject: x\n\nx\n", thin)
+    assert ipv6.startswith(b"Return-Path: <>\nReceived: from unknown ([IPv6:2001:db8::7])\n\tby ")
+    none = _traced(tmp_path, b"Subject: x\n\nx\n", Envelope(client_address="unknown"))
+    assert none.startswith(b"Received: by trap.example with ringtrap id abc-01; ")
+
+
+@pytest.mark.parametrize("hostile", [
+    "a@b\r\nX-Injected: 1", "a@b\nX-Injected: 1", "a@b\rX-Injected: 1", "a@b\x00\x0bX",
+    "a@b\u2028X-Injected: 1", "a@b\x85X-Injected: 1", "a@b\u2029X", "a@b\ufeff", "x" * 5000,
+    "<a@b> (forged) \tX", "caf\u00e9@b\u00fccher.example",
+])
+def test_hostile_envelope_values_cannot_break_the_block(tmp_path: Path, hostile: str) -> None:
+    env = Envelope(sender=hostile, recipients=(hostile,), client_address="192.0.2.7",
+                   client_helo=f"evil ([198.51.100.6]) by {hostile};")
+    data = b"Subject: real\n\nbody\n"
+    stored = _traced(tmp_path, data, env)
+    assert stored.endswith(data)
+    block = stored[:-len(data)].decode()
+    lines = block.split("\n")
+    assert [line.split(":", 1)[0] for line in lines if not line.startswith("\t")] == [
+        "Return-Path", "X-Original-To", "Delivered-To", "Received", ""]
+    assert all(len(line) < 1000 for line in lines)
+    assert not any(unicodedata.category(c)[0] == "C" or c in "\u2028\u2029"
+                   for c in block.replace("\n", "").replace("\t", ""))
+    parsed = email.message_from_bytes(stored)
+    assert parsed["X-Injected"] is None and parsed["Subject"] == "real"
+    received = parsed["Received"]
+    # one relay, the MTA's: the HELO cannot forge a second address literal or clause
+    assert received.count("[") == 1 and "([192.0.2.7])" in received
+    assert received.count(";") == 1 and received.count("by ") == 1
+
+
+def test_trace_headers_off_keeps_the_copy_as_delivered(tmp_path: Path) -> None:
+    archive = MaildirArchive(tmp_path, ["spam"], 30, clock=lambda: T0)
+    data = mb.plain()
+    rel = archive.store("abc-01", "spam", memoryview(data), T0, TRAP_ENV)
+    assert rel is not None and (tmp_path / rel).read_bytes() == data
+
+
+@pytest.mark.spamd
+def test_spamassassin_reads_the_relay_from_the_archived_copy(tmp_path: Path) -> None:
+    """SpamAssassin's own parser sees the trap's relay in the archived file."""
+    spamassassin = shutil.which("spamassassin")
+    if spamassassin is None:
+        pytest.skip("spamassassin is not installed (Debian package 'spamassassin')")
+    stored = tmp_path / "copy"
+    stored.write_bytes(_traced(tmp_path / "a", mb.plain(), TRAP_ENV))
+    home = tmp_path / "home"
+    home.mkdir()
+    with open(stored, "rb") as stdin:
+        out = subprocess.run(
+            [spamassassin, "--local", "--test-mode", "--cf=use_bayes 0",
+             "--cf=add_header all Relays-Untrusted _RELAYSUNTRUSTED_"],
+            stdin=stdin, capture_output=True, timeout=120,
+            env=dict(os.environ, HOME=str(home), LC_ALL="C"))
+    assert out.returncode == 0, out.stderr[-2000:]
+    relays = email.message_from_bytes(out.stdout)["X-Spam-Relays-Untrusted"]
+    assert relays is not None, out.stdout[:2000]
+    relays = " ".join(relays.split())
+    assert relays.startswith("[ ip=192.0.2.7 rdns= helo=mx.example.org by=trap.example "), relays
+    assert "id=abc-01" in relays
+
+
+@pytest.mark.parametrize("trace", [True, False])
+def test_the_processor_archives_with_the_trace_fields_configured(tmp_path: Path,
+                                                                 trace: bool) -> None:
+    cfg = config.from_dict({"archive": {"dir": str(tmp_path / "archive"),
+                                        "trace_headers": trace},
+                            "results": {"dir": str(tmp_path / "results")}})
+    proc = Processor.from_config(cfg, None)
+    data = b"Subject: x\n\nbody\n"
+    record = proc.process("abc-02", envelope.frame(data, TRAP_ENV), time.time(), 0)
+    assert isinstance(record.archived.path, str)
+    stored = (tmp_path / "archive" / record.archived.path).read_bytes()
+    assert stored.endswith(data)
+    assert stored.startswith(b"Return-Path: <bounce@example.org>\n") is trace
+    assert (stored == data) is not trace
+    if trace:
+        assert f"by {socket.gethostname()} with ringtrap id abc-02;".encode() in stored

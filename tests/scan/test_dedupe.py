@@ -46,6 +46,22 @@ def test_a_first_keeps_its_scanner_and_action_and_old_rows_still_read(tmp_path: 
     assert old is not None and (old.rules, old.scanner, old.action) == (("RULE_A",), None, None)
 
 
+def test_a_first_keeps_its_symbols(tmp_path: Path) -> None:
+    store = DedupeStore(tmp_path, window=3600)
+    symbols: dict[str, dict[str, object]] = {
+        "GTUBE": {"score": 1000.0, "options": []},
+        "URIBL_BLACK": {"score": 1.7, "options": ["URIs: shop.example.com"]}}
+    scanned = First("m1", T0, "spam", 1001.7, 5.0, ("GTUBE", "URIBL_BLACK"), "spamd", None,
+                    symbols)
+    store.remember("fp", scanned)
+    assert store.lookup("fp", T0 + 1) == scanned
+    # a damaged symbols object costs the scores, never the rules
+    sqlite3.connect(tmp_path / FILE_NAME, isolation_level=None).execute(
+        "UPDATE seen SET rules = '{\"rules\": [\"GTUBE\"], \"symbols\": {\"GTUBE\": 3}}'")
+    damaged = store.lookup("fp", T0 + 2)
+    assert damaged is not None and (damaged.rules, damaged.symbols) == (("GTUBE",), None)
+
+
 def test_window_expiry_makes_the_next_one_first(tmp_path: Path) -> None:
     store = DedupeStore(tmp_path, window=3600)
     store.remember("fp", first())
@@ -105,9 +121,9 @@ def test_repeats_are_recorded_from_the_first_scan(tmp_path: Path,
     calls = []
 
     class CountingClient(SpamdClient):
-        def symbols(self, message):  # type: ignore[no-untyped-def]
+        def report(self, message):  # type: ignore[no-untyped-def]
             calls.append(1)
-            return client.symbols(message)
+            return client.report(message)
 
     counting = CountingClient(spamd_server.unix_address)
     skip = Processor(scanner=counting, scan_limit_bytes=1 << 20,
@@ -116,13 +132,14 @@ def test_repeats_are_recorded_from_the_first_scan(tmp_path: Path,
                for n in range(20)]
     assert len(calls) == 1
     head, rest = records[0], records[1:]
+    assert head["symbols"] and list(head["symbols"]) == head["rules"]
     assert head["verdict"] in ("spam", "ham") and head["duplicate_of"] is None
     assert head["scanned_ms"] > 0
     for r in rest:
         assert r["verdict"] == "duplicate"
         assert r["duplicate_of"] == "id0"
-        assert (r["score"], r["required"], r["rules"]) == (
-            head["score"], head["required"], head["rules"])
+        assert (r["score"], r["required"], r["rules"], r["symbols"]) == (
+            head["score"], head["required"], head["rules"], head["symbols"])
         assert r["scanned_ms"] is None
         assert r["reason"] == f"repeat of id0 ({head['verdict']})"
     # without skip_scan, repeats are still recognised but scanned again

@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from canned import CannedReply
+from canned import CannedReply, report_reply
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from spamd_fixture import SpamdProcess
@@ -179,8 +179,7 @@ class FakeSpamd(CannedReply):
 
 
 def test_verdict_is_spamds_flag_not_recomputed_from_the_score() -> None:
-    reply = (b"SPAMD/1.5 0 EX_OK\r\nContent-length: 13\r\n"
-             b"Spam: True ; 1.5 / 5.0\r\n\r\nRULE_A,RULE_B")
+    reply = report_reply(True, 1.5, 5.0, [("RULE_B", 1.0), ("RULE_A", 0.5)])
     fake = FakeSpamd(reply)
     try:
         client = SpamdClient(f"unix:{fake.path}", connect_timeout=2.0, timeout=5.0)
@@ -191,6 +190,8 @@ def test_verdict_is_spamds_flag_not_recomputed_from_the_score() -> None:
         fake.close()
     assert (record["verdict"], record["score"], record["required"]) == ("spam", 1.5, 5.0)
     assert record["rules"] == ["RULE_A", "RULE_B"]
+    assert record["symbols"] == {"RULE_A": {"score": 0.5, "options": []},
+                                 "RULE_B": {"score": 1.0, "options": []}}
 
 
 def test_non_retryable_spamd_error_is_recorded_as_error() -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import mailbuild as mb
 import pytest
+from canned import report_reply
 
 from ringtrap.base import envelope
 from ringtrap.base.envelope import Envelope
@@ -30,11 +31,11 @@ from ringtrap.scan.results import ResultSink
 from ringtrap.scan.spamd import SpamdClient
 
 RECEIVED = 1799999999.654321  # 2027-01-15 07:59:59 UTC
+SCANNED = RECEIVED + 5400.25  # an hour and a half later: the message waited
 ENV = Envelope(sender="bounce@example.org", recipients=("trap1@example.net",),
                client_address="192.0.2.7", client_helo="mx.example.org", queue_id="4Vabc123")
-SPAM_REPLY = (b"SPAMD/1.5 0 EX_OK\r\nContent-length: 21\r\n"
-              b"Spam: True ; 12.5 / 5.0\r\n\r\nGTUBE,URIBL_BLACK,X_A")
-HAM_REPLY = b"SPAMD/1.5 0 EX_OK\r\nContent-length: 0\r\nSpam: False ; -0.4 / 5.0\r\n\r\n"
+SPAM_REPLY = report_reply(True, 12.5, 5.0, [("URIBL_BLACK", 1.7), ("X_A", 10.0), ("GTUBE", 0.8)])
+HAM_REPLY = report_reply(False, -0.4, 5.0, [])
 BAD_REPLY = b"SPAMD/1.5 76 Bad header line: (Content-Length mismatch)\r\n"
 
 
@@ -102,7 +103,7 @@ def _lines(tmp_path: Path, client: SpamdClient) -> dict[str, bytes]:
 
     def processor(**kw: object) -> Processor:
         return Processor(scanner=client, scan_limit_bytes=1 << 20, monotonic=Ticks(),
-                         **kw)  # type: ignore[arg-type]
+                         clock=lambda: SCANNED, **kw)  # type: ignore[arg-type]
 
     cases: list[tuple[str, object]] = []
 
@@ -125,16 +126,18 @@ def _lines(tmp_path: Path, client: SpamdClient) -> dict[str, bytes]:
     run("campaign_first", dedupe, envelope.frame(fixed(mb.campaign_copy(1))))
     run("duplicate", dedupe, envelope.frame(fixed(mb.campaign_copy(2))))
     run("error", processor(), envelope.frame(fixed(mb.plain()), ENV), 1)
-    run("spamd_off", Processor(scanner=None, scan_limit_bytes=1 << 20, monotonic=Ticks()),
+    run("spamd_off", Processor(scanner=None, scan_limit_bytes=1 << 20, monotonic=Ticks(),
+                               clock=lambda: SCANNED),
         envelope.frame("Subject: Grüße \u2028 split\x85here\r\n\r\nbody\r\n".encode(), ENV))
     head = envelope.frame(b"Subject: x\r\n\r\nbody\r\n", ENV)[:envelope.MAX_LINE]
     cases.append(("quarantined", quarantine.record(
         "m-q1", RECEIVED, 5, "attempts 5 reached the limit 5", store="ring", kept=True,
-        path=Path("/var/spool/ringtrap/failed/m-q1"), payload_size=4096, head=head)))
+        path=Path("/var/spool/ringtrap/failed/m-q1"), payload_size=4096, head=head,
+        now=SCANNED)))
     cases.append(("quarantined_unread", quarantine.record(
         "m-q2", RECEIVED, 0, "untrusted spill file, not read: a symlink", store="overflow",
         kept=False, path=Path("/var/spool/ringtrap/failed/m-q2"), payload_size=77,
-        head=None)))
+        head=None, now=SCANNED)))
 
     results = tmp_path / "results"
     with ResultSink(results, clock=lambda: RECEIVED) as sink:

@@ -42,6 +42,7 @@ from ringtrap.scan.spamd import (
     TellResult,
     parse_address,
     parse_ping_reply,
+    parse_report_rules,
     parse_scan_reply,
     parse_tell_reply,
 )
@@ -233,6 +234,25 @@ def _build_corpus() -> dict[str, bytes]:
         + _headers(b"[SPAM] marked elsewhere")
         + b"\n"
         + spammy
+    )
+    # many rules, some wrapping their description onto a second line
+    corpus["lottery-html"] = (
+        b"Received: from helo.example (unknown [203.0.113.9]) by trap.example with SMTP\n"
+        b" id X; Thu, 3 Dec 2026 10:00:00 +0000\n"
+        b'From: "PAYPAL SECURITY DEPARTMENT" <security@paypa1-verify.example.com>\n'
+        b"Reply-To: winner@gmail.com\nTo: undisclosed-recipients:;\n"
+        b"Subject: URGENT!!! YOU HAVE WON $5,000,000.00 USD CLAIM NOW\n"
+        b"Date: Thu, 3 Dec 2031 10:00:00 +0000\nMIME-Version: 1.0\n"
+        b"Content-Type: text/html; charset=iso-8859-1\n\n"
+        b"<html><body><p>Dear Beneficiary,</p><p>We are pleased to inform you that you\n"
+        b"have won the sum of $5,000,000.00 (FIVE MILLION UNITED STATES DOLLARS) in our\n"
+        b"international lottery. To claim your prize send your bank account details, full\n"
+        b"name, address and telephone number to our claims agent. This is 100% risk free\n"
+        b'and guaranteed. Act now! Click <a href="http://192.0.2.1/claim.php?id=12345">\n'
+        b"http://www.paypal.com/verify</a> to verify your account.</p>\n"
+        b"<p>The Central Bank of Nigeria has approved the transfer of the inheritance fund\n"
+        b"of the late barrister, your next of kin.</p>\n"
+        b'<img src="http://192.0.2.1/x.gif" width=1 height=1></body></html>\n'
     )
     corpus["bare-cr"] = _headers(b"cr only").replace(b"\n", b"\r") + b"\rtext\rmore\r"
     return corpus
@@ -610,6 +630,97 @@ def test_request_bytes(fake: Callable[..., FakeServer]) -> None:
     assert server.errors == []
 
 
+# A report as spamd 4.0 writes it (wrapped descriptions, a name longer than
+# its column, whole points from 10 up, log lines indented and unindented),
+# after a content preview that imitates a rule line.
+REPORT_BODY = (
+    b"Spam detection software, running on the system \"vm\",\n"
+    b"has identified this incoming email as possible spam.\n\n"
+    b"Content preview:  Dear friend, 10 FAKE_RULE  -5.0 FAKE_TOO\n"
+    b"  10 FAKE_THREE here\n\n"
+    b"Content analysis details:   (1011.7 points, 5.0 required)\n\n"
+    b" pts rule name              description\n"
+    b"---- ---------------------- --------------------------------------------------\n"
+    b"1000 GTUBE                  BODY: Generic Test for Unsolicited Bulk Email\n"
+    b" 0.2 NORMAL_HTTP_TO_IP      URI: URI host has a public dotted-decimal IPv4\n"
+    b"                            address\n"
+    b"  12 URIBL_BLACK            Contains an URL listed in the URIBL blacklist\n"
+    b"                            [URIs: shop.example.com]\n"
+    b"-0.0 NO_RELAYS              Informational: message was not relayed via SMTP\n"
+    b" 0.0 T_PDS_SHORT_SPOOFED_URL HTML message short and T_SPOOFED_URL (S_U_FP)\n"
+    b"-1.5 LONG_LOG               BODY: \xe9t\xe9 (latin-1 description)\n"
+    b"       [a log line that is longer than forty seven characters here]\n"
+    b"[https://tracking.example.com/a/very/long/path/without/any/whitespace/at/all/x]\n"
+    b"\n\n"
+)
+
+
+def test_report_rules_scores_and_options() -> None:
+    rules = parse_report_rules(REPORT_BODY)
+    assert list(rules) == ["GTUBE", "NORMAL_HTTP_TO_IP", "URIBL_BLACK", "NO_RELAYS",
+                           "T_PDS_SHORT_SPOOFED_URL", "LONG_LOG"]
+    assert {name: s.score for name, s in rules.items()} == {
+        "GTUBE": 1000.0, "NORMAL_HTTP_TO_IP": 0.2, "URIBL_BLACK": 12.0, "NO_RELAYS": -0.0,
+        "T_PDS_SHORT_SPOOFED_URL": 0.0, "LONG_LOG": -1.5}
+    assert rules["URIBL_BLACK"].options == ("URIs: shop.example.com",)
+    assert rules["LONG_LOG"].options == (
+        "a log line that is longer than forty seven characters here",
+        "https://tracking.example.com/a/very/long/path/without/any/whitespace/at/all/x")
+    assert rules["NORMAL_HTTP_TO_IP"].options == ()
+
+
+def test_report_rules_without_the_heading() -> None:
+    # the French template: no heading, a footer line under the table
+    body = (b"Aper\xe7u:\n   10 FAKE_RULE preview\n\n"
+            b"D\xe9tails de l'analyse du message:   (3.5 points, 5.0 requis)\n"
+            b" 2.5 MISSING_DATE           Missing Date: header\n"
+            b" 1.0 SUBJ_ALL_CAPS          Subject is all capitals\n"
+            b"-------------------- Fin de Rapport SpamAssassin ---------------------\n")
+    assert {n: s.score for n, s in parse_report_rules(body).items()} == {
+        "MISSING_DATE": 2.5, "SUBJ_ALL_CAPS": 1.0}
+
+
+def test_report_rules_of_an_empty_table() -> None:
+    head, _, _ = REPORT_BODY.partition(b"1000 GTUBE")
+    assert parse_report_rules(head) == {}
+    assert parse_report_rules(b"") == {}
+
+
+@given(st.binary(max_size=600))
+def test_report_rules_never_raise(data: bytes) -> None:
+    for name, symbol in parse_report_rules(data).items():
+        assert name and isinstance(symbol.score, float)
+
+
+def test_scan_asks_symbols_when_the_report_has_no_table(fake: Callable[..., FakeServer]) -> None:
+    def answer(server: FakeServer, conn: socket.socket) -> None:
+        server.requests.append(read_request(conn))
+        if server.requests[-1].startswith(b"REPORT"):
+            body = b"a report template without _SUMMARY_\n"
+        else:
+            body = b"A_RULE,B_RULE"
+        conn.sendall(b"SPAMD/1.1 0 EX_OK\r\nContent-length: %d\r\n"
+                     b"Spam: False ; 1.5 / 5.0\r\n\r\n%s" % (len(body), body))
+
+    server = fake(answer)
+    r = SpamdClient(server.address).scan(b"Subject: x\r\n\r\nx\r\n")
+    assert [q.split(b" ", 1)[0] for q in server.requests] == [b"REPORT", b"SYMBOLS"]
+    assert r.rules == ("A_RULE", "B_RULE") and not r.symbols
+
+
+def test_scan_reads_the_report(fake: Callable[..., FakeServer]) -> None:
+    def answer(server: FakeServer, conn: socket.socket) -> None:
+        server.requests.append(read_request(conn))
+        conn.sendall(b"SPAMD/1.1 0 EX_OK\r\nContent-length: %d\r\n"
+                     b"Spam: True ; 1011.7 / 5.0\r\n\r\n%s" % (len(REPORT_BODY), REPORT_BODY))
+
+    server = fake(answer)
+    r = SpamdClient(server.address).scan(b"Subject: x\r\n\r\nx\r\n")
+    assert [q.split(b" ", 1)[0] for q in server.requests] == [b"REPORT"]
+    assert r.rules == tuple(sorted(r.rules)) and set(r.rules) == set(r.symbols)
+    assert r.symbols["URIBL_BLACK"].score == 12.0 and r.score == 1011.7
+
+
 def test_close_without_reply_is_retryable(fake: Callable[..., FakeServer]) -> None:
     def swallow(server: FakeServer, conn: socket.socket) -> None:
         read_request(conn)  # then close: a spamd child killed mid-scan
@@ -770,6 +881,36 @@ def test_agrees_with_spamc(name: str, spamd_server: SpamdProcess, tmp_path: Path
         ours.required,
     )
     assert checked.rules == ()
+
+
+@pytest.mark.spamd
+@pytest.mark.parametrize("name", sorted(CORPUS))
+def test_scores_agree_with_spamc_report(name: str, spamd_server: SpamdProcess,
+                                        tmp_path: Path) -> None:
+    """scan()'s rules are SYMBOLS' and each score is the one ``spamc -R`` prints."""
+    reason = spamc_missing_reason()
+    if reason:
+        pytest.skip(reason)
+    message = CORPUS[name]
+    message_file = tmp_path / "message"
+    message_file.write_bytes(message)
+    spamc_report = _spamc(spamd_server, "-R", message_file)
+    client = SpamdClient(spamd_server.unix_address, timeout=60)
+    ours = client.scan(message)
+    names = client.symbols(message).rules
+    report, _ = spamc_report.communicate(timeout=60)
+    assert spamc_report.returncode in (0, 1), report
+    # the oracle: the lines under the heading's dashes, read naively
+    lines = report.decode("latin-1").split("\n")
+    table = lines[[line.startswith("---- ---") for line in lines].index(True) + 1:]
+    theirs = {}
+    for line in table:
+        fields = line.split()
+        if fields and not line.startswith("    "):
+            theirs[fields[1]] = float(fields[0])
+    assert ours.rules == names
+    assert {n: s.score for n, s in ours.symbols.items()} == theirs
+    assert list(ours.symbols) == list(ours.rules)
 
 
 @pytest.mark.spamd

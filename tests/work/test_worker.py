@@ -9,6 +9,7 @@ Every test counts each message at the end: recorded once, acked, nothing left.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import errno
 import logging
 import os
@@ -566,6 +567,38 @@ def test_spamd_down_releases_without_counting_attempts_then_resumes(
     [record] = records(cfg)
     assert (record["id"], record["verdict"], record["attempts"]) == (msgid, "spam", 0)
     assert_drained(ring, overflow)
+
+
+@pytest.mark.spamd
+def test_scanned_at_shows_how_long_a_message_waited_in_the_overflow(
+    tmp_path: Path, ring: Ring, spamd_server: SpamdProcess, short_dir: Path, spam: bytes,
+) -> None:
+    sock = short_dir / "spamd.sock"  # nothing listens here yet: spamd is down
+    cfg = make_cfg(tmp_path, ring.name, f"unix:{sock}")
+    overflow = open_overflow(cfg)
+    spilled = time.time()
+    msgid = put(ring, overflow, spam, 1, "overflow")
+    down = 2.0
+    comes_up = threading.Timer(down, os.symlink, (spamd_server.socket_path, sock))
+    comes_up.start()
+    try:
+        worker = local_worker(cfg, ring, overflow,
+                              Processor(scanner=spamd_client(cfg), scan_limit_bytes=1 << 20),
+                              ResultSink(cfg.results.dir), backoff_initial=0.05,
+                              backoff_max=0.2)
+        run_until(worker, lambda: len(records(cfg, strict=False)) == 1, timeout=30)
+    finally:
+        comes_up.cancel()
+    [record] = records(cfg)
+    assert (record["id"], record["verdict"]) == (msgid, "spam")
+    received = datetime.datetime.fromisoformat(record["received"]).timestamp()
+    scanned_at = datetime.datetime.fromisoformat(record["scanned_at"])
+    assert scanned_at.tzinfo == datetime.UTC
+    assert abs(received - spilled) < 1.0
+    # the record says the scan came after spamd's outage, not when the mail arrived
+    assert scanned_at.timestamp() - received >= down - 0.1
+    assert record["scanned_at"].endswith("+00:00") and len(record["scanned_at"]) == len(
+        record["received"])
 
 
 @pytest.mark.slow
