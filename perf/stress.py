@@ -55,10 +55,12 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "tests"))  # the tests' private spamd and rspamd
 
 import psutil  # noqa: E402
 import stress_flood as fl  # noqa: E402
 import stress_report as report  # noqa: E402
+from rspamd_fixture import RspamdProcess, rspamd_missing_reason  # noqa: E402
 from stress_baselines import SCAN_LIMIT, pickup_cost  # noqa: E402
 from stress_chaos import ACTIONS, OWNED, Chaos  # noqa: E402
 from stress_compare import (  # noqa: E402
@@ -80,6 +82,8 @@ from ringtrap.scan.results import read_results  # noqa: E402
 KIB, MIB = 1024, 1024 * 1024
 EXIT_LOST = 1
 EXIT_HARNESS = 2
+SCANNERS = ("spamd", "rspamd")
+SPAMD_ACTIONS = ("spamd-child", "spamd")
 
 
 # --- options -----------------------------------------------------------------------
@@ -128,6 +132,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="overflow.drain_order, or several separated by commas (oldest,newest):"
                         " then the flood runs once per order, each with a trap of its own,"
                         " and the report puts what each analysed side by side")
+    g.add_argument("--scanner", default="spamd", metavar="KINDS",
+                   help="scanner.kind: spamd, rspamd or both (spamd,rspamd); each kind"
+                        " with each drain order floods a trap and a scanner of its own (a"
+                        " private spamd; an offline rspamd in a private network namespace,"
+                        " as the tests run it: needs root)")
+    g.add_argument("--grid-duration", type=float, default=0.0, metavar="SECONDS",
+                   help="seconds of flood of each grid run after the first (0: --duration)")
     g.add_argument("--set", dest="overrides", action="append", default=[],
                    metavar="SECTION.KEY=VALUE",
                    help="another setting of the trap started here (VALUE is JSON or a string)")
@@ -175,7 +186,7 @@ SMOKE = {
     "chaos": "worker,ingest,overflow-full,supervisor,spamd-child", "chaos_every": 1.0,
     "chaos_hold": 1.5, "day": 5.0, "compare_depth": 150, "compare_slice": 2.0,
     "compare_warmup": 1.0, "compare_rounds": 1, "depths": "200,1000",
-    "overflow_max": 64 * MIB, "ring_slots": 64,
+    "overflow_max": 64 * MIB, "ring_slots": 64, "grid_duration": 8.0,
 }
 
 
@@ -222,10 +233,15 @@ def chaos_actions(spec: str, attached: bool) -> list[str]:
 class Run:
     """One invocation: its spamd, its trap, the flood, the ledger, the side by side."""
 
-    def __init__(self, args: argparse.Namespace, out: Path, drain_order: str = "oldest") -> None:
+    def __init__(self, args: argparse.Namespace, out: Path, drain_order: str = "oldest",
+                 scanner: str = "spamd") -> None:
         self.args = args
         self.out = out
         self.drain_order = drain_order
+        self.scanner = scanner
+        self.rspamd: RspamdProcess | None = None
+        # (seconds into the flood, seconds since accepted) of each analysed record as it appeared
+        self.record_ages: list[tuple[float, float]] = []
         self.flood_wall0 = 0.0
         self.mean_age_s: float | None = None
         self.work = out / "work"
@@ -273,16 +289,24 @@ class Run:
                                    f"{self.trap.cfg.ring.name!r})")
             return
         t0 = time.monotonic()
-        self.spamd = StressSpamd(max_children=a.workers, log_path=self.work / "spamd.log")
-        self.spamd.start()
-        self.phase_times["spamd_start_s"] = round(time.monotonic() - t0, 1)
         settings: dict[str, dict[str, Any]] = {
             "ingest": {"max_message_bytes": a.max_message},
             "ring": {"slots": a.ring_slots},
             "overflow": {"max_bytes": a.overflow_max, "drain_order": self.drain_order},
             "workers": {"count": a.workers},
-            "spamd": {"address": self.spamd.unix_address},
         }
+        if self.scanner == "rspamd":
+            self.rspamd = RspamdProcess(count=a.workers, log_path=self.work / "rspamd.log")
+            self.rspamd.start()
+            self.phase_times["rspamd_start_s"] = round(time.monotonic() - t0, 1)
+            settings["scanner"] = {"kind": "rspamd"}
+            settings["rspamd"] = {"address": self.rspamd.address}
+            settings["spamd"] = {"address": "off"}
+        else:
+            self.spamd = StressSpamd(max_children=a.workers, log_path=self.work / "spamd.log")
+            self.spamd.start()
+            self.phase_times["spamd_start_s"] = round(time.monotonic() - t0, 1)
+            settings["spamd"] = {"address": self.spamd.unix_address}
         for section, values in parse_overrides(a.overrides).items():
             settings.setdefault(section, {}).update(values)
         self.trap = StressTrap(self.work, settings)
@@ -306,6 +330,12 @@ class Run:
         skipped = [x for x in chaos_actions(a.chaos, False) if x not in actions]
         if skipped:
             self.notes.append(f"chaos actions skipped on an attached trap: {', '.join(skipped)}")
+        if self.scanner != "spamd":
+            skipped = [x for x in actions if x in SPAMD_ACTIONS]
+            actions = [x for x in actions if x not in SPAMD_ACTIONS]
+            if skipped:
+                self.notes.append(f"chaos actions skipped with {self.scanner}: "
+                                  f"{', '.join(skipped)} (they kill spamd)")
         flood = fl.Flood(trap.socket_path, self.msgs, profile, a.clients, a.seed)
         self.flood_t0 = flood.start()
         self.flood_wall0 = time.time()
@@ -362,6 +392,10 @@ class Run:
                                     "fill")
         recs = self.tail.read_new()
         self.ledger.records(r["id"] for r in recs if isinstance(r.get("id"), str))
+        wall = time.time()
+        self.record_ages.extend(
+            (t, round(wall - ids.id_time(r["id"]), 2)) for r in recs
+            if _analysed(r) and isinstance(r.get("id"), str) and ids.is_valid(r["id"]))
         s = self.sampler.sample(t, offered, deliveries, recs)
         s["phase"] = phase
         self.samples.append(s)
@@ -415,12 +449,23 @@ class Run:
         """What this run's flood had analysed once its ledger closed (see analysed_row)."""
         assert self.trap is not None
         done = {r["id"] for r in read_results(self.trap.cfg.results.dir, strict=False)
-                if r.get("scanned_ms") is not None or r.get("verdict") == "duplicate"}
+                if _analysed(r)}
         accepted = {m: ids.id_time(m) for m, phase in self.ledger.accepted.items()
                     if phase == "flood" and ids.is_valid(m)}
         order = self.trap.cfg.overflow.drain_order if self.trap.attached else self.drain_order
-        return report.analysed_row(order, accepted, done, self.flood_wall0,
-                                   self.args.duration, self.mean_age_s)
+        a = self.args
+        row = report.analysed_row(order, accepted, done, self.flood_wall0, a.duration,
+                                  self.mean_age_s)
+        flood_purges = [p for p in self.purges if p["why"] in ("day", "flood")]
+        row["periods"] = report.period_rows(accepted, done, self.flood_wall0, a.duration, a.day,
+                                            self.record_ages, flood_purges)
+        ages = [age for _, age in self.record_ages]
+        row.update(scanner=self.trap.cfg.scanner.kind,
+                   age_mean_s=round(sum(ages) / len(ages), 1) if ages else None,
+                   age_max_s=max(ages) if ages else None,
+                   purged=sum(p["dropped"] for p in flood_purges),
+                   lost=self.ledger.summary()["lost"])
+        return row
 
     def close_ledger(self, phase: str) -> dict[str, Any]:
         """Stop the intake's backlog where it is and account for every accepted id.
@@ -547,6 +592,8 @@ class Run:
             self.trap.close()
         if self.spamd is not None:
             self.spamd.stop()
+        if self.rspamd is not None:
+            self.rspamd.stop()
         shutil.rmtree(self.shm, ignore_errors=True)
 
     def summary(self, flood_ledger: dict[str, Any]) -> dict[str, Any]:
@@ -571,7 +618,8 @@ class Run:
                 "max_message": self.trap.cfg.ingest.max_message_bytes,
                 "scan_limit": self.trap.cfg.workers.scan_limit_bytes,
                 "spamd": "private spamd, --local, round-robin, children = workers"
-                if self.spamd else str(self.trap.cfg.spamd.address),
+                if self.spamd else "private offline rspamd, normal workers = workers"
+                if self.rspamd else str(self.trap.cfg.spamd.address),
             },
             "flood": {"profile": self.profile.describe(), "clients": a.clients,
                       "messages": self.set_origin, "sizes": self.sizes,
@@ -594,6 +642,11 @@ class Run:
             "pickup_cost": self.pickups,
             "notes": self.notes,
         }
+
+
+def _analysed(r: dict[str, Any]) -> bool:
+    """A record of a message analysed: scanned, or a campaign repeat recorded from its first."""
+    return r.get("scanned_ms") is not None or r.get("verdict") == "duplicate"
 
 
 def _ring_idle(trap: StressTrap) -> bool:
@@ -633,36 +686,52 @@ def main(argv: list[str] | None = None) -> int:
     if bad or not orders:
         raise SystemExit(f"--drain-order: {', '.join(bad) or 'none given'}; known: "
                          f"{', '.join(DRAIN_ORDERS)}")
-    if args.attach and len(orders) > 1:
-        raise SystemExit("--drain-order: an attached trap has the order its configuration says")
-    # the first order's run is the report's; each other order floods a trap of its own
+    scanners = [k.strip() for k in args.scanner.split(",") if k.strip()]
+    bad = [k for k in scanners if k not in SCANNERS]
+    if bad or not scanners:
+        raise SystemExit(f"--scanner: {', '.join(bad) or 'none given'}; known: "
+                         f"{', '.join(SCANNERS)}")
+    if args.attach and (len(orders) > 1 or scanners != ["spamd"]):
+        raise SystemExit("--drain-order, --scanner: an attached trap has the order and the "
+                         "scanner its configuration says")
+    if "rspamd" in scanners and (why := rspamd_missing_reason()):
+        raise SystemExit(f"--scanner rspamd: {why}")
+    # spamd first: the side by side (spamd's alternatives) runs beside the first row
+    grid = [(k, o) for k in sorted(dict.fromkeys(scanners), key=SCANNERS.index)
+            for o in dict.fromkeys(orders)]
+    if grid[0][0] != "spamd":
+        args.no_compare = True
+    # the first row's run is the report's; each other row floods a trap of its own
     others = []
-    for order in orders[1:]:
-        sub = out / f"drain-{order}"
-        alone = argparse.Namespace(**{**vars(args), "no_compare": True})
-        other, samples = run_one(alone, sub, order)
+    for kind, order in grid[1:]:
+        sub = out / f"{kind}-{order}"
+        alone = argparse.Namespace(**{**vars(args), "no_compare": True,
+                                      "duration": args.grid_duration or args.duration})
+        other, samples = run_one(alone, sub, order, kind)
         _write(other, samples, sub, alone)
         others.append(other)
-    summary, samples = run_one(args, out, orders[0])
-    if others:
-        summary["drain_orders"] = [summary["analysed"], *(o["analysed"] for o in others)]
-        summary["lost"] += sum(o["lost"] for o in others)
+    summary, samples = run_one(args, out, grid[0][1], grid[0][0])
+    summary["grid"] = [summary["analysed"], *(o["analysed"] for o in others)]
+    summary["grid_runs"] = [str(Path(o["report"]).parent.relative_to(out)) for o in others]
+    summary["lost"] += sum(o["lost"] for o in others)
     _write(summary, samples, out, args)
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
         print(report.headline(summary))
-        if others:
-            print(report.analysed_md(summary["drain_orders"]), end="")
+        print(report.analysed_md(summary["grid"]), end="")
+        if args.day > 0:
+            print(report.periods_md(summary["grid"]), end="")
         print(f"report: {out / 'report.md'}")
     return EXIT_LOST if summary["lost"] else 0
 
 
-def run_one(args: argparse.Namespace, out: Path,
-            order: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """One flood with ``overflow.drain_order`` = ``order``: its summary and samples."""
+def run_one(args: argparse.Namespace, out: Path, order: str,
+            scanner: str = "spamd") -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """One flood with ``overflow.drain_order`` = ``order`` and ``scanner.kind`` =
+    ``scanner``: its summary and samples."""
     out.mkdir(parents=True, exist_ok=True)
-    run = Run(args, out, order)
+    run = Run(args, out, order, scanner)
     try:
         run.setup()
         run.flood()

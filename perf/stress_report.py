@@ -208,19 +208,89 @@ def analysed_row(order: str, accepted: dict[str, float], analysed: set[str], sta
     }
 
 
+def period_rows(accepted: dict[str, float], analysed: set[str], start: float, duration: float,
+                day: float, ages: Sequence[tuple[float, float]],
+                purges: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The flood cut at its purges: one row per purge period.
+
+    A period runs from one accelerated-day purge to the next (the whole
+    flood when there is none; the last one ends with the flood and the
+    purge that closes its ledger).  Each row has: what arrived in it
+    (``accepted``: id -> arrival, wall-clock seconds; ``start``: when the
+    flood began) and how much of that was ever analysed; the age of the
+    analysed mail recorded in it (``ages``: (seconds into the flood when
+    recorded, seconds since accepted)), mean and max; and what the purge at
+    its end dropped (``purges``: the run's purges, ``t`` seconds into the
+    flood, ``why`` "day" or "flood").
+    """
+    n = max(1, int(-(-duration // day))) if day > 0 else 1
+    length = day if day > 0 else max(duration, 1e-9)
+    rows = []
+    for k in range(n):
+        rows.append({"period": k + 1, "from_s": round(k * length, 1),
+                     "to_s": round(min((k + 1) * length, duration), 1),
+                     "accepted": 0, "analysed": 0, "fraction": None,
+                     "age_mean_s": None, "age_max_s": None, "recorded": 0, "dropped": 0})
+
+    def index(t: float) -> int:
+        return min(n - 1, max(0, int(t // length)))
+
+    for m, at in accepted.items():
+        r = rows[index(at - start)]
+        r["accepted"] += 1
+        r["analysed"] += m in analysed
+    by_period: list[list[float]] = [[] for _ in range(n)]
+    for t, age in ages:
+        by_period[index(t)].append(age)
+    for p in purges:
+        if p["why"] == "day":
+            # a day purge runs just after its period's end (on the first tick past it)
+            rows[min(n - 1, max(0, round(p["t"] / length) - 1))]["dropped"] += p["dropped"]
+        elif p["why"] == "flood":
+            rows[-1]["dropped"] += p["dropped"]
+    for r, got in zip(rows, by_period, strict=True):
+        if r["accepted"]:
+            r["fraction"] = round(r["analysed"] / r["accepted"], 4)
+        r["recorded"] = len(got)
+        if got:
+            r["age_mean_s"] = round(statistics.mean(got), 1)
+            r["age_max_s"] = round(max(got), 1)
+    return rows
+
+
 def _pct(done: int, of: int) -> str:
     return f"{done:,} of {of:,} ({100 * done / of:.1f}%)" if of else "-"
 
 
 def analysed_md(rows: Sequence[dict[str, Any]]) -> str:
-    """The drain orders side by side, one row each, as a Markdown table."""
-    out = ["| drain order | analysed of accepted | mean age when taken up | first quarter"
-           " of the flood | last quarter |", "|---|---:|---:|---:|---:|"]
+    """The grid (scanner x drain order) side by side, one row each, as a Markdown table."""
+    out = ["| scanner | drain order | analysed of accepted | age when taken up (mean) |"
+           " age when recorded (mean / max) | dropped by purges | first quarter"
+           " of the flood | last quarter | lost |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        out.append(f"| {r['drain_order']} | {_pct(r['analysed'], r['accepted'])} | "
-                   f"{_fmt(r['mean_age_s'], ' s')} | "
+        purged = r.get("purged")
+        out.append(f"| {r.get('scanner', 'spamd')} | {r['drain_order']} | "
+                   f"{_pct(r['analysed'], r['accepted'])} | {_fmt(r['mean_age_s'], ' s')} | "
+                   f"{_fmt(r.get('age_mean_s'), ' s')} / {_fmt(r.get('age_max_s'), ' s')} | "
+                   f"{_fmt(purged)} | "
                    f"{_pct(r['first_quarter']['analysed'], r['first_quarter']['accepted'])} | "
-                   f"{_pct(r['last_quarter']['analysed'], r['last_quarter']['accepted'])} |")
+                   f"{_pct(r['last_quarter']['analysed'], r['last_quarter']['accepted'])} | "
+                   f"{_fmt(r.get('lost'))} |")
+    return "\n".join(out) + "\n"
+
+
+def periods_md(rows: Sequence[dict[str, Any]]) -> str:
+    """Each grid row's purge periods, one line per period, as a Markdown table."""
+    out = ["| scanner | drain order | period (s into the flood) | accepted | analysed |"
+           " age when recorded (mean / max) | dropped by the purge |",
+           "|---|---|---|---:|---:|---:|---:|"]
+    for r in rows:
+        for p in r.get("periods") or []:
+            out.append(f"| {r.get('scanner', 'spamd')} | {r['drain_order']} | "
+                       f"{p['period']}: {p['from_s']:g}-{p['to_s']:g} | {p['accepted']:,} | "
+                       f"{_pct(p['analysed'], p['accepted'])} | "
+                       f"{_fmt(p['age_mean_s'], ' s')} / {_fmt(p['age_max_s'], ' s')} | "
+                       f"{p['dropped']:,} |")
     return "\n".join(out) + "\n"
 
 
@@ -351,12 +421,24 @@ def markdown(summary: dict[str, Any]) -> str:
           f"{_fmt(sm['child_private_median_mib'], ' MiB')} private.")
     w(f"\nThe overflow is tmpfs capped at {c['overflow_max'] / MIB:.0f} MiB "
       f"(peak use {_fmt(t['peak_overflow_mib'], ' MiB')}).\n")
-    if s.get("drain_orders"):
-        w("## Analysed, by drain order\n")
+    grid = s.get("grid") or ([s["analysed"]] if s.get("analysed", {}).get("periods")
+                             else [])
+    if grid:
+        w("## Analysed, by scanner and drain order\n")
         w("Messages scanned (or recorded from a campaign repeat) over messages accepted,"
-          " and by when they arrived in the flood; each order had a flood of its own,"
-          " the same profile and message set, one after the other.\n")
-        w(analysed_md(s["drain_orders"]))
+          " and by when they arrived in the flood; each row had a flood of its own,"
+          " the same profile and message set, one after the other, and a scanner of its"
+          " own. The age when taken up is the trap's (accepted until a worker claimed it);"
+          " the age when recorded is the harness's (accepted until its record appeared,"
+          " to the second).\n")
+        w(analysed_md(grid))
+        if any(r.get("periods") for r in grid):
+            w("### By purge period\n")
+            w("Each period ends with a purge (the accelerated day's, or the one that closes"
+              " the ledger): what arrived in it and how much of that was ever analysed, the"
+              " age of the analysed mail recorded in it, and what the purge at its end"
+              " dropped (the overflow-full chaos action's messages included).\n")
+            w(periods_md(grid))
     if cmp_:
         _compare_md(w, s, cmp_)
     if s.get("pickup_cost"):
@@ -485,6 +567,10 @@ def write_charts(samples: Sequence[dict[str, Any]], summary: dict[str, Any], out
     written.append(path)
     if summary.get("compare") or summary.get("pickup_cost"):
         written.append(_compare_chart(plt, summary, out))
+    grid = [r for r in summary.get("grid") or [summary.get("analysed") or {}]
+            if r.get("periods")]
+    if grid:
+        written.append(_analysed_chart(plt, grid, out))
     return written
 
 
@@ -632,7 +718,54 @@ def _compare_chart(plt: Any, summary: dict[str, Any], out: Path) -> Path:
     return path
 
 
+ORDER_STYLE = {"oldest": "-", "newest": "--"}
+SCANNER_COLOR = {"spamd": "tab:blue", "rspamd": "tab:orange"}
+
+
+def _analysed_chart(plt: Any, grid: Sequence[dict[str, Any]], out: Path) -> Path:
+    """analysed.png: per purge period and per (scanner, drain order), the analysed
+    fraction of what arrived in it (top) and the age of what was recorded (bottom)."""
+    fig, (a1, a2) = plt.subplots(2, 1, figsize=(11, 6.4), dpi=90, sharex=True)
+    for r in grid:
+        ps = r["periods"]
+        x = [(p["from_s"] + p["to_s"]) / 2 for p in ps]
+        scanner = r.get("scanner", "spamd")
+        color = SCANNER_COLOR.get(scanner, "tab:gray")
+        style = ORDER_STYLE.get(r["drain_order"], ":")
+        label = f"{scanner}, {r['drain_order']} first"
+        a1.plot(x, [float("nan") if p["fraction"] is None else 100 * p["fraction"] for p in ps],
+                marker="o", color=color, linestyle=style, label=label)
+        a2.plot(x, [float("nan") if p["age_mean_s"] is None else p["age_mean_s"] for p in ps],
+                marker="o", color=color, linestyle=style, label=f"{label}: mean")
+        a2.plot(x, [float("nan") if p["age_max_s"] is None else p["age_max_s"] for p in ps],
+                marker="^", color=color, linestyle=style, linewidth=0.8, alpha=0.6,
+                label=f"{label}: max")
+    edges = sorted({p["to_s"] for r in grid for p in r["periods"]})
+    for ax in (a1, a2):
+        for e in edges[:-1]:
+            ax.axvline(e, color="0.55", linestyle=":", linewidth=1)
+    a1.set_ylabel("% of the period's mail analysed")
+    a1.set_ylim(0, 105)
+    a1.legend(**LEGEND)
+    a1.set_title("analysed fraction per purge period (dotted lines: the purges)", fontsize=9)
+    a2.set_yscale("log")
+    from matplotlib.ticker import FuncFormatter
+
+    a2.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    a2.set_ylabel("seconds since accepted")
+    a2.set_xlabel("seconds into the flood (each point: one purge period)")
+    a2.legend(**LEGEND)
+    a2.set_title("age of the mail analysed in the period, when its record appeared",
+                 fontsize=9)
+    fig.tight_layout()
+    path = out / "analysed.png"
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 __all__ = [
-    "TARGET_RATIO", "TARGET_RSS", "compare_table", "flood_totals", "headline", "markdown",
-    "memory_table", "spamd_memory", "write_charts",
+    "TARGET_RATIO", "TARGET_RSS", "analysed_md", "analysed_row", "compare_table",
+    "flood_totals", "headline", "markdown", "memory_table", "period_rows", "periods_md",
+    "spamd_memory", "write_charts",
 ]

@@ -125,6 +125,9 @@ class TickSampler:
         self._prev_totals = dict(tot)
         self._prev_at = now
         s["supervisor_pid"] = st["supervisor_pid"]
+        # seconds since accepted of the messages workers are scanning right now
+        ages = (st.get("analysed") or {}).get("scanning_age_s")
+        s["scanning_age_max_s"] = None if ages is None else ages["max"]
 
     def _processes(self, st: dict[str, Any] | None) -> dict[str, Any]:
         """Memory and CPU of every ringtrap process, keyed "supervisor", "ingest", "worker N"."""

@@ -177,6 +177,33 @@ def test_analysed_row_splits_by_arrival_and_tables_side_by_side() -> None:
     assert row["last_quarter"] == {"accepted": 10, "analysed": 10}
     empty = rep.analysed_row("oldest", {}, set(), start, duration, None)
     assert empty["fraction"] is None
+    row.update(scanner="rspamd", age_mean_s=0.5, age_max_s=2.0, purged=25, lost=0)
     table = rep.analysed_md([row, empty]).splitlines()
-    assert table[2].startswith("| newest | 15 of 40 (37.5%) | 1.2 s | 5 of 10 (50.0%) |")
-    assert table[3] == "| oldest | - | - | - | - |"
+    assert table[2] == ("| rspamd | newest | 15 of 40 (37.5%) | 1.2 s | 0.5 s / 2.0 s | 25 |"
+                        " 5 of 10 (50.0%) | 10 of 10 (100.0%) | 0 |")
+    assert table[3] == "| spamd | oldest | - | - | - / - | - | - | - | - |"
+
+
+def test_period_rows_cut_the_flood_at_its_purges() -> None:
+    start = 1000.0
+    # 30 s of flood, a purge every 10 s: one message a second
+    accepted = {f"m{t}": start + t for t in range(30)}
+    analysed = {f"m{t}" for t in range(0, 10)} | {"m25"}
+    ages = [(3.0, 1.0), (9.5, 4.0), (12.0, 10.0), (29.0, 2.0)]
+    purges = [{"t": 10.1, "why": "day", "dropped": 7}, {"t": 21.0, "why": "day", "dropped": 9},
+              {"t": 30.4, "why": "flood", "dropped": 4}]
+    rows = rep.period_rows(accepted, analysed, start, 30.0, 10.0, ages, purges)
+    assert [(r["from_s"], r["to_s"]) for r in rows] == [(0, 10), (10, 20), (20, 30)]
+    assert [(r["accepted"], r["analysed"]) for r in rows] == [(10, 10), (10, 0), (10, 1)]
+    assert [r["fraction"] for r in rows] == [1.0, 0.0, 0.1]
+    assert [r["dropped"] for r in rows] == [7, 9, 4]
+    assert [(r["age_mean_s"], r["age_max_s"]) for r in rows] == [(2.5, 4.0), (10.0, 10.0),
+                                                                 (2.0, 2.0)]
+    # a last, shorter period; no purge at all: one period, the whole flood
+    assert [r["to_s"] for r in rep.period_rows(accepted, analysed, start, 25.0, 10.0, [],
+                                               [])] == [10, 20, 25]
+    (whole,) = rep.period_rows(accepted, analysed, start, 30.0, 0.0, ages, purges[2:])
+    assert (whole["accepted"], whole["analysed"], whole["dropped"]) == (30, 11, 4)
+    text = rep.periods_md([{"scanner": "spamd", "drain_order": "oldest", "periods": rows}])
+    assert text.splitlines()[3] == ("| spamd | oldest | 2: 10-20 | 10 | 0 of 10 (0.0%) |"
+                                    " 10.0 s / 10.0 s | 9 |")
