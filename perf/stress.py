@@ -13,7 +13,9 @@ running trap with ``--attach``), then:
    (the accelerated day) the overflow is purged every N seconds instead of
    daily.  Every second it samples intake and completion rates, the ring,
    the overflow backlog, ingest/scan/queue latency and each process's
-   memory and CPU; a progress line shows where the run is.
+   memory and CPU; a progress line shows where the run is.  With
+   ``--scanner spamd,rspamd`` and ``--drain-order oldest,newest`` it floods
+   a grid: each scanner with each order, a trap and a scanner of its own.
 2. **Closes the ledger**: stops the flood, stops the trap gracefully (the
    ring goes to the overflow), purges what is left and checks that every
    message that got ``OK`` was recorded or dropped by a purge (by id):
@@ -24,11 +26,14 @@ running trap with ``--attach``), then:
    IPC::DirQueue does (ordered), and by N parallel ``spamc`` loops with no
    queue at all; then the pickup cost of each store by queue depth.
 4. **Reports**: ``report.md``, ``summary.json``, ``samples.jsonl`` and PNG
-   charts (matplotlib, ``pip install .[stress]``) in ``--out``.
+   charts (matplotlib, ``pip install .[stress]``) in ``--out``; for each row
+   of the grid, and per purge period, how much of what was accepted was
+   analysed, how old it was and what the purge dropped (``analysed.png``).
 
     python3 perf/stress.py --smoke                   # under a minute: CI's smoke test
     python3 perf/stress.py --duration 600 --chaos --day 60
     python3 perf/stress.py --attach /etc/ringtrap/ringtrap.toml --duration 120 --rate 50
+    python3 perf/stress.py --scanner spamd,rspamd --drain-order oldest,newest --day 30
     python3 perf/stress.py --json ...                # the summary as JSON on stdout
 
 Exit status: 0 when lost = 0, 1 when an accepted message was lost, 2 when

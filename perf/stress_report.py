@@ -355,7 +355,7 @@ def markdown(summary: dict[str, Any]) -> str:
     w(f"* trap: {c['workers']} workers, ring {c['ring_slots']} slots of "
       f"{c['slot_bytes'] // 1024} KiB, overflow cap {c['overflow_max'] / MIB:.0f} MiB, "
       f"max message {c['max_message'] / MIB:g} MiB, scan limit {c['scan_limit'] // 1024} KiB; "
-      f"spamd: {c['spamd']}")
+      f"scanner: {c['spamd']}")
     w(f"* chaos: {', '.join(f['chaos']) or 'off'}"
       + (f", one action every {f['chaos_every_s']:g} s after the last recovered"
          if f["chaos"] else ""))
