@@ -6,8 +6,8 @@ per message, reads its two codes from here.
 
 EX_OK = 0
 EX_USAGE = 64  # the command line is wrong
-EX_NOINPUT = 66  # report: no records for the day asked
-EX_UNAVAILABLE = 69  # status and purge: no trap running; report --charts: no matplotlib
+EX_NOINPUT = 66  # report: no records for the day asked; --database: the database unreadable
+EX_UNAVAILABLE = 69  # no trap running (status, purge); no matplotlib or psycopg
 EX_SOFTWARE = 70  # the supervisor failed unexpectedly (systemd restarts the unit)
 # submit: anything but a stored or for-good refused message. Postfix's pipe(8)
 # defers only on this and EX_OSERR; every other code bounces.

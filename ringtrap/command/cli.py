@@ -367,6 +367,11 @@ def build_parser() -> argparse.ArgumentParser:
     with_config(p)
     p.add_argument("--format", choices=("rbldnsd_ip4", "rbldnsd_ip6", "postfix", "plain", "json"),
                    help="print this format on standard output and write nothing")
+    p.add_argument("--database", action="store_true",
+                   help="the whole fleet's records from collect.database (ringtrap collect)"
+                   " instead of this host's files")
+    p.add_argument("--host", metavar="NAME",
+                   help="with the database: one trap's records only (its forward.host)")
     p.set_defaults(func=cmd_blocklist)
     p = sub.add_parser("export", help="export what the trap saw as a threat-intel feed"
                        " (needs the 'misp' extra: PyMISP)")

@@ -38,8 +38,10 @@ _SIGNALS = (
 _EXIT = (
     ("0", "success"),
     ("64", "usage error"),
-    ("66", "report: no records for that day"),
-    ("69", "status, top: the trap is not running"),
+    ("66", "report: no records for that day; report, blocklist: the fleet's database"
+     " cannot be read"),
+    ("69", "status, top: the trap is not running; report, blocklist: no psycopg for the"
+     " fleet's database"),
     ("75", "submit: temporary failure, the MTA defers and retries"),
     ("78", "configuration error: every problem is named with its file and section.key"),
 )

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ringtrap.config import Config
-from ringtrap.control.blocklist import Entry, Policy, ReadCounts, Result, compute
+from ringtrap.control.blocklist import Entry, Policy, ReadCounts, Result, Window, compute
 
 FILE_MODE = 0o640
 STATE_NAME = "blocklist-state.json"
@@ -171,20 +171,23 @@ def state_path(cfg: Config) -> Path:
 
 
 def write_all(cfg: Config, now: float | None = None,
-              paths: dict[str, Path] | None = None) -> Written:
+              paths: dict[str, Path] | None = None, window: Window | None = None) -> Written:
     """Compute the blocklist and write each format of ``paths`` (default: the configured ones).
 
     The state file is written last, so it never claims a list that is not on
-    disk.  Raises OSError on the first file that cannot be written.
+    disk.  With another ``window`` than the trap's own results (the fleet's
+    database) no state file is written: it describes the trap's own list,
+    which its metrics report.  Raises OSError on the first file that cannot
+    be written.
     """
     now = time.time() if now is None else now
-    result, counts = compute(cfg, now)
+    result, counts = compute(cfg, now, window)
     targets = cfg.blocklist.paths() if paths is None else paths
     for name, path in targets.items():
         write_atomic(path, render_one(cfg, name, result, counts, now))
     done = Written(now, len(result.by_version(4)), len(result.by_version(6)), targets, counts,
                    result)
-    if targets:
+    if targets and window is None:
         state = {"written": now, "entries": done.entries, "ipv4": done.ipv4, "ipv6": done.ipv6,
                  "skipped_lines": counts.skipped, "hits": result.counted.hits,
                  "files": {name: str(p) for name, p in targets.items()}}

@@ -24,7 +24,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from ringtrap.config import Config
 from ringtrap.config.sections import BLOCKLIST_VERDICTS
@@ -43,17 +43,34 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 @dataclass
 class ReadCounts:
-    """What reading the window's files met, line by line."""
+    """What reading the window's files met, line by line (or its rows, from the database)."""
 
     files: int = 0
-    lines: int = 0
+    lines: int = 0  # from the fleet's database: its rows
     # not a JSON object, or no arrival time that parses: never a crash, never a hit
     skipped: int = 0
     before_window: int = 0  # in a file of the window, but received before it
+    # read from the fleet's database (ringtrap collect) instead of files: all hosts or one
+    database: bool = False
+    host: str | None = None
 
-    def to_dict(self) -> dict[str, int]:
+    def to_dict(self) -> dict[str, Any]:
+        if self.database:
+            return {"source": "database", "host": self.host, "records": self.lines}
         return {"files": self.files, "lines": self.lines, "skipped": self.skipped,
                 "before_window": self.before_window}
+
+
+class Window(Protocol):
+    """Where the records come from: ``(record, received)`` pairs and what reading them met.
+
+    :class:`RecordWindow` reads a trap's own result files; the fleet's
+    database gives the same pairs (``ringtrap blocklist --database``).
+    """
+
+    counts: ReadCounts
+
+    def __iter__(self) -> Iterator[tuple[dict[str, Any], float]]: ...
 
 
 def parse_received(value: object) -> float | None:
@@ -362,10 +379,16 @@ class Tally:
         return Result(listed, len(self.entries), below, expired, overlapping, self.counted)
 
 
-def compute(cfg: Config, now: float) -> tuple[Result, ReadCounts]:
-    """The blocklist of ``cfg`` at ``now`` (epoch seconds), from its results directory."""
+def compute(cfg: Config, now: float, window: Window | None = None
+            ) -> tuple[Result, ReadCounts]:
+    """The blocklist of ``cfg`` at ``now`` (epoch seconds), from its results directory.
+
+    ``window`` reads the records from elsewhere instead (the fleet's
+    database): the same policy applies to whatever it yields.
+    """
     policy = Policy.from_config(cfg)
-    window = RecordWindow(cfg.results.dir, policy.window_days, now)
+    if window is None:
+        window = RecordWindow(cfg.results.dir, policy.window_days, now)
     tally = Tally(policy)
     for record, when in window:
         tally.add(record, when)

@@ -1,8 +1,10 @@
-"""``ringtrap blocklist``: --format prints one format and writes nothing; a write failure is 78."""
+"""``ringtrap blocklist``: --format prints one format and writes nothing; a write failure is 78;
+without psycopg --database is 69, and an unreachable database 66."""
 
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -49,3 +51,23 @@ def test_a_file_that_cannot_be_written_is_a_configuration_error(
     conf = setup(tmp_path, f'json = "{tmp_path / "missing" / "list.json"}"\n')
     assert cli.main(["blocklist", "-c", str(conf)]) == 78
     assert "missing" in capsys.readouterr().err
+
+
+def test_the_database_without_psycopg_is_unavailable(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # what a host without the extra has
+    assert cli.main(["blocklist", "-c", str(setup(tmp_path)), "--database"]) == 69
+    assert "ringtrap[hub]" in capsys.readouterr().err
+
+
+def test_an_unreachable_database_is_no_input_and_writes_nothing(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("psycopg")
+    conf = setup(tmp_path, f'plain = "{tmp_path / "list.txt"}"\n'
+                 f'[collect]\ndatabase = "host={tmp_path / "no-server"} dbname=ringtrap"\n')
+    for more in ([], ["--format", "plain"], ["--host", "trap-a"]):
+        assert cli.main(["blocklist", "-c", str(conf), "--database", *more]) == 66
+        out, err = capsys.readouterr()
+        assert out == "" and err.startswith("ringtrap: collect.database: ")
+    assert not (tmp_path / "list.txt").exists()
