@@ -19,7 +19,9 @@ same messages ``--rspamd-passes`` times over, so that its rows last long
 enough to measure.
 
 msgs/s is messages over the wall time from the first send to the last
-answer (directly) or record (through ringtrap).  Server CPU per message is
+answer (directly), or from the moment the scanner is let go, with every
+message delivered into the trap while it was stopped, to the last record
+(through ringtrap).  Server CPU per message is
 the scanner's process tree (its reaped children too); client CPU is spamc's,
 the keep-alive threads', or ringtrap's workers' and ingest's.
 
@@ -35,6 +37,7 @@ import http.client
 import json
 import os
 import resource
+import signal
 import socket
 import subprocess
 import sys
@@ -161,7 +164,7 @@ def rspamd_direct(rspamd: RspamdProcess, msgs: list[bytes], conc: int) -> dict[s
 
 def through_ringtrap(kind: str, server_pid: int, settings: dict[str, dict[str, Any]],
                      msgs: list[bytes], conc: int) -> dict[str, Any]:
-    """Every message into a real trap at once; measured until the last record is written."""
+    """Every message into a real trap, then the scan timed until the last record is written."""
     base: dict[str, dict[str, Any]] = {
         "workers": {"count": conc, "heartbeat_timeout": 400},
         "ring": {"slots": max(64, len(msgs) + 8), "slot_bytes": "64K"},
@@ -174,12 +177,18 @@ def through_ringtrap(kind: str, server_pid: int, settings: dict[str, dict[str, A
     trap = Trap(Path(tempfile.mkdtemp(prefix="rt-scanbench-")), base)
     try:
         trap.start()
-        server0 = tree_cpu(server_pid)
-        client0 = trap_client_cpu(trap)
-        t0 = time.perf_counter()
-        ids = set()
-        for m in msgs:
-            ids.add(reply_id(trap.send(envelope.frame(m))))
+        # The scanner is stopped while the messages go in: fed one connection
+        # at a time from here, the ingest would trail the scan and the row
+        # would time this process's sending.  Directly fed, the scanner has
+        # every message at hand as well.
+        frozen = freeze(server_pid, True)
+        try:
+            ids = {reply_id(trap.send(envelope.frame(m))) for m in msgs}
+        finally:
+            server0 = tree_cpu(server_pid)
+            client0 = trap_client_cpu(trap)
+            t0 = time.perf_counter()
+            freeze(server_pid, False, frozen)
         # counted by lines, often: a row of rspamd lasts about a second, and a
         # coarse poll would add its step to it
         deadline = time.monotonic() + 60 + len(msgs) * 2.0
@@ -200,6 +209,18 @@ def through_ringtrap(kind: str, server_pid: int, settings: dict[str, dict[str, A
             trap.wait_exit(60)
         finally:
             trap.close()
+
+
+def freeze(pid: int, stop: bool, procs: list[psutil.Process] | None = None
+           ) -> list[psutil.Process]:
+    """SIGSTOP (``stop``) or SIGCONT the scanner ``pid`` and all its processes."""
+    if procs is None:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            p.send_signal(signal.SIGSTOP if stop else signal.SIGCONT)
+    return procs
 
 
 def _lines(trap: Trap) -> int:
