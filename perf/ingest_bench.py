@@ -82,35 +82,35 @@ def _message(size: int) -> bytes:
 # --- clients ------------------------------------------------------------------
 
 
-def _client_loop(
-    path: str, msg: bytes, count: int, conns: int, go_fd: int
-) -> tuple[array.array, list[bytes], int]:
-    """``conns`` connections in flight at once from one epoll loop, ``count`` in all.
+class _Conns:
+    """The client connections in flight from one epoll loop, and what their replies said.
 
-    One process drives many clients without threads: a thread per client
-    spends more CPU handing the GIL around than on its socket calls, and on a
-    two-core machine that CPU is taken from the server being measured.
-    Each connection: connect, send the message, half-close, read the reply line.
+    Each connection: connect, send the message, half-close, read the reply
+    line.  One process drives many clients without threads: a thread per
+    client spends more CPU handing the GIL around than on its socket calls,
+    and on a two-core machine that CPU is taken from the server measured.
     """
 
-    lat = array.array("d")
-    bad: list[bytes] = []
-    nbad = 0
-    perf = time.perf_counter
-    unix, stream = int(socket.AF_UNIX), int(socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
-    shut = socket.SHUT_WR
-    ep = select.epoll()
-    inflight: dict[int, tuple[_socket.socket, float, bytes]] = {}
-    started = done = 0
+    def __init__(self, path: str, msg: bytes) -> None:
+        self.path, self.msg = path, msg
+        self.lat = array.array("d")
+        self.bad: list[bytes] = []
+        self.nbad = self.done = 0
+        self.ep = select.epoll()
+        self.inflight: dict[int, tuple[_socket.socket, float, bytes]] = {}
+        self._kind = (int(socket.AF_UNIX), int(socket.SOCK_STREAM | socket.SOCK_NONBLOCK))
 
-    def start() -> bool:
-        s = _socket.socket(unix, stream)
-        t0 = perf()
+    def open(self, t0: float | None) -> bool:
+        """Connect and send; latency from ``t0`` (None: now).  False if the backlog is full."""
+        s = _socket.socket(*self._kind)
+        if t0 is None:
+            t0 = time.perf_counter()
         try:
-            s.connect(path)
+            s.connect(self.path)
         except BlockingIOError:  # the listen backlog is full: try again later
             s.close()
             return False
+        msg = self.msg
         try:
             sent = s.send(msg)  # 4 KiB fits the socket buffer in one go
         except BlockingIOError:
@@ -119,20 +119,16 @@ def _client_loop(
             s.setblocking(True)
             s.sendall(memoryview(msg)[sent:])
             s.setblocking(False)
-        s.shutdown(shut)
+        s.shutdown(socket.SHUT_WR)
         fd = s.fileno()
-        inflight[fd] = (s, t0, b"")
-        ep.register(fd, select.EPOLLIN)
+        self.inflight[fd] = (s, t0, b"")
+        self.ep.register(fd, select.EPOLLIN)
         return True
 
-    os.read(go_fd, 1)
-    while done < count:
-        while started < count and len(inflight) < conns:
-            if not start():
-                time.sleep(0.0005)
-                break
-            started += 1
-        for fd, _ in ep.poll(1.0):
+    def read(self, events: list[tuple[int, int]]) -> None:
+        """Take in what ``events`` say arrived; a whole reply line closes its connection."""
+        inflight = self.inflight
+        for fd, _ in events:
             s, t0, reply = inflight[fd]
             try:
                 more = s.recv(128)
@@ -144,17 +140,33 @@ def _client_loop(
             if more and not reply.endswith(b"\n"):
                 inflight[fd] = (s, t0, reply)
                 continue
-            lat.append(perf() - t0)
+            self.lat.append(time.perf_counter() - t0)
             del inflight[fd]
-            ep.unregister(fd)
+            self.ep.unregister(fd)
             s.close()
-            done += 1
+            self.done += 1
             if not reply.startswith(b"OK "):
-                nbad += 1
-                if len(bad) < 5:
-                    bad.append(reply)
-    ep.close()
-    return lat, bad, nbad
+                self.nbad += 1
+                if len(self.bad) < 5:
+                    self.bad.append(reply)
+
+
+def _client_loop(
+    path: str, msg: bytes, count: int, conns: int, go_fd: int
+) -> tuple[array.array, list[bytes], int]:
+    """``conns`` connections in flight at once (a closed loop), ``count`` in all."""
+    c = _Conns(path, msg)
+    started = 0
+    os.read(go_fd, 1)
+    while c.done < count:
+        while started < count and len(c.inflight) < conns:
+            if not c.open(None):
+                time.sleep(0.0005)
+                break
+            started += 1
+        c.read(c.ep.poll(1.0))
+    c.ep.close()
+    return c.lat, c.bad, c.nbad
 
 
 # At most this many connections in flight from one open-loop client process:
@@ -177,82 +189,34 @@ def _open_loop(
     import random as _random
 
     rng = _random.Random(seed)
-    lat = array.array("d")
+    c = _Conns(path, msg)
     lag = array.array("d")
-    bad: list[bytes] = []
-    nbad = 0
     perf = time.perf_counter
-    unix, stream = int(socket.AF_UNIX), int(socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
-    shut = socket.SHUT_WR
-    ep = select.epoll()
-    inflight: dict[int, tuple[_socket.socket, float, bytes]] = {}
     gaps = [rng.expovariate(rate) for _ in range(count)]
-    started = done = 0
-
-    def start(due: float) -> bool:
-        s = _socket.socket(unix, stream)
-        try:
-            s.connect(path)
-        except BlockingIOError:  # the listen backlog is full: the wait is charged
-            s.close()
-            return False
-        lag.append(perf() - due)
-        try:
-            sent = s.send(msg)
-        except BlockingIOError:
-            sent = 0
-        if sent < len(msg):
-            s.setblocking(True)
-            s.sendall(memoryview(msg)[sent:])
-            s.setblocking(False)
-        s.shutdown(shut)
-        fd = s.fileno()
-        inflight[fd] = (s, due, b"")
-        ep.register(fd, select.EPOLLIN)
-        return True
-
+    started = 0
     # a collection pass in the middle of the arrivals would stall every send behind it
     gc.collect()
     gc.disable()
     os.read(go_fd, 1)
     due = perf() + gaps[0]
-    while done < count:
+    while c.done < count:
         now = perf()
-        while started < count and due <= now and len(inflight) < _OPEN_MAX_INFLIGHT:
-            if not start(due):
+        while started < count and due <= now and len(c.inflight) < _OPEN_MAX_INFLIGHT:
+            if not c.open(due):  # the listen backlog is full: the wait is charged
                 break
+            lag.append(perf() - due)
             started += 1
             if started < count:
                 due += gaps[started]
         wait = (due - perf()) if started < count else 1.0
-        events = ep.poll(0) if inflight else []
+        events = c.ep.poll(0) if c.inflight else []
         if not events and wait > 0:
             # sleep() takes fractions of a millisecond, poll() rounds up to one
-            time.sleep(min(wait, 0.0002) if inflight else wait)
+            time.sleep(min(wait, 0.0002) if c.inflight else wait)
             continue
-        for fd, _ in events:
-            s, t0, reply = inflight[fd]
-            try:
-                more = s.recv(128)
-            except BlockingIOError:
-                continue
-            except OSError as e:
-                more, reply = b"", f"client error: {e}".encode()
-            reply += more
-            if more and not reply.endswith(b"\n"):
-                inflight[fd] = (s, t0, reply)
-                continue
-            lat.append(perf() - t0)
-            del inflight[fd]
-            ep.unregister(fd)
-            s.close()
-            done += 1
-            if not reply.startswith(b"OK "):
-                nbad += 1
-                if len(bad) < 5:
-                    bad.append(reply)
-    ep.close()
-    return lat, bad, nbad, lag
+        c.read(events)
+    c.ep.close()
+    return c.lat, c.bad, c.nbad, lag
 
 
 def _client_process(path: str, msg: bytes, count: int, conns: int, go_fd: int, out_fd: int,
