@@ -4,35 +4,15 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
-from trap_fixture import message, reply_id, running_trap, wait_until
+from trap_fixture import free_port, message, reply_id, running_trap, scrape, wait_until
 
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _scrape(port: int) -> dict[str, float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
-        text = r.read().decode()
-    out = {}
-    for fam in text_string_to_metric_families(text):
-        for s in fam.samples:
-            labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
-            out[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
-    return out
 
 
 def relayed(n: int, ip: str) -> bytes:
@@ -45,7 +25,7 @@ def relayed(n: int, ip: str) -> bytes:
 def test_the_trap_rewrites_the_files_every_interval(tmp_path: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()
-    port = _free_port()
+    port = free_port()
     settings: dict[str, dict[str, Any]] = {
         "blocklist": {"interval": 1, "list_reserved": True, "plain": str(out / "list.txt"),
                       "json": str(out / "list.json"), "rbldnsd_ip4": str(out / "ip4set")},
@@ -76,7 +56,7 @@ def test_the_trap_rewrites_the_files_every_interval(tmp_path: Path) -> None:
                                                                  "203.0.113.45"]
 
         def counted() -> dict[str, float] | None:
-            m = _scrape(port)
+            m = scrape(port)
             return m if m.get('ringtrap_blocklist_entries{family="ipv4"}') == 2 else None
 
         m = wait_until(counted, 30, "the metrics to count the entries", step=0.5)

@@ -13,37 +13,17 @@ import contextlib
 import socket
 import threading
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 from spamd_fixture import SpamdProcess
-from trap_fixture import message, reply_id, running_trap, wait_until
+from trap_fixture import free_port, message, reply_id, running_trap, scrape, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.spamd]
 
 SLOTS = 4
 SPILLED = 12
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def scrape(port: int) -> dict[str, float]:
-    """Every sample of the metrics endpoint as {'name{label="v",...}': value}."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
-        text = r.read().decode()
-    out = {}
-    for fam in text_string_to_metric_families(text):
-        for s in fam.samples:
-            labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
-            out[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
-    return out
 
 
 class GatedSpamd:

@@ -15,12 +15,10 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,16 +26,17 @@ from typing import Any
 import psutil
 import pytest
 from faketell import FakeTell
-from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from spamd_fixture import SpamdProcess
 from trap_fixture import (
     ROOT,
     NotifyListener,
     Trap,
+    free_port,
     message,
     reply_id,
     running_trap,
+    scrape,
     wait_until,
 )
 
@@ -46,24 +45,6 @@ from ringtrap.control.child import MIN_UPTIME
 from ringtrap.store.segment import shm_paths
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def scrape(port: int) -> dict[str, float]:
-    """Every sample of the endpoint as {'name{label="v",...}': value}."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
-        text = r.read().decode()
-    out = {}
-    for fam in text_string_to_metric_families(text):
-        for s in fam.samples:
-            labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
-            out[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
-    return out
 
 
 # -- systemd notification -------------------------------------------------------
