@@ -20,7 +20,8 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from ringtrap.base.exits import EX_CONFIG, EX_NOINPUT, EX_UNAVAILABLE
+from ringtrap.base.exits import EX_CONFIG
+from ringtrap.command import fleetdb
 from ringtrap.config import Config
 from ringtrap.control import blockfiles
 from ringtrap.control.blocklist import DAY, ReadCounts, Result, Window, compute
@@ -108,19 +109,12 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     now = time.time()
     window: Window | None = None
     if args.database or args.host is not None:
-        try:
-            import psycopg
-        except ImportError:
-            print("ringtrap: --database needs psycopg: pip install 'ringtrap[hub]'",
-                  file=sys.stderr)
-            return EX_UNAVAILABLE
         window = DatabaseWindow(cfg.collect.database, cfg.blocklist.window_days, now,
                                 args.host)
         try:
-            return _run(cfg, args, now, window)
-        except psycopg.Error as e:  # no server, no such database, no schema yet
-            print(f"ringtrap: collect.database: {e}", file=sys.stderr)
-            return EX_NOINPUT
+            return fleetdb.reading(lambda: _run(cfg, args, now, window))
+        except fleetdb.DatabaseUnavailable as e:
+            return e.report()
     return _run(cfg, args, now, window)
 
 

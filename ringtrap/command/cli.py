@@ -169,7 +169,7 @@ def _report_campaigns(args: argparse.Namespace, cfg: configmod.Config, day: str)
     """``ringtrap report --campaigns``: the campaigns of ``--days`` days up to ``day``."""
     import datetime
 
-    from ringtrap.command import report
+    from ringtrap.command import fleetdb, report
 
     if args.days < 1:
         print(f"ringtrap: --days must be at least 1, got {args.days}", file=sys.stderr)
@@ -178,16 +178,11 @@ def _report_campaigns(args: argparse.Namespace, cfg: configmod.Config, day: str)
     names = [str(last - datetime.timedelta(days=n)) for n in range(args.days - 1, -1, -1)]
     if args.database or args.host:
         try:
-            view = report.campaigns(
+            view = fleetdb.reading(lambda: report.campaigns(
                 ((d, report.read_day_db(cfg.collect.database, d, args.host)) for d in names),
-                day, top=args.top)
-        except ImportError:
-            print("ringtrap: --database needs psycopg: pip install 'ringtrap[hub]'",
-                  file=sys.stderr)
-            return EX_UNAVAILABLE
-        except Exception as e:  # psycopg's: no server, no such database, no schema yet
-            print(f"ringtrap: collect.database: {e}", file=sys.stderr)
-            return EX_NOINPUT
+                day, top=args.top))
+        except fleetdb.DatabaseUnavailable as e:
+            return e.report()
     else:
         present = [(d, report.day_file(cfg.results.dir, d)) for d in names]
         present = [(d, path) for d, path in present if path.exists()]
@@ -208,7 +203,7 @@ def _report_campaigns(args: argparse.Namespace, cfg: configmod.Config, day: str)
 def cmd_report(args: argparse.Namespace) -> int:
     import datetime
 
-    from ringtrap.command import report
+    from ringtrap.command import fleetdb, report
 
     cfg = _load(args.config)
     day = args.day or time.strftime("%Y-%m-%d", time.gmtime())
@@ -222,15 +217,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.database or args.host:
         # the fleet's records, loaded by ringtrap collect (collect.database)
         try:
-            summary = report.summarize(
-                report.read_day_db(cfg.collect.database, day, args.host), top=args.top)
-        except ImportError:
-            print("ringtrap: --database needs psycopg: pip install 'ringtrap[hub]'",
-                  file=sys.stderr)
-            return EX_UNAVAILABLE
-        except Exception as e:  # psycopg's: no server, no such database, no schema yet
-            print(f"ringtrap: collect.database: {e}", file=sys.stderr)
-            return EX_NOINPUT
+            summary = fleetdb.reading(lambda: report.summarize(
+                report.read_day_db(cfg.collect.database, day, args.host), top=args.top))
+        except fleetdb.DatabaseUnavailable as e:
+            return e.report()
     else:
         path = report.day_file(cfg.results.dir, day)
         if not path.exists():
